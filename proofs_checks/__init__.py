@@ -1,0 +1,1 @@
+"""proofs_checks — every claim of the Vashista paper as an executable check."""

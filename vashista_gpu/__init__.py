@@ -1,0 +1,1 @@
+"""vashista_gpu — tier two of Vashista: paged KV cache and fused sparse decode (PyTorch + Triton)."""
