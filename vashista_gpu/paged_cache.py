@@ -1,34 +1,37 @@
 """Paged KV cache on torch tensors, with per-page summaries kept current on append.
 
-Layout (same ideas as ``vashista_ref.paged_cache.PagedKVCache``):
+Same layout ideas and the same public methods as ``vashista_ref.paged_cache.PagedKVCache``:
 
 * a pool of physical pages ``k_pages`` (num_pages, Hkv, S, D) and ``v_pages`` (num_pages, Hkv, S, Dv)
-  in the cache dtype (bf16, fp16 or fp32); one page holds S consecutive tokens of one sequence;
-* per-sequence page tables ``page_table`` (max_seqs, max_pages_per_seq) int32 mapping logical page
-  -> physical page, and lengths ``seq_lens`` (max_seqs,) int32 (with a host mirror, so that planning a
-  decode step never synchronises with the device);
+  in the cache dtype (bf16, fp16 or fp32) — head-major inside a page, so one (page, head) is one
+  contiguous S×D tile for the kernels;
+* per-sequence page tables ``block_table`` (max_seqs, max_pages_per_seq) int32 mapping logical page
+  -> physical page, and lengths ``seq_lens`` (max_seqs,) int32, with host mirrors so that planning a
+  decode step never synchronises with the device;
 * per-page summaries: ``kmin``/``kmax`` (num_pages, Hkv, D) per-channel min and max key in the cache
   dtype — exact, since they are elements of the stored keys, so the page bound
   UB_p(q) = Σ_d max(q_d min_{p,d}, q_d max_{p,d}) is sound (SPEC 2); ``kmean`` (float32) for the
-  notebook's mean-key router; ``vnorm`` (float32) the max value norm of the page (certificate);
-* optional second level (pages of pages, ``pages_per_super`` logical pages per *superpage*), per
-  sequence: ``super_kmin``/``super_kmax``/``super_kmean``/``super_vnorm`` (max_seqs, max_super, Hkv, ·).
+  notebook's mean-key router; ``vnorm`` (float32) the max value norm in the page (certificate);
+* optional hierarchy (``fanout=F``, pages of pages): level l ≥ 1 node j of a sequence summarises its
+  logical pages [j·F^l, (j+1)·F^l) with the same fields (box of boxes, count-weighted mean, max norm),
+  ``levels[l-1]`` = dict of (max_seqs, n_l, Hkv, ·) tensors. A sequence of n pages uses the levels
+  below the first one with a single node; routing (``decode.py``) descends them like the reference.
 
-``append`` writes tokens into their slots and then recomputes the summaries of the touched pages
-(Triton kernel ``kernels/page_summary.py`` on GPU or under the interpreter; the same function in torch
-otherwise) and of the touched superpages. Recomputing a touched page from its ≤ S tokens costs the
-same as an incremental update and cannot drift.
+``append`` writes tokens into their slots and recomputes the summaries of the touched pages with a
+Triton kernel (``kernels/page_summary.py``; on GPU, or on CPU under the interpreter when
+``backend="triton"``) or the same function in torch, then the touched hierarchy nodes from their
+children (``summaries.py``). Recomputing a touched page from its ≤ S tokens costs the same as an
+incremental update and cannot drift.
 
 Example::
 
     >>> import torch
     >>> from vashista_gpu.paged_cache import TorchPagedKVCache
-    >>> cache = TorchPagedKVCache(num_kv_heads=2, head_dim=8, page_size=4, num_pages=16,
-    ...                           max_seqs=2, dtype=torch.float32, backend="torch")
+    >>> cache = TorchPagedKVCache(4, 2, 8, num_pages=16, max_seqs=2, dtype=torch.float32, backend="torch")
     >>> s = cache.add_sequence()
-    >>> cache.append(s, torch.randn(6, 2, 8), torch.randn(6, 2, 8))   # prefill 6 tokens
-    >>> cache.append_step([s], torch.randn(1, 2, 8), torch.randn(1, 2, 8))  # decode one token
-    >>> cache.length(s), cache.num_pages_of(s)
+    >>> cache.append(s, torch.randn(6, 2, 8), torch.randn(6, 2, 8))           # prefill 6 tokens
+    >>> cache.append_step([s], torch.randn(1, 2, 8), torch.randn(1, 2, 8))    # one decode step
+    >>> cache.length(s), cache.n_pages(s)
     (7, 2)
 """
 from __future__ import annotations
@@ -44,7 +47,8 @@ from . import validate as V
 CACHE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _resolve_backend(backend: str, device: torch.device) -> str:
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """'auto' -> 'triton' on CUDA, 'torch' elsewhere."""
     if backend not in ("auto", "triton", "torch"):
         raise VashistaInputError("backend", f"must be 'auto', 'triton' or 'torch', got {backend!r}")
     if backend == "auto":
@@ -53,27 +57,34 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
 
 
 class TorchPagedKVCache:
-    """Physical page pool + page tables + summaries (see module docstring)."""
+    """Physical page pool + page tables + summaries (see module docstring).
 
-    def __init__(self, num_kv_heads: int, head_dim: int, value_dim: int | None = None, page_size: int = 16,
-                 *, num_pages: int = 1024, max_seqs: int = 16, max_pages_per_seq: int | None = None,
-                 pages_per_super: int = 32, dtype: torch.dtype = torch.bfloat16, device="cpu",
-                 backend: str = "auto", generator: torch.Generator | None = None):
-        self.num_kv_heads = V.positive_int("num_kv_heads", num_kv_heads)
+    Parameters as ``vashista_ref.paged_cache.PagedKVCache`` (page_size S, n_kv_heads Hkv, head_dim D,
+    value_dim Dv, fanout F) plus the preallocated capacities ``num_pages``, ``max_seqs``,
+    ``max_pages_per_seq``, the storage ``dtype``/``device`` and the summary-update ``backend``.
+    """
+
+    def __init__(self, page_size: int, n_kv_heads: int, head_dim: int, value_dim: int | None = None,
+                 *, fanout: int | None = None, num_pages: int = 1024, max_seqs: int = 16,
+                 max_pages_per_seq: int | None = None, dtype: torch.dtype = torch.bfloat16, device="cpu",
+                 backend: str = "auto"):
+        self.page_size = V.positive_int("page_size", page_size)
+        self.n_kv_heads = V.positive_int("n_kv_heads", n_kv_heads)
         self.head_dim = V.positive_int("head_dim", head_dim)
         self.value_dim = V.positive_int("value_dim", value_dim if value_dim is not None else head_dim)
-        self.page_size = V.positive_int("page_size", page_size)
+        if fanout is not None and V.positive_int("fanout", fanout) < 2:
+            raise VashistaInputError("fanout", f"must be >= 2 (or None for no hierarchy), got {fanout}")
+        self.fanout = None if fanout is None else int(fanout)
         self.num_pages = V.positive_int("num_pages", num_pages)
         self.max_seqs = V.positive_int("max_seqs", max_seqs)
         self.max_pages_per_seq = V.positive_int(
             "max_pages_per_seq", max_pages_per_seq if max_pages_per_seq is not None else num_pages)
-        self.pages_per_super = V.positive_int("pages_per_super", pages_per_super)
         if dtype not in CACHE_DTYPES:
             raise VashistaInputError("dtype", f"must be float32, float16 or bfloat16, got {dtype}")
         self.dtype = dtype
         self.device = torch.device(device)
-        self.backend = _resolve_backend(backend, self.device)
-        H, S, D, Dv, N = self.num_kv_heads, self.page_size, self.head_dim, self.value_dim, self.num_pages
+        self.backend = resolve_backend(backend, self.device)
+        H, S, D, Dv, N = self.n_kv_heads, self.page_size, self.head_dim, self.value_dim, self.num_pages
         dev = self.device
         # Pool contents start as NaN: a read of a slot nobody wrote poisons the result instead of
         # passing silently as zeros.
@@ -83,36 +94,51 @@ class TorchPagedKVCache:
         self.kmax = torch.zeros((N, H, D), dtype=dtype, device=dev)
         self.kmean = torch.zeros((N, H, D), dtype=torch.float32, device=dev)
         self.vnorm = torch.zeros((N, H), dtype=torch.float32, device=dev)
-        self.page_table = torch.zeros((self.max_seqs, self.max_pages_per_seq), dtype=torch.int32, device=dev)
+        self.block_table = torch.zeros((self.max_seqs, self.max_pages_per_seq), dtype=torch.int32, device=dev)
         self.seq_lens = torch.zeros((self.max_seqs,), dtype=torch.int32, device=dev)
-        self.max_super = math.ceil(self.max_pages_per_seq / self.pages_per_super)
-        shape2 = (self.max_seqs, self.max_super, H, D)
-        self.super_kmin = torch.zeros(shape2, dtype=dtype, device=dev)
-        self.super_kmax = torch.zeros(shape2, dtype=dtype, device=dev)
-        self.super_kmean = torch.zeros(shape2, dtype=torch.float32, device=dev)
-        self.super_vnorm = torch.zeros((self.max_seqs, self.max_super, H), dtype=torch.float32, device=dev)
+        self.levels: list[dict[str, torch.Tensor]] = []
+        if self.fanout is not None:
+            n = self.max_pages_per_seq
+            while n > 1:
+                n = math.ceil(n / self.fanout)
+                self.levels.append(dict(
+                    kmin=torch.zeros((self.max_seqs, n, H, D), dtype=dtype, device=dev),
+                    kmax=torch.zeros((self.max_seqs, n, H, D), dtype=dtype, device=dev),
+                    kmean=torch.zeros((self.max_seqs, n, H, D), dtype=torch.float32, device=dev),
+                    vnorm=torch.zeros((self.max_seqs, n, H), dtype=torch.float32, device=dev)))
         # host mirrors (planning must not synchronise)
         self._lens = [0] * self.max_seqs
         self._pages: list[list[int]] = [[] for _ in range(self.max_seqs)]
         self._live = [False] * self.max_seqs
-        order = torch.randperm(N, generator=generator).tolist() if generator is not None else list(range(N))
-        self._free = order[::-1]          # pop() hands out pages in `order`; a generator shuffles them
+        self._free = list(range(N))
 
     # ------------------------------------------------------------------ sequences
-    def add_sequence(self) -> int:
-        """Reserve a sequence slot; returns its id."""
-        for i, live in enumerate(self._live):
-            if not live:
-                self._live[i] = True
-                self._lens[i] = 0
-                self._pages[i] = []
-                self.seq_lens[i] = 0
-                return i
-        raise VashistaInputError("max_seqs", f"all {self.max_seqs} sequence slots are in use")
+    def add_sequence(self, seq_id: int | None = None) -> int:
+        """Reserve a sequence slot (the lowest free one, or ``seq_id``); returns its id."""
+        if seq_id is None:
+            free = [i for i, live in enumerate(self._live) if not live]
+            if not free:
+                raise VashistaInputError("max_seqs", f"all {self.max_seqs} sequence slots are in use")
+            seq_id = free[0]
+        if isinstance(seq_id, bool) or not isinstance(seq_id, int) or not 0 <= seq_id < self.max_seqs:
+            raise VashistaInputError("seq_id", f"must be an integer in [0, {self.max_seqs}), got {seq_id!r}")
+        if self._live[seq_id]:
+            raise VashistaInputError("seq_id", f"sequence {seq_id} already exists")
+        self._live[seq_id] = True
+        self._lens[seq_id] = 0
+        self._pages[seq_id] = []
+        self.seq_lens[seq_id] = 0
+        return seq_id
+
+    @property
+    def seq_ids(self) -> list[int]:
+        return [i for i, live in enumerate(self._live) if live]
 
     def free_sequence(self, seq_id: int) -> None:
+        """Drop a sequence and return its pages to the pool."""
         self._check_seq(seq_id)
-        self._free.extend(reversed(self._pages[seq_id]))
+        self._free.extend(self._pages[seq_id])
+        self._free.sort()
         self._pages[seq_id] = []
         self._lens[seq_id] = 0
         self._live[seq_id] = False
@@ -122,101 +148,150 @@ class TorchPagedKVCache:
         self._check_seq(seq_id)
         return self._lens[seq_id]
 
-    def num_pages_of(self, seq_id: int) -> int:
-        return math.ceil(self.length(seq_id) / self.page_size)
+    def n_pages(self, seq_id: int) -> int:
+        self._check_seq(seq_id)
+        return len(self._pages[seq_id])
 
-    def lengths(self, seq_ids) -> list[int]:
-        return [self.length(int(s)) for s in seq_ids]
+    def page_table(self, seq_id: int) -> list[int]:
+        """Physical page of each logical page of the sequence (host copy)."""
+        self._check_seq(seq_id)
+        return list(self._pages[seq_id])
 
     def _check_seq(self, seq_id) -> None:
         if isinstance(seq_id, bool) or not isinstance(seq_id, int) or not 0 <= seq_id < self.max_seqs \
                 or not self._live[seq_id]:
-            raise VashistaInputError("seq_id", f"{seq_id!r} is not a live sequence of this cache")
+            raise VashistaInputError("seq_id", f"unknown sequence {seq_id!r}")
 
     # ------------------------------------------------------------------ append
-    def append(self, seq_id: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Append T tokens to one sequence (prefill): k (T, Hkv, D), v (T, Hkv, Dv)."""
-        self._check_seq(seq_id)
-        k, v = self._check_kv(k, v)
-        T = k.shape[0]
-        seqs = [seq_id] * T
-        pos = list(range(self._lens[seq_id], self._lens[seq_id] + T))
-        self._write(seqs, pos, k, v)
+    def append(self, seq_id: int, keys: torch.Tensor, values: torch.Tensor, *,
+               physical_pages: list[int] | None = None) -> None:
+        """Append T >= 1 tokens to one sequence: ``keys`` (T, Hkv, D), ``values`` (T, Hkv, Dv).
 
-    def append_step(self, seq_ids, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Append one token to each of B distinct sequences (decode): k (B, Hkv, D), v (B, Hkv, Dv)."""
+        ``physical_pages`` optionally names, in order, the physical pages for the pages this call opens
+        (shuffled layouts in tests); otherwise the lowest free pages are taken.
+        """
+        self._check_seq(seq_id)
+        keys, values = self._check_kv(keys, values)
+        T = keys.shape[0]
+        start = self._lens[seq_id]
+        self._write([seq_id] * T, list(range(start, start + T)), keys, values,
+                    {seq_id: list(physical_pages)} if physical_pages else {})
+
+    def append_step(self, seq_ids, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """One decode step: one token for each of B distinct sequences; keys (B, Hkv, D), values (B, Hkv, Dv)."""
         ids = [int(s) for s in V.index_tensor("seq_ids", seq_ids).tolist()]
         for s in ids:
             self._check_seq(s)
         if len(set(ids)) != len(ids):
             raise VashistaInputError("seq_ids", "must be distinct (one token per sequence per step)")
-        k, v = self._check_kv(k, v)
-        if k.shape[0] != len(ids):
-            raise VashistaInputError("k", f"has {k.shape[0]} rows but {len(ids)} sequence ids were given")
-        self._write(ids, [self._lens[s] for s in ids], k, v)
+        keys, values = self._check_kv(keys, values)
+        if keys.shape[0] != len(ids):
+            raise VashistaInputError("keys", f"expected one token per sequence ({len(ids)}), got {keys.shape[0]}")
+        self._write(ids, [self._lens[s] for s in ids], keys, values, {})
 
     def _check_kv(self, k, v):
-        k = V.tensor("k", k, ndim=3)
-        v = V.tensor("v", v, ndim=3)
-        H, D, Dv = self.num_kv_heads, self.head_dim, self.value_dim
+        k = V.tensor("keys", k, ndim=3)
+        v = V.tensor("values", v, ndim=3)
+        H, D, Dv = self.n_kv_heads, self.head_dim, self.value_dim
         if tuple(k.shape[1:]) != (H, D):
-            raise VashistaInputError("k", f"expected shape (T, {H}, {D}), got {tuple(k.shape)}")
-        if tuple(v.shape[1:]) != (H, Dv):
-            raise VashistaInputError("v", f"expected shape (T, {H}, {Dv}), got {tuple(v.shape)}")
-        if v.shape[0] != k.shape[0]:
-            raise VashistaInputError("v", f"has {v.shape[0]} tokens but k has {k.shape[0]}")
+            raise VashistaInputError("keys", f"expected shape (T, {H}, {D}), got {tuple(k.shape)}")
+        if tuple(v.shape) != (k.shape[0], H, Dv):
+            raise VashistaInputError("values", f"expected shape ({k.shape[0]}, {H}, {Dv}), got {tuple(v.shape)}")
         return k, v
 
-    def _write(self, seqs: list[int], pos: list[int], k: torch.Tensor, v: torch.Tensor) -> None:
+    def _write(self, seqs, pos, k, v, wanted: dict) -> None:
         S = self.page_size
         # host-side allocation first, so a full pool fails before anything is written
-        need = {}
+        need: dict[int, int] = {}
         for s, p in zip(seqs, pos):
             lp = p // S
             if lp >= self.max_pages_per_seq:
-                raise VashistaInputError("k", f"sequence {s} would exceed max_pages_per_seq={self.max_pages_per_seq}")
+                raise VashistaInputError("keys", f"sequence {s} would exceed max_pages_per_seq={self.max_pages_per_seq}")
             if lp >= len(self._pages[s]):
                 need[s] = max(need.get(s, 0), lp + 1 - len(self._pages[s]))
         if sum(need.values()) > len(self._free):
-            raise VashistaInputError("k", f"page pool exhausted: need {sum(need.values())} pages, "
-                                          f"{len(self._free)} free")
+            raise VashistaInputError("keys", f"page pool exhausted: need {sum(need.values())} pages, "
+                                             f"{len(self._free)} free")
         for s, n in need.items():
-            start = len(self._pages[s])
-            for j in range(n):
-                phys = self._free.pop()
+            want = list(wanted.get(s, []))
+            for _ in range(n):
+                w = want.pop(0) if want else None
+                if w is not None and w not in self._free:
+                    raise VashistaInputError("physical_pages", f"page {w} is not free")
+                phys = w if w is not None else self._free[0]
+                self._free.remove(phys)
+                self.block_table[s, len(self._pages[s])] = phys
                 self._pages[s].append(phys)
-                self.page_table[s, start + j] = phys
-        phys = torch.tensor([self._pages[s][p // S] for s, p in zip(seqs, pos)], dtype=torch.long)
-        slot = torch.tensor([p % S for p in pos], dtype=torch.long)
-        phys_d, slot_d = phys.to(self.device), slot.to(self.device)
-        self.k_pages[phys_d, :, slot_d, :] = k.to(device=self.device, dtype=self.dtype)
-        self.v_pages[phys_d, :, slot_d, :] = v.to(device=self.device, dtype=self.dtype)
-        touched_pages: dict[int, int] = {}
-        touched_super: set[tuple[int, int]] = set()
+        phys = torch.tensor([self._pages[s][p // S] for s, p in zip(seqs, pos)], dtype=torch.long, device=self.device)
+        slot = torch.tensor([p % S for p in pos], dtype=torch.long, device=self.device)
+        self.k_pages[phys, :, slot, :] = k.to(device=self.device, dtype=self.dtype)
+        self.v_pages[phys, :, slot, :] = v.to(device=self.device, dtype=self.dtype)
         for s, p in zip(seqs, pos):
             self._lens[s] = max(self._lens[s], p + 1)
+        touched: dict[int, int] = {}
         for s, p in zip(seqs, pos):
             lp = p // S
-            touched_pages[self._pages[s][lp]] = min(S, self._lens[s] - lp * S)
-            touched_super.add((s, lp // self.pages_per_super))
+            touched[self._pages[s][lp]] = min(S, self._lens[s] - lp * S)
         for s in set(seqs):
             self.seq_lens[s] = self._lens[s]
-        pages = torch.tensor(list(touched_pages.keys()), dtype=torch.int32, device=self.device)
-        counts = torch.tensor(list(touched_pages.values()), dtype=torch.int32, device=self.device)
-        from .summaries import update_page_summaries, update_super_summaries
-        update_page_summaries(self, pages, counts)
-        update_super_summaries(self, sorted(touched_super))
+        from .summaries import update_levels, update_page_summaries
+        update_page_summaries(self, torch.tensor(list(touched), dtype=torch.int32, device=self.device),
+                              torch.tensor(list(touched.values()), dtype=torch.int32, device=self.device))
+        if self.levels:
+            update_levels(self, sorted({(s, p // S) for s, p in zip(seqs, pos)}))
 
     # ------------------------------------------------------------------ reading back
-    def gather(self, seq_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The sequence's keys (T, Hkv, D) and values (T, Hkv, Dv) in logical order (tests, dense)."""
+    def gather(self, seq_id: int, head: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the whole sequence in logical order: (T, Hkv, D), (T, Hkv, Dv), or
+        (T, D), (T, Dv) for one KV ``head`` (as the reference)."""
         T = self.length(seq_id)
-        S = self.page_size
         pages = torch.tensor(self._pages[seq_id], dtype=torch.long, device=self.device)
-        k = self.k_pages[pages].permute(0, 2, 1, 3).reshape(-1, self.num_kv_heads, self.head_dim)[:T]
-        v = self.v_pages[pages].permute(0, 2, 1, 3).reshape(-1, self.num_kv_heads, self.value_dim)[:T]
-        assert k.shape[0] == T and len(self._pages[seq_id]) == math.ceil(T / S)
+        k = self.k_pages[pages].permute(0, 2, 1, 3).reshape(-1, self.n_kv_heads, self.head_dim)[:T]
+        v = self.v_pages[pages].permute(0, 2, 1, 3).reshape(-1, self.n_kv_heads, self.value_dim)[:T]
+        if head is not None:
+            return k[:, head], v[:, head]
         return k, v
 
-    def physical_pages(self, seq_id: int) -> list[int]:
-        return list(self._pages[seq_id])
+    def n_levels_for(self, n_pages: int) -> int:
+        """Summary levels a sequence of n_pages routes through (1 = pages only), as the reference."""
+        if self.fanout is None:
+            return 1
+        L = 0
+        while n_pages > self.fanout ** (L + 1):
+            L += 1
+        return 1 + L
+
+    @classmethod
+    def from_dense(cls, keys, values, page_size: int, *, fanout: int | None = None,
+                   shuffle_seed: int | None = None, chunk: int | None = None, dtype=torch.float32,
+                   device="cpu", backend: str = "auto", spare_pages: int = 0) -> tuple["TorchPagedKVCache", list[int]]:
+        """Build a cache from per-sequence tensors (T_i, Hkv, D)/(T_i, Hkv, Dv) (one, or a list);
+        ``shuffle_seed`` scatters logical pages over a random permutation of physical pages, ``chunk``
+        appends that many tokens at a time (1 replays decode steps). Returns (cache, seq_ids)."""
+        if isinstance(keys, torch.Tensor):
+            keys, values = [keys], [values]
+        keys, values = list(keys), list(values)
+        if not keys or len(keys) != len(values):
+            raise VashistaInputError("keys", "expected a non-empty list of sequences matching values")
+        need = [math.ceil(k.shape[0] / page_size) for k in keys]
+        total = sum(need) + spare_pages
+        k0, v0 = V.tensor("keys", keys[0], ndim=3), V.tensor("values", values[0], ndim=3)
+        cache = cls(page_size, k0.shape[1], k0.shape[2], v0.shape[2], fanout=fanout, num_pages=max(1, total),
+                    max_seqs=len(keys), max_pages_per_seq=max(need) + spare_pages, dtype=dtype,
+                    device=device, backend=backend)
+        order = list(range(sum(need)))
+        if shuffle_seed is not None:
+            g = torch.Generator().manual_seed(shuffle_seed)
+            order = torch.randperm(sum(need), generator=g).tolist()
+        ids, start = [], 0
+        for k, v, n in zip(keys, values, need):
+            sid = cache.add_sequence()
+            phys, start = order[start:start + n], start + n
+            T = k.shape[0]
+            step = T if chunk is None else V.positive_int("chunk", chunk)
+            for t in range(0, T, step):
+                n_open = math.ceil(min(t + step, T) / page_size) - math.ceil(t / page_size)
+                use, phys = phys[:n_open], phys[n_open:]
+                cache.append(sid, k[t:t + step], v[t:t + step], physical_pages=use)
+            ids.append(sid)
+        return cache, ids

@@ -7,7 +7,7 @@ One program per (touched page, head): reads the page's ≤ S keys and values onc
 
 Example (runs under TRITON_INTERPRET=1 on CPU)::
 
-    cache = TorchPagedKVCache(2, 8, page_size=4, dtype=torch.float32, backend="triton")
+    cache = TorchPagedKVCache(4, 2, 8, dtype=torch.float32, backend="triton")
     s = cache.add_sequence(); cache.append(s, torch.randn(5, 2, 8), torch.randn(5, 2, 8))
 """
 from __future__ import annotations
@@ -51,7 +51,7 @@ def page_summary(cache, pages: torch.Tensor, counts: torch.Tensor) -> None:
     n = pages.numel()
     if n == 0:
         return
-    H, S, D, Dv = cache.num_kv_heads, cache.page_size, cache.head_dim, cache.value_dim
+    H, S, D, Dv = cache.n_kv_heads, cache.page_size, cache.head_dim, cache.value_dim
     _page_summary_kernel[(n, H)](
         cache.k_pages, cache.v_pages, pages, counts, cache.kmin, cache.kmax, cache.kmean, cache.vnorm,
         H, S, D, Dv,
