@@ -184,7 +184,9 @@ class PagedKVCache:
         if preferred is not None and preferred in self._free:
             self._free.remove(preferred)
             return preferred
-        return self._free.pop(0)
+        lowest = min(self._free)
+        self._free.remove(lowest)
+        return lowest
 
     def reserve(self, n_pages: int) -> None:
         """Make sure at least ``n_pages`` physical pages exist (used to lay out shuffled pools)."""
