@@ -14,7 +14,7 @@ Stored (float16, to keep the file small; the tests upcast to float64):
   ``L{l}_values``  (M, 64)
   ``L{l}_queries`` (3, nq, 64)  its 3 query heads at positions M-nq..M-1; the query at position t
                                 sees keys 0..t only (causal)
-  ``scale``        ()           the model's attention scaling (1/8)
+  ``scale``        (1,)         the model's attention scaling (1/8)
   ``layers``, ``kv_heads`` (n,) the layer indices and the KV head taken from each
   plus ``text_sha256`` / ``model_sha256`` (uint8 digests) of the inputs used.
 

@@ -1,0 +1,494 @@
+"""Certified mode (SPEC 3b): a quantized key sketch with rigorous per-token score bounds.
+
+Problem solved by one certified decode step (softmax model, one query q, one KV head):
+
+    o_C = Σ_{j∈C} a_j v_j,   a = argmax_{a ∈ Δ_C} ⟨s_C, a⟩ + H(a) = softmax(s_C),   s_j = scale·⟨q, k_j⟩,
+
+on a candidate set C of Kc tokens chosen from a b-bit sketch of *every* key, together with a rigorous
+upper bound L̂ on the dense-attention mass outside C and bounds on ‖o_C − o_dense‖.
+
+The sketch. Tokens are cut into quantization groups of ``group`` consecutive tokens (a page of the
+paged cache). For group g and channel d we store
+
+    offset o_{g,d} = min_j k_{j,d} rounded DOWN to the metadata dtype,
+    step   δ_{g,d} = (max_j k_{j,d} − o_{g,d}) / (2^b − 1) rounded UP (0 for a channel that is constant
+                     and exactly representable),
+    code   c_{j,d} = round((k_{j,d} − o_{g,d}) / δ_{g,d}) clipped to [0, 2^b − 1]   (uint8; for b < 8
+                     packed 8/b codes per byte, low bits first),
+
+so every key of the group lies in the stored box [o, o + (2^b − 1) δ] *in exact arithmetic* (the
+outward rounding of o and δ guarantees it) and k̃ = o + δ ⊙ c satisfies |k_d − k̃_d| ≤ δ_d (½ + η_b),
+η_b = 4 (2^b + 1) u (u = 2⁻⁵³; the float64 evaluation of (k − o)/δ can move t by ≤ 2.01 (2^b − 1) u
+before rounding to the nearest code). Hence, with R_{g,d} = |o_{g,d}| + (2^b − 1) δ_{g,d} ≥ |k_d|, |k̃_d|,
+
+    |⟨q, k_j⟩ − ŝ_j| ≤ e_g(q) = Σ_d |q_d| [ δ_{g,d} (½ + η_b) + 4 γ_{D+2} R_{g,d} ],   γ_n = n u / (1 − n u),
+
+where ŝ_j is the float64 value of ⟨q, k̃_j⟩ in any summation order; the γ term covers the rounding of
+the dequantization and of the dot product of ŝ_j, *and* of any float64 evaluation of the true score
+(so the bound holds for the real-arithmetic scores and for the float64 dense reference alike). e_g is
+evaluated in float64 and then enlarged by (1 + 2γ_{D+3}) and one ulp. Every later floating step is
+rounded outward the same way: a quantity that must be an upper bound is moved one ulp up after each
+operation (``np.nextafter``), exp/log are enlarged by 16 u (NumPy's float64 exp/log are accurate to a
+few ulp), sums of n positive terms by γ_n. Only the metadata dtype changes the *tightness* (fp16 rounds
+δ up by ≤ 2⁻¹⁰ relative), never the soundness.
+
+Metadata choice (bytes per token, D = 64, keys in bf16 = 128 B): int4 codes 32 B; per-group fp16
+offset + step cost 4D / group bytes per token = 16 B at group 16 (the page), 4 B at group 64.
+The reference default is group 16 (one page) with fp16 metadata; benchmarks/sketch_real_model.py
+measures the tightness lost at group 32 and 64 (see benchmarks/RESULTS.md, "Certified mode").
+
+One decode step (``certified_step``):
+  1. optional box pruning: groups whose box bound (the sketch box above, free) is negligible are not
+     scanned: in ascending order of log(n_g) + scale·UB_g(q) they are dropped while their summed mass
+     bound stays ≤ ``prune_tol`` · Σ_g e^{scale·⟨q, mean_g⟩} (each group holds a token scoring at least
+     its mean, so that sum is ≤ Z and pruning costs at most ``prune_tol`` of leakage);
+  2. sketch scan of the remaining tokens: ŝ_j and e_g;
+  3. candidates: top-Kc by ŝ_j (ties to the lower index), rescored exactly against the full keys;
+  4. softmax over the candidates and value gather;
+  5. certificate: every scanned non-candidate j has s_j ∈ [lb_j, ub_j] = scale·(ŝ_j ∓ e_g); pruned
+     groups contribute n_g e^{scale·UB_g}. With Z_C computed from lower bounds of the candidates' scores,
+
+        L ≤ L̂ = Z_out / (Z_C + Z_out),   Z_out = Σ_{j∉C} e^{ub_j} + Σ_pruned n_g e^{scale·UB_g}.
+
+Output-error bounds (e = o_dense − o_C = Σ_{j∉C} x_j (v_j − o_C) / Z, x_j = e^{s_j}), all sound:
+  * ``error_middle`` — SPEC 3:  L̂ · (max_{j∉C} ‖v_j‖ + ‖o_C‖)  (per-group max value norms);
+  * ``error_estar`` — SPEC 3's linear-fractional maximum (runtime_certificate.E*) over the *intervals*
+    x_j ∈ [e^{lb_j}, e^{ub_j}] that the sketch gives (page bounds only give [0, u]);
+  * ``error_ball`` — per group a value centre c_g (mean) and radius ρ_g = max_{j∈g} ‖v_j − c_g‖:
+        ‖e‖ ≤ ( ‖Σ_g W_g^lo (c_g − o_C)‖ + Σ_g (W_g^hi − W_g^lo) ‖c_g − o_C‖ + Σ_g W_g^hi ρ_g ) / Z^lo,
+    W_g^{lo,hi} = Σ_{j∈g∖C} e^{lb_j}, e^{ub_j}; it keeps the cancellation between groups that the
+    triangle inequality of the other forms throws away. Cost: Dv + 1 numbers per group, like the key
+    metadata, and O(groups · Dv) work — the kernel's cost, no value of a non-candidate is read;
+  * ``error`` = min of the three (each carries runtime_certificate's float64 allowance ρ(E + max‖v‖)).
+
+Example:
+    >>> import numpy as np
+    >>> from vashista_ref.sketch import quantize_keys, certified_step
+    >>> rng = np.random.default_rng(0)
+    >>> K, V, q = rng.normal(size=(256, 16)), rng.normal(size=(256, 8)), 3 * rng.normal(size=16)
+    >>> sk = quantize_keys(K, bits=4, group=16)
+    >>> r = certified_step(q, K, V, sk, Kc=32, with_dense=True)
+    >>> bool(r.certified_leakage >= r.true_leakage), bool(r.error >= r.true_error)
+    (True, True)
+    >>> sk.codes.shape, sk.offset.dtype.name       # 4-bit codes packed two per byte, fp16 metadata
+    ((256, 8), 'float16')
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .dense import resolve_scale, token_scores
+from .errors import VashistaInputError
+from .routing import top_indices
+from .runtime_certificate import UNIT_ROUNDOFF as U, _best_prefix_ratio
+from .validate import as_real_array, nonnegative_scalar, positive_int, query_and_keys
+
+SUPPORTED_BITS = (2, 4, 8)
+META_DTYPES = {"float16": np.float16, "float32": np.float32}
+_FN_REL = 16 * U          # allowance for one float64 exp or log (a few ulp), doubled
+
+
+def _gamma(n: int) -> float:
+    return n * U / (1 - n * U)
+
+
+def _up(x):
+    return np.nextafter(x, np.inf)
+
+
+def _down(x):
+    return np.nextafter(x, -np.inf)
+
+
+# ---------------------------------------------------------------------------------------------- sketch
+@dataclass(frozen=True)
+class KeySketch:
+    """Per-group, per-channel asymmetric quantization of keys (M, D); see the module doc.
+
+    ``codes`` (M, ceil(D·bits/8)) uint8, packed low bits first; ``offset``/``step`` (G, D) in the
+    metadata dtype; token j belongs to group j // ``group``.
+    """
+    bits: int
+    group: int
+    codes: np.ndarray
+    offset: np.ndarray
+    step: np.ndarray
+    head_dim: int
+
+    @property
+    def n_tokens(self) -> int:
+        return self.codes.shape[0]
+
+    @property
+    def n_groups(self) -> int:
+        return self.offset.shape[0]
+
+    @property
+    def levels(self) -> int:
+        """2^b − 1, the largest code."""
+        return (1 << self.bits) - 1
+
+    def group_of_tokens(self) -> np.ndarray:
+        return np.arange(self.n_tokens) // self.group
+
+    def unpacked_codes(self) -> np.ndarray:
+        """Codes (M, D) as uint8."""
+        return unpack_codes(self.codes, self.bits, self.head_dim)
+
+    def dequantize(self) -> np.ndarray:
+        """k̃ = offset + step ⊙ code in float64, (M, D)."""
+        g = self.group_of_tokens()
+        off, st = self.offset.astype(np.float64), self.step.astype(np.float64)
+        return off[g] + st[g] * self.unpacked_codes()
+
+    def box(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-group box (lo, hi) (G, D) float64 that contains every key of the group, exactly."""
+        lo = self.offset.astype(np.float64)
+        return lo, _up(lo + _up(self.levels * self.step.astype(np.float64)))
+
+    def nbytes(self) -> dict[str, int]:
+        """Bytes stored: codes and metadata (offset + step)."""
+        return {"codes": int(self.codes.nbytes), "metadata": int(self.offset.nbytes + self.step.nbytes)}
+
+
+def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Pack uint8 codes (M, D) < 2^bits into (M, ceil(D·bits/8)) bytes, code d in bits
+    (d mod per)·bits.. of byte d // per (per = 8 / bits), zero padded."""
+    per = 8 // bits
+    M, D = codes.shape
+    width = -(-D // per)
+    padded = np.zeros((M, width * per), dtype=np.uint8)
+    padded[:, :D] = codes
+    padded = padded.reshape(M, width, per)
+    out = np.zeros((M, width), dtype=np.uint8)
+    for i in range(per):
+        out |= (padded[:, :, i] << (i * bits)).astype(np.uint8)
+    return out
+
+
+def unpack_codes(packed: np.ndarray, bits: int, D: int) -> np.ndarray:
+    """Inverse of ``pack_codes``: (M, ceil(D·bits/8)) bytes -> (M, D) uint8 codes."""
+    per = 8 // bits
+    mask = (1 << bits) - 1
+    parts = [(packed >> (i * bits)) & mask for i in range(per)]
+    return np.stack(parts, axis=-1).reshape(packed.shape[0], -1)[:, :D].astype(np.uint8)
+
+
+def _to_meta(x: np.ndarray, dtype, direction: str, name: str) -> np.ndarray:
+    """Round float64 ``x`` to the metadata dtype, DOWN or UP (the result bounds x on that side)."""
+    with np.errstate(over="ignore"):
+        y = x.astype(dtype)
+    if not np.all(np.isfinite(y)):
+        raise VashistaInputError("K", f"{name} exceeds the range of the {np.dtype(dtype).name} metadata; "
+                                      f"use meta_dtype='float32'")
+    y64 = y.astype(np.float64)
+    if direction == "down":
+        fix = y64 > x
+        y[fix] = np.nextafter(y[fix], dtype(-np.inf))
+    else:
+        fix = y64 < x
+        y[fix] = np.nextafter(y[fix], dtype(np.inf))
+    if not np.all(np.isfinite(y)):
+        raise VashistaInputError("K", f"{name} exceeds the range of the {np.dtype(dtype).name} metadata; "
+                                      f"use meta_dtype='float32'")
+    return y
+
+
+def quantize_keys(K, bits: int = 4, group: int = 16, meta_dtype: str = "float16") -> KeySketch:
+    """Quantize keys (M, D) into a :class:`KeySketch` (b-bit codes, per-group per-channel offset/step).
+
+    ``bits`` in {2, 4, 8}; ``group`` tokens share the metadata (a page); ``meta_dtype`` "float16"
+    (default: 4D/group bytes per token) or "float32" (needed when |keys| exceed 65504).
+    """
+    K = as_real_array("K", K, ndim=2)
+    if isinstance(bits, bool) or bits not in SUPPORTED_BITS:
+        raise VashistaInputError("bits", f"must be one of {SUPPORTED_BITS}, got {bits!r}")
+    group = positive_int("group", group)
+    if meta_dtype not in META_DTYPES:
+        raise VashistaInputError("meta_dtype", f"must be one of {tuple(META_DTYPES)}, got {meta_dtype!r}")
+    dt = META_DTYPES[meta_dtype]
+    M, D = K.shape
+    levels = (1 << bits) - 1
+    starts = np.arange(0, M, group)
+    kmin = np.minimum.reduceat(K, starts, axis=0)
+    kmax = np.maximum.reduceat(K, starts, axis=0)
+    offset = _to_meta(kmin, dt, "down", "min key")
+    o64 = offset.astype(np.float64)
+    # span rounded up twice (subtraction, division) so that o + levels·step >= max in exact arithmetic
+    with np.errstate(over="ignore"):
+        span = np.where(kmax > o64, _up(kmax - o64), 0.0)
+        step64 = np.where(span > 0, _up(span / levels), 0.0)
+    if not np.all(np.isfinite(step64)):
+        raise VashistaInputError("K", "key range overflows float64")
+    step = _to_meta(step64, dt, "up", "key range")
+    g = np.arange(M) // group
+    st = step.astype(np.float64)[g]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(st > 0, (K - o64[g]) / st, 0.0)
+    codes = np.clip(np.rint(t), 0, levels).astype(np.uint8)
+    return KeySketch(bits=int(bits), group=group, codes=pack_codes(codes, bits) if bits < 8 else codes,
+                     offset=offset, step=step, head_dim=D)
+
+
+def sketch_scores(q, sketch: KeySketch) -> tuple[np.ndarray, np.ndarray]:
+    """Sketch scores ŝ_j = ⟨q, k̃_j⟩ (M,) and per-group error bounds e_g(q) (G,) with
+    |⟨q, k_j⟩ − ŝ_j| ≤ e_{j // group}(q), rounded outward (module doc). Unscaled."""
+    q = as_real_array("q", q, ndim=1)
+    if q.shape[0] != sketch.head_dim:
+        raise VashistaInputError("q", f"has dimension {q.shape[0]} but the sketch has dimension {sketch.head_dim}")
+    return token_scores(q, sketch.dequantize(), 1.0), _group_errors(q, sketch)
+
+
+def _group_errors(q: np.ndarray, sketch: KeySketch) -> np.ndarray:
+    D = sketch.head_dim
+    eta = 4.0 * (sketch.levels + 2) * U
+    st = sketch.step.astype(np.float64)
+    lo, hi = sketch.box()
+    R = np.maximum(np.abs(lo), np.abs(hi))
+    per_channel = st * (0.5 + eta) + 4.0 * _gamma(D + 2) * R
+    e = (per_channel * np.abs(q)).sum(axis=-1)
+    return _up(e * (1.0 + 2.0 * _gamma(D + 3)))
+
+
+def _box_bound(q: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """UB_g(q) = Σ_d max(q_d lo_d, q_d hi_d) ≥ ⟨q, k⟩ for every k in the box, rounded up (also against
+    the float64 evaluation of ⟨q, k⟩)."""
+    D = q.shape[0]
+    ub = np.maximum(lo * q, hi * q).sum(axis=-1)
+    mag = (np.maximum(np.abs(lo), np.abs(hi)) * np.abs(q)).sum(axis=-1)
+    return _up(ub + _up(4.0 * _gamma(D + 3) * mag))
+
+
+# ---------------------------------------------------------------------------------------------- certificate arithmetic
+def _lse_upper(x: np.ndarray) -> float:
+    """An upper bound on log Σ e^{x_i} (−inf for no terms)."""
+    if x.size == 0:
+        return -np.inf
+    m = float(x.max())
+    if not np.isfinite(m):
+        return m
+    t = np.exp(_up(x - m)) * (1 + _FN_REL)
+    s = _up(t.sum() * (1 + _gamma(x.size + 1)))
+    return float(_up(m + _up(np.log(s) * (1 + _FN_REL))))     # s >= 1, so log(s) >= 0
+
+
+def _lse_lower(x: np.ndarray) -> float:
+    """A lower bound on log Σ e^{x_i} (−inf for no terms)."""
+    if x.size == 0:
+        return -np.inf
+    m = float(x.max())
+    t = np.exp(_down(x - m)) * (1 - _FN_REL)
+    s = _down(t.sum() * (1 - _gamma(x.size + 1)))
+    ls = np.log(s)
+    ls = ls * (1 + _FN_REL) if ls < 0 else ls * (1 - _FN_REL)
+    return float(_down(m + _down(ls)))
+
+
+def _leakage_upper(log_zc_lo: float, log_zout_hi: float, n_total: int) -> float:
+    """Z_out / (Z_C + Z_out) from log bounds, rounded up; the extra factor also covers the float64
+    evaluation of the *true* leakage (exp, two sums and a division over ≤ n_total terms)."""
+    if log_zout_hi == -np.inf:
+        return 0.0
+    d = _down(log_zc_lo - log_zout_hi)
+    with np.errstate(over="ignore"):
+        e = np.exp(d) * (1 - _FN_REL)
+    L = _up(1.0 / _down(1.0 + e))
+    return float(min(1.0, _up(L * (1 + 4 * _gamma(n_total + 16)))))
+
+
+# ---------------------------------------------------------------------------------------------- one step
+@dataclass(frozen=True)
+class CertifiedStep:
+    """Result of ``certified_step`` for one query. Scores are scaled. ``candidates`` ascending.
+
+    ``true_leakage`` / ``true_error`` / ``dense_out`` are filled only with ``with_dense=True``
+    (they read every key and value: diagnostics, not part of the method).
+    """
+    out: np.ndarray
+    candidates: np.ndarray
+    certified_leakage: float
+    error: float
+    error_middle: float
+    error_estar: float
+    error_ball: float
+    gap: float
+    log_z_cand: float           # lower bound on log Σ_C e^{s_j}
+    log_z_out: float            # upper bound on log of the mass outside C
+    scanned_tokens: int
+    pruned_groups: np.ndarray
+    rounding: float
+    true_leakage: float | None = None
+    true_error: float | None = None
+    dense_out: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class GroupValueStats:
+    """Per-group value summaries used by the output bounds: max norm, centre (mean), radius."""
+    vmax: np.ndarray     # (G,)
+    centre: np.ndarray   # (G, Dv)
+    radius: np.ndarray   # (G,)  max_j ‖v_j − centre‖, rounded up
+
+
+def group_value_stats(V: np.ndarray, group: int) -> GroupValueStats:
+    """Summaries of values (M, Dv) per group of ``group`` tokens (a cache keeps them per page)."""
+    M = V.shape[0]
+    starts = np.arange(0, M, group)
+    counts = np.diff(np.r_[starts, M])
+    norms = np.linalg.norm(V, axis=1)
+    centre = np.add.reduceat(V, starts, axis=0) / counts[:, None]
+    g = np.arange(M) // group
+    dist = np.linalg.norm(V - centre[g], axis=1)
+    # norms and distances are enlarged by γ_{Dv+2}, which covers their float64 evaluation
+    grow = 1 + 2 * _gamma(V.shape[1] + 2)
+    return GroupValueStats(vmax=_up(np.maximum.reduceat(norms, starts) * grow), centre=centre,
+                           radius=_up(np.maximum.reduceat(dist, starts) * grow))
+
+
+def certified_step(q, K, V, sketch: KeySketch, Kc: int, *, scale: float | None = None,
+                   prune_tol: float = 0.0, value_stats: GroupValueStats | None = None,
+                   with_dense: bool = False) -> CertifiedStep:
+    """One certified-mode decode step for one query ``q`` (D,) over keys ``K`` (M, D) (full precision,
+    read only for the candidates and for the page means when pruning), values ``V`` (M, Dv) and the
+    sketch of K. See the module doc for the problem solved and the bounds."""
+    q, K = query_and_keys(q, K)
+    V = as_real_array("V", V, ndim=2)
+    M, D = K.shape
+    if V.shape[0] != M:
+        raise VashistaInputError("V", f"has {V.shape[0]} rows but K has {M}")
+    if not isinstance(sketch, KeySketch):
+        raise VashistaInputError("sketch", f"expected a KeySketch, got {type(sketch).__name__}")
+    if sketch.n_tokens != M or sketch.head_dim != D:
+        raise VashistaInputError("sketch", f"covers ({sketch.n_tokens}, {sketch.head_dim}) keys, K is {K.shape}")
+    Kc = positive_int("Kc", Kc)
+    scale = resolve_scale(scale, D)
+    prune_tol = nonnegative_scalar("prune_tol", prune_tol)
+    vs = group_value_stats(V, sketch.group) if value_stats is None else value_stats
+    G, S = sketch.n_groups, sketch.group
+    g_of = sketch.group_of_tokens()
+    counts = np.diff(np.r_[np.arange(0, M, S), M])
+    lo_box, hi_box = sketch.box()
+
+    # 1. box pruning (module doc, step 1)
+    pruned = np.zeros(G, dtype=bool)
+    log_u_box = np.zeros(0)
+    if prune_tol > 0 and G > 1:
+        log_u_box = np.log(counts) * (1 + _FN_REL) + _up(scale * _box_bound(q, lo_box, hi_box))
+        means = np.add.reduceat(K, np.arange(0, M, S), axis=0) / counts[:, None]
+        mean_scores = token_scores(q, means, scale)
+        slack = 4 * _gamma(D + 3) * scale * (np.abs(means) @ np.abs(q)) + np.abs(mean_scores) * 4 * U
+        log_z_floor = _lse_lower(_down(mean_scores - slack))
+        budget = np.log(prune_tol) + log_z_floor
+        order = np.argsort(log_u_box, kind="stable")
+        cum = np.logaddexp.accumulate(log_u_box[order])
+        n_prune = int(np.searchsorted(cum, budget, side="right"))
+        n_prune = min(n_prune, G - 1)                     # always scan something
+        pruned[order[:n_prune]] = True
+    scanned = ~pruned[g_of]
+    idx_scan = np.flatnonzero(scanned)
+
+    # 2. sketch scan
+    shat_all, err_g = sketch_scores(q, sketch)
+    shat, err = shat_all[idx_scan], err_g[g_of[idx_scan]]
+    # 3. candidates by sketch score, tie -> lower index; exact rescoring
+    kc = min(Kc, idx_scan.size)
+    cand = np.sort(idx_scan[top_indices(shat, kc)])
+    raw = token_scores(q, K[cand], 1.0)
+    s_c = raw * scale
+    exact_err = _up(4 * _gamma(D + 2) * (np.abs(K[cand]) @ np.abs(q)))
+    lb_c = _down(_down(raw - exact_err) * scale)
+    # 4. softmax and gather
+    w = np.exp(s_c - s_c.max())
+    out = (w / w.sum()) @ V[cand]
+    # 5. certificate
+    is_c = np.zeros(M, dtype=bool)
+    is_c[cand] = True
+    rest = idx_scan[~is_c[idx_scan]]
+    shat_r, err_r = shat_all[rest], err_g[g_of[rest]]
+    ub = _up(_up(shat_r + err_r) * scale)
+    lb = _down(_down(shat_r - err_r) * scale)
+    log_u_pruned = log_u_box[pruned] if log_u_box.size else np.zeros(0)
+    log_zc = _lse_lower(lb_c)
+    log_zout = _lse_upper(np.r_[ub, log_u_pruned])
+    leak = _leakage_upper(log_zc, log_zout, M)
+    s_out_max = max(float(np.max(ub, initial=-np.inf)),
+                    float(np.max(_up(scale * _box_bound(q, lo_box[pruned], hi_box[pruned])), initial=-np.inf))
+                    if pruned.any() else -np.inf)
+    gap = float(lb_c.max() - s_out_max)
+
+    o_norm = float(np.linalg.norm(out))
+    vmax_all = float(vs.vmax.max())
+    rho = 8.0 * (M + kc + 8) * U
+    rounding = rho * vmax_all
+    if rest.size == 0 and not pruned.any():
+        e_mid = e_star = e_ball = 0.0
+    else:
+        # everything relative to a common shift c (the largest log-mass), so nothing overflows
+        c = max(log_zc, float(np.max(ub, initial=-np.inf)), float(np.max(log_u_pruned, initial=-np.inf)))
+        with np.errstate(under="ignore"):
+            Zc = np.exp(log_zc - c) * (1 - _FN_REL)
+            x_lo = np.exp(lb - c) * (1 - _FN_REL)
+            x_hi = np.exp(ub - c) * (1 + _FN_REL)
+            u_pr = np.exp(log_u_pruned - c) * (1 + _FN_REL)
+        w_tok = vs.vmax[g_of[rest]] + o_norm
+        w_pr = vs.vmax[pruned] + o_norm
+        groups_out = np.r_[g_of[rest], np.flatnonzero(pruned)]
+        w_max = float(np.max(np.r_[w_tok, w_pr]))
+        e_mid = leak * w_max
+        e_star = _best_prefix_ratio(float(x_lo @ w_tok), Zc + float(x_lo.sum()),
+                                    np.r_[x_hi - x_lo, u_pr], np.r_[w_tok, w_pr])
+        W_lo = np.bincount(g_of[rest], weights=x_lo, minlength=G)
+        W_hi = np.bincount(np.r_[g_of[rest], np.flatnonzero(pruned)], weights=np.r_[x_hi, u_pr], minlength=G)
+        dist = np.linalg.norm(vs.centre - out, axis=1)
+        used = np.zeros(G, dtype=bool)
+        used[groups_out] = True
+        num = (np.linalg.norm(W_lo[used] @ (vs.centre[used] - out)) + (W_hi[used] - W_lo[used]) @ dist[used]
+               + W_hi[used] @ vs.radius[used])
+        e_ball = float(num / (Zc + W_lo.sum()))
+        grow = (1 + rho) * (1 + 4 * _gamma(M + 8))
+        e_mid, e_star, e_ball = e_mid * grow, e_star * grow, e_ball * grow
+    e_mid, e_star, e_ball = e_mid + rounding, e_star + rounding, e_ball + rounding
+
+    true_leak = true_err = dense_out = None
+    if with_dense:
+        s_all = token_scores(q, K, scale)
+        p = np.exp(s_all - s_all.max())
+        Z = p.sum()
+        true_leak = float(p[~is_c].sum() / Z)
+        dense_out = (p / Z) @ V
+        true_err = float(np.linalg.norm(out - dense_out))
+    return CertifiedStep(out=out, candidates=cand, certified_leakage=leak,
+                         error=min(e_mid, e_star, e_ball), error_middle=e_mid, error_estar=e_star,
+                         error_ball=e_ball, gap=gap, log_z_cand=log_zc, log_z_out=log_zout,
+                         scanned_tokens=int(idx_scan.size), pruned_groups=np.flatnonzero(pruned),
+                         rounding=rounding, true_leakage=true_leak, true_error=true_err, dense_out=dense_out)
+
+
+def certified_decode(Q, K, V, *, bits: int, Kc: int, group: int = 16, scale: float | None = None,
+                     meta_dtype: str = "float16", prune_tol: float = 0.0,
+                     with_dense: bool = False) -> list[CertifiedStep]:
+    """Certified mode for a GQA group layout: queries ``Q`` (Hq, D), keys ``K`` (Hkv, M, D), values
+    ``V`` (Hkv, M, Dv), Hq a multiple of Hkv (query head h reads KV head h // (Hq / Hkv)). Each KV head
+    is sketched once; each query head selects and is certified on its own. Returns one
+    :class:`CertifiedStep` per query head."""
+    Q = as_real_array("Q", Q, ndim=2)
+    K = as_real_array("K", K, ndim=3)
+    V = as_real_array("V", V, ndim=3)
+    Hq, Hkv = Q.shape[0], K.shape[0]
+    if V.shape[0] != Hkv or V.shape[1] != K.shape[1]:
+        raise VashistaInputError("V", f"expected ({Hkv}, {K.shape[1]}, Dv), got {V.shape}")
+    if Hq % Hkv != 0:
+        raise VashistaInputError("Q", f"has {Hq} query heads, not a multiple of the {Hkv} KV heads")
+    if Q.shape[1] != K.shape[2]:
+        raise VashistaInputError("Q", f"has dimension {Q.shape[1]} but keys have dimension {K.shape[2]}")
+    G = Hq // Hkv
+    out = []
+    for h in range(Hkv):
+        sk = quantize_keys(K[h], bits=bits, group=group, meta_dtype=meta_dtype)
+        vs = group_value_stats(V[h], sk.group)
+        for i in range(G):
+            out.append(certified_step(Q[h * G + i], K[h], V[h], sk, Kc, scale=scale, prune_tol=prune_tol,
+                                      value_stats=vs, with_dense=with_dense))
+    return out
