@@ -108,7 +108,7 @@ def route(qs: np.ndarray, cache: PagedKVCache, seq_id: int, head: int, P: int, s
         scores = np.full(summ.count.shape[0], -np.inf)
         scores[cand] = block_scores(qs, _subset(summ, cand), router, scale)
         scored += cand.shape[0]
-        kept, dropped = _keep(cand, scores, np.unique(forced // F ** level), P)
+        kept, dropped = _keep(cand, scores[cand], np.unique(forced // F ** level), P)
         excluded.append((level, dropped))
         if level == 0:
             return Routing(pages=kept, excluded=excluded, summaries_scored=scored)
