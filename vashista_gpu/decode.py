@@ -1,0 +1,193 @@
+"""Sparse paged decode on torch tensors: the public entry point of the GPU tier (SPEC 2 and 3).
+
+For a query q of KV head h // G in sequence b (G = Hq / Hkv query heads per KV head), one step solves,
+on a candidate set C chosen by routing,
+
+    softmax (default)   a = argmax_{a ∈ Δ_C} ⟨s_C, a⟩ + H(a) = softmax(s_C),   s_j = scale·⟨q, k_j⟩,
+    eg / fw             α ≈ argmin_{α ∈ Δ_C} ½‖K_Cᵀα − q‖² − ε H(α)   (projection model; ``solvers.py``),
+
+and returns o = Σ_C a_j v_j with a certificate on ‖o − o_dense‖ — the same algorithm, tie rule and
+certificate as ``vashista_ref.sparse_decode`` (routing: sinks + newest page + top-P others, per level
+of the hierarchy; candidates: top-Kc tokens of the routed pages).
+
+Differences from the reference, by design: the certificate reported as ``certified_error`` is the
+reference's ``error_middle`` form L̂·(max_{j∉C} vmax_page(j) + ‖o‖) — sound, never below the
+reference's tightest form — without the float64 rounding allowance (the stages accumulate in float32
+on the cache's stored keys/values; see benchmarks/RESULTS.md for measured agreement).
+
+Two backends behind one API: ``"triton"`` (kernels in ``kernels/``; on CUDA, or on CPU under
+``TRITON_INTERPRET=1``) and ``"torch"`` (vectorised torch, ``torch_path.py``); ``"auto"`` picks triton
+on CUDA. Planning (host) and execution (device) are separate: ``plan_decode`` + ``run_plan`` can be
+graph-captured; ``sparse_decode`` does both and applies the policy (a policy that falls back needs one
+host synchronisation to know which queries to recompute).
+
+Example::
+
+    >>> import torch
+    >>> from vashista_gpu.paged_cache import TorchPagedKVCache
+    >>> from vashista_gpu.decode import sparse_decode
+    >>> from vashista_gpu.dense import dense_decode
+    >>> torch.manual_seed(0) and None
+    >>> cache = TorchPagedKVCache(16, 2, 32, num_pages=64, max_seqs=2, dtype=torch.float32)
+    >>> s = cache.add_sequence(); cache.append(s, torch.randn(300, 2, 32), torch.randn(300, 2, 32))
+    >>> q = torch.randn(1, 4, 32)
+    >>> r = sparse_decode(q, cache, [s], P=4, Kc=32)
+    >>> err = (r.out - dense_decode(q, cache, [s])).norm(dim=-1)
+    >>> bool((err <= r.certified_error + 1e-6).all())
+    True
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vashista_ref.errors import VashistaInputError
+from vashista_ref.policies import Capped, DenseFallback, ReportOnly
+
+from . import validate as V
+from .dense import dense_decode
+from .paged_cache import resolve_backend
+from .plan import DecodePlan, plan_decode
+from .routing import Routed, route
+from .selection import INVALID_KEY, key_index
+
+
+@dataclass
+class DecodeOutput:
+    """Output and per-(batch row, query head) certificate of one step; (B, Hq) tensors unless noted.
+
+    ``out`` (B, Hq, Dv) in q's dtype; ``certified_leakage`` L̂, ``certified_error`` (softmax; NaN for
+    eg/fw), ``gap`` Δ̂ (softmax) or the projection residual gap (eg/fw); ``certified`` error ≤ tol;
+    ``fell_back`` recomputed densely; ``P_used``/``Kc_used`` after a ``Capped`` policy;
+    ``pages`` (B, Hq, W) routed logical pages ascending, −1 padded; ``candidates`` (B, Hq, Kc) logical
+    token indices ascending, −1 padded; ``weights`` (B, Hq, Kc) aligned with ``candidates``;
+    ``summaries_scored`` per query head (routing cost).
+    """
+    out: torch.Tensor
+    certified_leakage: torch.Tensor
+    certified_error: torch.Tensor
+    gap: torch.Tensor
+    certified: torch.Tensor
+    fell_back: torch.Tensor
+    P_used: torch.Tensor
+    Kc_used: torch.Tensor
+    pages: torch.Tensor
+    candidates: torch.Tensor
+    weights: torch.Tensor
+    summaries_scored: int = 0
+
+
+def _backend_module(backend: str):
+    if backend == "torch":
+        from . import torch_path
+        return torch_path
+    from . import triton_path
+    return triton_path
+
+
+def _share_in_group(plan, keys: torch.Tensor) -> torch.Tensor:
+    """One selection per GQA group: each position's key becomes the group's max (same index, so the
+    max key is the key of the max score) — the reference's max-over-heads rule."""
+    B, Hq = keys.shape[:2]
+    g = keys.view(B, plan.Hkv, plan.G, -1).amax(2, keepdim=True)
+    return g.expand(-1, -1, plan.G, -1).reshape(keys.shape)
+
+
+def run_plan(plan: DecodePlan, q: torch.Tensor, cache, *, backend: str = "auto",
+             share_selection_in_group: bool = False) -> dict:
+    """Device work of one step for a plan: routing, candidates, solve, gather, certificate.
+
+    No host synchronisation and static shapes: capturable in a CUDA graph (softmax solver).
+    """
+    mod = _backend_module(resolve_backend(backend, q.device))
+    q32 = q.float()
+    score_blocks = mod.score_blocks
+    if share_selection_in_group and plan.G > 1:
+        def score_blocks(*a, _f=mod.score_blocks):
+            keys, ub, vn = _f(*a)
+            return _share_in_group(plan, keys), ub, vn
+    routed: Routed = route(plan, q32, cache, score_blocks)
+    s, keys = mod.score_tokens(plan, q32, cache, routed)
+    sel_keys = _share_in_group(plan, keys) if share_selection_in_group and plan.G > 1 else keys
+    cvals, cpos = torch.topk(sel_keys, plan.Kc, dim=-1, sorted=True)
+    res = mod.finish(plan, q32, cache, routed, s, sel_keys, cvals, cpos)
+    cvalid = cvals != INVALID_KEY
+    cand = torch.where(cvalid, key_index(cvals), torch.iinfo(torch.int64).max)
+    cand, order = torch.sort(cand, dim=-1)
+    res["candidates"] = torch.where(cand == torch.iinfo(torch.int64).max, -1, cand)
+    res["weights"] = torch.gather(res["weights"], -1, order)
+    res["pages"] = torch.where(routed.ok, routed.pages, -1)
+    res["summaries_scored"] = routed.scored
+    return res
+
+
+def sparse_decode(q: torch.Tensor, cache, seq_ids, P: int, Kc: int, *, solver: str = "softmax",
+                  scale: float | None = None, sink_pages: int = 1, router: str = "bound", policy=None,
+                  share_selection_in_group: bool = False, hierarchical: bool = False,
+                  eps: float | None = None, iters: int = 50, backend: str = "auto",
+                  check_finite: bool = True) -> DecodeOutput:
+    """Sparse decode of q (B, Hq, D) over ``cache`` sequences ``seq_ids`` (one per batch row).
+
+    Arguments as ``vashista_ref.sparse_decode.sparse_decode`` (``P`` pages besides the forced ones,
+    ``Kc`` ≤ the shortest sequence's length, ``policy`` ReportOnly/DenseFallback/Capped from
+    ``vashista_ref.policies``), plus ``backend`` and ``check_finite`` (skip the NaN scan of q).
+    """
+    q = V.tensor("q", q, ndim=3, check_finite=check_finite)
+    V.same_device("q", q, cache.device)
+    ids = V.index_tensor("seq_ids", seq_ids)
+    if ids.numel() != q.shape[0]:
+        raise VashistaInputError("seq_ids", f"has {ids.numel()} ids but q has batch size {q.shape[0]}")
+    if q.shape[2] != cache.head_dim:
+        raise VashistaInputError("q", f"has head dimension {q.shape[2]} but the cache stores keys of dimension {cache.head_dim}")
+    policy = ReportOnly() if policy is None else policy
+    if not isinstance(policy, (ReportOnly, DenseFallback, Capped)):
+        raise VashistaInputError("policy", f"expected ReportOnly, DenseFallback or Capped, got {policy!r}")
+    if not isinstance(share_selection_in_group, bool):
+        raise VashistaInputError("share_selection_in_group", "expected a bool")
+    plan = plan_decode(cache, ids, q.shape[1], P, Kc, scale=scale, sink_pages=sink_pages, router=router,
+                       solver=solver, hierarchical=hierarchical, eps=eps, iters=iters)
+    shortest = min(plan.host_lens)
+    V.positive_int("Kc", Kc, upper=shortest, upper_name="tokens in the shortest sequence")
+    if isinstance(policy, Capped):
+        policy.check_start(P, Kc)
+    tol = getattr(policy, "tol", float("inf"))
+    res = run_plan(plan, q, cache, backend=backend, share_selection_in_group=share_selection_in_group)
+    B, Hq = q.shape[:2]
+    dev = q.device
+    ok_of = (lambda r: r["certified_error"] <= tol) if solver == "softmax" else (lambda r: r["gap"] > 0)
+    certified = ok_of(res)
+    P_used = torch.full((B, Hq), P, dtype=torch.int64, device=dev)
+    Kc_used = torch.full((B, Hq), Kc, dtype=torch.int64, device=dev)
+    out = res["out"].clone()
+    if isinstance(policy, Capped):
+        P_cur, Kc_cur = P, Kc
+        while not bool(certified.all()):
+            nxt = policy.widen(P_cur, Kc_cur, shortest)
+            if nxt == (P_cur, Kc_cur):
+                break
+            P_cur, Kc_cur = nxt
+            wider = run_plan(plan_decode(cache, ids, Hq, P_cur, Kc_cur, scale=scale, sink_pages=sink_pages,
+                                         router=router, solver=solver, hierarchical=hierarchical, eps=eps,
+                                         iters=iters),
+                             q, cache, backend=backend, share_selection_in_group=share_selection_in_group)
+            redo = ~certified
+            for f in ("certified_leakage", "certified_error", "gap"):
+                res[f] = torch.where(redo, wider[f], res[f])
+            out = torch.where(redo[..., None], wider["out"], out)
+            P_used = torch.where(redo, P_cur, P_used)
+            Kc_used = torch.where(redo, Kc_cur, Kc_used)
+            certified = certified | ok_of(wider)
+    fell_back = torch.zeros((B, Hq), dtype=torch.bool, device=dev)
+    if not isinstance(policy, ReportOnly) and not bool(certified.all()):
+        if solver != "softmax":
+            raise VashistaInputError("policy", "dense fallback of the eg/fw solvers is not implemented on the GPU tier")
+        fell_back = ~certified
+        rows = torch.nonzero(fell_back.any(-1)).flatten().tolist()
+        dense = dense_decode(q[rows], cache, ids[rows], scale=plan.scale).float()
+        out[rows] = torch.where(fell_back[rows][..., None], dense, out[rows])
+    sc = res["certified_error"] if solver == "softmax" else torch.full_like(res["gap"], float("nan"))
+    return DecodeOutput(out=out.to(q.dtype), certified_leakage=res["certified_leakage"], certified_error=sc,
+                        gap=res["gap"], certified=certified, fell_back=fell_back, P_used=P_used,
+                        Kc_used=Kc_used, pages=res["pages"], candidates=res["candidates"],
+                        weights=res["weights"], summaries_scored=res["summaries_scored"])

@@ -1,0 +1,56 @@
+"""Dense decode baseline over a ``TorchPagedKVCache``: PyTorch SDPA (flash / memory-efficient kernels
+on GPU), GQA without repeating K/V (``enable_gqa``).
+
+Solves, for each batch row and query head, a = argmax_{a∈Δ_T} ⟨s, a⟩ + H(a) = softmax(s),
+s_j = scale·⟨q, k_j⟩ over all T tokens of the sequence, and returns o = Vᵀa.
+
+Example::
+
+    >>> import torch
+    >>> from vashista_gpu.paged_cache import TorchPagedKVCache
+    >>> c = TorchPagedKVCache(4, 1, 8, num_pages=8, max_seqs=1, dtype=torch.float32)
+    >>> s = c.add_sequence(); c.append(s, torch.randn(10, 1, 8), torch.randn(10, 1, 8))
+    >>> dense_decode(torch.randn(1, 2, 8), c, [s]).shape      # 2 query heads share 1 KV head
+    torch.Size([1, 2, 8])
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as Fn
+
+from vashista_ref.errors import VashistaInputError
+
+from . import validate as V
+
+
+def sdpa_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """q (B, Hq, D), k (B, Hkv, T, D), v (B, Hkv, T, Dv) -> (B, Hq, Dv) by SDPA with GQA."""
+    G = q.shape[1] // k.shape[1]
+    o = Fn.scaled_dot_product_attention(q[:, :, None, :], k, v, scale=scale, enable_gqa=G > 1)
+    return o[:, :, 0, :]
+
+
+def dense_decode(q: torch.Tensor, cache, seq_ids, *, scale: float | None = None,
+                 heads: torch.Tensor | None = None) -> torch.Tensor:
+    """Exact attention of q (B, Hq, D) over each sequence's whole cache; returns (B, Hq, Dv) in q's dtype.
+
+    Sequences of different lengths are attended one by one (no padding mask needed).
+    """
+    q = V.tensor("q", q, ndim=3)
+    ids = [int(s) for s in V.index_tensor("seq_ids", seq_ids).tolist()]
+    if len(ids) != q.shape[0]:
+        raise VashistaInputError("seq_ids", f"has {len(ids)} ids but q has batch size {q.shape[0]}")
+    if q.shape[2] != cache.head_dim:
+        raise VashistaInputError("q", f"has head dimension {q.shape[2]} but the cache stores keys of dimension {cache.head_dim}")
+    if q.shape[1] % cache.n_kv_heads:
+        raise VashistaInputError("q", f"has {q.shape[1]} query heads, not a multiple of the cache's {cache.n_kv_heads} KV heads")
+    sc = cache.head_dim ** -0.5 if scale is None else V.positive_scalar("scale", scale)
+    out = torch.empty(q.shape[0], q.shape[1], cache.value_dim, dtype=q.dtype, device=q.device)
+    for b, s in enumerate(ids):
+        if cache.length(s) == 0:
+            raise VashistaInputError("cache", f"sequence {s} is empty (no tokens to attend to)")
+        k, v = cache.gather(s)
+        k = k.permute(1, 0, 2)[None].to(q.dtype)
+        v = v.permute(1, 0, 2)[None].to(q.dtype)
+        out[b] = sdpa_decode(q[b:b + 1], k, v, sc)[0]
+    return out
