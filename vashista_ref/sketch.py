@@ -11,8 +11,8 @@ The sketch. Tokens are cut into quantization groups of ``group`` consecutive tok
 paged cache). For group g and channel d we store
 
     offset o_{g,d} = min_j k_{j,d} rounded DOWN to the metadata dtype,
-    step   δ_{g,d} = (max_j k_{j,d} − o_{g,d}) / (2^b − 1) rounded UP (0 for a channel that is constant
-                     and exactly representable),
+    step   δ_{g,d} = the smallest metadata number with o + (2^b − 1) δ ≥ max_j k_{j,d} in exact
+                     arithmetic (checked exactly; 0 for a channel that is constant and representable),
     code   c_{j,d} = round((k_{j,d} − o_{g,d}) / δ_{g,d}) clipped to [0, 2^b − 1]   (uint8; for b < 8
                      packed 8/b codes per byte, low bits first),
 
@@ -39,9 +39,10 @@ measures the tightness lost at group 32 and 64 (see benchmarks/RESULTS.md, "Cert
 
 One decode step (``certified_step``):
   1. optional box pruning: groups whose box bound (the sketch box above, free) is negligible are not
-     scanned: in ascending order of log(n_g) + scale·UB_g(q) they are dropped while their summed mass
-     bound stays ≤ ``prune_tol`` · Σ_g e^{scale·⟨q, mean_g⟩} (each group holds a token scoring at least
-     its mean, so that sum is ≤ Z and pruning costs at most ``prune_tol`` of leakage);
+     scanned. A floor Z_0 ≤ Z is read exactly from two probe groups (the one with the best mean key
+     score and the newest); then, in ascending order of log(n_g) + scale·UB_g(q), groups are dropped
+     while their summed mass bound stays ≤ ``prune_tol`` · Z_0, so pruning adds at most ``prune_tol``
+     to L̂ (free when attention is concentrated: one strong token makes Z_0 large);
   2. sketch scan of the remaining tokens: ŝ_j and e_g;
   3. candidates: top-Kc by ŝ_j (ties to the lower index), rescored exactly against the full keys;
   4. softmax over the candidates and value gather;
@@ -196,6 +197,32 @@ def _to_meta(x: np.ndarray, dtype, direction: str, name: str) -> np.ndarray:
     return y
 
 
+def _covering_step(kmax: np.ndarray, o64: np.ndarray, levels: int, dt) -> np.ndarray:
+    """The smallest step in the metadata dtype (up to one ulp) with o + levels·step >= kmax exactly.
+
+    Start from the nearest representable (kmax − o)/levels and raise it an ulp where the exact test
+    fails. The test is exact: kmax − o = s + e by TwoSum, levels·step is exact in float64 (a ≤ 24-bit
+    significand times an 8-bit integer), and levels·step − s is exact by Sterbenz whenever it is
+    close enough to matter (otherwise its sign alone decides)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        s = kmax - o64
+        bp = s - kmax
+        e = (kmax - (s - bp)) + (-o64 - bp)          # kmax − o = s + e exactly
+    if not np.all(np.isfinite(s)):
+        raise VashistaInputError("K", "key range overflows float64")
+    step = _to_meta(np.where(s > 0, s / levels, 0.0), dt, "up", "key range")
+    for _ in range(8):
+        p = levels * step.astype(np.float64)
+        bad = ~(p - s >= e)
+        if not bad.any():
+            return step
+        step[bad] = np.nextafter(step[bad], dt(np.inf))
+        if not np.all(np.isfinite(step)):
+            raise VashistaInputError("K", f"key range exceeds the range of the {np.dtype(dt).name} metadata; "
+                                          f"use meta_dtype='float32'")
+    raise AssertionError("covering step not found")  # unreachable: each ulp raises levels·step by >= 1 ulp of s
+
+
 def quantize_keys(K, bits: int = 4, group: int = 16, meta_dtype: str = "float16") -> KeySketch:
     """Quantize keys (M, D) into a :class:`KeySketch` (b-bit codes, per-group per-channel offset/step).
 
@@ -216,13 +243,7 @@ def quantize_keys(K, bits: int = 4, group: int = 16, meta_dtype: str = "float16"
     kmax = np.maximum.reduceat(K, starts, axis=0)
     offset = _to_meta(kmin, dt, "down", "min key")
     o64 = offset.astype(np.float64)
-    # span rounded up twice (subtraction, division) so that o + levels·step >= max in exact arithmetic
-    with np.errstate(over="ignore"):
-        span = np.where(kmax > o64, _up(kmax - o64), 0.0)
-        step64 = np.where(span > 0, _up(span / levels), 0.0)
-    if not np.all(np.isfinite(step64)):
-        raise VashistaInputError("K", "key range overflows float64")
-    step = _to_meta(step64, dt, "up", "key range")
+    step = _covering_step(kmax, o64, levels, dt)
     g = np.arange(M) // group
     st = step.astype(np.float64)[g]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -377,14 +398,15 @@ def certified_step(q, K, V, sketch: KeySketch, Kc: int, *, scale: float | None =
     if prune_tol > 0 and G > 1:
         log_u_box = np.log(counts) * (1 + _FN_REL) + _up(scale * _box_bound(q, lo_box, hi_box))
         means = np.add.reduceat(K, np.arange(0, M, S), axis=0) / counts[:, None]
-        mean_scores = token_scores(q, means, scale)
-        slack = 4 * _gamma(D + 3) * scale * (np.abs(means) @ np.abs(q)) + np.abs(mean_scores) * 4 * U
-        log_z_floor = _lse_lower(_down(mean_scores - slack))
-        budget = np.log(prune_tol) + log_z_floor
+        probe = np.unique([int(np.argmax(token_scores(q, means, 1.0))), G - 1])
+        rows = np.flatnonzero(np.isin(g_of, probe))
+        raw_p = token_scores(q, K[rows], 1.0)
+        lb_p = _down(_down(raw_p - _up(4 * _gamma(D + 2) * (np.abs(K[rows]) @ np.abs(q)))) * scale)
+        budget = np.log(prune_tol) + _lse_lower(lb_p)
+        log_u_box[probe] = np.inf                          # the probed groups are always scanned
         order = np.argsort(log_u_box, kind="stable")
         cum = np.logaddexp.accumulate(log_u_box[order])
         n_prune = int(np.searchsorted(cum, budget, side="right"))
-        n_prune = min(n_prune, G - 1)                     # always scan something
         pruned[order[:n_prune]] = True
     scanned = ~pruned[g_of]
     idx_scan = np.flatnonzero(scanned)
