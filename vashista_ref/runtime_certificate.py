@@ -25,11 +25,19 @@ maximum over a box, attained by switching blocks on in order of decreasing w_p w
 current ratio, so it is the best prefix of the blocks sorted by w (O(b log b)). Everything is evaluated
 relative to the largest log-mass involved, so e^{UB−m} never overflows even at huge score scales.
 
+All three forms are sound, so each is also capped by the looser ones (min), which makes the order
+E ≤ error_middle ≤ error_2lv hold exactly in floating point.
+
 Floating point: the certificate bounds the distance between the computed sparse output and dense
-attention on the same float64 scores. To stay sound against a *computed* float64 dense output it adds
-an explicit allowance  ρ·(E* + max_j ‖v_j‖),  ρ = 8 (M + |C| + 8) u,  u = 2⁻⁵³ — a bound on the
-rounding of both weighted sums (each ≤ γ_n·max‖v‖ in norm) and of the certificate arithmetic itself.
-It is reported separately as ``rounding``; for M = 1000 tokens it is ~2e-12·max‖v‖.
+attention on the same float64 scores. To stay sound against a *computed* float64 dense output it is
+inflated by the relative allowance ρ and adds ρ·max_j ‖v_j‖ (reported as ``rounding``), with
+
+    ρ = u · (8 (M + |C| + 8) + 8 (|c| + 760)),   u = 2⁻⁵³,
+
+the first term covering the rounding of both weighted sums (each ≤ γ_n·max‖v‖ in norm), the second
+the rounding of e^{s−m} (relative error ≤ (|s − m| + 2)u, and |s − m| ≤ 745 for any weight that does
+not underflow) and of the log-domain certificate arithmetic at magnitude |c| (the largest log-mass
+involved). For M = 1000 tokens and moderate scores the allowance is ~3e-12·max‖v‖.
 
 Gap: Δ̂ = m − max(scale·UB_p over excluded blocks, s_j over scored non-candidates); +inf when C is
 everything. Δ̂ > 0 says no excluded token can outscore the best candidate.
@@ -95,23 +103,26 @@ def softmax_certificate(*, s_cand: np.ndarray, o_sparse: np.ndarray, s_scored_ou
     o_norm = float(np.linalg.norm(o_sparse))
     w_known = np.asarray(vmax_scored_out, dtype=np.float64) + o_norm
     w_blocks = np.asarray(vmax_blocks, dtype=np.float64) + o_norm
-    rho = 8.0 * (n_total + s_cand.shape[0] + 8) * UNIT_ROUNDOFF
+    # shift every log-mass by the largest one so nothing overflows; the ratios are scale invariant
+    c = max(log_zc, float(np.max(s_known, initial=-np.inf)), float(np.max(log_u, initial=-np.inf)))
+    rho = UNIT_ROUNDOFF * (8.0 * (n_total + s_cand.shape[0] + 8) + 8.0 * (abs(c) + 760.0))
     rounding = rho * float(vmax_all)
     if s_known.size + log_u.size == 0:
         return RuntimeCertificate(0.0, rounding, rounding, rounding, float("inf"), rounding)
-    # shift every log-mass by the largest one so nothing overflows; the ratios are scale invariant
-    c = max(log_zc, float(np.max(s_known, initial=-np.inf)), float(np.max(log_u, initial=-np.inf)))
     Z, x, u = np.exp(log_zc - c), np.exp(s_known - c), np.exp(log_u - c)
     e_star = _best_prefix_ratio(float(x @ w_known), Z + float(x.sum()), u, w_blocks)
     log_zout = float(np.logaddexp.reduce(np.r_[s_known, log_u]))
     leakage = float(np.exp(log_zout - np.logaddexp(log_zc, log_zout)))
     w_max = float(np.max(np.r_[w_known, w_blocks]))
     gap = m - float(np.max(np.r_[s_known, np.asarray(s_bound_blocks, dtype=np.float64)]))
+    e_2lv = 2.0 * leakage * float(vmax_all)
+    e_middle = min(leakage * w_max, e_2lv)
+    e_star = min(e_star, e_middle)
     return RuntimeCertificate(
         leakage=leakage,
         error=e_star * (1 + rho) + rounding,
-        error_middle=leakage * w_max * (1 + rho) + rounding,
-        error_2lv=2.0 * leakage * float(vmax_all) * (1 + rho) + rounding,
+        error_middle=e_middle * (1 + rho) + rounding,
+        error_2lv=e_2lv * (1 + rho) + rounding,
         gap=gap,
         rounding=rounding,
     )
