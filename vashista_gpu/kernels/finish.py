@@ -1,0 +1,111 @@
+"""Triton kernel: solve, gather and certify one query head's candidates in one program (SPEC 2 steps
+3–4 and SPEC 3), reading each candidate value row once.
+
+    m = max_C s,  a_j = e^{s_j − m} / Z_C  (softmax: argmax_{a∈Δ_C} ⟨s_C, a⟩ + H(a)),  o = Σ_C a_j v_j,
+    log Z_scored = logsumexp of s_j over the scored non-candidates (key valid and below the last
+                   selected key), with their pages' max value norms,
+    L̂ = Z_out/(Z_C + Z_out) with log Z_out = logaddexp(log Z_scored, lse_out of the dropped blocks),
+    error ≤ L̂·(max(vnorm of pages holding a non-candidate, vmax_out) + ‖o‖),
+    gap = m − max(max scored non-candidate s, ub_out).
+
+Loop trip counts are compile-time (NK = ⌈Kc/BK⌉, NT = ⌈W·S/BT⌉): fixed per plan, and the Triton
+interpreter of 3.6 cannot take a runtime scalar as a ``range`` bound under NumPy 2.
+Everything is evaluated in the log domain relative to running maxima (an online logsumexp), so
+bounds far above m never overflow — as in the reference certificate.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+INVALID = -9223372036854775807 - 1
+
+
+@triton.jit
+def _logaddexp(a, b):
+    mx = tl.maximum(a, b)
+    mn = tl.minimum(a, b)
+    return tl.where(mx == float("-inf"), mx, mx + tl.log(1.0 + tl.exp(mn - mx)))
+
+
+@triton.jit
+def _finish_kernel(s_ptr, keys_ptr, cpos_ptr, cvals_ptr, pages_ptr, seq_ptr, table_ptr, v_ptr, vnorm_ptr,
+                   lse_out_ptr, ub_out_ptr, vmax_out_ptr,
+                   out_ptr, w_ptr, leak_ptr, err_ptr, gap_ptr, m_ptr,
+                   Kc, W, Hq, Hkv, S, Dv, table_stride,
+                   G: tl.constexpr, BK: tl.constexpr, BDV: tl.constexpr, BT: tl.constexpr,
+                   NK: tl.constexpr, NT: tl.constexpr):
+    pid = tl.program_id(0)
+    b = pid // Hq
+    h = pid % Hq
+    kvh = h // G
+    WS = W * S
+    seq = tl.load(seq_ptr + b).to(tl.int64)
+    cols = tl.arange(0, BDV)
+    cmask = cols < Dv
+    lane = tl.arange(0, BK)
+    # pass 1: the candidates' max score
+    m = tl.max(tl.full((BK,), float("-inf"), tl.float32), axis=0)
+    for i in range(NK):
+        idx = i * BK + lane
+        cv = tl.load(cvals_ptr + pid * Kc + idx, mask=idx < Kc, other=INVALID)
+        ok = (idx < Kc) & (cv != INVALID)
+        pos = tl.load(cpos_ptr + pid * Kc + idx, mask=ok, other=0)
+        sv = tl.load(s_ptr + pid * WS + pos, mask=ok, other=float("-inf"))
+        m = tl.maximum(m, tl.max(sv, axis=0))
+    # pass 2: Z_C and the unnormalised output, one gather of each candidate's value row
+    zc = tl.sum(tl.zeros((BK,), tl.float32), axis=0)
+    acc = tl.zeros((BDV,), tl.float32)
+    for i in range(NK):
+        idx = i * BK + lane
+        cv = tl.load(cvals_ptr + pid * Kc + idx, mask=idx < Kc, other=INVALID)
+        ok = (idx < Kc) & (cv != INVALID)
+        pos = tl.load(cpos_ptr + pid * Kc + idx, mask=ok, other=0)
+        sv = tl.load(s_ptr + pid * WS + pos, mask=ok, other=float("-inf"))
+        e = tl.where(ok, tl.exp(sv - m), 0.0)
+        wi = pos // S
+        slot = pos % S
+        page = tl.load(pages_ptr + pid * W + wi, mask=ok, other=0).to(tl.int64)
+        phys = tl.load(table_ptr + seq * table_stride + page, mask=ok, other=0).to(tl.int64)
+        v = tl.load(v_ptr + ((phys * Hkv + kvh) * S + slot)[:, None] * Dv + cols[None, :],
+                    mask=ok[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+        acc += tl.sum(e[:, None] * v, axis=0)
+        zc += tl.sum(e, axis=0)
+    o = acc / zc
+    tl.store(out_ptr + pid * Dv + cols, o, mask=cmask)
+    for i in range(NK):
+        idx = i * BK + lane
+        cv = tl.load(cvals_ptr + pid * Kc + idx, mask=idx < Kc, other=INVALID)
+        ok = (idx < Kc) & (cv != INVALID)
+        pos = tl.load(cpos_ptr + pid * Kc + idx, mask=ok, other=0)
+        sv = tl.load(s_ptr + pid * WS + pos, mask=ok, other=float("-inf"))
+        tl.store(w_ptr + pid * Kc + idx, tl.where(ok, tl.exp(sv - m) / zc, 0.0), mask=idx < Kc)
+    onorm = tl.sqrt(tl.sum(o * o, axis=0))
+    # certificate over the scored non-candidates
+    thr = tl.load(cvals_ptr + pid * Kc + Kc - 1)
+    tlane = tl.arange(0, BT)
+    mx = tl.max(tl.full((BT,), float("-inf"), tl.float32), axis=0)
+    z = tl.sum(tl.zeros((BT,), tl.float32), axis=0)
+    vsc = tl.sum(tl.zeros((BT,), tl.float32), axis=0)
+    for i in range(NT):
+        t = i * BT + tlane
+        key = tl.load(keys_ptr + pid * WS + t, mask=t < WS, other=INVALID)
+        so = (t < WS) & (key != INVALID) & (key < thr)
+        sv = tl.load(s_ptr + pid * WS + t, mask=so, other=float("-inf"))
+        new = tl.maximum(mx, tl.max(tl.where(so, sv, float("-inf")), axis=0))
+        part = tl.sum(tl.where(so, tl.exp(sv - new), 0.0), axis=0)
+        z = tl.where(new == float("-inf"), 0.0, z * tl.exp(mx - new) + part)
+        mx = new
+        page = tl.load(pages_ptr + pid * W + t // S, mask=so, other=0).to(tl.int64)
+        phys = tl.load(table_ptr + seq * table_stride + page, mask=so, other=0).to(tl.int64)
+        vnp = tl.load(vnorm_ptr + phys * Hkv + kvh, mask=so, other=0.0)
+        vsc = tl.maximum(vsc, tl.max(vnp, axis=0))
+    log_sc = tl.where(mx == float("-inf"), mx, mx + tl.log(z))
+    log_out = _logaddexp(log_sc, tl.load(lse_out_ptr + pid))
+    log_zc = m + tl.log(zc)
+    leak = 1.0 / (1.0 + tl.exp(log_zc - log_out))        # Z_out/(Z_C+Z_out), exact as a ratio
+    vmax = tl.maximum(vsc, tl.load(vmax_out_ptr + pid))
+    tl.store(leak_ptr + pid, leak)
+    tl.store(err_ptr + pid, leak * (vmax + onorm))
+    tl.store(gap_ptr + pid, m - tl.maximum(mx, tl.load(ub_out_ptr + pid)))
+    tl.store(m_ptr + pid, m)

@@ -1,0 +1,20 @@
+"""In-kernel twin of ``vashista_gpu.selection.tie_keys``: pack (float32 score, logical index) into an
+int64 key whose integer order is the tie rule's order (score descending, lower index first).
+
+    key = orderable(score) << 32 | (2**32 − 1 − index);  forced -> orderable = 2**31 − 1;
+    invalid -> −2**63.   (−0.0 is mapped to +0.0 first so the two zeros tie, as in NumPy.)
+
+Used by ``kernels/block_scores.py`` and ``kernels/token_scores.py``.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def tie_key(score, index, valid, forced):
+    s = tl.where(score == 0.0, 0.0, score).to(tl.float32)
+    bits = s.to(tl.int32, bitcast=True)
+    hi = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)
+    hi = tl.where(forced, 2147483647, hi)
+    key = hi * 4294967296 + (4294967295 - index.to(tl.int64))
+    return tl.where(valid, key, -9223372036854775807 - 1)

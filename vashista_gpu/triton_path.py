@@ -1,0 +1,100 @@
+"""Triton execution of a planned sparse decode step: launchers for ``kernels/`` with the same stage
+functions as ``torch_path`` (``score_blocks``, ``score_tokens``, ``finish``), so ``decode.run_plan``
+and ``routing.route`` drive either backend. Selections between the stages (top-P blocks, top-Kc
+tokens) use ``torch.topk`` on the kernels' int64 tie-rule keys.
+
+Outputs are allocated uninitialised; with ``POISON = True`` (tests) they are NaN / sentinel filled
+first, so an element a kernel fails to write shows up. eg/fw weights run in torch on the gathered
+candidates (``solvers.py``).
+
+Example (CPU, under ``TRITON_INTERPRET=1``)::
+
+    r = sparse_decode(q, cache, seq_ids, P=4, Kc=32, backend="triton")
+"""
+from __future__ import annotations
+
+import torch
+import triton
+
+from .kernels.block_scores import _block_scores_kernel
+from .kernels.finish import _finish_kernel
+from .kernels.token_scores import _token_scores_kernel
+
+POISON = False
+
+
+def _out(shape, dtype, device):
+    if not POISON:
+        return torch.empty(shape, dtype=dtype, device=device)
+    if dtype.is_floating_point:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.full(shape, 2 ** 62 + 12345, dtype=dtype, device=device)   # a plausible-looking lie
+
+
+def score_blocks(plan, q32, cache, level, nodes, valid, forced):
+    B, Hq, M = nodes.shape
+    dev = q32.device
+    keys = _out((B, Hq, M), torch.int64, dev)
+    ub = _out((B, Hq, M), torch.float32, dev)
+    vn = _out((B, Hq, M), torch.float32, dev)
+    # blocks shared by the whole GQA group: the top level (or the only one) scores arange(M)
+    per_head = not (level == plan.L - 1)
+    if level == 0:
+        kmin, kmax, kmean, vnorm, n_lvl = cache.kmin, cache.kmax, cache.kmean, cache.vnorm, 0
+    else:
+        Lv = cache.levels[level - 1]
+        kmin, kmax, kmean, vnorm, n_lvl = Lv["kmin"], Lv["kmax"], Lv["kmean"], Lv["vnorm"], Lv["kmin"].shape[1]
+    nodes_c = nodes.contiguous() if per_head else nodes
+    pvalid = valid.to(torch.int8).contiguous() if per_head else valid
+    BM = min(64, triton.next_power_of_2(M))
+    grid = (B * (Hq if per_head else plan.Hkv), triton.cdiv(M, BM))
+    _block_scores_kernel[grid](
+        q32.contiguous(), nodes_c, pvalid, plan.seq_ids, plan.lens, cache.block_table,
+        kmin, kmax, kmean, vnorm, keys, ub, vn,
+        M, Hq, plan.Hkv, plan.D, plan.S, plan.F ** level if level else 1, n_lvl,
+        cache.block_table.stride(0), plan.sink_pages, plan.scale,
+        G=plan.G, PER_HEAD=per_head, LEVEL0=(level == 0), MEAN=(plan.router == "mean"),
+        BM=BM, BD=triton.next_power_of_2(plan.D))
+    return keys, ub, vn
+
+
+def score_tokens(plan, q32, cache, routed):
+    B, Hq, W = routed.pages.shape
+    S = plan.S
+    dev = q32.device
+    s = _out((B, Hq, W * S), torch.float32, dev)
+    keys = _out((B, Hq, W * S), torch.int64, dev)
+    BS = triton.next_power_of_2(S)
+    BW = max(1, min(triton.next_power_of_2(W), 64 // BS))
+    _token_scores_kernel[(B * Hq, triton.cdiv(W, BW))](
+        q32.contiguous(), routed.pages.contiguous(), routed.ok.to(torch.int8).contiguous(),
+        plan.seq_ids, plan.lens, cache.block_table, cache.k_pages, s, keys,
+        W, Hq, plan.Hkv, plan.D, S, cache.block_table.stride(0), plan.scale,
+        G=plan.G, BW=BW, BS=BS, BD=triton.next_power_of_2(plan.D))
+    return s, keys
+
+
+def finish(plan, q32, cache, routed, s, keys, cvals, cpos):
+    B, Hq, W = routed.pages.shape
+    Kc = cpos.shape[-1]
+    dev = q32.device
+    out = _out((B, Hq, plan.Dv), torch.float32, dev)
+    w = _out((B, Hq, Kc), torch.float32, dev)
+    leak, err, gap, m = (_out((B, Hq), torch.float32, dev) for _ in range(4))
+    BK = min(64, triton.next_power_of_2(Kc))
+    BT = min(256, triton.next_power_of_2(W * plan.S))
+    _finish_kernel[(B * Hq,)](
+        s, keys, cpos.contiguous(), cvals.contiguous(), routed.pages.contiguous(), plan.seq_ids,
+        cache.block_table, cache.v_pages, cache.vnorm,
+        routed.lse_out.contiguous(), routed.ub_out.contiguous(), routed.vmax_out.contiguous(),
+        out, w, leak, err, gap, m,
+        Kc, W, Hq, plan.Hkv, plan.S, plan.Dv, cache.block_table.stride(0),
+        G=plan.G, BK=BK, BDV=triton.next_power_of_2(plan.Dv), BT=BT,
+        NK=triton.cdiv(Kc, BK), NT=triton.cdiv(W * plan.S, BT))
+    res = dict(out=out, weights=w, certified_leakage=leak, certified_error=err, gap=gap, max_score=m)
+    if plan.solver != "softmax":
+        from . import torch_path
+        # projection solvers: weights and output recomputed in torch on the gathered candidates
+        res.update({k: v for k, v in torch_path.finish(plan, q32, cache, routed, s, keys, cvals, cpos).items()
+                    if k in ("out", "weights", "gap")})
+    return res
