@@ -55,12 +55,20 @@ Output-error bounds (e = o_dense − o_C = Σ_{j∉C} x_j (v_j − o_C) / Z, x_j
   * ``error_middle`` — SPEC 3:  L̂ · (max_{j∉C} ‖v_j‖ + ‖o_C‖)  (per-group max value norms);
   * ``error_estar`` — SPEC 3's linear-fractional maximum (runtime_certificate.E*) over the *intervals*
     x_j ∈ [e^{lb_j}, e^{ub_j}] that the sketch gives (page bounds only give [0, u]);
-  * ``error_ball`` — per group a value centre c_g (mean) and radius ρ_g = max_{j∈g} ‖v_j − c_g‖:
-        ‖e‖ ≤ ( ‖Σ_g W_g^lo (c_g − o_C)‖ + Σ_g (W_g^hi − W_g^lo) ‖c_g − o_C‖ + Σ_g W_g^hi ρ_g ) / Z^lo,
-    W_g^{lo,hi} = Σ_{j∈g∖C} e^{lb_j}, e^{ub_j}; it keeps the cancellation between groups that the
+  * ``error_ball`` — per group a value centre c_g (mean) and radius ρ_g = max_{j∈g} ‖v_j − c_g‖.
+    Split e·Z = Σ_g W_g (c_g − o_C) + Σ_{j∉C} x_j (v_j − c_g), W_g = Σ_{j∈g∖C} x_j ∈ [W_g^lo, W_g^hi]
+    (sums of e^{lb_j}, e^{ub_j}), write W_g = W_g^lo + t_g, and maximise over t_g ∈ [0, W_g^hi − W_g^lo]:
+        ‖e‖ ≤ max_t ( ‖Σ_g W_g^lo (c_g − o_C)‖ + Σ_g W_g^lo ρ_g + Σ_g t_g (‖c_g − o_C‖ + ρ_g) )
+                    / (Z_C^lo + Σ_g W_g^lo + Σ_g t_g)
+    (a linear-fractional maximum, solved like E*). It keeps the cancellation *between* groups that the
     triangle inequality of the other forms throws away. Cost: Dv + 1 numbers per group, like the key
-    metadata, and O(groups · Dv) work — the kernel's cost, no value of a non-candidate is read;
-  * ``error`` = min of the three (each carries runtime_certificate's float64 allowance ρ(E + max‖v‖)).
+    metadata, and O(groups · Dv) work — no value of a non-candidate is read;
+  * ``error_token`` — the same with per-token radii r_j = ‖v_j − c_g‖ in place of ρ_g (and per-token
+    intervals t_j): one more number per token (2 B in fp16, +4 % on an int4 scan at D = 64);
+  * ``error`` = min of the four (each carries runtime_certificate's float64 allowance ρ(E + max‖v‖)).
+    On SmolLM2 (benchmarks/RESULTS.md) the tightest is ~3× the true error for int8, vs ~6× for SPEC 3's
+    middle form: the rest is cancellation *inside* the excluded mass, which no bound that reads no
+    non-candidate value can see.
 
 Example:
     >>> import numpy as np
@@ -334,6 +342,7 @@ class CertifiedStep:
     error_middle: float
     error_estar: float
     error_ball: float
+    error_token: float
     gap: float
     log_z_cand: float           # lower bound on log Σ_C e^{s_j}
     log_z_out: float            # upper bound on log of the mass outside C
@@ -351,6 +360,7 @@ class GroupValueStats:
     vmax: np.ndarray     # (G,)
     centre: np.ndarray   # (G, Dv)
     radius: np.ndarray   # (G,)  max_j ‖v_j − centre‖, rounded up
+    token_radius: np.ndarray  # (M,) ‖v_j − centre_{g(j)}‖, rounded up (one number per token)
 
 
 def group_value_stats(V: np.ndarray, group: int) -> GroupValueStats:
@@ -365,7 +375,7 @@ def group_value_stats(V: np.ndarray, group: int) -> GroupValueStats:
     # norms and distances are enlarged by γ_{Dv+2}, which covers their float64 evaluation
     grow = 1 + 2 * _gamma(V.shape[1] + 2)
     return GroupValueStats(vmax=_up(np.maximum.reduceat(norms, starts) * grow), centre=centre,
-                           radius=_up(np.maximum.reduceat(dist, starts) * grow))
+                           radius=_up(np.maximum.reduceat(dist, starts) * grow), token_radius=_up(dist * grow))
 
 
 def certified_step(q, K, V, sketch: KeySketch, Kc: int, *, scale: float | None = None,
@@ -445,7 +455,7 @@ def certified_step(q, K, V, sketch: KeySketch, Kc: int, *, scale: float | None =
     rho = 8.0 * (M + kc + 8) * U
     rounding = rho * vmax_all
     if rest.size == 0 and not pruned.any():
-        e_mid = e_star = e_ball = 0.0
+        e_mid = e_star = e_ball = e_tok = 0.0
     else:
         # everything relative to a common shift c (the largest log-mass), so nothing overflows
         c = max(log_zc, float(np.max(ub, initial=-np.inf)), float(np.max(log_u_pruned, initial=-np.inf)))
@@ -461,17 +471,22 @@ def certified_step(q, K, V, sketch: KeySketch, Kc: int, *, scale: float | None =
         e_mid = leak * w_max
         e_star = _best_prefix_ratio(float(x_lo @ w_tok), Zc + float(x_lo.sum()),
                                     np.r_[x_hi - x_lo, u_pr], np.r_[w_tok, w_pr])
+        # ball forms: e·Z = Σ_g W_g (c_g − o) + Σ_{j∉C} x_j (v_j − c_g(j)); the first sum keeps the
+        # cancellation between groups at the lower weights, the rest is a linear-fractional maximum
+        # over the weight intervals (runtime_certificate's E* maximiser)
         W_lo = np.bincount(g_of[rest], weights=x_lo, minlength=G)
-        W_hi = np.bincount(np.r_[g_of[rest], np.flatnonzero(pruned)], weights=np.r_[x_hi, u_pr], minlength=G)
-        dist = np.linalg.norm(vs.centre - out, axis=1)
-        used = np.zeros(G, dtype=bool)
-        used[groups_out] = True
-        num = (np.linalg.norm(W_lo[used] @ (vs.centre[used] - out)) + (W_hi[used] - W_lo[used]) @ dist[used]
-               + W_hi[used] @ vs.radius[used])
-        e_ball = float(num / (Zc + W_lo.sum()))
+        dist = _up(np.linalg.norm(vs.centre - out, axis=1) * (1 + 2 * _gamma(out.shape[0] + 2)))
+        pr = np.flatnonzero(pruned)
+        base = float(np.linalg.norm(W_lo @ (vs.centre - out))) * (1 + 2 * _gamma(G + out.shape[0] + 2))
+        Z_lo = Zc + float(x_lo.sum())
+        W_slack = np.bincount(np.r_[g_of[rest], pr], weights=np.r_[x_hi - x_lo, u_pr], minlength=G)
+        e_ball = _best_prefix_ratio(base + float(W_lo @ vs.radius), Z_lo, W_slack, dist + vs.radius)
+        rt = vs.token_radius[rest]
+        e_tok = _best_prefix_ratio(base + float(x_lo @ rt), Z_lo, np.r_[x_hi - x_lo, u_pr],
+                                   np.r_[dist[g_of[rest]] + rt, dist[pr] + vs.radius[pr]])
         grow = (1 + rho) * (1 + 4 * _gamma(M + 8))
-        e_mid, e_star, e_ball = e_mid * grow, e_star * grow, e_ball * grow
-    e_mid, e_star, e_ball = e_mid + rounding, e_star + rounding, e_ball + rounding
+        e_mid, e_star, e_ball, e_tok = e_mid * grow, e_star * grow, e_ball * grow, e_tok * grow
+    e_mid, e_star, e_ball, e_tok = e_mid + rounding, e_star + rounding, e_ball + rounding, e_tok + rounding
 
     true_leak = true_err = dense_out = None
     if with_dense:
@@ -482,8 +497,8 @@ def certified_step(q, K, V, sketch: KeySketch, Kc: int, *, scale: float | None =
         dense_out = (p / Z) @ V
         true_err = float(np.linalg.norm(out - dense_out))
     return CertifiedStep(out=out, candidates=cand, certified_leakage=leak,
-                         error=min(e_mid, e_star, e_ball), error_middle=e_mid, error_estar=e_star,
-                         error_ball=e_ball, gap=gap, log_z_cand=log_zc, log_z_out=log_zout,
+                         error=min(e_mid, e_star, e_ball, e_tok), error_middle=e_mid, error_estar=e_star,
+                         error_ball=e_ball, error_token=e_tok, gap=gap, log_z_cand=log_zc, log_z_out=log_zout,
                          scanned_tokens=int(idx_scan.size), pruned_groups=np.flatnonzero(pruned),
                          rounding=rounding, true_leakage=true_leak, true_error=true_err, dense_out=dense_out)
 
