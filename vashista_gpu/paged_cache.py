@@ -110,7 +110,7 @@ class TorchPagedKVCache:
         self._lens = [0] * self.max_seqs
         self._pages: list[list[int]] = [[] for _ in range(self.max_seqs)]
         self._live = [False] * self.max_seqs
-        self._free = list(range(N))
+        self._free = list(range(N - 1, -1, -1))      # sorted descending: pop() hands out the lowest
 
     # ------------------------------------------------------------------ sequences
     def add_sequence(self, seq_id: int | None = None) -> int:
@@ -138,7 +138,7 @@ class TorchPagedKVCache:
         """Drop a sequence and return its pages to the pool."""
         self._check_seq(seq_id)
         self._free.extend(self._pages[seq_id])
-        self._free.sort()
+        self._free.sort(reverse=True)
         self._pages[seq_id] = []
         self._lens[seq_id] = 0
         self._live[seq_id] = False
@@ -174,7 +174,8 @@ class TorchPagedKVCache:
         keys, values = self._check_kv(keys, values)
         T = keys.shape[0]
         start = self._lens[seq_id]
-        self._write([seq_id] * T, list(range(start, start + T)), keys, values,
+        pos = torch.arange(start, start + T, device=self.device)
+        self._write(torch.full_like(pos, seq_id), pos, keys, values,
                     {seq_id: list(physical_pages)} if physical_pages else {})
 
     def append_step(self, seq_ids, keys: torch.Tensor, values: torch.Tensor) -> None:
@@ -187,7 +188,8 @@ class TorchPagedKVCache:
         keys, values = self._check_kv(keys, values)
         if keys.shape[0] != len(ids):
             raise VashistaInputError("keys", f"expected one token per sequence ({len(ids)}), got {keys.shape[0]}")
-        self._write(ids, [self._lens[s] for s in ids], keys, values, {})
+        self._write(torch.tensor(ids, device=self.device), torch.tensor([self._lens[s] for s in ids], device=self.device),
+                    keys, values, {})
 
     def _check_kv(self, k, v):
         k = V.tensor("keys", k, ndim=3)
@@ -199,46 +201,65 @@ class TorchPagedKVCache:
             raise VashistaInputError("values", f"expected shape ({k.shape[0]}, {H}, {Dv}), got {tuple(v.shape)}")
         return k, v
 
-    def _write(self, seqs, pos, k, v, wanted: dict) -> None:
+    def _allocate(self, seqs: list[int], last_pos: dict, wanted: dict) -> None:
+        """Host-side page allocation for the pages that positions up to ``last_pos[s]`` need; all or
+        nothing, so a full pool fails before anything is written."""
         S = self.page_size
-        # host-side allocation first, so a full pool fails before anything is written
-        need: dict[int, int] = {}
-        for s, p in zip(seqs, pos):
+        need = {}
+        for s, p in last_pos.items():
             lp = p // S
             if lp >= self.max_pages_per_seq:
                 raise VashistaInputError("keys", f"sequence {s} would exceed max_pages_per_seq={self.max_pages_per_seq}")
             if lp >= len(self._pages[s]):
-                need[s] = max(need.get(s, 0), lp + 1 - len(self._pages[s]))
+                need[s] = lp + 1 - len(self._pages[s])
         if sum(need.values()) > len(self._free):
             raise VashistaInputError("keys", f"page pool exhausted: need {sum(need.values())} pages, "
                                              f"{len(self._free)} free")
+        rows, cols, vals = [], [], []
         for s, n in need.items():
             want = list(wanted.get(s, []))
             for _ in range(n):
                 w = want.pop(0) if want else None
-                if w is not None and w not in self._free:
-                    raise VashistaInputError("physical_pages", f"page {w} is not free")
-                phys = w if w is not None else self._free[0]
-                self._free.remove(phys)
-                self.block_table[s, len(self._pages[s])] = phys
+                if w is not None:
+                    if w not in self._free:
+                        raise VashistaInputError("physical_pages", f"page {w} is not free")
+                    self._free.remove(w)
+                    phys = w
+                else:
+                    phys = self._free.pop()            # _free is kept sorted descending: lowest page
+                rows.append(s)
+                cols.append(len(self._pages[s]))
+                vals.append(phys)
                 self._pages[s].append(phys)
-        phys = torch.tensor([self._pages[s][p // S] for s, p in zip(seqs, pos)], dtype=torch.long, device=self.device)
-        slot = torch.tensor([p % S for p in pos], dtype=torch.long, device=self.device)
+        if rows:
+            self.block_table[torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)] = \
+                torch.tensor(vals, dtype=torch.int32, device=self.device)
+
+    def _write(self, seqs, pos, k, v, wanted: dict) -> None:
+        """Write tokens at (seq, logical position) pairs, then refresh the touched summaries.
+        ``seqs``/``pos``: int64 tensors (on the cache device) of equal length."""
+        S = self.page_size
+        host_s, host_p = seqs.tolist(), pos.tolist()
+        last = {}
+        for s_, p_ in zip(host_s, host_p):
+            last[s_] = max(last.get(s_, -1), p_)
+        self._allocate(list(last), last, wanted)
+        lp = pos // S
+        phys = self.block_table[seqs, lp].long()
+        slot = pos % S
         self.k_pages[phys, :, slot, :] = k.to(device=self.device, dtype=self.dtype)
         self.v_pages[phys, :, slot, :] = v.to(device=self.device, dtype=self.dtype)
-        for s, p in zip(seqs, pos):
-            self._lens[s] = max(self._lens[s], p + 1)
-        touched: dict[int, int] = {}
-        for s, p in zip(seqs, pos):
-            lp = p // S
-            touched[self._pages[s][lp]] = min(S, self._lens[s] - lp * S)
-        for s in set(seqs):
-            self.seq_lens[s] = self._lens[s]
+        for s_, p_ in last.items():
+            self._lens[s_] = max(self._lens[s_], p_ + 1)
+            self.seq_lens[s_] = self._lens[s_]
+        # touched (seq, logical page) pairs, their physical pages and valid-slot counts
+        key = torch.unique(seqs * self.max_pages_per_seq + lp)
+        t_seq, t_lp = key // self.max_pages_per_seq, key % self.max_pages_per_seq
+        counts = (self.seq_lens[t_seq].long() - t_lp * S).clamp(max=S)
         from .summaries import update_levels, update_page_summaries
-        update_page_summaries(self, torch.tensor(list(touched), dtype=torch.int32, device=self.device),
-                              torch.tensor(list(touched.values()), dtype=torch.int32, device=self.device))
+        update_page_summaries(self, self.block_table[t_seq, t_lp].to(torch.int32), counts.to(torch.int32))
         if self.levels:
-            update_levels(self, sorted({(s, p // S) for s, p in zip(seqs, pos)}))
+            update_levels(self, t_seq, t_lp)
 
     # ------------------------------------------------------------------ reading back
     def gather(self, seq_id: int, head: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

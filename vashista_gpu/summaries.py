@@ -55,14 +55,14 @@ def level_fields(cache, level: int, seqs: torch.Tensor, nodes: torch.Tensor):
     return L["kmin"][s, idx], L["kmax"][s, idx], L["kmean"][s, idx], L["vnorm"][s, idx]
 
 
-def update_levels(cache, touched_pages: list[tuple[int, int]]) -> None:
-    """Recompute, level by level, every hierarchy node above the touched (seq_id, logical page)s."""
+def update_levels(cache, seqs: torch.Tensor, pages: torch.Tensor) -> None:
+    """Recompute, level by level, every hierarchy node above the touched (seq, logical page) pairs."""
     F, S, dev = cache.fanout, cache.page_size, cache.device
-    nodes = sorted(set(touched_pages))
+    width = cache.max_pages_per_seq
+    seqs, node = seqs.long(), pages.long()
     for level in range(1, len(cache.levels) + 1):
-        nodes = sorted({(s, j // F) for s, j in nodes})
-        seqs = torch.tensor([s for s, _ in nodes], dtype=torch.long, device=dev)
-        node = torch.tensor([j for _, j in nodes], dtype=torch.long, device=dev)
+        key = torch.unique(seqs * width + node // F)
+        seqs, node = key // width, key % width
         child = node[:, None] * F + torch.arange(F, device=dev)[None, :]            # (n, F)
         lens = cache.seq_lens[seqs].long()[:, None]
         cnt = node_counts(lens, child, S * F ** (level - 1)).float()

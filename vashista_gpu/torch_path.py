@@ -103,7 +103,7 @@ def finish(plan, q32, cache, routed, s, keys, cvals, cpos):
     log_sc = torch.logsumexp(torch.where(scored_out, s, float("-inf")), dim=-1)
     log_out = torch.logaddexp(log_sc, routed.lse_out)
     log_zc = m + torch.log(zc)
-    leak = torch.exp(log_out - torch.logaddexp(log_zc, log_out))
+    leak = torch.sigmoid(log_out - log_zc)              # Z_out/(Z_C+Z_out) as a ratio of exps
     err = leak * (torch.maximum(v_sc, routed.vmax_out) + out.norm(dim=-1))
     gap = m - torch.maximum(s_sc, routed.ub_out)
     return dict(out=out, weights=w, certified_leakage=leak, certified_error=err, gap=gap, max_score=m)
