@@ -5,7 +5,9 @@ The cache is a seeded synthetic one (``--seed --context --page-size --kind --kv-
 --batch``) or, with ``--keys K.npy --values V.npy --query q.npy`` (K, V of shape [tokens, dim], q of
 shape [dim]), the given arrays as one sequence and one head. ``--json`` prints one object with
 ``certified_error``, ``true_error``, ``gap``, ``fell_back`` (worst case over the queries: max, max, min,
-any) and a ``per_query`` list; non-finite numbers are written as null.
+any), ``certified_leakage`` (L̂) and ``true_leakage`` (dense mass outside the candidates; both max over
+the queries) and a ``per_query`` list; non-finite numbers are written as null. ``--router sketch
+--bits 4|8`` runs certified mode (vashista_ref/sketch.py, SPEC 3b).
 
 Example:
     vashista certify --decode --seed 0 --context 4096 --page-size 64 --P 8 --Kc 256 --router mean --json
@@ -25,6 +27,7 @@ import numpy as np
 from .errors import VashistaInputError
 from .policies import make_policy
 from .routing import ROUTERS
+from .sketch import SUPPORTED_BITS, dense_leakage
 from .sparse_decode import sparse_decode, sparse_decode_single
 from .synthetic import KINDS, make_case
 from .dense import SOLVERS
@@ -50,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--P", type=int, default=8, help="pages routed besides sink and newest")
     dec.add_argument("--Kc", type=int, default=128, help="candidate tokens")
     dec.add_argument("--solver", choices=SOLVERS, default="softmax")
-    dec.add_argument("--router", choices=ROUTERS, default="bound")
+    dec.add_argument("--router", choices=ROUTERS + ("sketch",), default="bound",
+                     help="sketch = certified mode (quantized key sketch of every token)")
+    dec.add_argument("--bits", type=int, choices=SUPPORTED_BITS, default=None,
+                     help="sketch bits for --router sketch (default 4)")
     dec.add_argument("--sink-pages", type=int, default=1)
     dec.add_argument("--scale", type=float, default=None, help="score scale (default 1/sqrt(dim))")
     dec.add_argument("--eps", type=float, default=None, help="eg/fw entropic ε (default 1/scale)")
@@ -84,7 +90,7 @@ def run(args) -> dict:
     policy = make_policy(args.policy, args.tol, args.P_max, args.Kc_max)
     kw = dict(solver=args.solver, scale=args.scale, sink_pages=args.sink_pages, router=args.router, policy=policy,
               share_selection_in_group=args.share_selection, hierarchical=args.hierarchical is not None,
-              eps=args.eps, iters=args.iters)
+              eps=args.eps, iters=args.iters, bits=args.bits)
     given = [args.keys, args.values, args.query]
     if any(given):
         if not all(given):
@@ -103,9 +109,11 @@ def run(args) -> dict:
         source = {"source": "synthetic", "kind": args.kind, "seed": args.seed, "context": args.context}
     true_err = np.linalg.norm(res.out - res.dense_out(), axis=-1)
     B, Hq = true_err.shape
+    true_leak = _true_leakage(res)
     per_query = [dict(batch=b, head=h, certified_error=_num(res.certified_error[b, h]),
                       true_error=_num(true_err[b, h]), gap=_num(res.gap[b, h]),
                       certified_leakage=_num(res.certified_leakage[b, h]),
+                      true_leakage=_num(true_leak[b, h]),
                       error_2lv=_num(res.error_2lv[b, h]), fell_back=bool(res.fell_back[b, h]),
                       pages_read=int(res.pages_read[b, h]), tokens_scored=int(res.tokens_scored[b, h]),
                       summaries_scored=int(res.summaries_scored[b, h]), P_used=int(res.P_used[b, h]),
@@ -114,8 +122,24 @@ def run(args) -> dict:
     return dict(source, solver=args.solver, router=args.router, P=args.P, Kc=args.Kc, policy=args.policy,
                 certified_error=_num(np.max(res.certified_error)), true_error=_num(np.max(true_err)),
                 gap=_num(np.min(res.gap)), fell_back=bool(np.any(res.fell_back)),
+                certified_leakage=_num(np.max(res.certified_leakage)), true_leakage=_num(np.max(true_leak)),
+                bits=args.bits if args.router != "sketch" or args.bits else 4,
                 sound=bool(np.all(np.isnan(res.certified_error) | (res.certified_error >= true_err))),
                 per_query=per_query)
+
+
+def _true_leakage(res) -> np.ndarray:
+    """Dense softmax mass outside each query's (last attempt's) candidates, (B, Hq)."""
+    q, cache, seq_ids, kw = res._dense
+    B, Hq, _ = q.shape
+    G = Hq // cache.n_kv_heads
+    out = np.empty((B, Hq))
+    for b, sid in enumerate(seq_ids):
+        for kvh in range(cache.n_kv_heads):
+            K, V = cache.gather(sid, kvh)
+            for h in range(kvh * G, (kvh + 1) * G):
+                out[b, h] = dense_leakage(q[b, h], K, V, res.candidates[b][h], kw["scale"])[0]
+    return out
 
 
 def _fmt(x) -> str:

@@ -125,6 +125,9 @@ class PagedKVCache:
         self._lengths: dict[int, int] = {}
         self._levels: dict[int, list[_Level]] = {}         # hierarchy levels 1.. per sequence
         self._next_seq = 0
+        # bits -> sketch.PageSketchStore: quantized pages for certified mode (router="sketch"), kept
+        # current below on every append; empty unless sketch.attach_sketch(cache, bits) was called
+        self.sketches: dict = {}
 
     # ------------------------------------------------------------------ sequences and pages
     def add_sequence(self, seq_id: int | None = None) -> int:
@@ -235,6 +238,8 @@ class PagedKVCache:
             self.keys[page, slot:slot + n] = k
             self.values[page, slot:slot + n] = v
             self._update_summary(self.count, self.ksum, self.kmin, self.kmax, self.vmax, page, k, v)
+            for store in self.sketches.values():
+                store.update_page(self, page)
             for lvl, level in enumerate(self._levels[seq_id], start=1):
                 node = (len(table) - 1) // self.fanout ** lvl
                 self._update_summary(level.count, level.ksum, level.kmin, level.kmax, level.vmax, node, k, v)

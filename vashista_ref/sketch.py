@@ -490,17 +490,24 @@ def certified_step(q, K, V, sketch: KeySketch, Kc: int, *, scale: float | None =
 
     true_leak = true_err = dense_out = None
     if with_dense:
-        s_all = token_scores(q, K, scale)
-        p = np.exp(s_all - s_all.max())
-        Z = p.sum()
-        true_leak = float(p[~is_c].sum() / Z)
-        dense_out = (p / Z) @ V
+        true_leak, dense_out = dense_leakage(q, K, V, cand, scale)
         true_err = float(np.linalg.norm(out - dense_out))
     return CertifiedStep(out=out, candidates=cand, certified_leakage=leak,
                          error=min(e_mid, e_star, e_ball, e_tok), error_middle=e_mid, error_estar=e_star,
                          error_ball=e_ball, error_token=e_tok, gap=gap, log_z_cand=log_zc, log_z_out=log_zout,
                          scanned_tokens=int(idx_scan.size), pruned_groups=np.flatnonzero(pruned),
                          rounding=rounding, true_leakage=true_leak, true_error=true_err, dense_out=dense_out)
+
+
+def dense_leakage(q: np.ndarray, K: np.ndarray, V: np.ndarray, candidates, scale: float) -> tuple[float, np.ndarray]:
+    """Diagnostics (reads everything): the true leakage — dense softmax mass outside ``candidates`` —
+    and the dense output, in float64 (scores as ``dense.token_scores``)."""
+    s_all = token_scores(q, K, scale)
+    p = np.exp(s_all - s_all.max())
+    Z = p.sum()
+    inside = np.zeros(K.shape[0], dtype=bool)
+    inside[np.asarray(candidates, dtype=np.int64)] = True
+    return float(p[~inside].sum() / Z), (p / Z) @ V
 
 
 def certified_decode(Q, K, V, *, bits: int, Kc: int, group: int = 16, scale: float | None = None,
@@ -529,3 +536,110 @@ def certified_decode(Q, K, V, *, bits: int, Kc: int, group: int = 16, scale: flo
             out.append(certified_step(Q[h * G + i], K[h], V[h], sk, Kc, scale=scale, prune_tol=prune_tol,
                                       value_stats=vs, with_dense=with_dense))
     return out
+
+
+# ---------------------------------------------------------------------------------------------- paged cache
+class PageSketchStore:
+    """Quantized copies of every physical page of a ``PagedKVCache``, one quantization group per page
+    and KV head, kept current by the cache: ``PagedKVCache.append`` calls ``update_page`` for each page
+    it writes (the page is requantized from its full-precision keys, since a new token can move the
+    page's min/max and with them every code of the page). Attach with :func:`attach_sketch`.
+
+    Layout: ``codes`` (pages, S, Hkv, ceil(D·bits/8)) uint8, ``offset``/``step`` (pages, Hkv, D).
+    """
+
+    def __init__(self, cache, bits: int, meta_dtype: str = "float16"):
+        if isinstance(bits, bool) or bits not in SUPPORTED_BITS:
+            raise VashistaInputError("bits", f"must be one of {SUPPORTED_BITS}, got {bits!r}")
+        if meta_dtype not in META_DTYPES:
+            raise VashistaInputError("meta_dtype", f"must be one of {tuple(META_DTYPES)}, got {meta_dtype!r}")
+        self.bits, self.meta_dtype = int(bits), meta_dtype
+        S, H, D = cache.page_size, cache.n_kv_heads, cache.head_dim
+        dt = META_DTYPES[meta_dtype]
+        self.codes = np.zeros((0, S, H, -(-D * bits // 8)), dtype=np.uint8)
+        self.offset = np.zeros((0, H, D), dtype=dt)
+        self.step = np.zeros((0, H, D), dtype=dt)
+
+    def _ensure(self, n_pages: int) -> None:
+        old = self.codes.shape[0]
+        if n_pages > old:
+            cap = max(n_pages, 2 * old)
+            grow = lambda a: np.concatenate([a, np.zeros((cap - old,) + a.shape[1:], a.dtype)])  # noqa: E731
+            self.codes, self.offset, self.step = grow(self.codes), grow(self.offset), grow(self.step)
+
+    def update_page(self, cache, page: int) -> None:
+        """Requantize physical page ``page`` (all KV heads) from the cache's keys."""
+        self._ensure(cache.num_physical_pages)
+        n = int(cache.count[page])
+        for h in range(cache.n_kv_heads):
+            sk = quantize_keys(cache.keys[page, :n, h], bits=self.bits, group=cache.page_size,
+                               meta_dtype=self.meta_dtype)
+            self.codes[page, :n, h] = sk.codes
+            self.offset[page, h], self.step[page, h] = sk.offset[0], sk.step[0]
+
+    def sequence_sketch(self, cache, seq_id: int, head: int) -> KeySketch:
+        """The :class:`KeySketch` of one sequence and KV head in logical token order (groups = pages)."""
+        table = cache.page_table(seq_id)
+        T = cache.length(seq_id)
+        codes = self.codes[table, :, head].reshape(-1, self.codes.shape[-1])[:T]
+        return KeySketch(bits=self.bits, group=cache.page_size, codes=codes.copy(),
+                         offset=self.offset[table, head].copy(), step=self.step[table, head].copy(),
+                         head_dim=cache.head_dim)
+
+
+def attach_sketch(cache, bits: int, meta_dtype: str = "float16") -> PageSketchStore:
+    """Give ``cache`` a b-bit sketch of all its pages (kept current on append); idempotent per bits."""
+    store = cache.sketches.get(bits)
+    if store is None or store.meta_dtype != meta_dtype:
+        store = PageSketchStore(cache, bits, meta_dtype)
+        for page in np.flatnonzero(cache.count > 0):
+            store.update_page(cache, int(page))
+        cache.sketches[bits] = store
+    return store
+
+
+def check_sketch_options(router: str, bits, solver: str, share_selection: bool, hierarchical: bool) -> int | None:
+    """Validate ``sparse_decode``'s certified-mode options; returns ``bits`` (4 by default for the
+    sketch router, None otherwise)."""
+    if router != "sketch":
+        if bits is not None:
+            raise VashistaInputError("bits", f"only the sketch router uses bits (router={router!r})")
+        return None
+    bits = 4 if bits is None else bits
+    if isinstance(bits, bool) or bits not in SUPPORTED_BITS:
+        raise VashistaInputError("bits", f"must be one of {SUPPORTED_BITS}, got {bits!r}")
+    if solver != "softmax":
+        raise VashistaInputError("solver", "certified mode (router='sketch') certifies the softmax solver only")
+    if share_selection:
+        raise VashistaInputError("share_selection_in_group", "is not supported by router='sketch' "
+                                                             "(each query head selects on its own)")
+    if hierarchical:
+        raise VashistaInputError("hierarchical", "router='sketch' scans every page; no hierarchy is used")
+    return int(bits)
+
+
+def sketch_attempt(qs: np.ndarray, cache, seq_id: int, head: int, P: int, Kc: int, opts: dict) -> list[dict]:
+    """``sparse_decode``'s hook for ``router="sketch"``: one certified step per query of ``qs`` (G', D)
+    on sequence ``seq_id``, KV head ``head``; returns its per-query records (same keys as the paged
+    mode's; ``P`` is not used by certified mode, only recorded). Cost fields: ``summaries_scored`` = pages whose sketch metadata was read,
+    ``tokens_scored`` = candidates rescored exactly, ``pages_read`` = pages holding them,
+    ``values_read`` = values gathered. (The sketch codes of every scanned token are read as well.)"""
+    store = attach_sketch(cache, opts["bits"])
+    sk = store.sequence_sketch(cache, seq_id, head)
+    K, V = cache.gather(seq_id, head)
+    vs = group_value_stats(V, cache.page_size)
+    records = []
+    for q in qs:
+        r = certified_step(q, K, V, sk, Kc, scale=opts["scale"], prune_tol=opts.get("prune_tol", 0.0),
+                           value_stats=vs)
+        touched = np.unique(r.candidates // cache.page_size)
+        scanned = np.setdiff1d(np.arange(sk.n_groups), r.pruned_groups)
+        records.append(dict(
+            pages=scanned, candidates=r.candidates, P=P, Kc=Kc, out=r.out,
+            leakage=r.certified_leakage, error=r.error, error_middle=r.error_middle,
+            error_2lv=max(r.error_middle, 2 * r.certified_leakage * float(vs.vmax.max()) * (1 + 8 * U) + r.rounding),
+            gap=r.gap, rounding=r.rounding, projection_gap=np.nan, solver_certificate=np.nan,
+            certified=r.error <= opts["tol"],
+            cost=dict(summaries_scored=sk.n_groups, pages_read=int(touched.size),
+                      tokens_scored=int(r.candidates.size), values_read=int(r.candidates.size))))
+    return records

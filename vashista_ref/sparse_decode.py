@@ -50,6 +50,7 @@ from .paged_cache import PagedKVCache
 from .policies import Capped, DenseFallback, ReportOnly
 from .routing import ROUTERS, excluded_summaries, route, top_indices
 from .runtime_certificate import projection_certificate, softmax_certificate
+from .sketch import check_sketch_options, sketch_attempt
 from .state import finalize, from_scores
 from .validate import as_real_array, positive_int, query_and_keys
 
@@ -117,6 +118,8 @@ def _routed_tokens(cache: PagedKVCache, sid: int, kvh: int, pages: np.ndarray):
 
 def _attempt(qs, cache, sid, kvh, P, Kc, o):
     """One sparse step for queries qs (G', D) of one sequence and KV head; one record per query."""
+    if o["router"] == "sketch":
+        return sketch_attempt(qs, cache, sid, kvh, P, Kc, o)
     shared = qs.shape[0] > 1
     routing = route(qs, cache, sid, kvh, P, o["sink_pages"], o["router"], o["scale"],
                     hierarchical=o["hierarchical"])
@@ -163,18 +166,21 @@ def _attempt(qs, cache, sid, kvh, P, Kc, o):
 def sparse_decode(q, cache: PagedKVCache, seq_ids, P: int, Kc: int, *, solver: str = "softmax",
                   scale: float | None = None, sink_pages: int = 1, router: str = "bound",
                   policy=None, share_selection_in_group: bool = False, hierarchical: bool = False,
-                  eps: float | None = None, iters: int = 50) -> DecodeResult:
+                  eps: float | None = None, iters: int = 50, bits: int | None = None) -> DecodeResult:
     """Sparse decode of q (B, Hq, D) over ``cache`` sequences ``seq_ids`` (one per batch row).
 
     ``P`` >= 1 pages routed besides the forced ones (sink_pages first pages and the newest page), ``Kc``
     candidate tokens (1 <= Kc <= the shortest sequence's length; fewer when the routed pages hold fewer),
     ``scale`` defaults to 1/sqrt(D), ``eps`` (eg/fw only) to 1/scale, ``iters`` their iteration count,
     ``policy`` one of ReportOnly() (default), DenseFallback(tol), Capped(tol, P_max, Kc_max).
+    ``router="sketch"`` is certified mode (``sketch.py``, SPEC 3b; ``bits`` 4 or 8, default 4): top-Kc by
+    a quantized key sketch of every token, certified from per-token sketch bounds; P is not used.
     """
     q, seq_ids, G = check_decode_inputs(q, cache, seq_ids)
     solver = check_solver(solver)
-    if router not in ROUTERS:
-        raise VashistaInputError("router", f"must be one of {ROUTERS}, got {router!r}")
+    if router not in ROUTERS + ("sketch",):
+        raise VashistaInputError("router", f"must be one of {ROUTERS + ('sketch',)}, got {router!r}")
+    bits = check_sketch_options(router, bits, solver, share_selection_in_group, hierarchical)
     P = positive_int("P", P)
     shortest = min(cache.length(s) for s in seq_ids)
     Kc = positive_int("Kc", Kc, upper=shortest, upper_name="tokens in the shortest sequence")
@@ -192,7 +198,7 @@ def sparse_decode(q, cache: PagedKVCache, seq_ids, P: int, Kc: int, *, solver: s
     scale = resolve_scale(scale, cache.head_dim)
     opts = dict(solver=solver, scale=scale, sink_pages=sink_pages, router=router, hierarchical=bool(hierarchical),
                 eps=resolve_eps(eps, scale), iters=iters,
-                tol=getattr(policy, "tol", np.inf))
+                tol=getattr(policy, "tol", np.inf), bits=bits)
 
     B, Hq, _ = q.shape
     Dv = cache.value_dim
