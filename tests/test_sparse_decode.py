@@ -169,3 +169,56 @@ def test_empty_cache_and_overflowing_scores():
     with pytest.raises(VashistaInputError) as e:
         sparse_decode_single(np.ones(2), np.ones((3, 2)), np.ones((4, 2)), P=1, Kc=1)
     assert e.value.argument == "V"
+
+
+# ----------------------------------------------------------------------------------- eg / fw solvers
+def _entropic():
+    return pytest.importorskip("vashista_ref.entropic")
+
+
+@pytest.mark.parametrize("solver", ["eg", "fw"])
+def test_projection_solvers_full_coverage_equal_dense_same_solver(solver):
+    """With every token a candidate, eg/fw on the candidates is the dense eg/fw (same iterations):
+    equal up to the rounding of a permuted key order."""
+    _entropic()
+    case = make_case("gaussian", 1, context=40, page_size=8, n_kv_heads=1, group=2, head_dim=4, q_scale=2.0)
+    res = sparse_decode(case.q, case.cache, case.seq_ids, P=5, Kc=40, solver=solver, iters=40)
+    dense = dense_decode(case.q, case.cache, case.seq_ids, solver=solver, iters=40)
+    assert_rel_close(res.out, dense, "float64", f"{solver} full coverage")
+    assert np.all(np.isnan(res.certified_error)) and np.all(res.gap == np.inf)
+
+
+@pytest.mark.parametrize("solver", ["eg", "fw"])
+@pytest.mark.parametrize("router", ["bound", "mean"])
+def test_projection_gap_lower_bounds_every_excluded_mu(solver, router):
+    """The residual certificate: exact μ̂_j for scored keys, box lower bounds for unrouted pages, so
+    projection_gap ≤ min over all non-candidates of ⟨r̂, ŷ − k_j⟩ computed by brute force."""
+    ent = _entropic()
+    case = make_case("gaussian", 2, context=96, page_size=8, n_kv_heads=1, group=2, head_dim=4, q_scale=4.0)
+    res = sparse_decode(case.q, case.cache, case.seq_ids, P=2, Kc=10, solver=solver, router=router, eps=0.05,
+                        iters=60)
+    K = case.keys[0][:, 0]
+    fn = ent.eg_weights if solver == "eg" else ent.fw_weights
+    for h in range(2):
+        C = res.candidates[0][h]
+        alpha, _ = fn(case.q[0, h], K[C], 0.05, iters=60)
+        y = alpha @ K[C]
+        r = case.q[0, h] - y
+        mu = r @ y - np.delete(K, C, axis=0) @ r
+        assert res.projection_gap[0, h] <= mu.min() + 1e-12 * (1 + np.abs(mu).max())
+
+
+def test_raw_q_routing_certifies_nothing_about_the_projection():
+    """SPEC 3's mismatch, end to end. The softmax certificate (raw q) reports a positive gap — no unread
+    key can outscore the candidates — while the projection residual certificate on the same selection
+    is negative: the unread key (-2, 7) lies beyond the candidates' face along r̂ = q − ŷ."""
+    _entropic()
+    keys = np.array([[-1, 0], [1, 0], [-2, 7], [-2, 7], [0.9, 0], [0.9, 0], [1, 0], [-1, 0]], float)[:, None, :]
+    cache, seqs = PagedKVCache.from_dense(keys, np.eye(8)[:, None, :2] + 0.0, 2)
+    q = np.array([3.0, 1.0])[None, None]
+    soft = sparse_decode(q, cache, seqs, P=1, Kc=6, scale=1.0)
+    assert soft.pages[0][0].tolist() == [0, 2, 3] and soft.gap[0, 0] == pytest.approx(2.0)   # page 1 unread
+    fw = sparse_decode(q, cache, seqs, P=1, Kc=6, scale=1.0, solver="fw", eps=1e-3, iters=400)
+    assert np.array_equal(fw.pages[0][0], soft.pages[0][0])
+    assert fw.projection_gap[0, 0] == pytest.approx(-1.0, abs=0.05)
+    assert not fw.certified[0, 0]

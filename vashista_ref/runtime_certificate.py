@@ -29,15 +29,15 @@ All three forms are sound, so each is also capped by the looser ones (min), whic
 E ≤ error_middle ≤ error_2lv hold exactly in floating point.
 
 Floating point: the certificate bounds the distance between the computed sparse output and dense
-attention on the same float64 scores. To stay sound against a *computed* float64 dense output it is
-inflated by the relative allowance ρ and adds ρ·max_j ‖v_j‖ (reported as ``rounding``), with
+attention on the same float64 scores. To stay sound against a *computed* float64 dense output it adds
 
-    ρ = u · (8 (M + |C| + 8) + 8 (|c| + 760)),   u = 2⁻⁵³,
+    rounding = u · (8 (M + |C| + 8) + 8·760) · max_j ‖v_j‖,   u = 2⁻⁵³,
 
-the first term covering the rounding of both weighted sums (each ≤ γ_n·max‖v‖ in norm), the second
-the rounding of e^{s−m} (relative error ≤ (|s − m| + 2)u, and |s − m| ≤ 745 for any weight that does
-not underflow) and of the log-domain certificate arithmetic at magnitude |c| (the largest log-mass
-involved). For M = 1000 tokens and moderate scores the allowance is ~3e-12·max‖v‖.
+covering the rounding of both weighted sums (each ≤ γ_n·max‖v‖ in norm) and of e^{s−m} (relative error
+≤ (|s − m| + 2)u, and |s − m| ≤ 745 for any weight that does not underflow), and it inflates the bound
+itself by (1 + ρ), ρ = u · (8 (M + |C| + 8) + 8 (|c| + 760)), for the log-domain certificate arithmetic
+at magnitude |c| (the largest log-mass involved). For M = 1000 tokens the allowance is
+~2e-12·max‖v‖.
 
 Gap: Δ̂ = m − max(scale·UB_p over excluded blocks, s_j over scored non-candidates); +inf when C is
 everything. Δ̂ > 0 says no excluded token can outscore the best candidate.
@@ -105,8 +105,8 @@ def softmax_certificate(*, s_cand: np.ndarray, o_sparse: np.ndarray, s_scored_ou
     w_blocks = np.asarray(vmax_blocks, dtype=np.float64) + o_norm
     # shift every log-mass by the largest one so nothing overflows; the ratios are scale invariant
     c = max(log_zc, float(np.max(s_known, initial=-np.inf)), float(np.max(log_u, initial=-np.inf)))
+    rounding = UNIT_ROUNDOFF * (8.0 * (n_total + s_cand.shape[0] + 8) + 8.0 * 760.0) * float(vmax_all)
     rho = UNIT_ROUNDOFF * (8.0 * (n_total + s_cand.shape[0] + 8) + 8.0 * (abs(c) + 760.0))
-    rounding = rho * float(vmax_all)
     if s_known.size + log_u.size == 0:
         return RuntimeCertificate(0.0, rounding, rounding, rounding, float("inf"), rounding)
     Z, x, u = np.exp(log_zc - c), np.exp(s_known - c), np.exp(log_u - c)
