@@ -39,10 +39,10 @@ def test_report_only_never_falls_back():
     assert not res.fell_back.any() and res.certified_error[0, 0] > 1.0
 
 
-def _widening_schedule(P, Kc, P_max, Kc_max, T):
+def _widening_schedule(P, Kc, P_max, Kc_max, T, n_pages):
     sched = [(P, Kc)]
     while True:
-        nxt = (min(2 * P, P_max), min(2 * Kc, Kc_max, T))
+        nxt = (max(P, min(2 * P, P_max, n_pages)), max(Kc, min(2 * Kc, Kc_max, T)))
         if nxt == (P, Kc):
             return sched
         P, Kc = nxt
@@ -52,7 +52,7 @@ def _widening_schedule(P, Kc, P_max, Kc_max, T):
 @settings(max_examples=15)
 @given(st.integers(0, 2 ** 16), st.sampled_from([1e-4, 1e-2, 0.3]), st.booleans())
 def test_capped_widens_until_certified_then_falls_back_with_costs(seed, tol, share):
-    case = make_case("gaussian", seed, context=96, page_size=8, n_kv_heads=1, group=2, head_dim=4, q_scale=6.0)
+    case = make_case("gaussian", seed, context=56, page_size=8, n_kv_heads=1, group=2, head_dim=4, q_scale=6.0)
     T = case.cache.length(0)
     pol = Capped(tol, P_max=8, Kc_max=64)
     res = sparse_decode(case.q, case.cache, case.seq_ids, 1, 4, policy=pol, share_selection_in_group=share)
@@ -61,7 +61,7 @@ def test_capped_widens_until_certified_then_falls_back_with_costs(seed, tol, sha
     for unit in units:
         # replay the schedule: attempts stop at the first (P, Kc) where every head of the unit is certified
         cost = {c: 0 for c in COST_FIELDS}
-        for P, Kc in _widening_schedule(1, 4, 8, 64, T):
+        for P, Kc in _widening_schedule(1, 4, 8, 64, T, case.cache.n_pages(0)):
             att = sparse_decode(case.q, case.cache, case.seq_ids, P, Kc, share_selection_in_group=share)
             for c in COST_FIELDS:
                 cost[c] += att.__dict__[c][0, unit[0]]

@@ -4,7 +4,7 @@
     DenseFallback(tol)           if the certified error exceeds tol, recompute that query exactly with
                                  dense attention over its whole sequence (output == ``dense_decode``);
     Capped(tol, P_max, Kc_max)   if the certified error exceeds tol, retry with P and Kc doubled (capped
-                                 at P_max, Kc_max and the sequence length) until certified or capped,
+                                 at P_max, Kc_max and the sequence's pages and tokens) until certified or capped,
                                  then fall back to dense.
 
 "Certified" means ``certified_error <= tol`` for the softmax solver. For the projection solvers
@@ -61,10 +61,12 @@ class Capped:
         if Kc > self.Kc_max:
             raise VashistaInputError("Kc_max", f"must be >= Kc ({Kc}), got {self.Kc_max}")
 
-    def widen(self, P: int, Kc: int, kc_limit: int | None = None) -> tuple[int, int]:
-        """Next (P, Kc): doubled, capped at P_max and Kc_max (and at kc_limit, the tokens available)."""
+    def widen(self, P: int, Kc: int, kc_limit: int | None = None, p_limit: int | None = None) -> tuple[int, int]:
+        """Next (P, Kc): doubled, capped at P_max and Kc_max, and at the pages (p_limit) and tokens
+        (kc_limit) the sequence has, since widening past those repeats the same attempt; never shrinks."""
+        p_cap = self.P_max if p_limit is None else min(self.P_max, p_limit)
         kc_cap = self.Kc_max if kc_limit is None else min(self.Kc_max, kc_limit)
-        return min(2 * P, self.P_max), min(2 * Kc, kc_cap)
+        return max(P, min(2 * P, p_cap)), max(Kc, min(2 * Kc, kc_cap))
 
 
 Policy = ReportOnly | DenseFallback | Capped

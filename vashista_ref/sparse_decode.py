@@ -232,7 +232,7 @@ def _decode_unit(res, q, cache, b, sid, kvh, unit, P, Kc, policy, opts) -> None:
         if isinstance(policy, ReportOnly) or all(r["certified"] for r in recs):
             break
         if isinstance(policy, Capped):
-            nxt = policy.widen(P_cur, Kc_cur, kc_limit)
+            nxt = policy.widen(P_cur, Kc_cur, kc_limit, cache.n_pages(sid))
             if nxt != (P_cur, Kc_cur):
                 P_cur, Kc_cur = nxt
                 continue
