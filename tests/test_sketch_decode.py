@@ -1,0 +1,137 @@
+"""Certified mode inside the reference decode: the paged cache's sketch, ``router="sketch"``, the
+policies and ``vashista certify --decode --router sketch``."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from helpers import assert_rel_close
+from vashista_ref import cli_decode
+from vashista_ref.errors import VashistaInputError
+from vashista_ref.paged_cache import PagedKVCache
+from vashista_ref.policies import Capped, DenseFallback
+from vashista_ref.sketch import attach_sketch, certified_step, dense_leakage, quantize_keys
+from vashista_ref.sparse_decode import sparse_decode
+
+
+def _arrays(seed, T, H=2, D=16, Dv=8, q_scale=3.0, Hq=None):
+    rng = np.random.default_rng(seed)
+    K = rng.standard_normal((T, H, D))
+    K[:, :, 0] *= 20                                     # an outlier channel
+    q = rng.standard_normal((1, Hq or H, D)) * q_scale
+    return K, rng.standard_normal((T, H, Dv)), q
+
+
+@settings(max_examples=12)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 90), st.sampled_from([1, 5, None]),
+       st.sampled_from([4, 8]), st.booleans())
+def test_cache_sketch_matches_quantizing_the_sequence(seed, T, chunk, bits, attach_first):
+    """However the tokens arrive (prefill, chunks, one by one; shuffled physical pages), the cache's
+    quantized pages equal quantize_keys of the whole sequence with group = page size."""
+    K, V, _ = _arrays(seed, T)
+    if attach_first:                                      # attached before any token: kept current on append
+        cache = PagedKVCache(page_size=8, n_kv_heads=2, head_dim=16, value_dim=8)
+        attach_sketch(cache, bits)
+        sid = cache.add_sequence()
+        step = T if chunk is None else chunk
+        for t in range(0, T, step):
+            cache.append(sid, K[t:t + step], V[t:t + step])
+    else:                                                 # attached to an existing cache
+        cache, (sid,) = PagedKVCache.from_dense(K, V, 8, shuffle_seed=seed % 7, chunk=chunk)
+        attach_sketch(cache, bits)
+    store = cache.sketches[bits]
+    for h in range(2):
+        got, ref = store.sequence_sketch(cache, sid, h), quantize_keys(K[:, h], bits=bits, group=8)
+        np.testing.assert_array_equal(got.codes, ref.codes)
+        np.testing.assert_array_equal(got.offset, ref.offset)
+        np.testing.assert_array_equal(got.step, ref.step)
+
+
+@settings(max_examples=10)
+@given(st.integers(0, 2**32 - 1), st.integers(20, 120), st.sampled_from([(2, 2), (2, 6), (1, 3)]),
+       st.sampled_from([4, 8]))
+def test_router_sketch_equals_certified_step_and_is_sound(seed, T, heads, bits):
+    Hkv, Hq = heads
+    K, V, q = _arrays(seed, T, H=Hkv, Hq=Hq)
+    cache, seqs = PagedKVCache.from_dense(K, V, 16, shuffle_seed=seed % 5)
+    Kc = min(12, T)
+    res = sparse_decode(q, cache, seqs, 2, Kc, router="sketch", bits=bits)
+    dense = res.dense_out()
+    G = Hq // Hkv
+    for h in range(Hq):
+        kvh = h // G
+        ref = certified_step(q[0, h], K[:, kvh], V[:, kvh], quantize_keys(K[:, kvh], bits=bits, group=16), Kc,
+                             with_dense=True)
+        np.testing.assert_array_equal(np.sort(res.candidates[0][h]), ref.candidates)
+        assert_rel_close(res.out[0, h], ref.out, "float64")
+        assert res.certified_leakage[0, h] == ref.certified_leakage
+        assert res.certified_error[0, h] == ref.error
+        assert res.certified_leakage[0, h] >= ref.true_leakage
+        assert res.certified_error[0, h] >= np.linalg.norm(res.out[0, h] - dense[0, h])
+        assert res.error_middle[0, h] <= res.error_2lv[0, h]
+
+
+def test_dense_fallback_and_capped_widening():
+    K, V, q = _arrays(3, 160, H=1, Hq=4, q_scale=1.0)
+    cache, seqs = PagedKVCache.from_dense(K, V, 16)
+    free = sparse_decode(q, cache, seqs, 1, 8, router="sketch", bits=4)
+    tol = float(np.median(free.certified_error))
+    fb = sparse_decode(q, cache, seqs, 1, 8, router="sketch", bits=4, policy=DenseFallback(tol))
+    np.testing.assert_array_equal(fb.fell_back, free.certified_error > tol)
+    dense = fb.dense_out()
+    for h in np.flatnonzero(fb.fell_back[0]):
+        np.testing.assert_array_equal(fb.out[0, h], dense[0, h])
+    cap = sparse_decode(q, cache, seqs, 1, 8, router="sketch", bits=4, policy=Capped(tol / 4, 1, 64))
+    assert np.all((cap.Kc_used[0] > 8) | ~(free.certified_error[0] > tol / 4))
+    assert np.all(cap.Kc_used <= 64)
+    assert np.all(cap.certified[0] | cap.fell_back[0])
+    # widening never hurts: a larger candidate set is certified at least as tightly
+    wide = sparse_decode(q, cache, seqs, 1, 64, router="sketch", bits=4)
+    assert np.all(wide.certified_leakage <= free.certified_leakage + 1e-12)
+
+
+@pytest.mark.parametrize("kwargs, argument", [
+    (dict(router="bound", bits=4), "bits"),
+    (dict(router="sketch", bits=3), "bits"),
+    (dict(router="sketch", bits=4, solver="eg"), "solver"),
+    (dict(router="sketch", share_selection_in_group=True), "share_selection_in_group"),
+    (dict(router="sketch", hierarchical=True), "hierarchical"),
+    (dict(router="sketchy"), "router"),
+])
+def test_bad_options_name_the_argument(kwargs, argument):
+    K, V, q = _arrays(0, 40)
+    cache, seqs = PagedKVCache.from_dense(K, V, 8)
+    with pytest.raises(VashistaInputError) as e:
+        sparse_decode(q, cache, seqs, 2, 8, **kwargs)
+    assert e.value.argument == argument
+
+
+@pytest.mark.parametrize("router, extra", [("bound", []), ("mean", []), ("sketch", ["--bits", "8"]),
+                                           ("sketch", [])])
+def test_cli_json_reports_both_leakages(router, extra, capsys):
+    rc = cli_decode.main(["--seed", "1", "--context", "256", "--kv-heads", "2", "--group", "2", "--P", "2",
+                          "--Kc", "32", "--router", router, "--q-scale", "3", "--json"] + extra)
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["router"] == router and d["sound"]
+    assert d["bits"] == ((int(extra[1]) if extra else 4) if router == "sketch" else None)
+    assert d["certified_leakage"] >= d["true_leakage"] > 0
+    for r in d["per_query"]:
+        assert r["certified_leakage"] >= r["true_leakage"]
+
+
+def test_cli_rejects_bits_without_sketch(capsys):
+    assert cli_decode.main(["--router", "bound", "--bits", "8", "--context", "64"]) == 2
+    assert "bits" in capsys.readouterr().err
+
+
+def test_dense_leakage_helper():
+    s_q = np.array([1.0, 0.0])
+    K = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]])
+    leak, out = dense_leakage(s_q, K, np.eye(3), [2], 1.0)
+    p = np.exp([1.0, 0.0, 2.0])
+    assert abs(leak - (p[0] + p[1]) / p.sum()) < 1e-15
+    assert_rel_close(out, p / p.sum(), "float64")
