@@ -135,3 +135,66 @@ def test_dense_leakage_helper():
     p = np.exp([1.0, 0.0, 2.0])
     assert abs(leak - (p[0] + p[1]) / p.sum()) < 1e-15
     assert_rel_close(out, p / p.sum(), "float64")
+
+
+# ------------------------------------------------------------------------------------------ PyTorch path
+torch = pytest.importorskip("torch")
+from vashista_gpu import sketch as gpu_sketch  # noqa: E402
+from vashista_ref.sketch import certified_step as ref_step  # noqa: E402
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _torch_case(seed, M, Hkv, G, D=16, Dv=8):
+    rng = np.random.default_rng(seed)
+    K = rng.standard_normal((Hkv, M, D)) * rng.choice([1e-3, 1.0, 30.0], size=D)
+    K[:, M // 3: M // 3 + 5] = K[:, :5]                  # repeated keys: exact sketch-score ties
+    return rng.standard_normal((Hkv * G, D)) * 3, K, rng.standard_normal((Hkv, M, Dv))
+
+
+@settings(max_examples=10)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 150), st.sampled_from([(1, 1), (2, 3), (3, 2)]),
+       st.sampled_from([2, 4, 8]), st.sampled_from([1, 16]), st.sampled_from(["float16", "float32"]),
+       st.sampled_from(DEVICES))
+def test_torch_path_matches_reference(seed, M, heads, bits, group, meta, device):
+    """float64 compute: bit-identical sketch, identical candidate sets (tie rule), certificates and
+    outputs equal to float64 rounding; float32 compute: same candidates here, still sound."""
+    Hkv, G = heads
+    Q, K, V = _torch_case(seed, M, Hkv, G)
+    t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
+    sk = gpu_sketch.quantize_keys(t(K), bits=bits, group=group, meta_dtype=meta)
+    Kc = max(1, M // 4)
+    r64 = gpu_sketch.certified_decode(t(Q), t(K), t(V), sk, Kc, scale=0.5, compute_dtype=torch.float64)
+    r32 = gpu_sketch.certified_decode(t(Q), t(K), t(V), sk, Kc, scale=0.5)
+    for h in range(Hkv * G):
+        kvh = h // G
+        rk = quantize_keys(K[kvh], bits=bits, group=group, meta_dtype=meta)
+        np.testing.assert_array_equal(sk.codes[kvh].cpu().numpy(), rk.codes)
+        np.testing.assert_array_equal(sk.offset[kvh].cpu().numpy(), rk.offset)
+        np.testing.assert_array_equal(sk.step[kvh].cpu().numpy(), rk.step)
+        ref = ref_step(Q[h], K[kvh], V[kvh], rk, Kc, scale=0.5, with_dense=True)
+        np.testing.assert_array_equal(r64.candidates[h].cpu().numpy(), ref.candidates)
+        assert_rel_close(r64.out[h].cpu(), ref.out, "float64")
+        for name in ("certified_leakage", "error", "error_middle", "error_estar", "error_ball", "error_token"):
+            assert_rel_close(getattr(r64, name)[h].cpu().reshape(1), np.array([getattr(ref, name)]), "float64", name)
+        np.testing.assert_array_equal(r32.candidates[h].cpu().numpy(), ref.candidates)
+        assert float(r32.certified_leakage[h]) >= ref.true_leakage
+        assert float(r32.error[h]) >= ref.true_error
+
+
+@pytest.mark.parametrize("call, argument", [
+    (lambda Q, K, V, sk: gpu_sketch.certified_decode(Q[:5], K, V, sk, 4), "Q"),
+    (lambda Q, K, V, sk: gpu_sketch.certified_decode(Q, K, V[:, :7], sk, 4), "V"),
+    (lambda Q, K, V, sk: gpu_sketch.certified_decode(Q, K[:, :9], V[:, :9], sk, 4), "sketch"),
+    (lambda Q, K, V, sk: gpu_sketch.certified_decode(Q, K, V, sk, 0), "Kc"),
+    (lambda Q, K, V, sk: gpu_sketch.certified_decode(Q, K, V, sk, 4, compute_dtype=torch.float16), "compute_dtype"),
+    (lambda Q, K, V, sk: gpu_sketch.quantize_keys(K, bits=5), "bits"),
+    (lambda Q, K, V, sk: gpu_sketch.quantize_keys(K * 1e6), "K"),
+    (lambda Q, K, V, sk: gpu_sketch.quantize_keys(K.to(torch.int64)), "K"),
+])
+def test_torch_bad_input_names_the_argument(call, argument):
+    Q, K, V = (torch.as_tensor(a) for a in _torch_case(0, 20, 2, 3))
+    sk = gpu_sketch.quantize_keys(K)
+    with pytest.raises(VashistaInputError) as e:
+        call(Q, K, V, sk)
+    assert e.value.argument == argument

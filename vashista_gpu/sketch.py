@@ -1,0 +1,307 @@
+"""Certified mode (SPEC 3b) in PyTorch: the quantized key sketch and one certified decode step,
+vectorised over query heads — the twin of ``vashista_ref.sketch`` (read its module doc for the
+optimisation problem and the soundness argument; this module follows it step for step).
+
+Problem solved for every query head h (KV head h // G):
+
+    o_h = Σ_{j∈C_h} a_j v_j,  a = argmax_{a∈Δ_{C_h}} ⟨s_{C_h}, a⟩ + H(a) = softmax(s_{C_h}),
+    C_h = top-Kc tokens by sketch score ŝ_j = ⟨q_h, k̃_j⟩ (ties to the lower index),
+
+with L̂_h ≥ the dense mass outside C_h and four bounds on ‖o_h − o_dense‖ (``error`` the smallest).
+
+What differs from the reference: the sketch scan and the exact rescoring run in ``compute_dtype``
+(float32 by default, float64 for differential tests). The error term then uses the unit roundoff of
+that dtype in its γ terms, u_c = max(u(compute_dtype), 2⁻⁵³): the dequantization o + δ·c, the cast of
+q and the dot product are each covered by 4 γ_{D+2}(u_c) Σ_d |q_d| R_d. Quantization (codes,
+offset, step) is done in float64 exactly as in the reference, so codes and metadata are bit-identical.
+The certificate arithmetic over the M bounds and the Kc-token softmax/gather run in float64 (one
+reduction per head; a fused kernel would keep fp32 with the same outward margins). Box pruning is not
+implemented here (the reference has it).
+
+Example::
+
+    >>> import torch
+    >>> from vashista_gpu.sketch import quantize_keys, certified_decode
+    >>> g = torch.Generator().manual_seed(0)
+    >>> K, V = torch.randn(2, 200, 16, generator=g), torch.randn(2, 200, 8, generator=g)
+    >>> Q = 3 * torch.randn(6, 16, generator=g)                  # 6 query heads on 2 KV heads
+    >>> sk = quantize_keys(K, bits=4, group=16)
+    >>> r = certified_decode(Q, K, V, sk, Kc=32)
+    >>> r.out.shape, r.candidates.shape, bool((r.certified_leakage <= 1).all())
+    (torch.Size([6, 8]), torch.Size([6, 32]), True)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from vashista_ref.errors import VashistaInputError
+from vashista_ref.sketch import META_DTYPES, SUPPORTED_BITS
+
+from .validate import positive_int, positive_scalar, tensor
+
+U64 = 2.0 ** -53
+_FN_REL = 16 * U64
+_META = {"float16": torch.float16, "float32": torch.float32}
+assert set(_META) == set(META_DTYPES)
+
+
+def _gamma(n: int, u: float = U64) -> float:
+    return n * u / (1 - n * u)
+
+
+def _up(x: torch.Tensor) -> torch.Tensor:
+    return torch.nextafter(x, torch.full_like(x, math.inf))
+
+
+def _down(x: torch.Tensor) -> torch.Tensor:
+    return torch.nextafter(x, torch.full_like(x, -math.inf))
+
+
+@dataclass(frozen=True)
+class TorchKeySketch:
+    """Sketch of keys (Hkv, M, D): ``codes`` (Hkv, M, ceil(D·bits/8)) uint8 packed low bits first,
+    ``offset``/``step`` (Hkv, G, D) in the metadata dtype; token j is in group j // ``group``."""
+    bits: int
+    group: int
+    codes: torch.Tensor
+    offset: torch.Tensor
+    step: torch.Tensor
+    head_dim: int
+
+    @property
+    def levels(self) -> int:
+        return (1 << self.bits) - 1
+
+    def unpacked_codes(self) -> torch.Tensor:
+        per, mask = 8 // self.bits, (1 << self.bits) - 1
+        parts = [(self.codes >> (i * self.bits)) & mask for i in range(per)]
+        H, M, _ = self.codes.shape
+        return torch.stack(parts, dim=-1).reshape(H, M, -1)[..., : self.head_dim]
+
+    def dequantize(self, dtype=torch.float64) -> torch.Tensor:
+        """k̃ = offset + step ⊙ code, (Hkv, M, D) in ``dtype``."""
+        M = self.codes.shape[1]
+        g = torch.arange(M, device=self.codes.device) // self.group
+        return self.offset.to(dtype)[:, g] + self.step.to(dtype)[:, g] * self.unpacked_codes().to(dtype)
+
+    def box(self) -> tuple[torch.Tensor, torch.Tensor]:
+        lo = self.offset.double()
+        return lo, _up(lo + _up(self.levels * self.step.double()))
+
+
+def _to_meta(x: torch.Tensor, dt, direction: str) -> torch.Tensor:
+    y = x.to(dt)
+    if not bool(torch.isfinite(y).all()):
+        raise VashistaInputError("K", f"keys exceed the range of the {dt} metadata; use meta_dtype='float32'")
+    bad = y.double() > x if direction == "down" else y.double() < x
+    target = torch.full_like(y, -math.inf if direction == "down" else math.inf)
+    return torch.where(bad, torch.nextafter(y, target), y)
+
+
+def quantize_keys(K: torch.Tensor, bits: int = 4, group: int = 16, meta_dtype: str = "float16") -> TorchKeySketch:
+    """Quantize keys (Hkv, M, D) per group of ``group`` tokens and channel; bit-identical to
+    ``vashista_ref.sketch.quantize_keys`` applied to each head (same float64 arithmetic)."""
+    K = tensor("K", K, ndim=3)
+    if isinstance(bits, bool) or bits not in SUPPORTED_BITS:
+        raise VashistaInputError("bits", f"must be one of {SUPPORTED_BITS}, got {bits!r}")
+    group = positive_int("group", group)
+    if meta_dtype not in _META:
+        raise VashistaInputError("meta_dtype", f"must be one of {tuple(_META)}, got {meta_dtype!r}")
+    dt = _META[meta_dtype]
+    H, M, D = K.shape
+    L = (1 << bits) - 1
+    K64 = K.double()
+    Gr = -(-M // group)
+    pad = Gr * group - M
+    lo_src = torch.nn.functional.pad(K64, (0, 0, 0, pad), value=math.inf).view(H, Gr, group, D)
+    hi_src = torch.nn.functional.pad(K64, (0, 0, 0, pad), value=-math.inf).view(H, Gr, group, D)
+    kmin, kmax = lo_src.amin(2), hi_src.amax(2)
+    offset = _to_meta(kmin, dt, "down")
+    o64 = offset.double()
+    # the smallest metadata step with o + L·step >= kmax exactly (reference: _covering_step)
+    s = kmax - o64
+    bp = s - kmax
+    e = (kmax - (s - bp)) + (-o64 - bp)
+    step = _to_meta(torch.where(s > 0, s / L, torch.zeros_like(s)), dt, "up")
+    for _ in range(8):
+        bad = ~(L * step.double() - s >= e)
+        if not bool(bad.any()):
+            break
+        step = torch.where(bad, torch.nextafter(step, torch.full_like(step, math.inf)), step)
+    if not bool(torch.isfinite(step).all()):
+        raise VashistaInputError("K", f"key range exceeds the range of the {dt} metadata; use meta_dtype='float32'")
+    g = torch.arange(M, device=K.device) // group
+    st = step.double()[:, g]
+    t = torch.where(st > 0, (K64 - o64[:, g]) / torch.where(st > 0, st, torch.ones_like(st)), torch.zeros_like(st))
+    codes = torch.round(t).clamp(0, L).to(torch.uint8)
+    if bits < 8:
+        per = 8 // bits
+        width = -(-D // per)
+        c = torch.nn.functional.pad(codes, (0, width * per - D)).view(H, M, width, per)
+        packed = torch.zeros(H, M, width, dtype=torch.uint8, device=K.device)
+        for i in range(per):
+            packed |= c[..., i] << (i * bits)
+        codes = packed
+    return TorchKeySketch(bits=int(bits), group=group, codes=codes, offset=offset, step=step, head_dim=D)
+
+
+@dataclass(frozen=True)
+class TorchCertifiedStep:
+    """Per query head (Hq,) tensors; ``candidates`` (Hq, kc) ascending logical indices; ``out`` (Hq, Dv)."""
+    out: torch.Tensor
+    candidates: torch.Tensor
+    certified_leakage: torch.Tensor
+    error: torch.Tensor
+    error_middle: torch.Tensor
+    error_estar: torch.Tensor
+    error_ball: torch.Tensor
+    error_token: torch.Tensor
+    gap: torch.Tensor
+
+
+def _lse_bound(x: torch.Tensor, upper: bool) -> torch.Tensor:
+    """Outward-rounded log Σ exp over the last axis (−inf entries are absent terms)."""
+    n = x.shape[-1]
+    m = x.amax(-1, keepdim=True)
+    m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    if upper:
+        t = torch.exp(_up(x - m_safe)) * (1 + _FN_REL)
+        s = _up(t.sum(-1) * (1 + _gamma(n + 1)))
+        out = _up(m_safe[..., 0] + _up(torch.log(s) * (1 + _FN_REL)))
+    else:
+        t = torch.exp(_down(x - m_safe)) * (1 - _FN_REL)
+        s = _down(t.sum(-1) * (1 - _gamma(n + 1)))
+        ls = torch.log(s)
+        out = _down(m_safe[..., 0] + _down(torch.where(ls < 0, ls * (1 + _FN_REL), ls * (1 - _FN_REL))))
+    return torch.where(torch.isfinite(m[..., 0]), out, m[..., 0])
+
+
+def _best_prefix_ratio(A, Z, u, w):
+    """Row-wise max over x ∈ Π[0, u] of (A + Σ x w)/(Z + Σ x) (runtime_certificate's E* maximiser)."""
+    order = torch.sort(-w, dim=-1, stable=True).indices
+    uw = torch.gather(u * w, -1, order).cumsum(-1)
+    uu = torch.gather(u, -1, order).cumsum(-1)
+    num = torch.cat([A[:, None], A[:, None] + uw], dim=-1)
+    den = torch.cat([Z[:, None], Z[:, None] + uu], dim=-1)
+    ratio = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
+    return ratio.amax(-1)
+
+
+def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: TorchKeySketch, Kc: int, *,
+                     scale: float | None = None, compute_dtype=torch.float32) -> TorchCertifiedStep:
+    """Certified step for queries ``Q`` (Hq, D) over keys ``K`` (Hkv, M, D), values ``V`` (Hkv, M, Dv)
+    and their sketch (module doc). ``compute_dtype`` float32 or float64 for the scan and rescoring."""
+    Q = tensor("Q", Q, ndim=2)
+    K = tensor("K", K, ndim=3)
+    V = tensor("V", V, ndim=3)
+    Hq, D = Q.shape
+    Hkv, M, Dk = K.shape
+    if Dk != D:
+        raise VashistaInputError("Q", f"has dimension {D} but keys have dimension {Dk}")
+    if Hq % Hkv != 0:
+        raise VashistaInputError("Q", f"has {Hq} query heads, not a multiple of the {Hkv} KV heads")
+    if V.shape[:2] != (Hkv, M):
+        raise VashistaInputError("V", f"expected ({Hkv}, {M}, Dv), got {tuple(V.shape)}")
+    if not isinstance(sketch, TorchKeySketch) or tuple(sketch.codes.shape[:2]) != (Hkv, M) or sketch.head_dim != D:
+        raise VashistaInputError("sketch", "is not a TorchKeySketch of these keys")
+    if compute_dtype not in (torch.float32, torch.float64):
+        raise VashistaInputError("compute_dtype", f"must be torch.float32 or torch.float64, got {compute_dtype}")
+    Kc = positive_int("Kc", Kc)
+    scale = 1.0 / math.sqrt(D) if scale is None else positive_scalar("scale", scale)
+    dev = K.device
+    G = Hq // Hkv
+    S = sketch.group
+    Gr = sketch.offset.shape[1]
+    u_c = max(torch.finfo(compute_dtype).eps / 2, U64)
+    q64 = Q.double()
+    g_of = torch.arange(M, device=dev) // S
+    kv = torch.arange(Hq, device=dev) // G
+
+    # sketch scan: ŝ (Hq, M) in compute_dtype, bmm per KV head group (keys never repeated)
+    kt = sketch.dequantize(compute_dtype)
+    qg = Q.to(compute_dtype).view(Hkv, G, D).transpose(1, 2)
+    shat = torch.bmm(kt, qg).permute(0, 2, 1).reshape(Hq, M).double()
+    lo, hi = sketch.box()
+    R = torch.maximum(lo.abs(), hi.abs())
+    eta = 4.0 * (sketch.levels + 2) * U64
+    per_channel = sketch.step.double() * (0.5 + eta) + 4.0 * _gamma(D + 2, u_c) * R       # (Hkv, Gr, D)
+    err_g = torch.bmm(per_channel, q64.abs().view(Hkv, G, D).transpose(1, 2)).permute(0, 2, 1).reshape(Hq, Gr)
+    err_g = _up(err_g * (1.0 + 2.0 * _gamma(D + 3)))
+    err = err_g[:, g_of]
+
+    # candidates: top-Kc by ŝ, ties to the lower index (stable sort); exact rescoring
+    kc = min(Kc, M)
+    cand = torch.sort(torch.sort(shat, dim=-1, descending=True, stable=True).indices[:, :kc], dim=-1).values
+    Kh = K[kv]                                                                            # (Hq, M, D)
+    Kcand = torch.gather(Kh, 1, cand[..., None].expand(Hq, kc, D))
+    raw = (Kcand.to(compute_dtype) * Q.to(compute_dtype)[:, None, :]).sum(-1).double()
+    exact_err = _up(4 * _gamma(D + 2, u_c) * (Kcand.double().abs() * q64.abs()[:, None, :]).sum(-1))
+    lb_c = _down(_down(raw - exact_err) * scale)
+    s_c = raw * scale
+    w = torch.softmax(s_c, dim=-1)
+    Vh = V.double()[kv]
+    Dv = V.shape[-1]
+    out = torch.bmm(w[:, None, :], torch.gather(Vh, 1, cand[..., None].expand(Hq, kc, Dv)))[:, 0]
+
+    # certificate
+    is_c = torch.zeros(Hq, M, dtype=torch.bool, device=dev)
+    is_c.scatter_(1, cand, True)
+    ninf = torch.full_like(shat, -math.inf)
+    ub = torch.where(is_c, ninf, _up(_up(shat + err) * scale))
+    lb = torch.where(is_c, ninf, _down(_down(shat - err) * scale))
+    log_zc = _lse_bound(lb_c, upper=False)
+    log_zout = _lse_bound(ub, upper=True)
+    d = _down(log_zc - log_zout)
+    e = torch.exp(d) * (1 - _FN_REL)
+    leak = _up(1.0 / _down(1.0 + e))
+    leak = torch.clamp(_up(leak * (1 + 4 * _gamma(M + 16))), max=1.0)
+    leak = torch.where(torch.isneginf(log_zout), torch.zeros_like(leak), leak)
+    gap = lb_c.amax(-1) - ub.amax(-1)
+
+    # value summaries per group (a cache keeps them per page), as vashista_ref.sketch.group_value_stats
+    V64 = V.double()
+    counts = torch.bincount(g_of, minlength=Gr).double()
+    centre = torch.zeros(Hkv, Gr, Dv, dtype=torch.float64, device=dev).index_add_(1, g_of, V64) / counts[None, :, None]
+    grow_v = 1 + 2 * _gamma(Dv + 2)
+    norms = torch.linalg.vector_norm(V64, dim=-1)
+    dist_tok = _up(torch.linalg.vector_norm(V64 - centre[:, g_of], dim=-1) * grow_v)         # (Hkv, M)
+    neg = torch.full((Hkv, Gr), -math.inf, dtype=torch.float64, device=dev)
+    vmax = _up(neg.scatter_reduce(1, g_of.expand(Hkv, M), norms, "amax") * grow_v)
+    radius = neg.scatter_reduce(1, g_of.expand(Hkv, M), dist_tok, "amax")
+
+    o_norm = torch.linalg.vector_norm(out, dim=-1)
+    vmax_all = vmax.amax(-1)[kv]
+    rho = 8.0 * (M + kc + 8) * U64
+    rounding = rho * vmax_all
+    c = torch.maximum(log_zc, ub.amax(-1))
+    c = torch.where(torch.isfinite(c), c, torch.zeros_like(c))
+    Zc = torch.exp(log_zc - c) * (1 - _FN_REL)
+    x_lo = torch.exp(lb - c[:, None]) * (1 - _FN_REL)                                     # 0 on candidates
+    x_hi = torch.exp(ub - c[:, None]) * (1 + _FN_REL)
+    out_tok = ~is_c
+    w_tok = torch.where(out_tok, vmax[kv][:, g_of] + o_norm[:, None], torch.zeros_like(x_lo))
+    e_mid = leak * torch.where(out_tok, w_tok, torch.zeros_like(w_tok)).amax(-1)
+    e_star = _best_prefix_ratio((x_lo * w_tok).sum(-1), Zc + x_lo.sum(-1), x_hi - x_lo, w_tok)
+    W_lo = torch.zeros(Hq, Gr, dtype=torch.float64, device=dev).index_add_(1, g_of, x_lo)
+    W_slack = torch.zeros(Hq, Gr, dtype=torch.float64, device=dev).index_add_(1, g_of, x_hi - x_lo)
+    dist = _up(torch.linalg.vector_norm(centre[kv] - out[:, None, :], dim=-1) * (1 + 2 * _gamma(Dv + 2)))
+    base = torch.linalg.vector_norm(torch.bmm(W_lo[:, None, :], centre[kv] - out[:, None, :])[:, 0], dim=-1)
+    base = base * (1 + 2 * _gamma(Gr + Dv + 2))
+    Z_lo = Zc + x_lo.sum(-1)
+    e_ball = _best_prefix_ratio(base + (W_lo * radius[kv]).sum(-1), Z_lo, W_slack, dist + radius[kv])
+    rt = torch.where(out_tok, dist_tok[kv], torch.zeros_like(x_lo))
+    e_tok = _best_prefix_ratio(base + (x_lo * rt).sum(-1), Z_lo, x_hi - x_lo,
+                               torch.where(out_tok, dist[:, g_of] + rt, torch.zeros_like(rt)))
+    grow = (1 + rho) * (1 + 4 * _gamma(M + 8))
+    none_out = ~out_tok.any(-1)
+    forms = []
+    for f in (e_mid, e_star, e_ball, e_tok):
+        f = torch.where(none_out, torch.zeros_like(f), f * grow) + rounding
+        forms.append(f)
+    e_mid, e_star, e_ball, e_tok = forms
+    error = torch.minimum(torch.minimum(e_mid, e_star), torch.minimum(e_ball, e_tok))
+    return TorchCertifiedStep(out=out, candidates=cand, certified_leakage=leak, error=error, error_middle=e_mid,
+                              error_estar=e_star, error_ball=e_ball, error_token=e_tok, gap=gap)
