@@ -18,7 +18,7 @@ from vashista_ref.synthetic import KINDS, make_case
 def _check_sound(res, case, scale):
     leak, err = true_leakage_and_error(res, case, scale)
     assert np.all(res.certified_error >= err), (res.certified_error, err)
-    assert np.all(leak <= res.certified_leakage + 1e-12), (leak, res.certified_leakage)
+    assert np.all(leak <= res.certified_leakage), (leak, res.certified_leakage)
     assert np.all(res.certified_error <= res.error_middle)
     assert np.all(res.error_middle <= res.error_2lv)
     return leak, err
@@ -95,10 +95,11 @@ def test_certificate_equals_its_formula_for_either_router(d):
     for b in range(case.q.shape[0]):
         for h in range(case.q.shape[1]):
             L, gap, e2 = _brute_force_certificate(case, res, b, h, scale)
-            assert res.certified_leakage[b, h] == pytest.approx(L, rel=1e-12, abs=1e-300)
+            # equal up to the certificate's rounding inflation (1 + ρ), ρ < 1e-10 at these scales
+            assert L <= res.certified_leakage[b, h] == pytest.approx(L, rel=1e-10, abs=1e-300)
             assert res.gap[b, h] == pytest.approx(gap, rel=1e-12, abs=1e-12)
             # the rounding allowance was added to 2L̂·max‖v‖(1+ρ): compare up to ρ and one ulp of it
-            assert abs(res.error_2lv[b, h] - res.rounding[b, h] - e2) <= 1e-11 * e2 + 4 * np.spacing(res.rounding[b, h])
+            assert abs(res.error_2lv[b, h] - res.rounding[b, h] - e2) <= 1e-10 * e2 + 4 * np.spacing(res.rounding[b, h])
 
 
 def test_tightest_form_is_tighter_on_typical_input():

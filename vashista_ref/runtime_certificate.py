@@ -35,9 +35,11 @@ attention on the same float64 scores. To stay sound against a *computed* float64
 
 covering the rounding of both weighted sums (each ≤ γ_n·max‖v‖ in norm) and of e^{s−m} (relative error
 ≤ (|s − m| + 2)u, and |s − m| ≤ 745 for any weight that does not underflow), and it inflates the bound
-itself by (1 + ρ), ρ = u · (8 (M + |C| + 8) + 8 (|c| + 760)), for the log-domain certificate arithmetic
-at magnitude |c| (the largest log-mass involved). For M = 1000 tokens the allowance is
-~2e-12·max‖v‖.
+itself (and L̂) by (1 + ρ),  ρ = u · (8 (M + |C| + 8) + 8 (|c| + 760)) + expm1(4δ),  for the log-domain
+certificate arithmetic at magnitude |c| (the largest log-mass involved) and for the rounding of scores
+against box bounds: both are float64 dot products, each within γ_D·scale·Σ_d |q_d k_d| of exact, so
+with A ≥ scale·max_j Σ_d |q_d k_{j,d}| (``score_abs_max``, from the boxes) δ = 2 (D + 2) u A. For
+M = 1000 tokens the allowance is ~2e-12·max‖v‖.
 
 Gap: Δ̂ = m − max(scale·UB_p over excluded blocks, s_j over scored non-candidates); +inf when C is
 everything. Δ̂ > 0 says no excluded token can outscore the best candidate.
@@ -91,7 +93,8 @@ def _best_prefix_ratio(A: float, Z: float, u: np.ndarray, w: np.ndarray) -> floa
 
 def softmax_certificate(*, s_cand: np.ndarray, o_sparse: np.ndarray, s_scored_out: np.ndarray,
                         vmax_scored_out: np.ndarray, log_u_blocks: np.ndarray, s_bound_blocks: np.ndarray,
-                        vmax_blocks: np.ndarray, vmax_all: float, n_total: int) -> RuntimeCertificate:
+                        vmax_blocks: np.ndarray, vmax_all: float, n_total: int,
+                        score_abs_max: float = 0.0, head_dim: int = 0) -> RuntimeCertificate:
     """Certificate from: candidate scores, the sparse output, exact scores of scored non-candidates (with
     their pages' max value norms), excluded blocks as log mass bounds log(n_p) + scale·UB_p, score bounds
     scale·UB_p and max value norms, the max value norm over the whole sequence and its length M."""
@@ -107,12 +110,16 @@ def softmax_certificate(*, s_cand: np.ndarray, o_sparse: np.ndarray, s_scored_ou
     c = max(log_zc, float(np.max(s_known, initial=-np.inf)), float(np.max(log_u, initial=-np.inf)))
     rounding = UNIT_ROUNDOFF * (8.0 * (n_total + s_cand.shape[0] + 8) + 8.0 * 760.0) * float(vmax_all)
     rho = UNIT_ROUNDOFF * (8.0 * (n_total + s_cand.shape[0] + 8) + 8.0 * (abs(c) + 760.0))
+    # a computed score and a computed box bound can each be off by γ_D·scale·Σ_d|q_d k_d|: an excluded
+    # token's float score may exceed its block's float bound by twice that, scaling its mass by e^{2δ}
+    delta = 2.0 * (head_dim + 2) * UNIT_ROUNDOFF * float(score_abs_max)
+    rho += float(np.expm1(4.0 * delta))
     if s_known.size + log_u.size == 0:
         return RuntimeCertificate(0.0, rounding, rounding, rounding, float("inf"), rounding)
     Z, x, u = np.exp(log_zc - c), np.exp(s_known - c), np.exp(log_u - c)
     e_star = _best_prefix_ratio(float(x @ w_known), Z + float(x.sum()), u, w_blocks)
     log_zout = float(np.logaddexp.reduce(np.r_[s_known, log_u]))
-    leakage = float(np.exp(log_zout - np.logaddexp(log_zc, log_zout)))
+    leakage = min(1.0, float(np.exp(log_zout - np.logaddexp(log_zc, log_zout))) * (1 + rho))
     w_max = float(np.max(np.r_[w_known, w_blocks]))
     gap = m - float(np.max(np.r_[s_known, np.asarray(s_bound_blocks, dtype=np.float64)]))
     e_2lv = 2.0 * leakage * float(vmax_all)

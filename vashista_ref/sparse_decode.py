@@ -132,6 +132,9 @@ def _attempt(qs, cache, sid, kvh, P, Kc, o):
     ex = excluded_summaries(cache, sid, kvh, routing)
     page_summ = cache.summaries(sid, kvh)
     vmax_all, n_total = float(page_summ.vmax.max()), cache.length(sid)
+    # boxes of the top summary level contain every key: they bound Σ_d |q_d k_d| for the rounding term
+    top = cache.summaries(sid, kvh, cache.n_levels(sid) - 1) if o["hierarchical"] else page_summ
+    key_abs = np.maximum(np.abs(top.kmin), np.abs(top.kmax))
     # the certificate evaluates every excluded box; the bound router already did during routing
     cert_cost = routing.summaries_scored + (ex.count.shape[0] if o["router"] == "mean" else 0)
     records = []
@@ -148,7 +151,8 @@ def _attempt(qs, cache, sid, kvh, P, Kc, o):
             c = softmax_certificate(
                 s_cand=scores[i, sel], o_sparse=rec["out"], s_scored_out=scores[i, out_mask],
                 vmax_scored_out=vmax_tok[out_mask], log_u_blocks=np.log(ex.count) + ub, s_bound_blocks=ub,
-                vmax_blocks=ex.vmax, vmax_all=vmax_all, n_total=n_total)
+                vmax_blocks=ex.vmax, vmax_all=vmax_all, n_total=n_total,
+                score_abs_max=float((key_abs @ np.abs(q)).max()) * o["scale"], head_dim=q.shape[0])
             rec.update(leakage=c.leakage, error=c.error, error_middle=c.error_middle, error_2lv=c.error_2lv,
                        gap=c.gap, rounding=c.rounding, projection_gap=np.nan, solver_certificate=np.nan)
             rec["certified"] = c.error <= o["tol"]
