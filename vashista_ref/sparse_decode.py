@@ -130,11 +130,11 @@ def _attempt(qs, cache, sid, kvh, P, Kc, o):
     kc = min(Kc, Kr.shape[0])
     shared_sel = top_indices(scores.max(axis=0), kc) if shared else None
     ex = excluded_summaries(cache, sid, kvh, routing)
-    page_summ = cache.summaries(sid, kvh)
-    vmax_all, n_total = float(page_summ.vmax.max()), cache.length(sid)
-    # boxes of the top summary level contain every key: they bound Σ_d |q_d k_d| for the rounding term
-    top = cache.summaries(sid, kvh, cache.n_levels(sid) - 1) if o["hierarchical"] else page_summ
+    # the top summary level (pages, or the ≤ F root nodes of the hierarchy) covers every token: its
+    # boxes bound Σ_d |q_d k_d| for the rounding term and its value norms give max_j ‖v_j‖
+    top = cache.summaries(sid, kvh, cache.n_levels(sid) - 1 if o["hierarchical"] else 0)
     key_abs = np.maximum(np.abs(top.kmin), np.abs(top.kmax))
+    vmax_all, n_total = float(top.vmax.max()), cache.length(sid)
     # the certificate evaluates every excluded box; the bound router already did during routing
     cert_cost = routing.summaries_scored + (ex.count.shape[0] if o["router"] == "mean" else 0)
     records = []
