@@ -16,7 +16,8 @@ q and the dot product are each covered by 4 γ_{D+2}(u_c) Σ_d |q_d| R_d. Quanti
 offset, step) is done in float64 exactly as in the reference, so codes and metadata are bit-identical.
 The certificate arithmetic over the M bounds and the Kc-token softmax/gather run in float64 (one
 reduction per head; a fused kernel would keep fp32 with the same outward margins). Box pruning is not
-implemented here (the reference has it).
+implemented here (the reference has it). ``backend="triton"`` runs the sketch scan (unpack, dequantize,
+dot) in one Triton kernel, ``sketch_scan_triton``; the selection and certificate stay in torch.
 
 Example::
 
@@ -41,6 +42,12 @@ from vashista_ref.errors import VashistaInputError
 from vashista_ref.sketch import META_DTYPES, SUPPORTED_BITS
 
 from .validate import positive_int, positive_scalar, tensor
+
+try:  # the Triton scan is optional: the torch path works without triton
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover
+    triton = None
 
 U64 = 2.0 ** -53
 _FN_REL = 16 * U64
@@ -148,6 +155,48 @@ def quantize_keys(K: torch.Tensor, bits: int = 4, group: int = 16, meta_dtype: s
     return TorchKeySketch(bits=int(bits), group=group, codes=codes, offset=offset, step=step, head_dim=D)
 
 
+if triton is not None:
+    @triton.jit
+    def _sketch_scan_kernel(q_ptr, codes_ptr, off_ptr, step_ptr, s_ptr, M, Gr, D, W, group,
+                            G: tl.constexpr, BITS: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
+        """ŝ[h, j] = Σ_d q[h, d]·(offset + step·code)[kvh, j, d] in float32; one program per (query
+        head, BM tokens); codes unpacked in registers (8/BITS per byte, low bits first)."""
+        h = tl.program_id(0)
+        blk = tl.program_id(1)
+        kvh = h // G
+        PER: tl.constexpr = 8 // BITS
+        rows = blk * BM + tl.arange(0, BM)
+        cols = tl.arange(0, BD)
+        rmask = rows < M
+        m2 = rmask[:, None] & (cols < D)[None, :]
+        tok = (kvh * M + rows).to(tl.int64)
+        byte = tl.load(codes_ptr + tok[:, None] * W + (cols // PER)[None, :], mask=m2, other=0)
+        code = (byte.to(tl.int32) >> ((cols % PER) * BITS)[None, :]) & ((1 << BITS) - 1)
+        meta = (kvh * Gr + rows // group).to(tl.int64)[:, None] * D + cols[None, :]
+        o = tl.load(off_ptr + meta, mask=m2, other=0.0).to(tl.float32)
+        st = tl.load(step_ptr + meta, mask=m2, other=0.0).to(tl.float32)
+        q = tl.load(q_ptr + h * D + cols, mask=cols < D, other=0.0)
+        s = tl.sum((o + st * code.to(tl.float32)) * q[None, :], axis=1)
+        tl.store(s_ptr + h * M + rows, s, mask=rmask)
+
+
+def sketch_scan_triton(Q: torch.Tensor, sketch: TorchKeySketch, block_tokens: int = 64) -> torch.Tensor:
+    """Sketch scores ŝ (Hq, M) in float32 by the Triton kernel (reads each sketch byte once per query
+    head); the same quantity as the torch path with compute_dtype=float32, up to summation order."""
+    if triton is None:
+        raise VashistaInputError("backend", "triton is not installed")
+    Hkv, M, W = sketch.codes.shape
+    Hq, D = Q.shape
+    q32 = Q.to(torch.float32).contiguous()
+    out = torch.empty(Hq, M, dtype=torch.float32, device=Q.device)
+    BD = triton.next_power_of_2(D)
+    grid = (Hq, triton.cdiv(M, block_tokens))
+    _sketch_scan_kernel[grid](q32, sketch.codes.contiguous(), sketch.offset.contiguous(), sketch.step.contiguous(),
+                              out, M, sketch.offset.shape[1], D, W, sketch.group,
+                              G=Hq // Hkv, BITS=sketch.bits, BM=block_tokens, BD=BD)
+    return out
+
+
 @dataclass(frozen=True)
 class TorchCertifiedStep:
     """Per query head (Hq,) tensors; ``candidates`` (Hq, kc) ascending logical indices; ``out`` (Hq, Dv)."""
@@ -191,9 +240,11 @@ def _best_prefix_ratio(A, Z, u, w):
 
 
 def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: TorchKeySketch, Kc: int, *,
-                     scale: float | None = None, compute_dtype=torch.float32) -> TorchCertifiedStep:
+                     scale: float | None = None, compute_dtype=torch.float32,
+                     backend: str = "torch") -> TorchCertifiedStep:
     """Certified step for queries ``Q`` (Hq, D) over keys ``K`` (Hkv, M, D), values ``V`` (Hkv, M, Dv)
-    and their sketch (module doc). ``compute_dtype`` float32 or float64 for the scan and rescoring."""
+    and their sketch (module doc). ``compute_dtype`` float32 or float64 for the scan and rescoring;
+    ``backend="triton"`` runs the sketch scan in the Triton kernel (float32 only)."""
     Q = tensor("Q", Q, ndim=2)
     K = tensor("K", K, ndim=3)
     V = tensor("V", V, ndim=3)
@@ -209,6 +260,10 @@ def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: 
         raise VashistaInputError("sketch", "is not a TorchKeySketch of these keys")
     if compute_dtype not in (torch.float32, torch.float64):
         raise VashistaInputError("compute_dtype", f"must be torch.float32 or torch.float64, got {compute_dtype}")
+    if backend not in ("torch", "triton"):
+        raise VashistaInputError("backend", f"must be 'torch' or 'triton', got {backend!r}")
+    if backend == "triton" and compute_dtype != torch.float32:
+        raise VashistaInputError("compute_dtype", "the Triton scan computes in float32")
     Kc = positive_int("Kc", Kc)
     scale = 1.0 / math.sqrt(D) if scale is None else positive_scalar("scale", scale)
     dev = K.device
@@ -221,9 +276,12 @@ def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: 
     kv = torch.arange(Hq, device=dev) // G
 
     # sketch scan: ŝ (Hq, M) in compute_dtype, bmm per KV head group (keys never repeated)
-    kt = sketch.dequantize(compute_dtype)
-    qg = Q.to(compute_dtype).view(Hkv, G, D).transpose(1, 2)
-    shat = torch.bmm(kt, qg).permute(0, 2, 1).reshape(Hq, M).double()
+    if backend == "triton":
+        shat = sketch_scan_triton(Q, sketch).double()
+    else:
+        kt = sketch.dequantize(compute_dtype)
+        qg = Q.to(compute_dtype).view(Hkv, G, D).transpose(1, 2)
+        shat = torch.bmm(kt, qg).permute(0, 2, 1).reshape(Hq, M).double()
     lo, hi = sketch.box()
     R = torch.maximum(lo.abs(), hi.abs())
     eta = 4.0 * (sketch.levels + 2) * U64
