@@ -53,6 +53,7 @@ class DecodePlan:
     iters: int               # eg/fw iterations
     F: int                   # hierarchy fanout (0: none)
     L: int                   # summary levels descended (1: pages only)
+    certify: bool            # False: skip the certificate (benchmarks measure its overhead)
     seq_ids: torch.Tensor    # (B,) int64 on the cache device
     lens: torch.Tensor       # (B,) int64 on the cache device
     host_lens: list
@@ -65,7 +66,7 @@ class DecodePlan:
 def plan_decode(cache, seq_ids, num_q_heads: int, P: int, Kc: int, *, scale: float | None = None,
                 sink_pages: int = 1, router: str = "bound", solver: str = "softmax",
                 hierarchical: bool = False, eps: float | None = None, iters: int = 50,
-                max_pages: int | None = None) -> DecodePlan:
+                max_pages: int | None = None, certify: bool = True) -> DecodePlan:
     """Check arguments against the cache and fix the launch sizes (no device synchronisation)."""
     ids = V.index_tensor("seq_ids", seq_ids)
     host_ids = [int(s) for s in ids.tolist()]
@@ -105,6 +106,6 @@ def plan_decode(cache, seq_ids, num_q_heads: int, P: int, Kc: int, *, scale: flo
     dev = cache.device
     return DecodePlan(B=len(host_ids), Hq=Hq, Hkv=Hkv, G=Hq // Hkv, D=cache.head_dim, Dv=cache.value_dim,
                       S=S, NP=NP, P=P, W=W, Kc=min(Kc, W * S), scale=sc, sink_pages=sink_pages,
-                      router=router, solver=solver, eps=ep, iters=iters, F=cache.fanout or 0, L=L,
+                      router=router, solver=solver, eps=ep, iters=iters, F=cache.fanout or 0, L=L, certify=bool(certify),
                       seq_ids=ids.to(device=dev, dtype=torch.int64),
                       lens=torch.tensor(host_lens, dtype=torch.int64, device=dev), host_lens=host_lens)

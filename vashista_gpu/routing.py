@@ -15,7 +15,9 @@ at once into the certificate's excluded terms, which do not depend on the candid
 
     lse_out = log Σ_{dropped p} n_p e^{scale·UB_p},  ub_out = max scale·UB_p,  vmax_out = max vnorm_p.
 
-(``Z_out`` relative to the candidates' max m is then e^{lse_out − m}: no second pass over the bounds.)
+The dropped blocks are exactly the valid ones whose key falls below the last kept key, so folding them
+is one pass over (key, ub, vnorm) (``fold_dropped``; a kernel on the Triton path). ``Z_out`` relative
+to the candidates' max m is then e^{lse_out − m}: no second pass over the summaries.
 
 Example::
 
@@ -32,12 +34,12 @@ Example::
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from .selection import FORCED_ORDERABLE, INVALID_KEY
-from .summaries import node_counts
 
 
 @dataclass
@@ -51,43 +53,59 @@ class Routed:
 
 
 def forced_blocks(plan, level: int, nodes: torch.Tensor) -> torch.Tensor:
+    """Blocks holding a sink page or the newest page (always kept)."""
     span = plan.F ** level if level else 1
     npg = (plan.lens + plan.S - 1) // plan.S
     last = ((npg - 1) // span)[:, None, None]
     return (nodes * span < plan.sink_pages) | (nodes == last)
 
 
-def route(plan, q32: torch.Tensor, cache, score_blocks) -> Routed:
+def valid_blocks(plan, level: int, nodes: torch.Tensor, parent_ok) -> torch.Tensor:
+    """Blocks that exist for the row's sequence (and whose parent was kept)."""
+    span = plan.F ** level if level else 1
+    npg = (plan.lens + plan.S - 1) // plan.S
+    valid = nodes < ((npg + span - 1) // span)[:, None, None]
+    return valid if parent_ok is None else valid & parent_ok
+
+
+def fold_dropped(plan, level, keys, thr, ub, vn):
+    """Certificate terms of the dropped blocks of one level, i.e. the valid blocks whose key is below
+    the last kept key ``thr`` (B, Hq, 1). A dropped block never holds the newest (possibly partial)
+    page — that one is forced — so it holds exactly S·F^level tokens:
+    returns (log Σ n e^{ub}, max ub, max vnorm) over them."""
+    span = plan.F ** level if level else 1
+    dropped = (keys < thr) & (keys != INVALID_KEY)
+    ubd = torch.where(dropped, ub, float("-inf"))
+    lse = math.log(plan.S * span) + torch.logsumexp(ubd, dim=-1)
+    return lse, ubd.amax(-1), torch.where(dropped, vn, 0.0).amax(-1)
+
+
+def route(plan, q32: torch.Tensor, cache, score_blocks, fold=fold_dropped) -> Routed:
+    """Descend the summary levels; ``score_blocks(plan, q32, cache, level, nodes, parent_ok)``
+    returns (keys, ub, vnorm) for ``nodes`` (B, Hq, M); ``fold`` is ``fold_dropped`` or its kernel."""
     B, Hq, F, S, dev = plan.B, plan.Hq, plan.F, plan.S, q32.device
-    npg = (plan.lens + S - 1) // S
     top = plan.L - 1
-    n_top = plan.level_size(top)
-    nodes = torch.arange(n_top, device=dev)[None, None, :].expand(B, Hq, -1)
+    nodes = torch.arange(plan.level_size(top), device=dev)[None, None, :].expand(B, Hq, -1)
     ok_parent = None
     lse = torch.full((B, Hq), float("-inf"), device=dev)
     ub_out = torch.full((B, Hq), float("-inf"), device=dev)
     vmax_out = torch.zeros((B, Hq), device=dev)
     scored = 0
     for level in range(top, -1, -1):
-        span = F ** level if level else 1
-        n_nodes = ((npg + span - 1) // span)[:, None, None]
-        valid = nodes < n_nodes
-        if ok_parent is not None:
-            valid = valid & ok_parent
-        keys, ub, vn = score_blocks(plan, q32, cache, level, nodes, valid, forced_blocks(plan, level, nodes))
+        keys, ub, vn = score_blocks(plan, q32, cache, level, nodes, ok_parent)
         scored += nodes.shape[-1]
         Wl = min(plan.W, nodes.shape[-1])
         vals, pos = torch.topk(keys, Wl, dim=-1, sorted=True)
-        n_forced = ((vals >> 32) == FORCED_ORDERABLE).sum(-1, keepdim=True)
-        ok = (vals != INVALID_KEY) & (torch.arange(Wl, device=dev) < n_forced + plan.P)
-        kept_mask = torch.zeros_like(valid)
-        kept_mask.scatter_(-1, pos, ok)
-        dropped = valid & ~kept_mask
-        n_tok = node_counts(plan.lens[:, None, None], nodes, S * span).float()
-        log_u = torch.where(dropped, torch.log(n_tok.clamp(min=1)) + ub, float("-inf"))
-        lse = torch.logaddexp(lse, torch.logsumexp(log_u, dim=-1))
-        ub_out = torch.maximum(ub_out, torch.where(dropped, ub, float("-inf")).amax(-1))
-        vmax_out = torch.maximum(vmax_out, torch.where(dropped, vn, 0.0).amax(-1))
+        n_keep = ((vals >> 32) == FORCED_ORDERABLE).sum(-1, keepdim=True) + plan.P
+        rank = torch.arange(Wl, device=dev)
+        ok = (vals != INVALID_KEY) & (rank < n_keep)
+        if plan.certify:
+            thr = torch.gather(vals, -1, (n_keep - 1).clamp(max=Wl - 1))
+            thr = torch.where(n_keep > Wl, INVALID_KEY, thr)         # everything kept: nothing dropped
+            l_lse, l_ub, l_vn = fold(plan, level, keys, thr, ub, vn)
+            lse = torch.logaddexp(lse, l_lse)
+            ub_out = torch.maximum(ub_out, l_ub)
+            vmax_out = torch.maximum(vmax_out, l_vn)
         kept = torch.where(ok, torch.gather(nodes, -1, pos), plan.level_size(level))
         kept, order = torch.sort(kept, dim=-1)
         ok = torch.gather(ok, -1, order)

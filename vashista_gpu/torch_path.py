@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from .routing import forced_blocks, valid_blocks
 from .selection import INVALID_KEY, tie_keys
 
 
@@ -36,8 +37,10 @@ def _kv_head(plan, device):
     return (torch.arange(plan.Hq, device=device) // plan.G)[None, :, None]
 
 
-def score_blocks(plan, q32, cache, level, nodes, valid, forced):
+def score_blocks(plan, q32, cache, level, nodes, parent_ok):
     """Router keys, scale·UB and value norms of ``nodes`` (B, Hq, M) at ``level``."""
+    valid = valid_blocks(plan, level, nodes, parent_ok)
+    forced = forced_blocks(plan, level, nodes)
     kvh = _kv_head(plan, q32.device)
     seq = plan.seq_ids[:, None, None]
     if level == 0:
@@ -93,6 +96,9 @@ def finish(plan, q32, cache, routed, s, keys, cvals, cpos):
         kc = torch.gather(kpage, 2, cpos[..., None].expand(-1, -1, -1, plan.D)).float()
         w = projection_weights(plan, q32, kc, cvalid)
     out = (w[..., None] * vc).sum(2)
+    if not plan.certify:
+        nan = torch.full_like(m, float("nan"))
+        return dict(out=out, weights=w, certified_leakage=nan, certified_error=nan, gap=nan, max_score=m)
     # certificate: scored non-candidates are valid keys below the Kc-th key
     thr = cvals[..., -1:]
     scored_out = (keys != INVALID_KEY) & (keys < thr)

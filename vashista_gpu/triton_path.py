@@ -13,11 +13,14 @@ Example (CPU, under ``TRITON_INTERPRET=1``)::
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 
 from .kernels.block_scores import _block_scores_kernel
 from .kernels.finish import _finish_kernel
+from .kernels.fold_dropped import _fold_dropped_kernel
 from .kernels.token_scores import _token_scores_kernel
 
 POISON = False
@@ -31,21 +34,21 @@ def _out(shape, dtype, device):
     return torch.full(shape, 2 ** 62 + 12345, dtype=dtype, device=device)   # a plausible-looking lie
 
 
-def score_blocks(plan, q32, cache, level, nodes, valid, forced):
+def score_blocks(plan, q32, cache, level, nodes, parent_ok):
     B, Hq, M = nodes.shape
     dev = q32.device
     keys = _out((B, Hq, M), torch.int64, dev)
     ub = _out((B, Hq, M), torch.float32, dev)
     vn = _out((B, Hq, M), torch.float32, dev)
     # blocks shared by the whole GQA group: the top level (or the only one) scores arange(M)
-    per_head = not (level == plan.L - 1)
+    per_head = parent_ok is not None
     if level == 0:
         kmin, kmax, kmean, vnorm, n_lvl = cache.kmin, cache.kmax, cache.kmean, cache.vnorm, 0
     else:
         Lv = cache.levels[level - 1]
         kmin, kmax, kmean, vnorm, n_lvl = Lv["kmin"], Lv["kmax"], Lv["kmean"], Lv["vnorm"], Lv["kmin"].shape[1]
     nodes_c = nodes.contiguous() if per_head else nodes
-    pvalid = valid.to(torch.int8).contiguous() if per_head else valid
+    pvalid = parent_ok.to(torch.int8).contiguous() if per_head else nodes
     BM = min(64, triton.next_power_of_2(M))
     grid = (B * (Hq if per_head else plan.Hkv), triton.cdiv(M, BM))
     _block_scores_kernel[grid](
@@ -56,6 +59,18 @@ def score_blocks(plan, q32, cache, level, nodes, valid, forced):
         G=plan.G, PER_HEAD=per_head, LEVEL0=(level == 0), MEAN=(plan.router == "mean"),
         BM=BM, BD=triton.next_power_of_2(plan.D))
     return keys, ub, vn
+
+
+def fold_dropped(plan, level, keys, thr, ub, vn):
+    """Kernel version of ``routing.fold_dropped``: one pass over (key, ub, vnorm) per row."""
+    B, Hq, M = keys.shape
+    dev = keys.device
+    lse, ubm, vnm = (_out((B, Hq), torch.float32, dev) for _ in range(3))
+    BM = min(1024, triton.next_power_of_2(M))
+    _fold_dropped_kernel[(B * Hq,)](keys, thr.contiguous(), ub, vn, lse, ubm, vnm, M,
+                                    math.log(plan.S * (plan.F ** level if level else 1)),
+                                    BM=BM, NM=triton.cdiv(M, BM))
+    return lse, ubm, vnm
 
 
 def score_tokens(plan, q32, cache, routed):
@@ -90,7 +105,7 @@ def finish(plan, q32, cache, routed, s, keys, cvals, cpos):
         out, w, leak, err, gap, m,
         Kc, W, Hq, plan.Hkv, plan.S, plan.Dv, cache.block_table.stride(0),
         G=plan.G, BK=BK, BDV=triton.next_power_of_2(plan.Dv), BT=BT,
-        NK=triton.cdiv(Kc, BK), NT=triton.cdiv(W * plan.S, BT))
+        NK=triton.cdiv(Kc, BK), NT=triton.cdiv(W * plan.S, BT), CERT=plan.certify)
     res = dict(out=out, weights=w, certified_leakage=leak, certified_error=err, gap=gap, max_score=m)
     if plan.solver != "softmax":
         from . import torch_path

@@ -83,12 +83,11 @@ def _decode_rows(rt, module, q, key, value, valid, rows, lens, scale, out_t) -> 
     """Sparse decode of q (B, Hq, D) for ``rows``; writes out_t (B, Hq, Dv) in place; records stats."""
     cfg = rt.cfg
     # sparse_decode requires Kc <= the shortest sequence: rows shorter than Kc have every token as a
-    # candidate, so they run in their own call with Kc = their length (exact attention, L̂ = 0)
-    groups = [[b for b in rows if lens[b] >= cfg.Kc]] + [[b] for b in rows if lens[b] < cfg.Kc]
-    for g in groups:
-        if not g:
-            continue
-        kc = min(cfg.Kc, min(lens[b] for b in g))
+    # candidate, so they run in calls of equal length with Kc = that length (exact attention, L̂ = 0)
+    groups: dict[int, list[int]] = {}
+    for b in rows:
+        groups.setdefault(min(cfg.Kc, lens[b]), []).append(b)
+    for kc, g in groups.items():
         res = sparse_decode(q[g], rt.mirror.cache, g, cfg.P, kc, solver=cfg.solver, scale=scale,
                             sink_pages=cfg.sink_pages, router=cfg.router, policy=cfg.policy,
                             hierarchical=cfg.fanout is not None, backend=cfg.backend)

@@ -86,7 +86,19 @@ def load_model(directory: str, gguf_file: str | None = None, *, dtype=None, sha2
     return model, tok
 
 
-def load_default_model(*, dtype=None):
-    """The embedded SmolLM2-135M-Instruct (sha256-checked), float32 unless ``dtype`` says otherwise."""
+def load_default_model(*, dtype=None, shared: bool = False):
+    """The embedded SmolLM2-135M-Instruct (sha256-checked), float32 unless ``dtype`` says otherwise.
+
+    ``shared=True`` returns one process-wide instance (test sessions, the quality suite), so the ~20 s
+    dequantisation happens once; whoever enables Vashista on it must disable it again.
+    """
+    if shared:
+        key = str(dtype)
+        if key not in _SHARED:
+            _SHARED[key] = load_default_model(dtype=dtype)
+        return _SHARED[key]
     path = default_model_path()
     return load_model(os.path.dirname(path), os.path.basename(path), dtype=dtype, sha256=DEFAULT_SHA256)
+
+
+_SHARED: dict[str, tuple] = {}

@@ -34,7 +34,7 @@ def _finish_kernel(s_ptr, keys_ptr, cpos_ptr, cvals_ptr, pages_ptr, seq_ptr, tab
                    out_ptr, w_ptr, leak_ptr, err_ptr, gap_ptr, m_ptr,
                    Kc, W, Hq, Hkv, S, Dv, table_stride,
                    G: tl.constexpr, BK: tl.constexpr, BDV: tl.constexpr, BT: tl.constexpr,
-                   NK: tl.constexpr, NT: tl.constexpr):
+                   NK: tl.constexpr, NT: tl.constexpr, CERT: tl.constexpr):
     pid = tl.program_id(0)
     b = pid // Hq
     h = pid % Hq
@@ -80,32 +80,33 @@ def _finish_kernel(s_ptr, keys_ptr, cpos_ptr, cvals_ptr, pages_ptr, seq_ptr, tab
         pos = tl.load(cpos_ptr + pid * Kc + idx, mask=ok, other=0)
         sv = tl.load(s_ptr + pid * WS + pos, mask=ok, other=float("-inf"))
         tl.store(w_ptr + pid * Kc + idx, tl.where(ok, tl.exp(sv - m) / zc, 0.0), mask=idx < Kc)
-    onorm = tl.sqrt(tl.sum(o * o, axis=0))
-    # certificate over the scored non-candidates
-    thr = tl.load(cvals_ptr + pid * Kc + Kc - 1)
-    tlane = tl.arange(0, BT)
-    mx = tl.max(tl.full((BT,), float("-inf"), tl.float32), axis=0)
-    z = tl.sum(tl.zeros((BT,), tl.float32), axis=0)
-    vsc = tl.sum(tl.zeros((BT,), tl.float32), axis=0)
-    for i in range(NT):
-        t = i * BT + tlane
-        key = tl.load(keys_ptr + pid * WS + t, mask=t < WS, other=INVALID)
-        so = (t < WS) & (key != INVALID) & (key < thr)
-        sv = tl.load(s_ptr + pid * WS + t, mask=so, other=float("-inf"))
-        new = tl.maximum(mx, tl.max(tl.where(so, sv, float("-inf")), axis=0))
-        part = tl.sum(tl.where(so, tl.exp(sv - new), 0.0), axis=0)
-        z = tl.where(new == float("-inf"), 0.0, z * tl.exp(mx - new) + part)
-        mx = new
-        page = tl.load(pages_ptr + pid * W + t // S, mask=so, other=0).to(tl.int64)
-        phys = tl.load(table_ptr + seq * table_stride + page, mask=so, other=0).to(tl.int64)
-        vnp = tl.load(vnorm_ptr + phys * Hkv + kvh, mask=so, other=0.0)
-        vsc = tl.maximum(vsc, tl.max(vnp, axis=0))
-    log_sc = tl.where(mx == float("-inf"), mx, mx + tl.log(z))
-    log_out = _logaddexp(log_sc, tl.load(lse_out_ptr + pid))
-    log_zc = m + tl.log(zc)
-    leak = 1.0 / (1.0 + tl.exp(log_zc - log_out))        # Z_out/(Z_C+Z_out), exact as a ratio
-    vmax = tl.maximum(vsc, tl.load(vmax_out_ptr + pid))
-    tl.store(leak_ptr + pid, leak)
-    tl.store(err_ptr + pid, leak * (vmax + onorm))
-    tl.store(gap_ptr + pid, m - tl.maximum(mx, tl.load(ub_out_ptr + pid)))
     tl.store(m_ptr + pid, m)
+    if CERT:
+        onorm = tl.sqrt(tl.sum(o * o, axis=0))
+        # certificate over the scored non-candidates
+        thr = tl.load(cvals_ptr + pid * Kc + Kc - 1)
+        tlane = tl.arange(0, BT)
+        mx = tl.max(tl.full((BT,), float("-inf"), tl.float32), axis=0)
+        z = tl.sum(tl.zeros((BT,), tl.float32), axis=0)
+        vsc = tl.sum(tl.zeros((BT,), tl.float32), axis=0)
+        for i in range(NT):
+            t = i * BT + tlane
+            key = tl.load(keys_ptr + pid * WS + t, mask=t < WS, other=INVALID)
+            so = (t < WS) & (key != INVALID) & (key < thr)
+            sv = tl.load(s_ptr + pid * WS + t, mask=so, other=float("-inf"))
+            new = tl.maximum(mx, tl.max(tl.where(so, sv, float("-inf")), axis=0))
+            part = tl.sum(tl.where(so, tl.exp(sv - new), 0.0), axis=0)
+            z = tl.where(new == float("-inf"), 0.0, z * tl.exp(mx - new) + part)
+            mx = new
+            page = tl.load(pages_ptr + pid * W + t // S, mask=so, other=0).to(tl.int64)
+            phys = tl.load(table_ptr + seq * table_stride + page, mask=so, other=0).to(tl.int64)
+            vnp = tl.load(vnorm_ptr + phys * Hkv + kvh, mask=so, other=0.0)
+            vsc = tl.maximum(vsc, tl.max(vnp, axis=0))
+        log_sc = tl.where(mx == float("-inf"), mx, mx + tl.log(z))
+        log_out = _logaddexp(log_sc, tl.load(lse_out_ptr + pid))
+        log_zc = m + tl.log(zc)
+        leak = 1.0 / (1.0 + tl.exp(log_zc - log_out))        # Z_out/(Z_C+Z_out), exact as a ratio
+        vmax = tl.maximum(vsc, tl.load(vmax_out_ptr + pid))
+        tl.store(leak_ptr + pid, leak)
+        tl.store(err_ptr + pid, leak * (vmax + onorm))
+        tl.store(gap_ptr + pid, m - tl.maximum(mx, tl.load(ub_out_ptr + pid)))
