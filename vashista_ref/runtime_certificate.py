@@ -23,7 +23,8 @@ vmax_{page(j)} + ‖o_sparse‖,
 E* (``error``, the one policies use) is the tightest bound these summaries allow: a linear-fractional
 maximum over a box, attained by switching blocks on in order of decreasing w_p while w_p exceeds the
 current ratio, so it is the best prefix of the blocks sorted by w (O(b log b)). Everything is evaluated
-relative to the largest log-mass involved, so e^{UB−m} never overflows even at huge score scales.
+in the log domain (log-sum-exp), so e^{UB−m} never overflows and the exactly known masses never
+vanish next to a huge block bound, even at huge score scales.
 
 All three forms are sound, so each is also capped by the looser ones (min), which makes the order
 E ≤ error_middle ≤ error_2lv hold exactly in floating point.
@@ -82,13 +83,25 @@ class RuntimeCertificate:
 
 
 def _best_prefix_ratio(A: float, Z: float, u: np.ndarray, w: np.ndarray) -> float:
-    """max over x ∈ Π[0, u_i] of (A + Σ x_i w_i) / (Z + Σ x_i)  (A, Z ≥ 0, not both 0 unless u = 0)."""
+    """max over x ∈ Π[0, u_i] of (A + Σ x_i w_i) / (Z + Σ x_i)  (A, Z, u, w ≥ 0)."""
+    with np.errstate(divide="ignore"):
+        return _best_prefix_ratio_log(np.log(A), np.log(Z), np.log(np.asarray(u, dtype=np.float64)), w)
+
+
+def _best_prefix_ratio_log(log_A: float, log_Z: float, log_u: np.ndarray, w: np.ndarray) -> float:
+    """The same maximum with A, Z, u given by their logs (−inf for 0), evaluated in the log domain so
+    that terms of very different magnitude neither overflow nor vanish: switching blocks on in order of
+    decreasing w, the best prefix is the maximum (a linear-fractional maximum over a box)."""
+    w = np.asarray(w, dtype=np.float64)
     order = np.argsort(-w, kind="stable")
-    num = A + np.r_[0.0, np.cumsum(u[order] * w[order])]
-    den = Z + np.r_[0.0, np.cumsum(u[order])]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = np.where(den > 0, num / den, 0.0)
-    return float(ratio.max())
+    with np.errstate(divide="ignore"):
+        lw = np.log(w[order])
+    lu = np.asarray(log_u, dtype=np.float64)[order]
+    log_num = np.logaddexp(log_A, np.r_[-np.inf, np.logaddexp.accumulate(lu + lw)])
+    log_den = np.logaddexp(log_Z, np.r_[-np.inf, np.logaddexp.accumulate(lu)])
+    with np.errstate(invalid="ignore"):
+        ratio = np.where(np.isneginf(log_den), 0.0, np.exp(log_num - log_den))
+    return float(np.max(np.nan_to_num(ratio, nan=0.0)))
 
 
 def softmax_certificate(*, s_cand: np.ndarray, o_sparse: np.ndarray, s_scored_out: np.ndarray,
@@ -106,7 +119,7 @@ def softmax_certificate(*, s_cand: np.ndarray, o_sparse: np.ndarray, s_scored_ou
     o_norm = float(np.linalg.norm(o_sparse))
     w_known = np.asarray(vmax_scored_out, dtype=np.float64) + o_norm
     w_blocks = np.asarray(vmax_blocks, dtype=np.float64) + o_norm
-    # shift every log-mass by the largest one so nothing overflows; the ratios are scale invariant
+    # the largest log-mass involved: the magnitude at which the log-domain arithmetic rounds
     c = max(log_zc, float(np.max(s_known, initial=-np.inf)), float(np.max(log_u, initial=-np.inf)))
     rounding = UNIT_ROUNDOFF * (8.0 * (n_total + s_cand.shape[0] + 8) + 8.0 * 760.0) * float(vmax_all)
     rho = UNIT_ROUNDOFF * (8.0 * (n_total + s_cand.shape[0] + 8) + 8.0 * (abs(c) + 760.0))
@@ -116,8 +129,10 @@ def softmax_certificate(*, s_cand: np.ndarray, o_sparse: np.ndarray, s_scored_ou
     rho += float(np.expm1(4.0 * delta))
     if s_known.size + log_u.size == 0:
         return RuntimeCertificate(0.0, rounding, rounding, rounding, float("inf"), rounding)
-    Z, x, u = np.exp(log_zc - c), np.exp(s_known - c), np.exp(log_u - c)
-    e_star = _best_prefix_ratio(float(x @ w_known), Z + float(x.sum()), u, w_blocks)
+    with np.errstate(divide="ignore"):
+        log_a = float(np.logaddexp.reduce(s_known + np.log(w_known), initial=-np.inf))
+    log_z = float(np.logaddexp(log_zc, np.logaddexp.reduce(s_known, initial=-np.inf)))
+    e_star = _best_prefix_ratio_log(log_a, log_z, log_u, w_blocks)
     log_zout = float(np.logaddexp.reduce(np.r_[s_known, log_u]))
     leakage = min(1.0, float(np.exp(log_zout - np.logaddexp(log_zc, log_zout))) * (1 + rho))
     w_max = float(np.max(np.r_[w_known, w_blocks]))
