@@ -16,6 +16,9 @@ from vashista_ref.policies import Capped, DenseFallback
 from vashista_ref.sketch import attach_sketch, certified_step, dense_leakage, quantize_keys
 from vashista_ref.sparse_decode import sparse_decode
 
+# expensive properties run at half the profile's example count (ci: 12, thorough: 500)
+FEW = max(5, settings.default.max_examples // 2)
+
 
 def _arrays(seed, T, H=2, D=16, Dv=8, q_scale=3.0, Hq=None):
     rng = np.random.default_rng(seed)
@@ -25,7 +28,7 @@ def _arrays(seed, T, H=2, D=16, Dv=8, q_scale=3.0, Hq=None):
     return K, rng.standard_normal((T, H, Dv)), q
 
 
-@settings(max_examples=12)
+@settings(max_examples=FEW)
 @given(st.integers(0, 2**32 - 1), st.integers(1, 90), st.sampled_from([1, 5, None]),
        st.sampled_from([4, 8]), st.booleans())
 def test_cache_sketch_matches_quantizing_the_sequence(seed, T, chunk, bits, attach_first):
@@ -50,7 +53,7 @@ def test_cache_sketch_matches_quantizing_the_sequence(seed, T, chunk, bits, atta
         np.testing.assert_array_equal(got.step, ref.step)
 
 
-@settings(max_examples=10)
+@settings(max_examples=FEW)
 @given(st.integers(0, 2**32 - 1), st.integers(20, 120), st.sampled_from([(2, 2), (2, 6), (1, 3)]),
        st.sampled_from([4, 8]))
 def test_router_sketch_equals_certified_step_and_is_sound(seed, T, heads, bits):
@@ -148,11 +151,12 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 def _torch_case(seed, M, Hkv, G, D=16, Dv=8):
     rng = np.random.default_rng(seed)
     K = rng.standard_normal((Hkv, M, D)) * rng.choice([1e-3, 1.0, 30.0], size=D)
-    K[:, M // 3: M // 3 + 5] = K[:, :5]                  # repeated keys: exact sketch-score ties
+    n = min(5, M - M // 3)
+    K[:, M // 3: M // 3 + n] = K[:, :n].copy()            # repeated keys: exact sketch-score ties
     return rng.standard_normal((Hkv * G, D)) * 3, K, rng.standard_normal((Hkv, M, Dv))
 
 
-@settings(max_examples=10)
+@settings(max_examples=FEW)
 @given(st.integers(0, 2**32 - 1), st.integers(1, 150), st.sampled_from([(1, 1), (2, 3), (3, 2)]),
        st.sampled_from([2, 4, 8]), st.sampled_from([1, 16]), st.sampled_from(["float16", "float32"]),
        st.sampled_from(DEVICES))
