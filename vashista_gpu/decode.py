@@ -161,23 +161,37 @@ def sparse_decode(q: torch.Tensor, cache, seq_ids, P: int, Kc: int, *, solver: s
     Kc_used = torch.full((B, Hq), Kc, dtype=torch.int64, device=dev)
     out = res["out"].clone()
     if isinstance(policy, Capped):
-        P_cur, Kc_cur = P, Kc
-        while not bool(certified.all()):
-            nxt = policy.widen(P_cur, Kc_cur, shortest)
-            if nxt == (P_cur, Kc_cur):
+        # the reference's schedule per batch row: double P and Kc, capped at P_max/Kc_max and at the
+        # row's pages/tokens; a unit (a head, or a GQA group sharing its selection) retries until
+        # certified or the schedule stops moving
+        cur = {b: (P, Kc) for b in range(B)}
+        host_ids = ids.tolist()
+        while True:
+            unit_bad = ~certified
+            if share_selection_in_group and plan.G > 1:
+                unit_bad = unit_bad.view(B, plan.Hkv, plan.G).any(-1, keepdim=True).expand(-1, -1, plan.G).reshape(B, Hq)
+            bad_rows = torch.nonzero(unit_bad.any(-1)).flatten().tolist()
+            groups: dict[tuple[int, int], list[int]] = {}
+            for b in bad_rows:
+                s = host_ids[b]
+                nxt = policy.widen(*cur[b], cache.length(s), cache.n_pages(s))
+                if nxt != cur[b]:
+                    cur[b] = nxt
+                    groups.setdefault(nxt, []).append(b)
+            if not groups:
                 break
-            P_cur, Kc_cur = nxt
-            wider = run_plan(plan_decode(cache, ids, Hq, P_cur, Kc_cur, scale=scale, sink_pages=sink_pages,
-                                         router=router, solver=solver, hierarchical=hierarchical, eps=eps,
-                                         iters=iters),
-                             q, cache, backend=backend, share_selection_in_group=share_selection_in_group)
-            redo = ~certified
-            for f in ("certified_leakage", "certified_error", "gap"):
-                res[f] = torch.where(redo, wider[f], res[f])
-            out = torch.where(redo[..., None], wider["out"], out)
-            P_used = torch.where(redo, P_cur, P_used)
-            Kc_used = torch.where(redo, Kc_cur, Kc_used)
-            certified = certified | ok_of(wider)
+            for (P_cur, Kc_cur), rows in groups.items():
+                sub = run_plan(plan_decode(cache, ids[rows], Hq, P_cur, Kc_cur, scale=scale, sink_pages=sink_pages,
+                                           router=router, solver=solver, hierarchical=hierarchical, eps=eps,
+                                           iters=iters),
+                               q[rows], cache, backend=backend, share_selection_in_group=share_selection_in_group)
+                redo = unit_bad[rows]
+                for f in ("certified_leakage", "certified_error", "gap"):
+                    res[f][rows] = torch.where(redo, sub[f], res[f][rows])
+                out[rows] = torch.where(redo[..., None], sub["out"], out[rows])
+                P_used[rows] = torch.where(redo, P_cur, P_used[rows])
+                Kc_used[rows] = torch.where(redo, Kc_cur, Kc_used[rows])
+                certified[rows] = torch.where(redo, ok_of(sub), certified[rows])
     fell_back = torch.zeros((B, Hq), dtype=torch.bool, device=dev)
     if not isinstance(policy, ReportOnly) and not bool(certified.all()):
         if solver != "softmax":

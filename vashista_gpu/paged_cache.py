@@ -96,6 +96,9 @@ class TorchPagedKVCache:
         self.vnorm = torch.zeros((N, H), dtype=torch.float32, device=dev)
         self.block_table = torch.zeros((self.max_seqs, self.max_pages_per_seq), dtype=torch.int32, device=dev)
         self.seq_lens = torch.zeros((self.max_seqs,), dtype=torch.int32, device=dev)
+        # bits -> sketch.TorchPageSketchStore (certified mode), kept current in _write; empty unless
+        # vashista_gpu.sketch.attach_sketch(cache, bits) was called
+        self.sketches: dict = {}
         self.levels: list[dict[str, torch.Tensor]] = []
         if self.fanout is not None:
             n = self.max_pages_per_seq
@@ -260,6 +263,8 @@ class TorchPagedKVCache:
         update_page_summaries(self, self.block_table[t_seq, t_lp].to(torch.int32), counts.to(torch.int32))
         if self.levels:
             update_levels(self, t_seq, t_lp)
+        for store in self.sketches.values():
+            store.update_pages(self, self.block_table[t_seq, t_lp].long(), counts)
 
     # ------------------------------------------------------------------ reading back
     def gather(self, seq_id: int, head: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

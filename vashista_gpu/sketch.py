@@ -108,24 +108,17 @@ def _to_meta(x: torch.Tensor, dt, direction: str) -> torch.Tensor:
     return torch.where(bad, torch.nextafter(y, target), y)
 
 
-def quantize_keys(K: torch.Tensor, bits: int = 4, group: int = 16, meta_dtype: str = "float16") -> TorchKeySketch:
-    """Quantize keys (Hkv, M, D) per group of ``group`` tokens and channel; bit-identical to
-    ``vashista_ref.sketch.quantize_keys`` applied to each head (same float64 arithmetic)."""
-    K = tensor("K", K, ndim=3)
-    if isinstance(bits, bool) or bits not in SUPPORTED_BITS:
-        raise VashistaInputError("bits", f"must be one of {SUPPORTED_BITS}, got {bits!r}")
-    group = positive_int("group", group)
-    if meta_dtype not in _META:
-        raise VashistaInputError("meta_dtype", f"must be one of {tuple(_META)}, got {meta_dtype!r}")
-    dt = _META[meta_dtype]
-    H, M, D = K.shape
+def _quantize_groups(K64: torch.Tensor, valid: torch.Tensor, bits: int, dt):
+    """Codes (X, Gr, g, D) uint8 (unpacked, 0 on invalid slots), offset and step (X, Gr, D) for keys
+    K64 (X, Gr, g, D) float64 grouped along axis 2; ``valid`` (X, Gr, g) masks absent tokens. The same
+    float64 operations as ``vashista_ref.sketch.quantize_keys`` (bit-identical results)."""
     L = (1 << bits) - 1
-    K64 = K.double()
-    Gr = -(-M // group)
-    pad = Gr * group - M
-    lo_src = torch.nn.functional.pad(K64, (0, 0, 0, pad), value=math.inf).view(H, Gr, group, D)
-    hi_src = torch.nn.functional.pad(K64, (0, 0, 0, pad), value=-math.inf).view(H, Gr, group, D)
-    kmin, kmax = lo_src.amin(2), hi_src.amax(2)
+    v = valid[..., None]
+    kmin = torch.where(v, K64, math.inf).amin(2)
+    kmax = torch.where(v, K64, -math.inf).amax(2)
+    empty = ~valid.any(2)[..., None].expand_as(kmin)
+    kmin = torch.where(empty, torch.zeros_like(kmin), kmin)
+    kmax = torch.where(empty, torch.zeros_like(kmax), kmax)
     offset = _to_meta(kmin, dt, "down")
     o64 = offset.double()
     # the smallest metadata step with o + L·step >= kmax exactly (reference: _covering_step)
@@ -140,19 +133,50 @@ def quantize_keys(K: torch.Tensor, bits: int = 4, group: int = 16, meta_dtype: s
         step = torch.where(bad, torch.nextafter(step, torch.full_like(step, math.inf)), step)
     if not bool(torch.isfinite(step).all()):
         raise VashistaInputError("K", f"key range exceeds the range of the {dt} metadata; use meta_dtype='float32'")
-    g = torch.arange(M, device=K.device) // group
-    st = step.double()[:, g]
-    t = torch.where(st > 0, (K64 - o64[:, g]) / torch.where(st > 0, st, torch.ones_like(st)), torch.zeros_like(st))
-    codes = torch.round(t).clamp(0, L).to(torch.uint8)
-    if bits < 8:
-        per = 8 // bits
-        width = -(-D // per)
-        c = torch.nn.functional.pad(codes, (0, width * per - D)).view(H, M, width, per)
-        packed = torch.zeros(H, M, width, dtype=torch.uint8, device=K.device)
-        for i in range(per):
-            packed |= c[..., i] << (i * bits)
-        codes = packed
-    return TorchKeySketch(bits=int(bits), group=group, codes=codes, offset=offset, step=step, head_dim=D)
+    st = step.double()[:, :, None, :]
+    t = torch.where(st > 0, (K64 - o64[:, :, None, :]) / torch.where(st > 0, st, torch.ones_like(st)),
+                    torch.zeros_like(K64))
+    t = torch.where(v, t, torch.zeros_like(t))
+    return torch.round(t).clamp(0, L).to(torch.uint8), offset, step
+
+
+def _pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack uint8 codes (..., D) into (..., ceil(D·bits/8)) bytes, low bits first (reference layout)."""
+    if bits == 8:
+        return codes
+    per = 8 // bits
+    D = codes.shape[-1]
+    width = -(-D // per)
+    c = torch.nn.functional.pad(codes, (0, width * per - D)).view(*codes.shape[:-1], width, per)
+    packed = torch.zeros(c.shape[:-1], dtype=torch.uint8, device=codes.device)
+    for i in range(per):
+        packed |= c[..., i] << (i * bits)
+    return packed
+
+
+def _check_sketch_args(bits, meta_dtype):
+    if isinstance(bits, bool) or bits not in SUPPORTED_BITS:
+        raise VashistaInputError("bits", f"must be one of {SUPPORTED_BITS}, got {bits!r}")
+    if meta_dtype not in _META:
+        raise VashistaInputError("meta_dtype", f"must be one of {tuple(_META)}, got {meta_dtype!r}")
+    return _META[meta_dtype]
+
+
+def quantize_keys(K: torch.Tensor, bits: int = 4, group: int = 16, meta_dtype: str = "float16") -> TorchKeySketch:
+    """Quantize keys (Hkv, M, D) per group of ``group`` tokens and channel; bit-identical to
+    ``vashista_ref.sketch.quantize_keys`` applied to each head (same float64 arithmetic)."""
+    K = tensor("K", K, ndim=3)
+    dt = _check_sketch_args(bits, meta_dtype)
+    group = positive_int("group", group)
+    H, M, D = K.shape
+    Gr = -(-M // group)
+    pad = Gr * group - M
+    K64 = torch.nn.functional.pad(K.double(), (0, 0, 0, pad)).view(H, Gr, group, D)
+    valid = (torch.arange(Gr * group, device=K.device) < M).view(1, Gr, group).expand(H, Gr, group)
+    codes, offset, step = _quantize_groups(K64, valid, bits, dt)
+    codes = codes.view(H, Gr * group, D)[:, :M]
+    return TorchKeySketch(bits=int(bits), group=group, codes=_pack(codes, bits).contiguous(), offset=offset,
+                          step=step, head_dim=D)
 
 
 if triton is not None:
@@ -363,3 +387,144 @@ def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: 
     error = torch.minimum(torch.minimum(e_mid, e_star), torch.minimum(e_ball, e_tok))
     return TorchCertifiedStep(out=out, candidates=cand, certified_leakage=leak, error=error, error_middle=e_mid,
                               error_estar=e_star, error_ball=e_ball, error_token=e_tok, gap=gap)
+
+
+# ---------------------------------------------------------------------------------------------- paged cache
+class TorchPageSketchStore:
+    """Quantized copies of the physical pages of a ``TorchPagedKVCache`` (one quantization group per
+    page and KV head), kept current by the cache: its append calls ``update_pages`` for the pages it
+    wrote, which are requantized from their stored keys in one vectorised pass (a new token can move a
+    page's min/max and with them every code of the page). Attach with :func:`attach_sketch`.
+
+    Layout: ``codes`` (pages, Hkv, S, ceil(D·bits/8)) uint8; ``offset``/``step`` (pages, Hkv, D).
+    """
+
+    def __init__(self, cache, bits: int, meta_dtype: str = "float16"):
+        self.dt = _check_sketch_args(bits, meta_dtype)
+        self.bits, self.meta_dtype = int(bits), meta_dtype
+        N, H, S, D = cache.k_pages.shape
+        dev = cache.device
+        self.codes = torch.zeros((N, H, S, -(-D * bits // 8)), dtype=torch.uint8, device=dev)
+        self.offset = torch.zeros((N, H, D), dtype=self.dt, device=dev)
+        self.step = torch.zeros((N, H, D), dtype=self.dt, device=dev)
+
+    def update_pages(self, cache, pages: torch.Tensor, counts: torch.Tensor) -> None:
+        """Requantize physical ``pages`` (n,) holding ``counts`` (n,) valid tokens, all KV heads."""
+        if pages.numel() == 0:
+            return
+        p = pages.long()
+        n, (H, S, D) = p.shape[0], cache.k_pages.shape[1:]
+        K64 = cache.k_pages[p].double().reshape(n * H, 1, S, D)
+        valid = (torch.arange(S, device=p.device)[None, :] < counts.long()[:, None])
+        valid = valid[:, None, :].expand(n, H, S).reshape(n * H, 1, S)
+        codes, offset, step = _quantize_groups(K64, valid, self.bits, self.dt)
+        self.codes[p] = _pack(codes.view(n, H, S, D), self.bits)
+        self.offset[p] = offset.view(n, H, D)
+        self.step[p] = step.view(n, H, D)
+
+    def sequence_sketch(self, cache, seq_id: int) -> TorchKeySketch:
+        """The sketch of one sequence, all KV heads, in logical token order (groups = pages)."""
+        T = cache.length(seq_id)
+        pages = torch.as_tensor(cache.page_table(seq_id), dtype=torch.long, device=self.codes.device)
+        H = self.codes.shape[1]
+        codes = self.codes[pages].permute(1, 0, 2, 3).reshape(H, -1, self.codes.shape[-1])[:, :T]
+        return TorchKeySketch(bits=self.bits, group=cache.page_size, codes=codes.contiguous(),
+                              offset=self.offset[pages].permute(1, 0, 2).contiguous(),
+                              step=self.step[pages].permute(1, 0, 2).contiguous(), head_dim=cache.head_dim)
+
+
+def attach_sketch(cache, bits: int, meta_dtype: str = "float16") -> TorchPageSketchStore:
+    """Give ``cache`` a b-bit sketch of all its pages (kept current on append); idempotent per bits."""
+    store = cache.sketches.get(bits)
+    if store is None or store.meta_dtype != meta_dtype:
+        store = TorchPageSketchStore(cache, bits, meta_dtype)
+        S = cache.page_size
+        pages, counts = [], []
+        for sid in cache.seq_ids:
+            T = cache.length(sid)
+            for i, ph in enumerate(cache.page_table(sid)):
+                pages.append(int(ph))
+                counts.append(min(S, T - i * S))
+        if pages:
+            store.update_pages(cache, torch.tensor(pages, device=cache.device),
+                               torch.tensor(counts, device=cache.device))
+        cache.sketches[bits] = store
+    return store
+
+
+@dataclass(frozen=True)
+class SketchDecodeOutput:
+    """(B, Hq) tensors unless noted: ``out`` (B, Hq, Dv) in q's dtype; ``candidates[b]`` (Hq, kc) of the
+    last attempt; ``certified`` = certified_error <= the policy's tol; ``fell_back`` recomputed densely."""
+    out: torch.Tensor
+    certified_leakage: torch.Tensor
+    certified_error: torch.Tensor
+    gap: torch.Tensor
+    certified: torch.Tensor
+    fell_back: torch.Tensor
+    Kc_used: torch.Tensor
+    candidates: list
+
+
+def sketch_decode(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: int = 4, scale: float | None = None,
+                  policy=None, compute_dtype=torch.float32, backend: str = "torch") -> SketchDecodeOutput:
+    """Certified-mode decode of q (B, Hq, D) over ``cache`` sequences ``seq_ids``: the cache's sketch
+    (attached on first use, then kept current on append) selects top-Kc per query head, which are
+    rescored exactly and certified (``certified_decode``). ``policy`` from ``vashista_ref.policies``:
+    ReportOnly (default), DenseFallback(tol), Capped(tol, P_max, Kc_max) (only Kc is widened)."""
+    from vashista_ref.policies import Capped, DenseFallback, ReportOnly
+
+    from . import validate as V
+    from .dense import dense_decode
+
+    q = V.tensor("q", q, ndim=3)
+    V.same_device("q", q, cache.device)
+    ids = [int(s) for s in V.index_tensor("seq_ids", seq_ids).tolist()]
+    if len(ids) != q.shape[0]:
+        raise VashistaInputError("seq_ids", f"has {len(ids)} ids but q has batch size {q.shape[0]}")
+    policy = ReportOnly() if policy is None else policy
+    if not isinstance(policy, (ReportOnly, DenseFallback, Capped)):
+        raise VashistaInputError("policy", f"expected ReportOnly, DenseFallback or Capped, got {policy!r}")
+    shortest = min(cache.length(s) for s in ids)
+    Kc = positive_int("Kc", Kc, upper=shortest, upper_name="tokens in the shortest sequence")
+    if isinstance(policy, Capped):
+        policy.check_start(1, Kc)
+    tol = getattr(policy, "tol", math.inf)
+    store = attach_sketch(cache, bits)
+    B, Hq, _ = q.shape
+    f64 = dict(dtype=torch.float64, device=q.device)
+    leak, err, gap = (torch.empty(B, Hq, **f64) for _ in range(3))
+    out = torch.empty(B, Hq, cache.value_dim, **f64)
+    Kc_used = torch.full((B, Hq), Kc, dtype=torch.int64, device=q.device)
+    cands = []
+    for b, sid in enumerate(ids):
+        sk = store.sequence_sketch(cache, sid)
+        K, Vv = cache.gather(sid)
+        K, Vv = K.permute(1, 0, 2), Vv.permute(1, 0, 2)
+        kc = Kc
+        r = certified_decode(q[b], K, Vv, sk, kc, scale=scale, compute_dtype=compute_dtype, backend=backend)
+        o, L, E, Gp, C = r.out, r.certified_leakage, r.error, r.gap, [r.candidates]
+        while isinstance(policy, Capped) and not bool((E <= tol).all()):
+            nxt = min(2 * kc, policy.Kc_max, cache.length(sid))
+            if nxt == kc:
+                break
+            kc = nxt
+            w = certified_decode(q[b], K, Vv, sk, kc, scale=scale, compute_dtype=compute_dtype, backend=backend)
+            redo = ~(E <= tol)
+            o = torch.where(redo[:, None], w.out, o)
+            L, Gp = torch.where(redo, w.certified_leakage, L), torch.where(redo, w.gap, Gp)
+            E = torch.where(redo, w.error, E)
+            Kc_used[b] = torch.where(redo, kc, Kc_used[b])
+            C.append(w.candidates)
+        out[b], leak[b], err[b], gap[b] = o, L, E, Gp
+        cands.append(C[-1])
+    certified = err <= tol
+    fell_back = torch.zeros_like(certified)
+    if not isinstance(policy, ReportOnly) and not bool(certified.all()):
+        fell_back = ~certified
+        rows = torch.nonzero(fell_back.any(-1)).flatten().tolist()
+        scale_ = 1.0 / math.sqrt(cache.head_dim) if scale is None else scale
+        dense = dense_decode(q[rows], cache, [ids[r] for r in rows], scale=scale_).double()
+        out[rows] = torch.where(fell_back[rows][..., None], dense, out[rows])
+    return SketchDecodeOutput(out=out.to(q.dtype), certified_leakage=leak, certified_error=err, gap=gap,
+                              certified=certified, fell_back=fell_back, Kc_used=Kc_used, candidates=cands)

@@ -88,6 +88,7 @@ def finish(plan, q32, cache, routed, s, keys, cvals, cpos):
     phys = cache.block_table[plan.seq_ids[:, None, None], routed.pages.clamp(max=cache.max_pages_per_seq - 1)].long()
     vpage = cache.v_pages[phys, kvh]                                                        # (B,Hq,W,S,Dv)
     vc = torch.gather(vpage.reshape(B, Hq, -1, Dv), 2, cpos[..., None].expand(-1, -1, -1, Dv)).float()
+    vc = torch.where(cvalid[..., None], vc, 0.0)      # fewer tokens than Kc: unused slots hold no value
     if plan.solver == "softmax":
         w = e / zc[..., None]
     else:

@@ -24,6 +24,10 @@ from .kernels.fold_dropped import _fold_dropped_kernel
 from .kernels.token_scores import _token_scores_kernel
 
 POISON = False
+# block-scoring tile: BM summaries × D per program (the routing pass is the bandwidth-bound kernel;
+# benchmarks/decode_scaling.py sweeps these on the device and records the choice)
+BLOCK_SCORES_BM = 32
+BLOCK_SCORES_WARPS = 4
 
 
 def _out(shape, dtype, device):
@@ -49,7 +53,7 @@ def score_blocks(plan, q32, cache, level, nodes, parent_ok):
         kmin, kmax, kmean, vnorm, n_lvl = Lv["kmin"], Lv["kmax"], Lv["kmean"], Lv["vnorm"], Lv["kmin"].shape[1]
     nodes_c = nodes.contiguous() if per_head else nodes
     pvalid = parent_ok.to(torch.int8).contiguous() if per_head else nodes
-    BM = min(64, triton.next_power_of_2(M))
+    BM = min(BLOCK_SCORES_BM, triton.next_power_of_2(M))
     grid = (B * (Hq if per_head else plan.Hkv), triton.cdiv(M, BM))
     _block_scores_kernel[grid](
         q32.contiguous(), nodes_c, pvalid, plan.seq_ids, plan.lens, cache.block_table,
@@ -57,7 +61,7 @@ def score_blocks(plan, q32, cache, level, nodes, parent_ok):
         M, Hq, plan.Hkv, plan.D, plan.S, plan.F ** level if level else 1, n_lvl,
         cache.block_table.stride(0), plan.sink_pages, plan.scale,
         G=plan.G, PER_HEAD=per_head, LEVEL0=(level == 0), MEAN=(plan.router == "mean"),
-        BM=BM, BD=triton.next_power_of_2(plan.D))
+        BM=BM, BD=triton.next_power_of_2(plan.D), num_warps=BLOCK_SCORES_WARPS)
     return keys, ub, vn
 
 

@@ -1,0 +1,57 @@
+"""Shared builders for the GPU-tier differential tests: identical caches in both tiers on a coarse grid.
+
+Keys, values and queries are small multiples of 1/8 (|x| ≤ 1/2), head dims ≤ 64, scale a power of two,
+page sizes and fanouts powers of two: every score, page bound and full-page mean is then exact in
+float16, bfloat16, float32 and float64 alike, so ties are real and resolved by the tie rule alone —
+the kernels and the reference must select identical sets.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vashista_gpu.paged_cache import TorchPagedKVCache
+from vashista_ref.paged_cache import PagedKVCache
+
+
+def grid(gen: torch.Generator, *shape) -> torch.Tensor:
+    return torch.randint(-4, 5, shape, generator=gen).double() / 8
+
+
+def build(lengths, Hkv, G, D, S, *, Dv=None, fanout=None, dtype=torch.float32, backend="torch", seed=0,
+          chunk=None, device="cpu", spare_pages=0):
+    """(ref_cache, ref_ids, gpu_cache, gpu_ids, q as float64 numpy, q as torch in ``dtype``)."""
+    gen = torch.Generator().manual_seed(seed)
+    Dv = Dv or D
+    keys = [grid(gen, T, Hkv, D) for T in lengths]
+    values = [grid(gen, T, Hkv, Dv) for T in lengths]
+    q = grid(gen, len(lengths), Hkv * G, D)
+    ref, rids = PagedKVCache.from_dense([k.numpy() for k in keys], [v.numpy() for v in values], S,
+                                        fanout=fanout, shuffle_seed=seed, chunk=chunk)
+    gpu, gids = TorchPagedKVCache.from_dense([k.to(dtype) for k in keys], [v.to(dtype) for v in values], S,
+                                             fanout=fanout, shuffle_seed=seed + 1, chunk=chunk, dtype=dtype,
+                                             device=device, backend=backend, spare_pages=spare_pages)
+    return ref, rids, gpu, gids, q.numpy(), q.to(dtype=dtype, device=device)
+
+
+def as_sets(rows) -> list:
+    """Per (b, h) sets from a (B, Hq, n) tensor padded with −1."""
+    a = rows.cpu().numpy()
+    return [[set(int(x) for x in a[b, h] if x >= 0) for h in range(a.shape[1])] for b in range(a.shape[0])]
+
+
+def ref_sets(rows) -> list:
+    return [[set(int(x) for x in r) for r in row] for row in rows]
+
+
+def finite_rel_close(out, ref, tol, what):
+    """Equal infinities; finite entries within ``tol`` relative (norm-wise) of the reference."""
+    out = np.asarray(out.detach().cpu().double().numpy() if hasattr(out, "detach") else out, dtype=float)
+    ref = np.asarray(ref, dtype=float)
+    assert np.array_equal(np.isposinf(out), np.isposinf(ref)) and np.array_equal(np.isneginf(out), np.isneginf(ref)), \
+        f"{what}: infinities differ\n{out}\n{ref}"
+    f = np.isfinite(ref)
+    assert np.all(np.isfinite(out[f])), f"{what}: NaN where the reference is finite"
+    num = np.linalg.norm(out[f] - ref[f])
+    den = np.linalg.norm(ref[f]) or 1.0
+    assert num <= tol * den, f"{what}: relative error {num / den:.3e} > {tol:.0e}"
