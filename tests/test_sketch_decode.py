@@ -223,3 +223,70 @@ def test_triton_scan_matches_torch_path(bits, D, M):
     assert torch.equal(a.candidates, b.candidates)
     assert_rel_close(b.certified_leakage.cpu(), a.certified_leakage.cpu(), "float32", "leakage")
     assert_rel_close(b.error.cpu(), a.error.cpu(), "float32", "error")
+
+
+# ------------------------------------------------------------------------------------------ GPU-tier cache
+from vashista_gpu.paged_cache import TorchPagedKVCache  # noqa: E402
+
+
+def _f32(a):
+    """The cache stores float32: the reference gets the same (rounded) numbers."""
+    return np.asarray(a, dtype=np.float32).astype(np.float64)
+
+
+@settings(max_examples=FEW)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 80), st.sampled_from([1, 6, None]), st.sampled_from([4, 8]),
+       st.booleans())
+def test_torch_cache_sketch_is_kept_current(seed, T, chunk, bits, attach_first):
+    K, V, _ = _arrays(seed, T)
+    K, V = _f32(K), _f32(V)
+    extra = 3
+    tc, (sid,) = TorchPagedKVCache.from_dense(torch.tensor(K[:T - min(extra, T - 1)]),
+                                              torch.tensor(V[:T - min(extra, T - 1)]), 8,
+                                              shuffle_seed=seed % 5, chunk=chunk, spare_pages=2)
+    if attach_first:
+        gpu_sketch.attach_sketch(tc, bits)
+    for t in range(T - min(extra, T - 1), T):                # decode steps after the prefill
+        tc.append(sid, torch.tensor(K[t:t + 1]), torch.tensor(V[t:t + 1]))
+    store = gpu_sketch.attach_sketch(tc, bits)
+    got = store.sequence_sketch(tc, sid)
+    ref = gpu_sketch.quantize_keys(torch.tensor(K).permute(1, 0, 2), bits=bits, group=8)
+    assert torch.equal(got.codes, ref.codes) and torch.equal(got.offset, ref.offset) and torch.equal(got.step, ref.step)
+
+
+@pytest.mark.parametrize("policy", [None, DenseFallback(0.05), Capped(0.01, 1, 128)])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_torch_sketch_decode_matches_reference_decode(policy, bits):
+    rng = np.random.default_rng(bits)
+    K, V = _f32(rng.standard_normal((150, 2, 16))), _f32(rng.standard_normal((150, 2, 8)))
+    q = rng.standard_normal((2, 4, 16)) * 3
+    tc, tids = TorchPagedKVCache.from_dense([torch.tensor(K), torch.tensor(K[:120])],
+                                            [torch.tensor(V), torch.tensor(V[:120])], 16, shuffle_seed=1)
+    rc, rids = PagedKVCache.from_dense([K, K[:120]], [V, V[:120]], 16)
+    a = gpu_sketch.sketch_decode(torch.tensor(q), tc, tids, 16, bits=bits, compute_dtype=torch.float64, policy=policy)
+    b = sparse_decode(q, rc, rids, 1, 16, router="sketch", bits=bits, policy=policy)
+    np.testing.assert_array_equal(a.fell_back.numpy(), b.fell_back)
+    np.testing.assert_array_equal(a.Kc_used.numpy(), b.Kc_used)
+    assert_rel_close(a.out, b.out, "float64")
+    assert_rel_close(a.certified_error, b.certified_error, "float64", "certified_error")
+    assert_rel_close(a.certified_leakage, b.certified_leakage, "float64", "certified_leakage")
+    for i in range(2):
+        for h in range(4):
+            np.testing.assert_array_equal(a.candidates[i][h].numpy(), np.sort(b.candidates[i][h]))
+    c = gpu_sketch.sketch_decode(torch.tensor(q, dtype=torch.float32), tc, tids, 16, bits=bits, policy=policy)
+    dense = sparse_decode(q, rc, rids, 1, 16, router="sketch", bits=bits).dense_out()
+    assert np.all(np.linalg.norm(c.out.double().numpy() - dense, axis=-1) <= c.certified_error.numpy() + 1e-6)
+
+
+def test_torch_sketch_decode_bad_input():
+    K = torch.randn(40, 1, 8)
+    tc, tids = TorchPagedKVCache.from_dense(K, K, 8)
+    with pytest.raises(VashistaInputError) as e:
+        gpu_sketch.sketch_decode(torch.randn(1, 2, 8), tc, tids, 41)
+    assert e.value.argument == "Kc"
+    with pytest.raises(VashistaInputError) as e:
+        gpu_sketch.sketch_decode(torch.randn(1, 2, 8), tc, tids, 4, policy="dense")
+    assert e.value.argument == "policy"
+    with pytest.raises(VashistaInputError) as e:
+        gpu_sketch.sketch_decode(torch.randn(1, 2, 8), tc, tids, 4, bits=5)
+    assert e.value.argument == "bits"

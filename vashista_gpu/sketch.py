@@ -454,8 +454,9 @@ def attach_sketch(cache, bits: int, meta_dtype: str = "float16") -> TorchPageSke
 
 @dataclass(frozen=True)
 class SketchDecodeOutput:
-    """(B, Hq) tensors unless noted: ``out`` (B, Hq, Dv) in q's dtype; ``candidates[b]`` (Hq, kc) of the
-    last attempt; ``certified`` = certified_error <= the policy's tol; ``fell_back`` recomputed densely."""
+    """(B, Hq) tensors unless noted: ``out`` (B, Hq, Dv) in q's dtype; ``candidates[b][h]`` (kc,) of
+    the attempt reported for that head; ``certified`` = certified_error <= the policy's tol;
+    ``fell_back`` marks queries recomputed densely."""
     out: torch.Tensor
     certified_leakage: torch.Tensor
     certified_error: torch.Tensor
@@ -503,7 +504,8 @@ def sketch_decode(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: int = 4, sc
         K, Vv = K.permute(1, 0, 2), Vv.permute(1, 0, 2)
         kc = Kc
         r = certified_decode(q[b], K, Vv, sk, kc, scale=scale, compute_dtype=compute_dtype, backend=backend)
-        o, L, E, Gp, C = r.out, r.certified_leakage, r.error, r.gap, [r.candidates]
+        o, L, E, Gp = r.out, r.certified_leakage, r.error, r.gap
+        C = list(r.candidates)                                  # per head: the attempt that is reported
         while isinstance(policy, Capped) and not bool((E <= tol).all()):
             nxt = min(2 * kc, policy.Kc_max, cache.length(sid))
             if nxt == kc:
@@ -515,9 +517,9 @@ def sketch_decode(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: int = 4, sc
             L, Gp = torch.where(redo, w.certified_leakage, L), torch.where(redo, w.gap, Gp)
             E = torch.where(redo, w.error, E)
             Kc_used[b] = torch.where(redo, kc, Kc_used[b])
-            C.append(w.candidates)
+            C = [w.candidates[h] if bool(redo[h]) else C[h] for h in range(Hq)]
         out[b], leak[b], err[b], gap[b] = o, L, E, Gp
-        cands.append(C[-1])
+        cands.append(C)
     certified = err <= tol
     fell_back = torch.zeros_like(certified)
     if not isinstance(policy, ReportOnly) and not bool(certified.all()):
