@@ -70,6 +70,12 @@ Output-error bounds (e = o_dense − o_C = Σ_{j∉C} x_j (v_j − o_C) / Z, x_j
     middle form: the rest is cancellation *inside* the excluded mass, which no bound that reads no
     non-candidate value can see.
 
+In the paged decode: ``sparse_decode(..., router="sketch", bits=4|8)`` runs this step per query head
+(``sketch_attempt``) with the usual policies; the cache's quantized pages live in a
+:class:`PageSketchStore` (``attach_sketch``), requantized by ``PagedKVCache.append`` for every page it
+writes, so they always equal ``quantize_keys`` of the sequence with group = page size.
+``vashista certify --decode --router sketch --bits 8 --json`` prints it next to the paged mode.
+
 Example:
     >>> import numpy as np
     >>> from vashista_ref.sketch import quantize_keys, certified_step
