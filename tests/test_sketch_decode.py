@@ -204,19 +204,20 @@ def test_torch_bad_input_names_the_argument(call, argument):
     assert e.value.argument == argument
 
 
-@pytest.mark.parametrize("bits, D, M", [(4, 16, 70), (8, 12, 33), (2, 5, 20)])
-def test_triton_scan_matches_torch_path(bits, D, M):
+@pytest.mark.parametrize("bits, D, M, heads", [(4, 16, 70, (2, 2)), (8, 12, 33, (1, 3)), (2, 5, 20, (3, 1))])
+def test_triton_scan_matches_torch_path(bits, D, M, heads):
     """The Triton sketch scan (interpreted on CPU) gives the torch path's float32 sketch scores up to
     summation order, hence the same candidate sets (tie rule) and certificates to float32 rounding."""
     pytest.importorskip("triton")
     rng = np.random.default_rng(bits)
-    K, V = rng.standard_normal((2, M, D)), rng.standard_normal((2, M, 4))
-    Q = rng.standard_normal((4, D)) * 3
+    Hkv, G = heads
+    K, V = rng.standard_normal((Hkv, M, D)), rng.standard_normal((Hkv, M, 4))
+    Q = rng.standard_normal((Hkv * G, D)) * 3
     K[:, 10:13] = K[:, :3]                                     # exact ties
     t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=DEVICES[-1])  # noqa: E731
     sk = gpu_sketch.quantize_keys(t(K), bits=bits, group=16)
     s_tr = gpu_sketch.sketch_scan_triton(t(Q), sk).double().cpu()
-    s_ref = torch.einsum("hmd,hd->hm", sk.dequantize(torch.float64).cpu()[torch.arange(4) // 2], t(Q).double().cpu())
+    s_ref = torch.einsum("hmd,hd->hm", sk.dequantize(torch.float64).cpu()[torch.arange(Hkv * G) // G], t(Q).double().cpu())
     assert float((s_tr - s_ref).abs().max()) <= 1e-5 * float(s_ref.abs().max())
     a = gpu_sketch.certified_decode(t(Q), t(K), t(V), sk, 8)
     b = gpu_sketch.certified_decode(t(Q), t(K), t(V), sk, 8, backend="triton")

@@ -183,11 +183,11 @@ if triton is not None:
     @triton.jit
     def _sketch_scan_kernel(q_ptr, codes_ptr, off_ptr, step_ptr, s_ptr, M, Gr, D, W, group,
                             G: tl.constexpr, BITS: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
-        """ŝ[h, j] = Σ_d q[h, d]·(offset + step·code)[kvh, j, d] in float32; one program per (query
-        head, BM tokens); codes unpacked in registers (8/BITS per byte, low bits first)."""
-        h = tl.program_id(0)
+        """ŝ[h, j] = Σ_d q[h, d]·(offset + step·code)[kvh, j, d] in float32 for the G query heads of
+        KV head kvh; one program per (KV head, BM tokens): the codes are loaded and unpacked once and
+        serve all G heads, so every sketch byte is read once per step (GQA)."""
+        kvh = tl.program_id(0)
         blk = tl.program_id(1)
-        kvh = h // G
         PER: tl.constexpr = 8 // BITS
         rows = blk * BM + tl.arange(0, BM)
         cols = tl.arange(0, BD)
@@ -199,14 +199,18 @@ if triton is not None:
         meta = (kvh * Gr + rows // group).to(tl.int64)[:, None] * D + cols[None, :]
         o = tl.load(off_ptr + meta, mask=m2, other=0.0).to(tl.float32)
         st = tl.load(step_ptr + meta, mask=m2, other=0.0).to(tl.float32)
-        q = tl.load(q_ptr + h * D + cols, mask=cols < D, other=0.0)
-        s = tl.sum((o + st * code.to(tl.float32)) * q[None, :], axis=1)
-        tl.store(s_ptr + h * M + rows, s, mask=rmask)
+        k = o + st * code.to(tl.float32)
+        for i in tl.static_range(G):
+            h = kvh * G + i
+            q = tl.load(q_ptr + h * D + cols, mask=cols < D, other=0.0)
+            s = tl.sum(k * q[None, :], axis=1)
+            tl.store(s_ptr + h * M + rows, s, mask=rmask)
 
 
 def sketch_scan_triton(Q: torch.Tensor, sketch: TorchKeySketch, block_tokens: int = 64) -> torch.Tensor:
-    """Sketch scores ŝ (Hq, M) in float32 by the Triton kernel (reads each sketch byte once per query
-    head); the same quantity as the torch path with compute_dtype=float32, up to summation order."""
+    """Sketch scores ŝ (Hq, M) in float32 by the Triton kernel (reads each sketch byte once per KV
+    head, for all its G query heads); the torch path's compute_dtype=float32 quantity up to summation
+    order."""
     if triton is None:
         raise VashistaInputError("backend", "triton is not installed")
     Hkv, M, W = sketch.codes.shape
@@ -214,7 +218,7 @@ def sketch_scan_triton(Q: torch.Tensor, sketch: TorchKeySketch, block_tokens: in
     q32 = Q.to(torch.float32).contiguous()
     out = torch.empty(Hq, M, dtype=torch.float32, device=Q.device)
     BD = triton.next_power_of_2(D)
-    grid = (Hq, triton.cdiv(M, block_tokens))
+    grid = (Hkv, triton.cdiv(M, block_tokens))
     _sketch_scan_kernel[grid](q32, sketch.codes.contiguous(), sketch.offset.contiguous(), sketch.step.contiguous(),
                               out, M, sketch.offset.shape[1], D, W, sketch.group,
                               G=Hq // Hkv, BITS=sketch.bits, BM=block_tokens, BD=BD)
