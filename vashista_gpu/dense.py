@@ -1,7 +1,7 @@
 """Dense decode baseline over a ``TorchPagedKVCache``: PyTorch SDPA (flash / memory-efficient kernels
-on GPU), GQA without repeating K/V (``enable_gqa``).
+on GPU).
 
-Solves, for each batch row and query head, a = argmax_{a∈Δ_T} ⟨s, a⟩ + H(a) = softmax(s),
+GQA without repeating K/V (``sdpa_decode``). Solves, for each batch row and query head, a = argmax_{a∈Δ_T} ⟨s, a⟩ + H(a) = softmax(s),
 s_j = scale·⟨q, k_j⟩ over all T tokens of the sequence, and returns o = Vᵀa.
 
 Example::
@@ -24,10 +24,16 @@ from . import validate as V
 
 
 def sdpa_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """q (B, Hq, D), k (B, Hkv, T, D), v (B, Hkv, T, Dv) -> (B, Hq, Dv) by SDPA with GQA."""
-    G = q.shape[1] // k.shape[1]
-    o = Fn.scaled_dot_product_attention(q[:, :, None, :], k, v, scale=scale, enable_gqa=G > 1)
-    return o[:, :, 0, :]
+    """q (B, Hq, D), k (B, Hkv, T, D), v (B, Hkv, T, Dv) -> (B, Hq, Dv) by SDPA.
+
+    GQA without repeating K/V: the G query heads of a KV head become G query *positions* of one head
+    (no causal mask in decode, so this is exactly grouped attention), which every SDPA backend —
+    flash included — supports.
+    """
+    B, Hq, D = q.shape
+    Hkv = k.shape[1]
+    o = Fn.scaled_dot_product_attention(q.view(B, Hkv, Hq // Hkv, D), k, v, scale=scale)
+    return o.reshape(B, Hq, v.shape[-1])
 
 
 def dense_decode(q: torch.Tensor, cache, seq_ids, *, scale: float | None = None,

@@ -12,7 +12,11 @@ with L̂_h ≥ the dense mass outside C_h and four bounds on ‖o_h − o_dense�
 What differs from the reference: the sketch scan and the exact rescoring run in ``compute_dtype``
 (float32 by default, float64 for differential tests). The error term then uses the unit roundoff of
 that dtype in its γ terms, u_c = max(u(compute_dtype), 2⁻⁵³): the dequantization o + δ·c, the cast of
-q and the dot product are each covered by 4 γ_{D+2}(u_c) Σ_d |q_d| R_d. Quantization (codes,
+q and the dot product are each covered by 4 γ_{D+2}(u_c) Σ_d |q_d| R_d. The torch scan is a batched
+matmul, which ``torch.set_float32_matmul_precision("high"|"medium")`` lets run in TF32 / bf16: the
+scan's u_c then follows that setting (2⁻¹⁰ / 2⁻⁷, covering the inputs' rounding), so the bound stays
+sound whatever the process-wide precision; the Triton scan and the exact rescoring are elementwise
+float32 (never TF32). Quantization (codes,
 offset, step) is done in float64 exactly as in the reference, so codes and metadata are bit-identical.
 The certificate arithmetic over the M bounds and the Kc-token softmax/gather run in float64 (one
 reduction per head; a fused kernel would keep fp32 with the same outward margins). Box pruning is not
@@ -239,6 +243,13 @@ class TorchCertifiedStep:
     gap: torch.Tensor
 
 
+def _matmul_roundoff(dtype) -> float:
+    """Unit roundoff of a torch matmul in ``dtype`` under the process-wide float32 matmul precision."""
+    if dtype == torch.float64:
+        return U64
+    return {"highest": 2.0 ** -24, "high": 2.0 ** -10}.get(torch.get_float32_matmul_precision(), 2.0 ** -7)
+
+
 def _lse_bound(x: torch.Tensor, upper: bool) -> torch.Tensor:
     """Outward-rounded log Σ exp over the last axis (−inf entries are absent terms)."""
     n = x.shape[-1]
@@ -299,6 +310,7 @@ def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: 
     S = sketch.group
     Gr = sketch.offset.shape[1]
     u_c = max(torch.finfo(compute_dtype).eps / 2, U64)
+    u_scan = u_c if backend == "triton" else max(u_c, _matmul_roundoff(compute_dtype))
     q64 = Q.double()
     g_of = torch.arange(M, device=dev) // S
     kv = torch.arange(Hq, device=dev) // G
@@ -313,7 +325,7 @@ def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: 
     lo, hi = sketch.box()
     R = torch.maximum(lo.abs(), hi.abs())
     eta = 4.0 * (sketch.levels + 2) * U64
-    per_channel = sketch.step.double() * (0.5 + eta) + 4.0 * _gamma(D + 2, u_c) * R       # (Hkv, Gr, D)
+    per_channel = sketch.step.double() * (0.5 + eta) + 4.0 * _gamma(D + 2, u_scan) * R    # (Hkv, Gr, D)
     err_g = torch.bmm(per_channel, q64.abs().view(Hkv, G, D).transpose(1, 2)).permute(0, 2, 1).reshape(Hq, Gr)
     err_g = _up(err_g * (1.0 + 2.0 * _gamma(D + 3)))
     err = err_g[:, g_of]

@@ -60,7 +60,7 @@ def score_blocks(plan, q32, cache, level, nodes, parent_ok):
         kmin, kmax, kmean, vnorm, keys, ub, vn,
         M, Hq, plan.Hkv, plan.D, plan.S, plan.F ** level if level else 1, n_lvl,
         cache.block_table.stride(0), plan.sink_pages, plan.scale,
-        G=plan.G, PER_HEAD=per_head, LEVEL0=(level == 0), MEAN=(plan.router == "mean"),
+        G=plan.G, NH=1 if per_head else plan.G, PER_HEAD=per_head, LEVEL0=(level == 0), MEAN=(plan.router == "mean"),
         BM=BM, BD=triton.next_power_of_2(plan.D), num_warps=BLOCK_SCORES_WARPS)
     return keys, ub, vn
 

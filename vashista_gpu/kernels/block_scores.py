@@ -29,7 +29,7 @@ def _block_scores_kernel(q_ptr, nodes_ptr, pvalid_ptr, seq_ptr, lens_ptr, table_
                          kmin_ptr, kmax_ptr, kmean_ptr, vn_ptr,
                          keys_ptr, ub_ptr, vout_ptr,
                          M, Hq, Hkv, D, S, span, n_lvl, table_stride, sink_pages, scale,
-                         G: tl.constexpr, PER_HEAD: tl.constexpr, LEVEL0: tl.constexpr,
+                         G: tl.constexpr, NH: tl.constexpr, PER_HEAD: tl.constexpr, LEVEL0: tl.constexpr,
                          MEAN: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
     pid = tl.program_id(0)
     tile = tl.program_id(1)
@@ -67,7 +67,6 @@ def _block_scores_kernel(q_ptr, nodes_ptr, pvalid_ptr, seq_ptr, lens_ptr, table_
     if MEAN:
         kmean = tl.load(kmean_ptr + row_base[:, None] + cols[None, :], mask=m2, other=0.0).to(tl.float32)
     vn = tl.load(vn_ptr + blk * Hkv + kvh, mask=valid, other=0.0)
-    NH: tl.constexpr = 1 if PER_HEAD else G
     for g in tl.static_range(NH):
         h = h0 + g
         q = tl.load(q_ptr + (b * Hq + h) * D + cols, mask=cols < D, other=0.0)

@@ -42,4 +42,4 @@ def _token_scores_kernel(q_ptr, pages_ptr, ok_ptr, seq_ptr, lens_ptr, table_ptr,
     s = tl.where(valid, s, float("-inf"))
     out = pid * W * S + wi * S + slot
     tl.store(s_ptr + out, s, mask=in_w)
-    tl.store(keys_ptr + out, tie_key(s, tok, valid, False), mask=in_w)
+    tl.store(keys_ptr + out, tie_key(s, tok, valid, tok < 0), mask=in_w)
