@@ -291,3 +291,24 @@ def test_torch_sketch_decode_bad_input():
     with pytest.raises(VashistaInputError) as e:
         gpu_sketch.sketch_decode(torch.randn(1, 2, 8), tc, tids, 4, bits=5)
     assert e.value.argument == "bits"
+
+
+@pytest.mark.parametrize("precision", ["highest", "high", "medium"])
+def test_torch_scan_bound_follows_matmul_precision(precision):
+    """A process that allows TF32/bf16 matmuls must not make the float32 scan's bound unsound."""
+    rng = np.random.default_rng(7)
+    K, V = rng.standard_normal((1, 300, 64)) * 5, rng.standard_normal((1, 300, 8))
+    Q = rng.standard_normal((2, 64)) * 4
+    t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision(precision)
+        sk = gpu_sketch.quantize_keys(t(K), bits=8)
+        r = gpu_sketch.certified_decode(t(Q), t(K), t(V), sk, 16)
+    finally:
+        torch.set_float32_matmul_precision(old)
+    for h in range(2):
+        ref = ref_step(_f32(Q[h]), _f32(K[0]), _f32(V[0]), quantize_keys(_f32(K[0]), bits=8), 16, with_dense=True)
+        assert float(r.certified_leakage[h]) >= ref.true_leakage and float(r.error[h]) >= ref.true_error
+        if precision == "highest":       # the float32 scan's wider γ term costs ~0.6 % here
+            assert float(r.certified_leakage[h]) <= ref.certified_leakage * 1.02
