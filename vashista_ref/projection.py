@@ -39,7 +39,8 @@ from .validate import nonnegative_scalar, queries_and_keys, query_and_keys
 SOLVERS = ("cvxpy", "wolfe")
 DEFAULT_ACTIVE_TOL = 1e-7   # α_j above this (weights live on the simplex, so it is scale-free)
 DEFAULT_FACE_TOL = 1e-7     # μ_j ≤ face_tol·‖r‖·D_K counts as on the face
-DEFAULT_INSIDE_TOL = 1e-9   # ‖r‖ ≤ inside_tol·max(‖q‖, max‖k‖, D_K): q is in the hull
+DEFAULT_INSIDE_TOL = 1e-6   # ‖r‖ ≤ inside_tol·max(‖q‖, max‖k‖, D_K): q is in the hull
+# (interior-point accuracy is ~sqrt(tolerance) when the optimal distance is 0, hence 1e-6, not 1e-9)
 
 
 @dataclass(frozen=True)
