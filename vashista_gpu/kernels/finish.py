@@ -18,7 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-INVALID = -9223372036854775807 - 1
+INVALID = tl.constexpr(-9223372036854775807 - 1)   # globals used in kernels must be constexpr
 
 
 @triton.jit

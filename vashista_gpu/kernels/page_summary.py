@@ -33,7 +33,7 @@ def _page_summary_kernel(k_ptr, v_ptr, pages_ptr, counts_ptr, kmin_ptr, kmax_ptr
     k = tl.load(k_ptr + (base + rows[:, None]) * D + cols[None, :], mask=kmask, other=0.0).to(tl.float32)
     kmin = tl.min(tl.where(kmask, k, float("inf")), axis=0)
     kmax = tl.max(tl.where(kmask, k, float("-inf")), axis=0)
-    kmean = tl.sum(k, axis=0) / n.to(tl.float32)
+    kmean = tl.div_rn(tl.sum(k, axis=0), n.to(tl.float32))   # IEEE division: '/' is approximate on GPU
     out = (page * H + h) * D + cols
     cmask = cols < D
     tl.store(kmin_ptr + out, kmin.to(kmin_ptr.dtype.element_ty), mask=cmask)
@@ -42,7 +42,7 @@ def _page_summary_kernel(k_ptr, v_ptr, pages_ptr, counts_ptr, kmin_ptr, kmax_ptr
     vcols = tl.arange(0, BDV)
     vmask = rmask[:, None] & (vcols[None, :] < DV)
     v = tl.load(v_ptr + (base + rows[:, None]) * DV + vcols[None, :], mask=vmask, other=0.0).to(tl.float32)
-    norms = tl.sqrt(tl.sum(v * v, axis=1))
+    norms = tl.sqrt_rn(tl.sum(v * v, axis=1))
     tl.store(vnorm_ptr + page * H + h, tl.max(tl.where(rmask, norms, 0.0), axis=0))
 
 
