@@ -134,7 +134,10 @@ def softmax_certificate(*, s_cand: np.ndarray, o_sparse: np.ndarray, s_scored_ou
     log_z = float(np.logaddexp(log_zc, np.logaddexp.reduce(s_known, initial=-np.inf)))
     e_star = _best_prefix_ratio_log(log_a, log_z, log_u, w_blocks)
     log_zout = float(np.logaddexp.reduce(np.r_[s_known, log_u]))
-    leakage = min(1.0, float(np.exp(log_zout - np.logaddexp(log_zc, log_zout))) * (1 + rho))
+    # (1 + ρ) covers relative rounding; subnormal results lose relative precision, so add a few of the
+    # smallest normal numbers as well (absolute, negligible)
+    leakage = min(1.0, float(np.exp(log_zout - np.logaddexp(log_zc, log_zout))) * (1 + rho)
+                  + 4 * np.finfo(np.float64).tiny)
     w_max = float(np.max(np.r_[w_known, w_blocks]))
     gap = m - float(np.max(np.r_[s_known, np.asarray(s_bound_blocks, dtype=np.float64)]))
     e_2lv = 2.0 * leakage * float(vmax_all)
