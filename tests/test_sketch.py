@@ -286,3 +286,36 @@ def test_tightness_on_real_heads(bits):
     assert ratio.max() <= t["leak_max"], ratio.max()
     assert np.median(err) <= t["err_median"], np.median(err)
     assert np.all(err <= mid * (1 + 1e-12))          # the tightest form never loses to SPEC 3's
+
+
+def test_regression_uncertain_group_far_above_candidates():
+    """Found while porting the log-domain E* fix of runtime_certificate: a 2-bit group spanning
+    10,000 score units gives its top token an upper bound ~1,666 above the candidates; evaluated
+    relative to that bound, every other mass underflowed and the tightest output bound came out as
+    1.0 for a true error of 35.9. The bounds are now evaluated in the log domain."""
+    K = np.array([[0.0], [0.0], [-1.0], [-1.0], [-3.0], [-1e4], [-1e4], [-1e4]])
+    V = np.zeros((8, 2))
+    V[1], V[4] = [100.0, 0.0], [0.0, 1.0]
+    sk = quantize_keys(K, bits=2, group=4, meta_dtype="float32")
+    r = certified_step(np.array([1.0]), K, V, sk, 1, scale=1.0, with_dense=True)
+    np.testing.assert_array_equal(r.candidates, [0])
+    assert r.true_error > 35
+    _check_sound(r)
+
+
+@settings(max_examples=FEW)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([2, 4, 8]), st.sampled_from([1e2, 1e3, 1e4, 1e6]),
+       st.integers(1, 6))
+def test_sound_with_one_very_uncertain_group(seed, bits, spread, Kc):
+    """Precise groups next to a group whose range is huge in score units (its bounds dwarf the
+    candidates' masses): the regime of the regression above, randomised."""
+    rng = np.random.default_rng(seed)
+    K = rng.standard_normal((24, 3))
+    K[8:16, 0] -= rng.uniform(0, spread, size=8)             # group 1: one channel spans `spread`
+    K[8, 0] = K[:8, 0].max() - rng.uniform(0, 3)             # its top sits near the candidates
+    V = rng.standard_normal((24, 2))
+    V[rng.integers(24)] *= 100
+    q = np.array([1.0, 0.1, -0.1])
+    r = certified_step(q, K, V, quantize_keys(K, bits=bits, group=8, meta_dtype="float32"), Kc, scale=1.0,
+                       with_dense=True)
+    _check_sound(r)

@@ -312,3 +312,17 @@ def test_torch_scan_bound_follows_matmul_precision(precision):
         assert float(r.certified_leakage[h]) >= ref.true_leakage and float(r.error[h]) >= ref.true_error
         if precision == "highest":       # the float32 scan's wider γ term costs ~0.6 % here
             assert float(r.certified_leakage[h]) <= ref.certified_leakage * 1.02
+
+
+def test_torch_regression_uncertain_group_far_above_candidates():
+    """The reference's regression (tests/test_sketch.py) on the torch path: bounds in the log domain."""
+    K = np.array([[0.0], [0.0], [-1.0], [-1.0], [-3.0], [-1e4], [-1e4], [-1e4]])
+    V = np.zeros((8, 2))
+    V[1], V[4] = [100.0, 0.0], [0.0, 1.0]
+    t = lambda a: torch.as_tensor(a, dtype=torch.float64)  # noqa: E731
+    sk = gpu_sketch.quantize_keys(t(K[None]), bits=2, group=4, meta_dtype="float32")
+    r = gpu_sketch.certified_decode(t([[1.0]]), t(K[None]), t(V[None]), sk, 1, scale=1.0, compute_dtype=torch.float64)
+    ref = ref_step(np.array([1.0]), K, V, quantize_keys(K, bits=2, group=4, meta_dtype="float32"), 1, scale=1.0,
+                   with_dense=True)
+    assert float(r.error[0]) >= ref.true_error > 35
+    assert_rel_close(r.error, np.array([ref.error]), "float64")

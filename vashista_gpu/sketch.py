@@ -267,15 +267,27 @@ def _lse_bound(x: torch.Tensor, upper: bool) -> torch.Tensor:
     return torch.where(torch.isfinite(m[..., 0]), out, m[..., 0])
 
 
-def _best_prefix_ratio(A, Z, u, w):
-    """Row-wise max over x ∈ Π[0, u] of (A + Σ x w)/(Z + Σ x) (runtime_certificate's E* maximiser)."""
+def _best_prefix_ratio_log(log_A, log_Z, log_u, w):
+    """Row-wise max over x ∈ Π[0, u] of (A + Σ x w)/(Z + Σ x), from the logs of A, Z, u (−inf for
+    0), in the log domain (runtime_certificate's E* maximiser: best prefix in decreasing w)."""
     order = torch.sort(-w, dim=-1, stable=True).indices
-    uw = torch.gather(u * w, -1, order).cumsum(-1)
-    uu = torch.gather(u, -1, order).cumsum(-1)
-    num = torch.cat([A[:, None], A[:, None] + uw], dim=-1)
-    den = torch.cat([Z[:, None], Z[:, None] + uu], dim=-1)
-    ratio = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
-    return ratio.amax(-1)
+    lw = torch.log(torch.gather(w, -1, order))
+    lu = torch.gather(log_u, -1, order)
+    ninf = torch.full_like(log_A[:, None], -math.inf)
+    log_num = torch.logaddexp(log_A[:, None], torch.cat([ninf, torch.logcumsumexp(lu + lw, -1)], -1))
+    log_den = torch.logaddexp(log_Z[:, None], torch.cat([ninf, torch.logcumsumexp(lu, -1)], -1))
+    ratio = torch.where(torch.isneginf(log_den), torch.zeros_like(log_den), torch.exp(log_num - log_den))
+    return torch.nan_to_num(ratio, nan=0.0).amax(-1)
+
+
+def _group_lse(x: torch.Tensor, g_of: torch.Tensor, Gr: int) -> torch.Tensor:
+    """Per row and group: log Σ_{j in group} e^{x_j} (−inf for none)."""
+    rows = x.shape[0]
+    m = torch.full((rows, Gr), -math.inf, dtype=x.dtype, device=x.device)
+    m = m.scatter_reduce(1, g_of.expand(rows, -1), x, "amax")
+    shift = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    s = torch.zeros_like(m).index_add_(1, g_of, torch.exp(x - shift[:, g_of]))
+    return torch.where(s > 0, shift + torch.log(s), torch.full_like(s, -math.inf))
 
 
 def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: TorchKeySketch, Kc: int, *,
@@ -374,26 +386,32 @@ def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: 
     vmax_all = vmax.amax(-1)[kv]
     rho = 8.0 * (M + kc + 8) * U64
     rounding = rho * vmax_all
-    c = torch.maximum(log_zc, ub.amax(-1))
-    c = torch.where(torch.isfinite(c), c, torch.zeros_like(c))
-    Zc = torch.exp(log_zc - c) * (1 - _FN_REL)
-    x_lo = torch.exp(lb - c[:, None]) * (1 - _FN_REL)                                     # 0 on candidates
-    x_hi = torch.exp(ub - c[:, None]) * (1 + _FN_REL)
+    # log domain throughout (as the reference: shifting by the largest mass can flush the rest to 0)
     out_tok = ~is_c
-    w_tok = torch.where(out_tok, vmax[kv][:, g_of] + o_norm[:, None], torch.zeros_like(x_lo))
-    e_mid = leak * torch.where(out_tok, w_tok, torch.zeros_like(w_tok)).amax(-1)
-    e_star = _best_prefix_ratio((x_lo * w_tok).sum(-1), Zc + x_lo.sum(-1), x_hi - x_lo, w_tok)
-    W_lo = torch.zeros(Hq, Gr, dtype=torch.float64, device=dev).index_add_(1, g_of, x_lo)
-    W_slack = torch.zeros(Hq, Gr, dtype=torch.float64, device=dev).index_add_(1, g_of, x_hi - x_lo)
+    fn = math.log1p(_FN_REL)
+    log_xlo, log_xhi = lb - fn, ub + fn                                                   # −inf on C
+    log_slack = torch.where(out_tok, log_xhi + torch.log1p(-torch.exp(log_xlo - log_xhi)), ninf)
+    log_Z_lo = torch.logaddexp(log_zc - fn, torch.logsumexp(log_xlo, -1))
+    w_tok = torch.where(out_tok, vmax[kv][:, g_of] + o_norm[:, None], torch.zeros_like(shat))
+    e_mid = leak * w_tok.amax(-1)
+    e_star = _best_prefix_ratio_log(torch.logsumexp(log_xlo + torch.log(w_tok), -1), log_Z_lo, log_slack, w_tok)
+    logW_lo = _group_lse(log_xlo, g_of, Gr)
+    logW_slack = _group_lse(log_slack, g_of, Gr)
     dist = _up(torch.linalg.vector_norm(centre[kv] - out[:, None, :], dim=-1) * (1 + 2 * _gamma(Dv + 2)))
-    base = torch.linalg.vector_norm(torch.bmm(W_lo[:, None, :], centre[kv] - out[:, None, :])[:, 0], dim=-1)
-    base = base * (1 + 2 * _gamma(Gr + Dv + 2))
-    Z_lo = Zc + x_lo.sum(-1)
-    e_ball = _best_prefix_ratio(base + (W_lo * radius[kv]).sum(-1), Z_lo, W_slack, dist + radius[kv])
-    rt = torch.where(out_tok, dist_tok[kv], torch.zeros_like(x_lo))
-    e_tok = _best_prefix_ratio(base + (x_lo * rt).sum(-1), Z_lo, x_hi - x_lo,
-                               torch.where(out_tok, dist[:, g_of] + rt, torch.zeros_like(rt)))
-    grow = (1 + rho) * (1 + 4 * _gamma(M + 8))
+    cmax = logW_lo.amax(-1)
+    cm = torch.where(torch.isfinite(cmax), cmax, torch.zeros_like(cmax))
+    vec = torch.bmm(torch.exp(logW_lo - cm[:, None])[:, None, :], centre[kv] - out[:, None, :])[:, 0]
+    log_base = torch.where(torch.isfinite(cmax),
+                           cm + torch.log(torch.linalg.vector_norm(vec, dim=-1) * (1 + 2 * _gamma(Gr + Dv + 2))),
+                           torch.full_like(cmax, -math.inf))
+    e_ball = _best_prefix_ratio_log(torch.logaddexp(log_base, torch.logsumexp(logW_lo + torch.log(radius[kv]), -1)),
+                                    log_Z_lo, logW_slack, dist + radius[kv])
+    rt = torch.where(out_tok, dist_tok[kv], torch.zeros_like(shat))
+    e_tok = _best_prefix_ratio_log(torch.logaddexp(log_base, torch.logsumexp(log_xlo + torch.log(rt), -1)),
+                                   log_Z_lo, log_slack, torch.where(out_tok, dist[:, g_of] + rt, torch.zeros_like(rt)))
+    logs = torch.cat([log_zc[:, None], ub, lb], dim=-1)
+    mag = torch.where(torch.isfinite(logs), logs.abs(), torch.zeros_like(logs)).amax(-1) + math.log(M + 2.0) + 2.0
+    grow = (1 + rho) * (1 + 4 * _gamma(M + 8)) * (1 + 64 * U64 * mag)
     none_out = ~out_tok.any(-1)
     forms = []
     for f in (e_mid, e_star, e_ball, e_tok):

@@ -97,7 +97,7 @@ import numpy as np
 from .dense import resolve_scale, token_scores
 from .errors import VashistaInputError
 from .routing import top_indices
-from .runtime_certificate import UNIT_ROUNDOFF as U, _best_prefix_ratio
+from .runtime_certificate import UNIT_ROUNDOFF as U, _best_prefix_ratio_log
 from .validate import as_real_array, nonnegative_scalar, positive_int, query_and_keys
 
 SUPPORTED_BITS = (2, 4, 8)
@@ -321,6 +321,26 @@ def _lse_lower(x: np.ndarray) -> float:
     return float(_down(m + _down(ls)))
 
 
+def _lse(x: np.ndarray) -> float:
+    """log Σ e^{x_i} (plain float64; −inf for no terms or all −inf)."""
+    x = np.asarray(x, dtype=np.float64)
+    m = float(np.max(x, initial=-np.inf))
+    if not np.isfinite(m):
+        return m
+    return m + float(np.log(np.exp(x - m).sum()))
+
+
+def _group_lse(x: np.ndarray, groups: np.ndarray, G: int) -> np.ndarray:
+    """Per group g < G: log Σ_{i: groups_i = g} e^{x_i} (−inf for empty groups)."""
+    m = np.full(G, -np.inf)
+    np.maximum.at(m, groups, x)
+    shift = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(under="ignore"):
+        s = np.bincount(groups, weights=np.exp(x - shift[groups]), minlength=G)
+    with np.errstate(divide="ignore"):
+        return np.where(s > 0, shift + np.log(s), -np.inf)
+
+
 def _leakage_upper(log_zc_lo: float, log_zout_hi: float, n_total: int) -> float:
     """Z_out / (Z_C + Z_out) from log bounds, rounded up; the extra factor also covers the float64
     evaluation of the *true* leakage (exp, two sums and a division over ≤ n_total terms)."""
@@ -463,34 +483,45 @@ def certified_step(q, K, V, sketch: KeySketch, Kc: int, *, scale: float | None =
     if rest.size == 0 and not pruned.any():
         e_mid = e_star = e_ball = e_tok = 0.0
     else:
-        # everything relative to a common shift c (the largest log-mass), so nothing overflows
-        c = max(log_zc, float(np.max(ub, initial=-np.inf)), float(np.max(log_u_pruned, initial=-np.inf)))
-        with np.errstate(under="ignore"):
-            Zc = np.exp(log_zc - c) * (1 - _FN_REL)
-            x_lo = np.exp(lb - c) * (1 - _FN_REL)
-            x_hi = np.exp(ub - c) * (1 + _FN_REL)
-            u_pr = np.exp(log_u_pruned - c) * (1 + _FN_REL)
+        # Everything in the log domain: masses e^{ub} of uncertain tokens can exceed the candidates'
+        # by far more than float64's range, and shifting by the largest would flush the candidates'
+        # and the scanned tokens' masses to 0 (found: certified 1.0 < true 35.9, tests/test_sketch.py).
+        fn = float(np.log1p(_FN_REL))
+        log_xlo, log_xhi = lb - fn, ub + fn                     # bounds on log x_j, j ∉ C scanned
+        with np.errstate(divide="ignore", invalid="ignore", under="ignore"):
+            log_slack = log_xhi + np.log1p(-np.exp(log_xlo - log_xhi))     # log(x_hi − x_lo)
+        log_u_pr = log_u_pruned + fn
+        pr = np.flatnonzero(pruned)
+        log_Z_lo = float(np.logaddexp(log_zc - fn, _lse(log_xlo)))
         w_tok = vs.vmax[g_of[rest]] + o_norm
         w_pr = vs.vmax[pruned] + o_norm
-        groups_out = np.r_[g_of[rest], np.flatnonzero(pruned)]
         w_max = float(np.max(np.r_[w_tok, w_pr]))
         e_mid = leak * w_max
-        e_star = _best_prefix_ratio(float(x_lo @ w_tok), Zc + float(x_lo.sum()),
-                                    np.r_[x_hi - x_lo, u_pr], np.r_[w_tok, w_pr])
-        # ball forms: e·Z = Σ_g W_g (c_g − o) + Σ_{j∉C} x_j (v_j − c_g(j)); the first sum keeps the
-        # cancellation between groups at the lower weights, the rest is a linear-fractional maximum
-        # over the weight intervals (runtime_certificate's E* maximiser)
-        W_lo = np.bincount(g_of[rest], weights=x_lo, minlength=G)
-        dist = _up(np.linalg.norm(vs.centre - out, axis=1) * (1 + 2 * _gamma(out.shape[0] + 2)))
-        pr = np.flatnonzero(pruned)
-        base = float(np.linalg.norm(W_lo @ (vs.centre - out))) * (1 + 2 * _gamma(G + out.shape[0] + 2))
-        Z_lo = Zc + float(x_lo.sum())
-        W_slack = np.bincount(np.r_[g_of[rest], pr], weights=np.r_[x_hi - x_lo, u_pr], minlength=G)
-        e_ball = _best_prefix_ratio(base + float(W_lo @ vs.radius), Z_lo, W_slack, dist + vs.radius)
-        rt = vs.token_radius[rest]
-        e_tok = _best_prefix_ratio(base + float(x_lo @ rt), Z_lo, np.r_[x_hi - x_lo, u_pr],
-                                   np.r_[dist[g_of[rest]] + rt, dist[pr] + vs.radius[pr]])
-        grow = (1 + rho) * (1 + 4 * _gamma(M + 8))
+        with np.errstate(divide="ignore"):
+            e_star = _best_prefix_ratio_log(_lse(log_xlo + np.log(w_tok)), log_Z_lo, np.r_[log_slack, log_u_pr],
+                                            np.r_[w_tok, w_pr])
+            # ball forms: e·Z = Σ_g W_g (c_g − o) + Σ_{j∉C} x_j (v_j − c_g(j)); the first sum keeps the
+            # cancellation between groups at the lower weights, the rest is a linear-fractional maximum
+            # over the weight intervals (runtime_certificate's E* maximiser)
+            logW_lo = _group_lse(log_xlo, g_of[rest], G)
+            logW_slack = _group_lse(np.r_[log_slack, log_u_pr], np.r_[g_of[rest], pr], G)
+            dist = _up(np.linalg.norm(vs.centre - out, axis=1) * (1 + 2 * _gamma(out.shape[0] + 2)))
+            cmax = float(np.max(logW_lo))
+            if np.isfinite(cmax):
+                vec = np.exp(logW_lo - cmax) @ (vs.centre - out)
+                log_base = cmax + np.log(float(np.linalg.norm(vec)) * (1 + 2 * _gamma(G + out.shape[0] + 2)))
+            else:
+                log_base = -np.inf
+            e_ball = _best_prefix_ratio_log(np.logaddexp(log_base, _lse(logW_lo + np.log(vs.radius))), log_Z_lo,
+                                            logW_slack, dist + vs.radius)
+            rt = vs.token_radius[rest]
+            e_tok = _best_prefix_ratio_log(np.logaddexp(log_base, _lse(log_xlo + np.log(rt))), log_Z_lo,
+                                           np.r_[log_slack, log_u_pr],
+                                           np.r_[dist[g_of[rest]] + rt, dist[pr] + vs.radius[pr]])
+        # log-domain evaluation errs by a few ulp of the largest log magnitude: a relative allowance
+        logs = np.r_[log_zc, ub, lb, log_u_pruned]
+        mag = float(np.max(np.abs(logs[np.isfinite(logs)]), initial=0.0)) + np.log(M + 2.0) + 2.0
+        grow = (1 + rho) * (1 + 4 * _gamma(M + 8)) * (1 + 64 * U * mag)
         e_mid, e_star, e_ball, e_tok = e_mid * grow, e_star * grow, e_ball * grow, e_tok * grow
     e_mid, e_star, e_ball, e_tok = e_mid + rounding, e_star + rounding, e_ball + rounding, e_tok + rounding
 
