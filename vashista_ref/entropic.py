@@ -78,7 +78,9 @@ class EntropicSolution:
 # --- objective, dual and the certificate ------------------------------------------------------
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
-    return z - logsumexp(z)
+    la = z - z.max()                  # shift first: |z| can be ~1e10 when ε is tiny
+    la -= logsumexp(la)
+    return la - math.log(np.exp(la).sum())   # one correction so Σα = 1 to the last ulp
 
 
 def primal_objective(log_alpha: np.ndarray, q: np.ndarray, K: np.ndarray, eps: float) -> float:

@@ -1,0 +1,73 @@
+"""Bad input to the reference tier: each case a clear VashistaInputError naming the argument, or a
+ConvergenceError saying what did not converge — never a silent wrong answer."""
+import numpy as np
+import pytest
+
+from vashista_ref import ConvergenceError, VashistaInputError, instances
+from vashista_ref.entropic import entropic_projection, eg_weights, fw_weights
+from vashista_ref.minnorm import wolfe_min_norm_point
+from vashista_ref.projection import kkt_certificate, project_onto_hull
+from vashista_ref.softmax_model import softmax_certificate
+
+K = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+q = np.array([1.0, 1.0])
+
+CALLS = {
+    "cvxpy": lambda q, K: project_onto_hull(q, K, solver="cvxpy"),
+    "wolfe": lambda q, K: project_onto_hull(q, K, solver="wolfe"),
+    "minnorm": wolfe_min_norm_point,
+    "entropic": lambda q, K: entropic_projection(q, K, 0.1),
+    "eg": lambda q, K: eg_weights(q, K, 0.1),
+    "fw": lambda q, K: fw_weights(q, K, 0.1),
+}
+
+
+@pytest.mark.parametrize("name", CALLS)
+@pytest.mark.parametrize("case, arg, bad_q, bad_K", [
+    ("nan in q", "q", np.array([np.nan, 1.0]), K),
+    ("inf in K", "K", q, np.array([[0.0, np.inf], [1.0, 0.0]])),
+    ("q 2-D", "q", q[None, :], K),
+    ("K 1-D", "K", q, K[0]),
+    ("dimension mismatch", "q", np.array([1.0, 1.0, 1.0]), K),
+    ("no keys", "K", q, np.zeros((0, 2))),
+    ("integer keys", "K", q, K.astype(int)),
+    ("complex query", "q", q.astype(complex), K),
+])
+def test_bad_arrays_name_the_argument(name, case, arg, bad_q, bad_K):
+    with pytest.raises(VashistaInputError) as err:
+        CALLS[name](bad_q, bad_K)
+    assert err.value.argument == arg, case
+
+
+@pytest.mark.parametrize("eps", [0.0, -1.0, float("nan"), float("inf"), "0.1", True])
+def test_bad_eps(eps):
+    for fn in (lambda: entropic_projection(q, K, eps), lambda: eg_weights(q, K, eps),
+               lambda: softmax_certificate(np.ones(3), eps)):
+        with pytest.raises(VashistaInputError) as err:
+            fn()
+        assert err.value.argument == "eps"
+
+
+def test_bad_options():
+    with pytest.raises(VashistaInputError, match="solver"):
+        project_onto_hull(q, K, solver="gurobi")
+    with pytest.raises(VashistaInputError, match="method"):
+        entropic_projection(q, K, 0.1, method="sinkhorn")
+    with pytest.raises(VashistaInputError, match="iters"):
+        eg_weights(q, K, 0.1, iters=0)
+    with pytest.raises(VashistaInputError, match="alpha"):
+        kkt_certificate(q, K, np.ones(2))
+    with pytest.raises(VashistaInputError, match="active_tol"):
+        project_onto_hull(q, K, active_tol=-1.0)
+
+
+def test_non_convergence_is_reported():
+    rng = np.random.default_rng(0)
+    Kr, qr = rng.normal(size=(30, 4)), rng.normal(size=4) * 3
+    with pytest.raises(ConvergenceError, match="did not reach"):
+        entropic_projection(qr, Kr, 1e-3, method="fw", max_iter=5)
+    hard = instances.draw("known_face", 0, M=30, D=4, face_size=4)   # needs ≥ 4 major steps
+    with pytest.raises(ConvergenceError, match="did not terminate"):
+        wolfe_min_norm_point(hard.q, hard.K, max_iter=2)
+    sol = entropic_projection(qr, Kr, 1e-3, method="eg", max_iter=5, raise_on_failure=False)
+    assert not sol.converged and sol.duality_gap > 0

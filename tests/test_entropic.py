@@ -1,0 +1,125 @@
+"""Entropic relaxation (SPEC 1a): solvers, certificates, the fixed point, and the paper's
+face-stability and linear face-error properties in the regime where they are proven."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from vashista_ref import instances
+from vashista_ref.entropic import (duality_gap, entropic_projection, eg_weights, fw_weights,
+                                   primal_objective)
+from strategies import known_face_instances, seeds
+
+
+def _diameter(K):
+    d = K[:, None, :] - K[None, :, :]
+    return float(np.sqrt(np.max(np.sum(d * d, axis=-1))))
+
+
+@given(seeds, st.sampled_from([1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 1e2]))
+def test_newton_reaches_the_fixed_point_for_every_eps(seed, eps):
+    inst = instances.draw("generic", seed, M=25, D=4)
+    sol = entropic_projection(inst.q, inst.K, eps)
+    assert sol.converged and np.all(np.isfinite(sol.alpha))
+    assert sol.alpha.sum() == pytest.approx(1.0, abs=1e-12)
+    # α_ε ∝ exp(⟨k_j, q − y_ε⟩/ε): the fixed point, checked in the log domain
+    z = inst.K @ (inst.q - sol.y) / eps
+    fixed = np.exp(z - z.max())
+    fixed /= fixed.sum()
+    assert np.abs(fixed - sol.alpha).sum() <= max(1e-6, 3 * sol.alpha_error_bound_l1)
+
+
+@given(seeds, st.sampled_from([1e-2, 0.1, 1.0]))
+def test_duality_gap_certifies_suboptimality_and_weight_error(seed, eps):
+    inst = instances.draw("generic", seed, M=15, D=3)
+    ref = entropic_projection(inst.q, inst.K, eps, tol=1e-13, raise_on_failure=False)
+    p_star = ref.objective
+    for alpha, gap in (eg_weights(inst.q, inst.K, eps, iters=30), fw_weights(inst.q, inst.K, eps, iters=30)):
+        la = np.log(np.maximum(alpha, 1e-300))
+        p = primal_objective(la, inst.q, inst.K, eps)
+        assert p - p_star <= gap + 1e-9 * max(1.0, abs(p_star))
+    eg = entropic_projection(inst.q, inst.K, eps, method="eg", max_iter=40, raise_on_failure=False)
+    assert np.abs(eg.alpha - ref.alpha).sum() <= eg.alpha_error_bound_l1 + 1e-7
+
+
+@settings(max_examples=10)
+@given(seeds, st.sampled_from([0.1, 1.0]))
+def test_three_solvers_agree(seed, eps):
+    inst = instances.draw("generic", seed, M=12, D=3)
+    n = entropic_projection(inst.q, inst.K, eps)
+    e = entropic_projection(inst.q, inst.K, eps, method="eg", tol=1e-9, max_iter=200_000)
+    f = entropic_projection(inst.q, inst.K, eps, method="fw", tol=1e-6, max_iter=200_000,
+                            raise_on_failure=False)
+    assert np.abs(e.alpha - n.alpha).sum() <= e.alpha_error_bound_l1 + 1e-9
+    assert np.abs(f.alpha - n.alpha).sum() <= f.alpha_error_bound_l1 + 1e-9
+    assert f.duality_gap < 1e-3
+
+
+def test_no_overflow_at_extreme_eps_and_scale():
+    inst = instances.draw("generic", 0, M=40, D=6)
+    for eps in (1e-4, 1e2):
+        for s in (1e-2, 1.0, 10.0):
+            sol = entropic_projection(inst.q * s, inst.K * s, eps * s * s if eps < 1 else eps)
+            assert sol.converged and np.all(np.isfinite(sol.log_alpha))
+
+
+def _regime_eps(inst, eps_grid):
+    """ε where the proof's hypothesis D_K‖y_ε − y*‖ ≤ Δ/2 holds (checked, not assumed)."""
+    DK = _diameter(inst.K)
+    out = []
+    for eps in eps_grid:
+        sol = entropic_projection(inst.q, inst.K, eps)
+        if DK * np.linalg.norm(sol.y - inst.y_star) <= inst.gap / 2:
+            out.append((eps, sol))
+    return out
+
+
+@settings(max_examples=15)
+@given(known_face_instances(max_M=20, max_D=4, gaps=(0.1, 0.5, 2.0)))
+def test_face_stability_off_face_mass_bound_in_its_regime(inst):
+    """Corollary 1 with c = 2: off-face mass ≤ (M − |I|) exp(−Δ/(2ε)) whenever D_K‖y_ε − y*‖ ≤ Δ/2."""
+    M, I = inst.K.shape[0], inst.face
+    off = np.setdiff1d(np.arange(M), I)
+    grid = [inst.gap * f for f in (1.0, 0.3, 0.1, 0.03, 0.01)]
+    checked = _regime_eps(inst, grid)
+    assert checked, "the regime must contain small enough ε"
+    for eps, sol in checked:
+        bound_log = math.log(M - len(I)) - inst.gap / (2 * eps)
+        assert np.log(sol.alpha[off].sum()) <= bound_log + 1e-9
+        assert np.max(sol.log_alpha[off]) <= -inst.gap / (2 * eps) + 1e-9   # per token
+    # support above a threshold equals I as ε → 0
+    eps_min, sol = checked[-1]
+    assert np.flatnonzero(sol.alpha > 1e-3 * sol.alpha.max()).tolist() == I.tolist() or \
+        np.all(sol.alpha[off] < 1e-3)
+
+
+@settings(max_examples=15)
+@given(known_face_instances(max_M=20, max_D=4, gaps=(0.5, 2.0)))
+def test_active_face_error_is_linear_in_eps(inst):
+    """‖y_ε − y*‖/ε stays bounded as ε → 0 (Theorem 1's C_lin term) on instances with Δ > 0."""
+    scale = inst.gap
+    ratios = []
+    for f in (1e-2, 3e-3, 1e-3):
+        eps = scale * f
+        sol = entropic_projection(inst.q, inst.K, eps)
+        ratios.append(np.linalg.norm(sol.y - inst.y_star) / eps)
+    assert ratios[-1] <= 1.5 * ratios[0] + 1e-6, ratios
+
+
+def test_duality_gap_is_nonnegative_and_zero_at_optimum():
+    inst = instances.draw("generic", 4, M=10, D=3)
+    sol = entropic_projection(inst.q, inst.K, 0.3, tol=1e-14, raise_on_failure=False)
+    assert duality_gap(sol.log_alpha, inst.q, inst.K, 0.3)[2] < 1e-12
+    uniform = np.full(10, -math.log(10))
+    assert duality_gap(uniform, inst.q, inst.K, 0.3)[2] > 1e-6
+
+
+def test_fixed_iteration_entry_points():
+    inst = instances.draw("generic", 1, M=8, D=3)
+    for fn in (eg_weights, fw_weights):
+        a, cert = fn(inst.q, inst.K, 0.5, iters=5)
+        assert a.shape == (8,) and np.all(a >= 0) and a.sum() == pytest.approx(1.0)
+        assert cert >= 0
+        a2, cert2 = fn(inst.q, inst.K, 0.5, iters=200)
+        assert cert2 <= cert
