@@ -184,3 +184,19 @@ def test_triton_path_matches_reference_property(data):
     r = ref_decode(q64, ref, rids, 2, Kc, scale=0.5)
     g = sparse_decode(q, gpu, gids, 2, Kc, scale=0.5, backend="triton")
     check_against_reference(g, r, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("solver", ["eg", "fw"])
+def test_projection_solvers_match_reference(solver, backend):
+    """eg/fw weights on the candidates (float64 iterations) reproduce the reference's output; the GPU
+    tier reports no certificate for them (NaN) and refuses fallback policies."""
+    ref, rids, gpu, gids, q64, q = build((37, 20), 1, 2, 8, 4, seed=3, backend=backend, device=DEV)
+    r = ref_decode(q64, ref, rids, 2, 9, scale=0.5, solver=solver)
+    g = sparse_decode(q, gpu, gids, 2, 9, scale=0.5, solver=solver, backend=backend)
+    assert_rel_close(g.out, r.out, torch.float32, f"{solver} out")
+    assert as_sets(g.candidates) == ref_sets(r.candidates)
+    assert torch.isnan(g.gap).all() and torch.isnan(g.certified_error).all() and not g.certified.any()
+    from vashista_ref.errors import VashistaInputError
+    with pytest.raises(VashistaInputError, match="policy"):
+        sparse_decode(q, gpu, gids, 2, 9, scale=0.5, solver=solver, backend=backend, policy=DenseFallback(0.1))

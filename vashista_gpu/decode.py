@@ -10,6 +10,10 @@ and returns o = Σ_C a_j v_j with a certificate on ‖o − o_dense‖ — the s
 certificate as ``vashista_ref.sparse_decode`` (routing: sinks + newest page + top-P others, per level
 of the hierarchy; candidates: top-Kc tokens of the routed pages).
 
+For eg/fw the output matches the reference's, but the projection model's residual certificate is not
+implemented on this tier: ``gap``/``certified_leakage``/``certified_error`` are NaN (never
+"certified"), and a fallback policy with eg/fw is refused.
+
 Differences from the reference, by design: the certificate reported as ``certified_error`` is the
 reference's ``error_middle`` form L̂·(max_{j∉C} vmax_page(j) + ‖o‖) — sound, never below the
 reference's tightest form — without the float64 rounding allowance (the stages accumulate in float32
@@ -57,10 +61,10 @@ from .selection import INVALID_KEY, key_index
 class DecodeOutput:
     """Output and per-(batch row, query head) certificate of one step; (B, Hq) tensors unless noted.
 
-    ``out`` (B, Hq, Dv) in q's dtype; ``certified_leakage`` L̂, ``certified_error`` (softmax; NaN for
-    eg/fw), ``gap`` Δ̂ (softmax) or the projection residual gap (eg/fw); ``certified`` error ≤ tol;
+    ``out`` (B, Hq, Dv) in q's dtype; ``certified_leakage`` L̂, ``certified_error`` and ``gap`` Δ̂
+    (softmax; NaN for eg/fw); ``certified`` error ≤ tol;
     ``fell_back`` recomputed densely; ``P_used``/``Kc_used`` after a ``Capped`` policy;
-    ``pages`` (B, Hq, W) routed logical pages ascending, −1 padded; ``candidates`` (B, Hq, Kc) logical
+    ``pages`` (B, Hq, W) routed logical pages ascending, −1 padded (first attempt under ``Capped``); ``candidates`` (B, Hq, Kc) logical
     token indices ascending, −1 padded; ``weights`` (B, Hq, Kc) aligned with ``candidates``;
     ``summaries_scored`` per query head (routing cost).
     """
@@ -143,6 +147,9 @@ def sparse_decode(q: torch.Tensor, cache, seq_ids, P: int, Kc: int, *, solver: s
     policy = ReportOnly() if policy is None else policy
     if not isinstance(policy, (ReportOnly, DenseFallback, Capped)):
         raise VashistaInputError("policy", f"expected ReportOnly, DenseFallback or Capped, got {policy!r}")
+    if solver in ("eg", "fw") and not isinstance(policy, ReportOnly):
+        raise VashistaInputError("policy", "the eg/fw residual certificate is not implemented on the GPU tier; "
+                                           "use ReportOnly() or the reference")
     if not isinstance(share_selection_in_group, bool):
         raise VashistaInputError("share_selection_in_group", "expected a bool")
     plan = plan_decode(cache, ids, q.shape[1], P, Kc, scale=scale, sink_pages=sink_pages, router=router,
@@ -194,8 +201,6 @@ def sparse_decode(q: torch.Tensor, cache, seq_ids, P: int, Kc: int, *, solver: s
                 certified[rows] = torch.where(redo, ok_of(sub), certified[rows])
     fell_back = torch.zeros((B, Hq), dtype=torch.bool, device=dev)
     if not isinstance(policy, ReportOnly) and not bool(certified.all()):
-        if solver != "softmax":
-            raise VashistaInputError("policy", "dense fallback of the eg/fw solvers is not implemented on the GPU tier")
         fell_back = ~certified
         rows = torch.nonzero(fell_back.any(-1)).flatten().tolist()
         dense = dense_decode(q[rows], cache, ids[rows], scale=plan.scale).float()

@@ -97,7 +97,9 @@ def finish(plan, q32, cache, routed, s, keys, cvals, cpos):
         kc = torch.gather(kpage, 2, cpos[..., None].expand(-1, -1, -1, plan.D)).float()
         w = projection_weights(plan, q32, kc, cvalid)
     out = (w[..., None] * vc).sum(2)
-    if not plan.certify:
+    if not plan.certify or plan.solver != "softmax":
+        # eg/fw: the softmax certificate does not apply, and the projection model's residual
+        # certificate (UB_p at r̂ over the dropped blocks) is not implemented on this tier: NaN
         nan = torch.full_like(m, float("nan"))
         return dict(out=out, weights=w, certified_leakage=nan, certified_error=nan, gap=nan, max_score=m)
     # certificate: scored non-candidates are valid keys below the Kc-th key

@@ -115,5 +115,5 @@ def finish(plan, q32, cache, routed, s, keys, cvals, cpos):
         from . import torch_path
         # projection solvers: weights and output recomputed in torch on the gathered candidates
         res.update({k: v for k, v in torch_path.finish(plan, q32, cache, routed, s, keys, cvals, cpos).items()
-                    if k in ("out", "weights", "gap")})
+                    if k in ("out", "weights", "gap", "certified_leakage", "certified_error")})
     return res
