@@ -11,6 +11,7 @@ import sys
 # name -> (module, one-line help). Add a line here when a subcommand lands.
 COMMANDS: dict[str, tuple[str, str]] = {
     "certify": ("vashista_ref.cli_certify", "solve a projection / sparse decode step and print its certificate"),
+    "check": ("proofs_checks.cli", "run every paper claim as a check and write a report"),
 }
 
 

@@ -1,0 +1,78 @@
+"""proofs_checks: every claim's check runs (quick budgets), reports its verdict and constants, and
+the machinery reports deliberately false variants as failing."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from proofs_checks import (claim1_kkt, claim2_leakage, claim3_theorem1, claim4_softmax,
+                           claim5_inside, claim6_router, claim7_support)
+from proofs_checks.cli import main as check_main
+from proofs_checks.exact import integer_instance, verify_kkt_exact
+from vashista_ref.cli import main as vashista
+
+
+@pytest.mark.parametrize("module, kwargs", [
+    (claim1_kkt, {"n": 8}), (claim2_leakage, {"n": 6}), (claim3_theorem1, {"n": 6}),
+    (claim4_softmax, {"n": 100}), (claim5_inside, {"n": 6}),
+])
+def test_claims_that_hold(module, kwargs):
+    r = module.check(**kwargs)
+    assert r.holds and r.instances > 0 and r.worst_ratio <= 1 + 1e-9
+    assert r.exact_checked >= 1, "at least one certificate per claim checked in exact arithmetic"
+    assert r.constants
+
+
+@pytest.mark.parametrize("module, kwargs", [
+    (claim1_kkt, {"n": 6, "sign": -1.0}),            # wrong sign of the multipliers
+    (claim2_leakage, {"n": 6, "c": 0.25}),            # leakage bound with c = 1/4
+    (claim3_theorem1, {"n": 6, "factor": 0.1}),       # C_lin far below the face geometry
+    (claim4_softmax, {"n": 100, "exponent": 2.0}),    # e^{-2Δ/ε}
+])
+def test_false_variants_are_reported_as_failing(module, kwargs):
+    r = module.check(**kwargs)
+    assert not r.holds and r.counterexample is not None
+
+
+def test_router_mismatch_is_a_finding_with_counterexamples():
+    r = claim6_router.check(n=20)
+    assert not r.holds
+    assert r.constants["drop_rate_near_hull"] > 0.3
+    assert r.constants["drop_rate_far_from_hull"] == 0.0
+    assert r.constants["drop_rate_residual_router"] == 0.0
+    assert r.constants["drops_detected_by_residual_certificate"] == 1.0
+
+
+def test_constant_support_holds_only_for_small_eps():
+    r = claim7_support.check(Ms=(16, 64, 256))
+    by_eps = {row["eps/gap"]: row for row in r.rows}
+    assert by_eps[0.1]["first_M_with_growth"] is not None     # fixed ε = Δ/10: support grows
+    assert by_eps[0.02]["first_M_with_growth"] is None        # ε = Δ/50: constant
+
+
+def test_exact_rational_certificate_and_refutation():
+    q, Kf, K, alpha = integer_instance(np.random.default_rng(3))
+    cert = verify_kkt_exact(q, Kf, [0, 1])
+    assert cert is not None and cert.alpha[:2] == alpha and cert.gap == 2
+    assert verify_kkt_exact(q, Kf, [0, 2]) is None            # a wrong active set is refuted
+
+
+def test_vashista_check_quick_end_to_end(tmp_path, capsys):
+    assert vashista(["check", "--quick", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for n in range(1, 8):
+        assert f"{n}. " in out
+    assert (tmp_path / "report.md").read_text().count("## ") == 7
+    with open(tmp_path / "report.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["claim"]) for r in rows] == list(range(1, 8))
+    assert (tmp_path / "leakage_vs_eps.png").stat().st_size > 1000
+    assert (tmp_path / "face_error_vs_eps.png").stat().st_size > 1000
+
+
+def test_check_json_and_only(tmp_path, capsys):
+    assert check_main(["--quick", "--only", "4", "--json", "--out", str(tmp_path)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data) == 1 and data[0]["claim"] == 4 and data[0]["verdict"] == "holds"
+    assert check_main(["--quick", "--only", "6", "--strict", "--out", str(tmp_path)]) == 1
