@@ -66,7 +66,10 @@ def check(n: int = 24, seed: int = 0, *, factor: float = 1.0) -> CheckResult:
                 continue                              # outside the theorem's regime
             leak = DK * (M - len(I)) * math.exp(-gap / (2 * eps))
             C_fit = max(C_fit, (err - leak) / eps)
-            bound = factor * C_geom * eps + leak
+            # what the float64 solve can resolve: ‖y − y_ε‖ ≤ max‖k‖·‖α − α_ε‖₁ (duality gap) + rounding
+            kmax = float(np.sqrt(np.max(np.sum(inst.K ** 2, axis=1))))
+            numerical = kmax * sol.alpha_error_bound_l1 + 1e-13 * max(1.0, kmax)
+            bound = factor * C_geom * eps + leak + numerical
             ratio = err / bound if bound > 0 else (math.inf if err > 1e-12 else 0.0)
             worst = max(worst, ratio)
             if ratio > 1 + 1e-9:
