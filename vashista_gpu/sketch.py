@@ -18,7 +18,8 @@ scan's u_c then follows that setting (2⁻¹⁰ / 2⁻⁷, covering the inputs' 
 sound whatever the process-wide precision; the Triton scan and the exact rescoring are elementwise
 float32 (never TF32). Quantization (codes,
 offset, step) is done in float64 exactly as in the reference, so codes and metadata are bit-identical.
-The certificate arithmetic over the M bounds and the Kc-token softmax/gather run in float64 (one
+The one-sided per-token errors (``vashista_ref.sketch.sketch_bounds``) are computed in float64 from
+the codes (three batched matmuls of non-negative terms). The certificate arithmetic over the M bounds and the Kc-token softmax/gather run in float64 (one
 reduction per head; a fused kernel would keep fp32 with the same outward margins). Box pruning is not
 implemented here (the reference has it). ``backend="triton"`` runs the sketch scan (unpack, dequantize,
 dot) in one Triton kernel, ``sketch_scan_triton``; the selection and certificate stay in torch.
@@ -340,7 +341,21 @@ def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: 
     per_channel = sketch.step.double() * (0.5 + eta) + 4.0 * _gamma(D + 2, u_scan) * R    # (Hkv, Gr, D)
     err_g = torch.bmm(per_channel, q64.abs().view(Hkv, G, D).transpose(1, 2)).permute(0, 2, 1).reshape(Hq, Gr)
     err_g = _up(err_g * (1.0 + 2.0 * _gamma(D + 3)))
-    err = err_g[:, g_of]
+    # one-sided per-token bounds (vashista_ref.sketch.sketch_bounds): codes 0 and 2^b − 1 err on one side
+    codes = sketch.unpacked_codes()
+    a = sketch.step.double()[:, g_of] * (0.5 + eta)                                       # (Hkv, M, D)
+    bottom, top = codes == 0, codes == sketch.levels
+    zero = torch.zeros_like(a)
+    a0, aL, am = torch.where(bottom, a, zero), torch.where(top, a, zero), torch.where(bottom | top, zero, a)
+    qa = q64.abs().view(Hkv, G, D).transpose(1, 2)
+    qp = q64.clamp(min=0).view(Hkv, G, D).transpose(1, 2)
+    qm = (-q64).clamp(min=0).view(Hkv, G, D).transpose(1, 2)
+    per_tok = lambda A, v: torch.bmm(A, v).permute(0, 2, 1).reshape(Hq, M)  # noqa: E731
+    rnd = per_tok((4.0 * _gamma(D + 2, u_scan) * R)[:, g_of], qa)
+    grow = 1.0 + 2.0 * _gamma(D + 3)
+    e_g = err_g[:, g_of]
+    e_up = torch.minimum(_up((per_tok(a0, qp) + per_tok(aL, qm) + per_tok(am, qa) + rnd) * grow), e_g)
+    e_dn = torch.minimum(_up((per_tok(a0, qm) + per_tok(aL, qp) + per_tok(am, qa) + rnd) * grow), e_g)
 
     # candidates: top-Kc by ŝ, ties to the lower index (stable sort); exact rescoring
     kc = min(Kc, M)
@@ -360,8 +375,8 @@ def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: 
     is_c = torch.zeros(Hq, M, dtype=torch.bool, device=dev)
     is_c.scatter_(1, cand, True)
     ninf = torch.full_like(shat, -math.inf)
-    ub = torch.where(is_c, ninf, _up(_up(shat + err) * scale))
-    lb = torch.where(is_c, ninf, _down(_down(shat - err) * scale))
+    ub = torch.where(is_c, ninf, _up(_up(shat + e_up) * scale))
+    lb = torch.where(is_c, ninf, _down(_down(shat - e_dn) * scale))
     log_zc = _lse_bound(lb_c, upper=False)
     log_zout = _lse_bound(ub, upper=True)
     d = _down(log_zc - log_zout)

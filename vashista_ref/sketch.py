@@ -43,10 +43,12 @@ One decode step (``certified_step``):
      score and the newest); then, in ascending order of log(n_g) + scale·UB_g(q), groups are dropped
      while their summed mass bound stays ≤ ``prune_tol`` · Z_0, so pruning adds at most ``prune_tol``
      to L̂ (free when attention is concentrated: one strong token makes Z_0 large);
-  2. sketch scan of the remaining tokens: ŝ_j and e_g;
+  2. sketch scan of the remaining tokens: ŝ_j and one-sided per-token errors e⁺_j, e⁻_j ≤ e_g
+     (``sketch_bounds``: at code 0 or 2^b − 1, k̃_d sits on an edge of the box that holds k_d, so
+     that channel errs to one side only — ~10 % tighter int4 certificates on SmolLM2);
   3. candidates: top-Kc by ŝ_j (ties to the lower index), rescored exactly against the full keys;
   4. softmax over the candidates and value gather;
-  5. certificate: every scanned non-candidate j has s_j ∈ [lb_j, ub_j] = scale·(ŝ_j ∓ e_g); pruned
+  5. certificate: every scanned non-candidate j has s_j ∈ [lb_j, ub_j] = scale·[ŝ_j − e⁻_j, ŝ_j + e⁺_j]; pruned
      groups contribute n_g e^{scale·UB_g}. With Z_C computed from lower bounds of the candidates' scores,
 
         L ≤ L̂ = Z_out / (Z_C + Z_out),   Z_out = Σ_{j∉C} e^{ub_j} + Σ_pruned n_g e^{scale·UB_g}.
@@ -287,6 +289,33 @@ def _group_errors(q: np.ndarray, sketch: KeySketch) -> np.ndarray:
     return _up(e * (1.0 + 2.0 * _gamma(D + 3)))
 
 
+def sketch_bounds(q, sketch: KeySketch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sketch scores ŝ_j (M,) and per-token one-sided error bounds e⁺_j, e⁻_j (M,) with
+    ŝ_j − e⁻_j ≤ ⟨q, k_j⟩ ≤ ŝ_j + e⁺_j (unscaled, rounded outward). Tighter than ``sketch_scores``'
+    symmetric e_g: a channel quantized to code 0 has k̃_d = o_d ≤ k_d (o is the group minimum rounded
+    down), so k_d − k̃_d ∈ [0, δ_d(½ + η)] and it adds q⁺_d δ_d(½ + η) to e⁺ and q⁻_d δ_d(½ + η) to e⁻
+    only (q± = max(±q, 0)); code 2^b − 1 the mirror image (k̃_d ≥ max ≥ k_d). Other codes add
+    |q_d| δ_d(½ + η) to both. The γ term of the rounding is as in e_g."""
+    q = as_real_array("q", q, ndim=1)
+    if q.shape[0] != sketch.head_dim:
+        raise VashistaInputError("q", f"has dimension {q.shape[0]} but the sketch has dimension {sketch.head_dim}")
+    D = sketch.head_dim
+    c = sketch.unpacked_codes()
+    g = sketch.group_of_tokens()
+    a = sketch.step.astype(np.float64)[g] * (0.5 + 4.0 * (sketch.levels + 2) * U)        # (M, D)
+    lo, hi = sketch.box()
+    rnd = (4.0 * _gamma(D + 2) * np.maximum(np.abs(lo), np.abs(hi)) * np.abs(q)).sum(axis=-1)[g]
+    qa, qp, qm = np.abs(q), np.maximum(q, 0.0), np.maximum(-q, 0.0)
+    bottom, top = c == 0, c == sketch.levels
+    sel_up = np.where(bottom, qp, np.where(top, qm, qa))
+    sel_dn = np.where(bottom, qm, np.where(top, qp, qa))
+    grow = 1.0 + 2.0 * _gamma(D + 3)
+    e_g = _group_errors(q, sketch)[g]                     # both are sound: never looser than e_g
+    e_up = np.minimum(_up(((a * sel_up).sum(axis=-1) + rnd) * grow), e_g)
+    e_dn = np.minimum(_up(((a * sel_dn).sum(axis=-1) + rnd) * grow), e_g)
+    return token_scores(q, sketch.dequantize(), 1.0), e_up, e_dn
+
+
 def _box_bound(q: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """UB_g(q) = Σ_d max(q_d lo_d, q_d hi_d) ≥ ⟨q, k⟩ for every k in the box, rounded up (also against
     the float64 evaluation of ⟨q, k⟩)."""
@@ -448,8 +477,8 @@ def certified_step(q, K, V, sketch: KeySketch, Kc: int, *, scale: float | None =
     idx_scan = np.flatnonzero(scanned)
 
     # 2. sketch scan
-    shat_all, err_g = sketch_scores(q, sketch)
-    shat, err = shat_all[idx_scan], err_g[g_of[idx_scan]]
+    shat_all, e_up_all, e_dn_all = sketch_bounds(q, sketch)
+    shat = shat_all[idx_scan]
     # 3. candidates by sketch score, tie -> lower index; exact rescoring
     kc = min(Kc, idx_scan.size)
     cand = np.sort(idx_scan[top_indices(shat, kc)])
@@ -464,9 +493,9 @@ def certified_step(q, K, V, sketch: KeySketch, Kc: int, *, scale: float | None =
     is_c = np.zeros(M, dtype=bool)
     is_c[cand] = True
     rest = idx_scan[~is_c[idx_scan]]
-    shat_r, err_r = shat_all[rest], err_g[g_of[rest]]
-    ub = _up(_up(shat_r + err_r) * scale)
-    lb = _down(_down(shat_r - err_r) * scale)
+    shat_r = shat_all[rest]
+    ub = _up(_up(shat_r + e_up_all[rest]) * scale)
+    lb = _down(_down(shat_r - e_dn_all[rest]) * scale)
     log_u_pruned = log_u_box[pruned] if log_u_box.size else np.zeros(0)
     log_zc = _lse_lower(lb_c)
     log_zout = _lse_upper(np.r_[ub, log_u_pruned])
