@@ -118,12 +118,11 @@ def tune_block_scores(dev, dtype, a):
         cache.append(s, torch.randn(T, H, a.dim, device=dev, dtype=dtype), torch.randn(T, H, a.dim, device=dev, dtype=dtype))
     plan = plan_decode(cache, list(range(B)), a.heads, a.P, a.Kc)
     q32 = torch.randn(B, a.heads, a.dim, device=dev)
-    nodes = torch.arange(NP, device=dev)[None, None, :].expand(B, a.heads, -1)
     res = {}
     for bm in (16, 32, 64):
         for w in (2, 4, 8):
             triton_path.BLOCK_SCORES_BM, triton_path.BLOCK_SCORES_WARPS = bm, w
-            res[(bm, w)] = bench(lambda: triton_path.score_blocks(plan, q32, cache, 0, nodes, None), cuda=True, rep_ms=100)
+            res[(bm, w)] = bench(lambda: triton_path.score_blocks(plan, q32, cache, 0, None), cuda=True, rep_ms=100)
     best = min(res, key=res.get)
     triton_path.BLOCK_SCORES_BM, triton_path.BLOCK_SCORES_WARPS = best
     del cache
@@ -207,8 +206,7 @@ def run_shape(B, Hq, Hkv, T, D, S, P, Kc, F, dev, cuda, dtype, notes):
     from vashista_gpu import triton_path
     plan = plan_decode(cache, ids, Hq, P, Kc)
     q32 = qs[0].float()
-    nodes = torch.arange(plan.NP, device=dev)[None, None, :].expand(B, Hq, -1)
-    ms = bench(lambda: triton_path.score_blocks(plan, q32, cache, 0, nodes, None), cuda=cuda)
+    ms = bench(lambda: triton_path.score_blocks(plan, q32, cache, 0, None), cuda=cuda)
     rb = B * Hkv * NP * (2 * D * elt + 4 + 4) + B * Hq * NP * 16
     row["routing_ms"] = ms
     row["routing_TBps"] = rb / (ms * 1e-3) / 1e12

@@ -71,26 +71,33 @@ def test_stage_kernels_match_torch(hier):
     q32 = q.float()
     calls = []
 
-    def both_scores(plan_, q_, c_, level, nodes, parent_ok):
-        kt, ut, vt = torch_path.score_blocks(plan_, q_, c_, level, nodes, parent_ok)
-        kk, uk, vk = triton_path.score_blocks(plan_, q_, c_, level, nodes, parent_ok)
+    def both_scores(plan_, q_, c_, level, parent):
+        kt, ut, vt = torch_path.score_blocks(plan_, q_, c_, level, parent)
+        kk, uk, vk = triton_path.score_blocks(plan_, q_, c_, level, parent)
         assert torch.equal(kt, kk), f"block keys differ at level {level}"
         v = kt != torch.iinfo(torch.int64).min           # bounds of non-existent blocks are unused
         assert torch.equal(ut[v], uk[v]) and torch.equal(vt[v], vk[v])
         calls.append(level)
         return kt, ut, vt
 
-    def both_fold(plan_, level, keys, thr, ub, vn):
-        from vashista_gpu.routing import fold_dropped
-        t = fold_dropped(plan_, level, keys, thr, ub, vn)
-        k = triton_path.fold_dropped(plan_, level, keys, thr, ub, vn)
-        for x, y in zip(t, k):
-            assert torch.equal(torch.isinf(x), torch.isinf(y))
-            f = torch.isfinite(x)
-            assert_rel_close(y[f], x[f], torch.float32, "fold_dropped")
-        return t
+    def both_select(plan_, level, keys, ub, vn, Wl, acc):
+        from vashista_gpu.routing import select_torch
+        acc_k = {k: v.clone() for k, v in acc.items()}
+        kept_t, ok_t = select_torch(plan_, level, keys, ub, vn, Wl, acc)
+        kept_k, ok_k = triton_path.select(plan_, level, keys, ub, vn, Wl, acc_k)
+        assert torch.equal(kept_t, kept_k) and torch.equal(ok_t, ok_k.bool())
+        assert_rel_close(triton_path.fold_dropped(plan_, level, keys, keys.amax(-1, keepdim=True), ub, vn)[1]
+                         .nan_to_num(neginf=0.0),
+                         ub.masked_fill((keys >= keys.amax(-1, keepdim=True)) | (keys == torch.iinfo(torch.int64).min),
+                                        float("-inf")).amax(-1)
+                         .nan_to_num(neginf=0.0), torch.float32, "fold kernel")
+        for k in acc:
+            assert torch.equal(torch.isinf(acc[k]), torch.isinf(acc_k[k]))
+            f = torch.isfinite(acc[k])
+            assert_rel_close(acc_k[k][f], acc[k][f], torch.float32, f"select {k}")
+        return kept_t, ok_t
 
-    routed = route(plan, q32, c, both_scores, both_fold)
+    routed = route(plan, q32, c, both_scores, both_select)
     assert calls == list(range(plan.L - 1, -1, -1))
     st, kt = torch_path.score_tokens(plan, q32, c, routed)
     sk, kk = triton_path.score_tokens(plan, q32, c, routed)

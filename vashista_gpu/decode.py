@@ -53,7 +53,7 @@ from . import validate as V
 from .dense import dense_decode
 from .paged_cache import resolve_backend
 from .plan import DecodePlan, plan_decode
-from .routing import Routed, fold_dropped, route
+from .routing import Routed, route, select_torch
 from .selection import INVALID_KEY, key_index
 
 
@@ -111,7 +111,7 @@ def run_plan(plan: DecodePlan, q: torch.Tensor, cache, *, backend: str = "auto",
         def score_blocks(*a, _f=mod.score_blocks):
             keys, ub, vn = _f(*a)
             return _share_in_group(plan, keys), ub, vn
-    routed: Routed = route(plan, q32, cache, score_blocks, getattr(mod, "fold_dropped", fold_dropped))
+    routed: Routed = route(plan, q32, cache, score_blocks, getattr(mod, "select", select_torch))
     s, keys = mod.score_tokens(plan, q32, cache, routed)
     sel_keys = _share_in_group(plan, keys) if share_selection_in_group and plan.G > 1 else keys
     cvals, cpos = torch.topk(sel_keys, plan.Kc, dim=-1, sorted=True)

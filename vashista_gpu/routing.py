@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .selection import FORCED_ORDERABLE, INVALID_KEY
+from .selection import FORCED_ORDERABLE, INVALID_KEY, key_index
 
 
 @dataclass
@@ -80,37 +80,47 @@ def fold_dropped(plan, level, keys, thr, ub, vn):
     return lse, ubd.amax(-1), torch.where(dropped, vn, 0.0).amax(-1)
 
 
-def route(plan, q32: torch.Tensor, cache, score_blocks, fold=fold_dropped) -> Routed:
-    """Descend the summary levels; ``score_blocks(plan, q32, cache, level, nodes, parent_ok)``
-    returns (keys, ub, vnorm) for ``nodes`` (B, Hq, M); ``fold`` is ``fold_dropped`` or its kernel."""
-    B, Hq, F, S, dev = plan.B, plan.Hq, plan.F, plan.S, q32.device
-    top = plan.L - 1
-    nodes = torch.arange(plan.level_size(top), device=dev)[None, None, :].expand(B, Hq, -1)
-    ok_parent = None
-    lse = torch.full((B, Hq), float("-inf"), device=dev)
-    ub_out = torch.full((B, Hq), float("-inf"), device=dev)
-    vmax_out = torch.zeros((B, Hq), device=dev)
-    scored = 0
-    for level in range(top, -1, -1):
-        keys, ub, vn = score_blocks(plan, q32, cache, level, nodes, ok_parent)
-        scored += nodes.shape[-1]
-        Wl = min(plan.W, nodes.shape[-1])
-        vals, pos = torch.topk(keys, Wl, dim=-1, sorted=True)
-        n_keep = ((vals >> 32) == FORCED_ORDERABLE).sum(-1, keepdim=True) + plan.P
-        rank = torch.arange(Wl, device=dev)
-        ok = (vals != INVALID_KEY) & (rank < n_keep)
-        if plan.certify:
-            thr = torch.gather(vals, -1, (n_keep - 1).clamp(max=Wl - 1))
-            thr = torch.where(n_keep > Wl, INVALID_KEY, thr)         # everything kept: nothing dropped
-            l_lse, l_ub, l_vn = fold(plan, level, keys, thr, ub, vn)
-            lse = torch.logaddexp(lse, l_lse)
-            ub_out = torch.maximum(ub_out, l_ub)
-            vmax_out = torch.maximum(vmax_out, l_vn)
-        kept = torch.where(ok, torch.gather(nodes, -1, pos), plan.level_size(level))
-        kept, order = torch.sort(kept, dim=-1)
-        ok = torch.gather(ok, -1, order)
+def select_torch(plan, level, keys, ub, vn, Wl, acc, fold=fold_dropped):
+    """Keep forced ∪ top-P of one level's blocks (tie-rule keys), fold the dropped ones into ``acc``
+    (lse, ub_out, vmax_out); returns (kept ids ascending, ``level_size`` where unused; ok mask)."""
+    dev = keys.device
+    vals, _ = torch.topk(keys, Wl, dim=-1, sorted=True)
+    n_keep = ((vals >> 32) == FORCED_ORDERABLE).sum(-1, keepdim=True) + plan.P
+    ok = (vals != INVALID_KEY) & (torch.arange(Wl, device=dev) < n_keep)
+    if plan.certify:
+        thr = torch.gather(vals, -1, (n_keep - 1).clamp(max=Wl - 1))
+        thr = torch.where(n_keep > Wl, INVALID_KEY, thr)         # everything kept: nothing dropped
+        l_lse, l_ub, l_vn = fold(plan, level, keys, thr, ub, vn)
+        acc["lse"] = torch.logaddexp(acc["lse"], l_lse)
+        acc["ub"] = torch.maximum(acc["ub"], l_ub)
+        acc["vmax"] = torch.maximum(acc["vmax"], l_vn)
+    kept = torch.sort(torch.where(ok, key_index(vals), plan.level_size(level)), dim=-1).values
+    return kept, kept < plan.level_size(level)
+
+
+def child_blocks(plan, parent) -> tuple[torch.Tensor, torch.Tensor]:
+    """Children (ids, parent-kept mask) of the kept blocks one level up; (B, Hq, Wl·F)."""
+    kept, ok = parent
+    B, Hq, F = kept.shape[0], kept.shape[1], plan.F
+    nodes = (kept[..., :, None] * F + torch.arange(F, device=kept.device)).reshape(B, Hq, -1)
+    return nodes, ok.bool()[..., :, None].expand(-1, -1, -1, F).reshape(B, Hq, -1)
+
+
+def route(plan, q32: torch.Tensor, cache, score_blocks, select=select_torch) -> Routed:
+    """Descend the summary levels. ``score_blocks(plan, q32, cache, level, parent)`` returns (keys, ub,
+    vnorm) of the level's candidate blocks — all blocks at the top (``parent`` None), else the children
+    of ``parent = (kept, ok)``; ``select`` keeps forced ∪ top-P and folds the dropped blocks."""
+    B, Hq, dev = plan.B, plan.Hq, q32.device
+    acc = dict(lse=torch.full((B, Hq), float("-inf"), device=dev),
+               ub=torch.full((B, Hq), float("-inf"), device=dev),
+               vmax=torch.zeros((B, Hq), device=dev))
+    parent, scored = None, 0
+    for level in range(plan.L - 1, -1, -1):
+        keys, ub, vn = score_blocks(plan, q32, cache, level, parent)
+        scored += keys.shape[-1]
+        kept, ok = select(plan, level, keys, ub, vn, min(plan.W, keys.shape[-1]), acc)
         if level == 0:
-            return Routed(pages=kept, ok=ok, lse_out=lse, ub_out=ub_out, vmax_out=vmax_out, scored=scored)
-        nodes = (kept[..., :, None] * F + torch.arange(F, device=dev)).reshape(B, Hq, -1)
-        ok_parent = ok[..., :, None].expand(-1, -1, -1, F).reshape(B, Hq, -1)
+            return Routed(pages=kept, ok=ok.bool(), lse_out=acc["lse"], ub_out=acc["ub"], vmax_out=acc["vmax"],
+                          scored=scored)
+        parent = (kept, ok)
     raise AssertionError("unreachable")

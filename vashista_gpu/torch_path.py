@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from .routing import forced_blocks, valid_blocks
+from .routing import child_blocks, forced_blocks, valid_blocks
 from .selection import INVALID_KEY, tie_keys
 
 
@@ -37,8 +37,14 @@ def _kv_head(plan, device):
     return (torch.arange(plan.Hq, device=device) // plan.G)[None, :, None]
 
 
-def score_blocks(plan, q32, cache, level, nodes, parent_ok):
-    """Router keys, scale·UB and value norms of ``nodes`` (B, Hq, M) at ``level``."""
+def score_blocks(plan, q32, cache, level, parent):
+    """Router keys, scale·UB and value norms of the level's candidate blocks (B, Hq, M): every block
+    at the top level, else the children of the parent level's kept blocks."""
+    if parent is None:
+        nodes = torch.arange(plan.level_size(level), device=q32.device)[None, None, :].expand(plan.B, plan.Hq, -1)
+        parent_ok = None
+    else:
+        nodes, parent_ok = child_blocks(plan, parent)
     valid = valid_blocks(plan, level, nodes, parent_ok)
     forced = forced_blocks(plan, level, nodes)
     kvh = _kv_head(plan, q32.device)

@@ -21,6 +21,8 @@ import triton
 from .kernels.block_scores import _block_scores_kernel
 from .kernels.finish import _finish_kernel
 from .kernels.fold_dropped import _fold_dropped_kernel
+from .kernels.select_blocks import _select_blocks_kernel
+from .routing import select_torch
 from .kernels.token_scores import _token_scores_kernel
 
 POISON = False
@@ -33,26 +35,33 @@ BLOCK_SCORES_WARPS = 4
 def _out(shape, dtype, device):
     if not POISON:
         return torch.empty(shape, dtype=dtype, device=device)
+    if dtype == torch.int8:
+        return torch.full(shape, 77, dtype=dtype, device=device)
     if dtype.is_floating_point:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.full(shape, 2 ** 62 + 12345, dtype=dtype, device=device)   # a plausible-looking lie
 
 
-def score_blocks(plan, q32, cache, level, nodes, parent_ok):
-    B, Hq, M = nodes.shape
+def score_blocks(plan, q32, cache, level, parent):
     dev = q32.device
+    B, Hq = plan.B, plan.Hq
+    per_head = parent is not None
+    if per_head:
+        kept, ok = parent
+        M = kept.shape[-1] * plan.F
+        nodes_c, pvalid = kept.contiguous(), ok.to(torch.int8).contiguous()
+    else:
+        # blocks shared by the whole GQA group: the top level (or the only one) scores all blocks
+        M = plan.level_size(level)
+        nodes_c = pvalid = q32                      # unused by the kernel in this mode
     keys = _out((B, Hq, M), torch.int64, dev)
     ub = _out((B, Hq, M), torch.float32, dev)
     vn = _out((B, Hq, M), torch.float32, dev)
-    # blocks shared by the whole GQA group: the top level (or the only one) scores arange(M)
-    per_head = parent_ok is not None
     if level == 0:
         kmin, kmax, kmean, vnorm, n_lvl = cache.kmin, cache.kmax, cache.kmean, cache.vnorm, 0
     else:
         Lv = cache.levels[level - 1]
         kmin, kmax, kmean, vnorm, n_lvl = Lv["kmin"], Lv["kmax"], Lv["kmean"], Lv["vnorm"], Lv["kmin"].shape[1]
-    nodes_c = nodes.contiguous() if per_head else nodes
-    pvalid = parent_ok.to(torch.int8).contiguous() if per_head else nodes
     BM = min(BLOCK_SCORES_BM, triton.next_power_of_2(M))
     grid = (B * (Hq if per_head else plan.Hkv), triton.cdiv(M, BM))
     _block_scores_kernel[grid](
@@ -60,9 +69,28 @@ def score_blocks(plan, q32, cache, level, nodes, parent_ok):
         kmin, kmax, kmean, vnorm, keys, ub, vn,
         M, Hq, plan.Hkv, plan.D, plan.S, plan.F ** level if level else 1, n_lvl,
         cache.block_table.stride(0), plan.sink_pages, plan.scale,
-        G=plan.G, NH=1 if per_head else plan.G, PER_HEAD=per_head, LEVEL0=(level == 0), MEAN=(plan.router == "mean"),
-        BM=BM, BD=triton.next_power_of_2(plan.D), num_warps=BLOCK_SCORES_WARPS)
+        G=plan.G, NH=1 if per_head else plan.G, FAN=max(plan.F, 1), PER_HEAD=per_head, LEVEL0=(level == 0),
+        MEAN=(plan.router == "mean"), BM=BM, BD=triton.next_power_of_2(plan.D), num_warps=BLOCK_SCORES_WARPS)
     return keys, ub, vn
+
+
+SELECT_MAX_BLOCKS = 4096        # larger levels (long single-level routing) use torch.topk + fold kernel
+
+
+def select(plan, level, keys, ub, vn, Wl, acc):
+    """Fused per-level selection (``kernels/select_blocks.py``) when the level is small enough to sort
+    in registers; otherwise the torch selection with the fold kernel."""
+    B, Hq, M = keys.shape
+    if triton.next_power_of_2(M) > SELECT_MAX_BLOCKS:
+        return select_torch(plan, level, keys, ub, vn, Wl, acc, fold=fold_dropped)
+    kept = _out((B, Hq, Wl), torch.int64, keys.device)
+    ok = _out((B, Hq, Wl), torch.int8, keys.device)
+    BM = triton.next_power_of_2(M)
+    _select_blocks_kernel[(B * Hq,)](
+        keys, ub, vn, kept, ok, acc["lse"], acc["ub"], acc["vmax"], M, plan.P, Wl, plan.level_size(level),
+        math.log(plan.S * (plan.F ** level if level else 1)), BM=BM, CERT=plan.certify,
+        num_warps=4 if BM <= 1024 else 8)
+    return kept, ok
 
 
 def fold_dropped(plan, level, keys, thr, ub, vn):

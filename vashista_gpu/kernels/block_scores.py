@@ -10,11 +10,12 @@ Two launch shapes. *Shared blocks* (single level, or the top of the hierarchy: e
 KV group scores the same blocks): one program per (batch row, KV head, tile of BM blocks) loads each
 summary tile once and scores it for all G query heads of the group — GQA without re-reading.
 *Per-head blocks* (lower hierarchy levels, where each head descends its own subtree): one program per
-(batch row, query head, tile), block ids read from ``nodes``.
+(batch row, query head, tile); candidate i is child i mod F of the parent level's kept block i div F
+(read from the parent's kept list — the child ids are never materialised).
 
 Example (see ``triton_path.score_blocks`` for the launcher)::
 
-    keys, ub, vn = score_blocks(plan, q32, cache, level=0, nodes=..., valid=..., forced=...)
+    keys, ub, vn = score_blocks(plan, q32, cache, level=0, parent=None)
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def _block_scores_kernel(q_ptr, nodes_ptr, pvalid_ptr, seq_ptr, lens_ptr, table_
                          kmin_ptr, kmax_ptr, kmean_ptr, vn_ptr,
                          keys_ptr, ub_ptr, vout_ptr,
                          M, Hq, Hkv, D, S, span, n_lvl, table_stride, sink_pages, scale,
-                         G: tl.constexpr, NH: tl.constexpr, PER_HEAD: tl.constexpr, LEVEL0: tl.constexpr,
+                         G: tl.constexpr, NH: tl.constexpr, FAN: tl.constexpr, PER_HEAD: tl.constexpr, LEVEL0: tl.constexpr,
                          MEAN: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
     pid = tl.program_id(0)
     tile = tl.program_id(1)
@@ -49,8 +50,12 @@ def _block_scores_kernel(q_ptr, nodes_ptr, pvalid_ptr, seq_ptr, lens_ptr, table_
     npg = (L + S - 1) // S
     n_nodes = (npg + span - 1) // span
     if PER_HEAD:
-        node = tl.load(nodes_ptr + (b * Hq + h0) * M + rows, mask=in_m, other=0).to(tl.int64)
-        pv = tl.load(pvalid_ptr + (b * Hq + h0) * M + rows, mask=in_m, other=0) != 0
+        # children of the parent level's kept blocks: candidate i is child i % FAN of kept[i // FAN]
+        par = rows // FAN
+        WP = M // FAN
+        pk = tl.load(nodes_ptr + (b * Hq + h0) * WP + par, mask=in_m, other=0).to(tl.int64)
+        pv = tl.load(pvalid_ptr + (b * Hq + h0) * WP + par, mask=in_m, other=0) != 0
+        node = pk * FAN + (rows % FAN)
         valid = in_m & pv & (node < n_nodes)
     else:
         node = rows.to(tl.int64)
