@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy.special import logsumexp
 from hypothesis import given, settings, strategies as st
 
 from vashista_ref import instances
@@ -86,7 +87,7 @@ def test_face_stability_off_face_mass_bound_in_its_regime(inst):
     assert checked, "the regime must contain small enough ε"
     for eps, sol in checked:
         bound_log = math.log(M - len(I)) - inst.gap / (2 * eps)
-        assert np.log(sol.alpha[off].sum()) <= bound_log + 1e-9
+        assert logsumexp(sol.log_alpha[off]) <= bound_log + 1e-9
         assert np.max(sol.log_alpha[off]) <= -inst.gap / (2 * eps) + 1e-9   # per token
     # support above a threshold equals I as ε → 0
     eps_min, sol = checked[-1]
@@ -123,3 +124,46 @@ def test_fixed_iteration_entry_points():
         assert cert >= 0
         a2, cert2 = fn(inst.q, inst.K, 0.5, iters=200)
         assert cert2 <= cert
+
+
+def test_log_weights_of_tiny_masses_are_exact():
+    """Regression: a duality gap within tolerance left log α_1 ≈ −38.6 instead of −100 at
+    ε = Δ/100 (tiny masses barely move the objective); Newton is now polished until the fixed
+    point holds in the log domain, which the face-stability bounds need."""
+    inst = instances.lateral_pull()
+    eps = inst.gap / 100
+    sol = entropic_projection(inst.q, inst.K, eps)
+    z = inst.K @ (inst.q - sol.y) / eps
+    fixed = z - (z.max() + math.log(np.exp(z - z.max()).sum()))
+    assert np.max(np.abs(sol.log_alpha - fixed)) <= 1e-8
+    assert sol.log_alpha[1] == pytest.approx(-inst.gap / eps, abs=1e-6)   # α_0 ≈ 1, y_ε ≈ y*
+
+
+def test_corollary_1_with_c_1_fails_inside_the_c_2_regime():
+    """Finding (for proofs_checks): the paper leaves c unpublished. On ``lateral_pull`` at ε = Δ/10
+    the proof's hypothesis D_K‖y_ε − y*‖ ≤ Δ/2 holds and the c = 2 bound holds, but the per-token
+    bound with c = 1 is violated: α_ε,1 ≈ 2.08·exp(−Δ/ε). So c = 1 is false; c = 2 is what holds."""
+    inst = instances.lateral_pull()
+    eps = inst.gap / 10
+    sol = entropic_projection(inst.q, inst.K, eps)
+    assert _diameter(inst.K) * np.linalg.norm(sol.y - inst.y_star) <= inst.gap / 2   # in regime
+    assert sol.log_alpha[1] <= -inst.gap / (2 * eps)                              # c = 2 holds
+    assert sol.log_alpha[1] > -inst.gap / eps + 0.5                               # c = 1 fails
+
+
+def test_corollary_1_with_c_2_fails_per_token_outside_its_regime():
+    """Finding (for proofs_checks): outside the regime D_K‖y_ε − y*‖ ≤ Δ/2 the per-token bound
+    α_ε,j ≤ exp(−Δ/(2ε)) of Corollary 1 (c = 2) can fail: here at ε = 0.3Δ the regime ratio is
+    ≈ 4.5 and α_ε,1 ≈ 1.04·exp(−Δ/(2ε)). The summed off-face bound (M − |I|)·exp(−Δ/(2ε)) still
+    holds (its factor M − |I| = 112 absorbs it). Inside the regime (ε = 0.1Δ) c = 2 holds."""
+    inst = instances.lateral_pull(distance=6.385828802382953, near_depth=0.42825960119970996,
+                                  far_depth=0.4323294879278927, width=13.915880525612785,
+                                  copies=111)
+    DK, M = _diameter(inst.K), inst.K.shape[0]
+    out = entropic_projection(inst.q, inst.K, 0.3 * inst.gap)
+    assert DK * np.linalg.norm(out.y - inst.y_star) > inst.gap / 2                # outside
+    assert out.log_alpha[1] > -inst.gap / (2 * out.eps) + 0.03                    # per token fails
+    assert logsumexp(out.log_alpha[1:]) <= math.log(M - 1) - inst.gap / (2 * out.eps)  # sum holds
+    inside = entropic_projection(inst.q, inst.K, 0.1 * inst.gap)
+    assert DK * np.linalg.norm(inside.y - inst.y_star) <= inst.gap / 2
+    assert inside.log_alpha[1] <= -inst.gap / (2 * inside.eps)

@@ -140,6 +140,26 @@ def collinear(rng: np.random.Generator, M: int = 10, D: int = 3) -> Instance:
     return Instance(q=q, K=K, family="collinear")
 
 
+def lateral_pull(distance: float = 2.0, near_depth: float = 0.015, far_depth: float = 0.02,
+                 width: float = 14.0, copies: int = 136) -> Instance:
+    """A deterministic 2-D instance where the entropic point y_ε is pulled *sideways* (no rng).
+
+    Face I = {0}: k_0 = (0, 0), q = (0, distance), so y* = k_0, r* = q and μ_j = distance·depth_j.
+    k_1 = (width, −near_depth) attains the gap Δ = distance·near_depth; ``copies`` keys at
+    (−width, −far_depth) sit on the other side. Their mass drags y_ε towards −x, which raises
+    ⟨k_1, q − y_ε⟩ above ⟨k_0, q − y_ε⟩ − Δ: the per-token bound α_ε,1 ≤ exp(−Δ/(cε)) then fails
+    for c = 1 at ε = Δ/10, inside the regime D_K‖y_ε − y*‖ ≤ Δ/2 where c = 2 holds."""
+    t = positive_scalar("distance", distance)
+    d1, d2 = positive_scalar("near_depth", near_depth), positive_scalar("far_depth", far_depth)
+    L = positive_scalar("width", width)
+    m = positive_int("copies", copies)
+    K = np.array([[0.0, 0.0], [L, -d1]] + [[-L, -d2]] * m)
+    alpha = np.zeros(K.shape[0])
+    alpha[0] = 1.0
+    return Instance(q=np.array([0.0, t]), K=K, family="lateral_pull", face=np.array([0]),
+                    gap=t * min(d1, d2), y_star=np.zeros(2), alpha_star=alpha)
+
+
 FAMILIES = {"generic": generic, "known_face": known_face, "inside_hull": inside_hull,
             "on_vertex": on_vertex, "duplicates": with_duplicates, "collinear": collinear}
 
