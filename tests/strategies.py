@@ -1,5 +1,6 @@
 """Hypothesis strategies for the projection model, built on vashista_ref.instances (seeded
 generators with known answers), so a failing example is a family name plus a seed and sizes."""
+import numpy as np
 from hypothesis import strategies as st
 
 from vashista_ref import instances
@@ -15,7 +16,7 @@ def known_face_instances(draw, max_M=30, max_D=6, gaps=(1e-2, 0.1, 0.5, 2.0)):
     face_size = draw(st.integers(1, min(D, M - 1)))
     gap = draw(st.sampled_from(gaps))
     distance = draw(st.sampled_from([0.3, 1.0, 3.0]))
-    return instances.known_face(__import__("numpy").random.default_rng(draw(seeds)), M=M, D=D,
+    return instances.known_face(np.random.default_rng(draw(seeds)), M=M, D=D,
                                 face_size=face_size, gap=gap, distance=distance)
 
 
