@@ -3,15 +3,22 @@
 μ*_j = ⟨r*, y* − k_j⟩,  λ = −⟨r*, y*⟩,  I ⊆ F,  and strict complementarity ⇔ I = F.
 Checked on known-face, generic and degenerate families with both exact solvers, and on small
 integer instances in exact rational arithmetic.
+
+Example:
+    >>> from proofs_checks import claim1_kkt
+    >>> claim1_kkt.check(n=2).holds, claim1_kkt.check(n=2, sign=-1.0).holds
+    (True, False)
 """
 from __future__ import annotations
 
 import numpy as np
 
 from vashista_ref import instances
+from vashista_ref.errors import VashistaInputError
 from vashista_ref.projection import project_onto_hull
+from vashista_ref.validate import positive_int, positive_scalar
 
-from .common import exact_certificates, instance_record, known_face_family
+from .common import exact_certificates, instance_record, known_face_family, seeded
 from .result import CheckResult, Claim
 
 CLAIM = Claim(
@@ -26,7 +33,11 @@ CLAIM = Claim(
 
 def check(n: int = 40, seed: int = 0, *, tol: float = 1e-7, sign: float = 1.0) -> CheckResult:
     """``sign=-1`` is a deliberately false variant (μ_j = ⟨r*, k_j − y*⟩) that must fail."""
-    rng = np.random.default_rng(seed)
+    n = positive_int("n", n)
+    tol = positive_scalar("tol", tol)
+    if sign not in (1.0, -1.0):
+        raise VashistaInputError("sign", f"must be +1 or -1, got {sign!r}")
+    rng = seeded(seed)
     insts = known_face_family(rng, n // 2)
     insts += [instances.draw(f, int(rng.integers(2**31)), M=int(rng.integers(4, 20)), D=3)
               for f in ("generic", "collinear", "duplicates") for _ in range(max(1, n // 6))]

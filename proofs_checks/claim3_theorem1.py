@@ -10,6 +10,12 @@ G = P K_I K_Iᵀ P the face's Gram matrix on its tangent space. Hence the a-prio
 
 The check fits C_lin per instance (max over ε in the regime D_K‖y_ε − y*‖ ≤ Δ/2), and tests the
 inequality with C_lin := ``factor`` × C_geom, computed before looking at y_ε.
+
+Example:
+    >>> from proofs_checks import claim3_theorem1
+    >>> r = claim3_theorem1.check(n=2)
+    >>> r.holds, r.constants["max_C_fit/C_geom"] <= 1.05
+    (True, True)
 """
 from __future__ import annotations
 
@@ -18,8 +24,9 @@ import math
 import numpy as np
 
 from vashista_ref.entropic import entropic_projection
+from vashista_ref.validate import positive_int, positive_scalar
 
-from .common import diameter, exact_certificates, instance_record, known_face_family
+from .common import diameter, exact_certificates, instance_record, known_face_family, seeded
 from .result import CheckResult, Claim
 
 CLAIM = Claim(
@@ -49,7 +56,9 @@ def face_geometry(K_I: np.ndarray, alpha_I: np.ndarray) -> tuple[float, float, f
 
 def check(n: int = 24, seed: int = 0, *, factor: float = 1.0) -> CheckResult:
     """``factor`` < 1 shrinks C_lin below the geometric constant (a false variant to show failing)."""
-    rng = np.random.default_rng(seed)
+    n = positive_int("n", n)
+    factor = positive_scalar("factor", factor)
+    rng = seeded(seed)
     insts = known_face_family(rng, n)
     violations, worst, ce, rows = 0, 0.0, None, []
     series = {"eps_over_gap": [], "error": [], "bound": []}

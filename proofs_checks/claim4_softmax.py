@@ -4,6 +4,11 @@
 
 Checked on random score vectors with ties, huge and tiny ε, against the weights computed directly;
 ``exponent`` > 1 is a deliberately false variant (e^{−exponent·Δ/ε}) that must fail.
+
+Example:
+    >>> from proofs_checks import claim4_softmax
+    >>> claim4_softmax.check(n=50).holds, claim4_softmax.check(n=50, exponent=2.0).holds
+    (True, False)
 """
 from __future__ import annotations
 
@@ -13,7 +18,9 @@ import numpy as np
 from scipy.special import logsumexp
 
 from vashista_ref.softmax_model import softmax_certificate
+from vashista_ref.validate import positive_int, positive_scalar
 
+from .common import seeded
 from .result import CheckResult, Claim
 
 CLAIM = Claim(
@@ -26,7 +33,9 @@ CLAIM = Claim(
 
 
 def check(n: int = 300, seed: int = 0, *, exponent: float = 1.0) -> CheckResult:
-    rng = np.random.default_rng(seed)
+    n = positive_int("n", n)
+    exponent = positive_scalar("exponent", exponent)
+    rng = seeded(seed)
     violations, worst, ce, formula_err = 0, 0.0, None, 0.0
     ratios = []
     for _ in range(n):

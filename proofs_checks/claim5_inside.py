@@ -3,6 +3,11 @@
 When the query lies in conv(K), every multiplier is 0 and no support gap exists; the certificate must
 say "no certificate", never a number. A raw-score (softmax) gap Δ_lin is still a positive number on
 the same instances — it certifies nothing about the projection, which is not sparse there.
+
+Example:
+    >>> from proofs_checks import claim5_inside
+    >>> claim5_inside.check(n=3).holds
+    True
 """
 from __future__ import annotations
 
@@ -11,8 +16,9 @@ import numpy as np
 from vashista_ref import instances
 from vashista_ref.projection import project_onto_hull
 from vashista_ref.softmax_model import softmax_certificate_qk
+from vashista_ref.validate import positive_int
 
-from .common import exact_certificates, instance_record
+from .common import exact_certificates, instance_record, seeded
 from .result import CheckResult, Claim
 
 CLAIM = Claim(
@@ -24,7 +30,8 @@ CLAIM = Claim(
 
 
 def check(n: int = 30, seed: int = 0) -> CheckResult:
-    rng = np.random.default_rng(seed)
+    n = positive_int("n", n)
+    rng = seeded(seed)
     violations, ce, raw_positive, spread = 0, None, 0, []
     tried = 0
     for k in range(n):

@@ -8,6 +8,12 @@ a page holds (the most favourable raw router: its exact page maximum), and count
 key of I is dropped; routing by the residual's scores ⟨r*, k⟩ instead never drops one. The stated property ("raw routing keeps the face") fails
 on near-hull queries (‖r*‖ small compared with the keys) and is harmless far from the hull. The
 residual certificate of SPEC 3 (μ̂_j = ⟨r̂, ŷ − k_j⟩ from the candidate projection) detects every drop.
+
+Example:
+    >>> from proofs_checks import claim6_router
+    >>> r = claim6_router.check(n=10)
+    >>> r.holds, r.constants["drop_rate_residual_router"]
+    (False, 0.0)
 """
 from __future__ import annotations
 
@@ -15,8 +21,10 @@ import numpy as np
 
 from vashista_ref import instances
 from vashista_ref.projection import project_onto_hull
+from vashista_ref.routing import top_indices
+from vashista_ref.validate import positive_int
 
-from .common import exact_certificates, instance_record
+from .common import exact_certificates, instance_record, seeded
 from .result import CheckResult, Claim
 
 CLAIM = Claim(
@@ -31,12 +39,14 @@ def _route(scores, S, P):
     pages = np.arange(len(scores)) // S
     best = np.full(pages.max() + 1, -np.inf)
     np.maximum.at(best, pages, scores)
-    keep = np.argsort(-best, kind="stable")[:P]
+    keep = top_indices(best, P)              # the project's tie rule: ties to the lower page
     return np.flatnonzero(np.isin(pages, keep))
 
 
 def check(n: int = 40, seed: int = 0, *, S: int = 4) -> CheckResult:
-    rng = np.random.default_rng(seed)
+    n = positive_int("n", n)
+    S = positive_int("S", S)
+    rng = seeded(seed)
     drops, drops_far, detected, ce, tried, residual_drops = 0, 0, 0, None, 0, 0
     for k in range(n):
         near = k % 2 == 0

@@ -5,6 +5,12 @@ carrying 1 − 1e-6 of its mass) should not grow with M. Corollary 1 only bounds
 (M − |I|) e^{−Δ/(2ε)}, which grows linearly in M: at fixed ε the support stays constant while that
 bound is below the 1e-6 threshold and then grows. The check reports the support per M and the M
 at which it first exceeds |I|.
+
+Example:
+    >>> from proofs_checks import claim7_support
+    >>> r = claim7_support.check(Ms=(16, 256), eps_over_gap=(0.1, 0.02))
+    >>> [row["first_M_with_growth"] for row in r.rows]
+    [256, None]
 """
 from __future__ import annotations
 
@@ -12,8 +18,10 @@ import numpy as np
 
 from vashista_ref import instances
 from vashista_ref.entropic import entropic_projection
+from vashista_ref.errors import VashistaInputError
+from vashista_ref.validate import positive_int, positive_scalar
 
-from .common import exact_certificates
+from .common import exact_certificates, seeded
 from .result import CheckResult, Claim
 
 CLAIM = Claim(
@@ -30,7 +38,13 @@ def effective_support(alpha: np.ndarray, mass: float = 1 - 1e-6) -> int:
 
 
 def check(Ms=(16, 64, 256, 1024, 4096), seed: int = 0, *, eps_over_gap=(0.1, 0.05, 0.02)) -> CheckResult:
-    rng = np.random.default_rng(seed)
+    Ms = [positive_int("Ms", M, upper=10**6) for M in Ms]
+    if len(Ms) < 2 or any(a >= b for a, b in zip(Ms, Ms[1:])) or Ms[0] < 3:
+        raise VashistaInputError("Ms", f"needs at least two increasing sizes, the first >= 3, got {Ms}")
+    eps_over_gap = [positive_scalar("eps_over_gap", f) for f in eps_over_gap]
+    if not eps_over_gap:
+        raise VashistaInputError("eps_over_gap", "is empty")
+    rng = seeded(seed)
     base_seed = int(rng.integers(2**31))
     rows, violations, ce = [], 0, None
     for f in eps_over_gap:

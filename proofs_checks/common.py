@@ -4,9 +4,17 @@ from __future__ import annotations
 import numpy as np
 
 from vashista_ref import instances
+from vashista_ref.errors import VashistaInputError
 from vashista_ref.projection import project_onto_hull
 
 from .exact import integer_instance, verify_kkt_exact
+
+
+def seeded(seed) -> np.random.Generator:
+    """The check's random generator; ``seed`` must be a non-negative integer (runs are reproducible)."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise VashistaInputError("seed", f"must be a non-negative integer, got {seed!r}")
+    return np.random.default_rng(int(seed))
 
 
 def diameter(K: np.ndarray) -> float:

@@ -21,9 +21,9 @@ MODULES = (claim1_kkt, claim2_leakage, claim3_theorem1, claim4_softmax, claim5_i
 
 # budgets: quick (CI, about a minute on 2 cores) and thorough (default)
 BUDGETS = {
-    True: {1: {"n": 16}, 2: {"n": 12}, 3: {"n": 12}, 4: {"n": 200}, 5: {"n": 12}, 6: {"n": 30},
+    True: {1: {"n": 16}, 2: {"n": 12, "adversarial": 30}, 3: {"n": 12}, 4: {"n": 200}, 5: {"n": 12}, 6: {"n": 30},
            7: {"Ms": (16, 64, 256, 1024)}},
-    False: {1: {"n": 120}, 2: {"n": 80}, 3: {"n": 80}, 4: {"n": 5000}, 5: {"n": 90}, 6: {"n": 400},
+    False: {1: {"n": 120}, 2: {"n": 80, "adversarial": 300}, 3: {"n": 80}, 4: {"n": 5000}, 5: {"n": 90}, 6: {"n": 400},
             7: {"Ms": (16, 64, 256, 1024, 4096, 16384)}},
 }
 
