@@ -74,7 +74,10 @@ def score_blocks(plan, q32, cache, level, parent):
     return keys, ub, vn
 
 
-SELECT_MAX_BLOCKS = 4096        # larger levels (long single-level routing) use torch.topk + fold kernel
+# Levels of more blocks (long single-level routing) use torch.topk + the fold kernel: measured on an
+# H200 (benchmarks/RESULTS.md), the in-register sort wins at M ≤ 1024 (8k: 0.32 → 0.24 ms per step)
+# and loses at 2048 (32k: 0.45 → 0.52 ms) and 4096 (64k: 0.65 → 1.09 ms).
+SELECT_MAX_BLOCKS = 1024
 
 
 def select(plan, level, keys, ub, vn, Wl, acc):

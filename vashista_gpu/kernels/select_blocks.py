@@ -1,6 +1,6 @@
 """Triton kernel: one routing level's selection, fused (replaces ~25 small torch ops per level).
 
-Per (batch row, query head), over the level's M ≤ 4096 tie-rule keys (``kernels/keys.py``):
+Per (batch row, query head), over the level's M ≤ 1024 tie-rule keys (``kernels/keys.py``):
 
     sorted = bitonic sort of the keys, descending            (the tie rule's order: keys are distinct)
     keep   = forced blocks ∪ the P best others: ranks < n_forced + P (and < Wl), valid keys only
