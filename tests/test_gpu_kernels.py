@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gpu_cases import build
-from helpers import REL_TOL, assert_rel_close
+from helpers import assert_rel_close
 from vashista_gpu import torch_path, triton_path
 from vashista_gpu.decode import sparse_decode
 from vashista_gpu.paged_cache import TorchPagedKVCache
