@@ -1,0 +1,256 @@
+"""``vashista quality``: dense vs Vashista decode quality of the embedded model (issue 6).
+
+Measures, after a dense prefill and with token-by-token decode of the evaluated part: perplexity on real
+code and prose (or ``--text FILE``), passkey retrieval over a depth x context grid, a RULER-style
+multi-key retrieval, and a sweep of the budget (Kc + pages·S)/context. Every sparse decode step of every
+sparse layer and head is checked against a float64 dense shadow: certified error ≥ true error (a
+violation is a bug and is counted). Writes CSV tables, figures and ``summary.md`` to ``--out``; ``--json``
+prints the summary object (ppl_dense, ppl_sparse, passkey_dense, passkey_sparse, certificate_violations,
+fallback_rate, ...). ``--quick`` is the CI configuration (short contexts, a few needles).
+
+Example::
+
+    vashista quality --quick --out /tmp/q --json
+    vashista quality --contexts 2048 8192 --span 64 --out results/quality
+    vashista quality --text README.md --contexts 1024 --out /tmp/q_readme
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+
+from vashista_ref.errors import VashistaInputError
+from vashista_ref.policies import DenseFallback, ReportOnly
+
+# multi-key runs at the smallest and the largest passkey context
+QUICK = dict(contexts=[1024], span=16, pass_contexts=[1024], depths=[0.2, 0.8], n_keys=3, sweep=[1 / 4])
+FULL = dict(contexts=[2048, 4096, 8192], span=64, pass_contexts=[2048, 4096, 8192], depths=[0.1, 0.5, 0.9],
+            n_keys=4, sweep=[1 / 32, 1 / 16, 1 / 8, 1 / 4])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vashista quality", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="CI configuration (short contexts, < 10 min on 2 cores)")
+    p.add_argument("--out", default="quality_out", help="output directory (CSV, figures, summary.md)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--text", default=None, help="UTF-8 file for the perplexity part (default: code and prose)")
+    p.add_argument("--contexts", type=int, nargs="+", help="perplexity context lengths")
+    p.add_argument("--pass-contexts", type=int, nargs="+", help="passkey / multi-key context lengths")
+    p.add_argument("--depths", type=float, nargs="+", help="passkey needle depths in [0, 1]")
+    p.add_argument("--span", type=int, help="decoded tokens per perplexity window")
+    p.add_argument("--budget", type=float, default=1 / 8, help="(Kc + pages·S)/context of the main setting")
+    p.add_argument("--sweep", type=float, nargs="*", help="budget fractions of the sweep (at the largest context)")
+    p.add_argument("--page-size", type=int, default=16)
+    p.add_argument("--dense-layers", type=int, nargs="*", default=[0, 1])
+    p.add_argument("--router", default="bound", choices=["bound", "mean"])
+    p.add_argument("--policy", default="none", choices=["none", "dense_fallback"])
+    p.add_argument("--tol", type=float, default=1e-2, help="certified-error tolerance of dense_fallback")
+    p.add_argument("--no-passkey", action="store_true")
+    p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _check(args, cfg) -> None:
+    for name in ("contexts", "pass_contexts"):
+        for c in cfg[name]:
+            if c < 128 or c > 8192:
+                raise VashistaInputError(f"--{name.replace('_', '-')}", f"contexts must be in [128, 8192] "
+                                                                       f"(the model's window), got {c}")
+    if not 2 <= cfg["span"] < min(cfg["contexts"]) // 2:
+        raise VashistaInputError("--span", f"must be in [2, context/2), got {cfg['span']}")
+    if any(not 0.0 <= d <= 1.0 for d in cfg["depths"]):
+        raise VashistaInputError("--depths", "must lie in [0, 1]")
+    if not 0 < args.budget <= 1 or any(not 0 < f <= 1 for f in cfg["sweep"]):
+        raise VashistaInputError("--budget", "budget fractions must lie in (0, 1]")
+    if args.page_size < 1:
+        raise VashistaInputError("--page-size", "must be >= 1")
+    if args.policy == "dense_fallback" and not (math.isfinite(args.tol) and args.tol >= 0):
+        raise VashistaInputError("--tol", "must be finite and >= 0")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    base = dict(QUICK if args.quick else FULL)
+    for k in ("contexts", "pass_contexts", "depths", "span", "sweep"):
+        v = getattr(args, k)
+        if v is not None:
+            base[k] = v
+    try:
+        _check(args, base)
+        if args.text is not None:
+            from .texts import load_text
+            load_text(args.text)
+    except VashistaInputError as e:
+        print(f"vashista quality: {e}", file=sys.stderr)
+        return 2
+    summary = run_suite(args, base)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"wrote {args.out}/summary.md")
+    return 0
+
+
+def run_suite(args, cfg) -> dict:
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from ..hf import load_default_model
+    from ..hf.stats import DecodeStats
+    from . import report
+    from .tasks import budget_setting, budget_tokens, multikey, passkey, perplexity
+    from .texts import describe, load_text
+
+    t0 = time.time()
+    torch.manual_seed(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    model, tok = load_default_model(shared=True)
+    policy = ReportOnly() if args.policy == "none" else DenseFallback(args.tol)
+
+    def setting(ctx, frac):
+        s = budget_setting(ctx, frac, args.page_size)
+        s.update(dense_layers=tuple(args.dense_layers), router=args.router, policy=policy)
+        return s
+
+    def settings_for(ctx, sweep):
+        d = {"dense": None, "sparse": setting(ctx, args.budget)}
+        if sweep:
+            for f in cfg["sweep"]:
+                if f != args.budget:
+                    d[f"sweep:{f:g}"] = setting(ctx, f)
+        return d
+
+    texts = [args.text] if args.text else ["code", "prose"]
+    ids = {t: tok(load_text(t), return_tensors="pt").input_ids[0] for t in texts}
+    filler = tok(load_text("prose"), return_tensors="pt").input_ids[0] if not args.no_passkey else None
+    sweep_ctx = max(cfg["contexts"])
+    sweep_pass_ctx = max(cfg["pass_contexts"])
+    jobs = [("ppl", t, c, None) for t in texts for c in cfg["contexts"]]
+    if not args.no_passkey:
+        jobs += [("passkey", None, c, d) for c in cfg["pass_contexts"] for d in cfg["depths"]]
+        multi = sorted({min(cfg["pass_contexts"]), max(cfg["pass_contexts"])})
+        jobs += [("multikey", None, c, cfg["n_keys"]) for c in multi]
+    merged, main_stats = DecodeStats(), DecodeStats()
+    ppl_rows, pass_rows, multi_rows, sweep_rows = [], [], [], []
+    violations = 0
+
+    def absorb(st, main):
+        nonlocal violations
+        violations += st.violations()
+        for L, recs in st.records.items():
+            merged.records[L].extend(recs)
+            if main:
+                main_stats.records[L].extend(recs)
+
+    for kind, text, ctx, extra in tqdm(jobs, desc="quality", file=sys.stderr, disable=args.json and not sys.stderr.isatty()):
+        sweep = (kind == "ppl" and ctx == sweep_ctx and text == texts[0]) or \
+                (kind == "passkey" and ctx == sweep_pass_ctx and extra == cfg["depths"][len(cfg["depths"]) // 2])
+        st = settings_for(ctx, sweep)
+        if kind == "ppl":
+            res = perplexity(model, ids[text], ctx, cfg["span"], st)
+            d = res["dense"]["ppl"]
+            for name, r in res.items():
+                if name == "dense":
+                    continue
+                absorb(r["stats"], name == "sparse")
+                row = dict(text=text, ctx=ctx, span=cfg["span"], P=st[name]["P"], Kc=st[name]["Kc"],
+                           budget_fraction=budget_tokens(st[name]) / ctx, ppl_dense=d, ppl_sparse=r["ppl"],
+                           ppl_change_pct=100 * (r["ppl"] - d) / d, violations=r["stats"].violations(),
+                           fallback_rate=r["stats"].summary()["fallback_rate"])
+                (ppl_rows if name == "sparse" else []).append(row)
+                if sweep:
+                    sweep_rows.append(dict(task="ppl", ctx=ctx, P=row["P"], Kc=row["Kc"],
+                                           budget_fraction=row["budget_fraction"], ppl_change_pct=row["ppl_change_pct"],
+                                           violations=row["violations"]))
+        elif kind == "passkey":
+            res = passkey(model, tok, filler, ctx, extra, st, seed=args.seed)
+            for name, r in res.items():
+                if name == "dense":
+                    continue
+                absorb(r["stats"], name == "sparse")
+                if name == "sparse":
+                    pass_rows.append(dict(ctx=ctx, depth=extra, key=r["key"], answer_dense=res["dense"]["answer"],
+                                          answer_sparse=r["answer"], dense=res["dense"]["correct"],
+                                          sparse=r["correct"], violations=r["stats"].violations()))
+                if sweep:
+                    sweep_rows.append(dict(task="passkey", ctx=ctx, P=st[name]["P"], Kc=st[name]["Kc"],
+                                           budget_fraction=budget_tokens(st[name]) / ctx, accuracy=r["correct"],
+                                           violations=r["stats"].violations()))
+        else:
+            res = multikey(model, tok, filler, ctx, extra, st, seed=args.seed)
+            r = res["sparse"]
+            absorb(r["stats"], True)
+            multi_rows.append(dict(ctx=ctx, n_keys=extra, key=r["key"], answer_dense=res["dense"]["answer"],
+                                   answer_sparse=r["answer"], dense=res["dense"]["correct"], sparse=r["correct"],
+                                   violations=r["stats"].violations()))
+
+    layer_rows = merged.per_layer()
+    for r in layer_rows:
+        r["fallback_rate"] = next((m["fallback_rate"] for m in main_stats.per_layer() if m["layer"] == r["layer"]), 0.0)
+    stat_rows = merged.table()
+    head_rows = _per_head(stat_rows)
+    report.write_csv(os.path.join(args.out, "perplexity.csv"), ppl_rows)
+    report.write_csv(os.path.join(args.out, "passkey.csv"), pass_rows)
+    report.write_csv(os.path.join(args.out, "multikey.csv"), multi_rows)
+    report.write_csv(os.path.join(args.out, "sweep.csv"), sweep_rows)
+    report.write_csv(os.path.join(args.out, "per_layer.csv"), layer_rows)
+    report.write_csv(os.path.join(args.out, "per_head.csv"), head_rows)
+    largest = [r for r in ppl_rows if r["ctx"] == max(cfg["contexts"])]
+    mean = lambda xs: float(np.mean(xs)) if xs else float("nan")  # noqa: E731
+    ms = main_stats.summary()
+    summary = dict(
+        ppl_dense=mean([r["ppl_dense"] for r in largest]), ppl_sparse=mean([r["ppl_sparse"] for r in largest]),
+        ppl_change_pct=mean([r["ppl_change_pct"] for r in largest]),
+        max_abs_ppl_change_pct=max((abs(r["ppl_change_pct"]) for r in ppl_rows), default=float("nan")),
+        ppl_context=max(cfg["contexts"]),
+        passkey_dense=mean([r["dense"] for r in pass_rows]), passkey_sparse=mean([r["sparse"] for r in pass_rows]),
+        multikey_dense=mean([r["dense"] for r in multi_rows]), multikey_sparse=mean([r["sparse"] for r in multi_rows]),
+        certificate_violations=int(violations), steps_checked=int(merged.summary()["steps"]),
+        fallback_rate=ms["fallback_rate"], budget_fraction=args.budget,
+        texts=", ".join(describe(t) for t in texts), seconds=round(time.time() - t0, 1),
+        settings=(f"page_size={args.page_size}, dense_layers={args.dense_layers}, router={args.router}, "
+                  f"policy={args.policy}, budget={args.budget:g} of the context, span={cfg['span']}, "
+                  f"quick={args.quick}"))
+    if not args.no_figures:
+        rng = random.Random(args.seed)
+        sample = stat_rows if len(stat_rows) <= 20000 else rng.sample(stat_rows, 20000)
+        report.figures(args.out, sweep_rows, sample, layer_rows)
+    with open(os.path.join(args.out, "summary.md"), "w") as f:
+        f.write(report.markdown(summary, ppl_rows, pass_rows, multi_rows, sweep_rows, layer_rows))
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    return summary
+
+
+def _per_head(stat_rows: list[dict]) -> list[dict]:
+    import numpy as np
+    groups: dict = {}
+    for r in stat_rows:
+        groups.setdefault((r["layer"], r["head"]), []).append(r)
+    out = []
+    for (L, h), rs in sorted(groups.items()):
+        row = dict(layer=L, head=h, steps=len(rs),
+                   certified_error_mean=float(np.mean([r["certified_error"] for r in rs])),
+                   fallback_rate=float(np.mean([r["fell_back"] for r in rs])),
+                   gap_median=float(np.median([r["gap"] for r in rs])))
+        if "true_error" in rs[0]:
+            row.update(true_error_mean=float(np.mean([r["true_error"] for r in rs])),
+                       true_leakage_mean=float(np.mean([r["true_leakage"] for r in rs])),
+                       violations=int(sum(r["true_error"] > r["certified_error"] + r["allowance"] for r in rs)),
+                       delta_lin_median=float(np.median([r["delta_lin"] for r in rs])),
+                       support90_median=float(np.median([r["support90"] for r in rs])),
+                       support99_median=float(np.median([r["support99"] for r in rs])))
+        out.append(row)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Dense prefill once, then token-by-token decode under several attention settings.
+
+The quality suite compares dense and Vashista decode *from the same prefill*: the prefix is run once
+with dense attention, its HF cache is copied for every setting, and each setting then feeds tokens one
+at a time (``q_len = 1``), so every decoded token's attention goes through the setting under test —
+the paged mirror of each layer is built from the copied cache on the first step.
+
+Example::
+
+    >>> from vashista_gpu.quality.decode_loop import prefill, decode_tokens   # doctest: +SKIP
+    >>> cache, logits = prefill(model, ids[:, :1000])                          # doctest: +SKIP
+    >>> nll, _ = decode_tokens(model, cache, ids[0, 1000:1064], score=True)    # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+
+@torch.no_grad()
+def prefill(model, ids: torch.Tensor):
+    """Dense forward of ids (1, n); returns (HF cache, last logits (vocab,))."""
+    from transformers import DynamicCache
+
+    handle = getattr(model, "_vashista_handle", None)
+    if handle is not None:
+        raise RuntimeError("prefill must run with Vashista disabled")
+    cache = DynamicCache()
+    out = model(ids, cache=cache, use_cache=True)
+    return cache, out.logits[0, -1].float()
+
+
+@torch.no_grad()
+def decode_tokens(model, cache, tokens: torch.Tensor, first_logits: torch.Tensor | None = None, *,
+                  generate: int = 0, copy_cache: bool = True):
+    """Feed ``tokens`` one by one after the prefilled ``cache``.
+
+    Returns (nll, generated): ``nll`` (len(tokens) - 1,) float64 negative log-likelihood of
+    tokens[1:] given everything before (each predicted by a decode step), and ``generated`` the
+    ``generate`` greedy tokens that follow the last fed token.
+    """
+    c = copy.deepcopy(cache) if copy_cache else cache
+    nll = []
+    logits = None
+    for i, t in enumerate(tokens.tolist()):
+        out = model(torch.tensor([[t]]), cache=c, use_cache=True)
+        logits = out.logits[0, -1].double()
+        if i + 1 < len(tokens):
+            nll.append(float(-torch.log_softmax(logits, -1)[tokens[i + 1]]))
+    gen = []
+    for _ in range(generate):
+        nxt = int(torch.argmax(logits))
+        gen.append(nxt)
+        out = model(torch.tensor([[nxt]]), cache=c, use_cache=True)
+        logits = out.logits[0, -1].double()
+    return torch.tensor(nll, dtype=torch.float64), gen
