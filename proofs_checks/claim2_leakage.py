@@ -24,9 +24,11 @@ Example:
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
 
 from vashista_ref import instances
 from vashista_ref.entropic import entropic_projection
@@ -100,7 +102,9 @@ def adversarial_search(rng: np.random.Generator, evals: int) -> tuple[list, dict
     cur = {"distance": 2.0, "near_depth": 0.015, "far_depth": 0.02, "width": 14.0, "copies": 136}
     cur_score, stale, evaluated = -1.0, 0, []
     best = {"in_regime": (-1.0, None), "outside_regime": (-1.0, None)}
-    for k in range(evals):
+    # progress on stderr for thorough runs only (about 0.2 s per evaluation)
+    for k in tqdm(range(evals), desc="adversarial search", file=sys.stderr, leave=False,
+                  disable=evals < 100):
         cand = cur if k == 0 else (_random_lateral(rng) if stale >= 10 else _perturb(cur, rng, 0.3))
         if stale >= 10:
             cur_score, stale = -1.0, 0

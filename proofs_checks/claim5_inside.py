@@ -54,6 +54,7 @@ def check(n: int = 30, seed: int = 0) -> CheckResult:
                        exact_checked=exact_certificates(rng, 1),
                        constants={"raw_score_gap_positive_fraction": raw_positive / n,
                                   "median_support_of_cvxpy_alpha_inside": float(np.median(spread))},
-                       notes=["Every inside-hull instance has a positive raw-score gap Δ_lin, yet the "
+                       notes=["worst ratio here = number of instances that reported a certificate (a yes/no claim).",
+                              "Every inside-hull instance has a positive raw-score gap Δ_lin, yet the "
                               "projection's weights are spread (no sparse face): a raw-score gap is "
                               "not evidence of sparsity in the projection model."])

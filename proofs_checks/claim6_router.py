@@ -84,5 +84,6 @@ def check(n: int = 40, seed: int = 0, *, S: int = 4) -> CheckResult:
                                   "drops_detected_by_residual_certificate":
                                       detected / max(violations, 1),
                                   "drop_rate_residual_router": residual_drops / max(tried, 1)},
-                       notes=["A finding, not a bug: route with the residual, or certify with it "
+                       notes=["worst ratio here = fraction of instances where raw routing dropped a face key.",
+                              "A finding, not a bug: route with the residual, or certify with it "
                               "(SPEC 3) and fall back."])
