@@ -61,7 +61,7 @@ def check(n: int = 24, seed: int = 0, *, factor: float = 1.0) -> CheckResult:
     rng = seeded(seed)
     insts = known_face_family(rng, n)
     violations, worst, ce, rows = 0, 0.0, None, []
-    series = {"eps_over_gap": [], "error": [], "bound": []}
+    series = {"instance": [], "eps_over_gap": [], "error": [], "bound": []}
     for k, inst in enumerate(insts):
         M, I = inst.K.shape[0], inst.face
         DK, gap = diameter(inst.K), inst.gap
@@ -86,6 +86,7 @@ def check(n: int = 24, seed: int = 0, *, factor: float = 1.0) -> CheckResult:
                 if ce is None or M < ce["M"]:
                     ce = instance_record(inst) | {"eps": eps, "error": err, "bound": bound}
             if k < 6:
+                series["instance"].append(k)
                 series["eps_over_gap"].append(f)
                 series["error"].append(err)
                 series["bound"].append(bound)

@@ -55,13 +55,13 @@ def run_all(quick: bool = True, seed: int = 0, out: str | Path | None = None,
     return results
 
 
-def _fmt(v) -> str:
+def _fmt(v, digits: int = 3) -> str:
     if isinstance(v, float):
         if math.isnan(v):
             return "nan"
         if math.isinf(v):
             return "inf"
-        return f"{v:.3g}"
+        return f"{v:.{digits}g}"
     return str(v)
 
 
@@ -73,7 +73,7 @@ def _constants(res: CheckResult, limit: int = 3) -> str:
 def table(results: list[CheckResult]) -> str:
     head = ["claim", "instances", "holds", "worst ratio", "constants"]
     rows = [[f"{r.claim.number}. {r.claim.name}", str(r.instances),
-             "yes" if r.holds else f"NO ({r.violations})", _fmt(r.worst_ratio), _constants(r)]
+             "yes" if r.holds else f"NO ({r.violations})", _fmt(r.worst_ratio, 4), _constants(r)]
             for r in results]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+import proofs_checks.plots
 import proofs_checks.runner
 from proofs_checks import (claim1_kkt, claim2_leakage, claim3_theorem1, claim4_softmax,
                            claim5_inside, claim6_router, claim7_support)
@@ -111,6 +112,6 @@ def test_cli_rejects_bad_claim_numbers(capsys):
 
 def test_module_examples_run():
     """The runnable examples in every claim module's docstring."""
-    for m in CLAIMS + (proofs_checks.runner,):
+    for m in CLAIMS + (proofs_checks.runner, proofs_checks.plots):
         failed, _ = doctest.testmod(m)
         assert failed == 0, m.__name__
