@@ -26,7 +26,7 @@ import numpy as np
 from vashista_ref.entropic import entropic_projection
 from vashista_ref.validate import positive_int, positive_scalar
 
-from .common import diameter, exact_certificates, instance_record, known_face_family, seeded
+from .common import diameter, exact_certificates, face_geometry, instance_record, known_face_family, seeded
 from .result import CheckResult, Claim
 
 CLAIM = Claim(
@@ -38,20 +38,6 @@ CLAIM = Claim(
     source="paper Theorem 1; SPEC 1a")
 
 EPS_FACTORS = (0.3, 0.1, 0.03, 0.01, 0.003)
-
-
-def face_geometry(K_I: np.ndarray, alpha_I: np.ndarray) -> tuple[float, float, float]:
-    """(C_geom, first-order coefficient, λ_min⁺ of the tangent Gram matrix)."""
-    n = len(alpha_I)
-    if n == 1:
-        return 0.0, 0.0, math.inf
-    P = np.eye(n) - 1.0 / n
-    G = P @ K_I @ K_I.T @ P
-    w = np.linalg.eigvalsh(G)
-    lam_min = float(np.min(w[w > 1e-12 * max(1.0, w.max())]))
-    v = P @ np.log(alpha_I)
-    first = float(np.linalg.norm(K_I.T @ np.linalg.pinv(G) @ v))
-    return float(np.linalg.norm(v) / math.sqrt(lam_min)), first, lam_min
 
 
 def check(n: int = 24, seed: int = 0, *, factor: float = 1.0) -> CheckResult:

@@ -1,6 +1,8 @@
 """Helpers shared by the claim modules: instance draws, key diameter, one exact certificate."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from vashista_ref import instances
@@ -20,6 +22,21 @@ def seeded(seed) -> np.random.Generator:
 def diameter(K: np.ndarray) -> float:
     d = K[:, None, :] - K[None, :, :]
     return float(np.sqrt(np.max(np.sum(d * d, axis=-1))))
+
+
+def face_geometry(K_I: np.ndarray, alpha_I: np.ndarray) -> tuple[float, float, float]:
+    """(C_geom, first-order coefficient, λ_min⁺ of the tangent Gram matrix) of a face with keys K_I
+    and weights α*_I: y_ε − y* ≈ −ε K_Iᵀ G⁺ P log α* (claim 3's docstring derives it)."""
+    n = len(alpha_I)
+    if n == 1:
+        return 0.0, 0.0, math.inf
+    P = np.eye(n) - 1.0 / n
+    G = P @ K_I @ K_I.T @ P
+    w = np.linalg.eigvalsh(G)
+    lam_min = float(np.min(w[w > 1e-12 * max(1.0, w.max())]))
+    v = P @ np.log(alpha_I)
+    first = float(np.linalg.norm(K_I.T @ np.linalg.pinv(G) @ v))
+    return float(np.linalg.norm(v) / math.sqrt(lam_min)), first, lam_min
 
 
 def known_face_family(rng: np.random.Generator, n: int, *, M=(8, 32), D=(2, 6),
