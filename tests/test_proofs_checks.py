@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 import proofs_checks.plots
 import proofs_checks.runner
@@ -115,3 +117,24 @@ def test_module_examples_run():
     for m in CLAIMS + (proofs_checks.runner, proofs_checks.plots):
         failed, _ = doctest.testmod(m)
         assert failed == 0, m.__name__
+
+
+@given(seed=st.integers(0, 2**32 - 1), D=st.integers(2, 4), M=st.integers(5, 9),
+       face=st.integers(1, 4), depth=st.integers(1, 3), t=st.integers(1, 3), data=st.data())
+def test_exact_certificate_accepts_exactly_the_true_face(seed, D, M, face, depth, t, data):
+    """Rational KKT proof on integer instances with a known face I and gap t·depth: the true I is
+    proven (α* and Δ exact), and every other candidate active set is refuted (y* is unique and α* is
+    unique on an affinely independent face, so no other set can pass the exact KKT conditions)."""
+    face = min(face, D)
+    q, Kf, K, alpha = integer_instance(np.random.default_rng(seed), M=M, D=D, face_size=face,
+                                       depth=depth, t=t)
+    edges = K[1:face] - K[0]
+    assume(face == 1 or np.linalg.matrix_rank(edges) == face - 1)   # else α* is not unique
+    cert = verify_kkt_exact(q, Kf, range(face))
+    assert cert is not None
+    assert cert.alpha == alpha + [0] * (M - face) and cert.gap == t * depth
+    assert cert.face == list(range(face)) and cert.lam == -sum(r * y for r, y in zip(
+        [qd - yd for qd, yd in zip(q, cert.y)], cert.y))
+    J = data.draw(st.sets(st.integers(0, M - 1), min_size=1, max_size=D + 1))
+    assume(J != set(range(face)))
+    assert verify_kkt_exact(q, Kf, J) is None
