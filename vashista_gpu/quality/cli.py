@@ -71,6 +71,12 @@ def _check(args, cfg) -> None:
         raise VashistaInputError("--budget", "budget fractions must lie in (0, 1]")
     if args.page_size < 1:
         raise VashistaInputError("--page-size", "must be >= 1")
+    from .tasks import budget_setting
+    for c in set(cfg["contexts"]) | set(cfg["pass_contexts"]):
+        try:
+            budget_setting(c, args.budget, args.page_size)
+        except VashistaInputError as e:
+            raise VashistaInputError("--budget", e.problem) from None
     if args.policy == "dense_fallback" and not (math.isfinite(args.tol) and args.tol >= 0):
         raise VashistaInputError("--tol", "must be finite and >= 0")
 
@@ -125,7 +131,10 @@ def run_suite(args, cfg) -> dict:
         if sweep:
             for f in cfg["sweep"]:
                 if f != args.budget:
-                    d[f"sweep:{f:g}"] = setting(ctx, f)
+                    try:
+                        d[f"sweep:{f:g}"] = setting(ctx, f)
+                    except VashistaInputError:
+                        pass            # a fraction too small for this context's pages: not run
         return d
 
     texts = [args.text] if args.text else ["code", "prose"]
@@ -150,7 +159,7 @@ def run_suite(args, cfg) -> dict:
             if main:
                 main_stats.records[L].extend(recs)
 
-    for kind, text, ctx, extra in tqdm(jobs, desc="quality", file=sys.stderr, disable=args.json and not sys.stderr.isatty()):
+    for kind, text, ctx, extra in tqdm(jobs, desc="quality", file=sys.stderr):
         sweep = (kind == "ppl" and ctx == sweep_ctx and text == texts[0]) or \
                 (kind == "passkey" and ctx == sweep_pass_ctx and extra == cfg["depths"][len(cfg["depths"]) // 2])
         st = settings_for(ctx, sweep)

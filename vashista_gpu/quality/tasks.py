@@ -27,6 +27,8 @@ import re
 
 import torch
 
+from vashista_ref.errors import VashistaInputError
+
 from ..hf import disable_vashista, enable_vashista
 from .decode_loop import decode_tokens, prefill
 
@@ -41,6 +43,10 @@ def budget_setting(ctx: int, fraction: float, page_size: int = 16, sink_pages: i
     budget = int(fraction * ctx)
     kc = max(1, budget // 4)
     pages = (budget - kc) // page_size
+    if pages < 2 * sink_pages + 2:
+        # sinks + newest page + P >= sink_pages + 1 routed pages, plus at least one candidate
+        raise VashistaInputError("budget", f"{fraction:g} of {ctx} tokens = {budget} cannot hold "
+                                           f"{2 * sink_pages + 2} pages of {page_size} and the candidates")
     # sparse_decode routes P pages besides the sinks and the newest page, and needs P >= sink_pages + 1
     return dict(P=max(sink_pages + 1, pages - sink_pages - 1), Kc=kc, page_size=page_size, sink_pages=sink_pages)
 

@@ -1,0 +1,79 @@
+"""Issue 6, the ``vashista quality`` suite: argument checks, budget arithmetic, texts, and one small
+end-to-end run on the embedded model (the ``--quick`` CI configuration is the same code with larger
+contexts)."""
+import json
+import os
+
+import pytest
+
+from vashista_ref.errors import VashistaInputError
+from vashista_gpu.quality.cli import main
+from vashista_gpu.quality.tasks import budget_setting, budget_tokens
+from vashista_gpu.quality.texts import load_text
+
+
+@pytest.mark.parametrize("ctx", [512, 1024, 2048, 4096, 8192])
+@pytest.mark.parametrize("frac", [1 / 16, 1 / 8, 1 / 4])
+def test_budget_setting_respects_the_budget(ctx, frac):
+    if frac * ctx < 4 * 16 + 1:          # sink + newest + P >= 2 pages of 16, and a candidate
+        with pytest.raises(VashistaInputError, match="budget"):
+            budget_setting(ctx, frac)
+        return
+    s = budget_setting(ctx, frac)
+    assert budget_tokens(s) <= frac * ctx
+    assert s["P"] >= s["sink_pages"] + 1 and 1 <= s["Kc"] <= frac * ctx
+    # and uses most of it (within a page and the rounding of Kc)
+    assert budget_tokens(s) > frac * ctx - 2 * s["page_size"]
+
+
+def test_texts_are_real_and_long():
+    code, prose = load_text("code"), load_text("prose")
+    assert "def " in code and "class " in code and len(code) > 400_000
+    assert "the" in prose and "def " not in prose[:2000] and len(prose) > 400_000
+
+
+@pytest.mark.parametrize("argv, arg", [
+    (["--text", "/nonexistent/file.txt"], "text"),
+    (["--contexts", "100000"], "--contexts"),
+    (["--span", "1"], "--span"),
+    (["--depths", "1.5"], "--depths"),
+    (["--budget", "0"], "--budget"),
+    (["--contexts", "256", "--budget", "0.125"], "--budget"),
+])
+def test_bad_arguments_exit_2_naming_the_argument(argv, arg, capsys, tmp_path):
+    assert main(argv + ["--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"vashista quality: {arg}:")
+
+
+def test_non_utf8_text_is_refused(tmp_path, capsys):
+    f = tmp_path / "bin.txt"
+    f.write_bytes(b"\xff\xfe\x00abc\xff")
+    assert main(["--text", str(f), "--out", str(tmp_path)]) == 2
+    assert "not UTF-8" in capsys.readouterr().err
+
+
+@pytest.mark.model
+def test_small_end_to_end_run_writes_every_output(tmp_path, capsys):
+    pytest.importorskip("gguf")
+    text = tmp_path / "t.txt"
+    text.write_text(load_text("prose")[:20000], encoding="utf-8")
+    out = tmp_path / "q"
+    rc = main(["--text", str(text), "--contexts", "256", "--span", "6", "--pass-contexts", "256",
+               "--depths", "0.5", "--budget", "0.375", "--sweep", "0.75", "--out", str(out), "--json",
+               # three sparse layers keep this CI test short; the suite's default is dense_layers 0 1
+               "--dense-layers", *map(str, range(27))])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for k in ("ppl_dense", "ppl_sparse", "passkey_dense", "passkey_sparse", "certificate_violations",
+              "fallback_rate"):
+        assert k in summary
+    assert 1.0 < summary["ppl_dense"] < 1e4 and 1.0 < summary["ppl_sparse"] < 1e4
+    assert 0.0 <= summary["passkey_dense"] <= 1.0 and 0.0 <= summary["passkey_sparse"] <= 1.0
+    assert summary["certificate_violations"] == 0
+    assert summary["steps_checked"] > 0
+    layers = {int(line.split(",")[0]) for line in open(out / "per_layer.csv").read().split()[1:]}
+    assert layers == {27, 28, 29}
+    for f in ("perplexity.csv", "passkey.csv", "multikey.csv", "sweep.csv", "per_layer.csv", "per_head.csv",
+              "summary.md", "summary.json", "budget_sweep.png", "certified_vs_true.png", "fallback_per_layer.png"):
+        assert os.path.getsize(out / f) > 0, f
+    assert "user file" in summary["texts"]
