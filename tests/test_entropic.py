@@ -10,6 +10,7 @@ from hypothesis import given, settings, strategies as st
 from vashista_ref import instances
 from vashista_ref.entropic import (duality_gap, entropic_projection, eg_weights, fw_weights,
                                    primal_objective)
+from proofs_checks.common import face_geometry
 from strategies import known_face_instances, seeds
 
 
@@ -82,7 +83,7 @@ def test_face_stability_off_face_mass_bound_in_its_regime(inst):
     """Corollary 1 with c = 2: off-face mass ≤ (M − |I|) exp(−Δ/(2ε)) whenever D_K‖y_ε − y*‖ ≤ Δ/2."""
     M, I = inst.K.shape[0], inst.face
     off = np.setdiff1d(np.arange(M), I)
-    grid = [inst.gap * f for f in (1.0, 0.3, 0.1, 0.03, 0.01)]
+    grid = [inst.gap * f for f in (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)]
     checked = _regime_eps(inst, grid)
     assert checked, "the regime must contain small enough ε"
     for eps, sol in checked:
@@ -98,14 +99,22 @@ def test_face_stability_off_face_mass_bound_in_its_regime(inst):
 @settings(max_examples=15)
 @given(known_face_instances(max_M=20, max_D=4, gaps=(0.5, 2.0)))
 def test_active_face_error_is_linear_in_eps(inst):
-    """‖y_ε − y*‖/ε stays bounded as ε → 0 (Theorem 1's C_lin term) on instances with Δ > 0."""
-    scale = inst.gap
-    ratios = []
+    """‖y_ε − y*‖/ε stays bounded as ε → 0 (Theorem 1's C_lin term) on instances with Δ > 0.
+
+    Bounded by what, checked rather than eyeballed: the face's first-order constant
+    C_geom = ‖P log α*‖/√λ_min(tangent Gram) (derived in proofs_checks/claim3_theorem1.py), plus
+    Theorem 1's leakage term and the solver's certified error. The ratio need not be monotone in ε —
+    it approaches its limit from below on many faces."""
+    I = inst.face
+    C_geom = face_geometry(inst.K[I], inst.alpha_star[I])[0]
+    DK = _diameter(inst.K)
+    kmax = float(np.sqrt(np.max(np.sum(inst.K ** 2, axis=1))))
     for f in (1e-2, 3e-3, 1e-3):
-        eps = scale * f
+        eps = inst.gap * f
         sol = entropic_projection(inst.q, inst.K, eps)
-        ratios.append(np.linalg.norm(sol.y - inst.y_star) / eps)
-    assert ratios[-1] <= 1.5 * ratios[0] + 1e-6, ratios
+        leak = DK * (len(inst.K) - len(I)) * math.exp(-inst.gap / (2 * eps))
+        numerical = kmax * sol.alpha_error_bound_l1 + 1e-13 * max(1.0, kmax)
+        assert np.linalg.norm(sol.y - inst.y_star) <= C_geom * eps + leak + numerical
 
 
 def test_duality_gap_is_nonnegative_and_zero_at_optimum():
