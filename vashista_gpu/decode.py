@@ -48,6 +48,7 @@ import torch
 
 from vashista_ref.errors import VashistaInputError
 from vashista_ref.policies import Capped, DenseFallback, ReportOnly
+from vashista_ref.sketch import check_sketch_options
 
 from . import validate as V
 from .dense import dense_decode
@@ -130,12 +131,13 @@ def sparse_decode(q: torch.Tensor, cache, seq_ids, P: int, Kc: int, *, solver: s
                   scale: float | None = None, sink_pages: int = 1, router: str = "bound", policy=None,
                   share_selection_in_group: bool = False, hierarchical: bool = False,
                   eps: float | None = None, iters: int = 50, backend: str = "auto",
-                  check_finite: bool = True) -> DecodeOutput:
+                  check_finite: bool = True, bits: int | None = None) -> DecodeOutput:
     """Sparse decode of q (B, Hq, D) over ``cache`` sequences ``seq_ids`` (one per batch row).
 
     Arguments as ``vashista_ref.sparse_decode.sparse_decode`` (``P`` pages besides the forced ones,
     ``Kc`` ≤ the shortest sequence's length, ``policy`` ReportOnly/DenseFallback/Capped from
     ``vashista_ref.policies``), plus ``backend`` and ``check_finite`` (skip the NaN scan of q).
+    ``router="sketch"`` is certified mode (SPEC 3b, ``bits`` 4 or 8; ``sketch.sketch_to_decode_output``).
     """
     q = V.tensor("q", q, ndim=3, check_finite=check_finite)
     V.same_device("q", q, cache.device)
@@ -152,6 +154,11 @@ def sparse_decode(q: torch.Tensor, cache, seq_ids, P: int, Kc: int, *, solver: s
                                            "use ReportOnly() or the reference")
     if not isinstance(share_selection_in_group, bool):
         raise VashistaInputError("share_selection_in_group", "expected a bool")
+    bits = check_sketch_options(router, bits, solver, share_selection_in_group, hierarchical)
+    if bits is not None:
+        from .sketch import sketch_to_decode_output
+        V.positive_int("P", P)
+        return sketch_to_decode_output(q, cache, ids, Kc, bits=bits, scale=scale, policy=policy, backend=backend)
     plan = plan_decode(cache, ids, q.shape[1], P, Kc, scale=scale, sink_pages=sink_pages, router=router,
                        solver=solver, hierarchical=hierarchical, eps=eps, iters=iters)
     shortest = min(plan.host_lens)

@@ -242,6 +242,7 @@ class TorchCertifiedStep:
     error_ball: torch.Tensor
     error_token: torch.Tensor
     gap: torch.Tensor
+    weights: torch.Tensor | None = None     # (Hq, kc) float64 softmax weights aligned with candidates
 
 
 def _matmul_roundoff(dtype) -> float:
@@ -435,7 +436,8 @@ def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: 
     e_mid, e_star, e_ball, e_tok = forms
     error = torch.minimum(torch.minimum(e_mid, e_star), torch.minimum(e_ball, e_tok))
     return TorchCertifiedStep(out=out, candidates=cand, certified_leakage=leak, error=error, error_middle=e_mid,
-                              error_estar=e_star, error_ball=e_ball, error_token=e_tok, gap=gap)
+                              error_estar=e_star, error_ball=e_ball, error_token=e_tok, gap=gap,
+                              weights=w)
 
 
 # ---------------------------------------------------------------------------------------------- paged cache
@@ -514,6 +516,7 @@ class SketchDecodeOutput:
     fell_back: torch.Tensor
     Kc_used: torch.Tensor
     candidates: list
+    weights: list | None = None             # weights[b][h] (kc,) float64, aligned with candidates[b][h]
 
 
 def sketch_decode(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: int = 4, scale: float | None = None,
@@ -546,7 +549,7 @@ def sketch_decode(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: int = 4, sc
     leak, err, gap = (torch.empty(B, Hq, **f64) for _ in range(3))
     out = torch.empty(B, Hq, cache.value_dim, **f64)
     Kc_used = torch.full((B, Hq), Kc, dtype=torch.int64, device=q.device)
-    cands = []
+    cands, wts = [], []
     for b, sid in enumerate(ids):
         sk = store.sequence_sketch(cache, sid)
         K, Vv = cache.gather(sid)
@@ -555,6 +558,7 @@ def sketch_decode(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: int = 4, sc
         r = certified_decode(q[b], K, Vv, sk, kc, scale=scale, compute_dtype=compute_dtype, backend=backend)
         o, L, E, Gp = r.out, r.certified_leakage, r.error, r.gap
         C = list(r.candidates)                                  # per head: the attempt that is reported
+        Wt = list(r.weights)
         while isinstance(policy, Capped) and not bool((E <= tol).all()):
             nxt = min(2 * kc, policy.Kc_max, cache.length(sid))
             if nxt == kc:
@@ -567,8 +571,10 @@ def sketch_decode(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: int = 4, sc
             E = torch.where(redo, w.error, E)
             Kc_used[b] = torch.where(redo, kc, Kc_used[b])
             C = [w.candidates[h] if bool(redo[h]) else C[h] for h in range(Hq)]
+            Wt = [w.weights[h] if bool(redo[h]) else Wt[h] for h in range(Hq)]
         out[b], leak[b], err[b], gap[b] = o, L, E, Gp
         cands.append(C)
+        wts.append(Wt)
     certified = err <= tol
     fell_back = torch.zeros_like(certified)
     if not isinstance(policy, ReportOnly) and not bool(certified.all()):
@@ -578,4 +584,38 @@ def sketch_decode(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: int = 4, sc
         dense = dense_decode(q[rows], cache, [ids[r] for r in rows], scale=scale_).double()
         out[rows] = torch.where(fell_back[rows][..., None], dense, out[rows])
     return SketchDecodeOutput(out=out.to(q.dtype), certified_leakage=leak, certified_error=err, gap=gap,
-                              certified=certified, fell_back=fell_back, Kc_used=Kc_used, candidates=cands)
+                              certified=certified, fell_back=fell_back, Kc_used=Kc_used, candidates=cands,
+                              weights=wts)
+
+
+def sketch_to_decode_output(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: int = 4, scale: float | None = None,
+                            policy=None, backend: str = "auto"):
+    """``vashista_gpu.decode.sparse_decode(..., router="sketch", bits=b)``: :func:`sketch_decode` in
+    float32 (Triton scan on CUDA or when ``backend="triton"``) returned as a ``DecodeOutput``.
+    ``candidates``/``weights`` (B, Hq, max Kc_used) −1/0 padded; ``pages`` every logical page of the
+    row (certified mode scans them all), −1 padded; ``P_used`` 0 (no page routing);
+    ``summaries_scored`` the token sketches scored per query head (the longest row's length)."""
+    from .decode import DecodeOutput
+    from .paged_cache import resolve_backend
+
+    ids = [int(s) for s in torch.as_tensor(seq_ids).flatten().tolist()]
+    be = resolve_backend(backend, q.device)
+    r = sketch_decode(q, cache, ids, Kc, bits=bits, scale=scale, policy=policy, backend=be)
+    B, Hq = q.shape[:2]
+    width = int(r.Kc_used.max())
+    cand = torch.full((B, Hq, width), -1, dtype=torch.int64, device=q.device)
+    wts = torch.zeros((B, Hq, width), dtype=torch.float32, device=q.device)
+    for b in range(B):
+        for h in range(Hq):
+            c = r.candidates[b][h]
+            cand[b, h, : c.numel()] = c
+            wts[b, h, : c.numel()] = r.weights[b][h].float()
+    n_pages = [cache.n_pages(s) for s in ids]
+    pages = torch.full((B, Hq, max(n_pages)), -1, dtype=torch.int64, device=q.device)
+    for b, n in enumerate(n_pages):
+        pages[b, :, :n] = torch.arange(n, device=q.device)
+    return DecodeOutput(out=r.out, certified_leakage=r.certified_leakage, certified_error=r.certified_error,
+                        gap=r.gap, certified=r.certified, fell_back=r.fell_back,
+                        P_used=torch.zeros((B, Hq), dtype=torch.int64, device=q.device), Kc_used=r.Kc_used,
+                        pages=pages, candidates=cand, weights=wts,
+                        summaries_scored=max(cache.length(s) for s in ids))
