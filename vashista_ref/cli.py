@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "certify": ("vashista_ref.cli_certify", "solve a projection / sparse decode step and print its certificate"),
     "check": ("proofs_checks.cli", "run every paper claim as a check and write a report"),
     "quality": ("vashista_gpu.quality.cli", "dense vs Vashista decode quality on the embedded model"),
+    "repro": ("vashista_gpu.repro", "regenerate the paper's tables and figures"),
 }
 
 
