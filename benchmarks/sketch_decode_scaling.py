@@ -1,0 +1,154 @@
+"""Certified-mode decode benchmark (issue 8): dense SDPA flash vs the fused certified step
+(``vashista_gpu.sketch.fused_sketch_step``) with the certificate computed for every query.
+
+Shapes (paper): batch 16, 32 heads (MHA), head dim 128, bf16 K/V, T ∈ {8k, 32k, 128k}, Kc = 256,
+int4 and int8 sketches. Quantization group: 64 tokens × 1 channel, metadata (step, offset) in
+float16 — 4 bytes per channel per 64 tokens = 8 bytes/token/head, i.e. 1/8 of the int4 codes
+(64 B/token/head) and 1/16 of int8 (128 B); a 16-token group (one page) would make metadata
+half the int4 codes' size, float32 metadata double it again.
+
+The sketch here is random (codes uniform, positive float16 steps): the scan's cost does not depend
+on the values, and the certificate's soundness is tested on real values in
+tests/test_gpu_sketch_fused.py; the numbers below time the same kernels on the same bytes.
+
+Timing: ``triton.testing.do_bench`` medians of CUDA-graph replays (``decode_scaling.graph_of``),
+dense flash rerun in the same process, copy bandwidth measured in the same process
+(``decode_scaling.copy_bandwidth``). Bytes:
+
+* sketch = codes + metadata (steps and offsets), read once per KV head;
+* scan moved = sketch + q + the scan's outputs (int64 tie-rule key + float32 bound per token and
+  query head, written once) — what the scan kernel actually moves;
+* floor = sketch + q + the candidates' keys and values (Kc·(D+Dv)·2 bytes per query head) + output.
+
+Usage::
+
+    PYTHONPATH=. python benchmarks/sketch_decode_scaling.py --out sketch.json
+    PYTHONPATH=. TRITON_INTERPRET=1 python benchmarks/sketch_decode_scaling.py --smoke   # tiny, CPU
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from decode_scaling import bench, copy_bandwidth, graph_of  # noqa: E402
+
+from vashista_gpu.dense import sdpa_decode  # noqa: E402
+from vashista_gpu.kernels.sketch_scan import sketch_scan_bound  # noqa: E402
+from vashista_gpu.sketch import fused_sketch_step  # noqa: E402
+
+
+def random_sketch(RK, T, D, bits, group, dev, gen):
+    W = D * bits // 8
+    codes = torch.randint(0, 256, (RK, T, W), dtype=torch.uint8, device=dev, generator=gen)
+    Gr = -(-T // group)
+    offset = (-torch.rand((RK, Gr, D), device=dev, generator=gen) * 3).half()
+    step = (torch.rand((RK, Gr, D), device=dev, generator=gen) * 6 / ((1 << bits) - 1) + 1e-3).half()
+    return codes, offset, step
+
+
+def run_T(B, H, T, D, Kc, group, dev, cuda, bits_list, rows, bw):
+    gen = torch.Generator(device=dev).manual_seed(T)
+    dt = torch.bfloat16
+    K = torch.randn(B, H, T, D, device=dev, dtype=dt, generator=gen)
+    V = torch.randn(B, H, T, D, device=dev, dtype=dt, generator=gen)
+    q = torch.randn(B, H, D, device=dev, dtype=dt, generator=gen)
+    scale = 1 / math.sqrt(D)
+    if cuda:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        def dense_fn():
+            with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+                return sdpa_decode(q, K, V, scale)
+    else:
+        def dense_fn():
+            return sdpa_decode(q, K, V, scale)
+    dense_ms = bench(dense_fn, cuda=cuda)
+    dense_bytes = 2 * B * H * T * D * 2
+    vmax = torch.linalg.vector_norm(V.float(), dim=-1).amax(-1) if T <= 32768 else torch.stack(
+        [torch.linalg.vector_norm(V[b].float(), dim=-1).amax(-1) for b in range(B)])
+    for bits in bits_list:
+        codes, offset, step = random_sketch(B * H, T, D, bits, group, dev, gen)
+        sketch_bytes = codes.numel() + 2 * offset.numel() * offset.element_size()
+        q32 = q.float().reshape(B * H, D)
+        scan = graph_of(lambda: sketch_scan_bound(q32, codes, offset, step, bits=bits, group=group, scale=scale), cuda)
+        scan_ms = bench(scan, cuda=cuda)
+        keys, _ = sketch_scan_bound(q32, codes, offset, step, bits=bits, group=group, scale=scale)
+        topk = graph_of(lambda: torch.topk(keys, Kc, dim=-1, sorted=False), cuda)
+        topk_ms = bench(topk, cuda=cuda)
+        del keys
+        holder = {}
+
+        def step_fn():
+            holder["r"] = fused_sketch_step(q, K, V, codes, offset, step, vmax, bits=bits, group=group, Kc=Kc,
+                                            scale=scale)
+        ours = graph_of(step_fn, cuda)
+        ours_ms = bench(ours, cuda=cuda)
+        r = holder["r"]
+        scan_moved = sketch_bytes + q32.numel() * 4 + B * H * T * 12
+        floor = sketch_bytes + B * H * D * 2 + B * H * Kc * 2 * D * 2 + B * H * D * 4
+        row = dict(T=T, bits=bits, B=B, H=H, D=D, Kc=Kc, group=group, meta_dtype="float16",
+                   dense_flash_ms=dense_ms, dense_TBps=dense_bytes / dense_ms / 1e9,
+                   ours_ms=ours_ms, speedup=dense_ms / ours_ms,
+                   scan_ms=scan_ms, topk_ms=topk_ms, glue_ms=ours_ms - scan_ms - topk_ms,
+                   sketch_bytes=sketch_bytes, metadata_bytes=2 * offset.numel() * 2,
+                   floor_bytes=floor, floor_ms_at_copy_bw=floor / bw * 1e3 if bw else None,
+                   ours_floor_TBps=floor / ours_ms / 1e9,
+                   scan_moved_bytes=scan_moved, scan_TBps=scan_moved / scan_ms / 1e9,
+                   scan_sketch_only_TBps=sketch_bytes / scan_ms / 1e9,
+                   scan_frac_of_copy=(scan_moved / scan_ms / 1e9) / (bw / 1e12) if bw else None,
+                   leakage_median=float(r.certified_leakage.float().median()),
+                   certificate_finite=bool(torch.isfinite(r.certified_error).all()))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        del codes, offset, step, scan, ours, topk, holder, r
+        if cuda:
+            torch.cuda.empty_cache()
+    del K, V
+    if cuda:
+        torch.cuda.empty_cache()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes on any device")
+    ap.add_argument("--T", type=int, nargs="*", default=[8192, 32768, 131072])
+    a = ap.parse_args(argv)
+    cuda = torch.cuda.is_available()
+    dev = "cuda" if cuda else "cpu"
+    rows = []
+    meta = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), torch=torch.__version__,
+                device=torch.cuda.get_device_name() if cuda else "cpu")
+    try:
+        import triton
+        meta["triton"] = triton.__version__
+    except ImportError:
+        pass
+    bw = copy_bandwidth(dev) if cuda else None
+    meta["copy_TBps"] = bw / 1e12 if bw else None
+    print(json.dumps(meta), flush=True)
+    if a.smoke:
+        run_T(2, 2, 256, 16, 16, 64, dev, cuda, [4, 8], rows, bw)
+    else:
+        for T in a.T:
+            try:
+                run_T(16, 32, T, 128, 256, 64, dev, cuda, [4, 8], rows, bw)
+            except Exception as e:  # noqa: BLE001 — record and go on to the next shape
+                rows.append(dict(T=T, error=f"{type(e).__name__}: {e}"[:500]))
+                print(rows[-1], flush=True)
+                if cuda:
+                    torch.cuda.empty_cache()
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(dict(meta=meta, rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
