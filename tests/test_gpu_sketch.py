@@ -26,6 +26,8 @@ from vashista_ref.policies import Capped, DenseFallback  # noqa: E402
 from vashista_ref.sparse_decode import sparse_decode as ref_decode  # noqa: E402
 
 S = 16
+# the triton backend runs on the GPU when there is one, else under the interpreter on CPU
+DEV = {"torch": "cpu", "triton": "cuda" if torch.cuda.is_available() else "cpu"}
 
 
 def grid_case(seed, lens, Hkv, G, bits, D=8, Dv=8):
@@ -48,7 +50,8 @@ def grid_case(seed, lens, Hkv, G, bits, D=8, Dv=8):
 
 def caches(Ks, Vs, backend):
     tc, tids = TorchPagedKVCache.from_dense([torch.tensor(k, dtype=torch.float32) for k in Ks],
-                                            [torch.tensor(v, dtype=torch.float32) for v in Vs], S, shuffle_seed=3)
+                                            [torch.tensor(v, dtype=torch.float32) for v in Vs], S, shuffle_seed=3,
+                                            device=DEV[backend])
     rc, rids = PagedKVCache.from_dense(Ks, Vs, S)
     return tc, tids, rc, rids
 
@@ -63,8 +66,10 @@ def test_router_sketch_matches_reference(backend, bits, G, policy):
     tc, tids, rc, rids = caches(Ks, Vs, backend)
     scale = 1.0 / 16          # scores up to ~100 units: keeps leakage away from 0 and 1
     Kc = 16
-    a = gpu_decode(torch.tensor(q, dtype=torch.float32), tc, tids, 1, Kc, router="sketch", bits=bits,
-                   scale=scale, policy=policy, backend=backend)
+    qt = torch.tensor(q, dtype=torch.float32, device=DEV[backend])
+    a = gpu_decode(qt, tc, tids, 1, Kc, router="sketch", bits=bits, scale=scale, policy=policy, backend=backend)
+    dense = dense_decode(qt, tc, tids, scale=scale).double().cpu()
+    a = type(a)(**{k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in vars(a).items()})
     b = ref_decode(q, rc, rids, 1, Kc, router="sketch", bits=bits, scale=scale, policy=policy)
     B, Hq = q.shape[:2]
     np.testing.assert_array_equal(a.Kc_used.numpy(), b.Kc_used)
@@ -86,7 +91,6 @@ def test_router_sketch_matches_reference(backend, bits, G, policy):
         assert np.all(got <= ref * factor + 1e-6), (got / ref, factor)
     assert_rel_close(a.out, b.out, "float32")
     # soundness against the dense output of the same cache
-    dense = dense_decode(torch.tensor(q, dtype=torch.float32), tc, tids, scale=scale).double()
     err = torch.linalg.vector_norm(a.out.double() - dense, dim=-1)
     assert bool((err <= a.certified_error + 1e-5).all())
     np.testing.assert_allclose(a.weights.sum(-1).numpy(), 1.0, rtol=1e-6)
@@ -102,17 +106,20 @@ def test_router_sketch_sound_off_grid(backend):
     g = torch.Generator().manual_seed(5)
     T, Hkv, G, D = 90, 2, 2, 16
     tc, tids = TorchPagedKVCache.from_dense([torch.randn(T, Hkv, D, generator=g).bfloat16()],
-                                            [torch.randn(T, Hkv, D, generator=g).bfloat16()], S)
-    q = 4 * torch.randn(1, Hkv * G, D, generator=g)
+                                            [torch.randn(T, Hkv, D, generator=g).bfloat16()], S,
+                                            dtype=torch.bfloat16, device=DEV[backend])
+    q = 4 * torch.randn(1, Hkv * G, D, generator=g).to(DEV[backend])
     r = gpu_decode(q, tc, tids, 1, 12, router="sketch", bits=4, backend=backend)
-    K, V = (x.double() for x in tc.gather(tids[0]))
+    r = type(r)(**{k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in vars(r).items()})
+    dense = dense_decode(q, tc, tids).double().cpu()
+    K, V = (x.double().cpu() for x in tc.gather(tids[0]))
+    q = q.cpu()
     s = torch.einsum("hd,thd->ht", q[0].double(), K[:, torch.arange(Hkv * G) // G]) / math.sqrt(D)
     p = torch.softmax(s, -1)
     for h in range(Hkv * G):
         c = r.candidates[0, h]
         true_leak = 1 - float(p[h, c].sum())
         assert float(r.certified_leakage[0, h]) >= true_leak
-    dense = dense_decode(q, tc, tids).double()
     assert bool((torch.linalg.vector_norm(r.out.double() - dense, dim=-1) <= r.certified_error).all())
 
 

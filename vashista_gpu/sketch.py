@@ -676,11 +676,11 @@ def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: 
     out = torch.bmm(w[:, None, :], Vc)[:, 0]
     # certificate: log-sum-exp bounds in float32, outward. x − m is rounded within u·|x − m|, so the
     # exponent is widened by 2u·|x − m| before exp (exp within 4 ulp); sums within γ_n, any order
-    ub = ub.scatter(1, cand, -math.inf)
+    ub.scatter_(1, cand, -math.inf)               # ub is this step's own buffer: in place throughout
     m_out = ub.amax(-1, keepdim=True)
     m_o = torch.where(torch.isfinite(m_out), m_out, torch.zeros_like(m_out))
-    x = ub - m_o                                  # ≤ 0, −inf on the candidates; widened towards 0
-    z_out = torch.exp(x * (1 - 2 * U32)).sum(-1) * ((1 + 8 * U32) * (1 + _gamma(T + 2, U32)))
+    # x = ub − m_o ≤ 0 (−inf on the candidates), widened towards 0
+    z_out = ub.sub_(m_o).mul_(1 - 2 * U32).exp_().sum(-1) * ((1 + 8 * U32) * (1 + _gamma(T + 2, U32)))
     m_c = lb_c.amax(-1, keepdim=True)
     x = lb_c - m_c
     z_c = torch.exp(x * (1 + 2 * U32)).sum(-1) * ((1 - 8 * U32) * (1 - _gamma(Kc + 2, U32)))
