@@ -10,6 +10,10 @@ tabulates and draws.
 Artifacts under ``--out`` (default ``./artifacts``)::
 
     tables/scaling_decode.csv            T, dense/notebook/sparse ms, speedup, P, Kc, solver, card
+                                         (sparse_ms: the whole sparse_decode call, host planning
+                                         included; sparse_planned_ms: run_plan, the device part of a
+                                         step planned once; speedup = dense_ms / sparse_planned_ms.
+                                         benchmarks/decode_scaling.py adds CUDA-graph replay)
     tables/ablation_P_Kc_solver.csv      P x Kc x solver: latency, certified error, true error, fallback rate
     tables/leakage_vs_eps.csv, tables/face_error_vs_eps.csv, tables/support_gap.csv
     plots/figure_decode_scaling.{pdf,png}, plots/heatmap_sparse_ms_{softmax,eg,fw}.{pdf,png},
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import json
 import math
 import platform
@@ -49,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-TIMING_COLUMNS = ("dense_ms", "notebook_ms", "sparse_ms", "speedup", "latency_ms")
+TIMING_COLUMNS = ("dense_ms", "notebook_ms", "sparse_ms", "sparse_planned_ms", "speedup", "latency_ms")
 SOLVERS = ("softmax", "eg", "fw")
 ABLATION_P = (32, 64, 96)
 ABLATION_KC = (64, 128, 192)
@@ -87,62 +92,97 @@ def time_ms(fn, *, cuda: bool, reps: int) -> float:
     return statistics.median(out)
 
 
-def needle_problem(B: int, H: int, T: int, D: int, *, seed: int, device, dtype):
-    """Keys/values (B, H, T, D) ~ N(0, 1) except one random token t per head whose key is scaled
-    by 4 (an outlier, like the large-norm keys of real heads), and queries 
-    q = 2·k_t^orig + N(0, 1): the needle wins by ~8√D in score and its page's min/max box stands out.
+def needle_row(b: int, H: int, T: int, D: int, *, seed: int, device, dtype):
+    """Batch row ``b`` of the needle problem: q (H, D), keys and values (H, T, D).
+
+    Keys/values ~ N(0, 1) except one random token t per head whose key is scaled by 4 (an outlier,
+    like the large-norm keys of real heads); q = 2·k_t^orig + N(0, 1): the needle wins by ~8√D in score
+    and its page's min/max box stands out. Seeded per row, so the same row can be regenerated (the
+    paper shapes do not fit twice in GPU memory: dense tensors, then the paged cache).
 
     Why the outlier: with an isotropic needle (k_t ~ N(0, 1) like the rest) every page's box bound
     is about Σ_i |q_i|·max|k_i|, so the bound router cannot tell the needle's page apart and the
     certificate (correctly) certifies nothing -- measured at D = 32, T = 4096: true error 5.1,
     certified 12, fallback rate 1.0 everywhere. That is the support-gap story of notebook 03.
     """
-    g = torch.Generator().manual_seed(seed)
-    K = torch.randn(B, H, T, D, generator=g)
-    V = torch.randn(B, H, T, D, generator=g)
-    t = torch.randint(0, T, (B, H), generator=g)
-    bi, hi = torch.arange(B)[:, None], torch.arange(H)[None, :]
-    q = 2.0 * K[bi, hi, t] + torch.randn(B, H, D, generator=g)
-    K[bi, hi, t] *= 4.0
-    return q.to(device, dtype), K.to(device, dtype), V.to(device, dtype)
+    g = torch.Generator(device=device).manual_seed(seed * 100_003 + b)
+    K = torch.randn(H, T, D, generator=g, device=device)
+    V = torch.randn(H, T, D, generator=g, device=device)
+    t = torch.randint(0, T, (H,), generator=g, device=device)
+    hi = torch.arange(H, device=device)
+    q = 2.0 * K[hi, t] + torch.randn(H, D, generator=g, device=device)
+    K[hi, t] *= 4.0
+    return q.to(dtype), K.to(dtype), V.to(dtype)
 
 
-def _cache(K, V, S):
+def needle_dense(B, H, T, D, *, seed, device, dtype):
+    """The whole needle problem as contiguous q (B, H, D), K, V (B, H, T, D)."""
+    q = torch.empty(B, H, D, device=device, dtype=dtype)
+    K = torch.empty(B, H, T, D, device=device, dtype=dtype)
+    V = torch.empty(B, H, T, D, device=device, dtype=dtype)
+    for b in range(B):
+        q[b], K[b], V[b] = needle_row(b, H, T, D, seed=seed, device=device, dtype=dtype)
+    return q, K, V
+
+
+def needle_cache(B, H, T, D, S, *, seed, device, dtype):
+    """The same problem in a paged cache, one row generated at a time (peak memory: the cache)."""
     from vashista_gpu.paged_cache import TorchPagedKVCache
-    B = K.shape[0]
-    # from_dense takes per-sequence (T, Hkv, D) tensors
-    return TorchPagedKVCache.from_dense([K[b].transpose(0, 1).contiguous() for b in range(B)],
-                                        [V[b].transpose(0, 1).contiguous() for b in range(B)], S,
-                                        dtype=K.dtype, device=K.device)
+    NP = -(-T // S)
+    cache = TorchPagedKVCache(S, H, D, num_pages=B * NP, max_seqs=B, max_pages_per_seq=NP,
+                              dtype=dtype, device=device)
+    ids = []
+    for b in range(B):
+        _, K, V = needle_row(b, H, T, D, seed=seed, device=device, dtype=dtype)
+        ids.append(cache.add_sequence())
+        cache.append(ids[-1], K.transpose(0, 1).contiguous(), V.transpose(0, 1).contiguous())
+        del K, V
+    return cache, ids
+
+
+def _free(cuda: bool) -> None:
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
 
 
 def scaling_rows(sz: dict, *, seed: int, device, cuda: bool, card: str, P: int = 64, Kc: int = 128,
                  progress=None) -> list[dict]:
     """One row per context length: dense SDPA, the notebook baseline and Vashista sparse decode."""
     from benchmarks.decode_scaling import notebook_baseline
-    from vashista_gpu.decode import sparse_decode
-    from vashista_gpu.dense import dense_decode
+    from vashista_gpu.decode import run_plan, sparse_decode
+    from vashista_gpu.dense import sdpa_decode
+    from vashista_gpu.plan import plan_decode
     dtype = getattr(torch, sz["dtype"])
     B, H, D, S = sz["B"], sz["H"], sz["D"], sz["S"]
+    scale = D ** -0.5
     rows = []
     for T in sz["Ts"]:
-        q, K, V = needle_problem(B, H, T, D, seed=seed + T, device=device, dtype=dtype)
-        cache, ids = _cache(K, V, S)
-        scale = D ** -0.5
+        # phase 1: contiguous tensors for dense SDPA (flash on a GPU) and the paper-notebook step
+        q, K, V = needle_dense(B, H, T, D, seed=seed + T, device=device, dtype=dtype)
         NP = T // S
         Kp, Vp = K.view(B, H, NP, S, D), V.view(B, H, NP, S, D)
         means = Kp.float().mean(3).to(dtype)
-        Pn = min(P, NP)
-        dense_ms = time_ms(lambda: dense_decode(q, cache, ids, scale=scale), cuda=cuda, reps=sz["reps"])
-        nb_ms = time_ms(lambda: notebook_baseline(q, Kp, Vp, means, Pn, Kc, scale), cuda=cuda, reps=sz["reps"])
+        dense_ms = time_ms(lambda: sdpa_decode(q, K, V, scale), cuda=cuda, reps=sz["reps"])
+        nb_ms = time_ms(lambda: notebook_baseline(q, Kp, Vp, means, min(P, NP), Kc, scale), cuda=cuda,
+                        reps=sz["reps"])
+        dn = sdpa_decode(q, K, V, scale).float()
+        del K, V, Kp, Vp, means
+        _free(cuda)
+        # phase 2: the same rows regenerated into the paged cache
+        cache, ids = needle_cache(B, H, T, D, S, seed=seed + T, device=device, dtype=dtype)
         sp_ms = time_ms(lambda: sparse_decode(q, cache, ids, P, Kc, scale=scale), cuda=cuda, reps=sz["reps"])
+        # the device part alone (planned once on the host, as a serving loop would; no CUDA graph)
+        plan = plan_decode(cache, ids, H, P, Kc, scale=scale)
+        planned_ms = time_ms(lambda: run_plan(plan, q, cache), cuda=cuda, reps=sz["reps"])
         r = sparse_decode(q, cache, ids, P, Kc, scale=scale)
-        dn = dense_decode(q, cache, ids, scale=scale).float()
         rows.append(dict(T=T, dense_ms=dense_ms, notebook_ms=nb_ms, sparse_ms=sp_ms,
-                         speedup=dense_ms / sp_ms, P=P, Kc=Kc, solver="softmax", card=card,
+                         sparse_planned_ms=planned_ms, speedup=dense_ms / planned_ms, P=P, Kc=Kc, solver="softmax", card=card,
                          true_error_max=float((r.out.float() - dn).norm(dim=-1).max()),
                          certified_error_max=float(r.certified_error.max()),
                          gap_min=float(r.gap.min())))
+        del cache, r, plan
+        _free(cuda)
         if progress is not None:
             progress.update(1)
     return rows
@@ -160,8 +200,8 @@ def ablation_rows(sz: dict, *, seed: int, device, cuda: bool, tol: float = 1e-3,
     from vashista_ref.policies import DenseFallback
     dtype = getattr(torch, sz["dtype"])
     B, H, D, S, T = sz["B"], sz["H"], sz["D"], sz["S"], sz["T_ablation"]
-    q, K, V = needle_problem(B, H, T, D, seed=seed, device=device, dtype=dtype)
-    cache, ids = _cache(K, V, S)
+    q = torch.stack([needle_row(b, H, T, D, seed=seed, device=device, dtype=dtype)[0] for b in range(B)])
+    cache, ids = needle_cache(B, H, T, D, S, seed=seed, device=device, dtype=dtype)
     scale = D ** -0.5
     dn = dense_decode(q, cache, ids, scale=scale).float()
     rows = []
@@ -263,7 +303,8 @@ def figures(out: Path, tabs: dict, mode: str) -> list[Path]:
     sc = tabs["scaling_decode"]
     fig, ax = plt.subplots(figsize=(6, 4))
     Ts = [r["T"] for r in sc]
-    for key, lab in (("dense_ms", "dense SDPA"), ("notebook_ms", "paper notebook"), ("sparse_ms", "Vashista sparse")):
+    for key, lab in (("dense_ms", "dense SDPA"), ("notebook_ms", "paper notebook"), ("sparse_ms", "Vashista sparse_decode"),
+                     ("sparse_planned_ms", "Vashista, planned step")):
         ax.loglog(Ts, [r[key] for r in sc], "o-", label=lab)
     ax.set_xlabel("context length T")
     ax.set_ylabel("decode step (ms)")
