@@ -87,6 +87,9 @@ def test_tabulated_numbers_are_sound(runs):
     assert all(math.isnan(g) for g in gaps)                   # inside the hull: no gap, no certificate
 
 
-def test_bad_arguments_rejected(tmp_path):
-    with pytest.raises(SystemExit):
-        repro.main(["--seed", "x", "--out", str(tmp_path)])
+@pytest.mark.parametrize("args", [["--seed", "x"], ["--Ts", "2048,abc"], ["--Ts", "512"]])
+def test_bad_arguments_rejected(tmp_path, args):
+    with pytest.raises(SystemExit) as e:
+        repro.main(args + ["--out", str(tmp_path)])
+    assert e.value.code == 2
+    assert not (tmp_path / "manifest.json").exists()

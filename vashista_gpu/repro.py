@@ -381,7 +381,7 @@ def versions() -> dict:
 
 
 def run(out: str | Path = "artifacts", *, quick: bool = False, seed: int = 0, device: str | None = None,
-        argv: list[str] | None = None, show_progress: bool = True) -> dict:
+        argv: list[str] | None = None, show_progress: bool = True, Ts: list[int] | None = None) -> dict:
     """Regenerate every artifact into ``out``; returns the manifest."""
     from tqdm import tqdm
     t0 = time.time()
@@ -390,6 +390,8 @@ def run(out: str | Path = "artifacts", *, quick: bool = False, seed: int = 0, de
     dev = torch.device(device or ("cuda" if cuda else "cpu"))
     card = torch.cuda.get_device_name(dev) if cuda else f"cpu ({platform.processor() or platform.machine()})"
     sz = sizes(cuda=cuda, quick=quick)
+    if Ts:
+        sz["Ts"] = list(Ts)
     torch.manual_seed(seed)
     n_steps = len(sz["Ts"]) + len(SOLVERS) * len(ABLATION_P) * len(ABLATION_KC)
     with tqdm(total=n_steps, desc="vashista repro", file=sys.stderr, disable=not show_progress) as bar:
@@ -424,9 +426,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smallest sizes (CI, ~1 min on CPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    ap.add_argument("--Ts", default=None, help="comma-separated context lengths for the scaling table "
+                    "(default: the mode's; e.g. 8192,32768 to fit a time limit)")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
-    m = run(a.out, quick=a.quick, seed=a.seed, device=a.device, argv=argv, show_progress=not a.no_progress)
+    try:
+        Ts = [int(t) for t in a.Ts.split(",") if t] if a.Ts else None
+    except ValueError:
+        ap.error(f"--Ts must be comma-separated integers, got {a.Ts!r}")
+    if Ts and min(Ts) < 16 * 128:
+        ap.error("--Ts values must be at least 2048 (Kc = 128 candidates from P = 64 pages of 16)")
+    m = run(a.out, quick=a.quick, seed=a.seed, device=a.device, argv=argv, show_progress=not a.no_progress, Ts=Ts)
     print(f"vashista repro: {m['mode']}; {len(m['artifacts'])} artifacts in {a.out} ({m['wall_time_s']:.0f} s)")
     return 0
 
