@@ -212,3 +212,30 @@ def test_sha256_mismatch_is_refused(tmp_path):
     import hashlib
     verify_sha256(str(f), hashlib.sha256(b"not a model").hexdigest())
     assert os.path.exists(f)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("bits", [4, 8])
+def test_certified_mode_full_coverage_is_dense_and_sparse_is_sound(disabled_after, bits):
+    """router='sketch' (certified mode) through the HF hook: Kc covering the context reproduces
+    dense logits; a sparse Kc changes them and its certificate bounds the float64 true error."""
+    m = disabled_after
+    ids = _ids(70, seed=5)
+    ref = _decode_logits(m, ids, 30)
+    enable_vashista(m, P=2, Kc=4096, page_size=8, dense_layers=(), router="sketch", bits=bits)
+    assert_rel_close(_decode_logits(m, ids, 30), ref, torch.float32, "certified mode, full coverage")
+    h = enable_vashista(m, P=2, Kc=8, page_size=8, dense_layers=(), router="sketch", bits=bits,
+                        collect_stats=True, shadow_dense=True)
+    got = _decode_logits(m, ids, 30)
+    assert rel_error(got, ref) > REL_TOL["float32"]
+    assert h.stats.summary()["certificate_violations"] == 0
+    rows = h.stats.table()
+    assert max(r["true_error"] for r in rows) > 1e-4          # sparsity really dropped mass
+    assert all(r["true_leakage"] <= r["certified_leakage"] + 1e-5 for r in rows)
+
+
+def test_certified_mode_rejects_bad_bits(tiny):
+    with pytest.raises(VashistaInputError, match="bits"):
+        enable_vashista(tiny, P=2, Kc=8, router="sketch", bits=3)
+    with pytest.raises(VashistaInputError, match="bits"):
+        enable_vashista(tiny, P=2, Kc=8, router="bound", bits=4)

@@ -77,3 +77,11 @@ def test_small_end_to_end_run_writes_every_output(tmp_path, capsys):
               "summary.md", "summary.json", "budget_sweep.png", "certified_vs_true.png", "fallback_per_layer.png"):
         assert os.path.getsize(out / f) > 0, f
     assert "user file" in summary["texts"]
+
+
+def test_certified_mode_budget_is_all_candidates():
+    from vashista_gpu.quality.tasks import budget_setting, budget_tokens
+    s = budget_setting(2048, 1 / 8, 16, router="sketch")
+    assert s["Kc"] == 256 and s["router"] == "sketch" and budget_tokens(s) == 256
+    b = budget_setting(2048, 1 / 8, 16)
+    assert budget_tokens(b) <= 256 and b["P"] >= 2

@@ -89,7 +89,7 @@ def _decode_rows(rt, module, q, key, value, valid, rows, lens, scale, out_t) -> 
         groups.setdefault(min(cfg.Kc, lens[b]), []).append(b)
     for kc, g in groups.items():
         res = sparse_decode(q[g], rt.mirror.cache, g, cfg.P, kc, solver=cfg.solver, scale=scale,
-                            sink_pages=cfg.sink_pages, router=cfg.router, policy=cfg.policy,
+                            sink_pages=cfg.sink_pages, router=cfg.router, bits=cfg.bits, policy=cfg.policy,
                             hierarchical=cfg.fanout is not None, backend=cfg.backend)
         out_t[g] = res.out.to(out_t.dtype)
         if rt.stats is not None:

@@ -34,6 +34,8 @@ from vashista_ref.errors import VashistaInputError
 from vashista_ref.policies import Capped, DenseFallback, ReportOnly
 from vashista_ref.validate import positive_int
 
+from vashista_ref.sketch import check_sketch_options
+
 from ..plan import ROUTERS, SOLVERS
 from .attention import ATTN_NAME, register
 from .mirror import LayerMirror
@@ -51,6 +53,7 @@ class VashistaConfig:
     page_size: int = 16
     solver: str = "softmax"
     router: str = "bound"
+    bits: int | None = None       # sketch bits for router="sketch" (certified mode, SPEC 3b)
     policy: object = None
     dense_layers: tuple = (0, 1)
     sink_pages: int = 1
@@ -133,8 +136,9 @@ def _check_config(c: VashistaConfig, n_layers: int) -> VashistaConfig:
                                       f"page are always routed), got {c.P}")
     if c.solver not in SOLVERS:
         raise VashistaInputError("solver", f"must be one of {SOLVERS}, got {c.solver!r}")
-    if c.router not in ROUTERS:
-        raise VashistaInputError("router", f"must be one of {ROUTERS}, got {c.router!r}")
+    if c.router not in ROUTERS + ("sketch",):
+        raise VashistaInputError("router", f"must be one of {ROUTERS + ('sketch',)}, got {c.router!r}")
+    c.bits = check_sketch_options(c.router, c.bits, c.solver, False, c.fanout is not None)
     if c.policy is not None and not isinstance(c.policy, (ReportOnly, DenseFallback, Capped)):
         raise VashistaInputError("policy", f"expected ReportOnly, DenseFallback or Capped, got {c.policy!r}")
     if c.prefill not in PREFILL_MODES:
@@ -159,12 +163,14 @@ def _check_config(c: VashistaConfig, n_layers: int) -> VashistaConfig:
 def enable_vashista(model, P: int, Kc: int, *, page_size: int = 16, solver: str = "softmax",
                     router: str = "bound", policy=None, dense_layers=(0, 1), sink_pages: int = 1,
                     prefill: str = "dense", fanout: int | None = None, backend: str = "auto",
-                    collect_stats: bool = False, shadow_dense: bool = False) -> VashistaHandle:
+                    collect_stats: bool = False, shadow_dense: bool = False,
+                    bits: int | None = None) -> VashistaHandle:
     """Switch ``model`` to Vashista decode (see module docstring); returns a :class:`VashistaHandle`.
 
     ``P`` pages routed per query head besides the sink and newest pages are counted inside P (as in
     ``sparse_decode``); ``Kc`` candidate tokens; ``policy`` a ``vashista_ref.policies`` object (default
-    report-only); ``dense_layers`` keep full attention; ``fanout`` enables the hierarchical summaries;
+    report-only); ``router="sketch"`` with ``bits`` 4 or 8 is certified mode (every token bounded
+    through its quantized key sketch; P is unused there); ``dense_layers`` keep full attention; ``fanout`` enables the hierarchical summaries;
     ``collect_stats`` records per-layer/per-head certificates; ``shadow_dense`` adds the float64 dense
     truth (true error, true leakage, Δ_lin, effective support) at the cost of a dense pass per step.
     """
@@ -173,7 +179,7 @@ def enable_vashista(model, P: int, Kc: int, *, page_size: int = 16, solver: str 
         disable_vashista(model)
     mods = attention_modules(model)
     cfg = _check_config(VashistaConfig(P=P, Kc=Kc, page_size=page_size, solver=solver, router=router,
-                                       policy=policy, dense_layers=dense_layers, sink_pages=sink_pages,
+                                       bits=bits, policy=policy, dense_layers=dense_layers, sink_pages=sink_pages,
                                        prefill=prefill, fanout=fanout, backend=backend,
                                        collect_stats=collect_stats, shadow_dense=shadow_dense), len(mods))
     mc = model.config

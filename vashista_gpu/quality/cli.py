@@ -48,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", type=float, nargs="*", help="budget fractions of the sweep (at the largest context)")
     p.add_argument("--page-size", type=int, default=16)
     p.add_argument("--dense-layers", type=int, nargs="*", default=[0, 1])
-    p.add_argument("--router", default="bound", choices=["bound", "mean"])
+    p.add_argument("--router", default="bound", choices=["bound", "mean", "sketch"],
+                   help="sketch = certified mode: the whole budget goes to candidates, every other token "
+                        "is bounded through its quantized key (reads bits/16 of all keys besides)")
+    p.add_argument("--bits", type=int, default=None, choices=[4, 8], help="sketch bits (router sketch)")
     p.add_argument("--policy", default="none", choices=["none", "dense_fallback"])
     p.add_argument("--tol", type=float, default=1e-2, help="certified-error tolerance of dense_fallback")
     p.add_argument("--no-passkey", action="store_true")
@@ -120,10 +123,13 @@ def run_suite(args, cfg) -> dict:
     os.makedirs(args.out, exist_ok=True)
     model, tok = load_default_model(shared=True)
     policy = ReportOnly() if args.policy == "none" else DenseFallback(args.tol)
+    router_label = args.router + (f" (int{args.bits or 4} sketch)" if args.router == "sketch" else "")
 
     def setting(ctx, frac):
-        s = budget_setting(ctx, frac, args.page_size)
+        s = budget_setting(ctx, frac, args.page_size, router=args.router)
         s.update(dense_layers=tuple(args.dense_layers), router=args.router, policy=policy)
+        if args.router == "sketch":
+            s.update(bits=args.bits or 4)
         return s
 
     def settings_for(ctx, sweep):
@@ -225,7 +231,7 @@ def run_suite(args, cfg) -> dict:
         certificate_violations=int(violations), steps_checked=int(merged.summary()["steps"]),
         fallback_rate=ms["fallback_rate"], budget_fraction=args.budget,
         texts=", ".join(describe(t) for t in texts), seconds=round(time.time() - t0, 1),
-        settings=(f"page_size={args.page_size}, dense_layers={args.dense_layers}, router={args.router}, "
+        settings=(f"page_size={args.page_size}, dense_layers={args.dense_layers}, router={router_label}, "
                   f"policy={args.policy}, budget={args.budget:g} of the context, span={cfg['span']}, "
                   f"quick={args.quick}"))
     if not args.no_figures:

@@ -35,12 +35,18 @@ from .decode_loop import decode_tokens, prefill
 WORDS = ("apple", "river", "candle", "falcon", "marble", "violet", "copper", "meadow", "harbor", "lantern")
 
 
-def budget_setting(ctx: int, fraction: float, page_size: int = 16, sink_pages: int = 1) -> dict:
+def budget_setting(ctx: int, fraction: float, page_size: int = 16, sink_pages: int = 1,
+                   router: str = "bound") -> dict:
     """P and Kc so that Kc + (P + sink_pages + 1)·S ≤ fraction·ctx (sink and newest pages counted).
 
     A quarter of the budget goes to candidates (Kc = budget/4, a power-of-two-friendly split).
     """
     budget = int(fraction * ctx)
+    if router == "sketch":
+        # certified mode routes no pages: the budget is all candidates (rescored exactly); the
+        # sketch scan reads bits/16 of every key on top, which the summary reports
+        return dict(P=sink_pages + 1, Kc=max(1, budget), page_size=page_size, sink_pages=sink_pages,
+                    router="sketch")
     kc = max(1, budget // 4)
     pages = (budget - kc) // page_size
     if pages < 2 * sink_pages + 2:
@@ -52,6 +58,8 @@ def budget_setting(ctx: int, fraction: float, page_size: int = 16, sink_pages: i
 
 
 def budget_tokens(s: dict) -> int:
+    if s.get("router") == "sketch":
+        return s["Kc"]
     return s["Kc"] + (s["P"] + s.get("sink_pages", 1) + 1) * s["page_size"]
 
 
