@@ -15,9 +15,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpu_cases import as_sets, build, finite_rel_close, ref_sets
+from gpu_cases import as_sets, build, finite_rel_close, poison_outputs, ref_sets  # noqa: F401 (autouse)
 from helpers import REL_TOL, assert_rel_close
-from vashista_gpu import triton_path
 from vashista_gpu.decode import sparse_decode
 from vashista_gpu.dense import dense_decode
 from vashista_ref.dense import dense_decode as ref_dense
@@ -29,13 +28,6 @@ DEV = "cuda" if CUDA else "cpu"
 BACKENDS = ["torch", "triton"]
 F32 = REL_TOL["float32"]          # the certificate is computed in float32 from exact scores
 
-
-@pytest.fixture(autouse=True)
-def poison_outputs():
-    old = triton_path.POISON
-    triton_path.POISON = True
-    yield
-    triton_path.POISON = old
 
 
 def check_against_reference(g, r, dtype):

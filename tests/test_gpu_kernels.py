@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpu_cases import build
+from gpu_cases import build, poison_outputs  # noqa: F401 (autouse)
 from helpers import assert_rel_close
 from vashista_gpu import torch_path, triton_path
 from vashista_gpu.decode import sparse_decode
@@ -19,13 +19,6 @@ from vashista_ref.errors import VashistaInputError
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
-
-@pytest.fixture(autouse=True)
-def poison_outputs():
-    old = triton_path.POISON
-    triton_path.POISON = True
-    yield
-    triton_path.POISON = old
 
 
 def test_tie_keys_follow_the_stable_sort():
