@@ -93,3 +93,21 @@ def test_bad_arguments_rejected(tmp_path, args):
         repro.main(args + ["--out", str(tmp_path)])
     assert e.value.code == 2
     assert not (tmp_path / "manifest.json").exists()
+
+
+@pytest.mark.model
+def test_quality_table_joins_the_artifacts(tmp_path):
+    """--quality runs the model integration's own suite (here at a tiny size) into OUT/quality, and
+    its tables are listed in the manifest and zipped with the rest."""
+    pytest.importorskip("gguf")
+    from vashista_gpu.quality.texts import load_text
+    text = tmp_path / "t.txt"
+    text.write_text(load_text("prose")[:20000], encoding="utf-8")
+    small = ("--text", str(text), "--contexts", "256", "--span", "4", "--pass-contexts", "256", "--depths", "0.5",
+             "--budget", "0.375", "--sweep", "--no-figures", "--dense-layers", *map(str, range(28)))
+    m = repro.run(tmp_path / "art", quick=True, show_progress=False, quality=True, quality_argv=small)
+    assert "quality/summary.json" in m["artifacts"] and "quality/perplexity.csv" in m["artifacts"]
+    summary = json.loads((tmp_path / "art" / "quality" / "summary.json").read_text())
+    assert summary["certificate_violations"] == 0
+    with zipfile.ZipFile(tmp_path / "art" / "vashista_repro.zip") as z:
+        assert "quality/summary.json" in z.namelist()

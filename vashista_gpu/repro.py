@@ -381,8 +381,11 @@ def versions() -> dict:
 
 
 def run(out: str | Path = "artifacts", *, quick: bool = False, seed: int = 0, device: str | None = None,
-        argv: list[str] | None = None, show_progress: bool = True, Ts: list[int] | None = None) -> dict:
-    """Regenerate every artifact into ``out``; returns the manifest."""
+        argv: list[str] | None = None, show_progress: bool = True, Ts: list[int] | None = None,
+        quality: bool = False, quality_argv: tuple[str, ...] = ("--quick",)) -> dict:
+    """Regenerate every artifact into ``out``; returns the manifest. ``quality`` also runs
+    ``vashista quality`` (``quality_argv``, default ``--quick``: several minutes on a CPU) on the
+    embedded model into ``out/quality``."""
     from tqdm import tqdm
     t0 = time.time()
     out = Path(out)
@@ -403,8 +406,15 @@ def run(out: str | Path = "artifacts", *, quick: bool = False, seed: int = 0, de
     for name, rows in tabs.items():
         write_csv(out / "tables" / f"{name}.csv", rows)
     figures(out, tabs, sz["mode"])
-    notes = ["quality table not produced here: run `vashista quality` (model integration, issue 6)",
-             "eg/fw on the GPU tier have no residual certificate: certified_error and fallback_rate NaN"]
+    notes = ["eg/fw on the GPU tier have no residual certificate: certified_error and fallback_rate NaN"]
+    if quality:
+        from .quality.cli import main as quality_main   # the model integration's own suite, unchanged
+        if quality_main([*quality_argv, "--seed", str(seed), "--out", str(out / "quality")]) != 0:
+            raise RuntimeError("vashista quality --quick failed; see its output above")
+        notes.append(f"quality/: `vashista quality {' '.join(quality_argv)}` on the embedded SmolLM2-135M "
+                     "(dense vs Vashista decode)")
+    else:
+        notes.append("quality table not produced (pass --quality, or run `vashista quality`)")
     if not cuda:
         notes.insert(0, "CPU run: reduced sizes, float32, PyTorch path; NOT the paper's shapes")
     manifest = dict(command=["vashista", "repro"] + list(argv if argv is not None else []), seed=seed,
@@ -429,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--Ts", default=None, help="comma-separated context lengths for the scaling table "
                     "(default: the mode's; e.g. 8192,32768 to fit a time limit)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--quality", action="store_true",
+                    help="also run `vashista quality --quick` on the embedded model into OUT/quality (minutes)")
     a = ap.parse_args(argv)
     try:
         Ts = [int(t) for t in a.Ts.split(",") if t] if a.Ts else None
@@ -436,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--Ts must be comma-separated integers, got {a.Ts!r}")
     if Ts and min(Ts) < 16 * 128:
         ap.error("--Ts values must be at least 2048 (Kc = 128 candidates from P = 64 pages of 16)")
-    m = run(a.out, quick=a.quick, seed=a.seed, device=a.device, argv=argv, show_progress=not a.no_progress, Ts=Ts)
+    m = run(a.out, quick=a.quick, seed=a.seed, device=a.device, argv=argv, show_progress=not a.no_progress, Ts=Ts,
+          quality=a.quality)
     print(f"vashista repro: {m['mode']}; {len(m['artifacts'])} artifacts in {a.out} ({m['wall_time_s']:.0f} s)")
     return 0
 
