@@ -30,6 +30,7 @@ import torch
 
 from vashista_gpu.decode import run_plan, sparse_decode
 from vashista_gpu.dense import dense_decode, sdpa_decode
+from vashista_gpu.notebook_baseline import notebook_baseline
 from vashista_gpu.paged_cache import TorchPagedKVCache
 from vashista_gpu.plan import plan_decode
 
@@ -56,26 +57,6 @@ def copy_bandwidth(dev) -> float:
     ms = bench(lambda: b.copy_(a), cuda=True)
     del a, b
     return 2 * n * 2 / (ms * 1e-3)
-
-
-def notebook_baseline(q, Kp, Vp, means, P, Kc, scale):
-    """The paper notebook's sparse step re-implemented in plain PyTorch from its description:
-    mean-key page summaries; einsum of q against every page mean; torch.topk over pages; index the
-    selected pages' keys, einsum, torch.topk over tokens; softmax weights; gather-sum of the values.
-    Kp/Vp (B, Hkv, NP, S, D); means (B, Hkv, NP, D) precomputed (kept current by the cache)."""
-    B, Hq, D = q.shape
-    Hkv, S = Kp.shape[1], Kp.shape[3]
-    kvh = (torch.arange(Hq, device=q.device) // (Hq // Hkv))[None, :, None]
-    bi = torch.arange(B, device=q.device)[:, None, None]
-    ps = torch.einsum("bhd,bhpd->bhp", q, means[:, kvh[0, :, 0]])          # (B,Hq,NP)
-    pages = torch.topk(ps, P, dim=-1).indices                               # (B,Hq,P)
-    ks = Kp[bi, kvh, pages]                                                 # (B,Hq,P,S,D)
-    s = torch.einsum("bhd,bhpsd->bhps", q, ks).reshape(B, Hq, -1) * scale
-    top = torch.topk(s, Kc, dim=-1)
-    w = torch.softmax(top.values.float(), dim=-1).to(q.dtype)
-    tok = top.indices
-    vs = Vp[bi, kvh, torch.gather(pages, -1, tok // S), tok % S]            # (B,Hq,Kc,Dv)
-    return torch.einsum("bhk,bhkd->bhd", w, vs)
 
 
 def graph_of(fn, cuda: bool):

@@ -111,3 +111,17 @@ def test_quality_table_joins_the_artifacts(tmp_path):
     assert summary["certificate_violations"] == 0
     with zipfile.ZipFile(tmp_path / "art" / "vashista_repro.zip") as z:
         assert "quality/summary.json" in z.namelist()
+
+
+def test_installed_packages_do_not_import_from_the_source_tree():
+    """The console script runs from an installed package: benchmarks/ and scripts/ are not on its
+    path (an import of benchmarks.decode_scaling once broke `vashista repro` outside the repo)."""
+    offenders = []
+    for pkg in ("vashista_ref", "vashista_gpu", "proofs_checks"):
+        for f in (ROOT / pkg).rglob("*.py"):
+            for line in f.read_text().splitlines():
+                s = line.strip()
+                if s.startswith(("from benchmarks", "import benchmarks", "from scripts", "import scripts",
+                                 "from tests", "import tests")):
+                    offenders.append(f"{f.relative_to(ROOT)}: {s}")
+    assert not offenders, offenders

@@ -1,7 +1,7 @@
 """``vashista repro``: regenerate the paper's tables and figures from this library's own code.
 
 Nothing here is an algorithm: every number comes from ``vashista_gpu.decode.sparse_decode`` /
-``vashista_gpu.dense.dense_decode`` (decode), ``benchmarks/decode_scaling.notebook_baseline`` (the
+``vashista_gpu.dense.dense_decode`` (decode), ``vashista_gpu.notebook_baseline`` (the
 paper notebook's step), ``vashista_ref.softmax_model.softmax_certificate`` (leakage),
 ``vashista_ref.entropic.entropic_projection`` and ``vashista_ref.projection.project_onto_hull``
 (Wolfe, no cvxpy) for the face error and the support gap. This module only chooses sizes, times,
@@ -149,7 +149,7 @@ def _free(cuda: bool) -> None:
 def scaling_rows(sz: dict, *, seed: int, device, cuda: bool, card: str, P: int = 64, Kc: int = 128,
                  progress=None) -> list[dict]:
     """One row per context length: dense SDPA, the notebook baseline and Vashista sparse decode."""
-    from benchmarks.decode_scaling import notebook_baseline
+    from vashista_gpu.notebook_baseline import notebook_baseline
     from vashista_gpu.decode import run_plan, sparse_decode
     from vashista_gpu.dense import sdpa_decode
     from vashista_gpu.plan import plan_decode
