@@ -263,9 +263,16 @@ NOTEBOOKS["06_claims_ledger"] = [
 a verdict, the worst observed/bound ratio, measured constants and the smallest counterexample when a
 claim fails. This is the `vashista check --quick` run, with each verdict explained in plain words."""),
     ("code", SETUP + """
+import tempfile
 from proofs_checks.runner import run_all, table
-results = run_all(quick=True, seed=0, progress=False)
+report_dir = tempfile.mkdtemp(prefix="vashista_check_")      # report.md, report.csv and the figures
+results = run_all(quick=True, seed=0, out=report_dir, progress=False)
 print(table(results))"""),
+    ("md", """The two figures of the report: the measured off-face mass against Corollary 1's bound, and the
+face error ‖y_ε − y*‖ against Theorem 1's bound with the geometric constant (log scales)."""),
+    ("code", """from IPython.display import Image, display
+for name in ("leakage_vs_eps.png", "face_error_vs_eps.png"):
+    display(Image(filename=str(pathlib.Path(report_dir) / name)))"""),
     ("code", """for r in results:
     c = r.claim
     print(f"--- claim {c.number}: {c.name} — {r.verdict} on {r.instances} instances")
