@@ -5,4 +5,4 @@
     >>> handle = enable_vashista(model, P=8, Kc=64)                        # doctest: +SKIP
 """
 from .enable import VashistaConfig, VashistaHandle, disable_vashista, enable_vashista  # noqa: F401
-from .model import default_model_path, load_default_model, load_model  # noqa: F401
+from .model import default_model_path, load_default_model, load_model, load_model_file  # noqa: F401

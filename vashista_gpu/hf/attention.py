@@ -103,12 +103,14 @@ def _record(rt, q, key, value, valid, positions, scale, res) -> None:
         sh = dense_shadow(q, key, value, valid, scale)
         o_sparse = res.out.double()
         fields["true_error"] = (o_sparse - sh["o"]).norm(dim=-1)
-        cand = res.candidates.cpu()                                    # (n, Hq, Kc) logical, -1 padded
-        mass = torch.zeros(cand.shape[:2], dtype=torch.float64)
+        cand = res.candidates                                          # (n, Hq, Kc) logical, -1 padded
+        p = sh["p"]
+        # stays on the shadow's device: no per-step copy of the (Hq, T) probabilities to the host
+        mass = torch.zeros(cand.shape[:2], dtype=torch.float64, device=p.device)
         for i, pos in enumerate(positions):
-            c = cand[i]
-            hf = torch.where(c >= 0, pos[c.clamp(min=0)], 0)
-            pm = torch.gather(sh["p"][i].cpu(), -1, hf)
+            c = cand[i].to(p.device)
+            hf = torch.where(c >= 0, pos.to(p.device)[c.clamp(min=0)], 0)
+            pm = torch.gather(p[i], -1, hf)
             mass[i] = torch.where(c >= 0, pm, 0.0).sum(-1)
         fields["true_leakage"] = (1.0 - mass).clamp(min=0.0)
         fields["delta_lin"] = sh["delta_lin"]

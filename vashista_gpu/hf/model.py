@@ -65,8 +65,14 @@ def verify_sha256(path: str, expected: str) -> None:
     _SHA_OK.add(key)
 
 
-def load_model(directory: str, gguf_file: str | None = None, *, dtype=None, sha256: str | None = None):
-    """Load a local causal LM and its tokenizer offline; returns ``(model, tokenizer)`` in eval mode."""
+def load_model(directory: str, gguf_file: str | None = None, *, dtype=None, sha256: str | None = None,
+               device=None):
+    """Load a local causal LM and its tokenizer offline; returns ``(model, tokenizer)`` in eval mode.
+
+    ``device`` (e.g. ``"cuda"``) moves the loaded model there; GGUF weights are dequantized on the host
+    first, whatever the device.
+    """
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not os.path.isdir(directory):
@@ -80,25 +86,40 @@ def load_model(directory: str, gguf_file: str | None = None, *, dtype=None, sha2
         kw["gguf_file"] = gguf_file
     tok = AutoTokenizer.from_pretrained(directory, **kw)
     if dtype is not None:
-        kw["dtype"] = dtype
+        # transformers 5 names it ``dtype``; 4.x knows ``torch_dtype`` (``from_pretrained`` takes **kwargs,
+        # so an unknown name would be silently ignored: choose by version)
+        kw["dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"] = dtype
     model = AutoModelForCausalLM.from_pretrained(directory, **kw)
+    if device is not None:
+        model.to(device)
     model.eval()
     return model, tok
 
 
-def load_default_model(*, dtype=None, shared: bool = False):
+def load_model_file(path: str, *, dtype=None, device=None, sha256: str | None = None):
+    """Load one local GGUF file (``vashista quality --model``); a missing file is a VashistaInputError."""
+    if not isinstance(path, str) or not os.path.isfile(path):
+        raise VashistaInputError("model", f"{path!r} is not a file (expected a local GGUF model file)")
+    if not path.endswith(".gguf"):
+        raise VashistaInputError("model", f"{path!r} is not a .gguf file")
+    path = os.path.abspath(path)
+    return load_model(os.path.dirname(path), os.path.basename(path), dtype=dtype, sha256=sha256, device=device)
+
+
+def load_default_model(*, dtype=None, shared: bool = False, device=None):
     """The embedded SmolLM2-135M-Instruct (sha256-checked), float32 unless ``dtype`` says otherwise.
 
     ``shared=True`` returns one process-wide instance (test sessions, the quality suite), so the ~20 s
     dequantisation happens once; whoever enables Vashista on it must disable it again.
     """
     if shared:
-        key = str(dtype)
+        key = f"{dtype}@{device}"
         if key not in _SHARED:
-            _SHARED[key] = load_default_model(dtype=dtype)
+            _SHARED[key] = load_default_model(dtype=dtype, device=device)
         return _SHARED[key]
     path = default_model_path()
-    return load_model(os.path.dirname(path), os.path.basename(path), dtype=dtype, sha256=DEFAULT_SHA256)
+    return load_model(os.path.dirname(path), os.path.basename(path), dtype=dtype, sha256=DEFAULT_SHA256,
+                      device=device)
 
 
 _SHARED: dict[str, tuple] = {}

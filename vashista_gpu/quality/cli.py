@@ -8,11 +8,19 @@ violation is a bug and is counted). Writes CSV tables, figures and ``summary.md`
 prints the summary object (ppl_dense, ppl_sparse, passkey_dense, passkey_sparse, certificate_violations,
 fallback_rate, ...). ``--quick`` is the CI configuration (short contexts, a few needles).
 
+``--device auto`` (the default) runs on CUDA when it is available, else on the CPU; the model runs in
+float32 and sparse decode uses the Triton kernels on CUDA and the PyTorch path on the CPU — the
+device, its name, the backend and the torch/triton/transformers versions are in the summary
+(``env``). ``--model FILE.gguf`` loads another copy of a GGUF model file (default: the embedded
+SmolLM2 file, sha256-checked). The CSV tables and ``progress.json`` are rewritten after every task,
+so an interrupted run still leaves the finished rows.
+
 Example::
 
     vashista quality --quick --out /tmp/q --json
     vashista quality --contexts 2048 8192 --span 64 --out results/quality
     vashista quality --text README.md --contexts 1024 --out /tmp/q_readme
+    vashista quality --device cuda --model /tmp/m/SmolLM2-135M-Instruct.Q4_1.gguf --contexts 8192 --no-passkey
 """
 from __future__ import annotations
 
@@ -55,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default="none", choices=["none", "dense_fallback"])
     p.add_argument("--tol", type=float, default=1e-2, help="certified-error tolerance of dense_fallback")
     p.add_argument("--no-passkey", action="store_true")
+    p.add_argument("--no-ppl", action="store_true", help="skip the perplexity part (passkey / multi-key only)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto = cuda when available; cuda runs sparse decode on the Triton kernels")
+    p.add_argument("--model", default=None, metavar="FILE.gguf",
+                   help="a local GGUF model file (default: the embedded SmolLM2-135M-Instruct, sha256-checked)")
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -82,6 +95,48 @@ def _check(args, cfg) -> None:
             raise VashistaInputError("--budget", e.problem) from None
     if args.policy == "dense_fallback" and not (math.isfinite(args.tol) and args.tol >= 0):
         raise VashistaInputError("--tol", "must be finite and >= 0")
+    if args.no_ppl and args.no_passkey:
+        raise VashistaInputError("--no-ppl", "with --no-passkey there is nothing to run")
+    if args.model is not None and not os.path.isfile(args.model):
+        raise VashistaInputError("--model", f"{args.model!r} is not a file (expected a local GGUF model file)")
+    if args.model is not None and not args.model.endswith(".gguf"):
+        raise VashistaInputError("--model", f"{args.model!r} is not a .gguf file")
+    resolve_device(args.device)
+
+
+def resolve_device(device: str) -> tuple[str, str]:
+    """(torch device, decode backend): cuda + triton, or cpu + torch (``auto`` = cuda when available)."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise VashistaInputError("--device", "cuda was asked for but torch sees no CUDA device")
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            raise VashistaInputError("--device", "cuda needs triton for the sparse-decode kernels") from None
+        return "cuda", "triton"
+    return "cpu", "torch"
+
+
+def environment(device: str, backend: str, model_path: str, model_sha256: str) -> dict:
+    """What ran where: reported in summary.json so a number can be traced to its device and versions."""
+    import platform
+
+    import torch
+    import transformers
+
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    name = torch.cuda.get_device_name(0) if device == "cuda" else (platform.processor() or platform.machine())
+    return dict(device=device, device_name=name, backend=backend, dtype="float32",
+                torch=torch.__version__, triton=triton_version, transformers=transformers.__version__,
+                python=platform.python_version(), model=os.path.basename(model_path), model_sha256=model_sha256)
 
 
 def main(argv=None) -> int:
@@ -112,22 +167,37 @@ def run_suite(args, cfg) -> dict:
     import torch
     from tqdm import tqdm
 
-    from ..hf import load_default_model
+    from ..hf import load_default_model, load_model_file
+    from ..hf.model import DEFAULT_SHA256, default_model_path, sha256_file
     from ..hf.stats import DecodeStats
-    from . import report
+    from . import report, tasks
     from .tasks import budget_setting, budget_tokens, multikey, passkey, perplexity
     from .texts import describe, load_text
 
     t0 = time.time()
     torch.manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
-    model, tok = load_default_model(shared=True)
+    device, backend = resolve_device(args.device)
+    if device == "cuda":
+        # float32 means float32: no TF32 in the dense matmuls the sparse ones are compared with
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    if args.model is None:
+        model, tok = load_default_model(shared=True, device=device)
+        model_path, model_sha = default_model_path(), DEFAULT_SHA256
+    else:
+        model, tok = load_model_file(args.model, device=device)
+        model_path, model_sha = args.model, sha256_file(args.model)
+    if next(model.parameters()).dtype != torch.float32:
+        model.float()
+    env = environment(device, backend, model_path, model_sha)
+    print(f"[quality] {json.dumps(env)}; model loaded in {time.time() - t0:.1f} s", file=sys.stderr, flush=True)
     policy = ReportOnly() if args.policy == "none" else DenseFallback(args.tol)
     router_label = args.router + (f" (int{args.bits or 4} sketch)" if args.router == "sketch" else "")
 
     def setting(ctx, frac):
         s = budget_setting(ctx, frac, args.page_size, router=args.router)
-        s.update(dense_layers=tuple(args.dense_layers), router=args.router, policy=policy)
+        s.update(dense_layers=tuple(args.dense_layers), router=args.router, policy=policy, backend=backend)
         if args.router == "sketch":
             s.update(bits=args.bits or 4)
         return s
@@ -148,7 +218,7 @@ def run_suite(args, cfg) -> dict:
     filler = tok(load_text("prose"), return_tensors="pt").input_ids[0] if not args.no_passkey else None
     sweep_ctx = max(cfg["contexts"])
     sweep_pass_ctx = max(cfg["pass_contexts"])
-    jobs = [("ppl", t, c, None) for t in texts for c in cfg["contexts"]]
+    jobs = [] if args.no_ppl else [("ppl", t, c, None) for t in texts for c in cfg["contexts"]]
     if not args.no_passkey:
         jobs += [("passkey", None, c, d) for c in cfg["pass_contexts"] for d in cfg["depths"]]
         multi = sorted({min(cfg["pass_contexts"]), max(cfg["pass_contexts"])})
@@ -165,7 +235,10 @@ def run_suite(args, cfg) -> dict:
             if main:
                 main_stats.records[L].extend(recs)
 
-    for kind, text, ctx, extra in tqdm(jobs, desc="quality", file=sys.stderr):
+    timing_rows = []
+    for done, (kind, text, ctx, extra) in enumerate(tqdm(jobs, desc="quality", file=sys.stderr, mininterval=30)):
+        tj = time.time()
+        tasks.TIMINGS.clear()
         sweep = (kind == "ppl" and ctx == sweep_ctx and text == texts[0]) or \
                 (kind == "passkey" and ctx == sweep_pass_ctx and extra == cfg["depths"][len(cfg["depths"]) // 2])
         st = settings_for(ctx, sweep)
@@ -206,6 +279,20 @@ def run_suite(args, cfg) -> dict:
             multi_rows.append(dict(ctx=ctx, n_keys=extra, key=r["key"], answer_dense=res["dense"]["answer"],
                                    answer_sparse=r["answer"], dense=res["dense"]["correct"], sparse=r["correct"],
                                    violations=r["stats"].violations()))
+        for name, n_tok, sec in tasks.TIMINGS:
+            timing_rows.append(dict(task=kind, text=text or "", ctx=ctx, extra=extra, setting=name, tokens=n_tok,
+                                    seconds=round(sec, 3), ms_per_token=round(1000 * sec / max(n_tok, 1), 2)))
+        # rewritten after every task: a run stopped by a time limit keeps its finished rows
+        tables = dict(perplexity=ppl_rows, passkey=pass_rows, multikey=multi_rows, sweep=sweep_rows,
+                      timings=timing_rows)
+        for fname, rows in tables.items():
+            report.write_csv(os.path.join(args.out, f"{fname}.csv"), rows)
+        with open(os.path.join(args.out, "progress.json"), "w") as f:
+            json.dump(dict(done=done + 1, jobs=len(jobs),
+                           seconds=round(time.time() - t0, 1), env=env), f, indent=1)
+        tags = ", ".join(f"{n} {k} tok {1000 * s_ / max(k, 1):.0f} ms/tok" for n, k, s_ in tasks.TIMINGS)
+        print(f"[quality] {kind} {text or ''} ctx={ctx} {extra if extra is not None else ''}: "
+              f"{time.time() - tj:.1f} s ({tags}); total {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
 
     layer_rows = merged.per_layer()
     for r in layer_rows:
@@ -230,10 +317,11 @@ def run_suite(args, cfg) -> dict:
         multikey_dense=mean([r["dense"] for r in multi_rows]), multikey_sparse=mean([r["sparse"] for r in multi_rows]),
         certificate_violations=int(violations), steps_checked=int(merged.summary()["steps"]),
         fallback_rate=ms["fallback_rate"], budget_fraction=args.budget,
-        texts=", ".join(describe(t) for t in texts), seconds=round(time.time() - t0, 1),
+        texts=", ".join(describe(t) for t in texts) if not args.no_ppl else "", seconds=round(time.time() - t0, 1),
         settings=(f"page_size={args.page_size}, dense_layers={args.dense_layers}, router={router_label}, "
                   f"policy={args.policy}, budget={args.budget:g} of the context, span={cfg['span']}, "
-                  f"quick={args.quick}"))
+                  f"quick={args.quick}"),
+        env=env)
     if not args.no_figures:
         rng = random.Random(args.seed)
         sample = stat_rows if len(stat_rows) <= 20000 else rng.sample(stat_rows, 20000)

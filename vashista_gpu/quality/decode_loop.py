@@ -14,20 +14,46 @@ Example::
 from __future__ import annotations
 
 import copy
+import inspect
 
 import torch
 
 
+def cache_kwarg(model) -> str:
+    """The forward argument that takes the KV cache: ``cache`` in transformers 5, ``past_key_values``
+    in 4.x. Passing the wrong one is *silently* swallowed by ``**kwargs`` (every step would then see
+    only itself), so it is looked up, never assumed."""
+    params = inspect.signature(model.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    raise RuntimeError(f"{type(model).__name__}.forward takes neither 'cache' nor 'past_key_values'")
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _step(model, c, ids: torch.Tensor):
+    """One forward of ids (1, n) with cache ``c``; checks that the cache really grew by n."""
+    before = c.get_seq_length()
+    out = model(ids, use_cache=True, **{cache_kwarg(model): c})
+    if c.get_seq_length() != before + ids.shape[1]:
+        raise RuntimeError(f"the KV cache did not grow ({before} -> {c.get_seq_length()} after "
+                           f"{ids.shape[1]} tokens): this transformers version ignores the cache argument")
+    return out
+
+
 @torch.no_grad()
 def prefill(model, ids: torch.Tensor):
-    """Dense forward of ids (1, n); returns (HF cache, last logits (vocab,))."""
+    """Dense forward of ids (1, n) (moved to the model's device); returns (HF cache, last logits (vocab,))."""
     from transformers import DynamicCache
 
     handle = getattr(model, "_vashista_handle", None)
     if handle is not None:
         raise RuntimeError("prefill must run with Vashista disabled")
     cache = DynamicCache()
-    out = model(ids, cache=cache, use_cache=True)
+    out = _step(model, cache, ids.to(_device(model)))
     return cache, out.logits[0, -1].float()
 
 
@@ -41,10 +67,11 @@ def decode_tokens(model, cache, tokens: torch.Tensor, first_logits: torch.Tensor
     ``generate`` greedy tokens that follow the last fed token.
     """
     c = copy.deepcopy(cache) if copy_cache else cache
+    dev = _device(model)
     nll = []
     logits = None
     for i, t in enumerate(tokens.tolist()):
-        out = model(torch.tensor([[t]]), cache=c, use_cache=True)
+        out = _step(model, c, torch.tensor([[t]], device=dev))
         logits = out.logits[0, -1].double()
         if i + 1 < len(tokens):
             nll.append(float(-torch.log_softmax(logits, -1)[tokens[i + 1]]))
@@ -52,6 +79,6 @@ def decode_tokens(model, cache, tokens: torch.Tensor, first_logits: torch.Tensor
     for _ in range(generate):
         nxt = int(torch.argmax(logits))
         gen.append(nxt)
-        out = model(torch.tensor([[nxt]]), cache=c, use_cache=True)
+        out = _step(model, c, torch.tensor([[nxt]], device=dev))
         logits = out.logits[0, -1].double()
     return torch.tensor(nll, dtype=torch.float64), gen

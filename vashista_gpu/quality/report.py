@@ -87,7 +87,9 @@ def markdown(summary: dict, ppl_rows, pass_rows, multi_rows, sweep_rows, layer_r
 
     s = "# Vashista quality suite\n\n"
     s += "Settings: " + summary["settings"] + "\n\n"
-    s += "## Summary\n\n" + table([summary], [k for k in summary if k != "settings"]) + "\n"
+    if summary.get("env"):
+        s += "Environment: " + ", ".join(f"{k}={v}" for k, v in summary["env"].items()) + "\n\n"
+    s += "## Summary\n\n" + table([summary], [k for k in summary if k not in ("settings", "env")]) + "\n"
     s += "## Perplexity (dense prefill, token-by-token decode of the span)\n\n"
     s += table(ppl_rows, ["text", "ctx", "span", "P", "Kc", "budget_fraction", "ppl_dense", "ppl_sparse",
                           "ppl_change_pct", "violations", "fallback_rate"])

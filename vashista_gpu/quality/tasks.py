@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import time
 
 import torch
 
@@ -63,16 +64,24 @@ def budget_tokens(s: dict) -> int:
     return s["Kc"] + (s["P"] + s.get("sink_pages", 1) + 1) * s["page_size"]
 
 
+# (setting label, decoded tokens, seconds) of every _run since the caller last cleared it: the quality
+# CLI logs per-token cost per task (what a device time budget is planned from)
+TIMINGS: list[tuple[str, int, float]] = []
+
+
 def _run(model, setting, cache, tokens, generate=0):
-    """Decode under ``setting``; returns (nll, generated, stats summary or None, stats object)."""
+    """Decode under ``setting``; returns (nll, generated, stats object or None)."""
+    t0 = time.perf_counter()
     if setting is None:
         nll, gen = decode_tokens(model, cache, tokens, generate=generate)
+        TIMINGS.append(("dense", len(tokens) + generate, time.perf_counter() - t0))
         return nll, gen, None
     h = enable_vashista(model, collect_stats=True, shadow_dense=True, **setting)
     try:
         nll, gen = decode_tokens(model, cache, tokens, generate=generate)
     finally:
         disable_vashista(model)
+    TIMINGS.append((f"sparse P={setting['P']} Kc={setting['Kc']}", len(tokens) + generate, time.perf_counter() - t0))
     return nll, gen, h.stats
 
 
