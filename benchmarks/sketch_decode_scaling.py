@@ -11,13 +11,19 @@ The sketch here is random (codes uniform, positive float16 steps): the scan's co
 on the values, and the certificate's soundness is tested on real values in
 tests/test_gpu_sketch_fused.py; the numbers below time the same kernels on the same bytes.
 
+The step runs with ``sync=False`` (no host synchronisation, so it can be graph-captured); rows whose
+threshold selection overflowed are counted and reported (``overflow_rows``) — on these inputs none.
+Also timed alone: the scan variants (block size, warps, without the one-sided savings), the
+threshold selection, a full ``topk`` of every token's tie key (what the selection replaced), and the
+certificate's one-pass log-sum-exp.
+
 Timing: ``triton.testing.do_bench`` medians of CUDA-graph replays (``decode_scaling.graph_of``),
 dense flash rerun in the same process, copy bandwidth measured in the same process
 (``decode_scaling.copy_bandwidth``). Bytes:
 
 * sketch = codes + metadata (steps and offsets), read once per KV head;
-* scan moved = sketch + q + the scan's outputs (int64 tie-rule key + float32 bound per token and
-  query head, written once) — what the scan kernel actually moves;
+* scan moved = sketch + q + the scan's outputs (float32 score + float32 bound per token and query
+  head, written once) — what the scan kernel actually moves;
 * floor = sketch + q + the candidates' keys and values (Kc·(D+Dv)·2 bytes per query head) + output.
 
 Usage::
@@ -40,8 +46,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from decode_scaling import bench, copy_bandwidth, graph_of  # noqa: E402
 
 from vashista_gpu.dense import sdpa_decode  # noqa: E402
+from vashista_gpu.kernels.row_lse import row_lse_upper  # noqa: E402
 from vashista_gpu.kernels.sketch_scan import sketch_scan_bound  # noqa: E402
-from vashista_gpu.sketch import fused_sketch_step  # noqa: E402
+from vashista_gpu.selection import tie_keys  # noqa: E402
+from vashista_gpu.sketch import _select_candidates, fused_sketch_step  # noqa: E402
 
 
 def random_sketch(RK, T, D, bits, group, dev, gen):
@@ -77,26 +85,44 @@ def run_T(B, H, T, D, Kc, group, dev, cuda, bits_list, rows, bw):
         codes, offset, step = random_sketch(B * H, T, D, bits, group, dev, gen)
         sketch_bytes = codes.numel() + 2 * offset.numel() * offset.element_size()
         q32 = q.float().reshape(B * H, D)
-        scan = graph_of(lambda: sketch_scan_bound(q32, codes, offset, step, bits=bits, group=group, scale=scale), cuda)
-        scan_ms = bench(scan, cuda=cuda)
-        keys, _ = sketch_scan_bound(q32, codes, offset, step, bits=bits, group=group, scale=scale)
-        topk = graph_of(lambda: torch.topk(keys, Kc, dim=-1, sorted=False), cuda)
-        topk_ms = bench(topk, cuda=cuda)
-        del keys
+        # scan variants (block size, warps, one-sided savings off = the cost of those two products)
+        variants = {}
+        for bt, nw, os_ in [(64, 4, True), (64, 8, True), (32, 4, True), (64, 4, False)]:
+            try:
+                fn = graph_of(lambda: sketch_scan_bound(q32, codes, offset, step, bits=bits, group=group, scale=scale,
+                                                        block_tokens=bt, num_warps=nw, one_sided=os_), cuda)
+                variants[f"BM{bt}_w{nw}{'' if os_ else '_no_one_sided'}"] = bench(fn, cuda=cuda)
+                del fn
+            except Exception as e:  # noqa: BLE001 — record and go on
+                variants[f"BM{bt}_w{nw}"] = f"{type(e).__name__}: {e}"[:200]
+        scan_ms = variants["BM64_w4"]
+        s_, ub_, bmax_, _ = sketch_scan_bound(q32, codes, offset, step, bits=bits, group=group, scale=scale)
+        sel = graph_of(lambda: _select_candidates(s_, bmax_, Kc, 4 * Kc, False), cuda)
+        select_ms = bench(sel, cuda=cuda)
+        _, ovf = _select_candidates(s_, bmax_, Kc, 4 * Kc, False)
+        full_keys = tie_keys(s_, torch.arange(T, device=dev))
+        topk_full = graph_of(lambda: torch.topk(full_keys, Kc, dim=-1, sorted=False), cuda)
+        topk_full_ms = bench(topk_full, cuda=cuda)
+        lse = graph_of(lambda: row_lse_upper(ub_), cuda)
+        lse_ms = bench(lse, cuda=cuda)
+        del s_, ub_, bmax_, sel, full_keys, topk_full, lse
         holder = {}
 
         def step_fn():
             holder["r"] = fused_sketch_step(q, K, V, codes, offset, step, vmax, bits=bits, group=group, Kc=Kc,
-                                            scale=scale)
+                                            scale=scale, sync=False)
         ours = graph_of(step_fn, cuda)
         ours_ms = bench(ours, cuda=cuda)
         r = holder["r"]
-        scan_moved = sketch_bytes + q32.numel() * 4 + B * H * T * 12
+        scan_moved = sketch_bytes + q32.numel() * 4 + B * H * T * 8
         floor = sketch_bytes + B * H * D * 2 + B * H * Kc * 2 * D * 2 + B * H * D * 4
         row = dict(T=T, bits=bits, B=B, H=H, D=D, Kc=Kc, group=group, meta_dtype="float16",
                    dense_flash_ms=dense_ms, dense_TBps=dense_bytes / dense_ms / 1e9,
                    ours_ms=ours_ms, speedup=dense_ms / ours_ms,
-                   scan_ms=scan_ms, topk_ms=topk_ms, glue_ms=ours_ms - scan_ms - topk_ms,
+                   scan_ms=scan_ms, scan_variants_ms=variants, select_ms=select_ms,
+                   full_topk_ms_for_comparison=topk_full_ms, lse_ms=lse_ms,
+                   glue_ms=ours_ms - scan_ms - select_ms,
+                   overflow_rows=int(ovf.sum()), overflow_rows_in_step=int(r.overflow.sum()),
                    sketch_bytes=sketch_bytes, metadata_bytes=2 * offset.numel() * 2,
                    floor_bytes=floor, floor_ms_at_copy_bw=floor / bw * 1e3 if bw else None,
                    ours_floor_TBps=floor / ours_ms / 1e9,
@@ -107,7 +133,7 @@ def run_T(B, H, T, D, Kc, group, dev, cuda, bits_list, rows, bw):
                    certificate_finite=bool(torch.isfinite(r.certified_error).all()))
         rows.append(row)
         print(json.dumps(row), flush=True)
-        del codes, offset, step, scan, ours, topk, holder, r
+        del codes, offset, step, ours, holder, r
         if cuda:
             torch.cuda.empty_cache()
     del K, V

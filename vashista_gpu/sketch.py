@@ -631,43 +631,85 @@ def sketch_to_decode_output(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: i
 @dataclass(frozen=True)
 class FusedCertifiedStep:
     """(B, Hq) certificate tensors (float32, rounded outward), ``out`` (B, Hq, Dv) float32,
-    ``candidates`` (B, Hq, Kc) ascending logical indices."""
+    ``candidates`` (B, Hq, Kc) ascending logical indices; ``overflow`` (B, Hq) bool marks rows whose
+    threshold selection overflowed its buffer (always False when the step synchronised and
+    reselected them; see :func:`fused_sketch_step`)."""
     out: torch.Tensor
     candidates: torch.Tensor
     certified_leakage: torch.Tensor
     certified_error: torch.Tensor
+    overflow: torch.Tensor
 
 
 def _f32_up(x):
     return torch.nextafter(x, torch.full_like(x, math.inf))
 
 
+def _select_candidates(s: torch.Tensor, bmax: torch.Tensor, Kc: int, cap: int, sync: bool):
+    """Top-Kc logical indices (ascending) of each row of ŝ under the tie rule, and the overflow mask.
+
+    Threshold path (``kernels/select_above.py``) when there are at least Kc blocks: τ = the Kc-th
+    largest block maximum, the tokens with ŝ ≥ τ compacted into ``cap`` slots, ``topk`` of those.
+    Rows with more than ``cap`` such tokens (many ties, or a flat row) are reselected from all keys
+    when ``sync`` (one host synchronisation per step), else only flagged."""
+    from .kernels.select_above import select_above
+    from .selection import INVALID_KEY, key_index, tie_keys
+
+    R, T = s.shape
+    idx = torch.arange(T, device=s.device)
+    if bmax.shape[1] < Kc:
+        top = torch.topk(tie_keys(s, idx), Kc, dim=-1, sorted=False).values
+        return torch.sort(key_index(top), dim=-1).values, torch.zeros(R, dtype=torch.bool, device=s.device)
+    tau = torch.topk(bmax, Kc, dim=-1, sorted=False).values.amin(-1).contiguous()
+    keys = torch.full((R, cap), INVALID_KEY, dtype=torch.int64, device=s.device)
+    count = torch.zeros(R, dtype=torch.int32, device=s.device)
+    select_above(s, tau, keys, count)
+    cand = torch.sort(key_index(torch.topk(keys, Kc, dim=-1, sorted=False).values), dim=-1).values
+    overflow = count > cap
+    if sync and bool(overflow.any()):
+        rows = overflow.nonzero()[:, 0]
+        top = torch.topk(tie_keys(s[rows], idx), Kc, dim=-1, sorted=False).values
+        cand[rows] = torch.sort(key_index(top), dim=-1).values
+        overflow = torch.zeros_like(overflow)
+    return cand, overflow
+
+
 def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: torch.Tensor, offset: torch.Tensor,
                       step: torch.Tensor, vmax: torch.Tensor, *, bits: int, group: int, Kc: int,
-                      scale: float | None = None) -> FusedCertifiedStep:
-    """Certified step for a batch of equal-length sequences, everything on the device and no host
-    synchronisation (CUDA-graph capturable): one Triton pass over the sketch
-    (``kernels/sketch_scan.py``: ŝ as tie-rule keys + per-token upper bounds ub), ``torch.topk`` of
-    the keys (radix select, no full sort), exact float32 rescoring of the Kc candidates against
-    ``K``, softmax, gather of ``V``, and the certificate
-    L̂ = Z̄_out / (Z_C + Z̄_out) ≥ dense mass outside C, Z̄_out ≥ Σ_{j∉C} e^{ub_j}, Z_C ≤ Σ_C e^{s_j},
-    with the error bound L̂·(max‖v‖ + ‖o‖) (``vmax`` (B, Hkv) ≥ every value norm of the row's KV head).
+                      scale: float | None = None, cap: int | None = None, sync: bool = True,
+                      one_sided: bool = True, block_tokens: int | None = None) -> FusedCertifiedStep:
+    """Certified step for a batch of equal-length sequences, everything on the device:
+
+    1. one Triton pass over the sketch with the dots on the tensor cores (``kernels/sketch_scan.py``):
+       ŝ, the per-token upper bounds ub and each block's largest ŝ;
+    2. the top-Kc of ŝ under the tie rule by threshold compaction (``kernels/select_above.py``,
+       ``cap`` slots per row, default 4·Kc) and a ``topk`` of the few survivors;
+    3. exact float32 rescoring of the Kc candidates against ``K``, softmax, gather of ``V``;
+    4. the certificate L̂ = Z̄_out / (Z_C + Z̄_out) ≥ dense mass outside C, with Z̄_out ≥ Σ_{j∉C} e^{ub_j}
+       in one read of ub (``kernels/row_lse.py``), Z_C ≤ Σ_C e^{s_j}, and the error bound
+       L̂·(max‖v‖ + ‖o‖) (``vmax`` (B, Hkv) ≥ every value norm of the row's KV head).
+
+    ``sync=True`` checks for overflowed rows (one host synchronisation) and reselects them from all
+    keys; ``sync=False`` never synchronises (CUDA-graph capturable) and reports them in ``overflow``
+    — their candidates are then a subset chosen by the buffer, still *certified* (the certificate is
+    computed for whatever set was chosen), but not the tie rule's top-Kc.
 
     Shapes: q (B, Hq, D); K (B, Hkv, T, D), V (B, Hkv, T, Dv) in the cache dtype; ``codes`` (B·Hkv,
     T, ⌈D·bits/8⌉) uint8 and ``offset``/``step`` (B·Hkv, ⌈T/group⌉, D) as produced by
     :func:`quantize_keys` on K viewed as (B·Hkv, T, D). The float32 sums of the certificate are
     rounded outward by γ_n(2⁻²⁴) factors (n the number of terms), valid for any summation order.
     """
+    from .kernels.row_lse import row_lse_upper
     from .kernels.sketch_scan import U32, _gamma, sketch_scan_bound
-    from .selection import key_index
 
     B, Hq, D = q.shape
     _, Hkv, T, Dv = V.shape
     G = Hq // Hkv
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     q32 = q.float().reshape(B * Hq, D).contiguous()
-    keys, ub = sketch_scan_bound(q32, codes, offset, step, bits=bits, group=group, scale=scale)
-    cand = torch.sort(key_index(torch.topk(keys, Kc, dim=-1, sorted=False).values), dim=-1).values   # (BHq, Kc)
+    s, ub, bmax, _ = sketch_scan_bound(q32, codes, offset, step, bits=bits, group=group, scale=scale,
+                                       one_sided=one_sided, block_tokens=block_tokens)
+    cand, overflow = _select_candidates(s, bmax, Kc, cap or 4 * Kc, sync)
     rows = torch.arange(B * Hq, device=q.device)
     kvrow = (rows // Hq) * Hkv + (rows % Hq) // G                                           # b·Hkv + kvh
     Kc_rows = K.reshape(B * Hkv, T, D)[kvrow[:, None], cand].float()                        # (BHq, Kc, D)
@@ -680,28 +722,30 @@ def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: 
     w = torch.softmax(s_c, dim=-1)
     Vc = V.reshape(B * Hkv, T, Dv)[kvrow[:, None], cand].float()
     out = torch.bmm(w[:, None, :], Vc)[:, 0]
-    # certificate: log-sum-exp bounds in float32, outward. x − m is rounded within u·|x − m|, so the
-    # exponent is widened by 2u·|x − m| before exp (exp within 4 ulp); sums within γ_n, any order
-    ub.scatter_(1, cand, -math.inf)               # ub is this step's own buffer: in place throughout
-    m_out = ub.amax(-1, keepdim=True)
-    m_o = torch.where(torch.isfinite(m_out), m_out, torch.zeros_like(m_out))
-    # x = ub − m_o ≤ 0 (−inf on the candidates), widened towards 0
-    z_out = ub.sub_(m_o).mul_(1 - 2 * U32).exp_().sum(-1) * ((1 + 8 * U32) * (1 + _gamma(T + 2, U32)))
-    m_c = lb_c.amax(-1, keepdim=True)
-    x = lb_c - m_c
+    # certificate: Z̄_out from the bounds of the non-candidates (ub is this step's own buffer)
+    ub.scatter_(1, cand, -math.inf)
+    m_o, z_out = row_lse_upper(ub)
+    out_any = torch.isfinite(m_o)
+    m_o = torch.where(out_any, m_o, torch.zeros_like(m_o))
+    z_out = torch.where(out_any, z_out, torch.ones_like(z_out))
+    # Z_C from below: x − m is rounded within u·|x − m|, so the exponent is widened by 2u·|x − m|
+    # away from 0 (exp within 4 ulp); the sum within γ_Kc
+    m_c = lb_c.amax(-1)
+    x = lb_c - m_c[:, None]
     z_c = torch.exp(x * (1 + 2 * U32)).sum(-1) * ((1 - 8 * U32) * (1 - _gamma(Kc + 2, U32)))
     # L̂ = 1/(1 + e^d) with d = log(Z_C/Z̄_out) = (m_c − m_o) + log z_c − log z_out, lowered by the
     # rounding of its three operations and the two logs (each within a few ulp of its magnitude)
-    dm, lc, lo = (m_c - m_o)[:, 0], torch.log(z_c), torch.log(z_out)
+    dm, lc, lo = m_c - m_o, torch.log(z_c), torch.log(z_out)
     d = dm + lc - lo
     d = d - (dm.abs() + lc.abs() + lo.abs() + d.abs()) * (8 * U32) - 8 * U32
     leak = torch.exp(-torch.nn.functional.softplus(d))       # 1/(1 + e^d) without overflow
     # softplus/exp within a few ulp; underflow is covered by the floor (far above exp's subnormal error)
     leak = (leak * (1 + 16 * U32) + (d.abs() * (16 * U32)) * leak).clamp(min=1e-37, max=1.0)
-    leak = torch.where(torch.isfinite(m_out[:, 0]), leak, torch.zeros_like(leak))
+    leak = torch.where(out_any, leak, torch.zeros_like(leak))
     vm = vmax.float().reshape(B * Hkv)[kvrow]
     # + the float32 rounding of o itself (softmax and a Kc-term weighted sum of values ≤ vmax)
     error = _f32_up((vm + torch.linalg.vector_norm(out, dim=-1)) * leak * (1 + (Dv + 8) * 2 * U32)
                     + vm * ((2 * Kc + Dv + 16) * 4 * U32))
     return FusedCertifiedStep(out=out.view(B, Hq, Dv), candidates=cand.view(B, Hq, Kc),
-                              certified_leakage=leak.view(B, Hq), certified_error=error.view(B, Hq))
+                              certified_leakage=leak.view(B, Hq), certified_error=error.view(B, Hq),
+                              overflow=overflow.view(B, Hq))
