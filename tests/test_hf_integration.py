@@ -239,3 +239,12 @@ def test_certified_mode_rejects_bad_bits(tiny):
         enable_vashista(tiny, P=2, Kc=8, router="sketch", bits=3)
     with pytest.raises(VashistaInputError, match="bits"):
         enable_vashista(tiny, P=2, Kc=8, router="bound", bits=4)
+
+
+@pytest.mark.parametrize("name, words", [("missing.gguf", "is not a file"), ("weights.bin", "not a .gguf file")])
+def test_load_model_file_refuses_a_missing_or_non_gguf_file(tmp_path, name, words):
+    from vashista_gpu.hf import load_model_file
+    if name.endswith(".bin"):
+        (tmp_path / name).write_bytes(b"x")
+    with pytest.raises(VashistaInputError, match=f"model.*{words}"):
+        load_model_file(str(tmp_path / name))

@@ -85,3 +85,101 @@ def test_certified_mode_budget_is_all_candidates():
     assert s["Kc"] == 256 and s["router"] == "sketch" and budget_tokens(s) == 256
     b = budget_setting(2048, 1 / 8, 16)
     assert budget_tokens(b) <= 256 and b["P"] >= 2
+
+
+# ------------------------------------------------------------------ device / model file / batch (GPU runs)
+
+@pytest.mark.parametrize("argv, arg, words", [
+    (["--model", "/nonexistent/model.gguf"], "--model", "is not a file"),
+    (["--model", __file__], "--model", "not a .gguf file"),
+    (["--no-ppl", "--no-passkey"], "--no-ppl", "nothing to run"),
+    (["--time-limit", "0"], "--time-limit", "positive"),
+    (["--time-limit", "nan"], "--time-limit", "positive"),
+])
+def test_device_run_arguments_are_checked(argv, arg, words, capsys, tmp_path):
+    assert main(argv + ["--out", str(tmp_path / "q")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"vashista quality: {arg}:") and words in err
+    assert not (tmp_path / "q").exists()          # refused before anything is written
+
+
+def test_cuda_without_a_cuda_device_is_refused(capsys, tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("vashista quality: --device:")
+
+
+def test_device_resolution():
+    import torch
+    from vashista_gpu.quality.cli import resolve_device
+    assert resolve_device("cpu") == ("cpu", "torch")
+    assert resolve_device("auto") == (("cuda", "triton") if torch.cuda.is_available() else ("cpu", "torch"))
+
+
+def test_decode_loop_refuses_a_model_that_ignores_the_cache():
+    """transformers 4.x takes ``past_key_values``, 5.x ``cache``; an unknown name is swallowed by
+    **kwargs and every step would see only itself — the loop must notice, not measure garbage."""
+    import torch
+    from vashista_gpu.quality.decode_loop import cache_kwarg, prefill
+
+    class Out:
+        def __init__(self, n):
+            self.logits = torch.zeros(1, n, 5)
+
+    class Forgetful(torch.nn.Module):       # takes the cache under its 4.x name and never fills it
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, past_key_values=None, use_cache=None):
+            return Out(input_ids.shape[1])
+
+    m = Forgetful()
+    assert cache_kwarg(m) == "past_key_values"
+    with pytest.raises(RuntimeError, match="did not grow"):
+        prefill(m, torch.zeros(1, 4, dtype=torch.long))
+
+
+def test_batch_runs_steps_in_order_within_the_budget(tmp_path, monkeypatch, capsys):
+    """Scheduling only (no model): steps run in plan order with min(cap, what is left) as their time
+    limit, a failing step is recorded and the next one still runs, steps past the budget are skipped."""
+    import time as _time
+    from vashista_gpu.quality import batch, cli
+
+    calls = []
+
+    def fake_run(args, cfg, loaded=None):
+        calls.append((os.path.basename(args.out), args.time_limit, cfg["contexts"], args.router))
+        if args.router == "mean":
+            raise RuntimeError("boom")
+        _time.sleep(0.8)
+        return dict(complete=True, out=args.out)
+
+    monkeypatch.setattr(cli, "load", lambda args: ("model", "tok", dict(device=args.device)))
+    monkeypatch.setattr(cli, "run_suite", fake_run)
+    plan = tmp_path / "plan.txt"
+    plan.write_text("# comment\nfirst 100 --contexts 2048\n\nbad 1.5 --router mean  # fails\n"
+                    "late 100 --contexts 4096\nnever 100\n")
+    summ = tmp_path / "s.json"
+    rc = batch.main(["--plan", str(plan), "--out-root", str(tmp_path / "o"), "--budget-s", "3.0",
+                     "--min-step-s", "1.5", "--summaries", str(summ), "--common", "--device cpu --span 8"])
+    assert rc == 1                                   # one step failed
+    names = [c[0] for c in calls]
+    assert names == ["first", "bad", "late"]
+    assert calls[0][1] == pytest.approx(3.0, abs=0.3) and calls[1][1] == pytest.approx(1.5)
+    assert calls[0][2] == [2048] and calls[2][2] == [4096]
+    res = json.loads(summ.read_text())
+    assert res["first"]["complete"] and "boom" in res["bad"]["error"] and "skipped" in res["never"]
+    assert res["_env"] == {"device": "cpu"}
+
+
+@pytest.mark.parametrize("text, words", [("only_a_name\n", "NAME CAP_S"), ("x 12s --quick\n", "not a number"),
+                                         ("a/b 10\n", "must be"), ("# nothing\n", "no steps")])
+def test_batch_plan_errors(tmp_path, text, words, capsys):
+    from vashista_gpu.quality import batch
+    plan = tmp_path / "plan.txt"
+    plan.write_text(text)
+    assert batch.main(["--plan", str(plan), "--out-root", str(tmp_path / "o"), "--budget-s", "10"]) == 2
+    assert words in capsys.readouterr().err

@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a local GGUF model file (default: the embedded SmolLM2-135M-Instruct, sha256-checked)")
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="start no new task after this many seconds (the summary then says complete: false)")
     return p
 
 
@@ -95,6 +97,8 @@ def _check(args, cfg) -> None:
             raise VashistaInputError("--budget", e.problem) from None
     if args.policy == "dense_fallback" and not (math.isfinite(args.tol) and args.tol >= 0):
         raise VashistaInputError("--tol", "must be finite and >= 0")
+    if args.time_limit is not None and not (math.isfinite(args.time_limit) and args.time_limit > 0):
+        raise VashistaInputError("--time-limit", f"must be a positive number of seconds, got {args.time_limit}")
     if args.no_ppl and args.no_passkey:
         raise VashistaInputError("--no-ppl", "with --no-passkey there is nothing to run")
     if args.model is not None and not os.path.isfile(args.model):
@@ -139,18 +143,24 @@ def environment(device: str, backend: str, model_path: str, model_sha256: str) -
                 python=platform.python_version(), model=os.path.basename(model_path), model_sha256=model_sha256)
 
 
-def main(argv=None) -> int:
+def parse(argv=None):
+    """(args, cfg) of one invocation, checked; raises VashistaInputError naming the bad argument."""
     args = build_parser().parse_args(argv)
     base = dict(QUICK if args.quick else FULL)
     for k in ("contexts", "pass_contexts", "depths", "span", "sweep"):
         v = getattr(args, k)
         if v is not None:
             base[k] = v
+    _check(args, base)
+    if args.text is not None:
+        from .texts import load_text
+        load_text(args.text)
+    return args, base
+
+
+def main(argv=None) -> int:
     try:
-        _check(args, base)
-        if args.text is not None:
-            from .texts import load_text
-            load_text(args.text)
+        args, base = parse(argv)
     except VashistaInputError as e:
         print(f"vashista quality: {e}", file=sys.stderr)
         return 2
@@ -162,13 +172,13 @@ def main(argv=None) -> int:
     return 0
 
 
-def run_suite(args, cfg) -> dict:
+def run_suite(args, cfg, loaded=None) -> dict:
+    """Run the configured tasks; ``loaded`` = (model, tokenizer, env) reuses a model already on its
+    device (``vashista_gpu.quality.batch`` runs several configurations on one load)."""
     import numpy as np
     import torch
     from tqdm import tqdm
 
-    from ..hf import load_default_model, load_model_file
-    from ..hf.model import DEFAULT_SHA256, default_model_path, sha256_file
     from ..hf.stats import DecodeStats
     from . import report, tasks
     from .tasks import budget_setting, budget_tokens, multikey, passkey, perplexity
@@ -177,21 +187,8 @@ def run_suite(args, cfg) -> dict:
     t0 = time.time()
     torch.manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
-    device, backend = resolve_device(args.device)
-    if device == "cuda":
-        # float32 means float32: no TF32 in the dense matmuls the sparse ones are compared with
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-    if args.model is None:
-        model, tok = load_default_model(shared=True, device=device)
-        model_path, model_sha = default_model_path(), DEFAULT_SHA256
-    else:
-        model, tok = load_model_file(args.model, device=device)
-        model_path, model_sha = args.model, sha256_file(args.model)
-    if next(model.parameters()).dtype != torch.float32:
-        model.float()
-    env = environment(device, backend, model_path, model_sha)
-    print(f"[quality] {json.dumps(env)}; model loaded in {time.time() - t0:.1f} s", file=sys.stderr, flush=True)
+    model, tok, env = loaded if loaded is not None else load(args)
+    backend = env["backend"]
     policy = ReportOnly() if args.policy == "none" else DenseFallback(args.tol)
     router_label = args.router + (f" (int{args.bits or 4} sketch)" if args.router == "sketch" else "")
 
@@ -236,7 +233,12 @@ def run_suite(args, cfg) -> dict:
                 main_stats.records[L].extend(recs)
 
     timing_rows = []
-    for done, (kind, text, ctx, extra) in enumerate(tqdm(jobs, desc="quality", file=sys.stderr, mininterval=30)):
+    done = 0
+    for kind, text, ctx, extra in tqdm(jobs, desc="quality", file=sys.stderr, mininterval=30):
+        if args.time_limit is not None and time.time() - t0 > args.time_limit:
+            print(f"[quality] time limit {args.time_limit:g} s reached: {len(jobs) - done} of {len(jobs)} tasks "
+                  f"not run", file=sys.stderr, flush=True)
+            break
         tj = time.time()
         tasks.TIMINGS.clear()
         sweep = (kind == "ppl" and ctx == sweep_ctx and text == texts[0]) or \
@@ -290,6 +292,7 @@ def run_suite(args, cfg) -> dict:
         with open(os.path.join(args.out, "progress.json"), "w") as f:
             json.dump(dict(done=done + 1, jobs=len(jobs),
                            seconds=round(time.time() - t0, 1), env=env), f, indent=1)
+        done += 1
         tags = ", ".join(f"{n} {k} tok {1000 * s_ / max(k, 1):.0f} ms/tok" for n, k, s_ in tasks.TIMINGS)
         print(f"[quality] {kind} {text or ''} ctx={ctx} {extra if extra is not None else ''}: "
               f"{time.time() - tj:.1f} s ({tags}); total {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
@@ -317,6 +320,7 @@ def run_suite(args, cfg) -> dict:
         multikey_dense=mean([r["dense"] for r in multi_rows]), multikey_sparse=mean([r["sparse"] for r in multi_rows]),
         certificate_violations=int(violations), steps_checked=int(merged.summary()["steps"]),
         fallback_rate=ms["fallback_rate"], budget_fraction=args.budget,
+        complete=done == len(jobs), jobs_done=done, jobs_total=len(jobs),
         texts=", ".join(describe(t) for t in texts) if not args.no_ppl else "", seconds=round(time.time() - t0, 1),
         settings=(f"page_size={args.page_size}, dense_layers={args.dense_layers}, router={router_label}, "
                   f"policy={args.policy}, budget={args.budget:g} of the context, span={cfg['span']}, "
@@ -331,6 +335,32 @@ def run_suite(args, cfg) -> dict:
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return summary
+
+
+def load(args) -> tuple:
+    """(model, tokenizer, env) for ``--device`` / ``--model``: float32 on the resolved device."""
+    import torch
+
+    from ..hf import load_default_model, load_model_file
+    from ..hf.model import DEFAULT_SHA256, default_model_path, sha256_file
+
+    t0 = time.time()
+    device, backend = resolve_device(args.device)
+    if device == "cuda":
+        # float32 means float32: no TF32 in the dense matmuls the sparse ones are compared with
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    if args.model is None:
+        model, tok = load_default_model(shared=True, device=device)
+        model_path, model_sha = default_model_path(), DEFAULT_SHA256
+    else:
+        model, tok = load_model_file(args.model, device=device)
+        model_path, model_sha = args.model, sha256_file(args.model)
+    if next(model.parameters()).dtype != torch.float32:
+        model.float()
+    env = environment(device, backend, model_path, model_sha)
+    print(f"[quality] {json.dumps(env)}; model loaded in {time.time() - t0:.1f} s", file=sys.stderr, flush=True)
+    return model, tok, env
 
 
 def _per_head(stat_rows: list[dict]) -> list[dict]:
