@@ -40,9 +40,14 @@ ATTN_NAME = "vashista"
 def register() -> None:
     """Register the attention and mask functions under ``ATTN_NAME`` (idempotent)."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(ATTN_NAME, vashista_attention)
+    try:
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    except ImportError:
+        # transformers < 4.53 has no mask registry: models build a 4-D float mask for an unknown
+        # implementation name, which valid_from_mask reads (blocked = large negative)
+        return
     AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
 
 

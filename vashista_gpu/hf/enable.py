@@ -106,7 +106,7 @@ def attention_modules(model) -> dict[int, torch.nn.Module]:
 def check_supported(model) -> None:
     cfg = getattr(model, "config", None)
     mt = getattr(cfg, "model_type", None)
-    if cfg is None or not hasattr(model, "set_attn_implementation"):
+    if cfg is None or not (hasattr(model, "set_attn_implementation") or hasattr(cfg, "_attn_implementation")):
         raise VashistaInputError("model", f"{type(model).__name__} is not a transformers model")
     if mt not in SUPPORTED_MODEL_TYPES:
         raise VashistaInputError("model", f"model_type {mt!r} is not supported (Vashista attention is "
@@ -198,9 +198,18 @@ def enable_vashista(model, P: int, Kc: int, *, page_size: int = 16, solver: str 
         rt = LayerRuntime(cfg=cfg, layer_idx=i, mirror=mirror, stats=stats)
         m._vashista = rt
         handle.layers[i] = rt
-    model.set_attn_implementation(ATTN_NAME)
+    _set_attn(model, ATTN_NAME)
     model._vashista_handle = handle
     return handle
+
+
+def _set_attn(model, name: str) -> None:
+    """Switch the attention implementation: ``set_attn_implementation`` (transformers >= 4.56 and 5.x);
+    older 4.x versions dispatch on ``config._attn_implementation`` at every forward."""
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(name)
+    else:
+        model.config._attn_implementation = name
 
 
 def disable_vashista(model) -> None:
@@ -211,5 +220,5 @@ def disable_vashista(model) -> None:
     for m in attention_modules(model).values():
         if hasattr(m, "_vashista"):
             del m._vashista
-    model.set_attn_implementation(handle.previous_impl)
+    _set_attn(model, handle.previous_impl)
     model._vashista_handle = None
