@@ -61,7 +61,7 @@ def test_small_end_to_end_run_writes_every_output(tmp_path, capsys):
     rc = main(["--text", str(text), "--contexts", "256", "--span", "6", "--pass-contexts", "256",
                "--depths", "0.5", "--budget", "0.375", "--sweep", "0.75", "--out", str(out), "--json",
                # three sparse layers keep this CI test short; the suite's default is dense_layers 0 1
-               "--dense-layers", *map(str, range(27))])
+               "--dense-layers", *map(str, range(27)), "--device", "cpu"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for k in ("ppl_dense", "ppl_sparse", "passkey_dense", "passkey_sparse", "certificate_violations",
@@ -77,6 +77,15 @@ def test_small_end_to_end_run_writes_every_output(tmp_path, capsys):
               "summary.md", "summary.json", "budget_sweep.png", "certified_vs_true.png", "fallback_per_layer.png"):
         assert os.path.getsize(out / f) > 0, f
     assert "user file" in summary["texts"]
+    env = summary["env"]
+    assert env["device"] == "cpu" and env["backend"] == "torch" and env["dtype"] == "float32"
+    assert env["torch"] and env["transformers"] and len(env["model_sha256"]) == 64
+    assert summary["complete"] and summary["jobs_done"] == summary["jobs_total"] == 3   # ppl, passkey, multi-key
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["done"] == progress["jobs"] == summary["jobs_total"]
+    timing = open(out / "timings.csv").read().splitlines()
+    assert timing[0] == "task,text,ctx,extra,setting,tokens,seconds,ms_per_token"
+    assert sum(line.split(",")[4] == "dense" for line in timing[1:]) == summary["jobs_total"]
 
 
 def test_certified_mode_budget_is_all_candidates():
