@@ -210,6 +210,16 @@ def main(argv=None) -> int:
         print(f"  decode loop  {k:28s} {v:9.2f} ms/token{extra}")
     for k, (v, toks) in gen.items():
         print(f"  generate     {k:28s} {v:9.2f} ms/token  tokens {toks[:8]}")
+    # what benchmarks/gpu_quality.sh's plan would take on SmolLM2 (28 sparse layers of 30) at this cost:
+    # decoded tokens per step (each once dense, once sparse), dense token ~ 30/LAYERS of this dense
+    per_layer = {k: (v - t["dense"]) / LAYERS for k, v in t.items() if k.endswith("shadow")}
+    dense_tok = t["dense"] * 30 / LAYERS / 1000
+    tok = {"ppl 8k": 64, "passkey grid": 216, "ppl 2k+4k": 128}
+    est = {f"{part} {mode.split()[0] if mode.startswith('bound') else 'sketch'}":
+           round(n * (dense_tok + (dense_tok + 28 * ms / 1000)), 1)
+           for mode, ms in per_layer.items() for part, n in tok.items()}
+    print("estimated seconds of the quality plan's steps on SmolLM2 at this per-layer cost (decode only, "
+          "no prefill/load):", json.dumps(est), "total", round(sum(est.values()), 1))
     print(json.dumps(dict(decode_ms_per_token=t, generate_ms_per_token={k: v for k, (v, _) in gen.items()},
                           per_sparse_layer_ms={k: (v - t["dense"]) / LAYERS for k, v in t.items() if k != "dense"},
                           context=T, new=args.new, failures=failures)))

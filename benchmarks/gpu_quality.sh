@@ -25,17 +25,18 @@
 # + multi-key at 2k and 8k) in both modes, then 2k/4k PPL (2k repeats the CPU runs of RESULTS.md: a
 # check that the GPU path reproduces them), then int4 sketch if time is left.
 #
-# Time estimate (assumption, to be replaced by the smoke's measured numbers): decoded tokens per step
-# are 2 texts x 32 (PPL per context) and 9 x 18 + 2 x 27 = 216 (passkey grid), each once dense and
-# once sparse. On the CPU (torch path, context 256, nothing else running) a sparse layer with the
-# statistics and the float64 shadow costs ~5-7 ms per token for router bound and ~12-14 ms for the
-# int8 sketch (gpu_hf_smoke.py --device cpu; real model: 96 vs 75 ms/token with 3 sparse layers).
-# At these sizes that is Python and per-op overhead, not arithmetic, and we assume a GPU step costs
-# the same (a CUDA launch ~5-20 us is about a tiny CPU op; the 8k-token arithmetic is negligible on an
-# H200). With 28 sparse layers: ~0.2 s per sparse token (bound), ~0.45 s (sketch), ~0.02 s dense.
-#   8k PPL bound ~15 s, sketch8 ~30 s; passkey bound ~50 s, sketch8 ~100 s; 2k+4k PPL bound ~30 s,
-#   sketch8 ~60 s; int4 8k PPL ~30 s, int4 passkey ~100 s; model load + setup ~30-40 s
-#   => ~450 s for everything; the first four steps (~200 s) fit even at 2x the estimate.
+# Time estimate (an assumption; the smoke prints the same estimate from per-layer costs measured on
+# the device, so call 1 tells whether it holds): decoded tokens per step are 2 texts x 32 (PPL per
+# context) and 9 x 18 + 2 x 27 = 216 (passkey grid), each once dense and once sparse. On the CPU
+# (torch path, context 256, unloaded) one sparse layer with the statistics and the float64 shadow costs
+# ~5-7 ms per token for router bound and ~12-17 ms for the int8 sketch (gpu_hf_smoke.py --device cpu:
+# 5.3 / 12.7 ms; real model, 3 sparse layers: 96 vs 75 ms/token bound, 130 vs 80 sketch). At these
+# sizes that is Python and per-op overhead, not arithmetic, and we assume a GPU step costs the same
+# (a CUDA launch ~5-20 us is about a tiny CPU op; 8k tokens of arithmetic are negligible on an H200).
+# With 28 sparse layers: ~0.22 s per sparse token (bound), ~0.5 s (sketch), ~0.025 s dense:
+#   8k PPL bound ~18 s, sketch8 ~36 s; passkey bound ~55 s, sketch8 ~115 s; 2k+4k PPL bound ~32 s,
+#   sketch8 ~67 s; int4 8k PPL ~36 s, int4 passkey ~115 s; model load + setup ~30-40 s
+#   => ~510 s for everything (int4 passkey is cut); the first four steps (~225 s) fit at 2x the estimate.
 # Where the GPU per-token time goes (all host-side glue, per sparse layer per token): the HF hook
 # (vashista_gpu/hf/attention.py: valid_from_mask's .cpu() of the mask row, LayerMirror.sync's host
 # bookkeeping and torch.cat of positions), plan_decode's host planning and the many small kernels of

@@ -113,7 +113,7 @@ def load_default_model(*, dtype=None, shared: bool = False, device=None):
     dequantisation happens once; whoever enables Vashista on it must disable it again.
     """
     if shared:
-        key = f"{dtype}@{device}"
+        key = f"{dtype}@{device or 'cpu'}"     # device None and "cpu" are the same instance
         if key not in _SHARED:
             _SHARED[key] = load_default_model(dtype=dtype, device=device)
         return _SHARED[key]
