@@ -23,7 +23,7 @@ def cache_kwarg(model) -> str:
     """The forward argument that takes the KV cache: ``cache`` in transformers 5, ``past_key_values``
     in 4.x. Passing the wrong one is *silently* swallowed by ``**kwargs`` (every step would then see
     only itself), so it is looked up, never assumed."""
-    params = inspect.signature(model.forward).parameters
+    params = inspect.signature(type(model).forward).parameters
     for name in ("cache", "past_key_values"):
         if name in params:
             return name
@@ -70,11 +70,12 @@ def decode_tokens(model, cache, tokens: torch.Tensor, first_logits: torch.Tensor
     dev = _device(model)
     nll = []
     logits = None
-    for i, t in enumerate(tokens.tolist()):
+    toks = tokens.tolist()              # host ints: a CPU index tensor never meets a CUDA tensor
+    for i, t in enumerate(toks):
         out = _step(model, c, torch.tensor([[t]], device=dev))
         logits = out.logits[0, -1].double()
         if i + 1 < len(tokens):
-            nll.append(float(-torch.log_softmax(logits, -1)[tokens[i + 1]]))
+            nll.append(float(-torch.log_softmax(logits, -1)[toks[i + 1]]))
     gen = []
     for _ in range(generate):
         nxt = int(torch.argmax(logits))
