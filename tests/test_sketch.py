@@ -73,6 +73,11 @@ def test_certified_step_is_sound(case, prune_tol):
     r = certified_step(q, K, V, sk, Kc, scale=0.7, prune_tol=prune_tol, with_dense=True)
     _check_sound(r)
     assert r.candidates.size == min(Kc, r.scanned_tokens)
+    # SPEC 3b's two-sided per-group errors: sound too, same candidates, never tighter
+    r2 = certified_step(q, K, V, sk, Kc, scale=0.7, prune_tol=prune_tol, with_dense=True, one_sided=False)
+    _check_sound(r2)
+    np.testing.assert_array_equal(r2.candidates, r.candidates)
+    assert r2.certified_leakage >= r.certified_leakage
 
 
 @given(cases())
@@ -86,6 +91,9 @@ def test_per_token_bound_and_box(case):
     shat2, e_up, e_dn = sketch_bounds(q, sk)
     np.testing.assert_array_equal(shat2, shat)
     assert np.all(e_up <= err[g]) and np.all(e_dn <= err[g])          # one-sided codes only tighten
+    _, e2_up, e2_dn = sketch_bounds(q, sk, one_sided=False)
+    np.testing.assert_array_equal(e2_up, err[g])
+    np.testing.assert_array_equal(e2_dn, err[g])
     for s in (K @ q, (K * q).sum(axis=1)):
         assert np.all(s <= shat + e_up) and np.all(s >= shat - e_dn)
     lo, hi = sk.box()

@@ -186,6 +186,23 @@ def test_torch_path_matches_reference(seed, M, heads, bits, group, meta, device)
         assert float(r32.error[h]) >= ref.true_error
 
 
+@pytest.mark.parametrize("bits,heads", [(4, (2, 3)), (8, (1, 1))])
+def test_torch_path_two_sided_matches_reference(bits, heads):
+    """one_sided=False (SPEC 3b's per-group e_g for every token) in both tiers: same candidates,
+    certificates equal to float64 rounding."""
+    Hkv, G = heads
+    Q, K, V = _torch_case(bits, 70, Hkv, G)
+    sk = gpu_sketch.quantize_keys(torch.as_tensor(K), bits=bits, group=16)
+    r64 = gpu_sketch.certified_decode(torch.as_tensor(Q), torch.as_tensor(K), torch.as_tensor(V), sk, 9, scale=0.5,
+                                      compute_dtype=torch.float64, one_sided=False)
+    for h in range(Hkv * G):
+        rk = quantize_keys(K[h // G], bits=bits, group=16)
+        ref = ref_step(Q[h], K[h // G], V[h // G], rk, 9, scale=0.5, with_dense=True, one_sided=False)
+        np.testing.assert_array_equal(r64.candidates[h].numpy(), ref.candidates)
+        assert_rel_close(r64.certified_leakage[h].reshape(1), np.array([ref.certified_leakage]), "float64")
+        assert ref.certified_leakage >= ref.true_leakage
+
+
 @pytest.mark.parametrize("call, argument", [
     (lambda Q, K, V, sk: gpu_sketch.certified_decode(Q[:5], K, V, sk, 4), "Q"),
     (lambda Q, K, V, sk: gpu_sketch.certified_decode(Q, K, V[:, :7], sk, 4), "V"),

@@ -300,10 +300,11 @@ def _group_lse(x: torch.Tensor, g_of: torch.Tensor, Gr: int) -> torch.Tensor:
 
 def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: TorchKeySketch, Kc: int, *,
                      scale: float | None = None, compute_dtype=torch.float32,
-                     backend: str = "torch") -> TorchCertifiedStep:
+                     backend: str = "torch", one_sided: bool = True) -> TorchCertifiedStep:
     """Certified step for queries ``Q`` (Hq, D) over keys ``K`` (Hkv, M, D), values ``V`` (Hkv, M, Dv)
     and their sketch (module doc). ``compute_dtype`` float32 or float64 for the scan and rescoring;
-    ``backend="triton"`` runs the sketch scan in the Triton kernel (float32 only)."""
+    ``backend="triton"`` runs the sketch scan in the Triton kernel (float32 only); ``one_sided=False``
+    bounds every token by its group's two-sided e_g (SPEC 3b; ``vashista_ref.sketch.sketch_bounds``)."""
     Q = tensor("Q", Q, ndim=2)
     K = tensor("K", K, ndim=3)
     V = tensor("V", V, ndim=3)
@@ -361,8 +362,11 @@ def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: 
     rnd = per_tok((4.0 * _gamma(D + 2, u_scan) * R)[:, g_of], qa)
     grow = 1.0 + 2.0 * _gamma(D + 3)
     e_g = err_g[:, g_of]
-    e_up = torch.minimum(_up((per_tok(a0, qp) + per_tok(aL, qm) + per_tok(am, qa) + rnd) * grow), e_g)
-    e_dn = torch.minimum(_up((per_tok(a0, qm) + per_tok(aL, qp) + per_tok(am, qa) + rnd) * grow), e_g)
+    if one_sided:
+        e_up = torch.minimum(_up((per_tok(a0, qp) + per_tok(aL, qm) + per_tok(am, qa) + rnd) * grow), e_g)
+        e_dn = torch.minimum(_up((per_tok(a0, qm) + per_tok(aL, qp) + per_tok(am, qa) + rnd) * grow), e_g)
+    else:
+        e_up, e_dn = e_g, e_g
 
     # candidates: top-Kc by ŝ, ties to the lower index (stable sort); exact rescoring
     kc = min(Kc, M)
@@ -648,8 +652,9 @@ def _f32_up(x):
 def _select_candidates(s: torch.Tensor, bmax: torch.Tensor, Kc: int, cap: int, sync: bool):
     """Top-Kc logical indices (ascending) of each row of ŝ under the tie rule, and the overflow mask.
 
-    Threshold path (``kernels/select_above.py``) when there are at least Kc blocks: τ = the Kc-th
-    largest block maximum, the tokens with ŝ ≥ τ compacted into ``cap`` slots, ``topk`` of those.
+    ``bmax`` holds the maxima of ŝ over any partition of each row into blocks (the scan gives one per
+    16 tokens). Threshold path (``kernels/select_above.py``) when there are at least Kc blocks: τ =
+    the Kc-th largest block maximum, the tokens with ŝ ≥ τ compacted into ``cap`` slots, ``topk`` of those.
     Rows with more than ``cap`` such tokens (many ties, or a flat row) are reselected from all keys
     when ``sync`` (one host synchronisation per step), else only flagged."""
     from .kernels.select_above import select_above
@@ -680,8 +685,8 @@ def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: 
                       one_sided: bool = True, block_tokens: int | None = None) -> FusedCertifiedStep:
     """Certified step for a batch of equal-length sequences, everything on the device:
 
-    1. one Triton pass over the sketch with the dots on the tensor cores (``kernels/sketch_scan.py``):
-       ŝ, the per-token upper bounds ub and each block's largest ŝ;
+    1. one Triton pass over the sketch (``kernels/sketch_scan.py``): ŝ, the per-token upper bounds
+       ub and the largest ŝ of every 16 tokens;
     2. the top-Kc of ŝ under the tie rule by threshold compaction (``kernels/select_above.py``,
        ``cap`` slots per row, default 4·Kc) and a ``topk`` of the few survivors;
     3. exact float32 rescoring of the Kc candidates against ``K``, softmax, gather of ``V``;
@@ -707,9 +712,9 @@ def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: 
     G = Hq // Hkv
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     q32 = q.float().reshape(B * Hq, D).contiguous()
-    s, ub, bmax, _ = sketch_scan_bound(q32, codes, offset, step, bits=bits, group=group, scale=scale,
-                                       one_sided=one_sided, block_tokens=block_tokens)
-    cand, overflow = _select_candidates(s, bmax, Kc, cap or 4 * Kc, sync)
+    s, ub, smax = sketch_scan_bound(q32, codes, offset, step, bits=bits, group=group, scale=scale,
+                                    one_sided=one_sided, block_tokens=block_tokens)
+    cand, overflow = _select_candidates(s, smax, Kc, cap or 4 * Kc, sync)
     rows = torch.arange(B * Hq, device=q.device)
     kvrow = (rows // Hq) * Hkv + (rows % Hq) // G                                           # b·Hkv + kvh
     Kc_rows = K.reshape(B * Hkv, T, D)[kvrow[:, None], cand].float()                        # (BHq, Kc, D)

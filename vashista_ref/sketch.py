@@ -289,19 +289,26 @@ def _group_errors(q: np.ndarray, sketch: KeySketch) -> np.ndarray:
     return _up(e * (1.0 + 2.0 * _gamma(D + 3)))
 
 
-def sketch_bounds(q, sketch: KeySketch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sketch_bounds(q, sketch: KeySketch, *, one_sided: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sketch scores ŝ_j (M,) and per-token one-sided error bounds e⁺_j, e⁻_j (M,) with
     ŝ_j − e⁻_j ≤ ⟨q, k_j⟩ ≤ ŝ_j + e⁺_j (unscaled, rounded outward). Tighter than ``sketch_scores``'
     symmetric e_g: a channel quantized to code 0 has k̃_d = o_d ≤ k_d (o is the group minimum rounded
     down), so k_d − k̃_d ∈ [0, δ_d(½ + η)] and it adds q⁺_d δ_d(½ + η) to e⁺ and q⁻_d δ_d(½ + η) to e⁻
     only (q± = max(±q, 0)); code 2^b − 1 the mirror image (k̃_d ≥ max ≥ k_d). Other codes add
-    |q_d| δ_d(½ + η) to both. The γ term of the rounding is as in e_g."""
+    |q_d| δ_d(½ + η) to both. The γ term of the rounding is as in e_g.
+
+    ``one_sided=False`` returns SPEC 3b's two-sided e_g for every token of group g (e⁺ = e⁻ = e_g):
+    looser, but a per-group constant, which is what makes a GPU scan memory-bound (the one-sided
+    savings cost more arithmetic per code than reading it)."""
     q = as_real_array("q", q, ndim=1)
     if q.shape[0] != sketch.head_dim:
         raise VashistaInputError("q", f"has dimension {q.shape[0]} but the sketch has dimension {sketch.head_dim}")
     D = sketch.head_dim
-    c = sketch.unpacked_codes()
     g = sketch.group_of_tokens()
+    if not one_sided:
+        e_g = _group_errors(q, sketch)[g]
+        return token_scores(q, sketch.dequantize(), 1.0), e_g, e_g.copy()
+    c = sketch.unpacked_codes()
     a = sketch.step.astype(np.float64)[g] * (0.5 + 4.0 * (sketch.levels + 2) * U)        # (M, D)
     lo, hi = sketch.box()
     rnd = (4.0 * _gamma(D + 2) * np.maximum(np.abs(lo), np.abs(hi)) * np.abs(q)).sum(axis=-1)[g]
@@ -435,10 +442,11 @@ def group_value_stats(V: np.ndarray, group: int) -> GroupValueStats:
 
 def certified_step(q, K, V, sketch: KeySketch, Kc: int, *, scale: float | None = None,
                    prune_tol: float = 0.0, value_stats: GroupValueStats | None = None,
-                   with_dense: bool = False) -> CertifiedStep:
+                   with_dense: bool = False, one_sided: bool = True) -> CertifiedStep:
     """One certified-mode decode step for one query ``q`` (D,) over keys ``K`` (M, D) (full precision,
     read only for the candidates and for the page means when pruning), values ``V`` (M, Dv) and the
-    sketch of K. See the module doc for the problem solved and the bounds."""
+    sketch of K. See the module doc for the problem solved and the bounds; ``one_sided=False`` uses
+    SPEC 3b's two-sided per-group errors (:func:`sketch_bounds`)."""
     q, K = query_and_keys(q, K)
     V = as_real_array("V", V, ndim=2)
     M, D = K.shape
@@ -477,7 +485,7 @@ def certified_step(q, K, V, sketch: KeySketch, Kc: int, *, scale: float | None =
     idx_scan = np.flatnonzero(scanned)
 
     # 2. sketch scan
-    shat_all, e_up_all, e_dn_all = sketch_bounds(q, sketch)
+    shat_all, e_up_all, e_dn_all = sketch_bounds(q, sketch, one_sided=one_sided)
     shat = shat_all[idx_scan]
     # 3. candidates by sketch score, tie -> lower index; exact rescoring
     kc = min(Kc, idx_scan.size)
@@ -578,7 +586,7 @@ def dense_leakage(q: np.ndarray, K: np.ndarray, V: np.ndarray, candidates, scale
 
 def certified_decode(Q, K, V, *, bits: int, Kc: int, group: int = 16, scale: float | None = None,
                      meta_dtype: str = "float16", prune_tol: float = 0.0,
-                     with_dense: bool = False) -> list[CertifiedStep]:
+                     with_dense: bool = False, one_sided: bool = True) -> list[CertifiedStep]:
     """Certified mode for a GQA group layout: queries ``Q`` (Hq, D), keys ``K`` (Hkv, M, D), values
     ``V`` (Hkv, M, Dv), Hq a multiple of Hkv (query head h reads KV head h // (Hq / Hkv)). Each KV head
     is sketched once; each query head selects and is certified on its own. Returns one
@@ -600,7 +608,7 @@ def certified_decode(Q, K, V, *, bits: int, Kc: int, group: int = 16, scale: flo
         vs = group_value_stats(V[h], sk.group)
         for i in range(G):
             out.append(certified_step(Q[h * G + i], K[h], V[h], sk, Kc, scale=scale, prune_tol=prune_tol,
-                                      value_stats=vs, with_dense=with_dense))
+                                      value_stats=vs, with_dense=with_dense, one_sided=one_sided))
     return out
 
 
