@@ -85,17 +85,18 @@ def run_T(B, H, T, D, Kc, group, dev, cuda, bits_list, rows, bw):
         codes, offset, step = random_sketch(B * H, T, D, bits, group, dev, gen)
         sketch_bytes = codes.numel() + 2 * offset.numel() * offset.element_size()
         q32 = q.float().reshape(B * H, D)
-        # scan variants (block size, warps, one-sided savings off = the cost of those two products)
+        # scan variants: warps, with / without the one-sided savings (SPEC 3b's two-sided e_g)
         variants = {}
-        for bt, nw, os_ in [(64, 4, True), (64, 8, True), (32, 4, True), (32, 2, True), (64, 4, False)]:
+        for nw, os_ in [(1, True), (2, True), (4, True), (1, False), (2, False)]:
             try:
                 fn = graph_of(lambda: sketch_scan_bound(q32, codes, offset, step, bits=bits, group=group, scale=scale,
-                                                        block_tokens=bt, num_warps=nw, one_sided=os_), cuda)
-                variants[f"BM{bt}_w{nw}{'' if os_ else '_no_one_sided'}"] = bench(fn, cuda=cuda)
+                                                        num_warps=nw, one_sided=os_), cuda)
+                variants[f"w{nw}_{'one' if os_ else 'two'}_sided"] = bench(fn, cuda=cuda)
                 del fn
             except Exception as e:  # noqa: BLE001 — record and go on
-                variants[f"BM{bt}_w{nw}"] = f"{type(e).__name__}: {e}"[:200]
-        scan_ms = variants["BM64_w4"]
+                variants[f"w{nw}_{'one' if os_ else 'two'}_sided"] = f"{type(e).__name__}: {e}"[:200]
+        scan_ms = variants["w2_one_sided"]
+        scan_two_ms = variants["w1_two_sided"]
         s_, ub_, bmax_ = sketch_scan_bound(q32, codes, offset, step, bits=bits, group=group, scale=scale)
         sel = graph_of(lambda: _select_candidates(s_, bmax_, Kc, 4 * Kc, False), cuda)
         select_ms = bench(sel, cuda=cuda)
@@ -107,18 +108,26 @@ def run_T(B, H, T, D, Kc, group, dev, cuda, bits_list, rows, bw):
         lse_ms = bench(lse, cuda=cuda)
         del s_, ub_, bmax_, sel, full_keys, topk_full, lse
         holder = {}
-
-        def step_fn():
-            holder["r"] = fused_sketch_step(q, K, V, codes, offset, step, vmax, bits=bits, group=group, Kc=Kc,
-                                            scale=scale, sync=False)
-        ours = graph_of(step_fn, cuda)
-        ours_ms = bench(ours, cuda=cuda)
-        r = holder["r"]
+        step_ms = {}
+        for os_ in (True, False):
+            def step_fn():
+                holder["r"] = fused_sketch_step(q, K, V, codes, offset, step, vmax, bits=bits, group=group, Kc=Kc,
+                                                scale=scale, sync=False, one_sided=os_)
+            ours = graph_of(step_fn, cuda)
+            step_ms[os_] = bench(ours, cuda=cuda)
+            holder[os_] = holder["r"]
+            del ours
+        ours_ms, ours_two_ms = step_ms[True], step_ms[False]
+        r, r2 = holder[True], holder[False]
         scan_moved = sketch_bytes + q32.numel() * 4 + B * H * T * 8 + B * H * T // 4
         floor = sketch_bytes + B * H * D * 2 + B * H * Kc * 2 * D * 2 + B * H * D * 4
         row = dict(T=T, bits=bits, B=B, H=H, D=D, Kc=Kc, group=group, meta_dtype="float16",
                    dense_flash_ms=dense_ms, dense_TBps=dense_bytes / dense_ms / 1e9,
                    ours_ms=ours_ms, speedup=dense_ms / ours_ms,
+                   ours_two_sided_ms=ours_two_ms, speedup_two_sided=dense_ms / ours_two_ms,
+                   scan_two_sided_ms=scan_two_ms,
+                   scan_two_sided_frac_of_copy=(scan_moved / scan_two_ms / 1e9) / (bw / 1e12) if bw else None,
+                   leakage_median_two_sided=float(r2.certified_leakage.float().median()),
                    scan_ms=scan_ms, scan_variants_ms=variants, select_ms=select_ms,
                    full_topk_ms_for_comparison=topk_full_ms, lse_ms=lse_ms,
                    glue_ms=ours_ms - scan_ms - select_ms,
@@ -133,7 +142,7 @@ def run_T(B, H, T, D, Kc, group, dev, cuda, bits_list, rows, bw):
                    certificate_finite=bool(torch.isfinite(r.certified_error).all()))
         rows.append(row)
         print(json.dumps(row), flush=True)
-        del codes, offset, step, ours, holder, r
+        del codes, offset, step, holder, r, r2
         if cuda:
             torch.cuda.empty_cache()
     del K, V

@@ -10,17 +10,17 @@ c_{j,d} = 0 (the key lies above its code's point), q_d⁻ when c_{j,d} = L, |q_d
 it w = |q| (SPEC 3b's two-sided e_p = ½Σ|q|δ, a per-block constant). Written as e⁺ = Σ a|q| − S_j
 with the one-sided savings
 
-    S_j = Σ_d b0_d·[c=0] + bL_d·[c=L],   b0 = a·q⁻,  bL = a·q⁺
-        = Σ_d b0_d − Σ_d b0_d·min(c, 1) + Σ_d bL_d·max(c − L + 1, 0)
+    S_j = Σ_d β_d·[c_{j,d} = t_d],   β = a|q|,  t_d = 0 where q_d < 0, L where q_d > 0
+        = Σ_d β_d·max(α_d·c_{j,d} + γ_d, 0),   (α, γ) = (−1, 1) or (1, 1 − L)
 
-(two min/max and two FMAs per code, shared by the G heads' indicators), lowered by its own float32
-error before it is subtracted.
+(exact 0/1 indicators: one FMA and one max per code and head, then one FMA into the sum), lowered
+by its float32 summation error before it is subtracted.
 
 Cost per code (why this shape): the first scan converted every code with an integer-to-float
 instruction (a quarter-rate unit on NVIDIA GPUs) and selected the one-sided weights with two compares
 and two selects; it ran compute-bound at 20-46 % of copy bandwidth on an H100. Here a code becomes
 float32 with one OR and one subtraction — ``c | 0x4B000000`` is the float 2²³ + c, exact — then one
-FMA for ŝ, and the savings cost two min/max, one subtraction and two FMAs. ŝ as Σ q·o + Σ (q·δ)·c has
+FMA for ŝ, and the savings cost two FMAs and a max. ŝ as Σ q·o + Σ (q·δ)·c has
 |δ·c| ≤ 2R, so its float32 error stays within 4γ_{D+2}·Σ|q|R; e⁺ and ŝ + e⁺ are rounded outward by a
 few float32 units, so ub_j ≥ scale·⟨q, k_j⟩ for the true key whatever the rounding.
 
@@ -44,36 +44,35 @@ SUB = 16                                          # tokens per entry of ``smax``
 
 @triton.jit
 def _code_tiles(codes_ptr, base, tmask, c, SHIFT: tl.constexpr, BITS: tl.constexpr):
-    """Codes c as float32 (exact), and the savings indicators min(c, 1) and max(c − L + 1, 0)."""
-    LEV: tl.constexpr = (1 << BITS) - 1
+    """Codes c of a (BM, ·) byte tile as float32, exactly."""
     byte = tl.load(codes_ptr + (base[:, None] + c[None, :]), mask=tmask[:, None], other=0).to(tl.int32)
     if BITS == 4:
         byte = (byte >> SHIFT) & 15
-    x = (byte | 0x4B000000).to(tl.float32, bitcast=True)      # 2²³ + c exactly
-    cf = x - 8388608.0
-    mn = tl.minimum(cf, 1.0)
-    mx = tl.maximum(x - (8388608.0 + LEV - 1), 0.0)
-    return cf, mn, mx
+    return (byte | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0      # 2²³ + c, exact; − 2²³, exact
 
 
 @triton.jit
-def _half_terms(cf, mn, mx, q, o, st, a, LEV: tl.constexpr, ONE_SIDED: tl.constexpr):
-    """Per token: Σ_c (q·δ)_c·code_c and the savings' two products; per block: Σ q·o, Σ a|q|,
-    Σ |q|R, Σ b0, Σ (b0 + bL)."""
+def _half_terms(cf, q, o, st, a, LEV: tl.constexpr, ONE_SIDED: tl.constexpr):
+    """Per token: Σ_c (q·δ)_c·code_c and the savings Σ_c β_c·[code_c = t_c]; per block: Σ q·o, Σ a|q|,
+    Σ |q|R, Σ β. With β = a|q| and t = 0 where q < 0, L where q > 0, the indicator is
+    max(α·c + γ, 0) with (α, γ) = (−1, 1) or (1, 1 − L): one FMA and one max per code and head."""
     dot = tl.sum(cf * (q * st)[None, :], axis=1)
-    b0 = a * tl.maximum(-q, 0.0)
-    bL = a * tl.maximum(q, 0.0)
+    beta = a * tl.abs(q)
     if ONE_SIDED:
-        sav = tl.sum(mx * bL[None, :] - mn * b0[None, :], axis=1)
+        neg = q < 0.0
+        alpha = tl.where(neg, -1.0, 1.0)
+        gam = tl.where(neg, 1.0, 1.0 - LEV)
+        ind = tl.maximum(cf * alpha[None, :] + gam[None, :], 0.0)
+        sav = tl.sum(ind * beta[None, :], axis=1)
     else:
         sav = dot * 0.0
     R = tl.maximum(tl.abs(o), tl.abs(o + LEV * st))
-    return dot, sav, tl.sum(q * o), tl.sum(a * tl.abs(q)), tl.sum(tl.abs(q) * R), tl.sum(b0), tl.sum(b0 + bL)
+    return dot, sav, tl.sum(q * o), tl.sum(beta), tl.sum(tl.abs(q) * R)
 
 
 @triton.jit
 def _sketch_scan_bound_kernel(q_ptr, codes_ptr, off_ptr, step_ptr, s_ptr, ub_ptr, smax_ptr,
-                              T, NS, Gr, W, group, scale, a_fac, rnd_fac, grow, sav_fac,
+                              T, NS, Gr, W, group, scale, a_fac, rnd_fac, grow,
                               G: tl.constexpr, BITS: tl.constexpr, D: tl.constexpr, BM: tl.constexpr,
                               ONE_SIDED: tl.constexpr):
     row_kv = tl.program_id(0)                     # b·Hkv + kvh
@@ -90,13 +89,13 @@ def _sketch_scan_bound_kernel(q_ptr, codes_ptr, off_ptr, step_ptr, s_ptr, ub_ptr
     base = tl.multiple_of(toks * W, 16)
     if BITS == 4:                                 # even channels = low nibbles, odd = high nibbles
         c = tl.arange(0, D // 2)
-        cf_a, mn_a, mx_a = _code_tiles(codes_row, base, tmask, c, 0, BITS)
-        cf_b, mn_b, mx_b = _code_tiles(codes_row, base, tmask, c, 4, BITS)
+        cf_a = _code_tiles(codes_row, base, tmask, c, 0, BITS)
+        cf_b = _code_tiles(codes_row, base, tmask, c, 4, BITS)
         ch_a = 2 * c
         ch_b = 2 * c + 1
     else:
         c = tl.arange(0, D)
-        cf_a, mn_a, mx_a = _code_tiles(codes_row, base, tmask, c, 0, BITS)
+        cf_a = _code_tiles(codes_row, base, tmask, c, 0, BITS)
         ch_a = c
     o_a = tl.load(off_ptr + meta + ch_a).to(tl.float32)
     st_a = tl.load(step_ptr + meta + ch_a).to(tl.float32)
@@ -106,24 +105,20 @@ def _sketch_scan_bound_kernel(q_ptr, codes_ptr, off_ptr, step_ptr, s_ptr, ub_ptr
     for i in tl.static_range(G):
         r = row_kv * G + i                         # = b·Hq + h since h = kvh·G + i
         q_a = tl.load(q_ptr + r * D + ch_a)
-        dot, sav, qo, aq, rnd, b0s, bs = _half_terms(cf_a, mn_a, mx_a, q_a, o_a, st_a, st_a * a_fac, LEV, ONE_SIDED)
+        dot, sav, qo, aq, rnd = _half_terms(cf_a, q_a, o_a, st_a, st_a * a_fac, LEV, ONE_SIDED)
         if BITS == 4:
             q_b = tl.load(q_ptr + r * D + ch_b)
-            dot_b, sav_b, qo_b, aq_b, rnd_b, b0s_b, bs_b = _half_terms(cf_b, mn_b, mx_b, q_b, o_b, st_b,
-                                                                       st_b * a_fac, LEV, ONE_SIDED)
+            dot_b, sav_b, qo_b, aq_b, rnd_b = _half_terms(cf_b, q_b, o_b, st_b, st_b * a_fac, LEV, ONE_SIDED)
             dot += dot_b
             sav += sav_b
             qo += qo_b
             aq += aq_b
             rnd += rnd_b
-            b0s += b0s_b
-            bs += bs_b
         s = dot + qo
         e = (aq + rnd * rnd_fac) * grow
         if ONE_SIDED:
-            # S = Σb0 + (products): its float32 error is within sav_fac·Σ(b0 + bL); lowered by that
-            saving = tl.maximum(b0s + sav - bs * sav_fac, 0.0)
-            e = e - saving * (2.0 - grow)
+            # the savings' float32 sum (exact products of β by 0/1) is within γ_D of itself
+            e = e - sav * (2.0 - grow)
         e = tl.maximum(e + tl.abs(e) * 5.960464477539063e-08 * 2, 0.0)
         t = (s + e) * scale
         ub = t + tl.abs(t) * (8 * 5.960464477539063e-08)   # the addition, scale's float32 value, the product
@@ -140,14 +135,13 @@ def _gamma(n: int, u: float) -> float:
 
 
 def scan_constants(bits: int, D: int) -> tuple[float, float, float, float]:
-    """(a_fac, rnd_fac, grow, sav_fac) of the scan's bound: the host-side rounding analysis."""
+    """(a_fac, rnd_fac, grow) of the scan's bound: the host-side rounding analysis."""
     levels = (1 << bits) - 1
     eta = 4.0 * (levels + 2) * 2.0 ** -53 + 4 * U32      # metadata rounding + float32 product a·w
     a_fac = (0.5 + eta) * (1 + 4 * U32)
     rnd_fac = 5 * _gamma(D + 2, U32) * (1 + 4 * U32)    # 4γ_{D+2} covers the scan; + one γ for rnd's own sum
     grow = 1 + 2 * _gamma(D + 3, U32)
-    sav_fac = 3 * _gamma(2 * D + 4, U32)               # Σb0 + Σ(mx·bL − mn·b0): 2D products, sums, adds
-    return a_fac, rnd_fac, grow, sav_fac
+    return a_fac, rnd_fac, grow
 
 
 def sketch_scan_bound(q, codes, offset, step, *, bits: int, group: int, scale: float,
@@ -171,9 +165,9 @@ def sketch_scan_bound(q, codes, offset, step, *, bits: int, group: int, scale: f
     s = torch.empty((R, T), dtype=torch.float32, device=q.device)
     ub = torch.empty((R, T), dtype=torch.float32, device=q.device)
     smax = torch.empty((R, NS), dtype=torch.float32, device=q.device)
-    a_fac, rnd_fac, grow, sav_fac = scan_constants(bits, D)
+    a_fac, rnd_fac, grow = scan_constants(bits, D)
     _sketch_scan_bound_kernel[(RK, triton.cdiv(T, BM))](
         q, codes, offset, step, s, ub, smax, T, NS, offset.shape[1], W, group,
-        float(scale), a_fac, rnd_fac, grow, sav_fac, G=R // RK, BITS=bits, D=D, BM=BM, ONE_SIDED=one_sided,
+        float(scale), a_fac, rnd_fac, grow, G=R // RK, BITS=bits, D=D, BM=BM, ONE_SIDED=one_sided,
         num_warps=num_warps or (2 if one_sided else 1))
     return s, ub, smax
