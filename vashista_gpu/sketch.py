@@ -694,7 +694,8 @@ def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: 
        ub and the largest ŝ of every 16 tokens;
     2. the top-Kc of ŝ under the tie rule by threshold compaction (``kernels/select_above.py``,
        ``cap`` slots per row, default 4·Kc) and a ``topk`` of the few survivors;
-    3. exact float32 rescoring of the Kc candidates against ``K``, softmax, gather of ``V``;
+    3. exact float32 rescoring of the Kc candidates against ``K``, softmax, gather of ``V``, in one
+       program per query head (``kernels/rescore.py``);
     4. the certificate L̂ = Z̄_out / (Z_C + Z̄_out) ≥ dense mass outside C, with Z̄_out ≥ Σ_{j∉C} e^{ub_j}
        in one read of ub (``kernels/row_lse.py``), Z_C ≤ Σ_C e^{s_j}, and the error bound
        L̂·(max‖v‖ + ‖o‖) (``vmax`` (B, Hkv) ≥ every value norm of the row's KV head).
@@ -709,6 +710,7 @@ def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: 
     :func:`quantize_keys` on K viewed as (B·Hkv, T, D). The float32 sums of the certificate are
     rounded outward by γ_n(2⁻²⁴) factors (n the number of terms), valid for any summation order.
     """
+    from .kernels.rescore import rescore
     from .kernels.row_lse import row_lse_upper
     from .kernels.sketch_scan import U32, _gamma, sketch_scan_bound
 
@@ -720,29 +722,18 @@ def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: 
     s, ub, smax = sketch_scan_bound(q32, codes, offset, step, bits=bits, group=group, scale=scale,
                                     one_sided=one_sided, block_tokens=block_tokens)
     cand, overflow = _select_candidates(s, smax, Kc, cap or 4 * Kc, sync)
-    rows = torch.arange(B * Hq, device=q.device)
-    kvrow = (rows // Hq) * Hkv + (rows % Hq) // G                                           # b·Hkv + kvh
-    Kc_rows = K.reshape(B * Hkv, T, D)[kvrow[:, None], cand].float()                        # (BHq, Kc, D)
-    prod = Kc_rows * q32[:, None, :]
-    raw = prod.sum(-1)
-    err = prod.abs().sum(-1) * (4 * _gamma(D + 2, U32) * (1 + 8 * U32))
-    s_c = raw * scale
-    lb_c = (raw - err) * scale
-    lb_c = lb_c - lb_c.abs() * (4 * U32)
-    w = torch.softmax(s_c, dim=-1)
-    Vc = V.reshape(B * Hkv, T, Dv)[kvrow[:, None], cand].float()
-    out = torch.bmm(w[:, None, :], Vc)[:, 0]
+    # exact part (``kernels/rescore.py``): rescoring, softmax, values, and m_C, z_C of the lower bounds
+    out, m_c, zsum = rescore(q32, K.contiguous(), V.contiguous(), cand, scale=scale,
+                             err_fac=4 * _gamma(D + 2, U32) * (1 + 8 * U32))
     # certificate: Z̄_out from the bounds of the non-candidates (ub is this step's own buffer)
     ub.scatter_(1, cand, -math.inf)
     m_o, z_out = row_lse_upper(ub)
     out_any = torch.isfinite(m_o)
     m_o = torch.where(out_any, m_o, torch.zeros_like(m_o))
     z_out = torch.where(out_any, z_out, torch.ones_like(z_out))
-    # Z_C from below: x − m is rounded within u·|x − m|, so the exponent is widened by 2u·|x − m|
-    # away from 0 (exp within 4 ulp); the sum within γ_Kc
-    m_c = lb_c.amax(-1)
-    x = lb_c - m_c[:, None]
-    z_c = torch.exp(x * (1 + 2 * U32)).sum(-1) * ((1 - 8 * U32) * (1 - _gamma(Kc + 2, U32)))
+    # Z_C from below: x − m is rounded within u·|x − m|, so the kernel widened the exponent by
+    # 2u·|x − m| away from 0; the device exponential is within 16u, the sum within γ_Kc
+    z_c = zsum * ((1 - 16 * U32) * (1 - _gamma(Kc + 2, U32)))
     # L̂ = 1/(1 + e^d) with d = log(Z_C/Z̄_out) = (m_c − m_o) + log z_c − log z_out, lowered by the
     # rounding of its three operations and the two logs (each within a few ulp of its magnitude)
     dm, lc, lo = m_c - m_o, torch.log(z_c), torch.log(z_out)
@@ -752,7 +743,8 @@ def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: 
     # softplus/exp within a few ulp; underflow is covered by the floor (far above exp's subnormal error)
     leak = (leak * (1 + 16 * U32) + (d.abs() * (16 * U32)) * leak).clamp(min=1e-37, max=1.0)
     leak = torch.where(out_any, leak, torch.zeros_like(leak))
-    vm = vmax.float().reshape(B * Hkv)[kvrow]
+    rows = torch.arange(B * Hq, device=q.device)
+    vm = vmax.float().reshape(B * Hkv)[(rows // Hq) * Hkv + (rows % Hq) // G]
     # + the float32 rounding of o itself (softmax and a Kc-term weighted sum of values ≤ vmax)
     error = _f32_up((vm + torch.linalg.vector_norm(out, dim=-1)) * leak * (1 + (Dv + 8) * 2 * U32)
                     + vm * ((2 * Kc + Dv + 16) * 4 * U32))

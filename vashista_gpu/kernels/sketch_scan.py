@@ -43,82 +43,78 @@ SUB = 16                                          # tokens per entry of ``smax``
 
 
 @triton.jit
-def _code_tiles(codes_ptr, base, tmask, c, SHIFT: tl.constexpr, BITS: tl.constexpr):
-    """Codes c of a (BM, ·) byte tile as float32, exactly."""
-    byte = tl.load(codes_ptr + (base[:, None] + c[None, :]), mask=tmask[:, None], other=0).to(tl.int32)
+def _codes_at(w, P: tl.constexpr, BITS: tl.constexpr):
+    """Codes at position P of each 32-bit word as float32: 4-bit → x = 1 + c/16 (the float bits
+    0x3F800000 | c << 19, exact; one shift and one AND-OR), 8-bit → c (2²³ + c exact, minus 2²³)."""
     if BITS == 4:
-        byte = (byte >> SHIFT) & 15
-    return (byte | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0      # 2²³ + c, exact; − 2²³, exact
-
-
-@triton.jit
-def _half_terms(cf, q, o, st, a, LEV: tl.constexpr, ONE_SIDED: tl.constexpr):
-    """Per token: Σ_c (q·δ)_c·code_c and the savings Σ_c β_c·[code_c = t_c]; per block: Σ q·o, Σ a|q|,
-    Σ |q|R, Σ β. With β = a|q| and t = 0 where q < 0, L where q > 0, the indicator is
-    max(α·c + γ, 0) with (α, γ) = (−1, 1) or (1, 1 − L): one FMA and one max per code and head."""
-    dot = tl.sum(cf * (q * st)[None, :], axis=1)
-    beta = a * tl.abs(q)
-    if ONE_SIDED:
-        neg = q < 0.0
-        alpha = tl.where(neg, -1.0, 1.0)
-        gam = tl.where(neg, 1.0, 1.0 - LEV)
-        ind = tl.maximum(cf * alpha[None, :] + gam[None, :], 0.0)
-        sav = tl.sum(ind * beta[None, :], axis=1)
+        SH: tl.constexpr = 19 - 4 * P
+        if SH >= 0:
+            t = w << SH
+        else:
+            t = w >> (-SH)
+        return ((t & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
     else:
-        sav = dot * 0.0
-    R = tl.maximum(tl.abs(o), tl.abs(o + LEV * st))
-    return dot, sav, tl.sum(q * o), tl.sum(beta), tl.sum(tl.abs(q) * R)
+        return (((w >> (8 * P)) & 255) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
 
 
 @triton.jit
-def _sketch_scan_bound_kernel(q_ptr, codes_ptr, off_ptr, step_ptr, s_ptr, ub_ptr, smax_ptr,
-                              T, NS, Gr, W, group, scale, a_fac, rnd_fac, grow,
+def _sketch_scan_bound_kernel(q_ptr, words_ptr, off_ptr, step_ptr, s_ptr, ub_ptr, smax_ptr,
+                              T, NS, Gr, group, scale, a_fac, rnd_fac, grow, x_fac,
                               G: tl.constexpr, BITS: tl.constexpr, D: tl.constexpr, BM: tl.constexpr,
                               ONE_SIDED: tl.constexpr):
     row_kv = tl.program_id(0)                     # b·Hkv + kvh
     blk = tl.program_id(1)
     LEV: tl.constexpr = (1 << BITS) - 1
+    NPOS: tl.constexpr = 32 // BITS                # codes per 32-bit word
+    NW: tl.constexpr = D // NPOS                   # words per token
     NSUB: tl.constexpr = BM // 16
     toks = blk * BM + tl.arange(0, BM)
     tmask = toks < T
     g = (blk * BM) // group
     meta = (row_kv.to(tl.int64) * Gr + g) * D
     # int64 row offset on the scalar pointer, int32 offsets inside the row: keeps the tile's
-    # contiguity visible to the compiler (16-byte vector loads, channels mostly inside a thread)
-    codes_row = codes_ptr + row_kv.to(tl.int64) * T * W
-    base = tl.multiple_of(toks * W, 16)
-    if BITS == 4:                                 # even channels = low nibbles, odd = high nibbles
-        c = tl.arange(0, D // 2)
-        cf_a = _code_tiles(codes_row, base, tmask, c, 0, BITS)
-        cf_b = _code_tiles(codes_row, base, tmask, c, 4, BITS)
-        ch_a = 2 * c
-        ch_b = 2 * c + 1
-    else:
-        c = tl.arange(0, D)
-        cf_a = _code_tiles(codes_row, base, tmask, c, 0, BITS)
-        ch_a = c
-    o_a = tl.load(off_ptr + meta + ch_a).to(tl.float32)
-    st_a = tl.load(step_ptr + meta + ch_a).to(tl.float32)
-    if BITS == 4:
-        o_b = tl.load(off_ptr + meta + ch_b).to(tl.float32)
-        st_b = tl.load(step_ptr + meta + ch_b).to(tl.float32)
+    # contiguity visible to the compiler (16-byte vector loads, a few tokens' words per thread)
+    k = tl.arange(0, NW)
+    wrow = words_ptr + row_kv.to(tl.int64) * T * NW
+    w = tl.load(wrow + (tl.multiple_of(toks * NW, 4)[:, None] + k[None, :]), mask=tmask[:, None], other=0)
+    dc = tl.arange(0, D)                           # all channels, distributed: the block's scalars
+    o_all = tl.load(off_ptr + meta + dc).to(tl.float32)
+    st_all = tl.load(step_ptr + meta + dc).to(tl.float32)
+    R_all = tl.maximum(tl.abs(o_all), tl.abs(o_all + LEV * st_all))
     for i in tl.static_range(G):
         r = row_kv * G + i                         # = b·Hq + h since h = kvh·G + i
-        q_a = tl.load(q_ptr + r * D + ch_a)
-        dot, sav, qo, aq, rnd = _half_terms(cf_a, q_a, o_a, st_a, st_a * a_fac, LEV, ONE_SIDED)
-        if BITS == 4:
-            q_b = tl.load(q_ptr + r * D + ch_b)
-            dot_b, sav_b, qo_b, aq_b, rnd_b = _half_terms(cf_b, q_b, o_b, st_b, st_b * a_fac, LEV, ONE_SIDED)
-            dot += dot_b
-            sav += sav_b
-            qo += qo_b
-            aq += aq_b
-            rnd += rnd_b
+        q_all = tl.load(q_ptr + r * D + dc)
+        v_all = q_all * st_all
+        qo = tl.sum(q_all * o_all)
+        aq = tl.sum((st_all * a_fac) * tl.abs(q_all))
+        rnd = tl.sum(tl.abs(q_all) * R_all)
+        acc = tl.zeros((BM, NW), tl.float32)
+        sacc = tl.zeros((BM, NW), tl.float32)
+        for P in tl.static_range(NPOS):
+            ch = k * NPOS + P
+            q = tl.load(q_ptr + r * D + ch)
+            st = tl.load(step_ptr + meta + ch).to(tl.float32)
+            x = _codes_at(w, P, BITS)
+            acc = tl.fma(x, (q * st)[None, :], acc)
+            if ONE_SIDED:
+                # indicator [c = 0] where q < 0, [c = L] where q > 0: max(α·c + γ, 0), exact; for
+                # 4-bit codes in terms of x = 1 + c/16: α·c + γ = 16α·x + (γ − 16α)
+                neg = q < 0.0
+                alpha = tl.where(neg, -1.0, 1.0)
+                gam = tl.where(neg, 1.0, 1.0 - LEV)
+                if BITS == 4:
+                    ind = tl.maximum(tl.fma(x, (16.0 * alpha)[None, :], (gam - 16.0 * alpha)[None, :]), 0.0)
+                else:
+                    ind = tl.maximum(tl.fma(x, alpha[None, :], gam[None, :]), 0.0)
+                sacc = tl.fma(ind, ((st * a_fac) * tl.abs(q))[None, :], sacc)
+        dot = tl.sum(acc, axis=1)
+        if BITS == 4:                              # Σ v·x = Σ v + Σ v·c/16
+            dot = (dot - tl.sum(v_all)) * 16.0
         s = dot + qo
-        e = (aq + rnd * rnd_fac) * grow
+        e = (aq + rnd * rnd_fac + x_fac * tl.sum(tl.abs(v_all))) * grow
         if ONE_SIDED:
             # the savings' float32 sum (exact products of β by 0/1) is within γ_D of itself
-            e = e - sav * (2.0 - grow)
+            e = e - tl.sum(sacc, axis=1) * (2.0 - grow)
         e = tl.maximum(e + tl.abs(e) * 5.960464477539063e-08 * 2, 0.0)
         t = (s + e) * scale
         ub = t + tl.abs(t) * (8 * 5.960464477539063e-08)   # the addition, scale's float32 value, the product
@@ -135,24 +131,26 @@ def _gamma(n: int, u: float) -> float:
 
 
 def scan_constants(bits: int, D: int) -> tuple[float, float, float, float]:
-    """(a_fac, rnd_fac, grow) of the scan's bound: the host-side rounding analysis."""
+    """(a_fac, rnd_fac, grow, x_fac) of the scan's bound: the host-side rounding analysis."""
     levels = (1 << bits) - 1
     eta = 4.0 * (levels + 2) * 2.0 ** -53 + 4 * U32      # metadata rounding + float32 product a·w
     a_fac = (0.5 + eta) * (1 + 4 * U32)
-    rnd_fac = 5 * _gamma(D + 2, U32) * (1 + 4 * U32)    # 4γ_{D+2} covers the scan; + one γ for rnd's own sum
+    rnd_fac = 5 * _gamma(D + 2, U32) * (1 + 4 * U32)    # 4γ_{D+2} covers Σq·o, v = q·δ and the adds; + one γ for rnd's own sum
     grow = 1 + 2 * _gamma(D + 3, U32)
-    return a_fac, rnd_fac, grow
+    # 4-bit: Σ v·c = 16·(Σ v·x − Σ v) with |v·x| ≤ 2|v|: the two sums and the difference are within
+    # 3γ_{D+1}·Σ|v| before the (exact) ×16
+    x_fac = 16 * 3 * _gamma(D + 2, U32) * (1 + 4 * U32) if bits == 4 else 0.0
+    return a_fac, rnd_fac, grow, x_fac
 
 
 def sketch_scan_bound(q, codes, offset, step, *, bits: int, group: int, scale: float,
                       block_tokens: int | None = None, one_sided: bool = True, num_warps: int | None = None):
-    """Launch the scan. ``q`` (B·Hq, D) float32; ``codes`` (B·Hkv, T, W) uint8; ``offset``/``step``
-    (B·Hkv, Gr, D) float16/float32. Returns (s float32 (B·Hq, T), ub float32 (B·Hq, T),
-    smax float32 (B·Hq, ⌈T/16⌉)). ``num_warps`` defaults to 1 (fastest on an H200 for both bounds): with
-    a (BM, D·b/8) byte tile a thread then holds 16 contiguous bytes of a few tokens, so the sums over
-    channels are mostly in-thread and the per-channel setup is shared by those tokens (instruction
-    counts per code from the compiled SASS for sm_90, D = 128, BM = 64: two-sided int4 6.9 / int8 6.2
-    at 1 warp, one-sided 15.0 / 14.8 at 1-2 warps, 24 / 17 at 4 warps).
+    """Launch the scan. ``q`` (B·Hq, D) float32; ``codes`` (B·Hkv, T, W) uint8 with W = D·bits/8 a
+    multiple of 4 (read as 32-bit words); ``offset``/``step`` (B·Hkv, Gr, D) float16/float32. Returns
+    (s float32 (B·Hq, T), ub float32 (B·Hq, T), smax float32 (B·Hq, ⌈T/16⌉)).
+
+    ``num_warps`` defaults to 1: a thread then holds 16 contiguous bytes of a few tokens, so the sums
+    over channels are in-thread FMA chains and the per-channel setup is shared by those tokens.
 
     >>> # see tests/test_gpu_sketch_fused.py: fused_sketch_step(q, K, V, codes, offset, step, vmax, ...)
     """
@@ -160,14 +158,16 @@ def sketch_scan_bound(q, codes, offset, step, *, bits: int, group: int, scale: f
     R, D = q.shape
     RK, T, W = codes.shape
     BM = block_tokens or min(group, 64)
-    assert D % 2 == 0 and group % BM == 0 and BM % SUB == 0 and R % RK == 0
+    assert D * bits == 8 * W and W % 4 == 0, "codes must be (rows, T, D·bits/8) with D·bits a multiple of 32"
+    assert D & (D - 1) == 0 and group % BM == 0 and BM % SUB == 0 and R % RK == 0
+    words = codes.view(torch.int32)
     NS = triton.cdiv(T, SUB)
     s = torch.empty((R, T), dtype=torch.float32, device=q.device)
     ub = torch.empty((R, T), dtype=torch.float32, device=q.device)
     smax = torch.empty((R, NS), dtype=torch.float32, device=q.device)
-    a_fac, rnd_fac, grow = scan_constants(bits, D)
+    a_fac, rnd_fac, grow, x_fac = scan_constants(bits, D)
     _sketch_scan_bound_kernel[(RK, triton.cdiv(T, BM))](
-        q, codes, offset, step, s, ub, smax, T, NS, offset.shape[1], W, group,
-        float(scale), a_fac, rnd_fac, grow, G=R // RK, BITS=bits, D=D, BM=BM, ONE_SIDED=one_sided,
+        q, words, offset, step, s, ub, smax, T, NS, offset.shape[1], group,
+        float(scale), a_fac, rnd_fac, grow, x_fac, G=R // RK, BITS=bits, D=D, BM=BM, ONE_SIDED=one_sided,
         num_warps=num_warps or 1)
     return s, ub, smax

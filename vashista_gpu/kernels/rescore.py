@@ -1,0 +1,80 @@
+"""Triton kernel: the certified step's exact part for one query head per program — rescore the Kc
+candidates against the full-precision keys, softmax, gather the values, and the candidates' share of
+the certificate, reading each candidate key and value row once (SPEC 2 steps 3-4, SPEC 3b):
+
+    raw_j = ⟨q, k_j⟩ (float32),  s_j = scale·raw_j,  a = softmax(s_C),  o = Σ_C a_j v_j,
+    lb_j  = scale·(raw_j − 4γ_{D+2}(1 + 8u)·Σ_d |q_d k_jd|) − 4u|·|   (≤ scale·⟨q, k_j⟩ exactly),
+    m_C = max_C lb,  z_C = Σ_C exp((lb_j − m_C)·(1 + 2u))                (the caller lowers z_C by the
+                                                                          exponential's and the sum's error)
+
+Why: the torch version gathered keys and values with advanced indexing, upcast them, and ran about
+twenty small kernels (products, sums, softmax, bmm); in the 128k paper-shape step those, with the
+certificate's tail, were ~0.7 ms of glue — as much as a third of the memory-bound scan.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rescore_kernel(q_ptr, k_ptr, v_ptr, cand_ptr, out_ptr, mc_ptr, zc_ptr,
+                    T, Hq, Hkv, scale, err_fac,
+                    Kc: tl.constexpr, G: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
+                    BK: tl.constexpr, NK: tl.constexpr):
+    r = tl.program_id(0)                            # b·Hq + h
+    kv = ((r // Hq) * Hkv + (r % Hq) // G).to(tl.int64)
+    d = tl.arange(0, D)
+    dv = tl.arange(0, DV)
+    lane = tl.arange(0, BK)
+    q = tl.load(q_ptr + r.to(tl.int64) * D + d)
+    m = tl.max(tl.full((BK,), float("-inf"), tl.float32), axis=0)
+    mlb = m
+    for i in tl.static_range(NK):                  # pass 1: the maxima of s and of lb
+        idx = i * BK + lane
+        ok = idx < Kc
+        j = tl.load(cand_ptr + r.to(tl.int64) * Kc + idx, mask=ok, other=0)
+        kk = tl.load(k_ptr + (kv * T + j)[:, None] * D + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+        prod = kk * q[None, :]
+        raw = tl.sum(prod, axis=1)
+        lb = (raw - tl.sum(tl.abs(prod), axis=1) * err_fac) * scale
+        lb = lb - tl.abs(lb) * (4 * 5.960464477539063e-08)
+        m = tl.maximum(m, tl.max(tl.where(ok, raw * scale, float("-inf")), axis=0))
+        mlb = tl.maximum(mlb, tl.max(tl.where(ok, lb, float("-inf")), axis=0))
+    z = tl.sum(tl.zeros((BK,), tl.float32), axis=0)
+    zc = z
+    acc = tl.zeros((DV,), tl.float32)
+    for i in tl.static_range(NK):                  # pass 2: softmax weights, values, z_C
+        idx = i * BK + lane
+        ok = idx < Kc
+        j = tl.load(cand_ptr + r.to(tl.int64) * Kc + idx, mask=ok, other=0)
+        kk = tl.load(k_ptr + (kv * T + j)[:, None] * D + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+        prod = kk * q[None, :]
+        raw = tl.sum(prod, axis=1)
+        lb = (raw - tl.sum(tl.abs(prod), axis=1) * err_fac) * scale
+        lb = lb - tl.abs(lb) * (4 * 5.960464477539063e-08)
+        e = tl.where(ok, tl.exp(raw * scale - m), 0.0)
+        vv = tl.load(v_ptr + (kv * T + j)[:, None] * DV + dv[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+        acc += tl.sum(e[:, None] * vv, axis=0)
+        z += tl.sum(e, axis=0)
+        zc += tl.sum(tl.where(ok, tl.exp((lb - mlb) * (1 + 2 * 5.960464477539063e-08)), 0.0), axis=0)
+    tl.store(out_ptr + r.to(tl.int64) * DV + dv, acc / z)
+    tl.store(mc_ptr + r, mlb)
+    tl.store(zc_ptr + r, zc)
+
+
+def rescore(q32, K, V, cand, *, scale: float, err_fac: float, block: int = 64):
+    """``q32`` (R, D) float32, ``K`` (B, Hkv, T, D) and ``V`` (B, Hkv, T, Dv) contiguous, ``cand``
+    (R, Kc) int64 logical indices. Returns (out (R, Dv) float32, m_C (R,), z_C (R,))."""
+    import torch
+    R, D = q32.shape
+    B, Hkv, T, Dv = V.shape
+    Kc = cand.shape[1]
+    Hq = R // B
+    out = torch.empty((R, Dv), dtype=torch.float32, device=q32.device)
+    mc = torch.empty(R, dtype=torch.float32, device=q32.device)
+    zc = torch.empty(R, dtype=torch.float32, device=q32.device)
+    BK = min(block, triton.next_power_of_2(Kc))
+    _rescore_kernel[(R,)](q32, K, V, cand, out, mc, zc, T, Hq, Hkv, float(scale), float(err_fac),
+                          Kc=Kc, G=Hq // Hkv, D=D, DV=Dv, BK=BK, NK=triton.cdiv(Kc, BK), num_warps=4)
+    return out, mc, zc
