@@ -95,7 +95,7 @@ def run_T(B, H, T, D, Kc, group, dev, cuda, bits_list, rows, bw):
                 del fn
             except Exception as e:  # noqa: BLE001 — record and go on
                 variants[f"w{nw}_{'one' if os_ else 'two'}_sided"] = f"{type(e).__name__}: {e}"[:200]
-        scan_ms = variants["w2_one_sided"]
+        scan_ms = variants["w1_one_sided"]          # the defaults of sketch_scan_bound
         scan_two_ms = variants["w1_two_sided"]
         s_, ub_, bmax_ = sketch_scan_bound(q32, codes, offset, step, bits=bits, group=group, scale=scale)
         sel = graph_of(lambda: _select_candidates(s_, bmax_, Kc, 4 * Kc, False), cuda)

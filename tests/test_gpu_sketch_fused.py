@@ -95,8 +95,8 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
 @settings(max_examples=12, deadline=None)
 @given(seed=st.integers(0, 2 ** 31 - 1), bits=st.sampled_from([4, 8]), G=st.sampled_from([1, 2]),
        T=st.integers(17, 70), key_scale=st.sampled_from([1e-3, 1.0, 300.0]),
-       const_channel=st.booleans(), q_scale=st.sampled_from([0.5, 5.0]))
-def test_fused_sound_on_generated_inputs(seed, bits, G, T, key_scale, const_channel, q_scale):
+       const_channel=st.booleans(), q_scale=st.sampled_from([0.5, 5.0]), one_sided=st.booleans())
+def test_fused_sound_on_generated_inputs(seed, bits, G, T, key_scale, const_channel, q_scale, one_sided):
     """Certified ≥ true on generated inputs: partial last group (T not a multiple of 16), constant
     channels (step 0), tiny and huge key scales, keys at the range edges, GQA."""
     g = torch.Generator().manual_seed(seed)
@@ -108,7 +108,7 @@ def test_fused_sound_on_generated_inputs(seed, bits, G, T, key_scale, const_chan
     V = torch.randn(B, Hkv, T, D, generator=g)
     q = q_scale * torch.randn(B, Hkv * G, D, generator=g) / key_scale ** 0.5
     scale = 1 / math.sqrt(D)
-    r, _ = _run(q, K, V, bits, Kc, scale)
+    r, _ = _run(q, K, V, bits, Kc, scale, one_sided=one_sided)
     Kr, Vr = K.double().repeat_interleave(G, dim=1), V.double().repeat_interleave(G, dim=1)
     p = torch.softmax(torch.einsum("bhd,bhtd->bht", q.double(), Kr) * scale, -1)
     o = torch.einsum("bht,bhtd->bhd", p, Vr)

@@ -653,8 +653,8 @@ def _select_candidates(s: torch.Tensor, bmax: torch.Tensor, Kc: int, cap: int, s
     """Top-Kc logical indices (ascending) of each row of ŝ under the tie rule, and the overflow mask.
 
     ``bmax`` holds the maxima of ŝ over any partition of each row into blocks (the scan gives one per
-    16 tokens). Threshold path (``kernels/select_above.py``) when there are at least 8·Kc blocks
-    (pooled down to between 8·Kc and 16·Kc): τ = the Kc-th largest block maximum, the tokens with ŝ ≥ τ compacted into ``cap`` slots, ``topk`` of those.
+    16 tokens). Threshold path (``kernels/select_above.py``) when there are at least 8·Kc blocks:
+    τ = the Kc-th largest block maximum, the tokens with ŝ ≥ τ compacted into ``cap`` slots, ``topk`` of those.
     Rows with more than ``cap`` such tokens (many ties, or a flat row) are reselected from all keys
     when ``sync`` (one host synchronisation per step), else only flagged."""
     from .kernels.select_above import select_above
@@ -666,11 +666,10 @@ def _select_candidates(s: torch.Tensor, bmax: torch.Tensor, Kc: int, cap: int, s
     if NB < 8 * Kc:        # too few blocks for a selective threshold (the count would overflow): full topk
         top = torch.topk(tie_keys(s, idx), Kc, dim=-1, sorted=False).values
         return torch.sort(key_index(top), dim=-1).values, torch.zeros(R, dtype=torch.bool, device=s.device)
-    f = 1                  # coarsest pooling of the maxima that keeps ≥ 8·Kc blocks: a smaller topk
-    while NB % (2 * f) == 0 and NB // (2 * f) >= 8 * Kc:
-        f *= 2
-    pooled = bmax.view(R, NB // f, f).amax(-1) if f > 1 else bmax
-    tau = torch.topk(pooled, Kc, dim=-1, sorted=False).values.amin(-1).contiguous()
+    # (no pooling of the maxima to a smaller topk: scores within a quantization group are correlated
+    # through the shared offsets, so the Kc-th largest maximum of 64-token blocks let whole groups
+    # through and overflowed 29 of 512 rows at 128k on an H200, where 16-token maxima overflowed none)
+    tau = torch.topk(bmax, Kc, dim=-1, sorted=False).values.amin(-1).contiguous()
     keys = torch.full((R, cap), INVALID_KEY, dtype=torch.int64, device=s.device)
     count = torch.zeros(R, dtype=torch.int32, device=s.device)
     select_above(s, tau, keys, count)
