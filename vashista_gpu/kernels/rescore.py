@@ -18,6 +18,18 @@ import triton.language as tl
 
 
 @triton.jit
+def _scores(q, k_ptr, cand_ptr, r, kv, T, idx, d, scale, err_fac, Kc: tl.constexpr, D: tl.constexpr):
+    """For candidate slots ``idx``: (valid, logical index, raw ⟨q, k⟩, lower bound of scale·⟨q, k⟩)."""
+    ok = idx < Kc
+    j = tl.load(cand_ptr + r.to(tl.int64) * Kc + idx, mask=ok, other=0)
+    kk = tl.load(k_ptr + (kv * T + j)[:, None] * D + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+    prod = kk * q[None, :]
+    raw = tl.sum(prod, axis=1)
+    lb = (raw - tl.sum(tl.abs(prod), axis=1) * err_fac) * scale
+    return ok, j, raw, lb - tl.abs(lb) * (4 * 5.960464477539063e-08)
+
+
+@triton.jit
 def _rescore_kernel(q_ptr, k_ptr, v_ptr, cand_ptr, out_ptr, mc_ptr, zc_ptr,
                     T, Hq, Hkv, scale, err_fac,
                     Kc: tl.constexpr, G: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
@@ -31,28 +43,14 @@ def _rescore_kernel(q_ptr, k_ptr, v_ptr, cand_ptr, out_ptr, mc_ptr, zc_ptr,
     m = tl.max(tl.full((BK,), float("-inf"), tl.float32), axis=0)
     mlb = m
     for i in tl.static_range(NK):                  # pass 1: the maxima of s and of lb
-        idx = i * BK + lane
-        ok = idx < Kc
-        j = tl.load(cand_ptr + r.to(tl.int64) * Kc + idx, mask=ok, other=0)
-        kk = tl.load(k_ptr + (kv * T + j)[:, None] * D + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-        prod = kk * q[None, :]
-        raw = tl.sum(prod, axis=1)
-        lb = (raw - tl.sum(tl.abs(prod), axis=1) * err_fac) * scale
-        lb = lb - tl.abs(lb) * (4 * 5.960464477539063e-08)
+        ok, j, raw, lb = _scores(q, k_ptr, cand_ptr, r, kv, T, i * BK + lane, d, scale, err_fac, Kc, D)
         m = tl.maximum(m, tl.max(tl.where(ok, raw * scale, float("-inf")), axis=0))
         mlb = tl.maximum(mlb, tl.max(tl.where(ok, lb, float("-inf")), axis=0))
     z = tl.sum(tl.zeros((BK,), tl.float32), axis=0)
     zc = z
     acc = tl.zeros((DV,), tl.float32)
     for i in tl.static_range(NK):                  # pass 2: softmax weights, values, z_C
-        idx = i * BK + lane
-        ok = idx < Kc
-        j = tl.load(cand_ptr + r.to(tl.int64) * Kc + idx, mask=ok, other=0)
-        kk = tl.load(k_ptr + (kv * T + j)[:, None] * D + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-        prod = kk * q[None, :]
-        raw = tl.sum(prod, axis=1)
-        lb = (raw - tl.sum(tl.abs(prod), axis=1) * err_fac) * scale
-        lb = lb - tl.abs(lb) * (4 * 5.960464477539063e-08)
+        ok, j, raw, lb = _scores(q, k_ptr, cand_ptr, r, kv, T, i * BK + lane, d, scale, err_fac, Kc, D)
         e = tl.where(ok, tl.exp(raw * scale - m), 0.0)
         vv = tl.load(v_ptr + (kv * T + j)[:, None] * DV + dv[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
         acc += tl.sum(e[:, None] * vv, axis=0)
