@@ -683,6 +683,40 @@ def _select_candidates(s: torch.Tensor, bmax: torch.Tensor, Kc: int, cap: int, s
     return cand, overflow
 
 
+def _certificate(ub: torch.Tensor, cand: torch.Tensor, out: torch.Tensor, m_c: torch.Tensor, zsum: torch.Tensor,
+                 vm: torch.Tensor):
+    """(L̂, error bound) per row from the scan's bounds ``ub`` (R, T) (overwritten: the candidates' entries
+    become −inf), the candidates ``cand`` (R, Kc), ``out`` (R, Dv) and the rescoring's m_C, z_C sums
+    (``kernels/rescore.py``); ``vm`` (R,) ≥ every value norm of the row. All float32, outward:
+    L̂ = Z̄_out / (Z_C + Z̄_out) ≥ dense mass outside C, error ≤ L̂·(max‖v‖ + ‖o‖) + o's own rounding."""
+    from .kernels.row_lse import row_lse_upper
+    from .kernels.sketch_scan import U32, _gamma
+
+    Kc, Dv = cand.shape[1], out.shape[1]
+    # Z̄_out from the bounds of the non-candidates (ub is the step's own buffer)
+    ub.scatter_(1, cand, -math.inf)
+    m_o, z_out = row_lse_upper(ub)
+    out_any = torch.isfinite(m_o)
+    m_o = torch.where(out_any, m_o, torch.zeros_like(m_o))
+    z_out = torch.where(out_any, z_out, torch.ones_like(z_out))
+    # Z_C from below: x − m is rounded within u·|x − m|, so the kernel widened the exponent by
+    # 2u·|x − m| away from 0; the device exponential is within 16u, the sum within γ_Kc
+    z_c = zsum * ((1 - 16 * U32) * (1 - _gamma(Kc + 2, U32)))
+    # L̂ = 1/(1 + e^d) with d = log(Z_C/Z̄_out) = (m_c − m_o) + log z_c − log z_out, lowered by the
+    # rounding of its three operations and the two logs (each within a few ulp of its magnitude)
+    dm, lc, lo = m_c - m_o, torch.log(z_c), torch.log(z_out)
+    d = dm + lc - lo
+    d = d - (dm.abs() + lc.abs() + lo.abs() + d.abs()) * (8 * U32) - 8 * U32
+    leak = torch.exp(-torch.nn.functional.softplus(d))       # 1/(1 + e^d) without overflow
+    # softplus/exp within a few ulp; underflow is covered by the floor (far above exp's subnormal error)
+    leak = (leak * (1 + 16 * U32) + (d.abs() * (16 * U32)) * leak).clamp(min=1e-37, max=1.0)
+    leak = torch.where(out_any, leak, torch.zeros_like(leak))
+    # + the float32 rounding of o itself (softmax and a Kc-term weighted sum of values ≤ vmax)
+    error = _f32_up((vm + torch.linalg.vector_norm(out, dim=-1)) * leak * (1 + (Dv + 8) * 2 * U32)
+                    + vm * ((2 * Kc + Dv + 16) * 4 * U32))
+    return leak, error
+
+
 def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: torch.Tensor, offset: torch.Tensor,
                       step: torch.Tensor, vmax: torch.Tensor, *, bits: int, group: int, Kc: int,
                       scale: float | None = None, cap: int | None = None, sync: bool = True,
@@ -710,7 +744,6 @@ def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: 
     rounded outward by γ_n(2⁻²⁴) factors (n the number of terms), valid for any summation order.
     """
     from .kernels.rescore import rescore
-    from .kernels.row_lse import row_lse_upper
     from .kernels.sketch_scan import U32, _gamma, sketch_scan_bound
 
     B, Hq, D = q.shape
@@ -724,29 +757,69 @@ def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: 
     # exact part (``kernels/rescore.py``): rescoring, softmax, values, and m_C, z_C of the lower bounds
     out, m_c, zsum = rescore(q32, K.contiguous(), V.contiguous(), cand, scale=scale,
                              err_fac=4 * _gamma(D + 2, U32) * (1 + 8 * U32))
-    # certificate: Z̄_out from the bounds of the non-candidates (ub is this step's own buffer)
-    ub.scatter_(1, cand, -math.inf)
-    m_o, z_out = row_lse_upper(ub)
-    out_any = torch.isfinite(m_o)
-    m_o = torch.where(out_any, m_o, torch.zeros_like(m_o))
-    z_out = torch.where(out_any, z_out, torch.ones_like(z_out))
-    # Z_C from below: x − m is rounded within u·|x − m|, so the kernel widened the exponent by
-    # 2u·|x − m| away from 0; the device exponential is within 16u, the sum within γ_Kc
-    z_c = zsum * ((1 - 16 * U32) * (1 - _gamma(Kc + 2, U32)))
-    # L̂ = 1/(1 + e^d) with d = log(Z_C/Z̄_out) = (m_c − m_o) + log z_c − log z_out, lowered by the
-    # rounding of its three operations and the two logs (each within a few ulp of its magnitude)
-    dm, lc, lo = m_c - m_o, torch.log(z_c), torch.log(z_out)
-    d = dm + lc - lo
-    d = d - (dm.abs() + lc.abs() + lo.abs() + d.abs()) * (8 * U32) - 8 * U32
-    leak = torch.exp(-torch.nn.functional.softplus(d))       # 1/(1 + e^d) without overflow
-    # softplus/exp within a few ulp; underflow is covered by the floor (far above exp's subnormal error)
-    leak = (leak * (1 + 16 * U32) + (d.abs() * (16 * U32)) * leak).clamp(min=1e-37, max=1.0)
-    leak = torch.where(out_any, leak, torch.zeros_like(leak))
     rows = torch.arange(B * Hq, device=q.device)
     vm = vmax.float().reshape(B * Hkv)[(rows // Hq) * Hkv + (rows % Hq) // G]
-    # + the float32 rounding of o itself (softmax and a Kc-term weighted sum of values ≤ vmax)
-    error = _f32_up((vm + torch.linalg.vector_norm(out, dim=-1)) * leak * (1 + (Dv + 8) * 2 * U32)
-                    + vm * ((2 * Kc + Dv + 16) * 4 * U32))
+    leak, error = _certificate(ub, cand, out, m_c, zsum, vm)
+    return FusedCertifiedStep(out=out.view(B, Hq, Dv), candidates=cand.view(B, Hq, Kc),
+                              certified_leakage=leak.view(B, Hq), certified_error=error.view(B, Hq),
+                              overflow=overflow.view(B, Hq))
+
+
+def fused_paged_sketch_step(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: int = 4, scale: float | None = None,
+                            one_sided: bool = True, cap: int | None = None, sync: bool = True) -> FusedCertifiedStep:
+    """:func:`fused_sketch_step` on a paged cache (``TorchPagedKVCache``), sequences of any lengths:
+    the scan walks the cache's page sketch (``attach_sketch``: quantization group = page) through the
+    page table, the exact part reads only the candidates' key and value rows from their pages, and
+    max‖v‖ comes from the pages' value-norm summaries. No full-sequence gather: the bytes read are the
+    sketch of every token plus Kc key/value rows per query head. ``q`` (B, Hq, D); page size a multiple
+    of 16; D·bits a multiple of 32; Kc ≤ the shortest sequence.
+
+    >>> import torch
+    >>> from vashista_gpu.paged_cache import TorchPagedKVCache
+    >>> cache = TorchPagedKVCache(16, n_kv_heads=2, head_dim=16, dtype=torch.float32)
+    >>> sid = cache.add_sequence()
+    >>> cache.append(sid, torch.randn(100, 2, 16), torch.randn(100, 2, 16))
+    >>> r = fused_paged_sketch_step(torch.randn(1, 4, 16), cache, [sid], Kc=8, bits=8)
+    >>> r.candidates.shape, bool((r.certified_leakage <= 1).all())
+    (torch.Size([1, 4, 8]), True)
+    """
+    from . import validate as V
+    from .kernels.rescore import rescore_paged
+    from .kernels.sketch_scan import SUB, U32, _gamma, paged_sketch_scan_bound
+
+    q = V.tensor("q", q, ndim=3)
+    V.same_device("q", q, cache.device)
+    ids = [int(s) for s in V.index_tensor("seq_ids", seq_ids).tolist()]
+    B, Hq, D = q.shape
+    N, Hkv, S, Dv = cache.v_pages.shape
+    if len(ids) != B:
+        raise VashistaInputError("seq_ids", f"has {len(ids)} ids but q has batch size {B}")
+    if D != cache.head_dim or Hq % Hkv:
+        raise VashistaInputError("q", f"expected (B, a multiple of {Hkv} heads, {cache.head_dim}), got {tuple(q.shape)}")
+    if S % SUB:
+        raise VashistaInputError("cache", f"page size {S} is not a multiple of {SUB} (the fused scan's token blocks)")
+    if (D * int(bits)) % 32 or D & (D - 1):
+        raise VashistaInputError("bits", f"the fused scan needs D a power of two and D·bits a multiple of 32 (D = {D})")
+    lens = [cache.length(s) for s in ids]
+    Kc = positive_int("Kc", Kc, upper=min(lens), upper_name="tokens in the shortest sequence")
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    store = attach_sketch(cache, bits)
+    seq_idx = torch.tensor(ids, dtype=torch.int32, device=q.device)
+    q32 = q.float().reshape(B * Hq, D).contiguous()
+    T = max(lens)
+    s, ub, smax = paged_sketch_scan_bound(q32, store, cache, seq_idx, T, scale=scale, one_sided=one_sided)
+    cand, overflow = _select_candidates(s, smax, Kc, cap or 4 * Kc, sync)
+    out, m_c, zsum = rescore_paged(q32, cache, seq_idx, cand, scale=scale,
+                                   err_fac=4 * _gamma(D + 2, U32) * (1 + 8 * U32))
+    # max‖v‖ per (sequence, KV head) from the pages' float32 norms, raised by their rounding
+    npages = -(-T // S)
+    pages = cache.block_table[seq_idx.long(), :npages].long()                              # (B, npages)
+    live = torch.arange(npages, device=q.device)[None, :] * S < torch.tensor(lens, device=q.device)[:, None]
+    vn = torch.where(live[..., None], cache.vnorm[pages], torch.zeros((), device=q.device))  # (B, npages, Hkv)
+    vmax = vn.amax(1) * (1 + 2 * (Dv + 4) * U32)                                          # (B, Hkv)
+    rows = torch.arange(B * Hq, device=q.device)
+    vm = vmax.reshape(B * Hkv)[(rows // Hq) * Hkv + (rows % Hq) // (Hq // Hkv)]
+    leak, error = _certificate(ub, cand, out, m_c, zsum, vm)
     return FusedCertifiedStep(out=out.view(B, Hq, Dv), candidates=cand.view(B, Hq, Kc),
                               certified_leakage=leak.view(B, Hq), certified_error=error.view(B, Hq),
                               overflow=overflow.view(B, Hq))

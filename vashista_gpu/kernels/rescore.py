@@ -18,24 +18,37 @@ import triton.language as tl
 
 
 @triton.jit
-def _scores(q, k_ptr, cand_ptr, r, kv, T, idx, d, scale, err_fac, Kc: tl.constexpr, D: tl.constexpr):
-    """For candidate slots ``idx``: (valid, logical index, raw ⟨q, k⟩, lower bound of scale·⟨q, k⟩)."""
+def _rows(kv, T, j, seq, table_ptr, table_stride, Hkv, S: tl.constexpr, PAGED: tl.constexpr):
+    """Storage row of logical token j of KV row kv: (kv·T + j) dense; through the page table paged
+    (pages (N, Hkv, S, ·): row (phys·Hkv + kvh)·S + j mod S)."""
+    if PAGED:
+        phys = tl.load(table_ptr + seq * table_stride + j // S).to(tl.int64)
+        return (phys * Hkv + kv % Hkv) * S + j % S
+    return kv * T + j
+
+
+@triton.jit
+def _scores(q, k_ptr, cand_ptr, r, kv, T, idx, d, scale, err_fac, seq, table_ptr, table_stride, Hkv,
+            Kc: tl.constexpr, D: tl.constexpr, S: tl.constexpr, PAGED: tl.constexpr):
+    """For candidate slots ``idx``: (valid, storage row, raw ⟨q, k⟩, lower bound of scale·⟨q, k⟩)."""
     ok = idx < Kc
     j = tl.load(cand_ptr + r.to(tl.int64) * Kc + idx, mask=ok, other=0)
-    kk = tl.load(k_ptr + (kv * T + j)[:, None] * D + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+    row = _rows(kv, T, j, seq, table_ptr, table_stride, Hkv, S, PAGED)
+    kk = tl.load(k_ptr + row[:, None] * D + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
     prod = kk * q[None, :]
     raw = tl.sum(prod, axis=1)
     lb = (raw - tl.sum(tl.abs(prod), axis=1) * err_fac) * scale
-    return ok, j, raw, lb - tl.abs(lb) * (4 * 5.960464477539063e-08)
+    return ok, row, raw, lb - tl.abs(lb) * (4 * 5.960464477539063e-08)
 
 
 @triton.jit
 def _rescore_kernel(q_ptr, k_ptr, v_ptr, cand_ptr, out_ptr, mc_ptr, zc_ptr,
-                    T, Hq, Hkv, scale, err_fac,
+                    T, Hq, Hkv, scale, err_fac, seq_ptr, table_ptr, table_stride,
                     Kc: tl.constexpr, G: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
-                    BK: tl.constexpr, NK: tl.constexpr):
+                    BK: tl.constexpr, NK: tl.constexpr, S: tl.constexpr = 1, PAGED: tl.constexpr = False):
     r = tl.program_id(0)                            # b·Hq + h
     kv = ((r // Hq) * Hkv + (r % Hq) // G).to(tl.int64)
+    seq = tl.load(seq_ptr + r // Hq).to(tl.int64) if PAGED else 0
     d = tl.arange(0, D)
     dv = tl.arange(0, DV)
     lane = tl.arange(0, BK)
@@ -43,16 +56,18 @@ def _rescore_kernel(q_ptr, k_ptr, v_ptr, cand_ptr, out_ptr, mc_ptr, zc_ptr,
     m = tl.max(tl.full((BK,), float("-inf"), tl.float32), axis=0)
     mlb = m
     for i in tl.static_range(NK):                  # pass 1: the maxima of s and of lb
-        ok, j, raw, lb = _scores(q, k_ptr, cand_ptr, r, kv, T, i * BK + lane, d, scale, err_fac, Kc, D)
+        ok, row, raw, lb = _scores(q, k_ptr, cand_ptr, r, kv, T, i * BK + lane, d, scale, err_fac, seq, table_ptr,
+                                   table_stride, Hkv, Kc, D, S, PAGED)
         m = tl.maximum(m, tl.max(tl.where(ok, raw * scale, float("-inf")), axis=0))
         mlb = tl.maximum(mlb, tl.max(tl.where(ok, lb, float("-inf")), axis=0))
     z = tl.sum(tl.zeros((BK,), tl.float32), axis=0)
     zc = z
     acc = tl.zeros((DV,), tl.float32)
     for i in tl.static_range(NK):                  # pass 2: softmax weights, values, z_C
-        ok, j, raw, lb = _scores(q, k_ptr, cand_ptr, r, kv, T, i * BK + lane, d, scale, err_fac, Kc, D)
+        ok, row, raw, lb = _scores(q, k_ptr, cand_ptr, r, kv, T, i * BK + lane, d, scale, err_fac, seq, table_ptr,
+                                   table_stride, Hkv, Kc, D, S, PAGED)
         e = tl.where(ok, tl.exp(raw * scale - m), 0.0)
-        vv = tl.load(v_ptr + (kv * T + j)[:, None] * DV + dv[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+        vv = tl.load(v_ptr + row[:, None] * DV + dv[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
         acc += tl.sum(e[:, None] * vv, axis=0)
         z += tl.sum(e, axis=0)
         zc += tl.sum(tl.where(ok, tl.exp((lb - mlb) * (1 + 2 * 5.960464477539063e-08)), 0.0), axis=0)
@@ -73,6 +88,27 @@ def rescore(q32, K, V, cand, *, scale: float, err_fac: float, block: int = 64):
     mc = torch.empty(R, dtype=torch.float32, device=q32.device)
     zc = torch.empty(R, dtype=torch.float32, device=q32.device)
     BK = min(block, triton.next_power_of_2(Kc))
-    _rescore_kernel[(R,)](q32, K, V, cand, out, mc, zc, T, Hq, Hkv, float(scale), float(err_fac),
+    _rescore_kernel[(R,)](q32, K, V, cand, out, mc, zc, T, Hq, Hkv, float(scale), float(err_fac), q32, q32, 0,
                           Kc=Kc, G=Hq // Hkv, D=D, DV=Dv, BK=BK, NK=triton.cdiv(Kc, BK), num_warps=4)
+    return out, mc, zc
+
+
+def rescore_paged(q32, cache, seq_idx, cand, *, scale: float, err_fac: float, block: int = 64):
+    """:func:`rescore` over a paged cache (``k_pages``/``v_pages`` (N, Hkv, S, ·), ``block_table``):
+    ``seq_idx`` (B,) int32 sequence ids, ``cand`` (B·Hq, Kc) logical indices."""
+    import torch
+    R, D = q32.shape
+    B = seq_idx.shape[0]
+    N, Hkv, S, Dv = cache.v_pages.shape
+    Kc = cand.shape[1]
+    Hq = R // B
+    out = torch.empty((R, Dv), dtype=torch.float32, device=q32.device)
+    mc = torch.empty(R, dtype=torch.float32, device=q32.device)
+    zc = torch.empty(R, dtype=torch.float32, device=q32.device)
+    BK = min(block, triton.next_power_of_2(Kc))
+    table = cache.block_table
+    _rescore_kernel[(R,)](q32, cache.k_pages, cache.v_pages, cand, out, mc, zc, 0, Hq, Hkv, float(scale),
+                          float(err_fac), seq_idx, table, table.stride(0),
+                          Kc=Kc, G=Hq // Hkv, D=D, DV=Dv, BK=BK, NK=triton.cdiv(Kc, BK), S=S, PAGED=True,
+                          num_warps=4)
     return out, mc, zc

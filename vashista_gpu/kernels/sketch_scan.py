@@ -66,8 +66,9 @@ def _codes_at(w, P: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
 @triton.jit
 def _sketch_scan_bound_kernel(q_ptr, words_ptr, off_ptr, step_ptr, s_ptr, ub_ptr, smax_ptr,
                               T, NS, Gr, group, scale, a_fac, rnd_fac, grow, x_fac,
+                              seq_ptr, len_ptr, table_ptr, table_stride, Hkv,
                               G: tl.constexpr, BITS: tl.constexpr, D: tl.constexpr, BM: tl.constexpr,
-                              ONE_SIDED: tl.constexpr, ASM: tl.constexpr = False):
+                              ONE_SIDED: tl.constexpr, ASM: tl.constexpr = False, PAGED: tl.constexpr = False):
     row_kv = tl.program_id(0)                     # b·Hkv + kvh
     blk = tl.program_id(1)
     LEV: tl.constexpr = (1 << BITS) - 1
@@ -75,14 +76,26 @@ def _sketch_scan_bound_kernel(q_ptr, words_ptr, off_ptr, step_ptr, s_ptr, ub_ptr
     NW: tl.constexpr = D // NPOS                   # words per token
     NSUB: tl.constexpr = BM // 16
     toks = blk * BM + tl.arange(0, BM)
-    tmask = toks < T
-    g = (blk * BM) // group
-    meta = (row_kv.to(tl.int64) * Gr + g) * D
-    # int64 row offset on the scalar pointer, int32 offsets inside the row: keeps the tile's
-    # contiguity visible to the compiler (16-byte vector loads, a few tokens' words per thread)
     k = tl.arange(0, NW)
-    wrow = words_ptr + row_kv.to(tl.int64) * T * NW
-    w = tl.load(wrow + (tl.multiple_of(toks * NW, 4)[:, None] + k[None, :]), mask=tmask[:, None], other=0)
+    if PAGED:
+        # paged cache: block = logical page blk of sequence seq (BM = page size = quantization group);
+        # the sketch store is (pages, Hkv, S, W) bytes and (pages, Hkv, D) metadata; T is the longest
+        # row, each row's own length comes from the cache
+        seq = tl.load(seq_ptr + row_kv // Hkv)
+        tmask = toks < tl.load(len_ptr + seq)
+        phys = tl.load(table_ptr + seq.to(tl.int64) * table_stride + blk).to(tl.int64)
+        slot = phys * Hkv + row_kv % Hkv
+        meta = slot * D
+        wrow = words_ptr + slot * BM * NW
+        w = tl.load(wrow + ((tl.arange(0, BM) * NW)[:, None] + k[None, :]), mask=tmask[:, None], other=0)
+    else:
+        tmask = toks < T
+        g = (blk * BM) // group
+        meta = (row_kv.to(tl.int64) * Gr + g) * D
+        # int64 row offset on the scalar pointer, int32 offsets inside the row: keeps the tile's
+        # contiguity visible to the compiler (16-byte vector loads, a few tokens' words per thread)
+        wrow = words_ptr + row_kv.to(tl.int64) * T * NW
+        w = tl.load(wrow + (tl.multiple_of(toks * NW, 4)[:, None] + k[None, :]), mask=tmask[:, None], other=0)
     dc = tl.arange(0, D)                           # all channels, distributed: the block's scalars
     o_all = tl.load(off_ptr + meta + dc).to(tl.float32)
     st_all = tl.load(step_ptr + meta + dc).to(tl.float32)
@@ -175,9 +188,40 @@ def sketch_scan_bound(q, codes, offset, step, *, bits: int, group: int, scale: f
     smax = torch.empty((R, NS), dtype=torch.float32, device=q.device)
     a_fac, rnd_fac, grow, x_fac = scan_constants(bits, D)
     # one PTX lop3 per code for the AND-OR (ptxas otherwise emits two): NVIDIA devices, compiled only
-    asm = q.is_cuda and torch.version.hip is None and os.environ.get("TRITON_INTERPRET", "0") != "1"
+    asm = _use_asm(q)
     _sketch_scan_bound_kernel[(RK, triton.cdiv(T, BM))](
         q, words, offset, step, s, ub, smax, T, NS, offset.shape[1], group,
-        float(scale), a_fac, rnd_fac, grow, x_fac, G=R // RK, BITS=bits, D=D, BM=BM, ONE_SIDED=one_sided,
-        ASM=asm, num_warps=num_warps or 1)
+        float(scale), a_fac, rnd_fac, grow, x_fac, q, q, q, 0, 1, G=R // RK, BITS=bits, D=D, BM=BM,
+        ONE_SIDED=one_sided, ASM=asm, num_warps=num_warps or 1)
+    return s, ub, smax
+
+
+def _use_asm(q) -> bool:
+    import torch
+    return q.is_cuda and torch.version.hip is None and os.environ.get("TRITON_INTERPRET", "0") != "1"
+
+
+def paged_sketch_scan_bound(q, store, cache, seq_idx, T: int, *, scale: float, one_sided: bool = True,
+                            num_warps: int | None = None):
+    """The same scan over a paged cache's sketch store (``vashista_gpu.sketch.TorchPageSketchStore``,
+    quantization group = page): ``q`` (B·Hq, D) float32, ``seq_idx`` (B,) int32 sequence ids, ``T`` ≥
+    every sequence's length. Returns (s, ub, smax) as :func:`sketch_scan_bound` for rows of length T,
+    −inf past each sequence's end."""
+    import torch
+    R, D = q.shape
+    N, Hkv, S, W = store.codes.shape
+    B = seq_idx.shape[0]
+    bits = store.bits
+    assert D * bits == 8 * W and W % 4 == 0 and D & (D - 1) == 0 and S % SUB == 0 and R % (B * Hkv) == 0
+    NS = triton.cdiv(T, SUB)
+    s = torch.full((R, T), float("-inf"), dtype=torch.float32, device=q.device)
+    ub = torch.full((R, T), float("-inf"), dtype=torch.float32, device=q.device)
+    smax = torch.full((R, NS), float("-inf"), dtype=torch.float32, device=q.device)
+    a_fac, rnd_fac, grow, x_fac = scan_constants(bits, D)
+    table = cache.block_table
+    _sketch_scan_bound_kernel[(B * Hkv, triton.cdiv(T, S))](
+        q, store.codes.view(torch.int32), store.offset, store.step, s, ub, smax, T, NS, 1, S,
+        float(scale), a_fac, rnd_fac, grow, x_fac, seq_idx, cache.seq_lens, table, table.stride(0), Hkv,
+        G=R // (B * Hkv), BITS=bits, D=D, BM=S, ONE_SIDED=one_sided, ASM=_use_asm(q), PAGED=True,
+        num_warps=num_warps or 1)
     return s, ub, smax
