@@ -76,39 +76,35 @@ def _rescore_kernel(q_ptr, k_ptr, v_ptr, cand_ptr, out_ptr, mc_ptr, zc_ptr,
     tl.store(zc_ptr + r, zc)
 
 
-def rescore(q32, K, V, cand, *, scale: float, err_fac: float, block: int = 64):
-    """``q32`` (R, D) float32, ``K`` (B, Hkv, T, D) and ``V`` (B, Hkv, T, Dv) contiguous, ``cand``
-    (R, Kc) int64 logical indices. Returns (out (R, Dv) float32, m_C (R,), z_C (R,))."""
+def _launch(q32, k, v, cand, B, Hkv, Dv, T, scale, err_fac, block, *, seq_idx=None, table=None, S=1):
+    """Allocate the outputs and launch one program per query head (dense rows, or paged when
+    ``table`` is given)."""
     import torch
     R, D = q32.shape
-    B, Hkv, T, Dv = V.shape
     Kc = cand.shape[1]
     Hq = R // B
     out = torch.empty((R, Dv), dtype=torch.float32, device=q32.device)
     mc = torch.empty(R, dtype=torch.float32, device=q32.device)
     zc = torch.empty(R, dtype=torch.float32, device=q32.device)
     BK = min(block, triton.next_power_of_2(Kc))
-    _rescore_kernel[(R,)](q32, K, V, cand, out, mc, zc, T, Hq, Hkv, float(scale), float(err_fac), q32, q32, 0,
-                          Kc=Kc, G=Hq // Hkv, D=D, DV=Dv, BK=BK, NK=triton.cdiv(Kc, BK), num_warps=4)
+    paged = table is not None
+    _rescore_kernel[(R,)](q32, k, v, cand, out, mc, zc, T, Hq, Hkv, float(scale), float(err_fac),
+                          seq_idx if paged else q32, table if paged else q32, table.stride(0) if paged else 0,
+                          Kc=Kc, G=Hq // Hkv, D=D, DV=Dv, BK=BK, NK=triton.cdiv(Kc, BK), S=S, PAGED=paged,
+                          num_warps=4)
     return out, mc, zc
+
+
+def rescore(q32, K, V, cand, *, scale: float, err_fac: float, block: int = 64):
+    """``q32`` (R, D) float32, ``K`` (B, Hkv, T, D) and ``V`` (B, Hkv, T, Dv) contiguous, ``cand``
+    (R, Kc) int64 logical indices. Returns (out (R, Dv) float32, m_C (R,), z_C (R,))."""
+    B, Hkv, T, Dv = V.shape
+    return _launch(q32, K, V, cand, B, Hkv, Dv, T, scale, err_fac, block)
 
 
 def rescore_paged(q32, cache, seq_idx, cand, *, scale: float, err_fac: float, block: int = 64):
     """:func:`rescore` over a paged cache (``k_pages``/``v_pages`` (N, Hkv, S, ·), ``block_table``):
     ``seq_idx`` (B,) int32 sequence ids, ``cand`` (B·Hq, Kc) logical indices."""
-    import torch
-    R, D = q32.shape
-    B = seq_idx.shape[0]
     N, Hkv, S, Dv = cache.v_pages.shape
-    Kc = cand.shape[1]
-    Hq = R // B
-    out = torch.empty((R, Dv), dtype=torch.float32, device=q32.device)
-    mc = torch.empty(R, dtype=torch.float32, device=q32.device)
-    zc = torch.empty(R, dtype=torch.float32, device=q32.device)
-    BK = min(block, triton.next_power_of_2(Kc))
-    table = cache.block_table
-    _rescore_kernel[(R,)](q32, cache.k_pages, cache.v_pages, cand, out, mc, zc, 0, Hq, Hkv, float(scale),
-                          float(err_fac), seq_idx, table, table.stride(0),
-                          Kc=Kc, G=Hq // Hkv, D=D, DV=Dv, BK=BK, NK=triton.cdiv(Kc, BK), S=S, PAGED=True,
-                          num_warps=4)
-    return out, mc, zc
+    return _launch(q32, cache.k_pages, cache.v_pages, cand, seq_idx.shape[0], Hkv, Dv, 0, scale, err_fac, block,
+                   seq_idx=seq_idx, table=cache.block_table, S=S)
