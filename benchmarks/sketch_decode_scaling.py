@@ -155,6 +155,8 @@ def main(argv=None):
     ap.add_argument("--out", default=None)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on any device")
     ap.add_argument("--T", type=int, nargs="*", default=[8192, 32768, 131072])
+    ap.add_argument("--bits", type=int, nargs="*", default=[4, 8], choices=[4, 8])
+    ap.add_argument("--group", type=int, default=64, help="quantization group (tokens); metadata = 4 B/channel/group")
     a = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
     dev = "cuda" if cuda else "cpu"
@@ -174,7 +176,7 @@ def main(argv=None):
     else:
         for T in a.T:
             try:
-                run_T(16, 32, T, 128, 256, 64, dev, cuda, [4, 8], rows, bw)
+                run_T(16, 32, T, 128, 256, a.group, dev, cuda, a.bits, rows, bw)
             except Exception as e:  # noqa: BLE001 — record and go on to the next shape
                 rows.append(dict(T=T, error=f"{type(e).__name__}: {e}"[:500]))
                 print(rows[-1], flush=True)
