@@ -46,7 +46,8 @@ def _run(q, K, V, bits, Kc, scale, group=16, one_sided=True):
 
 @pytest.mark.parametrize("bits,G,one_sided,group", [(4, 1, True, 16), (8, 2, True, 16), (4, 3, True, 16),
                                                     (4, 1, False, 16), (8, 2, False, 16),
-                                                    (4, 1, False, 64), (8, 3, False, 64)])   # 64: the integer dot
+                                                    (4, 1, False, 64), (8, 3, False, 64),
+                                                    (4, 2, True, 64), (8, 1, True, 64)])   # 64: the integer dot
 def test_fused_matches_torch_path_on_grid(bits, G, one_sided, group):
     B, Hkv, T, D, Kc, scale = 2, 2, 80, 8, 12, 1.0 / 16
     q, K, V = _case(bits + G, B, Hkv, G, T, D, bits, grid=True)
@@ -68,7 +69,7 @@ def test_fused_matches_torch_path_on_grid(bits, G, one_sided, group):
 
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("one_sided,group", [(True, 16), (False, 16), (False, 64)])
+@pytest.mark.parametrize("one_sided,group", [(True, 16), (False, 16), (True, 64), (False, 64)])
 def test_fused_certificate_is_sound(bits, dtype, one_sided, group):
     """Real-valued keys: L̂ ≥ dense mass outside the candidates and the error bound ≥ ‖o − o_dense‖."""
     B, Hkv, G, T, D, Kc = 2, 2, 2, 96, 16, 10
@@ -171,11 +172,14 @@ def test_integer_dot_on_real_heads(bits):
 
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("int_dot", [True, False])
-def test_two_sided_scan_bound_holds_at_worst_case_keys(bits, int_dot):
-    """SPEC 3b's two-sided bound is attained: a key k = o + δ·(c + ½·sign q) lies half a step from its
-    code's point in every channel, the direction that raises ⟨q, k⟩, so ⟨q, k⟩ = ŝ + ½Σ|q|δ exactly.
-    The scan's ub must still be ≥ scale·⟨q, k⟩: whatever its arithmetic (float, or the integer dot
-    with its int16 rounding of q·δ), every rounding has to be covered by the outward terms."""
+@pytest.mark.parametrize("one_sided", [False, True])
+def test_scan_bound_holds_at_worst_case_keys(bits, int_dot, one_sided):
+    """The bounds are attained: a key k = o + δ·(c + ½·sign q) lies half a step from its code's point
+    in every channel, the direction that raises ⟨q, k⟩, so ⟨q, k⟩ = ŝ + ½Σ|q|δ (SPEC 3b's two-sided
+    e_g) exactly; one-sided, the key is clipped into its group's range [o, o + Lδ] (codes 0 and L err
+    on one side only), which attains the one-sided bound. The scan's ub must still be ≥ scale·⟨q, k⟩:
+    whatever its arithmetic (float, or the integer dots with their int16 rounding of q·δ and of the
+    one-sided savings), every rounding has to be covered by the outward terms."""
     from vashista_gpu.kernels.sketch_scan import sketch_scan_bound
     g = torch.Generator().manual_seed(bits + 2 * int_dot)
     RK, G, T, D, group, L = 2, 2, 128, 32, 64, (1 << bits) - 1
@@ -188,13 +192,15 @@ def test_two_sided_scan_bound_holds_at_worst_case_keys(bits, int_dot):
     o, d = offset.double()[:, gi], step.double()[:, gi]                          # (RK, T, D)
     qr = q.double().view(RK, G, D)
     k = o[:, None] + d[:, None] * (c[:, None].double() + 0.5 * torch.sign(qr)[:, :, None, :])   # (RK, G, T, D)
+    if one_sided:
+        k = torch.minimum(torch.maximum(k, o[:, None]), (o + L * d)[:, None])
     true = 0.3 * (k * qr[:, :, None, :]).sum(-1).reshape(RK * G, T)
     codes = c.to(torch.uint8)
     if bits == 4:
         codes = codes[..., 0::2] | (codes[..., 1::2] << 4)
     dev = lambda x: x.to(DEV)  # noqa: E731
     s, ub, _ = sketch_scan_bound(dev(q), dev(codes.contiguous()), dev(offset), dev(step), bits=bits, group=group,
-                                 scale=0.3, one_sided=False, int_dot=int_dot)
+                                 scale=0.3, one_sided=one_sided, int_dot=int_dot)
     assert bool((ub.cpu().double() >= true).all()), (ub.cpu().double() - true).min()
     # and not loose: above the attained value by at most 5 % of the two-sided term ½Σ|q|δ itself
     # (measured: float ~1e-6, integer dot int4 ~0.1 %, int8 ~1.5 %: L = 255 multiplies the residuals)

@@ -16,31 +16,39 @@ with the one-sided savings
 (exact 0/1 indicators: one FMA and one max per code and head, then one FMA into the sum), lowered
 by its float32 summation error before it is subtracted.
 
-Cost per code (why this shape): the first scan converted every code with an integer-to-float
-instruction (a quarter-rate unit on NVIDIA GPUs) and selected the one-sided weights with two compares
-and two selects; it ran compute-bound at 20-46 % of copy bandwidth on an H100. Here a code becomes
-float32 with one OR and one subtraction — ``c | 0x4B000000`` is the float 2²³ + c, exact — then one
-FMA for ŝ, and the savings cost two FMAs and a max. ŝ as Σ q·o + Σ (q·δ)·c has
-|δ·c| ≤ 2R, so its float32 error stays within 4γ_{D+2}·Σ|q|R; e⁺ and ŝ + e⁺ are rounded outward by a
-few float32 units, so ub_j ≥ scale·⟨q, k_j⟩ for the true key whatever the rounding.
+Integer dots (``INTDOT``, the default whenever int32 cannot overflow). Per block and query head,
+v = q·δ is rounded to int16, ṽ = round(v/sv) with sv the power of two ≥ max|v|/32767, and
+Σ_d v_d·c_{j,d} is taken as sv·Σ_d ṽ_d·c_{j,d}, an exact int32 dot of two codes per instruction (PTX
+``dp2a``; int4 codes are first spread into bytes, even and odd nibbles; int8 codes already are
+bytes). The rounding costs |Σ v·c − sv·Σ ṽ·c| ≤ L·Σ_d |v_d − sv·ṽ_d|: the residuals are computed
+exactly (one fma each) and added to e⁺. One-sided, the savings are a second integer dot,
+sβ/128·Σ_d β̃_d·z_{j,d} with β̃ = ⌊β·(1 − 8u)/sβ⌋ (rounded *down*: the savings may only shrink) and
+z = 0x80 in the bytes where c = t (one XOR of the word with the target codes, then a zero-byte test:
+an add and a logic op). The per-block setup (ṽ, β̃, the targets) is computed on a (words × positions)
+tile spread over the warp, not on the token tile's replicated (words,) vectors.
 
-Integer dot (``INTDOT``, two-sided bound, blocks of ≥ 64 tokens): per block and head, v = q·δ is
-rounded to int16, ṽ = round(v/sv) with sv the power of two ≥ max|v|/32767, and Σ_d v_d·c_{j,d} is
-taken as sv·Σ_d ṽ_d·c_{j,d}, an exact int32 dot two codes per instruction (PTX ``dp2a``: int4 codes
-are first spread into bytes, even and odd nibbles; int8 codes already are bytes). The rounding costs
-|Σ v·c − sv·Σ ṽ·c| ≤ L·Σ_d |v_d − sv·ṽ_d|, the residuals computed exactly (one fma each) and added
-to e⁺ — on SmolLM2's heads this loosens the certificate by 0.4 % (median, at most 1.4 %) — and the
-instructions per code drop from 5.2 to 3.7 (int4) and 6.1 to 3.1 (int8): the int4 scan went from 67 %
-to 78 % of copy bandwidth on an H200. The selection score ŝ then carries the int16 rounding too
-(|Δŝ| ≤ L·Σ residuals, ~2⁻¹⁵ of L·max|v| per channel): candidates differ from the reference's only
-between tokens whose reference scores are that close.
+What it costs and buys (SmolLM2 heads; sm_90 SASS; H200 at 128k, paper shapes): the certificate
+loosens by 0.4 % (median, at most 1.4 %); the selection score ŝ carries the int16 rounding too
+(|Δŝ| ≤ L·Σ residuals, ~2⁻¹⁵·L·max|v| per channel), so candidates differ from the reference's only
+between tokens whose reference scores are that close. Instructions per code (D = 128, group 64): int4
+two-sided 2.9 / one-sided 5.2 (the float dots below: 5.2 / 9.2), int8 3.1 / 5.7 (6.1 / 10.3). The int4
+scan went from 66 % to 90 % of copy bandwidth two-sided and from 42 % to 69 % one-sided; it is faster
+at groups of 32 and 16 tokens too.
+
+Float dots (the fallback): a code becomes float32 with one OR and one subtraction — ``c | 0x4B000000``
+is the float 2²³ + c, exact (int4: 1 + c/16 with one PTX ``lop3``) — then one FMA for ŝ; the savings
+cost two FMAs and a max. ŝ as Σ q·o + Σ (q·δ)·c has |δ·c| ≤ 2R, so its float32 error stays within
+4γ_{D+2}·Σ|q|R; e⁺ and ŝ + e⁺ are rounded outward by a few float32 units, so ub_j ≥ scale·⟨q, k_j⟩
+for the true key whatever the rounding. (The first scan converted every code with a quarter-rate
+integer-to-float instruction and ran compute-bound at 20-46 % of copy bandwidth on an H100.)
 
 Outputs per (row r = b·Hq + h, token j): ``s`` = ŝ float32 (the selection score), ``ub`` float32
 (the certificate's token bound), and ``smax`` (row, ⌈T/16⌉) = the largest ŝ of every 16 tokens,
 from which ``select_above.py``'s threshold is taken.
 
-One program per (batch row × KV head, BM tokens): each code byte and each metadata element is loaded
-once and serves the G query heads of the KV head (GQA). ``BM`` divides ``group`` so a block lies in
+One program per (BM tokens, batch row × KV head), consecutive programs on consecutive blocks of a row
+(2-6 % faster than row-major on an H200): each code byte and each metadata element is loaded once and
+serves the G query heads of the KV head (GQA). ``BM`` divides ``group`` so a block lies in
 one quantization group and its metadata is a single (D,) vector. 4-bit codes are unpacked from a
 (BM, D/2) byte tile as the even (low nibble) and odd (high nibble) channels.
 """
@@ -90,20 +98,10 @@ def _dp2a(a, b, c, HI: tl.constexpr, ASM: tl.constexpr):
 
 
 @triton.jit
-def _vq(q_ptr, step_ptr, rD, meta, k, P: tl.constexpr, NPOS: tl.constexpr, sv, inv_sv):
-    """For the channels k·NPOS + P: ṽ = round(q·δ / sv) as the bits of the float 1.5·2²³ + ṽ (whose low
-    16 bits are ṽ in two's complement: one fma rounds and converts) and the residual |q·δ − sv·ṽ|.
-    |ṽ| ≤ 32767 because sv ≥ max|q·δ| / 32767 up to one rounding."""
-    ch = k * NPOS + P
-    v = tl.load(q_ptr + rD + ch) * tl.load(step_ptr + meta + ch).to(tl.float32)
-    t = tl.fma(v, inv_sv, 12582912.0)
-    return t.to(tl.int32, bitcast=True), tl.abs(tl.fma(-sv, t - 12582912.0, v))
-
-
-@triton.jit
-def _pair(lo, hi):
-    """The int16 integers in the low halves of ``lo`` and ``hi`` packed in one word, ``lo`` low."""
-    return (lo & 0xFFFF) | (hi << 16)
+def _pow2_at_least(x):
+    """The smallest power of two ≥ x ≥ 0 (at least 2⁻¹²⁶): round the float's bits up to a bare exponent."""
+    b = x.to(tl.int32, bitcast=True)
+    return tl.maximum(((b + 0x7FFFFF) & 0x7F800000).to(tl.float32, bitcast=True), 1.1754943508222875e-38)
 
 
 @triton.jit
@@ -156,40 +154,77 @@ def _sketch_scan_bound_kernel(q_ptr, words_ptr, off_ptr, step_ptr, s_ptr, ub_ptr
         aq = tl.sum((st_all * a_fac) * tl.abs(q_all))
         rnd = tl.sum(tl.abs(q_all) * R_all)
         if INTDOT:
-            # two-sided only: Σ_d v_d·c_d as sv·Σ_d ṽ_d·c_d in exact int32 (PTX dp2a), ṽ = round(v/sv)
-            # in int16, sv the power of two with max|v|/sv ≤ 32767; the integer dot replaces the float
-            # FMA chain, and the residuals |v − sv·ṽ| enter e⁺ (times L, the largest code)
-            m = tl.max(tl.abs(v_all))
-            tb = (m * (1.0 / 32767.0)).to(tl.int32, bitcast=True)
-            sv = tl.maximum(((tb + 0x7FFFFF) & 0x7F800000).to(tl.float32, bitcast=True), 1.1754943508222875e-38)
+            # Σ_d v_d·c_d as sv·Σ_d ṽ_d·c_d in exact int32 (PTX dp2a), ṽ = round(v/sv) in int16, sv the
+            # power of two with max|v|/sv ≤ 32767; the residuals |v − sv·ṽ| enter e⁺ (times L). One-sided:
+            # the savings Σ_d β_d·[c_d = t_d] as sβ/128·Σ_d β̃_d·(0x80 where c_d = t_d), β̃ = ⌊β⁻/sβ⌋ ≤ β/sβ
+            # (rounded down: the savings may only shrink), the indicator bytes from one XOR with the
+            # target codes and a zero-byte test. Words of the (NW,) setup hold two int16 per dp2a:
+            # int4 slot 0/1 = even nibbles (0, 2) / (4, 6), slot 2/3 = odd nibbles (1, 3) / (5, 7);
+            # int8 slot 0/1 = bytes (0, 1) / (2, 3).
+            sv = _pow2_at_least(tl.max(tl.abs(v_all)) * (1.0 / 32767.0))
             inv_sv = 1.0 / sv
+            sb = _pow2_at_least(tl.max((st_all * a_fac) * tl.abs(q_all)) * (1.0 / 32767.0))
+            cb = (a_fac * (1.0 - 8 * 5.960464477539063e-08)) * (1.0 / sb)    # β̃ = ⌊δ·cb·|q|⌋ ≤ a|q|/sβ
+            # the setup as a (NW, NPOS) tile — word × position, D elements spread over the warp (the
+            # (NW,) vectors the dot needs are replicated across the warp's token rows: computing them
+            # there repeated the per-channel work 8 times); the pair words are sums of disjoint bit
+            # fields (= their OR) over the positions of one slot
+            pp = tl.arange(0, NPOS)[None, :]
+            ch2 = tl.arange(0, NW)[:, None] * NPOS + pp
+            q2 = tl.load(q_ptr + r * D + ch2)
+            st2 = tl.load(step_ptr + meta + ch2).to(tl.float32)
+            v2 = q2 * st2
+            t2 = tl.fma(v2, inv_sv, 12582912.0)     # 1.5·2²³ + round(v/sv): its low 16 bits are ṽ
+            res = tl.abs(tl.fma(-sv, t2 - 12582912.0, v2))
+            if BITS == 4:
+                half = 16 * ((pp // 2) % 2)
+                slot = (pp % 2) * 2 + pp // 4
+            else:
+                half = 16 * (pp % 2)
+                slot = pp // 2
+            wv = (t2.to(tl.int32, bitcast=True) & 0xFFFF) << half
+            p0 = tl.sum(tl.where(slot == 0, wv, 0), axis=1)
+            p1 = tl.sum(tl.where(slot == 1, wv, 0), axis=1)
+            p2 = tl.sum(tl.where(slot == 2, wv, 0), axis=1)
+            p3 = tl.sum(tl.where(slot == 3, wv, 0), axis=1)
+            if ONE_SIDED:
+                bt = tl.floor((st2 * cb) * tl.abs(q2))
+                wb = ((bt + 12582912.0).to(tl.int32, bitcast=True) & 0xFFFF) << half
+                b0 = tl.sum(tl.where(slot == 0, wb, 0), axis=1)
+                b1 = tl.sum(tl.where(slot == 1, wb, 0), axis=1)
+                b2 = tl.sum(tl.where(slot == 2, wb, 0), axis=1)
+                b3 = tl.sum(tl.where(slot == 3, wb, 0), axis=1)
+                # target codes: L in the positions where q > 0 (an int32 whatever the top bit)
+                tmask_q = tl.sum(tl.where(q2 > 0.0, LEV << (BITS * pp), 0), axis=1).to(tl.int32)
             iacc = tl.zeros((BM, NW), tl.int32)
-            if BITS == 4:            # bytes of ev: nibbles 0, 2, 4, 6 of the word; of od: 1, 3, 5, 7
-                t0, r0 = _vq(q_ptr, step_ptr, r * D, meta, k, 0, NPOS, sv, inv_sv)
-                t1, r1 = _vq(q_ptr, step_ptr, r * D, meta, k, 1, NPOS, sv, inv_sv)
-                t2, r2 = _vq(q_ptr, step_ptr, r * D, meta, k, 2, NPOS, sv, inv_sv)
-                t3, r3 = _vq(q_ptr, step_ptr, r * D, meta, k, 3, NPOS, sv, inv_sv)
-                t4, r4 = _vq(q_ptr, step_ptr, r * D, meta, k, 4, NPOS, sv, inv_sv)
-                t5, r5 = _vq(q_ptr, step_ptr, r * D, meta, k, 5, NPOS, sv, inv_sv)
-                t6, r6 = _vq(q_ptr, step_ptr, r * D, meta, k, 6, NPOS, sv, inv_sv)
-                t7, r7 = _vq(q_ptr, step_ptr, r * D, meta, k, 7, NPOS, sv, inv_sv)
-                res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+            if BITS == 4:
                 ev = w & 0x0F0F0F0F
                 od = (w >> 4) & 0x0F0F0F0F
-                iacc = _dp2a(tl.broadcast_to(_pair(t0, t2)[None, :], (BM, NW)), ev, iacc, False, ASM)
-                iacc = _dp2a(tl.broadcast_to(_pair(t4, t6)[None, :], (BM, NW)), ev, iacc, True, ASM)
-                iacc = _dp2a(tl.broadcast_to(_pair(t1, t3)[None, :], (BM, NW)), od, iacc, False, ASM)
-                iacc = _dp2a(tl.broadcast_to(_pair(t5, t7)[None, :], (BM, NW)), od, iacc, True, ASM)
+                iacc = _dp2a(tl.broadcast_to(p0[None, :], (BM, NW)), ev, iacc, False, ASM)
+                iacc = _dp2a(tl.broadcast_to(p1[None, :], (BM, NW)), ev, iacc, True, ASM)
+                iacc = _dp2a(tl.broadcast_to(p2[None, :], (BM, NW)), od, iacc, False, ASM)
+                iacc = _dp2a(tl.broadcast_to(p3[None, :], (BM, NW)), od, iacc, True, ASM)
             else:
-                t0, r0 = _vq(q_ptr, step_ptr, r * D, meta, k, 0, NPOS, sv, inv_sv)
-                t1, r1 = _vq(q_ptr, step_ptr, r * D, meta, k, 1, NPOS, sv, inv_sv)
-                t2, r2 = _vq(q_ptr, step_ptr, r * D, meta, k, 2, NPOS, sv, inv_sv)
-                t3, r3 = _vq(q_ptr, step_ptr, r * D, meta, k, 3, NPOS, sv, inv_sv)
-                res = (r0 + r1) + (r2 + r3)
-                iacc = _dp2a(tl.broadcast_to(_pair(t0, t1)[None, :], (BM, NW)), w, iacc, False, ASM)
-                iacc = _dp2a(tl.broadcast_to(_pair(t2, t3)[None, :], (BM, NW)), w, iacc, True, ASM)
+                iacc = _dp2a(tl.broadcast_to(p0[None, :], (BM, NW)), w, iacc, False, ASM)
+                iacc = _dp2a(tl.broadcast_to(p1[None, :], (BM, NW)), w, iacc, True, ASM)
             s = tl.sum(iacc, axis=1).to(tl.float32) * sv + qo
-            e = (aq + rnd * rnd_fac + x_fac * tl.sum(tl.abs(v_all)) + tl.sum(res) * ri_fac) * grow + 1e-30
+            e = (aq + rnd * rnd_fac + x_fac * tl.sum(tl.abs(v_all)) + tl.sum(tl.sum(res, axis=1)) * ri_fac) * grow + 1e-30
+            if ONE_SIDED:
+                x = w ^ tl.broadcast_to(tmask_q[None, :], (BM, NW))     # 0 where the code is its target
+                sacc = tl.zeros((BM, NW), tl.int32)
+                if BITS == 4:
+                    zev = ((x & 0x0F0F0F0F) + 0x7F7F7F7F) ^ -1          # bit 7 of a byte: that nibble is 0
+                    zod = (((x >> 4) & 0x0F0F0F0F) + 0x7F7F7F7F) ^ -1
+                    sacc = _dp2a(tl.broadcast_to(b0[None, :], (BM, NW)), zev & -2139062144, sacc, False, ASM)
+                    sacc = _dp2a(tl.broadcast_to(b1[None, :], (BM, NW)), zev & -2139062144, sacc, True, ASM)
+                    sacc = _dp2a(tl.broadcast_to(b2[None, :], (BM, NW)), zod & -2139062144, sacc, False, ASM)
+                    sacc = _dp2a(tl.broadcast_to(b3[None, :], (BM, NW)), zod & -2139062144, sacc, True, ASM)
+                else:
+                    z = (((x & 0x7F7F7F7F) + 0x7F7F7F7F) | x) ^ -1             # bit 7 of a byte: that byte is 0
+                    sacc = _dp2a(tl.broadcast_to(b0[None, :], (BM, NW)), z & -2139062144, sacc, False, ASM)
+                    sacc = _dp2a(tl.broadcast_to(b1[None, :], (BM, NW)), z & -2139062144, sacc, True, ASM)
+                # exact integer savings; float32 conversion lowered by one unit, ×sβ/128 exact
+                e = e - tl.sum(sacc, axis=1).to(tl.float32) * (1.0 - 2 * 5.960464477539063e-08) * (sb * 0.0078125)
         else:
             acc = tl.zeros((BM, NW), tl.float32)
             sacc = tl.zeros((BM, NW), tl.float32)
@@ -262,9 +297,8 @@ def sketch_scan_bound(q, codes, offset, step, *, bits: int, group: int, scale: f
 
     ``num_warps`` defaults to 1: a thread then holds 16 contiguous bytes of a few tokens, so the sums
     over channels are in-thread chains and the per-channel setup is shared by those tokens.
-    ``int_dot`` (default: two-sided with blocks of ≥ 64 tokens, see :func:`use_int_dot`) takes Σ v·c as
-    an exact int32 dot. SASS instructions per code (sm_90, D = 128, group 64, one warp): int4 3.7 with
-    the integer dot, 5.2 two-sided float, 9.2 one-sided; int8 3.1 / 6.1 / 10.3 (``cuobjdump``).
+    ``int_dot`` (default :func:`use_int_dot`: whenever int32 cannot overflow) takes the sums as exact
+    int32 dots (module docstring); ``False`` forces the float dots.
 
     >>> # see tests/test_gpu_sketch_fused.py: fused_sketch_step(q, K, V, codes, offset, step, vmax, ...)
     """
@@ -279,8 +313,7 @@ def sketch_scan_bound(q, codes, offset, step, *, bits: int, group: int, scale: f
     s = torch.empty((R, T), dtype=torch.float32, device=q.device)
     ub = torch.empty((R, T), dtype=torch.float32, device=q.device)
     smax = torch.empty((R, NS), dtype=torch.float32, device=q.device)
-    int_dot = use_int_dot(bits, D, BM, one_sided) if int_dot is None else bool(int_dot)
-    assert not (int_dot and one_sided), "the integer dot computes the two-sided bound only"
+    int_dot = use_int_dot(bits, D, one_sided) if int_dot is None else bool(int_dot)
     blk_first = RK <= 65535
     # one PTX lop3 / dp2a per instruction slot (NVIDIA devices, compiled only; the same integers otherwise)
     _sketch_scan_bound_kernel[(triton.cdiv(T, BM), RK) if blk_first else (RK, triton.cdiv(T, BM))](
@@ -290,12 +323,11 @@ def sketch_scan_bound(q, codes, offset, step, *, bits: int, group: int, scale: f
     return s, ub, smax
 
 
-def use_int_dot(bits: int, D: int, block_tokens: int, one_sided: bool) -> bool:
-    """Whether the scan takes Σ v·c as an int32 dot: two-sided bound only (the one-sided savings stay
-    float), blocks of ≥ 64 tokens (the int16 rounding of v is per block and costs ~10 instructions per
-    channel: on an H200 it made 32- and 16-token groups slower than the float dot, 64 faster), and no
-    int32 overflow (|Σ ṽ·c| ≤ D·32767·L)."""
-    return (not one_sided) and block_tokens >= 64 and D * 32767 * ((1 << bits) - 1) < 2 ** 31
+def use_int_dot(bits: int, D: int, one_sided: bool) -> bool:
+    """Whether the scan takes its sums as int32 dots: whenever they cannot overflow (|Σ ṽ·c| ≤
+    D·32767·L, the one-sided savings ≤ D·32767·128): on an H200 the integer dots were faster than the
+    float ones at every group size measured (64, 32, 16 tokens; benchmarks/sketch_scan_variants.py)."""
+    return D * 32767 * max((1 << bits) - 1, 128 if one_sided else 0) < 2 ** 31
 
 
 def _use_asm(q) -> bool:
@@ -319,7 +351,7 @@ def paged_sketch_scan_bound(q, store, cache, seq_idx, T: int, *, scale: float, o
     s = torch.full((R, T), float("-inf"), dtype=torch.float32, device=q.device)
     ub = torch.full((R, T), float("-inf"), dtype=torch.float32, device=q.device)
     smax = torch.full((R, NS), float("-inf"), dtype=torch.float32, device=q.device)
-    int_dot = use_int_dot(bits, D, S, one_sided)
+    int_dot = use_int_dot(bits, D, one_sided)
     blk_first = B * Hkv <= 65535
     table = cache.block_table
     _sketch_scan_bound_kernel[(triton.cdiv(T, S), B * Hkv) if blk_first else (B * Hkv, triton.cdiv(T, S))](
