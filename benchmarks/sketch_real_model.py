@@ -50,6 +50,9 @@ SKETCH_CONFIGS = [       # name, bits, group, metadata dtype, Kc, one-sided per-
     ("int8 g64 two-sided", 8, 64, "float16", 128, False),
     ("int4 g64 two-sided", 4, 64, "float16", 128, False),
     ("int4 g16 two-sided", 4, 16, "float16", 128, False),
+    # between the two int4 groups: 40 B/token scanned
+    ("int4 g32", 4, 32, "float16", 128, True),
+    ("int4 g32 two-sided", 4, 32, "float16", 128, False),
 ]
 
 
