@@ -81,6 +81,7 @@ class DecodeOutput:
     candidates: torch.Tensor
     weights: torch.Tensor
     summaries_scored: int = 0
+    path: str = "paged"     # which implementation ran; certified mode: "fused" or "torch" (sketch_to_decode_output)
 
 
 def _backend_module(backend: str):

@@ -28,7 +28,9 @@ dot) in one Triton kernel, ``sketch_scan_triton``; the selection and certificate
 equal-length sequences (benchmarks/sketch_decode_scaling.py): one Triton pass emits tie-rule keys and
 per-token float32 upper bounds (``kernels/sketch_scan.py``), then topk, exact rescoring, softmax and a
 float32 certificate rounded outward, with no host synchronisation (CUDA-graph capturable); its output
-bound is the middle form L̂·(max‖v‖ + ‖o‖) plus the float32 rounding of o.
+bound is the middle form L̂·(max‖v‖ + ‖o‖) plus the float32 rounding of o. Its paged twin (any
+lengths, through the page table), planned once and replayable in a CUDA graph, with the policies, is
+``sketch_plan.py`` (``fused_paged_sketch_step`` is re-exported here).
 
 Example::
 
@@ -600,16 +602,28 @@ def sketch_decode(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: int = 4, sc
 
 def sketch_to_decode_output(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: int = 4, scale: float | None = None,
                             policy=None, backend: str = "auto"):
-    """``vashista_gpu.decode.sparse_decode(..., router="sketch", bits=b)``: :func:`sketch_decode` in
-    float32 (Triton scan on CUDA or when ``backend="triton"``) returned as a ``DecodeOutput``.
+    """``vashista_gpu.decode.sparse_decode(..., router="sketch", bits=b)`` as a ``DecodeOutput``, by
+    one of two paths, named in its ``path`` field:
+
+    * ``"fused"`` — the Triton backend (CUDA, or ``backend="triton"`` under ``TRITON_INTERPRET=1``)
+      on a cache the kernels support (page size a multiple of 16, D a power of two, D·bits a multiple
+      of 32; ``sketch_plan.fused_shapes_ok``): ``sketch_plan.paged_certified_decode``, which reads the
+      page sketch through the page table and only the candidates' key/value rows; its certified error
+      is the middle form L̂·(max‖v‖ + ‖o‖);
+    * ``"torch"`` — otherwise: :func:`sketch_decode` in float32 (per row: gathers the sequence; the
+      Triton scan when the backend is Triton), certified error the smallest of four forms.
+
     ``candidates``/``weights`` (B, Hq, max Kc_used) −1/0 padded; ``pages`` every logical page of the
     row (certified mode scans them all), −1 padded; ``P_used`` 0 (no page routing);
     ``summaries_scored`` the token sketches scored per query head (the longest row's length)."""
     from .decode import DecodeOutput
     from .paged_cache import resolve_backend
+    from .sketch_plan import fused_shapes_ok, paged_certified_decode
 
     ids = [int(s) for s in torch.as_tensor(seq_ids).flatten().tolist()]
     be = resolve_backend(backend, q.device)
+    if be == "triton" and triton is not None and bits in (4, 8) and fused_shapes_ok(cache, bits) is None:
+        return paged_certified_decode(q, cache, ids, Kc, bits=bits, scale=scale, policy=policy)
     r = sketch_decode(q, cache, ids, Kc, bits=bits, scale=scale, policy=policy, backend=be)
     B, Hq = q.shape[:2]
     width = int(r.Kc_used.max())
@@ -628,7 +642,7 @@ def sketch_to_decode_output(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: i
                         gap=r.gap, certified=r.certified, fell_back=r.fell_back,
                         P_used=torch.zeros((B, Hq), dtype=torch.int64, device=q.device), Kc_used=r.Kc_used,
                         pages=pages, candidates=cand, weights=wts,
-                        summaries_scored=max(cache.length(s) for s in ids))
+                        summaries_scored=max(cache.length(s) for s in ids), path="torch")
 
 
 # ---------------------------------------------------------------------------------------------- fused path
@@ -637,26 +651,33 @@ class FusedCertifiedStep:
     """(B, Hq) certificate tensors (float32, rounded outward), ``out`` (B, Hq, Dv) float32,
     ``candidates`` (B, Hq, Kc) ascending logical indices; ``overflow`` (B, Hq) bool marks rows whose
     threshold selection overflowed its buffer (always False when the step synchronised and
-    reselected them; see :func:`fused_sketch_step`)."""
+    reselected them; see :func:`fused_sketch_step`); ``gap`` (B, Hq) the largest candidate lower
+    bound minus the largest non-candidate upper bound (the torch path's Δ̂)."""
     out: torch.Tensor
     candidates: torch.Tensor
     certified_leakage: torch.Tensor
     certified_error: torch.Tensor
     overflow: torch.Tensor
+    gap: torch.Tensor | None = None
 
 
 def _f32_up(x):
     return torch.nextafter(x, torch.full_like(x, math.inf))
 
 
-def _select_candidates(s: torch.Tensor, bmax: torch.Tensor, Kc: int, cap: int, sync: bool):
+def _select_candidates(s: torch.Tensor, bmax: torch.Tensor, Kc: int, cap: int, sync: bool, short_window: int = 0):
     """Top-Kc logical indices (ascending) of each row of ŝ under the tie rule, and the overflow mask.
 
     ``bmax`` holds the maxima of ŝ over any partition of each row into blocks (the scan gives one per
     16 tokens). Threshold path (``kernels/select_above.py``) when there are at least 8·Kc blocks:
     τ = the Kc-th largest block maximum, the tokens with ŝ ≥ τ compacted into ``cap`` slots, ``topk`` of those.
     Rows with more than ``cap`` such tokens (many ties, or a flat row) are reselected from all keys
-    when ``sync`` (one host synchronisation per step), else only flagged."""
+    when ``sync`` (one host synchronisation per step), else only flagged.
+
+    Rows padded with −inf past their end (a paged batch): a row with fewer than Kc finite block maxima
+    has τ = −inf, which would admit its padding. When ``short_window`` > 0 (the caller knows such rows
+    may exist and that their tokens all lie in the first ``short_window`` columns), those rows are
+    selected by a ``topk`` over that window instead — decided on the device, no synchronisation."""
     from .kernels.select_above import select_above
     from .selection import INVALID_KEY, key_index, tie_keys
 
@@ -675,6 +696,12 @@ def _select_candidates(s: torch.Tensor, bmax: torch.Tensor, Kc: int, cap: int, s
     select_above(s, tau, keys, count)
     cand = torch.sort(key_index(torch.topk(keys, Kc, dim=-1, sorted=False).values), dim=-1).values
     overflow = count > cap
+    if short_window:
+        short = torch.isneginf(tau)
+        w = min(short_window, T)
+        top = torch.topk(tie_keys(s[:, :w], idx[:w]), Kc, dim=-1, sorted=False).values
+        cand = torch.where(short[:, None], torch.sort(key_index(top), dim=-1).values, cand)
+        overflow = overflow & ~short
     if sync and bool(overflow.any()):
         rows = overflow.nonzero()[:, 0]
         top = torch.topk(tie_keys(s[rows], idx), Kc, dim=-1, sorted=False).values
@@ -685,7 +712,7 @@ def _select_candidates(s: torch.Tensor, bmax: torch.Tensor, Kc: int, cap: int, s
 
 def _certificate(ub: torch.Tensor, cand: torch.Tensor, out: torch.Tensor, m_c: torch.Tensor, zsum: torch.Tensor,
                  vm: torch.Tensor):
-    """(L̂, error bound) per row from the scan's bounds ``ub`` (R, T) (overwritten: the candidates' entries
+    """(L̂, error bound, gap) per row from the scan's bounds ``ub`` (R, T) (overwritten: the candidates' entries
     become −inf), the candidates ``cand`` (R, Kc), ``out`` (R, Dv) and the rescoring's m_C, z_C sums
     (``kernels/rescore.py``); ``vm`` (R,) ≥ every value norm of the row. All float32, outward:
     L̂ = Z̄_out / (Z_C + Z̄_out) ≥ dense mass outside C, error ≤ L̂·(max‖v‖ + ‖o‖) + o's own rounding."""
@@ -696,6 +723,8 @@ def _certificate(ub: torch.Tensor, cand: torch.Tensor, out: torch.Tensor, m_c: t
     # Z̄_out from the bounds of the non-candidates (ub is the step's own buffer)
     ub.scatter_(1, cand, -math.inf)
     m_o, z_out = row_lse_upper(ub)
+    # Δ̂ = max_C lb − max_out ub, rounded down (+inf when every token is a candidate)
+    gap = torch.nextafter(m_c - m_o, torch.full_like(m_c, -math.inf))
     out_any = torch.isfinite(m_o)
     m_o = torch.where(out_any, m_o, torch.zeros_like(m_o))
     z_out = torch.where(out_any, z_out, torch.ones_like(z_out))
@@ -714,7 +743,7 @@ def _certificate(ub: torch.Tensor, cand: torch.Tensor, out: torch.Tensor, m_c: t
     # + the float32 rounding of o itself (softmax and a Kc-term weighted sum of values ≤ vmax)
     error = _f32_up((vm + torch.linalg.vector_norm(out, dim=-1)) * leak * (1 + (Dv + 8) * 2 * U32)
                     + vm * ((2 * Kc + Dv + 16) * 4 * U32))
-    return leak, error
+    return leak, error, gap
 
 
 def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: torch.Tensor, offset: torch.Tensor,
@@ -759,67 +788,16 @@ def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: 
                              err_fac=4 * _gamma(D + 2, U32) * (1 + 8 * U32))
     rows = torch.arange(B * Hq, device=q.device)
     vm = vmax.float().reshape(B * Hkv)[(rows // Hq) * Hkv + (rows % Hq) // G]
-    leak, error = _certificate(ub, cand, out, m_c, zsum, vm)
+    leak, error, gap = _certificate(ub, cand, out, m_c, zsum, vm)
     return FusedCertifiedStep(out=out.view(B, Hq, Dv), candidates=cand.view(B, Hq, Kc),
                               certified_leakage=leak.view(B, Hq), certified_error=error.view(B, Hq),
-                              overflow=overflow.view(B, Hq))
+                              overflow=overflow.view(B, Hq), gap=gap.view(B, Hq))
 
 
-def fused_paged_sketch_step(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: int = 4, scale: float | None = None,
-                            one_sided: bool = True, cap: int | None = None, sync: bool = True) -> FusedCertifiedStep:
-    """:func:`fused_sketch_step` on a paged cache (``TorchPagedKVCache``), sequences of any lengths:
-    the scan walks the cache's page sketch (``attach_sketch``: quantization group = page) through the
-    page table, the exact part reads only the candidates' key and value rows from their pages, and
-    max‖v‖ comes from the pages' value-norm summaries. No full-sequence gather: the bytes read are the
-    sketch of every token plus Kc key/value rows per query head. ``q`` (B, Hq, D); page size a multiple
-    of 16; D·bits a multiple of 32; Kc ≤ the shortest sequence.
-
-    >>> import torch
-    >>> from vashista_gpu.paged_cache import TorchPagedKVCache
-    >>> cache = TorchPagedKVCache(16, n_kv_heads=2, head_dim=16, dtype=torch.float32)
-    >>> sid = cache.add_sequence()
-    >>> cache.append(sid, torch.randn(100, 2, 16), torch.randn(100, 2, 16))
-    >>> r = fused_paged_sketch_step(torch.randn(1, 4, 16), cache, [sid], Kc=8, bits=8)
-    >>> r.candidates.shape, bool((r.certified_leakage <= 1).all())
-    (torch.Size([1, 4, 8]), True)
-    """
-    from . import validate as V
-    from .kernels.rescore import rescore_paged
-    from .kernels.sketch_scan import SUB, U32, _gamma, paged_sketch_scan_bound
-
-    q = V.tensor("q", q, ndim=3)
-    V.same_device("q", q, cache.device)
-    ids = [int(s) for s in V.index_tensor("seq_ids", seq_ids).tolist()]
-    B, Hq, D = q.shape
-    N, Hkv, S, Dv = cache.v_pages.shape
-    if len(ids) != B:
-        raise VashistaInputError("seq_ids", f"has {len(ids)} ids but q has batch size {B}")
-    if D != cache.head_dim or Hq % Hkv:
-        raise VashistaInputError("q", f"expected (B, a multiple of {Hkv} heads, {cache.head_dim}), got {tuple(q.shape)}")
-    if S % SUB:
-        raise VashistaInputError("cache", f"page size {S} is not a multiple of {SUB} (the fused scan's token blocks)")
-    if (D * int(bits)) % 32 or D & (D - 1):
-        raise VashistaInputError("bits", f"the fused scan needs D a power of two and D·bits a multiple of 32 (D = {D})")
-    lens = [cache.length(s) for s in ids]
-    Kc = positive_int("Kc", Kc, upper=min(lens), upper_name="tokens in the shortest sequence")
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    store = attach_sketch(cache, bits)
-    seq_idx = torch.tensor(ids, dtype=torch.int32, device=q.device)
-    q32 = q.float().reshape(B * Hq, D).contiguous()
-    T = max(lens)
-    s, ub, smax = paged_sketch_scan_bound(q32, store, cache, seq_idx, T, scale=scale, one_sided=one_sided)
-    cand, overflow = _select_candidates(s, smax, Kc, cap or 4 * Kc, sync)
-    out, m_c, zsum = rescore_paged(q32, cache, seq_idx, cand, scale=scale,
-                                   err_fac=4 * _gamma(D + 2, U32) * (1 + 8 * U32))
-    # max‖v‖ per (sequence, KV head) from the pages' float32 norms, raised by their rounding
-    npages = -(-T // S)
-    pages = cache.block_table[seq_idx.long(), :npages].long()                              # (B, npages)
-    live = torch.arange(npages, device=q.device)[None, :] * S < torch.tensor(lens, device=q.device)[:, None]
-    vn = torch.where(live[..., None], cache.vnorm[pages], torch.zeros((), device=q.device))  # (B, npages, Hkv)
-    vmax = vn.amax(1) * (1 + 2 * (Dv + 4) * U32)                                          # (B, Hkv)
-    rows = torch.arange(B * Hq, device=q.device)
-    vm = vmax.reshape(B * Hkv)[(rows // Hq) * Hkv + (rows % Hq) // (Hq // Hkv)]
-    leak, error = _certificate(ub, cand, out, m_c, zsum, vm)
-    return FusedCertifiedStep(out=out.view(B, Hq, Dv), candidates=cand.view(B, Hq, Kc),
-                              certified_leakage=leak.view(B, Hq), certified_error=error.view(B, Hq),
-                              overflow=overflow.view(B, Hq))
+def __getattr__(name):
+    """The paged fused step lives in ``sketch_plan.py`` (plan/launch split); re-exported here lazily
+    (an import at the top would be circular)."""
+    if name in ("fused_paged_sketch_step", "plan_sketch_step", "run_sketch_plan", "paged_certified_decode"):
+        from . import sketch_plan
+        return getattr(sketch_plan, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

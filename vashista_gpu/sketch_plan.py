@@ -1,0 +1,334 @@
+"""Certified mode (SPEC 3b) on a paged cache as an engine runs it: host planning, device launches,
+policies, and the ``DecodeOutput`` that ``sparse_decode(router="sketch")`` and the HF integration use.
+
+Problem solved for every query head h of batch row b (KV head h // G, sequence ``seq_ids[b]``):
+
+    o_h = Σ_{j∈C_h} a_j v_j,  a = argmax_{a∈Δ_{C_h}} ⟨s_{C_h}, a⟩ + H(a) = softmax(s_{C_h}),
+    C_h = top-Kc tokens by sketch score ŝ_j = ⟨q_h, k̃_j⟩ (ties to the lower index),
+
+with L̂_h = Z̄_out/(Z_C + Z̄_out) ≥ the dense mass outside C_h and ‖o_h − o_dense‖ ≤ L̂_h·(max‖v‖ + ‖o_h‖)
+(``sketch.fused_sketch_step`` documents the kernels and the float32 rounding allowances).
+
+Why a plan: the eager step rebuilt its index tensors from host lists on every call (lengths, ids,
+sketch checks) and was host-bound (4-6x slower than dense flash at batch 4, 32k on an H200).
+:func:`plan_sketch_step` does all host work once — validation against the cache's *host mirrors*, the
+padded row length T (``max_tokens``), the sequence index tensor, the row → KV-head map — and
+:func:`run_sketch_plan` only issues device work with static shapes. Everything it reads that changes
+as sequences grow is read on the device: each row's length (``cache.seq_lens``, by the scan and by
+the max‖v‖ mask), the page table, the page sketch and value norms (updated in place on append). So
+with ``sync=False`` the step can be captured in a CUDA graph and replayed after appends, as long as
+every sequence stays within ``max_tokens`` (and no sequence is freed, nor the sketch re-attached with
+another metadata dtype); re-plan before a sequence outgrows it. The padding past each row's end is
+−inf in ŝ and in the bounds (excluded from selection and certificate); a row with fewer than Kc
+16-token blocks (a short row of a padded batch) is selected by a top-k over its first 16·Kc columns,
+decided on the device per row (``sketch._select_candidates``).
+
+:func:`paged_certified_decode` adds the policies (ReportOnly, DenseFallback(tol), Capped(tol, ·,
+Kc_max) — Kc only is widened, doubling per batch row, as ``sketch.sketch_decode``) and returns a
+``decode.DecodeOutput`` with ``path="fused"``. Its certified_error is the middle form above; the
+torch path (``sketch.sketch_decode``) reports the smallest of four forms, so it can be tighter.
+
+Example::
+
+    >>> import torch
+    >>> from vashista_gpu.paged_cache import TorchPagedKVCache
+    >>> cache = TorchPagedKVCache(16, n_kv_heads=2, head_dim=16, dtype=torch.float32)
+    >>> sid = cache.add_sequence()
+    >>> cache.append(sid, torch.randn(100, 2, 16), torch.randn(100, 2, 16))
+    >>> plan = plan_sketch_step(cache, [sid], num_q_heads=4, Kc=8, bits=8, max_tokens=160)
+    >>> q = torch.randn(1, 4, 16)
+    >>> r = run_sketch_plan(plan, q)                       # sync=False: no host synchronisation
+    >>> cache.append(sid, torch.randn(30, 2, 16), torch.randn(30, 2, 16))
+    >>> r2 = run_sketch_plan(plan, q)                      # same plan, 130 tokens now
+    >>> r2.candidates.shape, bool((r2.certified_leakage <= 1).all())
+    (torch.Size([1, 4, 8]), True)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from vashista_ref.errors import VashistaInputError
+
+from . import validate as V
+
+
+@dataclass
+class SketchStepPlan:
+    """Launch sizes and device index tensors of one certified step (see module doc)."""
+    cache: object
+    store: object               # the cache's TorchPageSketchStore for ``bits``
+    B: int
+    Hq: int
+    Hkv: int
+    D: int
+    Dv: int
+    S: int                      # page size (= quantization group)
+    T: int                      # padded row length: max_tokens, ≥ every sequence's length
+    Kc: int
+    cap: int                    # threshold-selection slots per row
+    bits: int
+    scale: float
+    one_sided: bool
+    short_window: int           # > 0: some row may have < Kc blocks; they are selected in [0, short_window)
+    seq_ids: list               # host ids
+    seq_idx: torch.Tensor       # (B,) int32 on the cache device
+    row_kv: torch.Tensor        # (B·Hq,) int64: row r = b·Hq + h -> b·Hkv + h // G
+    page_idx: torch.Tensor      # (ceil(T/S),) int64 logical page numbers
+
+    def check(self) -> None:
+        """Host-mirror checks that a replayed plan is still valid (no device synchronisation)."""
+        for s in self.seq_ids:
+            if not 0 <= s < self.cache.max_seqs or not self.cache._live[s]:
+                raise VashistaInputError("seq_ids", f"sequence {s} is no longer in the cache; re-plan")
+            n = self.cache.length(s)
+            if n > self.T:
+                raise VashistaInputError("max_tokens", f"sequence {s} has {n} tokens > the plan's {self.T}; re-plan")
+            if n < self.Kc:
+                raise VashistaInputError("Kc", f"sequence {s} has {n} < Kc = {self.Kc} tokens; re-plan")
+
+
+def fused_shapes_ok(cache, bits: int) -> str | None:
+    """None when the fused kernels support this cache and ``bits``, else the reason (page size a
+    multiple of 16, head dimension a power of two, D·bits a multiple of 32)."""
+    from .kernels.sketch_scan import SUB
+
+    D, S = cache.head_dim, cache.page_size
+    if S % SUB:
+        return f"page size {S} is not a multiple of {SUB} (the fused scan's token blocks)"
+    if D & (D - 1) or (D * int(bits)) % 32:
+        return f"the fused scan needs D a power of two and D·bits a multiple of 32 (D = {D}, bits = {bits})"
+    return None
+
+
+def plan_sketch_step(cache, seq_ids, num_q_heads: int, Kc: int, *, bits: int, scale: float | None = None,
+                     one_sided: bool = True, cap: int | None = None, max_tokens: int | None = None) -> SketchStepPlan:
+    """Validate against the cache's host mirrors and fix the launch sizes (no device synchronisation
+    beyond attaching the sketch on first use). ``cap`` slots per row for the threshold selection
+    (default 4·Kc, ≥ Kc); ``max_tokens`` the padded row length T (default: the longest sequence)."""
+    from .kernels.sketch_scan import SUB     # tokens per block maximum of the scan
+    from .sketch import attach_sketch
+
+    ids = V.index_tensor("seq_ids", seq_ids)
+    host_ids = [int(s) for s in ids.tolist()]
+    for s in host_ids:
+        if not 0 <= s < cache.max_seqs or not cache._live[s]:
+            raise VashistaInputError("seq_ids", f"unknown sequence {s}")
+        if cache.length(s) == 0:
+            raise VashistaInputError("seq_ids", f"sequence {s} is empty (no tokens to attend to)")
+    lens = [cache.length(s) for s in host_ids]
+    Hq = V.positive_int("num_q_heads", num_q_heads)
+    Hkv = cache.n_kv_heads
+    if Hq % Hkv:
+        raise VashistaInputError("q", f"has {Hq} query heads, not a multiple of the cache's {Hkv} KV heads")
+    if isinstance(bits, bool) or bits not in (4, 8):
+        raise VashistaInputError("bits", f"the fused step supports 4 or 8 bits, got {bits!r}")
+    why = fused_shapes_ok(cache, bits)
+    if why is not None:
+        raise VashistaInputError("cache" if cache.page_size % SUB else "bits", why)
+    Kc = V.positive_int("Kc", Kc, upper=min(lens), upper_name="tokens in the shortest sequence")
+    sc = 1.0 / math.sqrt(cache.head_dim) if scale is None else float(V.positive_scalar("scale", scale))
+    if not isinstance(one_sided, bool):
+        raise VashistaInputError("one_sided", f"expected a bool, got {one_sided!r}")
+    cap = 4 * Kc if cap is None else V.positive_int("cap", cap)
+    if cap < Kc:
+        raise VashistaInputError("cap", f"must be >= Kc ({Kc}), got {cap}")
+    S = cache.page_size
+    T = max(lens)
+    if max_tokens is not None:
+        max_tokens = V.positive_int("max_tokens", max_tokens, upper=cache.max_pages_per_seq * S,
+                                    upper_name="cache.max_pages_per_seq · page_size")
+        if max_tokens < T:
+            raise VashistaInputError("max_tokens", f"{max_tokens} < the longest sequence's {T} tokens")
+        T = max_tokens
+    store = attach_sketch(cache, bits)
+    dev = cache.device
+    B, G = len(host_ids), Hq // Hkv
+    r = torch.arange(B * Hq, device=dev)
+    # lengths only grow between replays: a row with ≥ Kc blocks at plan time keeps a finite threshold
+    short = -(-min(lens) // SUB) < Kc
+    return SketchStepPlan(cache=cache, store=store, B=B, Hq=Hq, Hkv=Hkv, D=cache.head_dim, Dv=cache.value_dim,
+                          S=S, T=T, Kc=Kc, cap=cap, bits=int(bits), scale=sc, one_sided=one_sided,
+                          short_window=min(T, SUB * Kc) if short else 0, seq_ids=host_ids,
+                          seq_idx=ids.to(device=dev, dtype=torch.int32),
+                          row_kv=(r // Hq) * Hkv + (r % Hq) // G,
+                          page_idx=torch.arange(-(-T // S), device=dev))
+
+
+def _row_vmax(plan: SketchStepPlan) -> torch.Tensor:
+    """(B·Hq,) float32 ≥ every value norm of the row's sequence and KV head: the pages' float32 norm
+    summaries over the live pages (lengths read on the device), raised by their rounding."""
+    from .kernels.sketch_scan import U32
+
+    cache = plan.cache
+    seq = plan.seq_idx.long()
+    pages = cache.block_table[seq][:, plan.page_idx].long()                          # (B, npages)
+    live = plan.page_idx[None, :] * plan.S < cache.seq_lens[seq].long()[:, None]
+    vn = torch.where(live[..., None], cache.vnorm[pages], 0.0)                       # (B, npages, Hkv)
+    vmax = vn.amax(1) * (1 + 2 * (plan.Dv + 4) * U32)
+    return vmax.reshape(-1)[plan.row_kv]
+
+
+def run_sketch_plan(plan: SketchStepPlan, q: torch.Tensor, *, sync: bool = False):
+    """Device work of one certified step for ``plan``; ``q`` (B, Hq, D). Returns
+    ``sketch.FusedCertifiedStep`` (with ``gap``).
+
+    ``sync=False``: no host synchronisation, static shapes (CUDA-graph capturable); rows whose
+    threshold selection overflowed are flagged in ``overflow`` (their candidate set is certified but
+    not the tie rule's top-Kc). ``sync=True``: q is also checked for NaN/inf and overflowed rows are
+    reselected from all keys (one synchronisation each)."""
+    from .kernels.rescore import rescore_paged
+    from .kernels.sketch_scan import U32, _gamma, paged_sketch_scan_bound
+    from .sketch import FusedCertifiedStep, _certificate, _select_candidates
+
+    q = V.tensor("q", q, ndim=3, check_finite=bool(sync))
+    V.same_device("q", q, plan.cache.device)
+    if tuple(q.shape) != (plan.B, plan.Hq, plan.D):
+        raise VashistaInputError("q", f"expected shape {(plan.B, plan.Hq, plan.D)} (the plan's), got {tuple(q.shape)}")
+    plan.check()
+    B, Hq, D, Kc = plan.B, plan.Hq, plan.D, plan.Kc
+    q32 = q.float().reshape(B * Hq, D).contiguous()
+    s, ub, smax = paged_sketch_scan_bound(q32, plan.store, plan.cache, plan.seq_idx, plan.T, scale=plan.scale,
+                                          one_sided=plan.one_sided)
+    cand, overflow = _select_candidates(s, smax, Kc, plan.cap, sync, short_window=plan.short_window)
+    # exact part (``kernels/rescore.py``): rescoring, softmax, values, and m_C, z_C of the lower bounds
+    out, m_c, zsum = rescore_paged(q32, plan.cache, plan.seq_idx, cand, scale=plan.scale,
+                                   err_fac=4 * _gamma(D + 2, U32) * (1 + 8 * U32))
+    leak, error, gap = _certificate(ub, cand, out, m_c, zsum, _row_vmax(plan))
+    return FusedCertifiedStep(out=out.view(B, Hq, plan.Dv), candidates=cand.view(B, Hq, Kc),
+                              certified_leakage=leak.view(B, Hq), certified_error=error.view(B, Hq),
+                              overflow=overflow.view(B, Hq), gap=gap.view(B, Hq))
+
+
+def fused_paged_sketch_step(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: int = 4, scale: float | None = None,
+                            one_sided: bool = True, cap: int | None = None, sync: bool = True,
+                            max_tokens: int | None = None):
+    """One call = :func:`plan_sketch_step` + :func:`run_sketch_plan`: the certified step on a paged
+    cache (``TorchPagedKVCache``), sequences of any lengths. The scan walks the cache's page sketch
+    (``sketch.attach_sketch``: quantization group = page) through the page table, the exact part
+    reads only the candidates' key and value rows from their pages, and max‖v‖ comes from the pages'
+    value-norm summaries: the bytes read are the sketch of every token plus Kc key/value rows per query
+    head. ``q`` (B, Hq, D); page size a multiple of 16; D a power of two, D·bits a multiple of 32;
+    Kc ≤ the shortest sequence.
+
+    >>> import torch
+    >>> from vashista_gpu.paged_cache import TorchPagedKVCache
+    >>> cache = TorchPagedKVCache(16, n_kv_heads=2, head_dim=16, dtype=torch.float32)
+    >>> sid = cache.add_sequence()
+    >>> cache.append(sid, torch.randn(100, 2, 16), torch.randn(100, 2, 16))
+    >>> r = fused_paged_sketch_step(torch.randn(1, 4, 16), cache, [sid], Kc=8, bits=8)
+    >>> r.candidates.shape, bool((r.certified_leakage <= 1).all())
+    (torch.Size([1, 4, 8]), True)
+    """
+    q = V.tensor("q", q, ndim=3)
+    V.same_device("q", q, cache.device)
+    ids = V.index_tensor("seq_ids", seq_ids)
+    if ids.numel() != q.shape[0]:
+        raise VashistaInputError("seq_ids", f"has {ids.numel()} ids but q has batch size {q.shape[0]}")
+    if q.shape[2] != cache.head_dim:
+        raise VashistaInputError("q", f"has head dimension {q.shape[2]} but the cache stores keys of dimension "
+                                      f"{cache.head_dim}")
+    plan = plan_sketch_step(cache, ids, q.shape[1], Kc, bits=bits, scale=scale, one_sided=one_sided, cap=cap,
+                            max_tokens=max_tokens)
+    return run_sketch_plan(plan, q, sync=sync)
+
+
+def candidate_weights(plan: SketchStepPlan, q: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """Softmax weights (B, Hq, Kc) float32 of the candidates ``cand`` (B, Hq, Kc) — the a of the module
+    doc, recomputed from the candidates' key rows (Kc·D reads per head, as the rescoring kernel)."""
+    cache = plan.cache
+    B, Hq, Kc = cand.shape
+    c = cand.reshape(B * Hq, Kc)
+    seq = plan.seq_idx.long().repeat_interleave(Hq)                                  # (B·Hq,)
+    phys = cache.block_table[seq[:, None], c // plan.S].long()
+    kvh = (plan.row_kv % plan.Hkv)[:, None]
+    k = cache.k_pages[phys, kvh, c % plan.S].float()                                 # (B·Hq, Kc, D)
+    s = (k * q.float().reshape(B * Hq, 1, plan.D)).sum(-1) * plan.scale
+    return torch.softmax(s, dim=-1).view(B, Hq, Kc)
+
+
+def paged_certified_decode(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: int = 4, scale: float | None = None,
+                           policy=None, one_sided: bool = True, cap: int | None = None):
+    """Certified-mode decode of q (B, Hq, D) on the fused paged step with a policy from
+    ``vashista_ref.policies`` (the semantics of ``sketch.sketch_decode``): ReportOnly (default);
+    DenseFallback(tol) recomputes densely every head whose certified error exceeds tol; Capped(tol,
+    P_max, Kc_max) first doubles Kc per batch row (capped at Kc_max and the row's length) for the rows
+    with an uncertified head, replacing the uncertified heads' results, until certified or capped,
+    then falls back densely. Returns ``decode.DecodeOutput`` (``path="fused"``; candidates/weights
+    (B, Hq, max Kc_used), −1/0 padded). Synchronises (policies need the certificates on the host)."""
+    from vashista_ref.policies import Capped, DenseFallback, ReportOnly
+
+    from .decode import DecodeOutput
+    from .dense import dense_decode
+
+    q = V.tensor("q", q, ndim=3)
+    V.same_device("q", q, cache.device)
+    ids = [int(s) for s in V.index_tensor("seq_ids", seq_ids).tolist()]
+    if len(ids) != q.shape[0]:
+        raise VashistaInputError("seq_ids", f"has {len(ids)} ids but q has batch size {q.shape[0]}")
+    if q.shape[2] != cache.head_dim:
+        raise VashistaInputError("q", f"has head dimension {q.shape[2]} but the cache stores keys of dimension "
+                                      f"{cache.head_dim}")
+    policy = ReportOnly() if policy is None else policy
+    if not isinstance(policy, (ReportOnly, DenseFallback, Capped)):
+        raise VashistaInputError("policy", f"expected ReportOnly, DenseFallback or Capped, got {policy!r}")
+    B, Hq = q.shape[:2]
+
+    def planned(rows, kc):
+        return plan_sketch_step(cache, [ids[b] for b in rows], Hq, kc, bits=bits, scale=scale,
+                                one_sided=one_sided, cap=cap)
+
+    def attempt(plan, rows):
+        r = run_sketch_plan(plan, q[rows], sync=True)
+        return r, candidate_weights(plan, q[rows], r.candidates)
+
+    plan = planned(list(range(B)), Kc)
+    if isinstance(policy, Capped):
+        policy.check_start(1, plan.Kc)
+    r, wts = attempt(plan, list(range(B)))
+    tol = getattr(policy, "tol", math.inf)
+    out, leak, err, gap = r.out.clone(), r.certified_leakage.clone(), r.certified_error.clone(), r.gap.clone()
+    cand, wts = r.candidates.clone(), wts.clone()
+    certified = err <= tol
+    Kc_used = torch.full((B, Hq), plan.Kc, dtype=torch.int64, device=q.device)
+    cur = [plan.Kc] * B
+    while isinstance(policy, Capped):
+        groups: dict[int, list[int]] = {}
+        for b in torch.nonzero(~certified.all(-1)).flatten().tolist():
+            nxt = policy.widen(1, cur[b], kc_limit=cache.length(ids[b]))[1]
+            if nxt != cur[b]:
+                cur[b] = nxt
+                groups.setdefault(nxt, []).append(b)
+        if not groups:
+            break
+        for kc, rows in groups.items():
+            w, ww = attempt(planned(rows, kc), rows)
+            if kc > cand.shape[-1]:        # wider attempts: pad the candidate columns (−1 / weight 0)
+                pad = kc - cand.shape[-1]
+                cand = torch.nn.functional.pad(cand, (0, pad), value=-1)
+                wts = torch.nn.functional.pad(wts, (0, pad), value=0.0)
+            redo = ~certified[rows]
+            out[rows] = torch.where(redo[..., None], w.out, out[rows])
+            for t, new in ((leak, w.certified_leakage), (err, w.certified_error), (gap, w.gap)):
+                t[rows] = torch.where(redo, new, t[rows])
+            cand[rows, :, :kc] = torch.where(redo[..., None], w.candidates, cand[rows, :, :kc])
+            wts[rows, :, :kc] = torch.where(redo[..., None], ww, wts[rows, :, :kc])
+            Kc_used[rows] = torch.where(redo, kc, Kc_used[rows])
+            certified[rows] = torch.where(redo, w.certified_error <= tol, certified[rows])
+    fell_back = torch.zeros_like(certified)
+    out = out.to(q.dtype)
+    if not isinstance(policy, ReportOnly) and not bool(certified.all()):
+        fell_back = ~certified
+        rows = torch.nonzero(fell_back.any(-1)).flatten().tolist()
+        dense = dense_decode(q[rows], cache, [ids[b] for b in rows], scale=plan.scale)
+        out[rows] = torch.where(fell_back[rows][..., None], dense.to(q.dtype), out[rows])
+    n_pages = [cache.n_pages(s) for s in ids]
+    pages = torch.where(torch.arange(max(n_pages), device=q.device)[None, :] <
+                        torch.tensor(n_pages, device=q.device)[:, None],
+                        torch.arange(max(n_pages), device=q.device)[None, :], -1)
+    return DecodeOutput(out=out, certified_leakage=leak, certified_error=err, gap=gap, certified=certified,
+                        fell_back=fell_back, P_used=torch.zeros((B, Hq), dtype=torch.int64, device=q.device),
+                        Kc_used=Kc_used, pages=pages[:, None, :].expand(B, Hq, -1).clone(), candidates=cand,
+                        weights=wts, summaries_scored=max(cache.length(s) for s in ids), path="fused")
