@@ -177,6 +177,14 @@ def test_sparse_decode_takes_the_fused_path_on_the_triton_backend():
     assert sparse_decode(q[:1], odd, oids, 1, 4, router="sketch", bits=4, backend="triton").path == "torch"
 
 
+def test_module_example_runs():
+    import doctest
+
+    import vashista_gpu.sketch_plan as sp
+    res = doctest.testmod(sp)
+    assert res.failed == 0 and res.attempted >= 10
+
+
 def _bad(call, argument):
     with pytest.raises(VashistaInputError) as e:
         call()
