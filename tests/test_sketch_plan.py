@@ -217,6 +217,10 @@ def test_bad_input_names_the_argument():
     _bad(lambda: fused_paged_sketch_step(q[:, :, :4], cache, ids, 4, bits=4), "q")
     _bad(lambda: fused_paged_sketch_step(q, cache, ids[:1], 4, bits=4), "seq_ids")
     _bad(lambda: paged_certified_decode(q, cache, ids, 4, bits=4, policy="dense"), "policy")
+    from vashista_gpu.sketch import attach_sketch
+    attach_sketch(cache, 4, meta_dtype="float32")          # replaces the store the plan reads
+    _bad(lambda: run_sketch_plan(plan, q), "cache")
+    plan = plan_sketch_step(cache, ids, 4, 4, bits=4)
     cache.free_sequence(ids[1])
     _bad(lambda: run_sketch_plan(plan, q), "seq_ids")
 

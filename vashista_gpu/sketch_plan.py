@@ -80,6 +80,9 @@ class SketchStepPlan:
 
     def check(self) -> None:
         """Host-mirror checks that a replayed plan is still valid (no device synchronisation)."""
+        if self.cache.sketches.get(self.bits) is not self.store:
+            # a re-attached sketch (another metadata dtype) is the one kept current on append
+            raise VashistaInputError("cache", f"the cache's {self.bits}-bit sketch was replaced; re-plan")
         for s in self.seq_ids:
             if not 0 <= s < self.cache.max_seqs or not self.cache._live[s]:
                 raise VashistaInputError("seq_ids", f"sequence {s} is no longer in the cache; re-plan")
