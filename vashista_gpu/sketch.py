@@ -711,11 +711,13 @@ def _select_candidates(s: torch.Tensor, bmax: torch.Tensor, Kc: int, cap: int, s
 
 
 def _certificate(ub: torch.Tensor, cand: torch.Tensor, out: torch.Tensor, m_c: torch.Tensor, zsum: torch.Tensor,
-                 vm: torch.Tensor):
+                 vm: torch.Tensor, eps: torch.Tensor):
     """(L̂, error bound, gap) per row from the scan's bounds ``ub`` (R, T) (overwritten: the candidates' entries
     become −inf), the candidates ``cand`` (R, Kc), ``out`` (R, Dv) and the rescoring's m_C, z_C sums
-    (``kernels/rescore.py``); ``vm`` (R,) ≥ every value norm of the row. All float32, outward:
-    L̂ = Z̄_out / (Z_C + Z̄_out) ≥ dense mass outside C, error ≤ L̂·(max‖v‖ + ‖o‖) + o's own rounding."""
+    (``kernels/rescore.py``); ``vm`` (R,) ≥ every value norm of the row; ``eps`` (R,) the rescoring's
+    bound on its exponents' error. All float32, outward: L̂ = Z̄_out / (Z_C + Z̄_out) ≥ dense mass
+    outside C, error ≤ L̂·(max‖v‖ + ‖o_C‖) + (e^{2ε} − 1)·max‖v‖ + o's own rounding, with o_C the exact
+    softmax over C and ‖o_C‖ ≤ ‖o‖ + (e^{2ε} − 1)·max‖v‖."""
     from .kernels.row_lse import row_lse_upper
     from .kernels.sketch_scan import U32, _gamma
 
@@ -740,9 +742,11 @@ def _certificate(ub: torch.Tensor, cand: torch.Tensor, out: torch.Tensor, m_c: t
     # softplus/exp within a few ulp; underflow is covered by the floor (far above exp's subnormal error)
     leak = (leak * (1 + 16 * U32) + (d.abs() * (16 * U32)) * leak).clamp(min=1e-37, max=1.0)
     leak = torch.where(out_any, leak, torch.zeros_like(leak))
-    # + the float32 rounding of o itself (softmax and a Kc-term weighted sum of values ≤ vmax)
-    error = _f32_up((vm + torch.linalg.vector_norm(out, dim=-1)) * leak * (1 + (Dv + 8) * 2 * U32)
-                    + vm * ((2 * Kc + Dv + 16) * 4 * U32))
+    # the weights' error from the exponents' (e^{2ε} − 1, rounded up) and the float32 rounding of o
+    # itself (softmax and a Kc-term weighted sum of values ≤ vmax)
+    w_err = vm * torch.expm1(2 * eps) * (1 + 16 * U32)
+    error = _f32_up((vm + torch.linalg.vector_norm(out, dim=-1) + w_err) * leak * (1 + (Dv + 8) * 2 * U32)
+                    + w_err + vm * ((2 * Kc + Dv + 16) * 4 * U32))
     return leak, error, gap
 
 
@@ -784,11 +788,11 @@ def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: 
                                     one_sided=one_sided, block_tokens=block_tokens)
     cand, overflow = _select_candidates(s, smax, Kc, cap or 4 * Kc, sync)
     # exact part (``kernels/rescore.py``): rescoring, softmax, values, and m_C, z_C of the lower bounds
-    out, m_c, zsum = rescore(q32, K.contiguous(), V.contiguous(), cand, scale=scale,
+    out, m_c, zsum, eps = rescore(q32, K.contiguous(), V.contiguous(), cand, scale=scale,
                              err_fac=4 * _gamma(D + 2, U32) * (1 + 8 * U32))
     rows = torch.arange(B * Hq, device=q.device)
     vm = vmax.float().reshape(B * Hkv)[(rows // Hq) * Hkv + (rows % Hq) // G]
-    leak, error, gap = _certificate(ub, cand, out, m_c, zsum, vm)
+    leak, error, gap = _certificate(ub, cand, out, m_c, zsum, vm, eps)
     return FusedCertifiedStep(out=out.view(B, Hq, Dv), candidates=cand.view(B, Hq, Kc),
                               certified_leakage=leak.view(B, Hq), certified_error=error.view(B, Hq),
                               overflow=overflow.view(B, Hq), gap=gap.view(B, Hq))

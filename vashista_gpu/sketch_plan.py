@@ -197,9 +197,9 @@ def run_sketch_plan(plan: SketchStepPlan, q: torch.Tensor, *, sync: bool = False
                                           one_sided=plan.one_sided)
     cand, overflow = _select_candidates(s, smax, Kc, plan.cap, sync, short_window=plan.short_window)
     # exact part (``kernels/rescore.py``): rescoring, softmax, values, and m_C, z_C of the lower bounds
-    out, m_c, zsum = rescore_paged(q32, plan.cache, plan.seq_idx, cand, scale=plan.scale,
-                                   err_fac=4 * _gamma(D + 2, U32) * (1 + 8 * U32))
-    leak, error, gap = _certificate(ub, cand, out, m_c, zsum, _row_vmax(plan))
+    out, m_c, zsum, eps = rescore_paged(q32, plan.cache, plan.seq_idx, cand, scale=plan.scale,
+                                        err_fac=4 * _gamma(D + 2, U32) * (1 + 8 * U32))
+    leak, error, gap = _certificate(ub, cand, out, m_c, zsum, _row_vmax(plan), eps)
     return FusedCertifiedStep(out=out.view(B, Hq, plan.Dv), candidates=cand.view(B, Hq, Kc),
                               certified_leakage=leak.view(B, Hq), certified_error=error.view(B, Hq),
                               overflow=overflow.view(B, Hq), gap=gap.view(B, Hq))

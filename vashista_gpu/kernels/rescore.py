@@ -6,6 +6,13 @@ the certificate, reading each candidate key and value row once (SPEC 2 steps 3-4
     lb_j  = scale·(raw_j − 4γ_{D+2}(1 + 8u)·Σ_d |q_d k_jd|) − 4u|·|   (≤ scale·⟨q, k_j⟩ exactly),
     m_C = max_C lb,  z_C = Σ_C exp((lb_j − m_C)·(1 + 2u))                (the caller lowers z_C by the
                                                                           exponential's and the sum's error)
+    ε = max_C (scale·raw_j − lb_j)·(1 + 4u) + 4u·(|scale·raw_j| + |scale·raw_j − m|)
+
+ε bounds the error of every exponent the softmax used (x_j = scale·raw_j − m against the exact
+scale·⟨q, k_j⟩ − m: the dot's rounding, the product, the subtraction and the exponential's argument
+reduction), so the computed weights are within a factor e^{±2ε} of the exact softmax over C and
+‖o − o_C‖ ≤ (e^{2ε} − 1)·max‖v‖. Why it is needed: at scores ~10⁴ (found on an H200 by the
+hypothesis test) ε is ~10⁻³, far above the fixed rounding allowance of the output bound.
 
 Why: the torch version gathered keys and values with advanced indexing, upcast them, and ran about
 twenty small kernels (products, sums, softmax, bmm); in the 128k paper-shape step those, with the
@@ -42,7 +49,7 @@ def _scores(q, k_ptr, cand_ptr, r, kv, T, idx, d, scale, err_fac, seq, table_ptr
 
 
 @triton.jit
-def _rescore_kernel(q_ptr, k_ptr, v_ptr, cand_ptr, out_ptr, mc_ptr, zc_ptr,
+def _rescore_kernel(q_ptr, k_ptr, v_ptr, cand_ptr, out_ptr, mc_ptr, zc_ptr, eps_ptr,
                     T, Hq, Hkv, scale, err_fac, seq_ptr, table_ptr, table_stride,
                     Kc: tl.constexpr, G: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
                     BK: tl.constexpr, NK: tl.constexpr, S: tl.constexpr = 1, PAGED: tl.constexpr = False):
@@ -62,11 +69,15 @@ def _rescore_kernel(q_ptr, k_ptr, v_ptr, cand_ptr, out_ptr, mc_ptr, zc_ptr,
         mlb = tl.maximum(mlb, tl.max(tl.where(ok, lb, float("-inf")), axis=0))
     z = tl.sum(tl.zeros((BK,), tl.float32), axis=0)
     zc = z
+    eps = z
     acc = tl.zeros((DV,), tl.float32)
     for i in tl.static_range(NK):                  # pass 2: softmax weights, values, z_C
         ok, row, raw, lb = _scores(q, k_ptr, cand_ptr, r, kv, T, i * BK + lane, d, scale, err_fac, seq, table_ptr,
                                    table_stride, Hkv, Kc, D, S, PAGED)
-        e = tl.where(ok, tl.exp(raw * scale - m), 0.0)
+        x = raw * scale - m
+        e = tl.where(ok, tl.exp(x), 0.0)
+        ej = (raw * scale - lb) * (1 + 4 * 5.960464477539063e-08) + (tl.abs(raw * scale) + tl.abs(x)) * (4 * 5.960464477539063e-08)
+        eps = tl.maximum(eps, tl.max(tl.where(ok, ej, 0.0), axis=0))
         vv = tl.load(v_ptr + row[:, None] * DV + dv[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
         acc += tl.sum(e[:, None] * vv, axis=0)
         z += tl.sum(e, axis=0)
@@ -74,6 +85,7 @@ def _rescore_kernel(q_ptr, k_ptr, v_ptr, cand_ptr, out_ptr, mc_ptr, zc_ptr,
     tl.store(out_ptr + r.to(tl.int64) * DV + dv, acc / z)
     tl.store(mc_ptr + r, mlb)
     tl.store(zc_ptr + r, zc)
+    tl.store(eps_ptr + r, eps)
 
 
 def _launch(q32, k, v, cand, B, Hkv, Dv, T, scale, err_fac, block, *, seq_idx=None, table=None, S=1):
@@ -86,18 +98,19 @@ def _launch(q32, k, v, cand, B, Hkv, Dv, T, scale, err_fac, block, *, seq_idx=No
     out = torch.empty((R, Dv), dtype=torch.float32, device=q32.device)
     mc = torch.empty(R, dtype=torch.float32, device=q32.device)
     zc = torch.empty(R, dtype=torch.float32, device=q32.device)
+    eps = torch.empty(R, dtype=torch.float32, device=q32.device)
     BK = min(block, triton.next_power_of_2(Kc))
     paged = table is not None
-    _rescore_kernel[(R,)](q32, k, v, cand, out, mc, zc, T, Hq, Hkv, float(scale), float(err_fac),
+    _rescore_kernel[(R,)](q32, k, v, cand, out, mc, zc, eps, T, Hq, Hkv, float(scale), float(err_fac),
                           seq_idx if paged else q32, table if paged else q32, table.stride(0) if paged else 0,
                           Kc=Kc, G=Hq // Hkv, D=D, DV=Dv, BK=BK, NK=triton.cdiv(Kc, BK), S=S, PAGED=paged,
                           num_warps=4)
-    return out, mc, zc
+    return out, mc, zc, eps
 
 
 def rescore(q32, K, V, cand, *, scale: float, err_fac: float, block: int = 64):
     """``q32`` (R, D) float32, ``K`` (B, Hkv, T, D) and ``V`` (B, Hkv, T, Dv) contiguous, ``cand``
-    (R, Kc) int64 logical indices. Returns (out (R, Dv) float32, m_C (R,), z_C (R,))."""
+    (R, Kc) int64 logical indices. Returns (out (R, Dv) float32, m_C (R,), z_C (R,), ε (R,))."""
     B, Hkv, T, Dv = V.shape
     return _launch(q32, K, V, cand, B, Hkv, Dv, T, scale, err_fac, block)
 
