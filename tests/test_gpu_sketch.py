@@ -86,7 +86,17 @@ def test_router_sketch_matches_reference(backend, bits, G, policy):
     u = 2.0 ** -24
     allow = 4 * (D + 2) * u / (1 - (D + 2) * u) * (np.abs(q).sum(-1) * ((1 << bits) - 1))
     factor = np.exp(2 * scale * allow) * (1 + 1e-9)
-    for got, ref in ((a.certified_leakage.numpy(), b.certified_leakage), (a.certified_error.numpy(), b.certified_error)):
+    if a.path == "fused":
+        # the fused kernels (``sketch_plan``; the Triton backend on a supported cache) have their own
+        # float32 certificate: within 0.1 % of the float64 one (the tolerance of
+        # test_gpu_sketch_fused.py), and its error bound is SPEC 3's middle form, never below the
+        # reference's smallest form
+        factor = 1 + 1e-3
+        assert np.all(a.certified_error.numpy() >= b.certified_error * (1 - 1e-9))
+        checks = ((a.certified_leakage.numpy(), b.certified_leakage),)
+    else:
+        checks = ((a.certified_leakage.numpy(), b.certified_leakage), (a.certified_error.numpy(), b.certified_error))
+    for got, ref in checks:
         assert np.all(got >= ref * (1 - 1e-9)), (got, ref)
         assert np.all(got <= ref * factor + 1e-6), (got / ref, factor)
     assert_rel_close(a.out, b.out, "float32")

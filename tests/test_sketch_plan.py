@@ -6,6 +6,7 @@ capture and replay are in test_gpu_sketch_plan.py (CUDA only)."""
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 
@@ -177,6 +178,8 @@ def test_sparse_decode_takes_the_fused_path_on_the_triton_backend():
     assert sparse_decode(q[:1], odd, oids, 1, 4, router="sketch", bits=4, backend="triton").path == "torch"
 
 
+@pytest.mark.skipif(torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="the examples use CPU tensors: they run under the Triton interpreter")
 def test_module_example_runs():
     import doctest
 
@@ -248,6 +251,7 @@ def test_hf_certified_mode_runs_the_fused_path(tiny_llama, monkeypatch):
 
     import vashista_gpu.sketch_plan as sp
     from vashista_gpu.hf import disable_vashista, enable_vashista
+    from vashista_gpu.quality.decode_loop import cache_kwarg
 
     calls = []
     real = sp.paged_certified_decode
@@ -255,12 +259,15 @@ def test_hf_certified_mode_runs_the_fused_path(tiny_llama, monkeypatch):
     m = tiny_llama
     ids = torch.randint(2, 97, (1, 40), generator=torch.Generator().manual_seed(5)).to(DEV)
 
+    ck = cache_kwarg(m)             # ``cache`` in recent transformers 5, ``past_key_values`` before
+
     def decode():
         cache = DynamicCache()
-        out = m(ids[:, :34], cache=cache, use_cache=True)
+        out = m(ids[:, :34], use_cache=True, **{ck: cache})
         logits = [out.logits[:, -1]]
         for t in range(34, 40):
-            logits.append(m(ids[:, t:t + 1], cache=cache, use_cache=True).logits[:, -1])
+            logits.append(m(ids[:, t:t + 1], use_cache=True, **{ck: cache}).logits[:, -1])
+        assert cache.get_seq_length() == 40             # the cache really was used
         return torch.stack(logits, 1)
 
     ref = decode()

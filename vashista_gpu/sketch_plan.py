@@ -46,6 +46,7 @@ Example::
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -131,6 +132,10 @@ def plan_sketch_step(cache, seq_ids, num_q_heads: int, Kc: int, *, bits: int, sc
     why = fused_shapes_ok(cache, bits)
     if why is not None:
         raise VashistaInputError("cache" if cache.page_size % SUB else "bits", why)
+    if cache.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        # (a Triton launch on CPU tensors would fail inside the driver with a pointer error)
+        raise VashistaInputError("cache", f"is on {cache.device}: the fused step runs Triton kernels, which need "
+                                          "a CUDA device (or TRITON_INTERPRET=1 on CPU)")
     Kc = V.positive_int("Kc", Kc, upper=min(lens), upper_name="tokens in the shortest sequence")
     sc = 1.0 / math.sqrt(cache.head_dim) if scale is None else float(V.positive_scalar("scale", scale))
     if not isinstance(one_sided, bool):
