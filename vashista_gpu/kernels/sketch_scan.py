@@ -31,9 +31,11 @@ What it costs and buys (SmolLM2 heads; sm_90 SASS; H200 at 128k, paper shapes): 
 loosens by 0.4 % (median, at most 1.4 %); the selection score ŝ carries the int16 rounding too
 (|Δŝ| ≤ L·Σ residuals, ~2⁻¹⁵·L·max|v| per channel), so candidates differ from the reference's only
 between tokens whose reference scores are that close. Instructions per code (D = 128, group 64): int4
-two-sided 2.9 / one-sided 5.2 (the float dots below: 5.2 / 9.2), int8 3.1 / 5.7 (6.1 / 10.3). The int4
-scan went from 66 % to 90 % of copy bandwidth two-sided and from 42 % to 69 % one-sided; it is faster
-at groups of 32 and 16 tokens too.
+two-sided 2.9 / one-sided 5.3 (the float dots below: 5.2 / 9.3), int8 2.7 / 5.3 (6.2 / 10.3). For 16-
+and 32-token groups several groups share one 64-token program (``NG``: the per-program loads, the
+reductions over channels and the epilogue are shared): int4 group 16 two-sided 6.8 → 4.5 instructions
+per code. The int4 scan went from 66 % to 89-103 % of copy bandwidth two-sided at group 64 and from
+40 % to 89 % at group 16.
 
 Float dots (the fallback): a code becomes float32 with one OR and one subtraction — ``c | 0x4B000000``
 is the float 2²³ + c, exact (int4: 1 + c/16 with one PTX ``lop3``) — then one FMA for ŝ; the savings
@@ -48,9 +50,10 @@ from which ``select_above.py``'s threshold is taken.
 
 One program per (BM tokens, batch row × KV head), consecutive programs on consecutive blocks of a row
 (2-6 % faster than row-major on an H200): each code byte and each metadata element is loaded once and
-serves the G query heads of the KV head (GQA). ``BM`` divides ``group`` so a block lies in
-one quantization group and its metadata is a single (D,) vector. 4-bit codes are unpacked from a
-(BM, D/2) byte tile as the even (low nibble) and odd (high nibble) channels.
+serves the G query heads of the KV head (GQA). A block lies in one quantization group (``BM`` divides
+``group``), or, with the integer dots, holds NG = 64/group whole groups of 16 or 32 tokens, whose
+metadata is an (NG, D) tile. 4-bit codes are unpacked from a (BM, D/2) byte tile as the even (low
+nibble) and odd (high nibble) channels.
 """
 from __future__ import annotations
 
@@ -110,7 +113,7 @@ def _sketch_scan_bound_kernel(q_ptr, words_ptr, off_ptr, step_ptr, s_ptr, ub_ptr
                               seq_ptr, len_ptr, table_ptr, table_stride, Hkv,
                               G: tl.constexpr, BITS: tl.constexpr, D: tl.constexpr, BM: tl.constexpr,
                               ONE_SIDED: tl.constexpr, ASM: tl.constexpr = False, PAGED: tl.constexpr = False,
-                              INTDOT: tl.constexpr = False, BLK_FIRST: tl.constexpr = False):
+                              INTDOT: tl.constexpr = False, BLK_FIRST: tl.constexpr = False, NG: tl.constexpr = 1):
     if BLK_FIRST:     # consecutive programs read consecutive blocks of one row (2-6 % faster on an H200)
         blk = tl.program_id(0)
         row_kv = tl.program_id(1)
@@ -121,111 +124,119 @@ def _sketch_scan_bound_kernel(q_ptr, words_ptr, off_ptr, step_ptr, s_ptr, ub_ptr
     NPOS: tl.constexpr = 32 // BITS                # codes per 32-bit word
     NW: tl.constexpr = D // NPOS                   # words per token
     NSUB: tl.constexpr = BM // 16
-    toks = blk * BM + tl.arange(0, BM)
+    GS: tl.constexpr = BM // NG                    # tokens per quantization group of the block (NG > 1)
+    gi = tl.arange(0, NG)
     k = tl.arange(0, NW)
+    tok3 = blk * BM + gi[:, None] * GS + tl.arange(0, GS)[None, :]          # (NG, GS)
     if PAGED:
-        # paged cache: block = logical page blk of sequence seq (BM = page size = quantization group);
-        # the sketch store is (pages, Hkv, S, W) bytes and (pages, Hkv, D) metadata; T is the longest
-        # row, each row's own length comes from the cache
+        # paged cache: block = logical page blk of sequence seq (BM = page size = quantization group,
+        # NG = 1); the sketch store is (pages, Hkv, S, W) bytes and (pages, Hkv, D) metadata; T is the
+        # longest row, each row's own length comes from the cache
         seq = tl.load(seq_ptr + row_kv // Hkv)
-        tmask = toks < tl.load(len_ptr + seq)
+        tmask3 = tok3 < tl.load(len_ptr + seq)
         phys = tl.load(table_ptr + seq.to(tl.int64) * table_stride + blk).to(tl.int64)
         slot = phys * Hkv + row_kv % Hkv
-        meta = slot * D
-        wrow = words_ptr + slot * BM * NW
-        w = tl.load(wrow + ((tl.arange(0, BM) * NW)[:, None] + k[None, :]), mask=tmask[:, None], other=0)
+        meta = (slot + gi) * D                     # (1,)
+        gmask = gi < 1
+        w3 = tl.load(words_ptr + slot * BM * NW + ((tok3 - blk * BM) * NW)[:, :, None] + k[None, None, :],
+                     mask=tmask3[:, :, None], other=0)
     else:
-        tmask = toks < T
-        g = (blk * BM) // group
+        tmask3 = tok3 < T
+        g = (blk * BM + gi * GS) // group          # (NG,) the block's quantization groups
+        gmask = g < Gr
         meta = (row_kv.to(tl.int64) * Gr + g) * D
         # int64 row offset on the scalar pointer, int32 offsets inside the row: keeps the tile's
         # contiguity visible to the compiler (16-byte vector loads, a few tokens' words per thread)
         wrow = words_ptr + row_kv.to(tl.int64) * T * NW
-        w = tl.load(wrow + (tl.multiple_of(toks * NW, 4)[:, None] + k[None, :]), mask=tmask[:, None], other=0)
-    dc = tl.arange(0, D)                           # all channels, distributed: the block's scalars
-    o_all = tl.load(off_ptr + meta + dc).to(tl.float32)
-    st_all = tl.load(step_ptr + meta + dc).to(tl.float32)
-    R_all = tl.maximum(tl.abs(o_all), tl.abs(o_all + LEV * st_all))
+        w3 = tl.load(wrow + (tl.multiple_of(tok3 * NW, [4, 4])[:, :, None] + k[None, None, :]),
+                     mask=tmask3[:, :, None], other=0)
+    dc = tl.arange(0, D)                           # all channels, distributed: the groups' scalars
+    o2 = tl.load(off_ptr + meta[:, None] + dc[None, :], mask=gmask[:, None], other=0.0).to(tl.float32)   # (NG, D)
+    st2 = tl.load(step_ptr + meta[:, None] + dc[None, :], mask=gmask[:, None], other=0.0).to(tl.float32)
+    R2 = tl.maximum(tl.abs(o2), tl.abs(o2 + LEV * st2))
+    tmask = tl.reshape(tmask3, (BM,))
+    toks = blk * BM + tl.arange(0, BM)
     for i in tl.static_range(G):
         r = row_kv * G + i                         # = b·Hq + h since h = kvh·G + i
-        q_all = tl.load(q_ptr + r * D + dc)
-        v_all = q_all * st_all
-        qo = tl.sum(q_all * o_all)
-        aq = tl.sum((st_all * a_fac) * tl.abs(q_all))
-        rnd = tl.sum(tl.abs(q_all) * R_all)
+        q1 = tl.load(q_ptr + r * D + dc)[None, :]
+        v2 = q1 * st2
+        qo = tl.sum(q1 * o2, axis=1)               # (NG,) per group
+        aq = tl.sum((st2 * a_fac) * tl.abs(q1), axis=1)
+        rnd = tl.sum(tl.abs(q1) * R2, axis=1)
+        sv_abs = tl.sum(tl.abs(v2), axis=1)
         if INTDOT:
             # Σ_d v_d·c_d as sv·Σ_d ṽ_d·c_d in exact int32 (PTX dp2a), ṽ = round(v/sv) in int16, sv the
-            # power of two with max|v|/sv ≤ 32767; the residuals |v − sv·ṽ| enter e⁺ (times L). One-sided:
-            # the savings Σ_d β_d·[c_d = t_d] as sβ/128·Σ_d β̃_d·(0x80 where c_d = t_d), β̃ = ⌊β⁻/sβ⌋ ≤ β/sβ
-            # (rounded down: the savings may only shrink), the indicator bytes from one XOR with the
-            # target codes and a zero-byte test. Words of the (NW,) setup hold two int16 per dp2a:
-            # int4 slot 0/1 = even nibbles (0, 2) / (4, 6), slot 2/3 = odd nibbles (1, 3) / (5, 7);
-            # int8 slot 0/1 = bytes (0, 1) / (2, 3).
-            sv = _pow2_at_least(tl.max(tl.abs(v_all)) * (1.0 / 32767.0))
-            inv_sv = 1.0 / sv
-            sb = _pow2_at_least(tl.max((st_all * a_fac) * tl.abs(q_all)) * (1.0 / 32767.0))
-            cb = (a_fac * (1.0 - 8 * 5.960464477539063e-08)) * (1.0 / sb)    # β̃ = ⌊δ·cb·|q|⌋ ≤ a|q|/sβ
-            # the setup as a (NW, NPOS) tile — word × position, D elements spread over the warp (the
-            # (NW,) vectors the dot needs are replicated across the warp's token rows: computing them
-            # there repeated the per-channel work 8 times); the pair words are sums of disjoint bit
-            # fields (= their OR) over the positions of one slot
-            pp = tl.arange(0, NPOS)[None, :]
-            ch2 = tl.arange(0, NW)[:, None] * NPOS + pp
-            q2 = tl.load(q_ptr + r * D + ch2)
-            st2 = tl.load(step_ptr + meta + ch2).to(tl.float32)
-            v2 = q2 * st2
-            t2 = tl.fma(v2, inv_sv, 12582912.0)     # 1.5·2²³ + round(v/sv): its low 16 bits are ṽ
-            res = tl.abs(tl.fma(-sv, t2 - 12582912.0, v2))
+            # power of two with max|v|/sv ≤ 32767, per group; the residuals |v − sv·ṽ| enter e⁺ (times
+            # L). One-sided: the savings Σ_d β_d·[c_d = t_d] as sβ/128·Σ_d β̃_d·(0x80 where c_d = t_d),
+            # β̃ = ⌊β⁻/sβ⌋ ≤ β/sβ (rounded down: the savings may only shrink), the indicator bytes from
+            # one XOR with the target codes and a zero-byte test. The setup is a (groups, words,
+            # positions) tile spread over the warp (the token tile's (words,) vectors are replicated
+            # across its token rows: computing there repeated the per-channel work 8 times); words
+            # hold two int16 per dp2a as sums of disjoint bit fields (= their OR): int4 slot 0/1 =
+            # even nibbles (0, 2) / (4, 6), slot 2/3 = odd nibbles (1, 3) / (5, 7); int8 slot 0/1 =
+            # bytes (0, 1) / (2, 3). Several 16- or 32-token groups share one program (NG).
+            sv = _pow2_at_least(tl.max(tl.abs(v2), axis=1) * (1.0 / 32767.0))          # (NG,)
+            pp = tl.arange(0, NPOS)[None, None, :]
+            ch = k[None, :, None] * NPOS + pp                                            # (1, NW, NPOS)
+            q3 = tl.load(q_ptr + r * D + ch)
+            st3 = tl.load(step_ptr + meta[:, None, None] + ch, mask=gmask[:, None, None], other=0.0).to(tl.float32)
+            v3 = q3 * st3                                                                # (NG, NW, NPOS)
+            t3 = tl.fma(v3, (1.0 / sv)[:, None, None], 12582912.0)   # 1.5·2²³ + round(v/sv): low 16 bits = ṽ
+            res = tl.sum(tl.sum(tl.abs(tl.fma(-sv[:, None, None], t3 - 12582912.0, v3)), axis=2), axis=1)
             if BITS == 4:
                 half = 16 * ((pp // 2) % 2)
                 slot = (pp % 2) * 2 + pp // 4
             else:
                 half = 16 * (pp % 2)
                 slot = pp // 2
-            wv = (t2.to(tl.int32, bitcast=True) & 0xFFFF) << half
-            p0 = tl.sum(tl.where(slot == 0, wv, 0), axis=1)
-            p1 = tl.sum(tl.where(slot == 1, wv, 0), axis=1)
-            p2 = tl.sum(tl.where(slot == 2, wv, 0), axis=1)
-            p3 = tl.sum(tl.where(slot == 3, wv, 0), axis=1)
-            if ONE_SIDED:
-                bt = tl.floor((st2 * cb) * tl.abs(q2))
-                wb = ((bt + 12582912.0).to(tl.int32, bitcast=True) & 0xFFFF) << half
-                b0 = tl.sum(tl.where(slot == 0, wb, 0), axis=1)
-                b1 = tl.sum(tl.where(slot == 1, wb, 0), axis=1)
-                b2 = tl.sum(tl.where(slot == 2, wb, 0), axis=1)
-                b3 = tl.sum(tl.where(slot == 3, wb, 0), axis=1)
-                # target codes: L in the positions where q > 0 (an int32 whatever the top bit)
-                tmask_q = tl.sum(tl.where(q2 > 0.0, LEV << (BITS * pp), 0), axis=1).to(tl.int32)
-            iacc = tl.zeros((BM, NW), tl.int32)
+            wv = (t3.to(tl.int32, bitcast=True) & 0xFFFF) << half
+            p0 = tl.sum(tl.where(slot == 0, wv, 0), axis=2)[:, None, :]                 # (NG, 1, NW)
+            p1 = tl.sum(tl.where(slot == 1, wv, 0), axis=2)[:, None, :]
+            p2 = tl.sum(tl.where(slot == 2, wv, 0), axis=2)[:, None, :]
+            p3 = tl.sum(tl.where(slot == 3, wv, 0), axis=2)[:, None, :]
+            iacc = tl.zeros((NG, GS, NW), tl.int32)
             if BITS == 4:
-                ev = w & 0x0F0F0F0F
-                od = (w >> 4) & 0x0F0F0F0F
-                iacc = _dp2a(tl.broadcast_to(p0[None, :], (BM, NW)), ev, iacc, False, ASM)
-                iacc = _dp2a(tl.broadcast_to(p1[None, :], (BM, NW)), ev, iacc, True, ASM)
-                iacc = _dp2a(tl.broadcast_to(p2[None, :], (BM, NW)), od, iacc, False, ASM)
-                iacc = _dp2a(tl.broadcast_to(p3[None, :], (BM, NW)), od, iacc, True, ASM)
+                ev = w3 & 0x0F0F0F0F
+                od = (w3 >> 4) & 0x0F0F0F0F
+                iacc = _dp2a(tl.broadcast_to(p0, (NG, GS, NW)), ev, iacc, False, ASM)
+                iacc = _dp2a(tl.broadcast_to(p1, (NG, GS, NW)), ev, iacc, True, ASM)
+                iacc = _dp2a(tl.broadcast_to(p2, (NG, GS, NW)), od, iacc, False, ASM)
+                iacc = _dp2a(tl.broadcast_to(p3, (NG, GS, NW)), od, iacc, True, ASM)
             else:
-                iacc = _dp2a(tl.broadcast_to(p0[None, :], (BM, NW)), w, iacc, False, ASM)
-                iacc = _dp2a(tl.broadcast_to(p1[None, :], (BM, NW)), w, iacc, True, ASM)
-            s = tl.sum(iacc, axis=1).to(tl.float32) * sv + qo
-            e = (aq + rnd * rnd_fac + x_fac * tl.sum(tl.abs(v_all)) + tl.sum(tl.sum(res, axis=1)) * ri_fac) * grow + 1e-30
+                iacc = _dp2a(tl.broadcast_to(p0, (NG, GS, NW)), w3, iacc, False, ASM)
+                iacc = _dp2a(tl.broadcast_to(p1, (NG, GS, NW)), w3, iacc, True, ASM)
+            s3 = tl.sum(iacc, axis=2).to(tl.float32) * sv[:, None] + qo[:, None]         # (NG, GS)
+            e3 = ((aq + rnd * rnd_fac + x_fac * sv_abs + res * ri_fac) * grow + 1e-30)[:, None] + tl.zeros((NG, GS), tl.float32)
             if ONE_SIDED:
-                x = w ^ tl.broadcast_to(tmask_q[None, :], (BM, NW))     # 0 where the code is its target
-                sacc = tl.zeros((BM, NW), tl.int32)
+                sb = _pow2_at_least(tl.max((st2 * a_fac) * tl.abs(q1), axis=1) * (1.0 / 32767.0))   # (NG,)
+                cb = (a_fac * (1.0 - 8 * 5.960464477539063e-08)) * (1.0 / sb)   # β̃ = ⌊δ·cb·|q|⌋ ≤ a|q|/sβ
+                bt = tl.floor((st3 * cb[:, None, None]) * tl.abs(q3))
+                wb = ((bt + 12582912.0).to(tl.int32, bitcast=True) & 0xFFFF) << half
+                b0 = tl.sum(tl.where(slot == 0, wb, 0), axis=2)[:, None, :]
+                b1 = tl.sum(tl.where(slot == 1, wb, 0), axis=2)[:, None, :]
+                b2 = tl.sum(tl.where(slot == 2, wb, 0), axis=2)[:, None, :]
+                b3 = tl.sum(tl.where(slot == 3, wb, 0), axis=2)[:, None, :]
+                # target codes: L in the positions where q > 0 (an int32 whatever the top bit)
+                tq = tl.sum(tl.where(q3 > 0.0, LEV << (BITS * pp), 0), axis=2).to(tl.int32)    # (1, NW)
+                x = w3 ^ tq[:, None, :]                    # 0 where the code is its target
+                sacc = tl.zeros((NG, GS, NW), tl.int32)
                 if BITS == 4:
-                    zev = ((x & 0x0F0F0F0F) + 0x7F7F7F7F) ^ -1          # bit 7 of a byte: that nibble is 0
-                    zod = (((x >> 4) & 0x0F0F0F0F) + 0x7F7F7F7F) ^ -1
-                    sacc = _dp2a(tl.broadcast_to(b0[None, :], (BM, NW)), zev & -2139062144, sacc, False, ASM)
-                    sacc = _dp2a(tl.broadcast_to(b1[None, :], (BM, NW)), zev & -2139062144, sacc, True, ASM)
-                    sacc = _dp2a(tl.broadcast_to(b2[None, :], (BM, NW)), zod & -2139062144, sacc, False, ASM)
-                    sacc = _dp2a(tl.broadcast_to(b3[None, :], (BM, NW)), zod & -2139062144, sacc, True, ASM)
+                    zev = (((x & 0x0F0F0F0F) + 0x7F7F7F7F) ^ -1) & -2139062144   # 0x80: that nibble is 0
+                    zod = ((((x >> 4) & 0x0F0F0F0F) + 0x7F7F7F7F) ^ -1) & -2139062144
+                    sacc = _dp2a(tl.broadcast_to(b0, (NG, GS, NW)), zev, sacc, False, ASM)
+                    sacc = _dp2a(tl.broadcast_to(b1, (NG, GS, NW)), zev, sacc, True, ASM)
+                    sacc = _dp2a(tl.broadcast_to(b2, (NG, GS, NW)), zod, sacc, False, ASM)
+                    sacc = _dp2a(tl.broadcast_to(b3, (NG, GS, NW)), zod, sacc, True, ASM)
                 else:
-                    z = (((x & 0x7F7F7F7F) + 0x7F7F7F7F) | x) ^ -1             # bit 7 of a byte: that byte is 0
-                    sacc = _dp2a(tl.broadcast_to(b0[None, :], (BM, NW)), z & -2139062144, sacc, False, ASM)
-                    sacc = _dp2a(tl.broadcast_to(b1[None, :], (BM, NW)), z & -2139062144, sacc, True, ASM)
+                    z = ((((x & 0x7F7F7F7F) + 0x7F7F7F7F) | x) ^ -1) & -2139062144   # 0x80: that byte is 0
+                    sacc = _dp2a(tl.broadcast_to(b0, (NG, GS, NW)), z, sacc, False, ASM)
+                    sacc = _dp2a(tl.broadcast_to(b1, (NG, GS, NW)), z, sacc, True, ASM)
                 # exact integer savings; float32 conversion lowered by one unit, ×sβ/128 exact
-                e = e - tl.sum(sacc, axis=1).to(tl.float32) * (1.0 - 2 * 5.960464477539063e-08) * (sb * 0.0078125)
-        else:
+                e3 = e3 - tl.sum(sacc, axis=2).to(tl.float32) * (1.0 - 2 * 5.960464477539063e-08) * (sb * 0.0078125)[:, None]
+            s = tl.reshape(s3, (BM,))
+            e = tl.reshape(e3, (BM,))
+        else:                                      # float dots, one group per block (NG = 1)
+            w = tl.reshape(w3, (BM, NW))
             acc = tl.zeros((BM, NW), tl.float32)
             sacc = tl.zeros((BM, NW), tl.float32)
             for P in tl.static_range(NPOS):
@@ -247,9 +258,9 @@ def _sketch_scan_bound_kernel(q_ptr, words_ptr, off_ptr, step_ptr, s_ptr, ub_ptr
                     sacc = tl.fma(ind, ((st * a_fac) * tl.abs(q))[None, :], sacc)
             dot = tl.sum(acc, axis=1)
             if BITS == 4:                              # Σ v·x = Σ v + Σ v·c/16
-                dot = (dot - tl.sum(v_all)) * 16.0
-            s = dot + qo
-            e = (aq + rnd * rnd_fac + x_fac * tl.sum(tl.abs(v_all))) * grow
+                dot = (dot - tl.sum(tl.sum(v2, axis=1))) * 16.0
+            s = dot + tl.sum(qo)
+            e = (tl.sum(aq) + tl.sum(rnd) * rnd_fac + x_fac * tl.sum(sv_abs)) * grow + tl.zeros((BM,), tl.float32)
             if ONE_SIDED:
                 # the savings' float32 sum (exact products of β by 0/1) is within γ_D of itself
                 e = e - tl.sum(sacc, axis=1) * (2.0 - grow)
@@ -305,21 +316,25 @@ def sketch_scan_bound(q, codes, offset, step, *, bits: int, group: int, scale: f
     import torch
     R, D = q.shape
     RK, T, W = codes.shape
-    BM = block_tokens or min(group, 64)
+    int_dot = use_int_dot(bits, D, one_sided) if int_dot is None else bool(int_dot)
+    # integer dots: several groups of 16 or 32 tokens per 64-token program (the per-program costs
+    # shared); the float dots: one group, or a part of one, per program
+    NG = 64 // group if int_dot and block_tokens is None and group < 64 and 64 % group == 0 else 1
+    BM = block_tokens or (64 if NG > 1 else min(group, 64))
     assert D * bits == 8 * W and W % 4 == 0, "codes must be (rows, T, D·bits/8) with D·bits a multiple of 32"
-    assert D & (D - 1) == 0 and group % BM == 0 and BM % SUB == 0 and R % RK == 0
+    assert D & (D - 1) == 0 and (group % BM == 0 or NG * group == BM) and BM % SUB == 0 and R % RK == 0
     words = codes.view(torch.int32)
     NS = triton.cdiv(T, SUB)
     s = torch.empty((R, T), dtype=torch.float32, device=q.device)
     ub = torch.empty((R, T), dtype=torch.float32, device=q.device)
     smax = torch.empty((R, NS), dtype=torch.float32, device=q.device)
-    int_dot = use_int_dot(bits, D, one_sided) if int_dot is None else bool(int_dot)
     blk_first = RK <= 65535
     # one PTX lop3 / dp2a per instruction slot (NVIDIA devices, compiled only; the same integers otherwise)
     _sketch_scan_bound_kernel[(triton.cdiv(T, BM), RK) if blk_first else (RK, triton.cdiv(T, BM))](
         q, words, offset, step, s, ub, smax, T, NS, offset.shape[1], group,
         float(scale), *scan_constants(bits, D, int_dot), q, q, q, 0, 1, G=R // RK, BITS=bits, D=D, BM=BM,
-        ONE_SIDED=one_sided, ASM=_use_asm(q), INTDOT=int_dot, BLK_FIRST=blk_first, num_warps=num_warps or 1)
+        ONE_SIDED=one_sided, ASM=_use_asm(q), INTDOT=int_dot, BLK_FIRST=blk_first, NG=NG,
+        num_warps=num_warps or 1)
     return s, ub, smax
 
 
