@@ -205,7 +205,7 @@ def test_bad_input_names_the_argument():
     _bad(lambda: plan_sketch_step(cache, ids, 4, 4, bits=4, max_tokens=39), "max_tokens")
     _bad(lambda: plan_sketch_step(cache, ids, 4, 4, bits=4, max_tokens=10 ** 9), "max_tokens")
     _bad(lambda: plan_sketch_step(cache, [ids[0], 57], 4, 4, bits=4), "seq_ids")
-    _bad(lambda: plan_sketch_step(cache, [ids[0], empty], 4, 4, bits=4), "seq_ids")
+    _bad(lambda: plan_sketch_step(cache, [ids[0], empty], 4, 4, bits=4), "cache")     # as plan_decode
     _bad(lambda: plan_sketch_step(cache, [], 4, 4, bits=4), "seq_ids")
     _bad(lambda: plan_sketch_step(cache, ids, 4, 4, bits=2), "bits")
     _bad(lambda: plan_sketch_step(cache, ids, 4, 4, bits=5), "bits")

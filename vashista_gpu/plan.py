@@ -63,11 +63,10 @@ class DecodePlan:
         return math.ceil(self.NP / self.F ** level) if level else self.NP
 
 
-def plan_decode(cache, seq_ids, num_q_heads: int, P: int, Kc: int, *, scale: float | None = None,
-                sink_pages: int = 1, router: str = "bound", solver: str = "softmax",
-                hierarchical: bool = False, eps: float | None = None, iters: int = 50,
-                max_pages: int | None = None, certify: bool = True) -> DecodePlan:
-    """Check arguments against the cache and fix the launch sizes (no device synchronisation)."""
+def decode_batch(cache, seq_ids, num_q_heads: int):
+    """(seq_ids tensor, host ids, host lengths, Hq, Hkv) of a decode batch, checked against the cache's
+    host mirrors: every sequence live and non-empty, Hq a multiple of the cache's KV heads (shared by
+    the planners of both modes)."""
     ids = V.index_tensor("seq_ids", seq_ids)
     host_ids = [int(s) for s in ids.tolist()]
     for s in host_ids:
@@ -75,11 +74,19 @@ def plan_decode(cache, seq_ids, num_q_heads: int, P: int, Kc: int, *, scale: flo
             raise VashistaInputError("seq_ids", f"unknown sequence {s}")
         if cache.length(s) == 0:
             raise VashistaInputError("cache", f"sequence {s} is empty (no tokens to attend to)")
-    host_lens = [cache.length(s) for s in host_ids]
     Hq = V.positive_int("num_q_heads", num_q_heads)
     Hkv = cache.n_kv_heads
     if Hq % Hkv:
         raise VashistaInputError("q", f"has {Hq} query heads, not a multiple of the cache's {Hkv} KV heads")
+    return ids, host_ids, [cache.length(s) for s in host_ids], Hq, Hkv
+
+
+def plan_decode(cache, seq_ids, num_q_heads: int, P: int, Kc: int, *, scale: float | None = None,
+                sink_pages: int = 1, router: str = "bound", solver: str = "softmax",
+                hierarchical: bool = False, eps: float | None = None, iters: int = 50,
+                max_pages: int | None = None, certify: bool = True) -> DecodePlan:
+    """Check arguments against the cache and fix the launch sizes (no device synchronisation)."""
+    ids, host_ids, host_lens, Hq, Hkv = decode_batch(cache, seq_ids, num_q_heads)
     P = V.positive_int("P", P)
     Kc = V.positive_int("Kc", Kc)
     if isinstance(sink_pages, bool) or not isinstance(sink_pages, int) or sink_pages < 0:

@@ -115,18 +115,9 @@ def plan_sketch_step(cache, seq_ids, num_q_heads: int, Kc: int, *, bits: int, sc
     from .kernels.sketch_scan import SUB     # tokens per block maximum of the scan
     from .sketch import attach_sketch
 
-    ids = V.index_tensor("seq_ids", seq_ids)
-    host_ids = [int(s) for s in ids.tolist()]
-    for s in host_ids:
-        if not 0 <= s < cache.max_seqs or not cache._live[s]:
-            raise VashistaInputError("seq_ids", f"unknown sequence {s}")
-        if cache.length(s) == 0:
-            raise VashistaInputError("seq_ids", f"sequence {s} is empty (no tokens to attend to)")
-    lens = [cache.length(s) for s in host_ids]
-    Hq = V.positive_int("num_q_heads", num_q_heads)
-    Hkv = cache.n_kv_heads
-    if Hq % Hkv:
-        raise VashistaInputError("q", f"has {Hq} query heads, not a multiple of the cache's {Hkv} KV heads")
+    from .plan import decode_batch
+
+    ids, host_ids, lens, Hq, Hkv = decode_batch(cache, seq_ids, num_q_heads)
     if isinstance(bits, bool) or bits not in (4, 8):
         raise VashistaInputError("bits", f"the fused step supports 4 or 8 bits, got {bits!r}")
     why = fused_shapes_ok(cache, bits)
