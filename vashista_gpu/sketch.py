@@ -777,7 +777,7 @@ def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: 
     rounded outward by γ_n(2⁻²⁴) factors (n the number of terms), valid for any summation order.
     """
     from .kernels.rescore import rescore
-    from .kernels.sketch_scan import U32, _gamma, sketch_scan_bound
+    from .kernels.sketch_scan import sketch_scan_bound
 
     B, Hq, D = q.shape
     _, Hkv, T, Dv = V.shape
@@ -788,8 +788,7 @@ def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: 
                                     one_sided=one_sided, block_tokens=block_tokens)
     cand, overflow = _select_candidates(s, smax, Kc, cap or 4 * Kc, sync)
     # exact part (``kernels/rescore.py``): rescoring, softmax, values, and m_C, z_C of the lower bounds
-    out, m_c, zsum, eps = rescore(q32, K.contiguous(), V.contiguous(), cand, scale=scale,
-                             err_fac=4 * _gamma(D + 2, U32) * (1 + 8 * U32))
+    out, m_c, zsum, eps = rescore(q32, K.contiguous(), V.contiguous(), cand, scale=scale)
     rows = torch.arange(B * Hq, device=q.device)
     vm = vmax.float().reshape(B * Hkv)[(rows // Hq) * Hkv + (rows % Hq) // G]
     leak, error, gap = _certificate(ub, cand, out, m_c, zsum, vm, eps)

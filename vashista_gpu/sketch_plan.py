@@ -179,7 +179,7 @@ def run_sketch_plan(plan: SketchStepPlan, q: torch.Tensor, *, sync: bool = False
     not the tie rule's top-Kc). ``sync=True``: q is also checked for NaN/inf and overflowed rows are
     reselected from all keys (one synchronisation each)."""
     from .kernels.rescore import rescore_paged
-    from .kernels.sketch_scan import U32, _gamma, paged_sketch_scan_bound
+    from .kernels.sketch_scan import paged_sketch_scan_bound
     from .sketch import FusedCertifiedStep, _certificate, _select_candidates
 
     q = V.tensor("q", q, ndim=3, check_finite=bool(sync))
@@ -193,12 +193,25 @@ def run_sketch_plan(plan: SketchStepPlan, q: torch.Tensor, *, sync: bool = False
                                           one_sided=plan.one_sided)
     cand, overflow = _select_candidates(s, smax, Kc, plan.cap, sync, short_window=plan.short_window)
     # exact part (``kernels/rescore.py``): rescoring, softmax, values, and m_C, z_C of the lower bounds
-    out, m_c, zsum, eps = rescore_paged(q32, plan.cache, plan.seq_idx, cand, scale=plan.scale,
-                                        err_fac=4 * _gamma(D + 2, U32) * (1 + 8 * U32))
+    out, m_c, zsum, eps = rescore_paged(q32, plan.cache, plan.seq_idx, cand, scale=plan.scale)
     leak, error, gap = _certificate(ub, cand, out, m_c, zsum, _row_vmax(plan), eps)
     return FusedCertifiedStep(out=out.view(B, Hq, plan.Dv), candidates=cand.view(B, Hq, Kc),
                               certified_leakage=leak.view(B, Hq), certified_error=error.view(B, Hq),
                               overflow=overflow.view(B, Hq), gap=gap.view(B, Hq))
+
+
+def _batch_query(q, cache, seq_ids):
+    """(q, host ids) checked against each other and the cache: q (B, Hq, D) finite on the cache's
+    device with the cache's head dimension, one sequence id per batch row."""
+    q = V.tensor("q", q, ndim=3)
+    V.same_device("q", q, cache.device)
+    ids = [int(s) for s in V.index_tensor("seq_ids", seq_ids).tolist()]
+    if len(ids) != q.shape[0]:
+        raise VashistaInputError("seq_ids", f"has {len(ids)} ids but q has batch size {q.shape[0]}")
+    if q.shape[2] != cache.head_dim:
+        raise VashistaInputError("q", f"has head dimension {q.shape[2]} but the cache stores keys of dimension "
+                                      f"{cache.head_dim}")
+    return q, ids
 
 
 def fused_paged_sketch_step(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: int = 4, scale: float | None = None,
@@ -221,14 +234,7 @@ def fused_paged_sketch_step(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: i
     >>> r.candidates.shape, bool((r.certified_leakage <= 1).all())
     (torch.Size([1, 4, 8]), True)
     """
-    q = V.tensor("q", q, ndim=3)
-    V.same_device("q", q, cache.device)
-    ids = V.index_tensor("seq_ids", seq_ids)
-    if ids.numel() != q.shape[0]:
-        raise VashistaInputError("seq_ids", f"has {ids.numel()} ids but q has batch size {q.shape[0]}")
-    if q.shape[2] != cache.head_dim:
-        raise VashistaInputError("q", f"has head dimension {q.shape[2]} but the cache stores keys of dimension "
-                                      f"{cache.head_dim}")
+    q, ids = _batch_query(q, cache, seq_ids)
     plan = plan_sketch_step(cache, ids, q.shape[1], Kc, bits=bits, scale=scale, one_sided=one_sided, cap=cap,
                             max_tokens=max_tokens)
     return run_sketch_plan(plan, q, sync=sync)
@@ -262,14 +268,7 @@ def paged_certified_decode(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: in
     from .decode import DecodeOutput
     from .dense import dense_decode
 
-    q = V.tensor("q", q, ndim=3)
-    V.same_device("q", q, cache.device)
-    ids = [int(s) for s in V.index_tensor("seq_ids", seq_ids).tolist()]
-    if len(ids) != q.shape[0]:
-        raise VashistaInputError("seq_ids", f"has {len(ids)} ids but q has batch size {q.shape[0]}")
-    if q.shape[2] != cache.head_dim:
-        raise VashistaInputError("q", f"has head dimension {q.shape[2]} but the cache stores keys of dimension "
-                                      f"{cache.head_dim}")
+    q, ids = _batch_query(q, cache, seq_ids)
     policy = ReportOnly() if policy is None else policy
     if not isinstance(policy, (ReportOnly, DenseFallback, Capped)):
         raise VashistaInputError("policy", f"expected ReportOnly, DenseFallback or Capped, got {policy!r}")

@@ -88,11 +88,15 @@ def _rescore_kernel(q_ptr, k_ptr, v_ptr, cand_ptr, out_ptr, mc_ptr, zc_ptr, eps_
     tl.store(eps_ptr + r, eps)
 
 
-def _launch(q32, k, v, cand, B, Hkv, Dv, T, scale, err_fac, block, *, seq_idx=None, table=None, S=1):
+def _launch(q32, k, v, cand, B, Hkv, Dv, T, scale, block, *, seq_idx=None, table=None, S=1):
     """Allocate the outputs and launch one program per query head (dense rows, or paged when
     ``table`` is given)."""
     import torch
+
+    from .sketch_scan import U32, _gamma
     R, D = q32.shape
+    # the float32 dot of D products, the product's rounding in Σ|q k| included (the lb of the docstring)
+    err_fac = 4 * _gamma(D + 2, U32) * (1 + 8 * U32)
     Kc = cand.shape[1]
     Hq = R // B
     out = torch.empty((R, Dv), dtype=torch.float32, device=q32.device)
@@ -108,16 +112,16 @@ def _launch(q32, k, v, cand, B, Hkv, Dv, T, scale, err_fac, block, *, seq_idx=No
     return out, mc, zc, eps
 
 
-def rescore(q32, K, V, cand, *, scale: float, err_fac: float, block: int = 64):
+def rescore(q32, K, V, cand, *, scale: float, block: int = 64):
     """``q32`` (R, D) float32, ``K`` (B, Hkv, T, D) and ``V`` (B, Hkv, T, Dv) contiguous, ``cand``
     (R, Kc) int64 logical indices. Returns (out (R, Dv) float32, m_C (R,), z_C (R,), ε (R,))."""
     B, Hkv, T, Dv = V.shape
-    return _launch(q32, K, V, cand, B, Hkv, Dv, T, scale, err_fac, block)
+    return _launch(q32, K, V, cand, B, Hkv, Dv, T, scale, block)
 
 
-def rescore_paged(q32, cache, seq_idx, cand, *, scale: float, err_fac: float, block: int = 64):
+def rescore_paged(q32, cache, seq_idx, cand, *, scale: float, block: int = 64):
     """:func:`rescore` over a paged cache (``k_pages``/``v_pages`` (N, Hkv, S, ·), ``block_table``):
     ``seq_idx`` (B,) int32 sequence ids, ``cand`` (B·Hq, Kc) logical indices."""
     N, Hkv, S, Dv = cache.v_pages.shape
-    return _launch(q32, cache.k_pages, cache.v_pages, cand, seq_idx.shape[0], Hkv, Dv, 0, scale, err_fac, block,
+    return _launch(q32, cache.k_pages, cache.v_pages, cand, seq_idx.shape[0], Hkv, Dv, 0, scale, block,
                    seq_idx=seq_idx, table=cache.block_table, S=S)

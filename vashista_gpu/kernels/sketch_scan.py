@@ -108,6 +108,30 @@ def _pow2_at_least(x):
 
 
 @triton.jit
+def _slot_words(fields, slot):
+    """The four dp2a operand words per (group, word): sums — ORs, the bit fields are disjoint — of the
+    shifted int16 ``fields`` (NG, NW, NPOS) over the positions of each slot; (NG, 1, NW) each."""
+    return (tl.sum(tl.where(slot == 0, fields, 0), axis=2)[:, None, :],
+            tl.sum(tl.where(slot == 1, fields, 0), axis=2)[:, None, :],
+            tl.sum(tl.where(slot == 2, fields, 0), axis=2)[:, None, :],
+            tl.sum(tl.where(slot == 3, fields, 0), axis=2)[:, None, :])
+
+
+@triton.jit
+def _slot_dot(a0, a1, a2, a3, ev, od, BITS: tl.constexpr, ASM: tl.constexpr):
+    """Σ over a word's codes of (int16 weight)·(byte) in int32: int4 — slots 0/1 against the bytes of
+    ``ev`` (even nibbles), 2/3 against ``od`` (odd nibbles); int8 — slots 0/1 against ``ev`` (the
+    word's bytes; ``od`` unused)."""
+    acc = tl.zeros(ev.shape, tl.int32)
+    acc = _dp2a(tl.broadcast_to(a0, ev.shape), ev, acc, False, ASM)
+    acc = _dp2a(tl.broadcast_to(a1, ev.shape), ev, acc, True, ASM)
+    if BITS == 4:
+        acc = _dp2a(tl.broadcast_to(a2, ev.shape), od, acc, False, ASM)
+        acc = _dp2a(tl.broadcast_to(a3, ev.shape), od, acc, True, ASM)
+    return acc
+
+
+@triton.jit
 def _sketch_scan_bound_kernel(q_ptr, words_ptr, off_ptr, step_ptr, s_ptr, ub_ptr, smax_ptr,
                               T, NS, Gr, group, scale, a_fac, rnd_fac, grow, x_fac, ri_fac,
                               seq_ptr, len_ptr, table_ptr, table_stride, Hkv,
@@ -190,21 +214,11 @@ def _sketch_scan_bound_kernel(q_ptr, words_ptr, off_ptr, step_ptr, s_ptr, ub_ptr
                 half = 16 * (pp % 2)
                 slot = pp // 2
             wv = (t3.to(tl.int32, bitcast=True) & 0xFFFF) << half
-            p0 = tl.sum(tl.where(slot == 0, wv, 0), axis=2)[:, None, :]                 # (NG, 1, NW)
-            p1 = tl.sum(tl.where(slot == 1, wv, 0), axis=2)[:, None, :]
-            p2 = tl.sum(tl.where(slot == 2, wv, 0), axis=2)[:, None, :]
-            p3 = tl.sum(tl.where(slot == 3, wv, 0), axis=2)[:, None, :]
-            iacc = tl.zeros((NG, GS, NW), tl.int32)
+            p0, p1, p2, p3 = _slot_words(wv, slot)
             if BITS == 4:
-                ev = w3 & 0x0F0F0F0F
-                od = (w3 >> 4) & 0x0F0F0F0F
-                iacc = _dp2a(tl.broadcast_to(p0, (NG, GS, NW)), ev, iacc, False, ASM)
-                iacc = _dp2a(tl.broadcast_to(p1, (NG, GS, NW)), ev, iacc, True, ASM)
-                iacc = _dp2a(tl.broadcast_to(p2, (NG, GS, NW)), od, iacc, False, ASM)
-                iacc = _dp2a(tl.broadcast_to(p3, (NG, GS, NW)), od, iacc, True, ASM)
+                iacc = _slot_dot(p0, p1, p2, p3, w3 & 0x0F0F0F0F, (w3 >> 4) & 0x0F0F0F0F, BITS, ASM)
             else:
-                iacc = _dp2a(tl.broadcast_to(p0, (NG, GS, NW)), w3, iacc, False, ASM)
-                iacc = _dp2a(tl.broadcast_to(p1, (NG, GS, NW)), w3, iacc, True, ASM)
+                iacc = _slot_dot(p0, p1, p2, p3, w3, w3, BITS, ASM)
             s3 = tl.sum(iacc, axis=2).to(tl.float32) * sv[:, None] + qo[:, None]         # (NG, GS)
             e3 = ((aq + rnd * rnd_fac + x_fac * sv_abs + res * ri_fac) * grow + 1e-30)[:, None] + tl.zeros((NG, GS), tl.float32)
             if ONE_SIDED:
@@ -212,25 +226,17 @@ def _sketch_scan_bound_kernel(q_ptr, words_ptr, off_ptr, step_ptr, s_ptr, ub_ptr
                 cb = (a_fac * (1.0 - 8 * 5.960464477539063e-08)) * (1.0 / sb)   # β̃ = ⌊δ·cb·|q|⌋ ≤ a|q|/sβ
                 bt = tl.floor((st3 * cb[:, None, None]) * tl.abs(q3))
                 wb = ((bt + 12582912.0).to(tl.int32, bitcast=True) & 0xFFFF) << half
-                b0 = tl.sum(tl.where(slot == 0, wb, 0), axis=2)[:, None, :]
-                b1 = tl.sum(tl.where(slot == 1, wb, 0), axis=2)[:, None, :]
-                b2 = tl.sum(tl.where(slot == 2, wb, 0), axis=2)[:, None, :]
-                b3 = tl.sum(tl.where(slot == 3, wb, 0), axis=2)[:, None, :]
+                b0, b1, b2, b3 = _slot_words(wb, slot)
                 # target codes: L in the positions where q > 0 (an int32 whatever the top bit)
                 tq = tl.sum(tl.where(q3 > 0.0, LEV << (BITS * pp), 0), axis=2).to(tl.int32)    # (1, NW)
                 x = w3 ^ tq[:, None, :]                    # 0 where the code is its target
-                sacc = tl.zeros((NG, GS, NW), tl.int32)
                 if BITS == 4:
                     zev = (((x & 0x0F0F0F0F) + 0x7F7F7F7F) ^ -1) & -2139062144   # 0x80: that nibble is 0
                     zod = ((((x >> 4) & 0x0F0F0F0F) + 0x7F7F7F7F) ^ -1) & -2139062144
-                    sacc = _dp2a(tl.broadcast_to(b0, (NG, GS, NW)), zev, sacc, False, ASM)
-                    sacc = _dp2a(tl.broadcast_to(b1, (NG, GS, NW)), zev, sacc, True, ASM)
-                    sacc = _dp2a(tl.broadcast_to(b2, (NG, GS, NW)), zod, sacc, False, ASM)
-                    sacc = _dp2a(tl.broadcast_to(b3, (NG, GS, NW)), zod, sacc, True, ASM)
+                    sacc = _slot_dot(b0, b1, b2, b3, zev, zod, BITS, ASM)
                 else:
                     z = ((((x & 0x7F7F7F7F) + 0x7F7F7F7F) | x) ^ -1) & -2139062144   # 0x80: that byte is 0
-                    sacc = _dp2a(tl.broadcast_to(b0, (NG, GS, NW)), z, sacc, False, ASM)
-                    sacc = _dp2a(tl.broadcast_to(b1, (NG, GS, NW)), z, sacc, True, ASM)
+                    sacc = _slot_dot(b0, b1, b2, b3, z, z, BITS, ASM)
                 # exact integer savings; float32 conversion lowered by one unit, ×sβ/128 exact
                 e3 = e3 - tl.sum(sacc, axis=2).to(tl.float32) * (1.0 - 2 * 5.960464477539063e-08) * (sb * 0.0078125)[:, None]
             s = tl.reshape(s3, (BM,))
@@ -328,9 +334,9 @@ def sketch_scan_bound(q, codes, offset, step, *, bits: int, group: int, scale: f
     s = torch.empty((R, T), dtype=torch.float32, device=q.device)
     ub = torch.empty((R, T), dtype=torch.float32, device=q.device)
     smax = torch.empty((R, NS), dtype=torch.float32, device=q.device)
-    blk_first = RK <= 65535
+    grid, blk_first = _grid(triton.cdiv(T, BM), RK)
     # one PTX lop3 / dp2a per instruction slot (NVIDIA devices, compiled only; the same integers otherwise)
-    _sketch_scan_bound_kernel[(triton.cdiv(T, BM), RK) if blk_first else (RK, triton.cdiv(T, BM))](
+    _sketch_scan_bound_kernel[grid](
         q, words, offset, step, s, ub, smax, T, NS, offset.shape[1], group,
         float(scale), *scan_constants(bits, D, int_dot), q, q, q, 0, 1, G=R // RK, BITS=bits, D=D, BM=BM,
         ONE_SIDED=one_sided, ASM=_use_asm(q), INTDOT=int_dot, BLK_FIRST=blk_first, NG=NG,
@@ -343,6 +349,13 @@ def use_int_dot(bits: int, D: int, one_sided: bool) -> bool:
     D·32767·L, the one-sided savings ≤ D·32767·128): on an H200 the integer dots were faster than the
     float ones at every group size measured (64, 32, 16 tokens; benchmarks/sketch_scan_variants.py)."""
     return D * 32767 * max((1 << bits) - 1, 128 if one_sided else 0) < 2 ** 31
+
+
+def _grid(blocks: int, rows: int):
+    """Launch grid and order: block-major (consecutive programs on consecutive blocks of a row) unless
+    the rows exceed the grid's second dimension (65,535)."""
+    blk_first = rows <= 65535
+    return ((blocks, rows) if blk_first else (rows, blocks)), blk_first
 
 
 def _use_asm(q) -> bool:
@@ -367,9 +380,9 @@ def paged_sketch_scan_bound(q, store, cache, seq_idx, T: int, *, scale: float, o
     ub = torch.full((R, T), float("-inf"), dtype=torch.float32, device=q.device)
     smax = torch.full((R, NS), float("-inf"), dtype=torch.float32, device=q.device)
     int_dot = use_int_dot(bits, D, one_sided)
-    blk_first = B * Hkv <= 65535
+    grid, blk_first = _grid(triton.cdiv(T, S), B * Hkv)
     table = cache.block_table
-    _sketch_scan_bound_kernel[(triton.cdiv(T, S), B * Hkv) if blk_first else (B * Hkv, triton.cdiv(T, S))](
+    _sketch_scan_bound_kernel[grid](
         q, store.codes.view(torch.int32), store.offset, store.step, s, ub, smax, T, NS, 1, S,
         float(scale), *scan_constants(bits, D, int_dot), seq_idx, cache.seq_lens, table, table.stride(0), Hkv,
         G=R // (B * Hkv), BITS=bits, D=D, BM=S, ONE_SIDED=one_sided, ASM=_use_asm(q), PAGED=True, INTDOT=int_dot,
