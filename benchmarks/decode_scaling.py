@@ -28,6 +28,7 @@ import time
 
 import torch
 
+from vashista_gpu.cuda_graph import capture
 from vashista_gpu.decode import run_plan, sparse_decode
 from vashista_gpu.dense import dense_decode, sdpa_decode
 from vashista_gpu.notebook_baseline import notebook_baseline
@@ -60,20 +61,12 @@ def copy_bandwidth(dev) -> float:
 
 
 def graph_of(fn, cuda: bool):
-    """Capture fn in a CUDA graph (after a warm-up run that compiles the kernels); returns replay."""
-    fn()
+    """``fn`` captured in a CUDA graph (``vashista_gpu.cuda_graph.capture``); returns replay. On CPU: fn
+    after one warm-up run."""
     if not cuda:
+        fn()
         return fn
-    torch.cuda.synchronize()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g.replay
+    return capture(fn)
 
 
 def sparse_floor_bytes(plan, scored_per_head: int, elt: int, shared_top: int) -> int:

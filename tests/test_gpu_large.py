@@ -7,6 +7,7 @@ import torch
 
 from gpu_cases import as_sets, build, finite_rel_close, ref_sets
 from helpers import REL_TOL, assert_rel_close
+from vashista_gpu.cuda_graph import capture
 from vashista_gpu.decode import run_plan, sparse_decode
 from vashista_gpu.plan import plan_decode
 from vashista_ref.sparse_decode import sparse_decode as ref_decode
@@ -50,16 +51,12 @@ def test_cuda_graph_replay_follows_the_growing_cache():
 
     def step():
         holder["r"] = run_plan(plan, q, gpu, backend="triton")
-    step()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        step()
+    replay = capture(step)
     for t in range(20):                              # decode steps: append, refresh lengths, replay
         k = torch.randint(-4, 5, (2, 2, 64), device="cuda").to(torch.bfloat16) / 8
         gpu.append_step(gids, k, k)
         plan.lens.copy_(gpu.seq_lens[plan.seq_ids])
-        g.replay()
+        replay()
         eager = sparse_decode(q, gpu, gids, 16, 64, backend="triton")
         assert as_sets(holder["r"]["candidates"]) == as_sets(eager.candidates)
         assert_rel_close(holder["r"]["out"].to(torch.bfloat16), eager.out, torch.bfloat16, f"replay {t}")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from test_sketch_plan import _dense_truth
+from vashista_gpu.cuda_graph import capture
 from vashista_gpu.paged_cache import TorchPagedKVCache
 from vashista_gpu.sketch_plan import fused_paged_sketch_step, plan_sketch_step, run_sketch_plan
 
@@ -31,22 +32,13 @@ def test_graph_replay_after_appends_equals_eager_and_fresh_steps(bits, one_sided
 
     def step():
         holder["r"] = run_sketch_plan(plan, q)
-    step()                                              # compiles the kernels outside the capture
-    torch.cuda.synchronize()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        step()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
+    replay = capture(step)
     for t, n in enumerate([1, 1, 200, 1, 63, 1]):     # decode steps and a chunk that allocates pages
         for sid in ids:
             cache.append(sid, (2 * torch.randn(n, Hkv, D, generator=g)).cuda(),
                          torch.randn(n, Hkv, D, generator=g).cuda())
         q.copy_((3 * torch.randn(q.shape, generator=g)).cuda())
-        graph.replay()
+        replay()
         torch.cuda.synchronize()
         r = holder["r"]
         eager = run_sketch_plan(plan, q)
