@@ -266,6 +266,45 @@ class TorchPagedKVCache:
         for store in self.sketches.values():
             store.update_pages(self, self.block_table[t_seq, t_lp].long(), counts)
 
+    # ------------------------------------------------------------------ engine (CUDA-graph) decode
+    def reserve(self, seq_id: int, tokens: int) -> None:
+        """Allocate now the pages that ``tokens`` tokens of the sequence need, so that appends up to
+        that length never change the page table (a captured decode step reads it on the device)."""
+        self._check_seq(seq_id)
+        tokens = V.positive_int("tokens", tokens)
+        self._allocate([seq_id], {seq_id: tokens - 1}, {})
+
+    def append_step_device(self, seq_idx: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """One decode step with no host synchronisation (capturable in a CUDA graph): one token for each
+        of the distinct sequences ``seq_idx`` (B,) (a device tensor), written at the lengths read on the
+        device, which are then advanced there. The pages must have been reserved (:meth:`reserve`); the
+        host mirrors of the lengths lag until :meth:`sync_lengths`. keys (B, Hkv, D), values (B, Hkv, Dv)."""
+        from .summaries import update_page_summaries
+
+        if self.levels:
+            raise VashistaInputError("fanout", "the device append does not maintain the hierarchy levels")
+        seq = seq_idx.long()
+        pos = self.seq_lens[seq].long()
+        phys = self.block_table[seq, pos // self.page_size].long()
+        slot = pos % self.page_size
+        self.k_pages[phys, :, slot, :] = keys.to(self.dtype)
+        self.v_pages[phys, :, slot, :] = values.to(self.dtype)
+        self.seq_lens[seq] = (pos + 1).to(torch.int32)
+        counts = (slot + 1).to(torch.int32)
+        update_page_summaries(self, phys.to(torch.int32), counts)
+        for store in self.sketches.values():
+            store.update_pages(self, phys, counts, check=False)
+
+    def sync_lengths(self) -> None:
+        """Bring the host mirrors of the lengths up to the device's after device appends (one
+        synchronisation); refuses lengths that outgrew the reserved pages."""
+        lens = self.seq_lens.tolist()
+        for s, live in enumerate(self._live):
+            if live and lens[s] != self._lens[s]:
+                if -(-lens[s] // self.page_size) > len(self._pages[s]):
+                    raise VashistaInputError("seq_lens", f"sequence {s} grew to {lens[s]} tokens past its reserved pages")
+                self._lens[s] = lens[s]
+
     # ------------------------------------------------------------------ reading back
     def gather(self, seq_id: int, head: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of the whole sequence in logical order: (T, Hkv, D), (T, Hkv, Dv), or

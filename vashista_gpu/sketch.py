@@ -112,19 +112,22 @@ class TorchKeySketch:
         return lo, _up(lo + _up(self.levels * self.step.double()))
 
 
-def _to_meta(x: torch.Tensor, dt, direction: str) -> torch.Tensor:
+def _to_meta(x: torch.Tensor, dt, direction: str, check: bool = True) -> torch.Tensor:
     y = x.to(dt)
-    if not bool(torch.isfinite(y).all()):
+    if check and not bool(torch.isfinite(y).all()):
         raise VashistaInputError("K", f"keys exceed the range of the {dt} metadata; use meta_dtype='float32'")
     bad = y.double() > x if direction == "down" else y.double() < x
     target = torch.full_like(y, -math.inf if direction == "down" else math.inf)
     return torch.where(bad, torch.nextafter(y, target), y)
 
 
-def _quantize_groups(K64: torch.Tensor, valid: torch.Tensor, bits: int, dt):
+def _quantize_groups(K64: torch.Tensor, valid: torch.Tensor, bits: int, dt, check: bool = True):
     """Codes (X, Gr, g, D) uint8 (unpacked, 0 on invalid slots), offset and step (X, Gr, D) for keys
     K64 (X, Gr, g, D) float64 grouped along axis 2; ``valid`` (X, Gr, g) masks absent tokens. The same
-    float64 operations as ``vashista_ref.sketch.quantize_keys`` (bit-identical results)."""
+    float64 operations as ``vashista_ref.sketch.quantize_keys`` (bit-identical results).
+    ``check=False`` never synchronises (a captured decode step): the step search runs all its rounds
+    (a converged step is a fixed point, so the result is the same) and metadata out of range is not
+    refused here; the caller checks it later (``TorchPageSketchStore.finite``)."""
     L = (1 << bits) - 1
     v = valid[..., None]
     kmin = torch.where(v, K64, math.inf).amin(2)
@@ -132,19 +135,19 @@ def _quantize_groups(K64: torch.Tensor, valid: torch.Tensor, bits: int, dt):
     empty = ~valid.any(2)[..., None].expand_as(kmin)
     kmin = torch.where(empty, torch.zeros_like(kmin), kmin)
     kmax = torch.where(empty, torch.zeros_like(kmax), kmax)
-    offset = _to_meta(kmin, dt, "down")
+    offset = _to_meta(kmin, dt, "down", check)
     o64 = offset.double()
     # the smallest metadata step with o + L·step >= kmax exactly (reference: _covering_step)
     s = kmax - o64
     bp = s - kmax
     e = (kmax - (s - bp)) + (-o64 - bp)
-    step = _to_meta(torch.where(s > 0, s / L, torch.zeros_like(s)), dt, "up")
+    step = _to_meta(torch.where(s > 0, s / L, torch.zeros_like(s)), dt, "up", check)
     for _ in range(8):
         bad = ~(L * step.double() - s >= e)
-        if not bool(bad.any()):
+        if check and not bool(bad.any()):
             break
         step = torch.where(bad, torch.nextafter(step, torch.full_like(step, math.inf)), step)
-    if not bool(torch.isfinite(step).all()):
+    if check and not bool(torch.isfinite(step).all()):
         raise VashistaInputError("K", f"key range exceeds the range of the {dt} metadata; use meta_dtype='float32'")
     st = step.double()[:, :, None, :]
     t = torch.where(st > 0, (K64 - o64[:, :, None, :]) / torch.where(st > 0, st, torch.ones_like(st)),
@@ -471,8 +474,9 @@ class TorchPageSketchStore:
         self.offset = torch.zeros((N, H, D), dtype=self.dt, device=dev)
         self.step = torch.zeros((N, H, D), dtype=self.dt, device=dev)
 
-    def update_pages(self, cache, pages: torch.Tensor, counts: torch.Tensor) -> None:
-        """Requantize physical ``pages`` (n,) holding ``counts`` (n,) valid tokens, all KV heads."""
+    def update_pages(self, cache, pages: torch.Tensor, counts: torch.Tensor, check: bool = True) -> None:
+        """Requantize physical ``pages`` (n,) holding ``counts`` (n,) valid tokens, all KV heads
+        (``check=False``: no host synchronisation, see ``_quantize_groups``)."""
         if pages.numel() == 0:
             return
         p = pages.long()
@@ -480,10 +484,16 @@ class TorchPageSketchStore:
         K64 = cache.k_pages[p].double().reshape(n * H, 1, S, D)
         valid = (torch.arange(S, device=p.device)[None, :] < counts.long()[:, None])
         valid = valid[:, None, :].expand(n, H, S).reshape(n * H, 1, S)
-        codes, offset, step = _quantize_groups(K64, valid, self.bits, self.dt)
+        codes, offset, step = _quantize_groups(K64, valid, self.bits, self.dt, check)
         self.codes[p] = _pack(codes.view(n, H, S, D), self.bits)
         self.offset[p] = offset.view(n, H, D)
         self.step[p] = step.view(n, H, D)
+
+    def finite(self, pages: torch.Tensor) -> bool:
+        """Whether the metadata of physical ``pages`` is finite (one synchronisation): the check that
+        unchecked updates (``update_pages(check=False)``) leave to the caller."""
+        p = pages.long()
+        return bool(torch.isfinite(self.offset[p]).all() & torch.isfinite(self.step[p]).all())
 
     def sequence_sketch(self, cache, seq_id: int) -> TorchKeySketch:
         """The sketch of one sequence, all KV heads, in logical token order (groups = pages)."""
