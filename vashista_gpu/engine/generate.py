@@ -44,6 +44,11 @@ from .cache import VashistaCache
 from .step import ATTN_NAME, MODES, Runner, StepConfig, register
 
 ALL_MODES = MODES + ("auto",)
+# auto mode decodes densely below this context (tokens of the longest row) and certified from it on.
+# A placeholder until benchmarks/e2e_decode.py measures the crossover per model shape and batch: on an
+# H200 the certified step alone passed dense flash between 8k and 32k (RESULTS.md), so 16k is the
+# middle of the measured bracket, not a measurement.
+AUTO_CROSSOVER = 16384
 
 
 @dataclass
@@ -127,13 +132,12 @@ class Engine:
         on_cuda = self.device.type == "cuda"
         if graph and not on_cuda:
             raise VashistaInputError("graph", f"CUDA graphs need a CUDA device; the model is on {self.device}")
-        planned = on_cuda and not isinstance(self.policy, Capped)
-        if graph and not planned:
-            raise VashistaInputError("policy", "Capped widens Kc step by step on the host: use graph=False")
+        # the planned (device-only) path on CUDA; Capped without a graph keeps the host path's doubling
+        planned = on_cuda and not (isinstance(self.policy, Capped) and graph is False)
         self.graph = planned if graph is None else bool(graph)
         self.requested_mode = mode
         self.mode = mode if mode != "auto" else None       # auto: decided per segment (_auto_mode)
-        self.auto_crossover = auto_crossover
+        self.auto_crossover = AUTO_CROSSOVER if auto_crossover is None else positive_int("auto_crossover", auto_crossover)
         dtype = p.dtype if p.dtype in (torch.float16, torch.bfloat16, torch.float32) else torch.float32
         needs_sketch = mode in ("certified", "auto")
         self.cache = VashistaCache(model.config, max_seqs=max_seqs, max_tokens=max_tokens, num_pages=num_pages,
@@ -247,13 +251,8 @@ class Engine:
 
     # ------------------------------------------------------------------ decode
     def _auto_mode(self, lens) -> str:
-        """Mode for a segment in ``auto``: dense below the crossover context, certified above it."""
-        from . import policy as engine_policy
-
-        cross = self.auto_crossover
-        if cross is None:
-            cross = engine_policy.crossover_context(self.model.config, batch=len(lens), device=self.device)
-        return "dense" if max(lens) < cross else "certified"
+        """Mode for a segment in ``auto``: dense below the crossover context, certified from it on."""
+        return "dense" if max(lens) < self.auto_crossover else "certified"
 
     def _step(self) -> None:
         """One decode step of every active row: device work only (see module doc)."""

@@ -29,9 +29,12 @@ routes ``P = ⌈Kc/S⌉`` pages besides the sink and newest ones. ``budget = 1``
 host path: the output is exact attention up to rounding (the certificate's L̂ is 0).
 
 Policies. ReportOnly: certificates are only counted. DenseFallback(tol): heads whose certified error
-exceeds tol are replaced by exact attention (planned path: inside the step, through the paged dense
-kernel, for the whole batch, so no host synchronisation and no capacity to overflow). Capped: host
-path only (its widening schedule is data-dependent).
+exceeds tol (or is not finite) are replaced by exact attention — on the planned path inside the step
+(``engine/policy.py``: the flagged (row, head) pairs compacted on the device, recomputed by the paged
+dense kernel; capacity B·Hq, so nothing overflows). Capped(tol, ·, Kc_max): host path — Kc doubles
+per row until certified or capped, then dense; planned path (certified mode) — a second certified
+step planned at Kc_max replaces the flagged heads, then DenseFallback. Leakage statistics are the
+first attempt's.
 
 Statistics (:class:`StepStats`) accumulate on the device, per layer, and are read once at the end.
 """
@@ -126,6 +129,7 @@ class Runner:
         self.cache, self.cfg = cache, cfg
         self.stats = StepStats(cache.n_layers, cache.device)
         self.plans: list = [None] * cache.n_layers
+        self.policies: list = [None] * cache.n_layers
         self.T_cap = 0
         self.Kc = self.P = 0
 
@@ -155,6 +159,33 @@ class Runner:
                                             max_pages=math.ceil(self.T_cap / cache.page_size))
             else:
                 self.plans[i] = None
+        self.policies = [self._device_policy(i, rows, Hq, scales[i], lens) for i in range(cache.n_layers)]
+
+    def _device_policy(self, layer, rows, Hq, scale, lens):
+        """The policy of a planned layer on the device (``engine/policy.py``): DenseFallback patches the
+        uncertified heads with exact attention; Capped first takes a second certified step planned at
+        Kc_max (capped at the shortest row) for them. None: report only."""
+        from vashista_ref.policies import Capped, DenseFallback
+
+        from ..sketch_plan import plan_sketch_step, run_sketch_plan
+        from .policy import DeviceCapped, DeviceDenseFallback
+
+        pol, mode = self.cfg.policy, self.mode_of(layer)
+        if mode == "dense" or not isinstance(pol, (DenseFallback, Capped)):
+            return None
+        if isinstance(pol, DenseFallback):
+            return DeviceDenseFallback(pol.tol, device=self.cache.device)
+        if mode != "certified":
+            raise VashistaInputError("policy", "Capped on the device path widens the certified step only; "
+                                               "use mode='certified' or graph=False")
+        kc_max = min(pol.Kc_max, min(lens))
+        wide = plan_sketch_step(self.cache.pools[layer], rows, Hq, kc_max, bits=self.cfg.bits, scale=scale,
+                                max_tokens=self.T_cap)
+
+        def widen(q, _plan=wide):
+            r = run_sketch_plan(_plan, q, sync=False)
+            return r.out, r.certified_error
+        return DeviceCapped(pol.tol, widen, device=self.cache.device)
 
     def _dense_planned(self, layer: int, q, scale):
         from ..kernels.paged_dense import cache_dense_decode
@@ -162,8 +193,6 @@ class Runner:
         return cache_dense_decode(q, self.cache.pools[layer], self.cache.row_idx, max_tokens=self.T_cap, scale=scale)
 
     def _planned(self, layer: int, q, scale):
-        from vashista_ref.policies import DenseFallback
-
         from ..decode import run_plan
         from ..sketch_plan import run_sketch_plan
 
@@ -180,9 +209,11 @@ class Runner:
             r = run_plan(plan, q, pool)
             out, err, leak, overflow = r["out"], r["certified_error"], r["certified_leakage"], None
         fell = None
-        if isinstance(self.cfg.policy, DenseFallback):
-            fell = ~(err <= self.cfg.policy.tol)
-            out = torch.where(fell[..., None], self._dense_planned(layer, q, scale).to(out.dtype), out)
+        pol = self.policies[layer]
+        if pol is not None:
+            res = pol(out, err, q, pool, self.cache.row_idx, max_tokens=self.T_cap, scale=scale)
+            fell, err = res.fell_back, res.certified_error
+            overflow = res.overflowed if overflow is None else overflow | res.overflowed
         self.stats.add(layer, err, leak, self.cfg.tol, fell=fell, overflow=overflow)
         return out
 

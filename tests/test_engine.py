@@ -1,0 +1,157 @@
+"""CPU tests of the engine (issue 14) on the torch path: the Vashista cache owned by the model
+reproduces dense greedy decoding at full budget, ragged batches match per-sequence runs, freed pages
+are reused by the next admission, memory is reported as kv + sketch + metadata, bad options are
+refused by name. A tiny random Llama (2 layers, hidden 64, 4 query / 2 KV heads, head dim 16) keeps
+them fast; one smoke test runs the embedded SmolLM2."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vashista_ref.errors import VashistaInputError
+from vashista_ref.policies import DenseFallback
+
+from vashista_gpu.engine import Engine, VashistaCache, generate
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _prompts(lengths, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (n,), generator=g).tolist() for n in lengths]
+
+
+def _hf_greedy(model, prompt, n):
+    """Dense greedy tokens through transformers' own cache and SDPA (the reference)."""
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                             pad_token_id=0)
+    return out[0, ids.shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("mode", ["dense", "certified", "paged"])
+def test_full_budget_reproduces_dense_greedy(tiny, mode):
+    (p,) = _prompts([70])
+    ref = _hf_greedy(tiny, p, 6)
+    r = generate(tiny, p, mode=mode, bits=8, budget=1.0, max_new_tokens=6, prefill_chunk=32)
+    assert r.tokens == [ref]
+    if mode != "dense":
+        assert r.stats["queries"] == 5 * 2 * 4        # 5 decode steps × 2 layers × 4 heads
+        assert r.stats["leakage_max"] == 0.0          # every token read: nothing left outside
+
+
+def test_chunked_prefill_matches_one_chunk(tiny):
+    (p,) = _prompts([75], seed=3)
+    a = generate(tiny, p, mode="dense", max_new_tokens=4, prefill_chunk=16)
+    b = generate(tiny, p, mode="dense", max_new_tokens=4, prefill_chunk=1024)
+    assert a.tokens == b.tokens == [_hf_greedy(tiny, p, 4)]
+
+
+def test_ragged_batch_matches_single_runs(tiny):
+    prompts = _prompts([40, 67, 23], seed=2)
+    batch = generate(tiny, prompts, mode="certified", bits=4, budget=0.25, max_new_tokens=5, prefill_chunk=32)
+    for p, toks in zip(prompts, batch.tokens):
+        assert generate(tiny, p, mode="certified", bits=4, budget=0.25, max_new_tokens=5).tokens == [toks]
+    # and a left-padded tensor with its mask-free ragged form: the padding is never paged
+    assert batch.config["prompt_tokens"] == [40, 67, 23]
+    assert batch.dense_cache_bytes == 2 * (40 + 67 + 23 + 3 * 4) * 2 * 2 * 16 * 4
+
+
+def test_finished_sequence_frees_pages_for_the_next(tiny):
+    a, b, c = _prompts([50, 30, 44], seed=4)
+    eng = Engine(tiny, mode="paged", budget=0.5, max_seqs=2, max_tokens=128, num_pages=10)
+    with eng:
+        sa, sb = eng.add([a, b], 4)            # 4 + 2 + ... pages: 54 -> 4 pages, 34 -> 3 pages
+        assert eng.cache.free_pages() == 3
+        eng.run()
+        pages_a = eng.cache.pools[1].page_table(sa)
+        eng.finish(sa)
+        assert eng.cache.free_pages() == 7
+        with pytest.raises(VashistaInputError, match="pages"):
+            eng.add([c + c + c[:30]], 4)       # 118 + 4 tokens need 8 pages > 7: refused before any change
+        (sc,) = eng.add([c], 4)
+        assert sc == sa                        # the freed slot, and its pages, come back first
+        assert set(eng.cache.pools[1].page_table(sc)) & set(pages_a)
+        eng.run()
+        tc, tb = eng.finish(sc), eng.finish(sb)
+    assert tc == generate(tiny, c, mode="paged", budget=0.5, max_new_tokens=4).tokens[0]
+    assert tb == generate(tiny, b, mode="paged", budget=0.5, max_new_tokens=4).tokens[0]
+
+
+def test_cache_bytes_are_dense_kv_plus_sketch_plus_metadata(tiny):
+    (p,) = _prompts([64])
+    r = generate(tiny, p, mode="certified", bits=4, max_new_tokens=2)      # 65 stored tokens: 5 pages
+    c = r.cache_bytes
+    L, H, D, pages, S = 2, 2, 16, 5, 16
+    assert c["kv"] == L * pages * H * S * D * 2 * 4                           # fp32 K and V pools
+    assert c["sketch"] == L * pages * H * (S * D * 4 // 8 + 2 * D * 2)         # int4 codes + fp16 offset/step
+    per_seq = 6                        # max_tokens = 16·ceil(64/16 + 2/16 + 1) = 96 -> 6 page-table columns
+    summaries = pages * H * (2 * D * 4 + D * 4 + 4)                            # kmin, kmax, kmean, vnorm
+    assert c["metadata"] == L * (summaries + per_seq * 4 + 4)                 # + page table + lengths
+    assert c["total"] == c["kv"] + c["sketch"] + c["metadata"]
+    assert r.dense_cache_bytes == L * 65 * H * 2 * D * 4
+    assert c["kv"] >= r.dense_cache_bytes                                     # whole pages
+
+
+def test_certified_policy_dense_fallback_counts(tiny):
+    (p,) = _prompts([90], seed=5)
+    r = generate(tiny, p, mode="certified", bits=4, budget=1 / 16, policy=DenseFallback(0.0), max_new_tokens=3)
+    assert r.stats["fell_back"] == r.stats["uncertified"] > 0
+    assert r.tokens == [_hf_greedy(tiny, p, 3)]           # every uncertified head recomputed exactly
+
+
+def test_vashista_cache_is_a_transformers_cache(tiny):
+    from transformers.cache_utils import Cache
+
+    cache = VashistaCache(tiny.config, max_seqs=1, max_tokens=64, dtype=torch.float32)
+    assert isinstance(cache, Cache) and len(cache.layers) == 2 and cache.get_seq_length() == 0
+    with pytest.raises(VashistaInputError, match="rows"):
+        cache.begin([3])
+    with pytest.raises(VashistaInputError, match="cropping"):
+        cache.crop(1)
+
+
+@pytest.mark.parametrize("kw, name", [
+    (dict(mode="sparse"), "mode"), (dict(bits=2), "bits"), (dict(budget=0.0), "budget"),
+    (dict(budget=1.5), "budget"), (dict(policy="fallback"), "policy"), (dict(tol=-1.0), "tol"),
+    (dict(max_new_tokens=0), "max_new_tokens"), (dict(dense_layers=[5]), "dense_layers"),
+    (dict(device="nonsense"), "device"), (dict(graph=True), "graph"), (dict(prefill_chunk=0), "prefill_chunk"),
+])
+def test_bad_options_name_the_argument(tiny, kw, name):
+    with pytest.raises(VashistaInputError) as e:
+        generate(tiny, [1, 2, 3], **kw)
+    assert e.value.argument == name
+
+
+def test_bad_inputs_name_the_argument(tiny):
+    for bad in ([], [[]], "text", torch.zeros(2, 3)):
+        with pytest.raises(VashistaInputError, match="tokenizer_or_ids|prompt"):
+            generate(tiny, bad)
+
+
+def test_smollm2_smoke():
+    from vashista_gpu.hf.model import load_default_model
+
+    try:
+        model, tok = load_default_model(shared=True)
+    except VashistaInputError as e:          # the embedded model's package is an optional extra
+        pytest.skip(str(e))
+    prompt = "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg " \
+             "combined movable metal type with an oil-based ink and a screw press. Books"
+    ids = tok(prompt).input_ids
+    assert 30 <= len(ids) <= 50
+    ref = _hf_greedy(model, ids, 4)
+    r = generate(model, tok, prompt, mode="certified", bits=8, budget=1.0, max_new_tokens=4)
+    assert r.tokens == [ref] and isinstance(r.text[0], str)
+    assert r.stats["queries"] == 3 * 30 * 9
