@@ -1,0 +1,492 @@
+"""End-to-end decode throughput, gpt-fast style: whole-model decode steps of real model shapes with
+random bf16 weights (decode speed does not depend on the weights), dense baselines and Vashista's
+engine in the same process, on the same card.
+
+Variants (each a full model step: embedding, every layer's projections, RoPE, cache append,
+attention, MLP, LM head, argmax):
+
+  hf_eager_sdpa       transformers' forward with a DynamicCache, SDPA attention, eager (what users
+                      have today); one host round trip per token
+  graph_sdpa_<b>      a static contiguous KV cache (B, Hkv, T_max, D) per layer and the whole step
+                      captured in one CUDA graph, SDPA pinned to backend <b> (flash, cudnn, efficient;
+                      GQA as G query positions of one KV head, so every backend applies); the best of
+                      them is "best dense" for that shape (issue 14: name it)
+  ours_dense          the engine's dense mode: paged flash-decode straight from our paged cache
+  ours_cert_int4_g16  engine certified mode, int4 sketch, group = page = 16, Kc fixed (--kc)
+  ours_cert_int8_g64  engine certified mode, int8 sketch, group = page = 64
+  ours_paged          engine paged mode (page-box router), page 16, the same Kc
+All graph variants time replays only (CUDA events around --steps replays after capture); ours are the
+engine's own captured step (``Engine._step`` under ``cuda_graph.capture``), report-only: on random
+weights attention is near uniform and certificates say "uncertified", so certified runs are timed
+with ReportOnly and the fallback rate is measured on real weights elsewhere.
+
+The caches are filled with random K/V instead of a prefill (prefilling 128k tokens of 16 rows would
+cost the device budget and does not change a decode step): the dense caches by ``normal_``, ours by
+one ``append`` per sequence into layer 0's pool (summaries and sketch computed by the cache's own
+kernels) and a copy of that pool's state into the other layers (identical page tables: every layer's
+pool allocated the same pages).
+
+Bytes per step: weights (every matrix read once; the embedding only one row per token) + attention
+bytes: dense K+V of every token; certified the sketch of every token (codes + per-group metadata, from
+the cache's own ``nbytes``) + Kc key and value rows per query head; paged the page summaries + P
+pages + Kc rows. The floor ratio dense/ours is the speed-up ceiling at equal bandwidth.
+
+Output under --out: e2e.json (every measurement and the configuration), e2e.csv, crossover.json (the
+smallest context where a Vashista mode beats the best dense graph, per shape and batch), and
+tokens_per_s.png. FlashInfer is not installed on the device and cannot be fetched (no network): the
+JSON says so.
+
+    python benchmarks/e2e_decode.py --out benchmarks/results/e2e_h200 --quick
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+import traceback
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+SHAPES = {
+    # Llama-3.2-1B / Llama-3.1-8B shapes (/work/shared/OFFLINE-RESOURCES.md)
+    "llama-1b": dict(num_hidden_layers=16, hidden_size=2048, num_attention_heads=32, num_key_value_heads=8,
+                     head_dim=64, intermediate_size=8192, vocab_size=128256),
+    "llama-8b": dict(num_hidden_layers=32, hidden_size=4096, num_attention_heads=32, num_key_value_heads=8,
+                     head_dim=128, intermediate_size=14336, vocab_size=128256),
+    "tiny": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                 head_dim=16, intermediate_size=128, vocab_size=256),
+}
+GRAPH_BACKENDS = ("flash", "cudnn", "efficient")
+OURS = ("ours_dense", "ours_cert_int4_g16", "ours_cert_int8_g64", "ours_paged")
+
+
+def build_model(shape: str, device):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(**SHAPES[shape], max_position_embeddings=1 << 18, rope_theta=500000.0,
+                      tie_word_embeddings=False)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16 if device.type == "cuda" else torch.float32).eval()
+    return model
+
+
+def dims(model):
+    c = model.config
+    return c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim
+
+
+def weight_bytes_per_step(model) -> int:
+    """Every parameter read once per step, except the input embedding (one row per token)."""
+    emb = model.model.embed_tokens.weight
+    return sum(p.numel() * p.element_size() for p in model.parameters()) - emb.numel() * emb.element_size()
+
+
+def sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_fn(fn, steps: int, dev) -> float:
+    """Seconds per call of ``fn`` (already warm), CUDA events on GPU."""
+    if dev.type == "cuda":
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(steps):
+            fn()
+        b.record()
+        b.synchronize()
+        return a.elapsed_time(b) / 1e3 / steps
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - t0) / steps
+
+
+def graphed(fn, dev):
+    """The replay of ``fn`` captured in a CUDA graph (warm-up inside), or ``fn`` itself on CPU."""
+    if dev.type != "cuda":
+        fn()
+        return fn
+    from vashista_gpu.cuda_graph import capture
+    return capture(fn)
+
+
+# ---------------------------------------------------------------------------------------------- dense
+def cache_arg(model) -> str:
+    import inspect
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def run_hf_eager(model, B, ctx, steps, dev):
+    """transformers forward + DynamicCache (filled with random K/V), SDPA, one token per call."""
+    from transformers import DynamicCache
+
+    L, Hq, Hkv, D = dims(model)
+    model.set_attn_implementation("sdpa")
+    cache = DynamicCache()
+    for i in range(L):
+        k = torch.empty((B, Hkv, ctx, D), dtype=next(model.parameters()).dtype, device=dev).normal_()
+        cache.update(k, torch.empty_like(k).normal_(), i)
+    tok = torch.zeros((B, 1), dtype=torch.long, device=dev)
+    state = dict(pos=ctx)
+
+    def step():
+        pos = torch.full((B, 1), state["pos"], dtype=torch.long, device=dev)
+        logits = model(input_ids=tok, position_ids=pos, use_cache=True, logits_to_keep=1,
+                       **{cache_arg(model): cache}).logits
+        tok.copy_(logits[:, -1].argmax(-1, keepdim=True))
+        state["pos"] += 1
+        sync(dev)                              # the host reads the token (a generate loop does)
+
+    with torch.no_grad():
+        step()
+        s = time_fn(step, steps, dev)
+    return dict(s_per_token=s)
+
+
+class StaticDense:
+    """gpt-fast's step on the HF model's own modules: a static (L, B, Hkv, T_max, D) cache, the new
+    token written at a device position, attention over the first ctx + 1 slots (a static slice: the
+    timed window's lengths differ by < --steps tokens, so every replay attends to ctx + 1 tokens)."""
+
+    def __init__(self, model, B, ctx, dev):
+        L, Hq, Hkv, D = dims(model)
+        self.m, self.B, self.ctx = model, B, ctx
+        dt = next(model.parameters()).dtype
+        self.K = torch.empty((L, B, Hkv, ctx + 16, D), dtype=dt, device=dev).normal_()
+        self.V = torch.empty_like(self.K).normal_()
+        self.pos = torch.full((B, 1), ctx, dtype=torch.long, device=dev)
+        self.tok = torch.zeros((B, 1), dtype=torch.long, device=dev)
+        self.scale = D ** -0.5
+
+    def step(self):
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        from vashista_gpu.dense import sdpa_decode
+
+        m, B = self.m.model, self.B
+        L, Hq, Hkv, D = dims(self.m)
+        x = m.embed_tokens(self.tok)
+        cos, sin = m.rotary_emb(x, self.pos)
+        slot = self.pos[0]
+        for i, layer in enumerate(m.layers):
+            a = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = a.q_proj(h).view(B, 1, Hq, D).transpose(1, 2)
+            k = a.k_proj(h).view(B, 1, Hkv, D).transpose(1, 2)
+            v = a.v_proj(h).view(B, 1, Hkv, D).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            self.K[i].index_copy_(2, slot, k)
+            self.V[i].index_copy_(2, slot, v)
+            n = self.ctx + 1
+            o = sdpa_decode(q[:, :, 0], self.K[i][:, :, :n], self.V[i][:, :, :n], self.scale)
+            x = x + a.o_proj(o.reshape(B, 1, Hq * D))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        logits = self.m.lm_head(m.norm(x)[:, -1])
+        self.tok.copy_(logits.argmax(-1, keepdim=True))
+
+
+def run_graph_dense(model, B, ctx, steps, dev, backend):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    be = dict(flash=SDPBackend.FLASH_ATTENTION, cudnn=SDPBackend.CUDNN_ATTENTION,
+              efficient=SDPBackend.EFFICIENT_ATTENTION)[backend]
+    st = StaticDense(model, B, ctx, dev)
+    with torch.no_grad(), sdpa_kernel([be]):
+        replay = graphed(st.step, dev)
+        s = time_fn(replay, steps, dev)
+    return dict(s_per_token=s)
+
+
+# ---------------------------------------------------------------------------------------------- ours
+def _fill_engine(engine, B, ctx, max_new, dev):
+    """Admit B sequences holding ctx random tokens each (module doc): append into layer 0's pool, copy
+    its state into the other layers' pools."""
+    cache = engine.cache
+    L, Hq, Hkv, D = cache.n_layers, cache.n_q_heads, cache.n_kv_heads, cache.head_dim
+    seqs = [cache.add_sequence(ctx + max_new) for _ in range(B)]
+    p0 = cache.pools[0]
+    g = torch.Generator(device=dev).manual_seed(1)
+    for s in seqs:
+        k = torch.randn((ctx, Hkv, D), generator=g, device=dev).to(p0.dtype)
+        p0.append(s, k, torch.randn((ctx, Hkv, D), generator=g, device=dev).to(p0.dtype))
+        engine.reserved[s] = ctx + max_new
+        engine.max_new[s] = max_new
+    for p in cache.pools[1:]:
+        assert torch.equal(p.block_table, p0.block_table), "pools allocated different pages"
+        for name in ("k_pages", "v_pages", "kmin", "kmax", "kmean", "vnorm", "seq_lens"):
+            getattr(p, name).copy_(getattr(p0, name))
+        p._lens = list(p0._lens)
+        for bits, st in p.sketches.items():
+            for name, t in vars(p0.sketches[bits]).items():
+                if isinstance(t, torch.Tensor):
+                    getattr(st, name).copy_(t)
+    return seqs
+
+
+def run_ours(model, variant, B, ctx, steps, dev, kc, dense_layers):
+    from vashista_gpu.engine import Engine
+
+    mode, bits, page = dict(ours_dense=("dense", 4, 16), ours_cert_int4_g16=("certified", 4, 16),
+                            ours_cert_int8_g64=("certified", 8, 64), ours_paged=("paged", 4, 16))[variant]
+    max_new = steps + 8
+    max_tokens = page * math.ceil((ctx + max_new) / page)
+    budget = min(1.0, kc / ctx)
+    eng = Engine(model, mode=mode, bits=bits, budget=budget, max_seqs=B, max_tokens=max_tokens, page_size=page,
+                 graph=dev.type == "cuda", dense_layers=dense_layers, progress=False)
+    with eng, torch.no_grad():
+        seqs = _fill_engine(eng, B, ctx, max_new, dev)
+        eng._segment(seqs)
+        replay = graphed(eng._step, dev)
+        s = time_fn(replay, steps, dev)
+        stats = eng.runner.stats.summary()
+        nbytes = eng.cache.nbytes()
+        dense_kv = eng.cache.dense_kv_bytes(B * ctx)
+        Kc, P = eng.runner.Kc, eng.runner.P
+    cfg = dict(mode=mode, bits=bits if mode == "certified" else None, group=page if mode == "certified" else None,
+               page_size=page, Kc=Kc, P=P if mode == "paged" else None, budget=budget,
+               dense_layers=list(dense_layers), policy="ReportOnly")
+    del eng
+    return dict(s_per_token=s, cache_bytes=nbytes, dense_kv_bytes=dense_kv, stats=stats, config=cfg)
+
+
+# ---------------------------------------------------------------------------------------------- bytes
+def attention_bytes(variant, model, B, ctx, r) -> int:
+    """Attention bytes per step (module doc), all layers."""
+    L, Hq, Hkv, D = dims(model)
+    kv_row = 2 * D * 2                                    # one token's K and V row of one KV head, bf16
+    dense = L * B * ctx * Hkv * kv_row
+    if not variant.startswith("ours") or variant == "ours_dense":
+        return dense
+    cfg = r["config"]
+    dl = len(cfg["dense_layers"])
+    per_layer_dense = dense // L
+    exact = B * Hq * cfg["Kc"] * kv_row                    # Kc rows per query head, no GQA sharing
+    pool_tokens = r["cache_bytes"]["kv"] // (L * Hkv * kv_row)
+    if variant.startswith("ours_cert"):
+        scan = r["cache_bytes"]["sketch"] * (B * ctx) // max(1, pool_tokens)   # the live tokens' share
+        return dl * per_layer_dense + (L - dl) * exact + scan * (L - dl) // L
+    meta = r["cache_bytes"]["metadata"] * (B * ctx) // max(1, pool_tokens)
+    pages = B * Hkv * (cfg["P"] + 2) * cfg["page_size"] * kv_row
+    return dl * per_layer_dense + (L - dl) * (exact + pages) + meta * (L - dl) // L
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def fits(variant, model, B, ctx, dev) -> str | None:
+    """None if the variant's caches fit in free device memory (with margin), else why not."""
+    if dev.type != "cuda":
+        return None
+    L, Hq, Hkv, D = dims(model)
+    kv = L * B * (ctx + 64) * Hkv * 2 * D * 2
+    factor = {"hf_eager_sdpa": 1.0 + 2.0 / L}.get(variant, 1.0)
+    if variant.startswith("ours_cert"):
+        factor = 1.3
+    elif variant.startswith("ours"):
+        factor = 1.1
+    need = kv * factor + 3 * 2 ** 30
+    free = torch.cuda.mem_get_info(dev)[0]
+    if need > free:
+        return f"needs ~{need / 2 ** 30:.1f} GiB, {free / 2 ** 30:.1f} GiB free"
+    return None
+
+
+def paged_dense_check(dev) -> dict:
+    """The paged flash-decode kernel against SDPA on gathered K/V, bf16, on this card (compiled path:
+    the device-bounded loop the interpreter tests cannot reach)."""
+    from vashista_gpu.dense import sdpa_decode
+    from vashista_gpu.kernels.paged_dense import cache_dense_decode
+    from vashista_gpu.paged_cache import TorchPagedKVCache
+
+    g = torch.Generator().manual_seed(0)
+    lens, Hkv, G, D = ([4097, 1, 30000, 777], 2, 4, 128) if dev.type == "cuda" else ([97, 1, 300, 77], 2, 4, 32)
+    ks = [torch.randn(T, Hkv, D, generator=g) for T in lens]
+    vs = [torch.randn(T, Hkv, D, generator=g) for T in lens]
+    cache, ids = TorchPagedKVCache.from_dense(ks, vs, 16, shuffle_seed=1, dtype=torch.bfloat16, device=dev,
+                                             backend="torch")
+    q = torch.randn(len(lens), Hkv * G, D, generator=g).to(dev, torch.bfloat16)
+    out = torch.full((len(lens), Hkv * G, D), float("nan"), dtype=torch.bfloat16, device=dev)
+    cache_dense_decode(q, cache, torch.tensor(ids, dtype=torch.int32, device=dev), max_tokens=max(lens), out=out)
+    err = 0.0
+    for b, s in enumerate(ids):
+        k, v = cache.gather(s)
+        ref = sdpa_decode(q[b:b + 1].float(), k.permute(1, 0, 2)[None].float(), v.permute(1, 0, 2)[None].float(),
+                          D ** -0.5)[0]
+        err = max(err, float((out[b].float() - ref).abs().max()))
+    return dict(max_abs_err_vs_fp32_sdpa=err, finite=bool(torch.isfinite(out).all()))
+
+
+def crossover(rows) -> list:
+    """Per (shape, batch, mode): the smallest measured context where the Vashista mode's tokens/s ≥
+    the best dense graph's, and the log-linear interpolation of the ratio between the bracketing
+    contexts (None when it never crosses in the measured range)."""
+    out = []
+    keys = sorted({(r["shape"], r["batch"]) for r in rows})
+    for shape, B in keys:
+        sel = [r for r in rows if r["shape"] == shape and r["batch"] == B and r.get("s_per_token")]
+        ctxs = sorted({r["context"] for r in sel})
+        for v in ("ours_cert_int4_g16", "ours_cert_int8_g64", "ours_paged"):
+            ratios = []
+            for c in ctxs:
+                dense = [r["s_per_token"] for r in sel if r["context"] == c and r["variant"].startswith("graph_sdpa")]
+                ours = [r["s_per_token"] for r in sel if r["context"] == c and r["variant"] == v]
+                if dense and ours:
+                    ratios.append((c, min(dense) / ours[0]))
+            cross = None
+            for i, (c, r) in enumerate(ratios):
+                if r >= 1.0:
+                    if i == 0:
+                        cross = dict(context=c, below_measured=True)
+                    else:
+                        (c0, r0) = ratios[i - 1]
+                        t = (1.0 - r0) / (r - r0)
+                        cross = dict(context=int(round(math.exp(math.log(c0) + t * (math.log(c) - math.log(c0))))),
+                                     below_measured=False)
+                    break
+            out.append(dict(shape=shape, batch=B, variant=v, ratios=ratios, crossover=cross))
+    return out
+
+
+def plot(rows, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    keys = sorted({(r["shape"], r["batch"]) for r in rows})
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
+    for ax, (shape, B) in zip(axes[0], keys):
+        sel = [r for r in rows if r["shape"] == shape and r["batch"] == B and r.get("tokens_per_s")]
+        for v in sorted({r["variant"] for r in sel}):
+            pts = sorted((r["context"], r["tokens_per_s"]) for r in sel if r["variant"] == v)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=v)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(f"{shape}, batch {B}")
+        ax.set_xlabel("context (tokens)")
+        ax.set_ylabel("tokens/s (all rows)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--shapes", default="llama-1b,llama-8b")
+    ap.add_argument("--contexts", default="8192,32768,131072")
+    ap.add_argument("--batches", default="1,4,16")
+    ap.add_argument("--variants", default="hf_eager_sdpa," + ",".join("graph_sdpa_" + b for b in GRAPH_BACKENDS)
+                    + "," + ",".join(OURS))
+    ap.add_argument("--steps", type=int, default=20, help="timed replays per graph variant")
+    ap.add_argument("--eager-steps", type=int, default=4)
+    ap.add_argument("--kc", type=int, default=256, help="exact-read tokens per query head (certified, paged)")
+    ap.add_argument("--dense-layers", default="", help="layers decoded densely in our modes, e.g. 0")
+    ap.add_argument("--quick", action="store_true", help="llama-1b at 8k and 32k, batch 1 and 4")
+    ap.add_argument("--max-batch-8b", type=int, default=4)
+    ap.add_argument("--time-budget", type=float, default=1e9, help="stop starting new runs after this many s")
+    ap.add_argument("--check", action="store_true", help="first check the paged dense kernel against SDPA")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.shapes, args.contexts, args.batches = "llama-1b", "8192,32768", "1,4"
+    dev = torch.device(args.device)
+    os.makedirs(args.out, exist_ok=True)
+    t_start = time.time()
+    variants = [v for v in args.variants.split(",") if v]
+    dense_layers = tuple(int(x) for x in args.dense_layers.split(",") if x)
+    env = dict(torch=torch.__version__, triton=importlib.import_module("triton").__version__,
+               transformers=importlib.import_module("transformers").__version__,
+               card=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+               date=time.strftime("%Y-%m-%d", time.gmtime()),
+               flashinfer=("installed" if importlib.util.find_spec("flashinfer") else
+                           "not available: no FlashInfer wheel on the device and no network to fetch or JIT-build one"),
+               kc=args.kc, steps=args.steps, dense_layers=list(dense_layers))
+    print(json.dumps(env), flush=True)
+    result = dict(env=env, rows=[])
+    if args.check:
+        result["paged_dense_check"] = paged_dense_check(dev)
+        print("paged dense check:", result["paged_dense_check"], flush=True)
+
+    def save():
+        with open(os.path.join(args.out, "e2e.json"), "w") as f:
+            json.dump(result, f, indent=1)
+
+    for shape in args.shapes.split(","):
+        model = build_model(shape, dev)
+        wbytes = weight_bytes_per_step(model)
+        for ctx in [int(c) for c in args.contexts.split(",")]:
+            for B in [int(b) for b in args.batches.split(",")]:
+                if shape == "llama-8b" and B > args.max_batch_8b:
+                    continue
+                for v in variants:
+                    row = dict(shape=shape, context=ctx, batch=B, variant=v)
+                    if time.time() - t_start > args.time_budget:
+                        row["skipped"] = "time budget"
+                        result["rows"].append(row)
+                        continue
+                    why = fits(v, model, B, ctx, dev)
+                    if why:
+                        row["skipped"] = why
+                        print(shape, ctx, B, v, "skipped:", why, flush=True)
+                        result["rows"].append(row)
+                        continue
+                    if dev.type == "cuda":
+                        torch.cuda.reset_peak_memory_stats(dev)
+                    try:
+                        if v == "hf_eager_sdpa":
+                            r = run_hf_eager(model, B, ctx, args.eager_steps, dev)
+                        elif v.startswith("graph_sdpa_"):
+                            r = run_graph_dense(model, B, ctx, args.steps, dev, v[len("graph_sdpa_"):])
+                        else:
+                            r = run_ours(model, v, B, ctx, args.steps, dev, args.kc, dense_layers)
+                        row.update(r)
+                        row["ms_per_token"] = r["s_per_token"] * 1e3
+                        row["tokens_per_s"] = B / r["s_per_token"]
+                        ab = attention_bytes(v, model, B, ctx, r)
+                        row["bytes_per_step"] = wbytes + ab
+                        row["attention_bytes_per_step"] = ab
+                        row["dense_floor_bytes"] = wbytes + attention_bytes("dense", model, B, ctx, r)
+                        row["achieved_GBps"] = (wbytes + ab) / r["s_per_token"] / 1e9
+                        if dev.type == "cuda":
+                            row["peak_GiB"] = torch.cuda.max_memory_allocated(dev) / 2 ** 30
+                    except Exception as e:          # a backend refusing a shape is a result, not a crash
+                        row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+                        traceback.print_exc(limit=3)
+                    gc.collect()
+                    if dev.type == "cuda":
+                        torch.cuda.empty_cache()
+                    print(shape, ctx, B, v, {k: row.get(k) for k in ("ms_per_token", "tokens_per_s", "peak_GiB",
+                                                                       "error")}, flush=True)
+                    result["rows"].append(row)
+                    save()
+        del model
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    result["crossover"] = crossover(result["rows"])
+    save()
+    with open(os.path.join(args.out, "e2e.csv"), "w", newline="") as f:
+        cols = ["shape", "context", "batch", "variant", "ms_per_token", "tokens_per_s", "peak_GiB",
+                "bytes_per_step", "dense_floor_bytes", "achieved_GBps", "skipped", "error"]
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for r in result["rows"]:
+            w.writerow(r)
+    plot([r for r in result["rows"] if r.get("tokens_per_s")], os.path.join(args.out, "tokens_per_s.png"))
+    print("crossover:", json.dumps(result["crossover"]), flush=True)
+
+
+if __name__ == "__main__":
+    main()
