@@ -65,6 +65,12 @@ SHAPES = {
                  head_dim=16, intermediate_size=128, vocab_size=256),
 }
 GRAPH_BACKENDS = ("flash", "cudnn", "efficient")
+# the targets first (128k), then auto mode's 8k, then 32k for the crossover; 8B batch 16 at
+# 128k would need 256 GiB of KV
+PRIORITY = ",".join(["llama-1b:131072:1", "llama-1b:131072:4", "llama-1b:131072:16", "llama-8b:131072:1",
+                     "llama-8b:131072:4", "llama-1b:8192:1", "llama-1b:8192:4", "llama-1b:8192:16",
+                     "llama-8b:8192:1", "llama-8b:8192:4", "llama-1b:32768:1", "llama-1b:32768:4",
+                     "llama-1b:32768:16", "llama-8b:32768:1", "llama-8b:32768:4"])
 OURS = ("ours_dense", "ours_cert_int4_g16", "ours_cert_int8_g64", "ours_paged")
 
 
@@ -384,23 +390,22 @@ def plot(rows, path):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--shapes", default="llama-1b,llama-8b")
-    ap.add_argument("--contexts", default="8192,32768,131072")
-    ap.add_argument("--batches", default="1,4,16")
-    ap.add_argument("--variants", default="hf_eager_sdpa," + ",".join("graph_sdpa_" + b for b in GRAPH_BACKENDS)
-                    + "," + ",".join(OURS))
+    ap.add_argument("--configs", default=PRIORITY,
+                    help="shape:context:batch,... in the order to run (the time budget cuts the tail)")
+    ap.add_argument("--variants", default="hf_eager_sdpa,graph_sdpa_flash,graph_sdpa_cudnn," + ",".join(OURS),
+                    help="also graph_sdpa_efficient (slower than flash and cuDNN on H100/H200 in earlier runs)")
     ap.add_argument("--steps", type=int, default=20, help="timed replays per graph variant")
     ap.add_argument("--eager-steps", type=int, default=4)
     ap.add_argument("--kc", type=int, default=256, help="exact-read tokens per query head (certified, paged)")
     ap.add_argument("--dense-layers", default="", help="layers decoded densely in our modes, e.g. 0")
     ap.add_argument("--quick", action="store_true", help="llama-1b at 8k and 32k, batch 1 and 4")
-    ap.add_argument("--max-batch-8b", type=int, default=4)
     ap.add_argument("--time-budget", type=float, default=1e9, help="stop starting new runs after this many s")
     ap.add_argument("--check", action="store_true", help="first check the paged dense kernel against SDPA")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
     if args.quick:
-        args.shapes, args.contexts, args.batches = "llama-1b", "8192,32768", "1,4"
+        args.configs = "llama-1b:8192:1,llama-1b:8192:4,llama-1b:32768:1,llama-1b:32768:4"
+    configs = [(c.split(":")[0], int(c.split(":")[1]), int(c.split(":")[2])) for c in args.configs.split(",") if c]
     dev = torch.device(args.device)
     os.makedirs(args.out, exist_ok=True)
     t_start = time.time()
@@ -423,60 +428,62 @@ def main(argv=None):
         with open(os.path.join(args.out, "e2e.json"), "w") as f:
             json.dump(result, f, indent=1)
 
-    for shape in args.shapes.split(","):
-        model = build_model(shape, dev)
+    models = {}
+    for shape, ctx, B in configs:
+        if shape not in models:
+            models[shape] = build_model(shape, dev)
+        model = models[shape]
         wbytes = weight_bytes_per_step(model)
-        for ctx in [int(c) for c in args.contexts.split(",")]:
-            for B in [int(b) for b in args.batches.split(",")]:
-                if shape == "llama-8b" and B > args.max_batch_8b:
-                    continue
-                for v in variants:
-                    row = dict(shape=shape, context=ctx, batch=B, variant=v)
-                    if time.time() - t_start > args.time_budget:
-                        row["skipped"] = "time budget"
-                        result["rows"].append(row)
-                        continue
-                    why = fits(v, model, B, ctx, dev)
-                    if why:
-                        row["skipped"] = why
-                        print(shape, ctx, B, v, "skipped:", why, flush=True)
-                        result["rows"].append(row)
-                        continue
-                    if dev.type == "cuda":
-                        torch.cuda.reset_peak_memory_stats(dev)
-                    try:
-                        if v == "hf_eager_sdpa":
-                            r = run_hf_eager(model, B, ctx, args.eager_steps, dev)
-                        elif v.startswith("graph_sdpa_"):
-                            r = run_graph_dense(model, B, ctx, args.steps, dev, v[len("graph_sdpa_"):])
-                        else:
-                            r = run_ours(model, v, B, ctx, args.steps, dev, args.kc, dense_layers)
-                        row.update(r)
-                        row["ms_per_token"] = r["s_per_token"] * 1e3
-                        row["tokens_per_s"] = B / r["s_per_token"]
-                        ab = attention_bytes(v, model, B, ctx, r)
-                        row["bytes_per_step"] = wbytes + ab
-                        row["attention_bytes_per_step"] = ab
-                        row["dense_floor_bytes"] = wbytes + attention_bytes("dense", model, B, ctx, r)
-                        row["achieved_GBps"] = (wbytes + ab) / r["s_per_token"] / 1e9
-                        if dev.type == "cuda":
-                            row["peak_GiB"] = torch.cuda.max_memory_allocated(dev) / 2 ** 30
-                    except Exception as e:          # a backend refusing a shape is a result, not a crash
-                        row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-                        traceback.print_exc(limit=3)
-                    gc.collect()
-                    if dev.type == "cuda":
-                        torch.cuda.empty_cache()
-                    print(shape, ctx, B, v, {k: row.get(k) for k in ("ms_per_token", "tokens_per_s", "peak_GiB",
-                                                                       "error")}, flush=True)
-                    result["rows"].append(row)
-                    save()
-        del model
-        gc.collect()
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
+        for v in variants:
+            row = dict(shape=shape, context=ctx, batch=B, variant=v)
+            result["rows"].append(row)
+            if time.time() - t_start > args.time_budget:
+                row["skipped"] = "time budget"
+                continue
+            why = fits(v, model, B, ctx, dev)
+            if why:
+                row["skipped"] = why
+                print(shape, ctx, B, v, "skipped:", why, flush=True)
+                continue
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            try:
+                if v == "hf_eager_sdpa":
+                    r = run_hf_eager(model, B, ctx, args.eager_steps, dev)
+                elif v.startswith("graph_sdpa_"):
+                    r = run_graph_dense(model, B, ctx, args.steps, dev, v[len("graph_sdpa_"):])
+                else:
+                    r = run_ours(model, v, B, ctx, args.steps, dev, args.kc, dense_layers)
+                row.update(r)
+                row["ms_per_token"] = r["s_per_token"] * 1e3
+                row["tokens_per_s"] = B / r["s_per_token"]
+                ab = attention_bytes(v, model, B, ctx, r)
+                row["bytes_per_step"] = wbytes + ab
+                row["attention_bytes_per_step"] = ab
+                row["dense_floor_bytes"] = wbytes + attention_bytes("dense", model, B, ctx, r)
+                row["achieved_GBps"] = (wbytes + ab) / r["s_per_token"] / 1e9
+                if dev.type == "cuda":
+                    row["peak_GiB"] = torch.cuda.max_memory_allocated(dev) / 2 ** 30
+            except Exception as e:          # a backend refusing a shape is a result, not a crash
+                row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+                traceback.print_exc(limit=3)
+            gc.collect()
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            print(shape, ctx, B, v, {k: row.get(k) for k in ("ms_per_token", "tokens_per_s", "peak_GiB", "error")},
+                  flush=True)
+            save()
     result["crossover"] = crossover(result["rows"])
     save()
+    from vashista_gpu.engine.dense_paged import shape_key
+    table = dict(card=env["card"], date=env["date"], kc=args.kc, dense_layers=list(dense_layers),
+                 source="benchmarks/e2e_decode.py: best dense = fastest SDPA backend under the same CUDA graph",
+                 entries=[dict(name=c["shape"], shape=shape_key(models[c["shape"]].config), batch=c["batch"],
+                               variant=c["variant"], ratios=c["ratios"],
+                               crossover_context=c["crossover"]["context"] if c["crossover"] else None)
+                          for c in result["crossover"] if c["ratios"]])
+    with open(os.path.join(args.out, "crossover.json"), "w") as f:
+        json.dump(table, f, indent=1)
     with open(os.path.join(args.out, "e2e.csv"), "w", newline="") as f:
         cols = ["shape", "context", "batch", "variant", "ms_per_token", "tokens_per_s", "peak_GiB",
                 "bytes_per_step", "dense_floor_bytes", "achieved_GBps", "skipped", "error"]
