@@ -15,6 +15,8 @@ attention, MLP, LM head, argmax):
   ours_cert_int4_g16  engine certified mode, int4 sketch, group = page = 16, Kc fixed (--kc)
   ours_cert_int8_g64  engine certified mode, int8 sketch, group = page = 64
   ours_paged          engine paged mode (page-box router), page 16, the same Kc
+  ours_cert_int4_g16+df  the int4 step with the device DenseFallback at a tolerance nothing exceeds:
+                      the policy's fixed cost inside the graph
 All graph variants time replays only (CUDA events around --steps replays after capture); ours are the
 engine's own captured step (``Engine._step`` under ``cuda_graph.capture``), report-only: on random
 weights attention is near uniform and certificates say "uncertified", so certified runs are timed
@@ -71,7 +73,7 @@ PRIORITY = ",".join(["llama-1b:131072:1", "llama-1b:131072:4", "llama-1b:131072:
                      "llama-8b:131072:4", "llama-1b:8192:1", "llama-1b:8192:4", "llama-1b:8192:16",
                      "llama-8b:8192:1", "llama-8b:8192:4", "llama-1b:32768:1", "llama-1b:32768:4",
                      "llama-1b:32768:16", "llama-8b:32768:1", "llama-8b:32768:4"])
-OURS = ("ours_dense", "ours_cert_int4_g16", "ours_cert_int8_g64", "ours_paged")
+OURS = ("ours_dense", "ours_cert_int4_g16", "ours_cert_int8_g64", "ours_paged", "ours_cert_int4_g16+df")
 
 
 def build_model(shape: str, device):
@@ -241,14 +243,19 @@ def _fill_engine(engine, B, ctx, max_new, dev):
 
 def run_ours(model, variant, B, ctx, steps, dev, kc, dense_layers):
     from vashista_gpu.engine import Engine
+    from vashista_ref.policies import DenseFallback
 
+    # "+df": DenseFallback with a tolerance nothing exceeds — the device policy's fixed cost (flag,
+    # compaction, an idle pairs launch) on top of the certified step
+    base, df = variant.split("+")[0], variant.endswith("+df")
     mode, bits, page = dict(ours_dense=("dense", 4, 16), ours_cert_int4_g16=("certified", 4, 16),
-                            ours_cert_int8_g64=("certified", 8, 64), ours_paged=("paged", 4, 16))[variant]
+                            ours_cert_int8_g64=("certified", 8, 64), ours_paged=("paged", 4, 16))[base]
     max_new = steps + 8
     max_tokens = page * math.ceil((ctx + max_new) / page)
     budget = min(1.0, kc / ctx)
     eng = Engine(model, mode=mode, bits=bits, budget=budget, max_seqs=B, max_tokens=max_tokens, page_size=page,
-                 graph=dev.type == "cuda", dense_layers=dense_layers, progress=False)
+                 graph=dev.type == "cuda", dense_layers=dense_layers, progress=False,
+                 policy=DenseFallback(1e30) if df else None)
     with eng, torch.no_grad():
         seqs = _fill_engine(eng, B, ctx, max_new, dev)
         eng._segment(seqs)
@@ -260,7 +267,7 @@ def run_ours(model, variant, B, ctx, steps, dev, kc, dense_layers):
         Kc, P = eng.runner.Kc, eng.runner.P
     cfg = dict(mode=mode, bits=bits if mode == "certified" else None, group=page if mode == "certified" else None,
                page_size=page, Kc=Kc, P=P if mode == "paged" else None, budget=budget,
-               dense_layers=list(dense_layers), policy="ReportOnly")
+               dense_layers=list(dense_layers), policy="DenseFallback(1e30)" if df else "ReportOnly")
     del eng
     return dict(s_per_token=s, cache_bytes=nbytes, dense_kv_bytes=dense_kv, stats=stats, config=cfg)
 
