@@ -155,3 +155,19 @@ def test_smollm2_smoke():
     r = generate(model, tok, prompt, mode="certified", bits=8, budget=1.0, max_new_tokens=4)
     assert r.tokens == [ref] and isinstance(r.text[0], str)
     assert r.stats["queries"] == 3 * 30 * 9
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["--prompt", "x", "--budget", "2"], "--budget"), (["--prompt", "x", "--budget", "1/0"], "--budget"),
+    (["--prompt", "x", "--policy", "fallback"], "--tol"), (["--prompt", "x", "--tol", "-1"], "--tol"),
+    ([], "--prompt"), (["--prompt", "x", "--prompt-file", "y"], "--prompt"),
+    (["--prompt-file", "/nonexistent/p.txt"], "--prompt-file"), (["--prompt", "x", "--bits", "3"], "--bits"),
+    (["--prompt", "x", "--device", "tpu"], "--device"), (["--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens"),
+    (["--prompt", "x", "--dense-layers", "a,b"], "--dense-layers"),
+])
+def test_cli_bad_options_exit_2_naming_the_option(argv, option, capsys):
+    from vashista_gpu.engine.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"vashista generate: {option}:") and "Traceback" not in err

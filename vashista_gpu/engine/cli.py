@@ -1,0 +1,186 @@
+"""``vashista generate``: greedy generation with Vashista owning the KV cache (``vashista_gpu.engine``).
+
+Prints the generated text; ``--json`` prints one JSON object instead: token ids, prefill seconds,
+decode ms/token and tokens/s, cache bytes (ours: kv / sketch / metadata) and the dense cache's bytes,
+fallback rate and the certificate summary, and the configuration that ran. The model is the embedded
+SmolLM2-135M-Instruct unless ``--model FILE.gguf`` names another. Bad options exit with status 2 and
+one line naming the option.
+
+Example:
+    vashista generate --prompt "The capital of France is" --max-new-tokens 16 --mode certified --bits 8
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+from vashista_ref.errors import VashistaInputError
+
+POLICIES = ("report", "fallback", "capped")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vashista generate", description=__doc__.split("\n\n")[0])
+    src = p.add_argument_group("input")
+    src.add_argument("--model", default=None, help="a local GGUF file (default: the embedded SmolLM2)")
+    src.add_argument("--prompt", default=None, help="prompt text")
+    src.add_argument("--prompt-file", default=None, help="read the prompt from this text file")
+    src.add_argument("--max-new-tokens", type=int, default=32)
+    dec = p.add_argument_group("decode")
+    dec.add_argument("--mode", choices=("dense", "certified", "paged", "auto"), default="certified")
+    dec.add_argument("--bits", type=int, default=4, help="certified-mode sketch bits: 4 or 8")
+    dec.add_argument("--budget", default="1/16",
+                     help="fraction of the context read exactly (Kc = 16·ceil(budget·context/16)); "
+                          "a number or a fraction like 1/16")
+    dec.add_argument("--policy", choices=POLICIES, default="report",
+                     help="report: count certificates; fallback: exact attention for heads whose certified "
+                          "error exceeds --tol; capped: widen Kc up to --Kc-max first")
+    dec.add_argument("--tol", type=float, default=None, help="certified-error tolerance (fallback, capped; "
+                                                              "with report: the threshold counted)")
+    dec.add_argument("--Kc-max", type=int, default=None, help="capped: the widest Kc (default 4096)")
+    dec.add_argument("--dense-layers", default="", help="comma-separated layers decoded densely")
+    dec.add_argument("--page-size", type=int, default=16)
+    dec.add_argument("--prefill-chunk", type=int, default=1024)
+    run = p.add_argument_group("run")
+    run.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    run.add_argument("--no-graph", action="store_true", help="on CUDA, run the decode step eagerly")
+    run.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def parse_budget(text: str) -> float:
+    """'1/16', '0.0625' -> 0.0625; anything else is a VashistaInputError naming --budget."""
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            value = float(num) / float(den)
+        else:
+            value = float(text)
+    except (ValueError, ZeroDivisionError):
+        raise VashistaInputError("--budget", f"expected a number or a fraction like 1/16, got {text!r}") from None
+    if not 0 < value <= 1 or math.isnan(value):
+        raise VashistaInputError("--budget", f"must be a fraction in (0, 1], got {text!r}")
+    return value
+
+
+def _policy(args):
+    from vashista_ref.policies import Capped, DenseFallback, ReportOnly
+
+    if args.tol is not None and not args.tol >= 0:
+        raise VashistaInputError("--tol", f"must be >= 0, got {args.tol}")
+    if args.policy == "report":
+        return ReportOnly()
+    if args.tol is None:
+        raise VashistaInputError("--tol", f"--policy {args.policy} needs a tolerance")
+    if args.policy == "fallback":
+        return DenseFallback(args.tol)
+    kc_max = 4096 if args.Kc_max is None else args.Kc_max
+    if kc_max < 1:
+        raise VashistaInputError("--Kc-max", f"must be >= 1, got {kc_max}")
+    return Capped(args.tol, kc_max, kc_max)
+
+
+def _prompt(args) -> str:
+    if (args.prompt is None) == (args.prompt_file is None):
+        raise VashistaInputError("--prompt", "give exactly one of --prompt and --prompt-file")
+    if args.prompt_file is not None:
+        try:
+            with open(args.prompt_file, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise VashistaInputError("--prompt-file", f"cannot read {args.prompt_file!r}: {exc}") from None
+    else:
+        text = args.prompt
+    if not text.strip():
+        raise VashistaInputError("--prompt", "the prompt is empty")
+    return text
+
+
+def _device(name):
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise VashistaInputError("--device", f"not a torch device: {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise VashistaInputError("--device", "CUDA is not available on this machine")
+    if dev.type not in ("cpu", "cuda"):
+        raise VashistaInputError("--device", f"expected cpu or cuda, got {name!r}")
+    return dev
+
+
+def _jsonable(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def run(args) -> dict:
+    """Check every option before loading anything, load the model, generate; returns the JSON object."""
+    import torch
+
+    from ..hf.model import load_default_model, load_model_file
+    from .generate import generate
+
+    text = _prompt(args)
+    budget = parse_budget(args.budget)
+    policy = _policy(args)
+    device = _device(args.device)
+    if args.max_new_tokens < 1:
+        raise VashistaInputError("--max-new-tokens", f"must be >= 1, got {args.max_new_tokens}")
+    if args.bits not in (4, 8):
+        raise VashistaInputError("--bits", f"must be 4 or 8, got {args.bits}")
+    try:
+        dense_layers = tuple(int(x) for x in args.dense_layers.split(",") if x.strip())
+    except ValueError:
+        raise VashistaInputError("--dense-layers", f"expected comma-separated integers, got {args.dense_layers!r}") from None
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if args.model is None:
+        model, tok = load_default_model(dtype=dtype, device=device)
+    else:
+        model, tok = load_model_file(args.model, dtype=dtype, device=device)
+    try:
+        r = generate(model, tok, text, mode=args.mode, bits=args.bits, budget=budget, policy=policy, tol=args.tol,
+                     max_new_tokens=args.max_new_tokens, graph=False if args.no_graph else None,
+                     page_size=args.page_size, prefill_chunk=args.prefill_chunk, dense_layers=dense_layers,
+                     eos_token_id=tok.eos_token_id, progress=None if not args.json else False)
+    except VashistaInputError as e:
+        # the library names its own arguments; the user typed options
+        raise VashistaInputError("--" + e.argument.replace("_", "-"), e.problem) from None
+    s = r.stats
+    return _jsonable(dict(
+        text=r.text[0], token_ids=r.tokens[0], prompt_tokens=r.config["prompt_tokens"][0],
+        prefill_s=r.prefill_s, decode_ms_per_token=r.ms_per_token, tokens_per_s=r.tokens_per_s,
+        cache_bytes=r.cache_bytes, dense_cache_bytes=r.dense_cache_bytes,
+        fallback_rate=s["fallback_rate"],
+        certificate=dict(queries=s["queries"], uncertified=s["uncertified"], uncertified_rate=s["uncertified_rate"],
+                         certified_error_mean=s["certified_error_mean"], certified_error_max=s["certified_error_max"],
+                         leakage_max=s["leakage_max"], overflow=s["overflow"], nonfinite=s["nonfinite"]),
+        mode=r.mode, config=r.config))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        out = run(args)
+    except VashistaInputError as e:
+        print(f"vashista generate: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(out["text"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
