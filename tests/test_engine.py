@@ -171,3 +171,11 @@ def test_cli_bad_options_exit_2_naming_the_option(argv, option, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"vashista generate: {option}:") and "Traceback" not in err
+
+
+def test_auto_mode_switches_at_the_crossover(tiny):
+    (p,) = _prompts([40])
+    below = generate(tiny, p, mode="auto", auto_crossover=64, max_new_tokens=2)
+    above = generate(tiny, p, mode="auto", auto_crossover=32, max_new_tokens=2)
+    assert (below.mode, above.mode) == ("dense", "certified")
+    assert below.config["crossover"] == "given"

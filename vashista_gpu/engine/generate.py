@@ -44,10 +44,10 @@ from .cache import VashistaCache
 from .step import ATTN_NAME, MODES, Runner, StepConfig, register
 
 ALL_MODES = MODES + ("auto",)
-# auto mode decodes densely below this context (tokens of the longest row) and certified from it on.
-# A placeholder until benchmarks/e2e_decode.py measures the crossover per model shape and batch: on an
-# H200 the certified step alone passed dense flash between 8k and 32k (RESULTS.md), so 16k is the
-# middle of the measured bracket, not a measurement.
+# auto mode decodes densely below the crossover context (tokens of the longest row) and certified
+# from it on. This is the placeholder for shapes benchmarks/e2e_decode.py has not measured
+# (engine/crossover.json): on an H200 the certified step alone passed dense flash between 8k and
+# 32k (RESULTS.md), so 16k is the middle of that bracket, not a measurement.
 AUTO_CROSSOVER = 16384
 
 
@@ -140,7 +140,8 @@ class Engine:
         self.graph = planned if graph is None else bool(graph)
         self.requested_mode = mode
         self.mode = mode if mode != "auto" else None       # auto: decided per segment (_auto_mode)
-        self.auto_crossover = AUTO_CROSSOVER if auto_crossover is None else positive_int("auto_crossover", auto_crossover)
+        self.auto_crossover = None if auto_crossover is None else positive_int("auto_crossover", auto_crossover)
+        self.crossover_source = "given" if auto_crossover is not None else None
         dtype = p.dtype if p.dtype in (torch.float16, torch.bfloat16, torch.float32) else torch.float32
         needs_sketch = mode in ("certified", "auto")
         self.cache = VashistaCache(model.config, max_seqs=max_seqs, max_tokens=max_tokens, num_pages=num_pages,
@@ -255,8 +256,21 @@ class Engine:
 
     # ------------------------------------------------------------------ decode
     def _auto_mode(self, lens) -> str:
-        """Mode for a segment in ``auto``: dense below the crossover context, certified from it on."""
-        return "dense" if max(lens) < self.auto_crossover else "certified"
+        """Mode for a segment in ``auto``: dense below the crossover context, certified from it on.
+        The crossover is ``auto_crossover`` if given, else the one measured for this model shape and
+        batch (``dense_paged.crossover_context``), else the placeholder ``AUTO_CROSSOVER``."""
+        from .dense_paged import crossover_context
+
+        cross = self.auto_crossover
+        if cross is None:
+            variant = "ours_cert_int4_g16" if self.runner.cfg.bits == 4 else "ours_cert_int8_g64"
+            try:
+                cross = crossover_context(self.model.config, len(lens), variant=variant)
+            except FileNotFoundError:          # no measured table shipped
+                cross = None
+            self.crossover_source = "measured" if cross is not None else "placeholder"
+            cross = AUTO_CROSSOVER if cross is None else cross
+        return "dense" if max(lens) < cross else "certified"
 
     def step(self) -> None:
         """One decode step of every active row: device work only (see module doc)."""
@@ -418,7 +432,7 @@ def generate(model, tokenizer_or_ids, prompt=None, *, mode: str = "certified", b
         cache_bytes=nbytes, dense_cache_bytes=dense_bytes, stats=stats, mode=ran_mode,
         config=dict(requested_mode=mode, bits=bits if ran_mode == "certified" else None, budget=budget,
                     Kc=engine.runner.Kc or None, P=engine.runner.P if ran_mode == "paged" else None,
-                    page_size=page_size, graph=engine.graph, planned=engine.runner.cfg.planned,
+                    crossover=engine.crossover_source, page_size=page_size, graph=engine.graph, planned=engine.runner.cfg.planned,
                     policy=type(engine.policy).__name__, tol=engine.tol, dense_layers=list(engine.runner.cfg.dense_layers),
                     batch=len(prompts), prompt_tokens=[len(p) for p in prompts], device=str(engine.device)))
 
