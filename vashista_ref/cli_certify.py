@@ -20,8 +20,9 @@ import sys
 
 import numpy as np
 
+from vashista_core.errors import ConvergenceError, VashistaInputError
+
 from .entropic import entropic_projection
-from .errors import ConvergenceError, VashistaInputError
 from .instances import FAMILIES, draw
 from .projection import (DEFAULT_ACTIVE_TOL, DEFAULT_FACE_TOL, DEFAULT_INSIDE_TOL, SOLVERS,
                          project_onto_hull)

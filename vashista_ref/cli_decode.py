@@ -24,8 +24,9 @@ import sys
 
 import numpy as np
 
-from .errors import VashistaInputError
-from .policies import make_policy
+from vashista_core.errors import VashistaInputError
+from vashista_core.policies import make_policy
+
 from .routing import ROUTERS
 from .sketch import SUPPORTED_BITS, dense_leakage
 from .sparse_decode import sparse_decode, sparse_decode_single

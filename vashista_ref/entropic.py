@@ -48,7 +48,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import logsumexp
 
-from .errors import ConvergenceError, VashistaInputError
+from vashista_core.errors import ConvergenceError, VashistaInputError
+
 from .validate import positive_int, positive_scalar, queries_and_keys, query_and_keys
 
 METHODS = ("newton", "eg", "fw")

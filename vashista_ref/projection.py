@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ConvergenceError, VashistaInputError
+from vashista_core.errors import ConvergenceError, VashistaInputError
+
 from .minnorm import wolfe_min_norm_point
 from .validate import nonnegative_scalar, queries_and_keys, query_and_keys
 

@@ -68,7 +68,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-UNIT_ROUNDOFF = 2.0 ** -53
+from vashista_core.rounding import U64
+
+UNIT_ROUNDOFF = U64   # float64 (re-exported name; vashista_core.rounding holds the constants)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
+
 from .paged_cache import PagedKVCache
 from .validate import positive_int
 
