@@ -46,9 +46,9 @@ from dataclasses import dataclass
 
 import torch
 
-from vashista_ref.errors import VashistaInputError
-from vashista_ref.policies import Capped, DenseFallback, ReportOnly
-from vashista_ref.sketch import check_sketch_options
+from vashista_core.errors import VashistaInputError
+from vashista_core.options import check_sketch_options
+from vashista_core.policies import Capped, DenseFallback, ReportOnly
 
 from . import validate as V
 from .dense import dense_decode

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as Fn
 
-from vashista_ref.errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
 
 from . import validate as V
 

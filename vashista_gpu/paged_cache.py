@@ -40,7 +40,7 @@ import math
 
 import torch
 
-from vashista_ref.errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
 
 from . import validate as V
 

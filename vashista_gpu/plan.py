@@ -24,12 +24,11 @@ from dataclasses import dataclass
 
 import torch
 
-from vashista_ref.errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
+from vashista_core.options import ROUTERS, SOLVERS
 
 from . import validate as V
 
-SOLVERS = ("softmax", "eg", "fw")
-ROUTERS = ("bound", "mean")
 
 
 @dataclass

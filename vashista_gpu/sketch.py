@@ -51,8 +51,8 @@ from dataclasses import dataclass
 
 import torch
 
-from vashista_ref.errors import VashistaInputError
-from vashista_ref.sketch import META_DTYPES, SUPPORTED_BITS
+from vashista_core.errors import VashistaInputError
+from vashista_core.options import META_DTYPE_NAMES, SUPPORTED_BITS
 
 from .validate import positive_int, positive_scalar, tensor
 
@@ -65,7 +65,7 @@ except ImportError:  # pragma: no cover
 U64 = 2.0 ** -53
 _FN_REL = 16 * U64
 _META = {"float16": torch.float16, "float32": torch.float32}
-assert set(_META) == set(META_DTYPES)
+assert set(_META) == set(META_DTYPE_NAMES)
 
 
 def _gamma(n: int, u: float = U64) -> float:
@@ -537,7 +537,7 @@ def sketch_decode(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: int = 4, sc
     (attached on first use, then kept current on append) selects top-Kc per query head, which are
     rescored exactly and certified (``certified_decode``). ``policy`` from ``vashista_ref.policies``:
     ReportOnly (default), DenseFallback(tol), Capped(tol, P_max, Kc_max) (only Kc is widened)."""
-    from vashista_ref.policies import Capped, DenseFallback, ReportOnly
+    from vashista_core.policies import Capped, DenseFallback, ReportOnly
 
     from . import validate as V
     from .dense import dense_decode

@@ -263,7 +263,7 @@ def paged_certified_decode(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: in
     with an uncertified head, replacing the uncertified heads' results, until certified or capped,
     then falls back densely. Returns ``decode.DecodeOutput`` (``path="fused"``; candidates/weights
     (B, Hq, max Kc_used), −1/0 padded). Synchronises (policies need the certificates on the host)."""
-    from vashista_ref.policies import Capped, DenseFallback, ReportOnly
+    from vashista_core.policies import Capped, DenseFallback, ReportOnly
 
     from .decode import DecodeOutput
     from .dense import dense_decode

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from vashista_ref.errors import VashistaInputError
-from vashista_ref.validate import nonnegative_scalar, positive_int, positive_scalar  # noqa: F401  (re-export)
+from vashista_core.errors import VashistaInputError
+from vashista_core.validate import nonnegative_scalar, positive_int, positive_scalar  # noqa: F401  (re-export)
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 

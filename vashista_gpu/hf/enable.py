@@ -30,13 +30,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vashista_ref.errors import VashistaInputError
-from vashista_ref.policies import Capped, DenseFallback, ReportOnly
-from vashista_ref.validate import positive_int
+from vashista_core.errors import VashistaInputError
+from vashista_core.options import ROUTERS, SOLVERS, check_sketch_options
+from vashista_core.policies import Capped, DenseFallback, ReportOnly
+from vashista_core.validate import positive_int
 
-from vashista_ref.sketch import check_sketch_options
-
-from ..plan import ROUTERS, SOLVERS
 from .attention import ATTN_NAME, register
 from .mirror import LayerMirror
 from .stats import DecodeStats

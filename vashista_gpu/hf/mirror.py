@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from vashista_ref.errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
 
 from ..paged_cache import TorchPagedKVCache
 

