@@ -251,7 +251,7 @@ def test_hf_certified_mode_runs_the_fused_path(tiny_llama, monkeypatch):
 
     import vashista_gpu.sketch_plan as sp
     from vashista_gpu.hf import disable_vashista, enable_vashista
-    from vashista_gpu.quality.decode_loop import cache_kwarg
+    from vashista_app.quality.decode_loop import cache_kwarg
 
     calls = []
     real = sp.paged_certified_decode
