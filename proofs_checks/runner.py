@@ -16,6 +16,8 @@ from . import (claim1_kkt, claim2_leakage, claim3_theorem1, claim4_softmax, clai
                claim6_router, claim7_support)
 from .result import CheckResult
 
+__all__ = ["BUDGETS", "MODULES", "run_all", "table", "write_report"]
+
 MODULES = (claim1_kkt, claim2_leakage, claim3_theorem1, claim4_softmax, claim5_inside,
            claim6_router, claim7_support)
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from .errors import VashistaInputError
 from .validate import nonnegative_scalar, positive_int
 
+__all__ = ["Capped", "DenseFallback", "make_policy", "Policy", "ReportOnly"]
+
 
 @dataclass(frozen=True)
 class ReportOnly:

@@ -103,8 +103,13 @@ from vashista_core.rounding import FN_REL as _FN_REL, U64 as U, down as _down, g
 
 from .dense import resolve_scale, token_scores
 from .routing import top_indices
-from .runtime_certificate import _best_prefix_ratio_log
+from .runtime_certificate import best_prefix_ratio_log
 from .validate import as_real_array, nonnegative_scalar, positive_int, query_and_keys
+
+__all__ = ["attach_sketch", "certified_decode", "certified_step", "CertifiedStep", "dense_leakage",
+           "group_value_stats", "GroupValueStats", "KeySketch", "META_DTYPES", "pack_codes",
+           "PageSketchStore", "quantize_keys", "sketch_attempt", "sketch_bounds", "sketch_scores",
+           "unpack_codes"]
 
 META_DTYPES = {"float16": np.float16, "float32": np.float32}
 assert tuple(META_DTYPES) == META_DTYPE_NAMES
@@ -523,7 +528,7 @@ def certified_step(q, K, V, sketch: KeySketch, Kc: int, *, scale: float | None =
         w_max = float(np.max(np.r_[w_tok, w_pr]))
         e_mid = leak * w_max
         with np.errstate(divide="ignore"):
-            e_star = _best_prefix_ratio_log(_lse(log_xlo + np.log(w_tok)), log_Z_lo, np.r_[log_slack, log_u_pr],
+            e_star = best_prefix_ratio_log(_lse(log_xlo + np.log(w_tok)), log_Z_lo, np.r_[log_slack, log_u_pr],
                                             np.r_[w_tok, w_pr])
             # ball forms: e·Z = Σ_g W_g (c_g − o) + Σ_{j∉C} x_j (v_j − c_g(j)); the first sum keeps the
             # cancellation between groups at the lower weights, the rest is a linear-fractional maximum
@@ -537,10 +542,10 @@ def certified_step(q, K, V, sketch: KeySketch, Kc: int, *, scale: float | None =
                 log_base = cmax + np.log(float(np.linalg.norm(vec)) * (1 + 2 * _gamma(G + out.shape[0] + 2)))
             else:
                 log_base = -np.inf
-            e_ball = _best_prefix_ratio_log(np.logaddexp(log_base, _lse(logW_lo + np.log(vs.radius))), log_Z_lo,
+            e_ball = best_prefix_ratio_log(np.logaddexp(log_base, _lse(logW_lo + np.log(vs.radius))), log_Z_lo,
                                             logW_slack, dist + vs.radius)
             rt = vs.token_radius[rest]
-            e_tok = _best_prefix_ratio_log(np.logaddexp(log_base, _lse(log_xlo + np.log(rt))), log_Z_lo,
+            e_tok = best_prefix_ratio_log(np.logaddexp(log_base, _lse(log_xlo + np.log(rt))), log_Z_lo,
                                            np.r_[log_slack, log_u_pr],
                                            np.r_[dist[g_of[rest]] + rt, dist[pr] + vs.radius[pr]])
         # log-domain evaluation errs by a few ulp of the largest log magnitude: a relative allowance

@@ -54,6 +54,8 @@ from .sketch import check_sketch_options, sketch_attempt
 from .state import finalize, from_scores
 from .validate import as_real_array, positive_int, query_and_keys
 
+__all__ = ["COST_FIELDS", "DecodeResult", "sparse_decode", "sparse_decode_single"]
+
 COST_FIELDS = ("summaries_scored", "pages_read", "tokens_scored", "values_read")
 
 

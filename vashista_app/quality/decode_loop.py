@@ -18,6 +18,8 @@ import inspect
 
 import torch
 
+__all__ = ["cache_kwarg", "decode_tokens", "prefill"]
+
 
 def cache_kwarg(model) -> str:
     """The forward argument that takes the KV cache: ``cache`` in transformers 5, ``past_key_values``

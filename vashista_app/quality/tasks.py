@@ -33,6 +33,8 @@ from vashista_core.errors import VashistaInputError
 from vashista_gpu.hf import disable_vashista, enable_vashista
 from .decode_loop import decode_tokens, prefill
 
+__all__ = ["budget_setting", "budget_tokens", "multikey", "passkey", "perplexity", "TIMINGS", "WORDS"]
+
 WORDS = ("apple", "river", "candle", "falcon", "marble", "violet", "copper", "meadow", "harbor", "lantern")
 
 
