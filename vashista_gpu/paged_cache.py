@@ -137,6 +137,11 @@ class TorchPagedKVCache:
     def seq_ids(self) -> list[int]:
         return [i for i, live in enumerate(self._live) if live]
 
+    def is_live(self, seq_id: int) -> bool:
+        """Whether ``seq_id`` names a sequence in the cache now (host mirror: no synchronisation)."""
+        return isinstance(seq_id, int) and not isinstance(seq_id, bool) and 0 <= seq_id < self.max_seqs \
+            and self._live[seq_id]
+
     def free_sequence(self, seq_id: int) -> None:
         """Drop a sequence and return its pages to the pool."""
         self._check_seq(seq_id)

@@ -69,7 +69,7 @@ def decode_batch(cache, seq_ids, num_q_heads: int):
     ids = V.index_tensor("seq_ids", seq_ids)
     host_ids = [int(s) for s in ids.tolist()]
     for s in host_ids:
-        if not 0 <= s < cache.max_seqs or not cache._live[s]:
+        if not cache.is_live(s):
             raise VashistaInputError("seq_ids", f"unknown sequence {s}")
         if cache.length(s) == 0:
             raise VashistaInputError("cache", f"sequence {s} is empty (no tokens to attend to)")
