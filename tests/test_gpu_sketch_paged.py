@@ -14,7 +14,7 @@ pytest.importorskip("triton")
 from vashista_gpu.paged_cache import TorchPagedKVCache  # noqa: E402
 from vashista_gpu.sketch import sketch_decode  # noqa: E402
 from vashista_gpu.sketch_plan import fused_paged_sketch_step  # noqa: E402
-from vashista_ref.errors import VashistaInputError  # noqa: E402
+from vashista_core.errors import VashistaInputError  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 

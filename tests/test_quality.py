@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from vashista_ref.errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
 from vashista_app.quality.cli import main
 from vashista_app.quality.tasks import budget_setting, budget_tokens
 from vashista_app.quality.texts import load_text

@@ -10,9 +10,9 @@ from hypothesis import given, settings, strategies as st
 
 from helpers import assert_rel_close
 from vashista_app import cmd_decode
-from vashista_ref.errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
 from vashista_ref.paged_cache import PagedKVCache
-from vashista_ref.policies import Capped, DenseFallback
+from vashista_core.policies import Capped, DenseFallback
 from vashista_ref.sketch import attach_sketch, certified_step, dense_leakage, quantize_keys
 from vashista_ref.sparse_decode import sparse_decode
 

@@ -19,8 +19,8 @@ from vashista_gpu.decode import sparse_decode  # noqa: E402
 from vashista_gpu.dense import dense_decode  # noqa: E402
 from vashista_gpu.sketch_plan import (candidate_weights, fused_paged_sketch_step, paged_certified_decode,  # noqa: E402
                                       plan_sketch_step, run_sketch_plan)
-from vashista_ref.errors import VashistaInputError  # noqa: E402
-from vashista_ref.policies import Capped, DenseFallback  # noqa: E402
+from vashista_core.errors import VashistaInputError  # noqa: E402
+from vashista_core.policies import Capped, DenseFallback  # noqa: E402
 
 FIELDS = ("out", "candidates", "certified_leakage", "certified_error", "overflow", "gap")
 

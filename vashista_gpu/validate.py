@@ -1,6 +1,6 @@
 """Input checks for the GPU tier (torch tensors): the twin of ``vashista_ref.validate``.
 
-Same error type (:class:`vashista_ref.errors.VashistaInputError`) and the same wording, so callers
+Same error type (:class:`vashista_core.errors.VashistaInputError`) and the same wording, so callers
 catch one exception whichever tier they use. Scalar checks are not duplicated: they are re-exported
 from the reference module (it has no torch and no cvxpy at import time).
 

@@ -166,7 +166,7 @@ def enable_vashista(model, P: int, Kc: int, *, page_size: int = 16, solver: str 
     """Switch ``model`` to Vashista decode (see module docstring); returns a :class:`VashistaHandle`.
 
     ``P`` pages routed per query head besides the sink and newest pages are counted inside P (as in
-    ``sparse_decode``); ``Kc`` candidate tokens; ``policy`` a ``vashista_ref.policies`` object (default
+    ``sparse_decode``); ``Kc`` candidate tokens; ``policy`` a ``vashista_core.policies`` object (default
     report-only); ``router="sketch"`` with ``bits`` 4 or 8 is certified mode (every token bounded
     through its quantized key sketch; P is unused there); ``dense_layers`` keep full attention; ``fanout`` enables the hierarchical summaries;
     ``collect_stats`` records per-layer/per-head certificates; ``shadow_dense`` adds the float64 dense
