@@ -59,6 +59,8 @@ from .selection import INVALID_KEY, key_index
 from .sketch import HAS_TRITON, sketch_decode
 from .sketch_plan import fused_shapes_ok, paged_certified_decode
 
+__all__ = ["run_plan", "sparse_decode"]
+
 
 def _backend_module(backend: str):
     if backend == "torch":

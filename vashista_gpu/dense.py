@@ -22,6 +22,8 @@ from vashista_core.errors import VashistaInputError
 
 from . import validate as V
 
+__all__ = ["dense_decode", "sdpa_decode"]
+
 
 def sdpa_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """q (B, Hq, D), k (B, Hkv, T, D), v (B, Hkv, T, Dv) -> (B, Hq, Dv) by SDPA.

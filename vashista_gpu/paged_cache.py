@@ -44,6 +44,8 @@ from vashista_core.errors import VashistaInputError
 
 from . import validate as V
 
+__all__ = ["CACHE_DTYPES", "TorchPagedKVCache", "resolve_backend"]
+
 CACHE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 

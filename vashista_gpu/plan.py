@@ -29,6 +29,8 @@ from vashista_core.options import ROUTERS, SOLVERS
 
 from . import validate as V
 
+__all__ = ["DecodePlan", "decode_batch", "plan_decode"]
+
 
 
 @dataclass

@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import torch
 
+__all__ = ["FORCED_ORDERABLE", "INVALID_KEY", "LOW_MASK", "key_index", "orderable", "select_candidates",
+           "tie_keys", "top_indices", "topk_keys"]
+
 INVALID_KEY = -(2 ** 63)                 # below every real key: padding, empty slots
 FORCED_ORDERABLE = 2 ** 31 - 1           # above every finite or infinite float: sink/newest pages
 LOW_MASK = 2 ** 32 - 1

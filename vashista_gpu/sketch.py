@@ -65,6 +65,9 @@ try:  # Triton is optional: the torch path works without it (the fused path and 
     import triton
 except ImportError:  # pragma: no cover
     triton = None
+
+__all__ = ["HAS_TRITON", "TorchCertifiedStep", "TorchKeySketch", "TorchPageSketchStore", "attach_sketch",
+           "certified_decode", "fused_sketch_step", "quantize_keys", "scanned_pages", "sketch_decode"]
 HAS_TRITON = triton is not None
 
 _META = {"float16": torch.float16, "float32": torch.float32}

@@ -63,6 +63,9 @@ from .result import StepResult
 from .selection import select_candidates
 from .sketch import attach_sketch, scanned_pages
 
+__all__ = ["SketchStepPlan", "candidate_weights", "fused_paged_sketch_step", "fused_shapes_ok",
+           "paged_certified_decode", "plan_sketch_step", "run_sketch_plan"]
+
 
 @dataclass
 class SketchStepPlan:

@@ -26,6 +26,9 @@ from .kernels.select_blocks import select_blocks
 from .kernels.token_scores import token_scores
 from .routing import select_torch
 
+__all__ = ["BLOCK_SCORES_BM", "BLOCK_SCORES_WARPS", "POISON", "SELECT_MAX_BLOCKS", "finish", "fold_dropped",
+           "score_blocks", "score_tokens", "select"]
+
 POISON = False
 # block-scoring tile: BM summaries × D per program (the routing pass is the bandwidth-bound kernel;
 # benchmarks/decode_scaling.py sweeps these on the device and records the choice)

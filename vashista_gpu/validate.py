@@ -18,6 +18,8 @@ import torch
 from vashista_core.errors import VashistaInputError
 from vashista_core.validate import nonnegative_scalar, positive_int, positive_scalar  # noqa: F401  (re-export)
 
+__all__ = ["FLOAT_DTYPES", "index_tensor", "same_device", "tensor"]
+
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 

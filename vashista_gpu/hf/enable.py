@@ -39,6 +39,9 @@ from .attention import ATTN_NAME, register
 from .mirror import LayerMirror
 from .stats import DecodeStats
 
+__all__ = ["LayerRuntime", "PREFILL_MODES", "SUPPORTED_MODEL_TYPES", "VashistaConfig", "VashistaHandle",
+           "attention_modules", "check_supported", "disable_vashista", "enable_vashista"]
+
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 PREFILL_MODES = ("dense", "sparse")
 

@@ -32,6 +32,8 @@ from vashista_core.errors import VashistaInputError
 
 from ..paged_cache import TorchPagedKVCache
 
+__all__ = ["LayerMirror", "valid_from_mask"]
+
 
 def valid_from_mask(mask: torch.Tensor | None, q_index: int, batch: int, kv_len: int) -> torch.Tensor:
     """(B, kv_len) bool: the keys query ``q_index`` may attend to, from HF's 4-D mask (or None = all).

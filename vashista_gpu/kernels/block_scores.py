@@ -24,6 +24,8 @@ import triton.language as tl
 
 from .keys import tie_key
 
+__all__ = ["block_scores"]
+
 
 @triton.jit
 def _block_scores_kernel(q_ptr, nodes_ptr, pvalid_ptr, seq_ptr, lens_ptr, table_ptr,

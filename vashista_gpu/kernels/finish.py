@@ -18,6 +18,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+__all__ = ["finish"]
+
 INVALID = tl.constexpr(-9223372036854775807 - 1)   # globals used in kernels must be constexpr
 
 

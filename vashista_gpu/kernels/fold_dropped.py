@@ -11,6 +11,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+__all__ = ["fold_dropped"]
+
 
 @triton.jit
 def _fold_dropped_kernel(keys_ptr, thr_ptr, ub_ptr, vn_ptr, lse_ptr, ubm_ptr, vnm_ptr, M, log_n,

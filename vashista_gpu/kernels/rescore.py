@@ -25,6 +25,8 @@ import triton.language as tl
 
 from vashista_core.rounding import U32, gamma
 
+__all__ = ["rescore", "rescore_paged"]
+
 
 @triton.jit
 def _rows(kv, T, j, seq, table_ptr, table_stride, Hkv, S: tl.constexpr, PAGED: tl.constexpr):

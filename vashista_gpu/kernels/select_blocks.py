@@ -15,6 +15,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+__all__ = ["select_blocks"]
+
 INVALID = tl.constexpr(-9223372036854775807 - 1)
 FORCED_HI = tl.constexpr(2147483647)
 LOW = tl.constexpr(4294967295)

@@ -64,6 +64,8 @@ import triton
 import triton.language as tl
 
 from vashista_core.rounding import U32, gamma
+
+__all__ = ["SUB", "paged_sketch_scan_bound", "scan_constants", "sketch_scan_bound", "sketch_scores", "use_int_dot"]
 SUB = 16                                          # tokens per entry of ``smax``
 
 

@@ -12,6 +12,8 @@ import triton.language as tl
 
 from .keys import tie_key
 
+__all__ = ["token_scores"]
+
 
 @triton.jit
 def _token_scores_kernel(q_ptr, pages_ptr, ok_ptr, seq_ptr, lens_ptr, table_ptr, k_ptr,
