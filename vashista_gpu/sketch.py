@@ -23,14 +23,14 @@ the codes (three batched matmuls of non-negative terms). The certificate arithme
 reduction per head; a fused kernel would keep fp32 with the same outward margins). Box pruning is not
 implemented here (the reference has it). ``backend="triton"`` runs the sketch scan (unpack, dequantize,
 dot) in one Triton kernel, ``kernels.sketch_scan.sketch_scores``; the selection and certificate stay in torch.
-``vashista_gpu.decode.sparse_decode(..., router="sketch", bits=b)`` reaches this path through
-:func:`sketch_to_decode_output`. :func:`fused_sketch_step` is the device-only step for batches of
+``vashista_gpu.decode.sparse_decode(..., router="sketch", bits=b)`` reaches this path
+(:func:`sketch_decode`) when the fused paged step does not apply. :func:`fused_sketch_step` is the device-only step for batches of
 equal-length sequences (benchmarks/sketch_decode_scaling.py): one Triton pass emits tie-rule keys and
 per-token float32 upper bounds (``kernels/sketch_scan.py``), then topk, exact rescoring, softmax and a
 float32 certificate rounded outward, with no host synchronisation (CUDA-graph capturable); its output
 bound is the middle form L̂·(max‖v‖ + ‖o‖) plus the float32 rounding of o. Its paged twin (any
 lengths, through the page table), planned once and replayable in a CUDA graph, with the policies, is
-``sketch_plan.py`` (``fused_paged_sketch_step`` is re-exported here).
+``sketch_plan.py``. Every step returns a ``result.StepResult``.
 
 Example::
 
