@@ -28,45 +28,12 @@ import time
 
 import torch
 
-from vashista_gpu.cuda_graph import capture
+from vashista_app.notebook_baseline import notebook_baseline
+from vashista_app.timing import bench, copy_bandwidth, graph_of  # noqa: F401  (re-exported to the sketch benchmarks)
 from vashista_gpu.decode import run_plan, sparse_decode
 from vashista_gpu.dense import dense_decode, sdpa_decode
-from vashista_gpu.notebook_baseline import notebook_baseline
 from vashista_gpu.paged_cache import TorchPagedKVCache
 from vashista_gpu.plan import plan_decode
-
-
-def bench(fn, *, cuda: bool, rep_ms: int = 200) -> float:
-    """Median milliseconds of fn()."""
-    if cuda:
-        import triton.testing
-        return float(triton.testing.do_bench(fn, warmup=50, rep=rep_ms, return_mode="median"))
-    fn()
-    ts = []
-    for _ in range(3):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return 1e3 * sorted(ts)[1]
-
-
-def copy_bandwidth(dev) -> float:
-    """Measured device-to-device copy bandwidth (bytes read + written per second)."""
-    n = 2 ** 30                                              # 2 GiB of bf16
-    a = torch.randn(n, device=dev, dtype=torch.bfloat16)
-    b = torch.empty_like(a)
-    ms = bench(lambda: b.copy_(a), cuda=True)
-    del a, b
-    return 2 * n * 2 / (ms * 1e-3)
-
-
-def graph_of(fn, cuda: bool):
-    """``fn`` captured in a CUDA graph (``vashista_gpu.cuda_graph.capture``); returns replay. On CPU: fn
-    after one warm-up run."""
-    if not cuda:
-        fn()
-        return fn
-    return capture(fn)
 
 
 def sparse_floor_bytes(plan, scored_per_head: int, elt: int, shared_top: int) -> int:
@@ -165,7 +132,7 @@ def run_shape(B, Hq, Hkv, T, D, S, P, Kc, F, dev, cuda, dtype, notes):
             if cert:
                 row[f"{name}_eager_ms"] = bench(lambda plan=plan: run_plan(plan, qs[0], cache, backend="triton"), cuda=cuda)
             if cert:
-                scored = holder["r"]["summaries_scored"]
+                scored = holder["r"].summaries_scored
                 shared_top = plan.level_size(plan.L - 1)
                 fb = sparse_floor_bytes(plan, scored, elt, shared_top)
                 row[f"{name}_floor_MB"] = fb / 1e6

@@ -2,7 +2,7 @@
 
 Run before a long real-model quality run (``benchmarks/gpu_quality.sh smoke``) to learn in seconds
 whether the device path works — model on the device, the Triton sparse decode behind the HF hook,
-the quality suite's decode loop (``vashista_gpu.quality.decode_loop``), the float64 dense shadow — and
+the quality suite's decode loop (``vashista_app.quality.decode_loop``), the float64 dense shadow — and
 what one decoded token costs there. Checks (exit status 1 if any fails):
 
 1. full coverage (P and Kc covering the context) reproduces dense decode logits, for the paper's
@@ -40,8 +40,8 @@ except ImportError:              # a copy of the tree without tests/: the same n
     REL_TOL = {"float32": 1e-5}
 
 from vashista_gpu.hf import disable_vashista, enable_vashista  # noqa: E402
-from vashista_gpu.quality.decode_loop import decode_tokens, prefill  # noqa: E402
-from vashista_gpu.quality.tasks import budget_setting  # noqa: E402
+from vashista_app.quality.decode_loop import decode_tokens, prefill  # noqa: E402
+from vashista_app.quality.tasks import budget_setting  # noqa: E402
 
 LAYERS, HQ, HKV, D, VOCAB = 4, 6, 2, 64, 512
 

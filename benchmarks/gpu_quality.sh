@@ -12,7 +12,7 @@
 #   stage_a  copies .devcarry_a/part to /tmp/vmodel/ (the machine keeps /tmp while warm)
 #   run      joins the halves, checks the pinned sha256 (vashista_gpu/hf/model.py), installs the gguf
 #            wheel into /tmp/site, then runs the plan below in ONE process (one model load,
-#            vashista_gpu.quality.batch) inside `timeout`, so the phase ends within $QUALITY_BUDGET_S
+#            vashista_app.quality.batch) inside `timeout`, so the phase ends within $QUALITY_BUDGET_S
 #            (default 540 s). Every quality step rewrites its CSVs after each task, so a step cut by its
 #            limit keeps its finished rows. Writes to $OUT: quality_log.txt (timings per task),
 #            quality_summaries.json (every step's summary), quality_results.tar.gz (all output
@@ -136,7 +136,7 @@ EOF
     # by one task (~10-45 s), the hard timeout stays 15 s before the end for the tar
     local left=$(( budget - ($(date +%s) - t0) ))
     rm -rf /tmp/qout
-    timeout -k 5 $(( left - 15 )) python3 -m vashista_gpu.quality.batch --plan "$plan" --out-root /tmp/qout \
+    timeout -k 5 $(( left - 15 )) python3 -m vashista_app.quality.batch --plan "$plan" --out-root /tmp/qout \
         --budget-s $(( left - 60 )) --summaries "$OUT/quality_summaries.json" --common "$common"
     local rc=$?
     echo "batch rc=$rc after $(( $(date +%s) - t0 )) s"

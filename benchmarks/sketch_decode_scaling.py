@@ -49,7 +49,8 @@ from vashista_gpu.dense import sdpa_decode  # noqa: E402
 from vashista_gpu.kernels.row_lse import row_lse_upper  # noqa: E402
 from vashista_gpu.kernels.sketch_scan import sketch_scan_bound  # noqa: E402
 from vashista_gpu.selection import tie_keys  # noqa: E402
-from vashista_gpu.sketch import _select_candidates, fused_sketch_step  # noqa: E402
+from vashista_gpu.selection import select_candidates  # noqa: E402
+from vashista_gpu.sketch import fused_sketch_step  # noqa: E402
 
 
 def random_sketch(RK, T, D, bits, group, dev, gen):
@@ -98,9 +99,9 @@ def run_T(B, H, T, D, Kc, group, dev, cuda, bits_list, rows, bw):
         scan_ms = variants["w1_one_sided"]          # the defaults of sketch_scan_bound
         scan_two_ms = variants["w1_two_sided"]
         s_, ub_, bmax_ = sketch_scan_bound(q32, codes, offset, step, bits=bits, group=group, scale=scale)
-        sel = graph_of(lambda: _select_candidates(s_, bmax_, Kc, 4 * Kc, False), cuda)
+        sel = graph_of(lambda: select_candidates(s_, bmax_, Kc, 4 * Kc, False), cuda)
         select_ms = bench(sel, cuda=cuda)
-        _, ovf = _select_candidates(s_, bmax_, Kc, 4 * Kc, False)
+        _, ovf = select_candidates(s_, bmax_, Kc, 4 * Kc, False)
         full_keys = tie_keys(s_, torch.arange(T, device=dev))
         topk_full = graph_of(lambda: torch.topk(full_keys, Kc, dim=-1, sorted=False), cuda)
         topk_full_ms = bench(topk_full, cuda=cuda)

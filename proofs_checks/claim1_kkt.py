@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from vashista_ref import instances
-from vashista_ref.errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
 from vashista_ref.projection import project_onto_hull
 from vashista_ref.validate import positive_int, positive_scalar
 

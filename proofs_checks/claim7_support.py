@@ -18,7 +18,7 @@ import numpy as np
 
 from vashista_ref import instances
 from vashista_ref.entropic import entropic_projection
-from vashista_ref.errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
 from vashista_ref.validate import positive_int, positive_scalar
 
 from .common import exact_certificates, seeded

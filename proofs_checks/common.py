@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from vashista_ref import instances
-from vashista_ref.errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
 from vashista_ref.projection import project_onto_hull
 
 from .exact import integer_instance, verify_kkt_exact

@@ -1,8 +1,8 @@
 """Write notebooks/01_geometry.ipynb … 06_claims_ledger.ipynb (plain .ipynb, no outputs) from the cell
 sources below, so the notebooks are reviewed as this one Python file and regenerated identically.
 
-Every notebook only calls the library (vashista_ref, vashista_gpu, proofs_checks); nothing here
-re-implements an algorithm. tests/test_notebooks.py executes them all.
+Every notebook only calls the library (vashista_core, vashista_ref, vashista_gpu, proofs_checks,
+vashista_app), through names in a module's ``__all__``; nothing here re-implements an algorithm. tests/test_notebooks.py executes them all.
 
 Usage::
 
@@ -98,7 +98,7 @@ $y^*$ linearly in ε (Theorem 1). Softmax attention is the same construction on 
 from vashista_ref.entropic import entropic_projection
 from vashista_ref.projection import project_onto_hull
 from vashista_ref.instances import draw
-from vashista_gpu import repro"""),
+from vashista_app import repro"""),
     ("md", "## α_ε as ε varies (Newton's method, certified by its duality gap)"),
     ("code", """inst = draw("known_face", 0, M=12, D=3)
 star = project_onto_hull(inst.q, inst.K, solver="wolfe")
@@ -147,7 +147,7 @@ orders of magnitude and vanishes inside the hull. On real attention (a SmolLM2 f
 heads) the linear gap Δ_lin of the scores is usually small compared with ε = 1, so the exact face is
 not what carries the mass — the runtime certificate (notebook 4) bounds the mass-covering set instead."""),
     ("code", SETUP + """
-from vashista_gpu import repro
+from vashista_app import repro
 from vashista_ref.softmax_model import softmax_certificate"""),
     ("code", """sg = repro.support_gap_rows(seed=0, n=16)
 for fam in ("generic", "known_face", "inside_hull"):
@@ -199,7 +199,7 @@ the error from everything not read, and a policy falls back to dense when it is 
     ("code", SETUP + """
 from vashista_ref.synthetic import make_case
 from vashista_ref.sparse_decode import sparse_decode
-from vashista_ref.policies import ReportOnly, DenseFallback"""),
+from vashista_core.policies import ReportOnly, DenseFallback"""),
     ("code", """case = make_case("outlier", seed=3, context=256, page_size=16, head_dim=16, q_scale=3.0)
 cache, sid = case.cache, case.seq_ids
 print("context 256 tokens = 16 pages of 16 | outlier key on logical page", case.outlier_page)
@@ -228,7 +228,7 @@ the same step on the PyTorch tier, `vashista_gpu.decode.sparse_decode`, gives th
 NOTEBOOKS["05_reproduce"] = [
     ("md", """# 5. Reproducing the paper's tables and figures
 
-**What this teaches.** `vashista repro` (module `vashista_gpu.repro`) regenerates the decode-scaling
+**What this teaches.** `vashista repro` (module `vashista_app.repro`) regenerates the decode-scaling
 table and figure, the P × Kc × solver ablation with one latency heatmap per solver, and the theory
 figures. This notebook calls the very same function at the `--quick` size; on a CPU the timings are
 reduced-size PyTorch-path numbers (the manifest and the figures say so), on a GPU the command
@@ -236,7 +236,7 @@ runs the paper shapes."""),
     ("code", SETUP + """
 import csv, json, tempfile
 from IPython.display import Image, display
-from vashista_gpu import repro
+from vashista_app import repro
 out = pathlib.Path(tempfile.mkdtemp()) / "artifacts"
 manifest = repro.run(out, quick=True, seed=0, show_progress=False)
 print(json.dumps({k: manifest[k] for k in ("mode", "card", "wall_time_s", "notes")}, indent=1))"""),
@@ -252,7 +252,7 @@ show("ablation_P_Kc_solver")"""),
              "heatmap_sparse_ms_fw", "leakage_vs_eps", "face_error_vs_eps", "support_gap_hist"):
     display(Image(filename=str(out / "plots" / f"{name}.png")))"""),
     ("md", """**Try next.** `vashista repro --out artifacts` (CPU default sizes, a few minutes), or on a GPU
-`PYTHONPATH=. python -m vashista_gpu.repro --out artifacts` for the paper shapes (batch 16, 32 heads,
+`PYTHONPATH=. python -m vashista_app.repro --out artifacts` for the paper shapes (batch 16, 32 heads,
 head dim 128, bf16, T up to 128k); benchmarks/RESULTS.md records such a run."""),
 ]
 

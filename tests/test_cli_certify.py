@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from vashista_ref import instances
-from vashista_ref.cli import main as vashista
-from vashista_ref.cli_certify import main
+from vashista_app.cli import main as vashista
+from vashista_app.cmd_certify import main
 
 
 def test_seeded_instance_json_has_the_contract_keys(capsys):
@@ -59,6 +59,6 @@ def test_wrong_shapes_in_files(tmp_path, capsys):
 
 
 def test_console_script_entry_point_runs():
-    out = subprocess.run([sys.executable, "-m", "vashista_ref", "certify", "--seed", "1", "--json"],
+    out = subprocess.run([sys.executable, "-m", "vashista_app", "certify", "--seed", "1", "--json"],
                          capture_output=True, text=True, check=True).stdout
     assert json.loads(out)["gap"] is not None

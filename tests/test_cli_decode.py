@@ -1,11 +1,11 @@
-"""``vashista certify --decode`` (vashista_ref.cli_decode.main): JSON fields, sound numbers, .npy input,
+"""``vashista certify --decode`` (vashista_app.cmd_decode.main): JSON fields, sound numbers, .npy input,
 policies, and clear errors."""
 import json
 
 import numpy as np
 import pytest
 
-from vashista_ref.cli_decode import main
+from vashista_app.cmd_decode import main
 
 
 def _json(capsys, argv):

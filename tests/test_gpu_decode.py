@@ -20,7 +20,7 @@ from helpers import REL_TOL, assert_rel_close
 from vashista_gpu.decode import sparse_decode
 from vashista_gpu.dense import dense_decode
 from vashista_ref.dense import dense_decode as ref_dense
-from vashista_ref.policies import Capped, DenseFallback
+from vashista_core.policies import Capped, DenseFallback
 from vashista_ref.sparse_decode import sparse_decode as ref_decode
 
 CUDA = torch.cuda.is_available()
@@ -189,6 +189,6 @@ def test_projection_solvers_match_reference(solver, backend):
     assert_rel_close(g.out, r.out, torch.float32, f"{solver} out")
     assert as_sets(g.candidates) == ref_sets(r.candidates)
     assert torch.isnan(g.gap).all() and torch.isnan(g.certified_error).all() and not g.certified.any()
-    from vashista_ref.errors import VashistaInputError
+    from vashista_core.errors import VashistaInputError
     with pytest.raises(VashistaInputError, match="policy"):
         sparse_decode(q, gpu, gids, 2, 9, scale=0.5, solver=solver, backend=backend, policy=DenseFallback(0.1))

@@ -15,7 +15,7 @@ from vashista_gpu.paged_cache import TorchPagedKVCache
 from vashista_gpu.plan import plan_decode
 from vashista_gpu.routing import route
 from vashista_gpu.selection import tie_keys, top_indices
-from vashista_ref.errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -58,5 +58,5 @@ def test_cuda_graph_replay_follows_the_growing_cache():
         plan.lens.copy_(gpu.seq_lens[plan.seq_ids])
         replay()
         eager = sparse_decode(q, gpu, gids, 16, 64, backend="triton")
-        assert as_sets(holder["r"]["candidates"]) == as_sets(eager.candidates)
-        assert_rel_close(holder["r"]["out"].to(torch.bfloat16), eager.out, torch.bfloat16, f"replay {t}")
+        assert as_sets(holder["r"].candidates) == as_sets(eager.candidates)
+        assert_rel_close(holder["r"].out.to(torch.bfloat16), eager.out, torch.bfloat16, f"replay {t}")

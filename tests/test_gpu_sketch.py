@@ -20,9 +20,9 @@ from helpers import assert_rel_close  # noqa: E402
 from vashista_gpu.decode import sparse_decode as gpu_decode  # noqa: E402
 from vashista_gpu.dense import dense_decode  # noqa: E402
 from vashista_gpu.paged_cache import TorchPagedKVCache  # noqa: E402
-from vashista_ref.errors import VashistaInputError  # noqa: E402
+from vashista_core.errors import VashistaInputError  # noqa: E402
 from vashista_ref.paged_cache import PagedKVCache  # noqa: E402
-from vashista_ref.policies import Capped, DenseFallback  # noqa: E402
+from vashista_core.policies import Capped, DenseFallback  # noqa: E402
 from vashista_ref.sparse_decode import sparse_decode as ref_decode  # noqa: E402
 
 S = 16

@@ -1,4 +1,4 @@
-"""The fused certified step on a paged cache (``vashista_gpu.sketch.fused_paged_sketch_step``): the
+"""The fused certified step on a paged cache (``vashista_gpu.sketch_plan.fused_paged_sketch_step``): the
 scan walks the page sketch through the page table, the exact part reads only the candidates' rows.
 Against the paged torch path (``sketch_decode``), on shuffled pages, partial last pages, sequences of
 different lengths and GQA; sound against dense attention; bad input named."""
@@ -12,8 +12,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
 from vashista_gpu.paged_cache import TorchPagedKVCache  # noqa: E402
-from vashista_gpu.sketch import fused_paged_sketch_step, sketch_decode  # noqa: E402
-from vashista_ref.errors import VashistaInputError  # noqa: E402
+from vashista_gpu.sketch import sketch_decode  # noqa: E402
+from vashista_gpu.sketch_plan import fused_paged_sketch_step  # noqa: E402
+from vashista_core.errors import VashistaInputError  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -13,7 +13,8 @@ pytest.importorskip("triton")
 from vashista_gpu.kernels.row_lse import row_lse_upper  # noqa: E402
 from vashista_gpu.kernels.select_above import select_above  # noqa: E402
 from vashista_gpu.selection import INVALID_KEY, key_index, tie_keys, top_indices  # noqa: E402
-from vashista_gpu.sketch import _select_candidates, certified_decode, fused_sketch_step, quantize_keys  # noqa: E402
+from vashista_gpu.selection import select_candidates  # noqa: E402
+from vashista_gpu.sketch import certified_decode, fused_sketch_step, quantize_keys  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -35,7 +36,7 @@ def test_threshold_selection_is_the_tie_rule_top_k(seed, T, BM, Kc):
     s[1] = torch.round(s[1] * 2) / 2          # heavy ties: the lower index must win
     s[2, 100:] = s[2, :T - 100].clone()       # repeated values across blocks
     s = s.to(DEV)
-    cand, overflow = _select_candidates(s, _block_max(s, BM), Kc, cap=T, sync=False)
+    cand, overflow = select_candidates(s, _block_max(s, BM), Kc, cap=T, sync=False)
     assert not bool(overflow.any())
     assert torch.equal(cand, _full_topk(s, Kc))
 
@@ -59,11 +60,11 @@ def test_overflow_is_reselected_or_flagged():
     s = torch.zeros(2, 320, device=DEV)       # a flat row: every token ties with τ
     s[1, ::3] = 1.0
     bm = _block_max(s, 16)
-    cand, overflow = _select_candidates(s, bm, 2, cap=4, sync=True)
+    cand, overflow = select_candidates(s, bm, 2, cap=4, sync=True)
     assert not bool(overflow.any())
     assert torch.equal(cand, _full_topk(s, 2))
     assert cand[0].tolist() == [0, 1]                    # ties: the lowest indices
-    _, flagged = _select_candidates(s, bm, 2, cap=4, sync=False)
+    _, flagged = select_candidates(s, bm, 2, cap=4, sync=False)
     assert flagged.tolist() == [True, True]
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from helpers import REL_TOL, assert_rel_close, rel_error
-from vashista_ref.errors import VashistaInputError
-from vashista_ref.policies import DenseFallback
+from vashista_core.errors import VashistaInputError
+from vashista_core.policies import DenseFallback
 
 transformers = pytest.importorskip("transformers")
 

@@ -25,7 +25,7 @@ def smol():
 
 
 def _prompt(tok, n, offset=0):
-    from vashista_gpu.quality.texts import load_text
+    from vashista_app.quality.texts import load_text
     return tok(load_text("prose"), return_tensors="pt").input_ids[0, offset:offset + n]
 
 

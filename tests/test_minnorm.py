@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from vashista_ref import instances
-from vashista_ref.errors import ConvergenceError
+from vashista_core.errors import ConvergenceError
 from vashista_ref.minnorm import wolfe_min_norm_point
 from vashista_ref.projection import project_onto_hull
 from strategies import known_face_instances, seeds

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from vashista_ref.errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
 from vashista_ref.paged_cache import PagedKVCache
 from vashista_ref.sparse_decode import sparse_decode
 

@@ -6,8 +6,8 @@ from hypothesis import given, settings, strategies as st
 
 from decode_strategies import decode_cases
 from vashista_ref.dense import dense_decode
-from vashista_ref.errors import VashistaInputError
-from vashista_ref.policies import Capped, DenseFallback, ReportOnly, make_policy
+from vashista_core.errors import VashistaInputError
+from vashista_core.policies import Capped, DenseFallback, ReportOnly, make_policy
 from vashista_ref.sparse_decode import COST_FIELDS, sparse_decode
 from vashista_ref.synthetic import make_case
 
@@ -112,3 +112,16 @@ def test_capped_caps_below_start_are_rejected():
         with pytest.raises(VashistaInputError) as e:
             sparse_decode(case.q, case.cache, case.seq_ids, 2, 4, policy=pol)
         assert e.value.argument == arg
+
+
+def test_reference_tier_reexports_the_shared_contracts():
+    """vashista_ref.errors / vashista_ref.policies stay importable during the move to vashista_core,
+    and are the same objects (an `except vashista_ref.errors.VashistaInputError` catches core's)."""
+    import vashista_core.errors
+    import vashista_core.policies
+    import vashista_ref.errors
+    import vashista_ref.policies
+    assert vashista_ref.errors.VashistaInputError is vashista_core.errors.VashistaInputError
+    assert vashista_ref.errors.ConvergenceError is vashista_core.errors.ConvergenceError
+    for name in vashista_core.policies.__all__:
+        assert getattr(vashista_ref.policies, name) is getattr(vashista_core.policies, name)

@@ -15,8 +15,8 @@ from proofs_checks import (claim1_kkt, claim2_leakage, claim3_theorem1, claim4_s
                            claim5_inside, claim6_router, claim7_support)
 from proofs_checks.cli import main as check_main
 from proofs_checks.exact import integer_instance, verify_kkt_exact
-from vashista_ref.cli import main as vashista
-from vashista_ref.errors import VashistaInputError
+from vashista_app.cli import main as vashista
+from vashista_core.errors import VashistaInputError
 
 CLAIMS = (claim1_kkt, claim2_leakage, claim3_theorem1, claim4_softmax, claim5_inside, claim6_router,
           claim7_support)

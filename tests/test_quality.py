@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from vashista_ref.errors import VashistaInputError
-from vashista_gpu.quality.cli import main
-from vashista_gpu.quality.tasks import budget_setting, budget_tokens
-from vashista_gpu.quality.texts import load_text
+from vashista_core.errors import VashistaInputError
+from vashista_app.quality.cli import main
+from vashista_app.quality.tasks import budget_setting, budget_tokens
+from vashista_app.quality.texts import load_text
 
 
 @pytest.mark.parametrize("ctx", [512, 1024, 2048, 4096, 8192])
@@ -89,7 +89,7 @@ def test_small_end_to_end_run_writes_every_output(tmp_path, capsys):
 
 
 def test_certified_mode_budget_is_all_candidates():
-    from vashista_gpu.quality.tasks import budget_setting, budget_tokens
+    from vashista_app.quality.tasks import budget_setting, budget_tokens
     s = budget_setting(2048, 1 / 8, 16, router="sketch")
     assert s["Kc"] == 256 and s["router"] == "sketch" and budget_tokens(s) == 256
     b = budget_setting(2048, 1 / 8, 16)
@@ -122,7 +122,7 @@ def test_cuda_without_a_cuda_device_is_refused(capsys, tmp_path):
 
 def test_device_resolution():
     import torch
-    from vashista_gpu.quality.cli import resolve_device
+    from vashista_app.quality.cli import resolve_device
     assert resolve_device("cpu") == ("cpu", "torch")
     assert resolve_device("auto") == (("cuda", "triton") if torch.cuda.is_available() else ("cpu", "torch"))
 
@@ -131,7 +131,7 @@ def test_decode_loop_refuses_a_model_that_ignores_the_cache():
     """transformers 4.x takes ``past_key_values``, 5.x ``cache``; an unknown name is swallowed by
     **kwargs and every step would see only itself — the loop must notice, not measure garbage."""
     import torch
-    from vashista_gpu.quality.decode_loop import cache_kwarg, prefill
+    from vashista_app.quality.decode_loop import cache_kwarg, prefill
 
     class Out:
         def __init__(self, n):
@@ -155,7 +155,7 @@ def test_batch_runs_steps_in_order_within_the_budget(tmp_path, monkeypatch, caps
     """Scheduling only (no model): steps run in plan order with min(cap, what is left) as their time
     limit, a failing step is recorded and the next one still runs, steps past the budget are skipped."""
     import time as _time
-    from vashista_gpu.quality import batch, cli
+    from vashista_app.quality import batch, cli
 
     calls = []
 
@@ -187,7 +187,7 @@ def test_batch_runs_steps_in_order_within_the_budget(tmp_path, monkeypatch, caps
 @pytest.mark.parametrize("text, words", [("only_a_name\n", "NAME CAP_S"), ("x 12s --quick\n", "not a number"),
                                          ("a/b 10\n", "must be"), ("# nothing\n", "no steps")])
 def test_batch_plan_errors(tmp_path, text, words, capsys):
-    from vashista_gpu.quality import batch
+    from vashista_app.quality import batch
     plan = tmp_path / "plan.txt"
     plan.write_text(text)
     assert batch.main(["--plan", str(plan), "--out-root", str(tmp_path / "o"), "--budget-s", "10"]) == 2

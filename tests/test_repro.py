@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vashista_gpu import repro
+from vashista_app import repro
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = ("scaling_decode", "ablation_P_Kc_solver", "leakage_vs_eps", "face_error_vs_eps", "support_gap")
@@ -26,7 +26,7 @@ def runs(tmp_path_factory):
     """Two quick runs under seed 0: one through the console script in a subprocess where importing
     cvxpy fails (the GPU machine has no cvxpy), one in-process."""
     a, b = tmp_path_factory.mktemp("repro_a"), tmp_path_factory.mktemp("repro_b")
-    code = ("import sys; sys.modules['cvxpy'] = None; from vashista_ref.cli import main; "
+    code = ("import sys; sys.modules['cvxpy'] = None; from vashista_app.cli import main; "
             f"sys.exit(main(['repro', '--quick', '--no-progress', '--out', {str(a)!r}]))")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
@@ -100,7 +100,7 @@ def test_quality_table_joins_the_artifacts(tmp_path):
     """--quality runs the model integration's own suite (here at a tiny size) into OUT/quality, and
     its tables are listed in the manifest and zipped with the rest."""
     pytest.importorskip("gguf")
-    from vashista_gpu.quality.texts import load_text
+    from vashista_app.quality.texts import load_text
     text = tmp_path / "t.txt"
     text.write_text(load_text("prose")[:20000], encoding="utf-8")
     small = ("--text", str(text), "--contexts", "256", "--span", "4", "--pass-contexts", "256", "--depths", "0.5",
@@ -117,7 +117,7 @@ def test_installed_packages_do_not_import_from_the_source_tree():
     """The console script runs from an installed package: benchmarks/ and scripts/ are not on its
     path (an import of benchmarks.decode_scaling once broke `vashista repro` outside the repo)."""
     offenders = []
-    for pkg in ("vashista_ref", "vashista_gpu", "proofs_checks"):
+    for pkg in ("vashista_core", "vashista_ref", "vashista_gpu", "proofs_checks", "vashista_app"):
         for f in (ROOT / pkg).rglob("*.py"):
             for line in f.read_text().splitlines():
                 s = line.strip()

@@ -17,7 +17,7 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from helpers import assert_rel_close
-from vashista_ref.errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
 from vashista_ref.sketch import (certified_decode, certified_step, pack_codes, quantize_keys, sketch_bounds,
                                  sketch_scores, unpack_codes)
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 from decode_strategies import decode_cases
 from helpers import assert_rel_close
 from vashista_ref.dense import dense_decode, token_scores
-from vashista_ref.errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
 from vashista_ref.paged_cache import PagedKVCache
 from vashista_ref.routing import forced_pages
 from vashista_ref.sparse_decode import sparse_decode, sparse_decode_single

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+__all__ = ["capture"]
+
 
 def capture(fn):
     """Run ``fn`` once (compiles its kernels), once more on a side stream (the allocator's warm-up

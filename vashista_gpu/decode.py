@@ -42,46 +42,24 @@ Example::
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from vashista_ref.errors import VashistaInputError
-from vashista_ref.policies import Capped, DenseFallback, ReportOnly
-from vashista_ref.sketch import check_sketch_options
+from vashista_core.errors import VashistaInputError
+from vashista_core.options import check_sketch_options
+from vashista_core.policies import Capped, ReportOnly
+from vashista_core.policy_loop import check_policy, run_policy
 
 from . import validate as V
 from .dense import dense_decode
 from .paged_cache import resolve_backend
 from .plan import DecodePlan, plan_decode
+from .result import StepResult
 from .routing import Routed, route, select_torch
 from .selection import INVALID_KEY, key_index
+from .sketch import HAS_TRITON, sketch_decode
+from .sketch_plan import fused_shapes_ok, paged_certified_decode
 
-
-@dataclass
-class DecodeOutput:
-    """Output and per-(batch row, query head) certificate of one step; (B, Hq) tensors unless noted.
-
-    ``out`` (B, Hq, Dv) in q's dtype; ``certified_leakage`` L̂, ``certified_error`` and ``gap`` Δ̂
-    (softmax; NaN for eg/fw); ``certified`` error ≤ tol;
-    ``fell_back`` recomputed densely; ``P_used``/``Kc_used`` after a ``Capped`` policy;
-    ``pages`` (B, Hq, W) routed logical pages ascending, −1 padded (first attempt under ``Capped``); ``candidates`` (B, Hq, Kc) logical
-    token indices ascending, −1 padded; ``weights`` (B, Hq, Kc) aligned with ``candidates``;
-    ``summaries_scored`` per query head (routing cost).
-    """
-    out: torch.Tensor
-    certified_leakage: torch.Tensor
-    certified_error: torch.Tensor
-    gap: torch.Tensor
-    certified: torch.Tensor
-    fell_back: torch.Tensor
-    P_used: torch.Tensor
-    Kc_used: torch.Tensor
-    pages: torch.Tensor
-    candidates: torch.Tensor
-    weights: torch.Tensor
-    summaries_scored: int = 0
-    path: str = "paged"     # which implementation ran; certified mode: "fused" or "torch" (sketch_to_decode_output)
+__all__ = ["run_plan", "sparse_decode"]
 
 
 def _backend_module(backend: str):
@@ -101,8 +79,10 @@ def _share_in_group(plan, keys: torch.Tensor) -> torch.Tensor:
 
 
 def run_plan(plan: DecodePlan, q: torch.Tensor, cache, *, backend: str = "auto",
-             share_selection_in_group: bool = False) -> dict:
-    """Device work of one step for a plan: routing, candidates, solve, gather, certificate.
+             share_selection_in_group: bool = False) -> StepResult:
+    """Device work of one step for a plan: routing, candidates, solve, gather, certificate. Returns
+    a ``StepResult`` with the step's fields (out float32, certificate, gap, pages, candidates,
+    weights, summaries_scored; the policy's fields None).
 
     No host synchronisation and static shapes: capturable in a CUDA graph (softmax solver).
     """
@@ -121,24 +101,32 @@ def run_plan(plan: DecodePlan, q: torch.Tensor, cache, *, backend: str = "auto",
     cvalid = cvals != INVALID_KEY
     cand = torch.where(cvalid, key_index(cvals), torch.iinfo(torch.int64).max)
     cand, order = torch.sort(cand, dim=-1)
-    res["candidates"] = torch.where(cand == torch.iinfo(torch.int64).max, -1, cand)
-    res["weights"] = torch.gather(res["weights"], -1, order)
-    res["pages"] = torch.where(routed.ok, routed.pages, -1)
-    res["summaries_scored"] = routed.scored
-    return res
+    return StepResult(out=res["out"], certified_leakage=res["certified_leakage"],
+                      certified_error=res["certified_error"], gap=res["gap"],
+                      candidates=torch.where(cand == torch.iinfo(torch.int64).max, -1, cand),
+                      weights=torch.gather(res["weights"], -1, order),
+                      pages=torch.where(routed.ok, routed.pages, -1), summaries_scored=routed.scored)
 
 
 def sparse_decode(q: torch.Tensor, cache, seq_ids, P: int, Kc: int, *, solver: str = "softmax",
                   scale: float | None = None, sink_pages: int = 1, router: str = "bound", policy=None,
                   share_selection_in_group: bool = False, hierarchical: bool = False,
                   eps: float | None = None, iters: int = 50, backend: str = "auto",
-                  check_finite: bool = True, bits: int | None = None) -> DecodeOutput:
+                  check_finite: bool = True, bits: int | None = None) -> StepResult:
     """Sparse decode of q (B, Hq, D) over ``cache`` sequences ``seq_ids`` (one per batch row).
 
     Arguments as ``vashista_ref.sparse_decode.sparse_decode`` (``P`` pages besides the forced ones,
     ``Kc`` ≤ the shortest sequence's length, ``policy`` ReportOnly/DenseFallback/Capped from
-    ``vashista_ref.policies``), plus ``backend`` and ``check_finite`` (skip the NaN scan of q).
-    ``router="sketch"`` is certified mode (SPEC 3b, ``bits`` 4 or 8; ``sketch.sketch_to_decode_output``).
+    ``vashista_core.policies``, run by ``vashista_core.policy_loop``), plus ``backend`` and
+    ``check_finite`` (skip the NaN scan of q). ``router="sketch"`` is certified mode (SPEC 3b,
+    ``bits`` 4 or 8) by one of two paths, named in the result's ``path``:
+
+    * ``"fused"`` — the Triton backend (CUDA, or ``backend="triton"`` under ``TRITON_INTERPRET=1``)
+      on a cache the kernels support (``sketch_plan.fused_shapes_ok``):
+      ``sketch_plan.paged_certified_decode``, which reads the page sketch through the page table and
+      only the candidates' key/value rows; its certified error is the middle form L̂·(max‖v‖ + ‖o‖);
+    * ``"torch"`` — otherwise: ``sketch.sketch_decode`` in float32 (per row: gathers the sequence),
+      certified error the smallest of four forms.
     """
     q = V.tensor("q", q, ndim=3, check_finite=check_finite)
     V.same_device("q", q, cache.device)
@@ -147,9 +135,7 @@ def sparse_decode(q: torch.Tensor, cache, seq_ids, P: int, Kc: int, *, solver: s
         raise VashistaInputError("seq_ids", f"has {ids.numel()} ids but q has batch size {q.shape[0]}")
     if q.shape[2] != cache.head_dim:
         raise VashistaInputError("q", f"has head dimension {q.shape[2]} but the cache stores keys of dimension {cache.head_dim}")
-    policy = ReportOnly() if policy is None else policy
-    if not isinstance(policy, (ReportOnly, DenseFallback, Capped)):
-        raise VashistaInputError("policy", f"expected ReportOnly, DenseFallback or Capped, got {policy!r}")
+    policy = check_policy(policy)
     if solver in ("eg", "fw") and not isinstance(policy, ReportOnly):
         raise VashistaInputError("policy", "the eg/fw residual certificate is not implemented on the GPU tier; "
                                            "use ReportOnly() or the reference")
@@ -157,9 +143,12 @@ def sparse_decode(q: torch.Tensor, cache, seq_ids, P: int, Kc: int, *, solver: s
         raise VashistaInputError("share_selection_in_group", "expected a bool")
     bits = check_sketch_options(router, bits, solver, share_selection_in_group, hierarchical)
     if bits is not None:
-        from .sketch import sketch_to_decode_output
         V.positive_int("P", P)
-        return sketch_to_decode_output(q, cache, ids, Kc, bits=bits, scale=scale, policy=policy, backend=backend)
+        host_ids = [int(s) for s in ids.flatten().tolist()]
+        be = resolve_backend(backend, q.device)
+        if be == "triton" and HAS_TRITON and bits in (4, 8) and fused_shapes_ok(cache, bits) is None:
+            return paged_certified_decode(q, cache, host_ids, Kc, bits=bits, scale=scale, policy=policy)
+        return sketch_decode(q, cache, host_ids, Kc, bits=bits, scale=scale, policy=policy, backend=be)
     plan = plan_decode(cache, ids, q.shape[1], P, Kc, scale=scale, sink_pages=sink_pages, router=router,
                        solver=solver, hierarchical=hierarchical, eps=eps, iters=iters)
     shortest = min(plan.host_lens)
@@ -167,54 +156,56 @@ def sparse_decode(q: torch.Tensor, cache, seq_ids, P: int, Kc: int, *, solver: s
     if isinstance(policy, Capped):
         policy.check_start(P, Kc)
     tol = getattr(policy, "tol", float("inf"))
-    res = run_plan(plan, q, cache, backend=backend, share_selection_in_group=share_selection_in_group)
     B, Hq = q.shape[:2]
     dev = q.device
-    ok_of = (lambda r: r["certified_error"] <= tol) if solver == "softmax" else (lambda r: r["gap"] > 0)
-    certified = ok_of(res)
-    P_used = torch.full((B, Hq), P, dtype=torch.int64, device=dev)
-    Kc_used = torch.full((B, Hq), Kc, dtype=torch.int64, device=dev)
-    out = res["out"].clone()
-    if isinstance(policy, Capped):
-        # the reference's schedule per batch row: double P and Kc, capped at P_max/Kc_max and at the
-        # row's pages/tokens; a unit (a head, or a GQA group sharing its selection) retries until
-        # certified or the schedule stops moving
-        cur = {b: (P, Kc) for b in range(B)}
-        host_ids = ids.tolist()
-        while True:
-            unit_bad = ~certified
-            if share_selection_in_group and plan.G > 1:
-                unit_bad = unit_bad.view(B, plan.Hkv, plan.G).any(-1, keepdim=True).expand(-1, -1, plan.G).reshape(B, Hq)
-            bad_rows = torch.nonzero(unit_bad.any(-1)).flatten().tolist()
-            groups: dict[tuple[int, int], list[int]] = {}
-            for b in bad_rows:
-                s = host_ids[b]
-                nxt = policy.widen(*cur[b], cache.length(s), cache.n_pages(s))
-                if nxt != cur[b]:
-                    cur[b] = nxt
-                    groups.setdefault(nxt, []).append(b)
-            if not groups:
-                break
-            for (P_cur, Kc_cur), rows in groups.items():
-                sub = run_plan(plan_decode(cache, ids[rows], Hq, P_cur, Kc_cur, scale=scale, sink_pages=sink_pages,
-                                           router=router, solver=solver, hierarchical=hierarchical, eps=eps,
-                                           iters=iters),
-                               q[rows], cache, backend=backend, share_selection_in_group=share_selection_in_group)
-                redo = unit_bad[rows]
-                for f in ("certified_leakage", "certified_error", "gap"):
-                    res[f][rows] = torch.where(redo, sub[f], res[f][rows])
-                out[rows] = torch.where(redo[..., None], sub["out"], out[rows])
-                P_used[rows] = torch.where(redo, P_cur, P_used[rows])
-                Kc_used[rows] = torch.where(redo, Kc_cur, Kc_used[rows])
-                certified[rows] = torch.where(redo, ok_of(sub), certified[rows])
-    fell_back = torch.zeros((B, Hq), dtype=torch.bool, device=dev)
-    if not isinstance(policy, ReportOnly) and not bool(certified.all()):
-        fell_back = ~certified
-        rows = torch.nonzero(fell_back.any(-1)).flatten().tolist()
-        dense = dense_decode(q[rows], cache, ids[rows], scale=plan.scale).float()
-        out[rows] = torch.where(fell_back[rows][..., None], dense, out[rows])
-    sc = res["certified_error"] if solver == "softmax" else torch.full_like(res["gap"], float("nan"))
-    return DecodeOutput(out=out.to(q.dtype), certified_leakage=res["certified_leakage"], certified_error=sc,
-                        gap=res["gap"], certified=certified, fell_back=fell_back, P_used=P_used,
-                        Kc_used=Kc_used, pages=res["pages"], candidates=res["candidates"],
-                        weights=res["weights"], summaries_scored=res["summaries_scored"])
+    ok_of = (lambda r: r.certified_error <= tol) if solver == "softmax" else (lambda r: r.gap > 0)
+    host_ids = ids.tolist()
+    shared = share_selection_in_group and plan.G > 1
+    st: dict = {}
+
+    def unit_bad():
+        """(B, Hq) uncertified, spread over the GQA group when the group shares its selection."""
+        bad = ~st["certified"]
+        if shared:
+            bad = bad.view(B, plan.Hkv, plan.G).any(-1, keepdim=True).expand(-1, -1, plan.G).reshape(B, Hq)
+        return bad
+
+    def attempt(rows, P_cur, Kc_cur):
+        if not st:                 # the first attempt covers every row, with the plan made above
+            res = run_plan(plan, q, cache, backend=backend, share_selection_in_group=share_selection_in_group)
+            res.out = res.out.clone()
+            res.certified = ok_of(res)
+            res.P_used = torch.full((B, Hq), P, dtype=torch.int64, device=dev)
+            res.Kc_used = torch.full((B, Hq), Kc, dtype=torch.int64, device=dev)
+            st.update(res=res, certified=res.certified)
+            return
+        # a retry replaces the uncertified units of its rows (the schedule is the loop's, per batch row)
+        res = st["res"]
+        sub = run_plan(plan_decode(cache, ids[rows], Hq, P_cur, Kc_cur, scale=scale, sink_pages=sink_pages,
+                                   router=router, solver=solver, hierarchical=hierarchical, eps=eps, iters=iters),
+                       q[rows], cache, backend=backend, share_selection_in_group=share_selection_in_group)
+        redo = unit_bad()[rows]
+        for f in ("certified_leakage", "certified_error", "gap"):
+            getattr(res, f)[rows] = torch.where(redo, getattr(sub, f), getattr(res, f)[rows])
+        res.out[rows] = torch.where(redo[..., None], sub.out, res.out[rows])
+        res.P_used[rows] = torch.where(redo, P_cur, res.P_used[rows])
+        res.Kc_used[rows] = torch.where(redo, Kc_cur, res.Kc_used[rows])
+        res.certified[rows] = torch.where(redo, ok_of(sub), res.certified[rows])
+
+    def dense(rows):
+        res = st["res"]
+        res.fell_back = ~res.certified
+        d = dense_decode(q[rows], cache, ids[rows], scale=plan.scale).float()
+        res.out[rows] = torch.where(res.fell_back[rows][..., None], d, res.out[rows])
+
+    run_policy(policy, list(range(B)), P, Kc, attempt=attempt,
+               uncertified=lambda: torch.nonzero(unit_bad().any(-1)).flatten().tolist(),
+               limits=lambda b: (cache.length(host_ids[b]), cache.n_pages(host_ids[b])), dense=dense)
+    res = st["res"]
+    if res.fell_back is None:
+        res.fell_back = torch.zeros((B, Hq), dtype=torch.bool, device=dev)
+    if solver != "softmax":
+        res.certified_error = torch.full_like(res.gap, float("nan"))
+    res.out = res.out.to(q.dtype)
+    return res
+

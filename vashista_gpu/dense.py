@@ -18,9 +18,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as Fn
 
-from vashista_ref.errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
 
 from . import validate as V
+
+__all__ = ["dense_decode", "sdpa_decode"]
 
 
 def sdpa_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:

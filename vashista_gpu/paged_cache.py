@@ -40,9 +40,11 @@ import math
 
 import torch
 
-from vashista_ref.errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
 
 from . import validate as V
+
+__all__ = ["CACHE_DTYPES", "TorchPagedKVCache", "resolve_backend"]
 
 CACHE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -136,6 +138,11 @@ class TorchPagedKVCache:
     @property
     def seq_ids(self) -> list[int]:
         return [i for i, live in enumerate(self._live) if live]
+
+    def is_live(self, seq_id: int) -> bool:
+        """Whether ``seq_id`` names a sequence in the cache now (host mirror: no synchronisation)."""
+        return isinstance(seq_id, int) and not isinstance(seq_id, bool) and 0 <= seq_id < self.max_seqs \
+            and self._live[seq_id]
 
     def free_sequence(self, seq_id: int) -> None:
         """Drop a sequence and return its pages to the pool."""

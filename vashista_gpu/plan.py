@@ -24,12 +24,13 @@ from dataclasses import dataclass
 
 import torch
 
-from vashista_ref.errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
+from vashista_core.options import ROUTERS, SOLVERS
 
 from . import validate as V
 
-SOLVERS = ("softmax", "eg", "fw")
-ROUTERS = ("bound", "mean")
+__all__ = ["DecodePlan", "decode_batch", "plan_decode"]
+
 
 
 @dataclass
@@ -70,7 +71,7 @@ def decode_batch(cache, seq_ids, num_q_heads: int):
     ids = V.index_tensor("seq_ids", seq_ids)
     host_ids = [int(s) for s in ids.tolist()]
     for s in host_ids:
-        if not 0 <= s < cache.max_seqs or not cache._live[s]:
+        if not cache.is_live(s):
             raise VashistaInputError("seq_ids", f"unknown sequence {s}")
         if cache.length(s) == 0:
             raise VashistaInputError("cache", f"sequence {s} is empty (no tokens to attend to)")

@@ -41,6 +41,8 @@ import torch
 
 from .selection import FORCED_ORDERABLE, INVALID_KEY, key_index
 
+__all__ = ["Routed", "child_blocks", "fold_dropped", "forced_blocks", "route", "select_torch", "valid_blocks"]
+
 
 @dataclass
 class Routed:

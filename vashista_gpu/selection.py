@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import torch
 
+__all__ = ["FORCED_ORDERABLE", "INVALID_KEY", "LOW_MASK", "key_index", "orderable", "select_candidates",
+           "tie_keys", "top_indices", "topk_keys"]
+
 INVALID_KEY = -(2 ** 63)                 # below every real key: padding, empty slots
 FORCED_ORDERABLE = 2 ** 31 - 1           # above every finite or infinite float: sink/newest pages
 LOW_MASK = 2 ** 32 - 1
@@ -64,3 +67,47 @@ def topk_keys(keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(positions, keys) of the k largest keys along the last dim, sorted by key descending."""
     vals, pos = torch.topk(keys, k, dim=-1, sorted=True)
     return pos, vals
+
+
+def select_candidates(s: torch.Tensor, bmax: torch.Tensor, Kc: int, cap: int, sync: bool, short_window: int = 0):
+    """Top-Kc logical indices (ascending) of each row of ŝ under the tie rule, and the overflow mask.
+
+    ``bmax`` holds the maxima of ŝ over any partition of each row into blocks (the scan gives one per
+    16 tokens). Threshold path (``kernels/select_above.py``) when there are at least 8·Kc blocks:
+    τ = the Kc-th largest block maximum, the tokens with ŝ ≥ τ compacted into ``cap`` slots, ``topk`` of those.
+    Rows with more than ``cap`` such tokens (many ties, or a flat row) are reselected from all keys
+    when ``sync`` (one host synchronisation per step), else only flagged.
+
+    Rows padded with −inf past their end (a paged batch): a row with fewer than Kc finite block maxima
+    has τ = −inf, which would admit its padding. When ``short_window`` > 0 (the caller knows such rows
+    may exist and that their tokens all lie in the first ``short_window`` columns), those rows are
+    selected by a ``topk`` over that window instead — decided on the device, no synchronisation."""
+    from .kernels.select_above import select_above    # Triton is optional for the torch path's users
+
+    R, T = s.shape
+    idx = torch.arange(T, device=s.device)
+    NB = bmax.shape[1]
+    if NB < 8 * Kc:        # too few blocks for a selective threshold (the count would overflow): full topk
+        top = torch.topk(tie_keys(s, idx), Kc, dim=-1, sorted=False).values
+        return torch.sort(key_index(top), dim=-1).values, torch.zeros(R, dtype=torch.bool, device=s.device)
+    # (no pooling of the maxima to a smaller topk: scores within a quantization group are correlated
+    # through the shared offsets, so the Kc-th largest maximum of 64-token blocks let whole groups
+    # through and overflowed 29 of 512 rows at 128k on an H200, where 16-token maxima overflowed none)
+    tau = torch.topk(bmax, Kc, dim=-1, sorted=False).values.amin(-1).contiguous()
+    keys = torch.full((R, cap), INVALID_KEY, dtype=torch.int64, device=s.device)
+    count = torch.zeros(R, dtype=torch.int32, device=s.device)
+    select_above(s, tau, keys, count)
+    cand = torch.sort(key_index(torch.topk(keys, Kc, dim=-1, sorted=False).values), dim=-1).values
+    overflow = count > cap
+    if short_window:
+        short = torch.isneginf(tau)
+        w = min(short_window, T)
+        top = torch.topk(tie_keys(s[:, :w], idx[:w]), Kc, dim=-1, sorted=False).values
+        cand = torch.where(short[:, None], torch.sort(key_index(top), dim=-1).values, cand)
+        overflow = overflow & ~short
+    if sync and bool(overflow.any()):
+        rows = overflow.nonzero()[:, 0]
+        top = torch.topk(tie_keys(s[rows], idx), Kc, dim=-1, sorted=False).values
+        cand[rows] = torch.sort(key_index(top), dim=-1).values
+        overflow = torch.zeros_like(overflow)
+    return cand, overflow

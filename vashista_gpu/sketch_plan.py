@@ -1,5 +1,5 @@
 """Certified mode (SPEC 3b) on a paged cache as an engine runs it: host planning, device launches,
-policies, and the ``DecodeOutput`` that ``sparse_decode(router="sketch")`` and the HF integration use.
+policies, and the ``StepResult`` that ``sparse_decode(router="sketch")`` and the HF integration use.
 
 Problem solved for every query head h of batch row b (KV head h // G, sequence ``seq_ids[b]``):
 
@@ -21,11 +21,11 @@ every sequence stays within ``max_tokens`` (and no sequence is freed, nor the sk
 another metadata dtype); re-plan before a sequence outgrows it. The padding past each row's end is
 −inf in ŝ and in the bounds (excluded from selection and certificate); a row with fewer than Kc
 16-token blocks (a short row of a padded batch) is selected by a top-k over its first 16·Kc columns,
-decided on the device per row (``sketch._select_candidates``).
+decided on the device per row (``selection.select_candidates``).
 
 :func:`paged_certified_decode` adds the policies (ReportOnly, DenseFallback(tol), Capped(tol, ·,
-Kc_max) — Kc only is widened, doubling per batch row, as ``sketch.sketch_decode``) and returns a
-``decode.DecodeOutput`` with ``path="fused"``. Its certified_error is the middle form above; the
+Kc_max) — Kc only is widened, doubling per batch row, by the one policy loop
+``vashista_core.policy_loop``) and returns a ``result.StepResult`` with ``path="fused"``. Its certified_error is the middle form above; the
 torch path (``sketch.sketch_decode``) reports the smallest of four forms, so it can be tighter.
 
 Example::
@@ -51,9 +51,20 @@ from dataclasses import dataclass
 
 import torch
 
-from vashista_ref.errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
+from vashista_core.policies import Capped
+from vashista_core.policy_loop import check_policy, run_policy
+from vashista_core.rounding import U32
 
 from . import validate as V
+from .dense import dense_decode
+from .plan import decode_batch
+from .result import StepResult
+from .selection import select_candidates
+from .sketch import attach_sketch, scanned_pages
+
+__all__ = ["SketchStepPlan", "candidate_weights", "fused_paged_sketch_step", "fused_shapes_ok",
+           "paged_certified_decode", "plan_sketch_step", "run_sketch_plan"]
 
 
 @dataclass
@@ -85,7 +96,7 @@ class SketchStepPlan:
             # a re-attached sketch (another metadata dtype) is the one kept current on append
             raise VashistaInputError("cache", f"the cache's {self.bits}-bit sketch was replaced; re-plan")
         for s in self.seq_ids:
-            if not 0 <= s < self.cache.max_seqs or not self.cache._live[s]:
+            if not self.cache.is_live(s):
                 raise VashistaInputError("seq_ids", f"sequence {s} is no longer in the cache; re-plan")
             n = self.cache.length(s)
             if n > self.T:
@@ -112,10 +123,7 @@ def plan_sketch_step(cache, seq_ids, num_q_heads: int, Kc: int, *, bits: int, sc
     """Validate against the cache's host mirrors and fix the launch sizes (no device synchronisation
     beyond attaching the sketch on first use). ``cap`` slots per row for the threshold selection
     (default 4·Kc, ≥ Kc); ``max_tokens`` the padded row length T (default: the longest sequence)."""
-    from .kernels.sketch_scan import SUB     # tokens per block maximum of the scan
-    from .sketch import attach_sketch
-
-    from .plan import decode_batch
+    from .kernels.sketch_scan import SUB     # tokens per block maximum of the scan (Triton: imported on use)
 
     ids, host_ids, lens, Hq, Hkv = decode_batch(cache, seq_ids, num_q_heads)
     if isinstance(bits, bool) or bits not in (4, 8):
@@ -159,8 +167,6 @@ def plan_sketch_step(cache, seq_ids, num_q_heads: int, Kc: int, *, bits: int, sc
 def _row_vmax(plan: SketchStepPlan) -> torch.Tensor:
     """(B·Hq,) float32 ≥ every value norm of the row's sequence and KV head: the pages' float32 norm
     summaries over the live pages (lengths read on the device), raised by their rounding."""
-    from .kernels.sketch_scan import U32
-
     cache = plan.cache
     seq = plan.seq_idx.long()
     pages = cache.block_table[seq][:, plan.page_idx].long()                          # (B, npages)
@@ -170,17 +176,17 @@ def _row_vmax(plan: SketchStepPlan) -> torch.Tensor:
     return vmax.reshape(-1)[plan.row_kv]
 
 
-def run_sketch_plan(plan: SketchStepPlan, q: torch.Tensor, *, sync: bool = False):
-    """Device work of one certified step for ``plan``; ``q`` (B, Hq, D). Returns
-    ``sketch.FusedCertifiedStep`` (with ``gap``).
+def run_sketch_plan(plan: SketchStepPlan, q: torch.Tensor, *, sync: bool = False) -> StepResult:
+    """Device work of one certified step for ``plan``; ``q`` (B, Hq, D). Returns a ``StepResult``
+    with the step's fields (out, candidates, certificate, gap, overflow; ``path="fused"``).
 
     ``sync=False``: no host synchronisation, static shapes (CUDA-graph capturable); rows whose
     threshold selection overflowed are flagged in ``overflow`` (their candidate set is certified but
     not the tie rule's top-Kc). ``sync=True``: q is also checked for NaN/inf and overflowed rows are
     reselected from all keys (one synchronisation each)."""
+    from .certificate import fused_certificate          # the fused step's Triton modules, imported on use
     from .kernels.rescore import rescore_paged
     from .kernels.sketch_scan import paged_sketch_scan_bound
-    from .sketch import FusedCertifiedStep, _certificate, _select_candidates
 
     q = V.tensor("q", q, ndim=3, check_finite=bool(sync))
     V.same_device("q", q, plan.cache.device)
@@ -191,13 +197,13 @@ def run_sketch_plan(plan: SketchStepPlan, q: torch.Tensor, *, sync: bool = False
     q32 = q.float().reshape(B * Hq, D).contiguous()
     s, ub, smax = paged_sketch_scan_bound(q32, plan.store, plan.cache, plan.seq_idx, plan.T, scale=plan.scale,
                                           one_sided=plan.one_sided)
-    cand, overflow = _select_candidates(s, smax, Kc, plan.cap, sync, short_window=plan.short_window)
+    cand, overflow = select_candidates(s, smax, Kc, plan.cap, sync, short_window=plan.short_window)
     # exact part (``kernels/rescore.py``): rescoring, softmax, values, and m_C, z_C of the lower bounds
     out, m_c, zsum, eps = rescore_paged(q32, plan.cache, plan.seq_idx, cand, scale=plan.scale)
-    leak, error, gap = _certificate(ub, cand, out, m_c, zsum, _row_vmax(plan), eps)
-    return FusedCertifiedStep(out=out.view(B, Hq, plan.Dv), candidates=cand.view(B, Hq, Kc),
-                              certified_leakage=leak.view(B, Hq), certified_error=error.view(B, Hq),
-                              overflow=overflow.view(B, Hq), gap=gap.view(B, Hq))
+    leak, error, gap = fused_certificate(ub, cand, out, m_c, zsum, _row_vmax(plan), eps)
+    return StepResult(out=out.view(B, Hq, plan.Dv), candidates=cand.view(B, Hq, Kc),
+                      certified_leakage=leak.view(B, Hq), certified_error=error.view(B, Hq),
+                      overflow=overflow.view(B, Hq), gap=gap.view(B, Hq), path="fused")
 
 
 def _batch_query(q, cache, seq_ids):
@@ -216,7 +222,7 @@ def _batch_query(q, cache, seq_ids):
 
 def fused_paged_sketch_step(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: int = 4, scale: float | None = None,
                             one_sided: bool = True, cap: int | None = None, sync: bool = True,
-                            max_tokens: int | None = None):
+                            max_tokens: int | None = None) -> StepResult:
     """One call = :func:`plan_sketch_step` + :func:`run_sketch_plan`: the certified step on a paged
     cache (``TorchPagedKVCache``), sequences of any lengths. The scan walks the cache's page sketch
     (``sketch.attach_sketch``: quantization group = page) through the page table, the exact part
@@ -255,78 +261,69 @@ def candidate_weights(plan: SketchStepPlan, q: torch.Tensor, cand: torch.Tensor)
 
 
 def paged_certified_decode(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: int = 4, scale: float | None = None,
-                           policy=None, one_sided: bool = True, cap: int | None = None):
+                           policy=None, one_sided: bool = True, cap: int | None = None) -> StepResult:
     """Certified-mode decode of q (B, Hq, D) on the fused paged step with a policy from
-    ``vashista_ref.policies`` (the semantics of ``sketch.sketch_decode``): ReportOnly (default);
-    DenseFallback(tol) recomputes densely every head whose certified error exceeds tol; Capped(tol,
-    P_max, Kc_max) first doubles Kc per batch row (capped at Kc_max and the row's length) for the rows
-    with an uncertified head, replacing the uncertified heads' results, until certified or capped,
-    then falls back densely. Returns ``decode.DecodeOutput`` (``path="fused"``; candidates/weights
-    (B, Hq, max Kc_used), −1/0 padded). Synchronises (policies need the certificates on the host)."""
-    from vashista_ref.policies import Capped, DenseFallback, ReportOnly
-
-    from .decode import DecodeOutput
-    from .dense import dense_decode
-
+    ``vashista_core.policies``, run by ``vashista_core.policy_loop`` with a batch row as the unit:
+    ReportOnly (default); DenseFallback(tol) recomputes densely every head whose certified error
+    exceeds tol; Capped(tol, P_max, Kc_max) first doubles Kc per batch row (capped at Kc_max and the
+    row's length; P is not used) for the rows with an uncertified head, replacing the uncertified
+    heads' results, until certified or capped, then falls back densely. Returns a ``StepResult``
+    (``path="fused"``; candidates/weights (B, Hq, max Kc_used), −1/0 padded). Synchronises
+    (policies need the certificates on the host)."""
     q, ids = _batch_query(q, cache, seq_ids)
-    policy = ReportOnly() if policy is None else policy
-    if not isinstance(policy, (ReportOnly, DenseFallback, Capped)):
-        raise VashistaInputError("policy", f"expected ReportOnly, DenseFallback or Capped, got {policy!r}")
+    policy = check_policy(policy)
     B, Hq = q.shape[:2]
 
     def planned(rows, kc):
         return plan_sketch_step(cache, [ids[b] for b in rows], Hq, kc, bits=bits, scale=scale,
                                 one_sided=one_sided, cap=cap)
 
-    def attempt(plan, rows):
-        r = run_sketch_plan(plan, q[rows], sync=True)
-        return r, candidate_weights(plan, q[rows], r.candidates)
-
     plan = planned(list(range(B)), Kc)
     if isinstance(policy, Capped):
         policy.check_start(1, plan.Kc)
-    r, wts = attempt(plan, list(range(B)))
     tol = getattr(policy, "tol", math.inf)
-    out, leak, err, gap = r.out.clone(), r.certified_leakage.clone(), r.certified_error.clone(), r.gap.clone()
-    cand, wts = r.candidates.clone(), wts.clone()
-    certified = err <= tol
-    Kc_used = torch.full((B, Hq), plan.Kc, dtype=torch.int64, device=q.device)
-    cur = [plan.Kc] * B
-    while isinstance(policy, Capped):
-        groups: dict[int, list[int]] = {}
-        for b in torch.nonzero(~certified.all(-1)).flatten().tolist():
-            nxt = policy.widen(1, cur[b], kc_limit=cache.length(ids[b]))[1]
-            if nxt != cur[b]:
-                cur[b] = nxt
-                groups.setdefault(nxt, []).append(b)
-        if not groups:
-            break
-        for kc, rows in groups.items():
-            w, ww = attempt(planned(rows, kc), rows)
-            if kc > cand.shape[-1]:        # wider attempts: pad the candidate columns (−1 / weight 0)
-                pad = kc - cand.shape[-1]
-                cand = torch.nn.functional.pad(cand, (0, pad), value=-1)
-                wts = torch.nn.functional.pad(wts, (0, pad), value=0.0)
-            redo = ~certified[rows]
-            out[rows] = torch.where(redo[..., None], w.out, out[rows])
-            for t, new in ((leak, w.certified_leakage), (err, w.certified_error), (gap, w.gap)):
-                t[rows] = torch.where(redo, new, t[rows])
-            cand[rows, :, :kc] = torch.where(redo[..., None], w.candidates, cand[rows, :, :kc])
-            wts[rows, :, :kc] = torch.where(redo[..., None], ww, wts[rows, :, :kc])
-            Kc_used[rows] = torch.where(redo, kc, Kc_used[rows])
-            certified[rows] = torch.where(redo, w.certified_error <= tol, certified[rows])
-    fell_back = torch.zeros_like(certified)
-    out = out.to(q.dtype)
-    if not isinstance(policy, ReportOnly) and not bool(certified.all()):
-        fell_back = ~certified
-        rows = torch.nonzero(fell_back.any(-1)).flatten().tolist()
-        dense = dense_decode(q[rows], cache, [ids[b] for b in rows], scale=plan.scale)
-        out[rows] = torch.where(fell_back[rows][..., None], dense.to(q.dtype), out[rows])
-    n_pages = [cache.n_pages(s) for s in ids]
-    pages = torch.where(torch.arange(max(n_pages), device=q.device)[None, :] <
-                        torch.tensor(n_pages, device=q.device)[:, None],
-                        torch.arange(max(n_pages), device=q.device)[None, :], -1)
-    return DecodeOutput(out=out, certified_leakage=leak, certified_error=err, gap=gap, certified=certified,
-                        fell_back=fell_back, P_used=torch.zeros((B, Hq), dtype=torch.int64, device=q.device),
-                        Kc_used=Kc_used, pages=pages[:, None, :].expand(B, Hq, -1).clone(), candidates=cand,
-                        weights=wts, summaries_scored=max(cache.length(s) for s in ids), path="fused")
+    st: dict = {}
+
+    def attempt(rows, _P, kc):
+        p = planned(rows, kc) if st else plan
+        w = run_sketch_plan(p, q[rows], sync=True)
+        ww = candidate_weights(p, q[rows], w.candidates)
+        if not st:                 # the first attempt covers every row
+            st.update(out=w.out.clone(), leak=w.certified_leakage.clone(), err=w.certified_error.clone(),
+                      gap=w.gap.clone(), cand=w.candidates.clone(), wts=ww.clone(),
+                      certified=w.certified_error <= tol,
+                      Kc_used=torch.full((B, Hq), plan.Kc, dtype=torch.int64, device=q.device))
+            return
+        if kc > st["cand"].shape[-1]:        # wider attempts: pad the candidate columns (−1 / weight 0)
+            pad = kc - st["cand"].shape[-1]
+            st["cand"] = torch.nn.functional.pad(st["cand"], (0, pad), value=-1)
+            st["wts"] = torch.nn.functional.pad(st["wts"], (0, pad), value=0.0)
+        certified = st["certified"]
+        redo = ~certified[rows]
+        st["out"][rows] = torch.where(redo[..., None], w.out, st["out"][rows])
+        for t, new in ((st["leak"], w.certified_leakage), (st["err"], w.certified_error), (st["gap"], w.gap)):
+            t[rows] = torch.where(redo, new, t[rows])
+        st["cand"][rows, :, :kc] = torch.where(redo[..., None], w.candidates, st["cand"][rows, :, :kc])
+        st["wts"][rows, :, :kc] = torch.where(redo[..., None], ww, st["wts"][rows, :, :kc])
+        st["Kc_used"][rows] = torch.where(redo, kc, st["Kc_used"][rows])
+        certified[rows] = torch.where(redo, w.certified_error <= tol, certified[rows])
+
+    def uncertified():
+        return torch.nonzero(~st["certified"].all(-1)).flatten().tolist()
+
+    def dense(rows):
+        fell_back = ~st["certified"]
+        st["out"] = st["out"].to(q.dtype)
+        d = dense_decode(q[rows], cache, [ids[b] for b in rows], scale=plan.scale)
+        st["out"][rows] = torch.where(fell_back[rows][..., None], d.to(q.dtype), st["out"][rows])
+        st["fell_back"] = fell_back
+
+    # a batch row is the unit; P is not routed in certified mode, so its page limit pins P at 1
+    run_policy(policy, list(range(B)), 1, plan.Kc, attempt=attempt, uncertified=uncertified,
+               limits=lambda b: (cache.length(ids[b]), 1), dense=dense)
+    out = st["out"].to(q.dtype)
+    return StepResult(out=out, certified_leakage=st["leak"], certified_error=st["err"], gap=st["gap"],
+                      certified=st["certified"], fell_back=st.get("fell_back", torch.zeros_like(st["certified"])),
+                      P_used=torch.zeros((B, Hq), dtype=torch.int64, device=q.device), Kc_used=st["Kc_used"],
+                      pages=scanned_pages(cache, ids, Hq, q.device), candidates=st["cand"], weights=st["wts"],
+                      summaries_scored=max(cache.length(s) for s in ids), path="fused")

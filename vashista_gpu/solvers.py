@@ -24,6 +24,8 @@ import math
 
 import torch
 
+__all__ = ["projection_weights", "projection_weights_raw"]
+
 
 def _masked_log_softmax(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(torch.where(valid, x, float("-inf")), dim=-1)

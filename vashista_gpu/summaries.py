@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+__all__ = ["level_fields", "node_counts", "update_levels", "update_page_summaries"]
+
 
 def update_page_summaries(cache, pages: torch.Tensor, counts: torch.Tensor) -> None:
     """Recompute kmin/kmax/kmean/vnorm of physical ``pages`` holding ``counts`` valid tokens."""

@@ -32,6 +32,8 @@ import torch
 from .routing import child_blocks, forced_blocks, valid_blocks
 from .selection import INVALID_KEY, tie_keys
 
+__all__ = ["finish", "score_blocks", "score_tokens"]
+
 
 def _kv_head(plan, device):
     return (torch.arange(plan.Hq, device=device) // plan.G)[None, :, None]

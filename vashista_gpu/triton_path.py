@@ -1,4 +1,5 @@
-"""Triton execution of a planned sparse decode step: launchers for ``kernels/`` with the same stage
+"""Triton execution of a planned sparse decode step: the stages over the launchers of ``kernels/`` (each
+kernel file sets its own grid), with the same stage
 functions as ``torch_path`` (``score_blocks``, ``score_tokens``, ``finish``), so ``decode.run_plan``
 and ``routing.route`` drive either backend. Selections between the stages (top-P blocks, top-Kc
 tokens) use ``torch.topk`` on the kernels' int64 tie-rule keys.
@@ -18,12 +19,15 @@ import math
 import torch
 import triton
 
-from .kernels.block_scores import _block_scores_kernel
-from .kernels.finish import _finish_kernel
-from .kernels.fold_dropped import _fold_dropped_kernel
-from .kernels.select_blocks import _select_blocks_kernel
+from .kernels.block_scores import block_scores
+from .kernels.finish import finish as finish_kernel
+from .kernels.fold_dropped import fold_dropped as fold_dropped_kernel
+from .kernels.select_blocks import select_blocks
+from .kernels.token_scores import token_scores
 from .routing import select_torch
-from .kernels.token_scores import _token_scores_kernel
+
+__all__ = ["BLOCK_SCORES_BM", "BLOCK_SCORES_WARPS", "POISON", "SELECT_MAX_BLOCKS", "finish", "fold_dropped",
+           "score_blocks", "score_tokens", "select"]
 
 POISON = False
 # block-scoring tile: BM summaries × D per program (the routing pass is the bandwidth-bound kernel;
@@ -62,15 +66,11 @@ def score_blocks(plan, q32, cache, level, parent):
     else:
         Lv = cache.levels[level - 1]
         kmin, kmax, kmean, vnorm, n_lvl = Lv["kmin"], Lv["kmax"], Lv["kmean"], Lv["vnorm"], Lv["kmin"].shape[1]
-    BM = min(BLOCK_SCORES_BM, triton.next_power_of_2(M))
-    grid = (B * (Hq if per_head else plan.Hkv), triton.cdiv(M, BM))
-    _block_scores_kernel[grid](
-        q32.contiguous(), nodes_c, pvalid, plan.seq_ids, plan.lens, cache.block_table,
-        kmin, kmax, kmean, vnorm, keys, ub, vn,
-        M, Hq, plan.Hkv, plan.D, plan.S, plan.F ** level if level else 1, n_lvl,
-        cache.block_table.stride(0), plan.sink_pages, plan.scale,
-        G=plan.G, NH=1 if per_head else plan.G, FAN=max(plan.F, 1), PER_HEAD=per_head, LEVEL0=(level == 0),
-        MEAN=(plan.router == "mean"), BM=BM, BD=triton.next_power_of_2(plan.D), num_warps=BLOCK_SCORES_WARPS)
+    block_scores(q32.contiguous(), nodes_c, pvalid, plan.seq_ids, plan.lens, cache.block_table,
+                 kmin, kmax, kmean, vnorm, keys, ub, vn, Hkv=plan.Hkv, D=plan.D, S=plan.S,
+                 span=plan.F ** level if level else 1, n_lvl=n_lvl, sink_pages=plan.sink_pages, scale=plan.scale,
+                 G=plan.G, F=plan.F, per_head=per_head, level0=(level == 0), mean=(plan.router == "mean"),
+                 block=BLOCK_SCORES_BM, num_warps=BLOCK_SCORES_WARPS)
     return keys, ub, vn
 
 
@@ -88,11 +88,8 @@ def select(plan, level, keys, ub, vn, Wl, acc):
         return select_torch(plan, level, keys, ub, vn, Wl, acc, fold=fold_dropped)
     kept = _out((B, Hq, Wl), torch.int64, keys.device)
     ok = _out((B, Hq, Wl), torch.int8, keys.device)
-    BM = triton.next_power_of_2(M)
-    _select_blocks_kernel[(B * Hq,)](
-        keys, ub, vn, kept, ok, acc["lse"], acc["ub"], acc["vmax"], M, plan.P, Wl, plan.level_size(level),
-        math.log(plan.S * (plan.F ** level if level else 1)), BM=BM, CERT=plan.certify,
-        num_warps=4 if BM <= 1024 else 8)
+    select_blocks(keys, ub, vn, kept, ok, acc["lse"], acc["ub"], acc["vmax"], P=plan.P, big=plan.level_size(level),
+                  log_n=math.log(plan.S * (plan.F ** level if level else 1)), certify=plan.certify)
     return kept, ok
 
 
@@ -101,10 +98,8 @@ def fold_dropped(plan, level, keys, thr, ub, vn):
     B, Hq, M = keys.shape
     dev = keys.device
     lse, ubm, vnm = (_out((B, Hq), torch.float32, dev) for _ in range(3))
-    BM = min(1024, triton.next_power_of_2(M))
-    _fold_dropped_kernel[(B * Hq,)](keys, thr.contiguous(), ub, vn, lse, ubm, vnm, M,
-                                    math.log(plan.S * (plan.F ** level if level else 1)),
-                                    BM=BM, NM=triton.cdiv(M, BM))
+    fold_dropped_kernel(keys, thr.contiguous(), ub, vn, lse, ubm, vnm,
+                        log_n=math.log(plan.S * (plan.F ** level if level else 1)))
     return lse, ubm, vnm
 
 
@@ -114,13 +109,9 @@ def score_tokens(plan, q32, cache, routed):
     dev = q32.device
     s = _out((B, Hq, W * S), torch.float32, dev)
     keys = _out((B, Hq, W * S), torch.int64, dev)
-    BS = triton.next_power_of_2(S)
-    BW = max(1, min(triton.next_power_of_2(W), 64 // BS))
-    _token_scores_kernel[(B * Hq, triton.cdiv(W, BW))](
-        q32.contiguous(), routed.pages.contiguous(), routed.ok.to(torch.int8).contiguous(),
-        plan.seq_ids, plan.lens, cache.block_table, cache.k_pages, s, keys,
-        W, Hq, plan.Hkv, plan.D, S, cache.block_table.stride(0), plan.scale,
-        G=plan.G, BW=BW, BS=BS, BD=triton.next_power_of_2(plan.D))
+    token_scores(q32.contiguous(), routed.pages.contiguous(), routed.ok.to(torch.int8).contiguous(),
+                 plan.seq_ids, plan.lens, cache.block_table, cache.k_pages, s, keys,
+                 Hkv=plan.Hkv, D=plan.D, S=S, scale=plan.scale, G=plan.G)
     return s, keys
 
 
@@ -131,16 +122,10 @@ def finish(plan, q32, cache, routed, s, keys, cvals, cpos):
     out = _out((B, Hq, plan.Dv), torch.float32, dev)
     w = _out((B, Hq, Kc), torch.float32, dev)
     leak, err, gap, m = (_out((B, Hq), torch.float32, dev) for _ in range(4))
-    BK = min(64, triton.next_power_of_2(Kc))
-    BT = min(256, triton.next_power_of_2(W * plan.S))
-    _finish_kernel[(B * Hq,)](
-        s, keys, cpos.contiguous(), cvals.contiguous(), routed.pages.contiguous(), plan.seq_ids,
-        cache.block_table, cache.v_pages, cache.vnorm,
-        routed.lse_out.contiguous(), routed.ub_out.contiguous(), routed.vmax_out.contiguous(),
-        out, w, leak, err, gap, m,
-        Kc, W, Hq, plan.Hkv, plan.S, plan.Dv, cache.block_table.stride(0),
-        G=plan.G, BK=BK, BDV=triton.next_power_of_2(plan.Dv), BT=BT,
-        NK=triton.cdiv(Kc, BK), NT=triton.cdiv(W * plan.S, BT), CERT=plan.certify)
+    finish_kernel(s, keys, cpos.contiguous(), cvals.contiguous(), routed.pages.contiguous(), plan.seq_ids,
+                  cache.block_table, cache.v_pages, cache.vnorm,
+                  routed.lse_out.contiguous(), routed.ub_out.contiguous(), routed.vmax_out.contiguous(),
+                  out, w, leak, err, gap, m, Hkv=plan.Hkv, S=plan.S, Dv=plan.Dv, G=plan.G, certify=plan.certify)
     res = dict(out=out, weights=w, certified_leakage=leak, certified_error=err, gap=gap, max_score=m)
     if plan.solver != "softmax":
         from . import torch_path

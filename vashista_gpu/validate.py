@@ -1,6 +1,6 @@
 """Input checks for the GPU tier (torch tensors): the twin of ``vashista_ref.validate``.
 
-Same error type (:class:`vashista_ref.errors.VashistaInputError`) and the same wording, so callers
+Same error type (:class:`vashista_core.errors.VashistaInputError`) and the same wording, so callers
 catch one exception whichever tier they use. Scalar checks are not duplicated: they are re-exported
 from the reference module (it has no torch and no cvxpy at import time).
 
@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import torch
 
-from vashista_ref.errors import VashistaInputError
-from vashista_ref.validate import nonnegative_scalar, positive_int, positive_scalar  # noqa: F401  (re-export)
+from vashista_core.errors import VashistaInputError
+from vashista_core.validate import nonnegative_scalar, positive_int, positive_scalar  # noqa: F401  (re-export)
+
+__all__ = ["FLOAT_DTYPES", "index_tensor", "same_device", "tensor"]
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 

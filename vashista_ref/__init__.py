@@ -9,8 +9,9 @@ KKT certificates and support gaps, and a readable sparse paged decode with a run
     >>> p.active_set.tolist(), round(p.gap, 6)
     ([1, 2], 0.5)
 """
+from vashista_core.errors import ConvergenceError, VashistaInputError
+
 from .entropic import EntropicSolution, entropic_projection
-from .errors import ConvergenceError, VashistaInputError
 from .projection import HullProjection, kkt_certificate, project_onto_hull
 from .softmax_model import SoftmaxCertificate, softmax_certificate
 

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
+from vashista_core.options import SOLVERS, check_solver  # noqa: F401  (re-exported: sparse_decode, the CLI)
+
 from .paged_cache import PagedKVCache
 from .state import finalize, from_scores
 from .validate import as_real_array, positive_scalar
 
-SOLVERS = ("softmax", "eg", "fw")
 
 
 def token_scores(q: np.ndarray, K: np.ndarray, scale: float) -> np.ndarray:
@@ -72,12 +73,6 @@ def resolve_scale(scale, D: int) -> float:
 def resolve_eps(eps, scale: float) -> float:
     """The projection model's ε; by default 1/scale, the ε at which its scores ⟨k, r⟩/ε match softmax's."""
     return 1.0 / scale if eps is None else positive_scalar("eps", eps)
-
-
-def check_solver(solver: str) -> str:
-    if solver not in SOLVERS:
-        raise VashistaInputError("solver", f"must be one of {SOLVERS}, got {solver!r}")
-    return solver
 
 
 def projection_weights(solver: str, q: np.ndarray, K: np.ndarray, eps: float, iters: int) -> tuple[np.ndarray, float]:

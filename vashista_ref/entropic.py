@@ -48,8 +48,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import logsumexp
 
-from .errors import ConvergenceError, VashistaInputError
+from vashista_core.errors import ConvergenceError, VashistaInputError
+
 from .validate import positive_int, positive_scalar, queries_and_keys, query_and_keys
+
+__all__ = ["dual_objective", "duality_gap", "eg_weights", "entropic_projection", "entropic_projection_batch",
+           "EntropicSolution", "fw_weights", "LOG_WEIGHT_TOL", "METHODS", "primal_objective"]
 
 METHODS = ("newton", "eg", "fw")
 LOG_WEIGHT_TOL = 1e-10   # newton polish stops once a step would move no log α_j more than this

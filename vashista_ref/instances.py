@@ -25,6 +25,9 @@ import numpy as np
 
 from .validate import positive_int, positive_scalar
 
+__all__ = ["collinear", "draw", "FAMILIES", "generic", "inside_hull", "Instance", "known_face",
+           "lateral_pull", "on_vertex", "with_duplicates"]
+
 
 @dataclass(frozen=True)
 class Instance:

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ConvergenceError
+from vashista_core.errors import ConvergenceError
+
 from .validate import positive_int, positive_scalar, query_and_keys
 
 

@@ -40,7 +40,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
+
 from .validate import as_real_array, positive_int
 
 

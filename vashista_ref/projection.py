@@ -32,9 +32,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ConvergenceError, VashistaInputError
+from vashista_core.errors import ConvergenceError, VashistaInputError
+
 from .minnorm import wolfe_min_norm_point
 from .validate import nonnegative_scalar, queries_and_keys, query_and_keys
+
+__all__ = ["DEFAULT_ACTIVE_TOL", "DEFAULT_FACE_TOL", "DEFAULT_INSIDE_TOL", "HullProjection",
+           "kkt_certificate", "KKTResiduals", "project_onto_hull", "project_onto_hull_batch", "SOLVERS"]
 
 SOLVERS = ("cvxpy", "wolfe")
 DEFAULT_ACTIVE_TOL = 1e-7   # α_j above this (weights live on the simplex, so it is scale-free)

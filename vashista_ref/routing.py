@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import VashistaInputError
+from vashista_core.options import ROUTERS, check_router  # noqa: F401  (ROUTERS re-exported)
+
 from .paged_cache import PagedKVCache, Summaries
 
-ROUTERS = ("bound", "mean")
 
 
 def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
@@ -88,8 +88,7 @@ def _keep(candidates: np.ndarray, scores: np.ndarray, forced: np.ndarray, P: int
 def route(qs: np.ndarray, cache: PagedKVCache, seq_id: int, head: int, P: int, sink_pages: int,
           router: str, scale: float, *, hierarchical: bool = False) -> Routing:
     """Route queries qs (G, D) (G > 1: a shared group selection) for one sequence and KV head."""
-    if router not in ROUTERS:
-        raise VashistaInputError("router", f"must be one of {ROUTERS}, got {router!r}")
+    check_router(router, sketch=False)
     qs = np.atleast_2d(qs)
     n_pages = cache.n_pages(seq_id)
     forced = forced_pages(n_pages, sink_pages)

@@ -68,7 +68,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-UNIT_ROUNDOFF = 2.0 ** -53
+from vashista_core.rounding import U64
+
+UNIT_ROUNDOFF = U64   # float64 (re-exported name; vashista_core.rounding holds the constants)
 
 
 @dataclass(frozen=True)
@@ -85,10 +87,10 @@ class RuntimeCertificate:
 def _best_prefix_ratio(A: float, Z: float, u: np.ndarray, w: np.ndarray) -> float:
     """max over x ∈ Π[0, u_i] of (A + Σ x_i w_i) / (Z + Σ x_i)  (A, Z, u, w ≥ 0)."""
     with np.errstate(divide="ignore"):
-        return _best_prefix_ratio_log(np.log(A), np.log(Z), np.log(np.asarray(u, dtype=np.float64)), w)
+        return best_prefix_ratio_log(np.log(A), np.log(Z), np.log(np.asarray(u, dtype=np.float64)), w)
 
 
-def _best_prefix_ratio_log(log_A: float, log_Z: float, log_u: np.ndarray, w: np.ndarray) -> float:
+def best_prefix_ratio_log(log_A: float, log_Z: float, log_u: np.ndarray, w: np.ndarray) -> float:
     """The same maximum with A, Z, u given by their logs (−inf for 0), evaluated in the log domain so
     that terms of very different magnitude neither overflow nor vanish: switching blocks on in order of
     decreasing w, the best prefix is the maximum (a linear-fractional maximum over a box)."""
@@ -132,7 +134,7 @@ def softmax_certificate(*, s_cand: np.ndarray, o_sparse: np.ndarray, s_scored_ou
     with np.errstate(divide="ignore"):
         log_a = float(np.logaddexp.reduce(s_known + np.log(w_known), initial=-np.inf))
     log_z = float(np.logaddexp(log_zc, np.logaddexp.reduce(s_known, initial=-np.inf)))
-    e_star = _best_prefix_ratio_log(log_a, log_z, log_u, w_blocks)
+    e_star = best_prefix_ratio_log(log_a, log_z, log_u, w_blocks)
     log_zout = float(np.logaddexp.reduce(np.r_[s_known, log_u]))
     # (1 + ρ) covers relative rounding; subnormal results lose relative precision, so add a few of the
     # smallest normal numbers as well (absolute, negligible)

@@ -96,27 +96,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vashista_core.errors import VashistaInputError
+from vashista_core.options import (META_DTYPE_NAMES, SUPPORTED_BITS, check_bits, check_meta_dtype,
+                                   check_sketch_options)  # noqa: F401  (check_sketch_options re-exported)
+from vashista_core.rounding import FN_REL as _FN_REL, U64 as U, down as _down, gamma as _gamma, up as _up
+
 from .dense import resolve_scale, token_scores
-from .errors import VashistaInputError
 from .routing import top_indices
-from .runtime_certificate import UNIT_ROUNDOFF as U, _best_prefix_ratio_log
+from .runtime_certificate import best_prefix_ratio_log
 from .validate import as_real_array, nonnegative_scalar, positive_int, query_and_keys
 
-SUPPORTED_BITS = (2, 4, 8)
+__all__ = ["attach_sketch", "certified_decode", "certified_step", "CertifiedStep", "dense_leakage",
+           "group_value_stats", "GroupValueStats", "KeySketch", "META_DTYPES", "pack_codes",
+           "PageSketchStore", "quantize_keys", "sketch_attempt", "sketch_bounds", "sketch_scores",
+           "unpack_codes"]
+
 META_DTYPES = {"float16": np.float16, "float32": np.float32}
-_FN_REL = 16 * U          # allowance for one float64 exp or log (a few ulp), doubled
-
-
-def _gamma(n: int) -> float:
-    return n * U / (1 - n * U)
-
-
-def _up(x):
-    return np.nextafter(x, np.inf)
-
-
-def _down(x):
-    return np.nextafter(x, -np.inf)
+assert tuple(META_DTYPES) == META_DTYPE_NAMES
 
 
 # ---------------------------------------------------------------------------------------------- sketch
@@ -246,12 +242,9 @@ def quantize_keys(K, bits: int = 4, group: int = 16, meta_dtype: str = "float16"
     (default: 4D/group bytes per token) or "float32" (needed when |keys| exceed 65504).
     """
     K = as_real_array("K", K, ndim=2)
-    if isinstance(bits, bool) or bits not in SUPPORTED_BITS:
-        raise VashistaInputError("bits", f"must be one of {SUPPORTED_BITS}, got {bits!r}")
+    bits = check_bits(bits)
     group = positive_int("group", group)
-    if meta_dtype not in META_DTYPES:
-        raise VashistaInputError("meta_dtype", f"must be one of {tuple(META_DTYPES)}, got {meta_dtype!r}")
-    dt = META_DTYPES[meta_dtype]
+    dt = META_DTYPES[check_meta_dtype(meta_dtype)]
     M, D = K.shape
     levels = (1 << bits) - 1
     starts = np.arange(0, M, group)
@@ -535,7 +528,7 @@ def certified_step(q, K, V, sketch: KeySketch, Kc: int, *, scale: float | None =
         w_max = float(np.max(np.r_[w_tok, w_pr]))
         e_mid = leak * w_max
         with np.errstate(divide="ignore"):
-            e_star = _best_prefix_ratio_log(_lse(log_xlo + np.log(w_tok)), log_Z_lo, np.r_[log_slack, log_u_pr],
+            e_star = best_prefix_ratio_log(_lse(log_xlo + np.log(w_tok)), log_Z_lo, np.r_[log_slack, log_u_pr],
                                             np.r_[w_tok, w_pr])
             # ball forms: e·Z = Σ_g W_g (c_g − o) + Σ_{j∉C} x_j (v_j − c_g(j)); the first sum keeps the
             # cancellation between groups at the lower weights, the rest is a linear-fractional maximum
@@ -549,10 +542,10 @@ def certified_step(q, K, V, sketch: KeySketch, Kc: int, *, scale: float | None =
                 log_base = cmax + np.log(float(np.linalg.norm(vec)) * (1 + 2 * _gamma(G + out.shape[0] + 2)))
             else:
                 log_base = -np.inf
-            e_ball = _best_prefix_ratio_log(np.logaddexp(log_base, _lse(logW_lo + np.log(vs.radius))), log_Z_lo,
+            e_ball = best_prefix_ratio_log(np.logaddexp(log_base, _lse(logW_lo + np.log(vs.radius))), log_Z_lo,
                                             logW_slack, dist + vs.radius)
             rt = vs.token_radius[rest]
-            e_tok = _best_prefix_ratio_log(np.logaddexp(log_base, _lse(log_xlo + np.log(rt))), log_Z_lo,
+            e_tok = best_prefix_ratio_log(np.logaddexp(log_base, _lse(log_xlo + np.log(rt))), log_Z_lo,
                                            np.r_[log_slack, log_u_pr],
                                            np.r_[dist[g_of[rest]] + rt, dist[pr] + vs.radius[pr]])
         # log-domain evaluation errs by a few ulp of the largest log magnitude: a relative allowance
@@ -670,26 +663,6 @@ def attach_sketch(cache, bits: int, meta_dtype: str = "float16") -> PageSketchSt
             store.update_page(cache, int(page))
         cache.sketches[bits] = store
     return store
-
-
-def check_sketch_options(router: str, bits, solver: str, share_selection: bool, hierarchical: bool) -> int | None:
-    """Validate ``sparse_decode``'s certified-mode options; returns ``bits`` (4 by default for the
-    sketch router, None otherwise)."""
-    if router != "sketch":
-        if bits is not None:
-            raise VashistaInputError("bits", f"only the sketch router uses bits (router={router!r})")
-        return None
-    bits = 4 if bits is None else bits
-    if isinstance(bits, bool) or bits not in SUPPORTED_BITS:
-        raise VashistaInputError("bits", f"must be one of {SUPPORTED_BITS}, got {bits!r}")
-    if solver != "softmax":
-        raise VashistaInputError("solver", "certified mode (router='sketch') certifies the softmax solver only")
-    if share_selection:
-        raise VashistaInputError("share_selection_in_group", "is not supported by router='sketch' "
-                                                             "(each query head selects on its own)")
-    if hierarchical:
-        raise VashistaInputError("hierarchical", "router='sketch' scans every page; no hierarchy is used")
-    return int(bits)
 
 
 def sketch_attempt(qs: np.ndarray, cache, seq_id: int, head: int, P: int, Kc: int, opts: dict) -> list[dict]:

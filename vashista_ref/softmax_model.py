@@ -28,6 +28,8 @@ from scipy.special import expit, logsumexp
 
 from .validate import as_real_array, nonnegative_scalar, positive_scalar, query_and_keys
 
+__all__ = ["softmax_certificate", "softmax_certificate_qk", "SoftmaxCertificate"]
+
 
 @dataclass(frozen=True)
 class SoftmaxCertificate:

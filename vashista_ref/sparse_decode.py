@@ -43,16 +43,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vashista_core.errors import VashistaInputError
+from vashista_core.policies import Capped
+from vashista_core.policy_loop import check_policy, run_policy
+
 from .dense import (attend, check_decode_inputs, check_solver, dense_decode, projection_weights,
                     resolve_eps, resolve_scale, token_scores)
-from .errors import VashistaInputError
 from .paged_cache import PagedKVCache
-from .policies import Capped, DenseFallback, ReportOnly
 from .routing import ROUTERS, excluded_summaries, route, top_indices
 from .runtime_certificate import projection_certificate, softmax_certificate
 from .sketch import check_sketch_options, sketch_attempt
 from .state import finalize, from_scores
 from .validate import as_real_array, positive_int, query_and_keys
+
+__all__ = ["COST_FIELDS", "DecodeResult", "sparse_decode", "sparse_decode_single"]
 
 COST_FIELDS = ("summaries_scored", "pages_read", "tokens_scored", "values_read")
 
@@ -190,9 +194,7 @@ def sparse_decode(q, cache: PagedKVCache, seq_ids, P: int, Kc: int, *, solver: s
     Kc = positive_int("Kc", Kc, upper=shortest, upper_name="tokens in the shortest sequence")
     sink_pages = _nonneg_int("sink_pages", sink_pages)
     iters = positive_int("iters", iters)
-    policy = ReportOnly() if policy is None else policy
-    if not isinstance(policy, (ReportOnly, DenseFallback, Capped)):
-        raise VashistaInputError("policy", f"expected ReportOnly, DenseFallback or Capped, got {policy!r}")
+    policy = check_policy(policy)
     if isinstance(policy, Capped):
         policy.check_start(P, Kc)
     if not isinstance(share_selection_in_group, (bool, np.bool_)):
@@ -225,37 +227,35 @@ def sparse_decode(q, cache: PagedKVCache, seq_ids, P: int, Kc: int, *, solver: s
 
 
 def _decode_unit(res, q, cache, b, sid, kvh, unit, P, Kc, policy, opts) -> None:
-    """Run the policy for one unit (a head, or a GQA group sharing a selection) and fill ``res``."""
-    kc_limit = cache.length(sid)
-    P_cur, Kc_cur = P, Kc
-    while True:
-        recs = _attempt(q[b, unit], cache, sid, kvh, P_cur, Kc_cur, opts)
+    """Run the policy for one unit (a head, or a GQA group sharing a selection) and fill ``res``:
+    every attempt adds its cost, the last attempt's records are reported, and heads left
+    uncertified fall back to dense attention (``vashista_core.policy_loop`` owns the loop)."""
+    recs: list = []
+    K_all = V_all = None
+
+    def attempt(_units, P_cur, Kc_cur):
+        recs[:] = _attempt(q[b, unit], cache, sid, kvh, P_cur, Kc_cur, opts)
         for h, rec in zip(unit, recs):
             for c in COST_FIELDS:
                 getattr(res, c)[b, h] += rec["cost"][c]
-        if isinstance(policy, ReportOnly) or all(r["certified"] for r in recs):
-            break
-        if isinstance(policy, Capped):
-            nxt = policy.widen(P_cur, Kc_cur, kc_limit, cache.n_pages(sid))
-            if nxt != (P_cur, Kc_cur):
-                P_cur, Kc_cur = nxt
+            res.out[b, h] = rec["out"]
+            res.certified_leakage[b, h] = rec["leakage"]
+            res.certified_error[b, h] = rec["error"]
+            res.error_middle[b, h] = rec["error_middle"]
+            res.error_2lv[b, h] = rec["error_2lv"]
+            res.gap[b, h] = rec["gap"]
+            res.projection_gap[b, h] = rec["projection_gap"]
+            res.solver_certificate[b, h] = rec["solver_certificate"]
+            res.rounding[b, h] = rec["rounding"]
+            res.certified[b, h] = rec["certified"]
+            res.P_used[b, h], res.Kc_used[b, h] = rec["P"], rec["Kc"]
+            res.pages[b][h], res.candidates[b][h] = rec["pages"], rec["candidates"]
+
+    def dense(_units):
+        nonlocal K_all, V_all
+        for h, rec in zip(unit, recs):
+            if rec["certified"]:
                 continue
-        break
-    K_all = V_all = None
-    for h, rec in zip(unit, recs):
-        res.out[b, h] = rec["out"]
-        res.certified_leakage[b, h] = rec["leakage"]
-        res.certified_error[b, h] = rec["error"]
-        res.error_middle[b, h] = rec["error_middle"]
-        res.error_2lv[b, h] = rec["error_2lv"]
-        res.gap[b, h] = rec["gap"]
-        res.projection_gap[b, h] = rec["projection_gap"]
-        res.solver_certificate[b, h] = rec["solver_certificate"]
-        res.rounding[b, h] = rec["rounding"]
-        res.certified[b, h] = rec["certified"]
-        res.P_used[b, h], res.Kc_used[b, h] = rec["P"], rec["Kc"]
-        res.pages[b][h], res.candidates[b][h] = rec["pages"], rec["candidates"]
-        if not rec["certified"] and not isinstance(policy, ReportOnly):
             if K_all is None:
                 K_all, V_all = cache.gather(sid, kvh)
             res.out[b, h] = attend(opts["solver"], q[b, h], K_all, V_all, opts["scale"], opts["eps"], opts["iters"])
@@ -263,6 +263,10 @@ def _decode_unit(res, q, cache, b, sid, kvh, unit, P, Kc, policy, opts) -> None:
             res.pages_read[b, h] += cache.n_pages(sid)
             res.tokens_scored[b, h] += K_all.shape[0]
             res.values_read[b, h] += K_all.shape[0]
+
+    run_policy(policy, [0], P, Kc, attempt=attempt,
+               uncertified=lambda: [] if all(r["certified"] for r in recs) else [0],
+               limits=lambda _u: (cache.length(sid), cache.n_pages(sid)), dense=dense)
 
 
 def sparse_decode_single(q, K, V, P: int, Kc: int, *, page_size: int = 16, **kwargs) -> DecodeResult:

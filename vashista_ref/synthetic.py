@@ -28,9 +28,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
+
 from .paged_cache import PagedKVCache
 from .validate import positive_int
+
+__all__ = ["KINDS", "make_case", "SyntheticCase"]
 
 KINDS = ("gaussian", "outlier", "huge_scale", "all_equal", "single_token")
 

@@ -4,5 +4,8 @@
     >>> model, tok = load_default_model()                                  # doctest: +SKIP
     >>> handle = enable_vashista(model, P=8, Kc=64)                        # doctest: +SKIP
 """
-from .enable import VashistaConfig, VashistaHandle, disable_vashista, enable_vashista  # noqa: F401
-from .model import default_model_path, load_default_model, load_model, load_model_file  # noqa: F401
+from .enable import VashistaConfig, VashistaHandle, disable_vashista, enable_vashista
+from .model import default_model_path, load_default_model, load_model, load_model_file
+
+__all__ = ["VashistaConfig", "VashistaHandle", "default_model_path", "disable_vashista", "enable_vashista",
+           "load_default_model", "load_model", "load_model_file"]

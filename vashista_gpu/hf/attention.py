@@ -34,6 +34,8 @@ from ..decode import sparse_decode
 from .mirror import valid_from_mask
 from .stats import ROUNDING, dense_shadow
 
+__all__ = ["ATTN_NAME", "register", "vashista_attention"]
+
 ATTN_NAME = "vashista"
 
 

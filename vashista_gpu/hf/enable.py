@@ -30,16 +30,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vashista_ref.errors import VashistaInputError
-from vashista_ref.policies import Capped, DenseFallback, ReportOnly
-from vashista_ref.validate import positive_int
+from vashista_core.errors import VashistaInputError
+from vashista_core.options import ROUTERS, SOLVERS, check_sketch_options
+from vashista_core.policies import Capped, DenseFallback, ReportOnly
+from vashista_core.validate import positive_int
 
-from vashista_ref.sketch import check_sketch_options
-
-from ..plan import ROUTERS, SOLVERS
 from .attention import ATTN_NAME, register
 from .mirror import LayerMirror
 from .stats import DecodeStats
+
+__all__ = ["LayerRuntime", "PREFILL_MODES", "SUPPORTED_MODEL_TYPES", "VashistaConfig", "VashistaHandle",
+           "attention_modules", "check_supported", "disable_vashista", "enable_vashista"]
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 PREFILL_MODES = ("dense", "sparse")
@@ -168,7 +169,7 @@ def enable_vashista(model, P: int, Kc: int, *, page_size: int = 16, solver: str 
     """Switch ``model`` to Vashista decode (see module docstring); returns a :class:`VashistaHandle`.
 
     ``P`` pages routed per query head besides the sink and newest pages are counted inside P (as in
-    ``sparse_decode``); ``Kc`` candidate tokens; ``policy`` a ``vashista_ref.policies`` object (default
+    ``sparse_decode``); ``Kc`` candidate tokens; ``policy`` a ``vashista_core.policies`` object (default
     report-only); ``router="sketch"`` with ``bits`` 4 or 8 is certified mode (every token bounded
     through its quantized key sketch; P is unused there); ``dense_layers`` keep full attention; ``fanout`` enables the hierarchical summaries;
     ``collect_stats`` records per-layer/per-head certificates; ``shadow_dense`` adds the float64 dense

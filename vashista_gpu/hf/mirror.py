@@ -28,9 +28,11 @@ import math
 
 import torch
 
-from vashista_ref.errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
 
 from ..paged_cache import TorchPagedKVCache
+
+__all__ = ["LayerMirror", "valid_from_mask"]
 
 
 def valid_from_mask(mask: torch.Tensor | None, q_index: int, batch: int, kv_len: int) -> torch.Tensor:

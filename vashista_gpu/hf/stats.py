@@ -30,6 +30,8 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+__all__ = ["DecodeStats", "FIELDS", "ROUNDING", "SHADOW_FIELDS", "dense_shadow"]
+
 # SPEC 4: relative agreement of a computation run in this dtype (float32 accumulations of the decode).
 ROUNDING = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2, torch.float64: 1e-12}
 

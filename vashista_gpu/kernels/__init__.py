@@ -1,2 +1,20 @@
-"""Triton kernels of the GPU tier, one concept per file. Each module pairs a ``@triton.jit`` kernel
-with a thin launcher; launchers take preallocated outputs so a decode step can be graph-captured."""
+"""Triton kernels of the GPU tier, one concept per file. Each module holds a ``@triton.jit`` kernel
+and its launcher — the module's public function: it takes preallocated outputs (or allocates them),
+sets the grid, and states in its docstring the bytes it moves — so a decode step can be
+graph-captured. The public API is the modules below and their launchers (most launchers share their
+module's name, so they are not re-exported here: ``from vashista_gpu.kernels.rescore import rescore``).
+
+    block_scores.block_scores     routing pass over block summaries (pages or hierarchy nodes)
+    select_blocks.select_blocks   one routing level's fused selection
+    fold_dropped.fold_dropped     dropped blocks folded into the certificate
+    token_scores.token_scores     exact scores of the routed pages' tokens
+    finish.finish                 solve, gather and certify the candidates
+    page_summary.page_summary     page summaries on append
+    sketch_scan.sketch_scan_bound / paged_sketch_scan_bound   certified-mode scan with bounds
+    sketch_scan.sketch_scores     scores-only scan of the torch path (no shape rule)
+    select_above.select_above     threshold compaction of candidates
+    rescore.rescore / rescore_paged   exact rescoring of the candidates
+    row_lse.row_lse_upper         upper bound on a row's logsumexp
+"""
+__all__ = ["block_scores", "finish", "fold_dropped", "keys", "page_summary", "rescore", "row_lse", "select_above",
+           "select_blocks", "sketch_scan", "token_scores"]

@@ -13,7 +13,7 @@ summary tile once and scores it for all G query heads of the group — GQA witho
 (batch row, query head, tile); candidate i is child i mod F of the parent level's kept block i div F
 (read from the parent's kept list — the child ids are never materialised).
 
-Example (see ``triton_path.score_blocks`` for the launcher)::
+Example (``block_scores`` below is the launcher; ``triton_path.score_blocks`` calls it)::
 
     keys, ub, vn = score_blocks(plan, q32, cache, level=0, parent=None)
 """
@@ -23,6 +23,8 @@ import triton
 import triton.language as tl
 
 from .keys import tie_key
+
+__all__ = ["block_scores"]
 
 
 @triton.jit
@@ -84,3 +86,27 @@ def _block_scores_kernel(q_ptr, nodes_ptr, pvalid_ptr, seq_ptr, lens_ptr, table_
         tl.store(keys_ptr + out, tie_key(score, node, valid, forced), mask=in_m)
         tl.store(ub_ptr + out, ub, mask=in_m)
         tl.store(vout_ptr + out, vn, mask=in_m)
+
+
+def block_scores(q32, nodes, pvalid, seq_ids, lens, block_table, kmin, kmax, kmean, vnorm, keys, ub, vn, *,
+                 Hkv: int, D: int, S: int, span: int, n_lvl: int, sink_pages: int, scale: float, G: int, F: int,
+                 per_head: bool, level0: bool, mean: bool, block: int = 32, num_warps: int = 4) -> None:
+    """Launch the routing pass of one level into ``keys`` (int64), ``ub``, ``vn`` (float32), all
+    (B, Hq, M) preallocated. ``q32`` (B, Hq, D) float32; ``nodes``/``pvalid`` (B, Hq, M/F) the parent
+    level's kept blocks when ``per_head`` (else unused: pass any tensor); ``kmin``/``kmax``/``kmean``/
+    ``vnorm`` the level's summaries (``span`` pages per block, ``n_lvl`` blocks per sequence above
+    level 0). Grid: (B·Hkv, ⌈M/BM⌉) shared blocks, (B·Hq, ⌈M/BM⌉) per head; BM = min(block, M rounded
+    up to a power of two).
+
+    Bytes moved: each block's summary — kmin, kmax, kmean (3·D float32; ``mean`` reads kmean only)
+    and vnorm (4 B) — once per KV head (shared) or per query head (per head), plus 16 B written per
+    (query head, block): about B·Hkv·M·(12·D + 4) + 16·B·Hq·M bytes for a shared level.
+    """
+    B, Hq, M = keys.shape
+    BM = min(block, triton.next_power_of_2(M))
+    grid = (B * (Hq if per_head else Hkv), triton.cdiv(M, BM))
+    _block_scores_kernel[grid](
+        q32, nodes, pvalid, seq_ids, lens, block_table, kmin, kmax, kmean, vnorm, keys, ub, vn,
+        M, Hq, Hkv, D, S, span, n_lvl, block_table.stride(0), sink_pages, scale,
+        G=G, NH=1 if per_head else G, FAN=max(F, 1), PER_HEAD=per_head, LEVEL0=level0,
+        MEAN=mean, BM=BM, BD=triton.next_power_of_2(D), num_warps=num_warps)

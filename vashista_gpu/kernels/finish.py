@@ -18,6 +18,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+__all__ = ["finish"]
+
 INVALID = tl.constexpr(-9223372036854775807 - 1)   # globals used in kernels must be constexpr
 
 
@@ -110,3 +112,27 @@ def _finish_kernel(s_ptr, keys_ptr, cpos_ptr, cvals_ptr, pages_ptr, seq_ptr, tab
         tl.store(leak_ptr + pid, leak)
         tl.store(err_ptr + pid, leak * (vmax + onorm))
         tl.store(gap_ptr + pid, m - tl.maximum(mx, tl.load(ub_out_ptr + pid)))
+
+
+def finish(s, keys, cpos, cvals, pages, seq_ids, block_table, v_pages, vnorm, lse_out, ub_out, vmax_out,
+           out, w, leak, err, gap, m, *, Hkv: int, S: int, Dv: int, G: int, certify: bool) -> None:
+    """Launch the solve/gather/certificate of every query head: one program per (batch row, query
+    head), grid (B·Hq,). Inputs: the token scores ``s`` and keys (B, Hq, W·S), the top-Kc positions
+    ``cpos`` and keys ``cvals`` (B, Hq, Kc), the routed ``pages`` (B, Hq, W), the routing's folded
+    bounds ``lse_out``/``ub_out``/``vmax_out`` (B, Hq). Writes (preallocated) ``out`` (B, Hq, Dv),
+    ``w`` (B, Hq, Kc) and ``leak``/``err``/``gap``/``m`` (B, Hq) float32.
+
+    Bytes moved per query head: the Kc candidates' value rows (Kc·Dv·itemsize, read once), their
+    scores and keys (12·Kc B), the W·S token scores and keys for the certificate (12·W·S B when
+    ``certify``), and Dv·4 + Kc·4 + 16 B written.
+    """
+    B, Hq, W = pages.shape
+    Kc = cpos.shape[-1]
+    BK = min(64, triton.next_power_of_2(Kc))
+    BT = min(256, triton.next_power_of_2(W * S))
+    _finish_kernel[(B * Hq,)](
+        s, keys, cpos, cvals, pages, seq_ids, block_table, v_pages, vnorm, lse_out, ub_out, vmax_out,
+        out, w, leak, err, gap, m,
+        Kc, W, Hq, Hkv, S, Dv, block_table.stride(0),
+        G=G, BK=BK, BDV=triton.next_power_of_2(Dv), BT=BT,
+        NK=triton.cdiv(Kc, BK), NT=triton.cdiv(W * S, BT), CERT=certify)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+__all__ = ["fold_dropped"]
+
 
 @triton.jit
 def _fold_dropped_kernel(keys_ptr, thr_ptr, ub_ptr, vn_ptr, lse_ptr, ubm_ptr, vnm_ptr, M, log_n,
@@ -36,3 +38,16 @@ def _fold_dropped_kernel(keys_ptr, thr_ptr, ub_ptr, vn_ptr, lse_ptr, ubm_ptr, vn
     tl.store(lse_ptr + pid, tl.where(mx == float("-inf"), mx, log_n + mx + tl.log(z)))
     tl.store(ubm_ptr + pid, mx)
     tl.store(vnm_ptr + pid, vm)
+
+
+def fold_dropped(keys, thr, ub, vn, lse, ubm, vnm, *, log_n: float, block: int = 1024) -> None:
+    """Launch the fold over ``keys`` (int64), ``ub``, ``vn`` (float32), (B, Hq, M), with ``thr``
+    (B, Hq) the last kept key; writes ``lse``/``ubm``/``vnm`` (B, Hq) float32 (preallocated).
+    ``log_n`` = log of the tokens per block. Grid (B·Hq,), one program per row looping over M in
+    chunks of min(block, M rounded up to a power of two).
+
+    Bytes moved: one read of the row's keys, ub and vnorm (16 B per block), 12 B written per row.
+    """
+    B, Hq, M = keys.shape
+    BM = min(block, triton.next_power_of_2(M))
+    _fold_dropped_kernel[(B * Hq,)](keys, thr, ub, vn, lse, ubm, vnm, M, log_n, BM=BM, NM=triton.cdiv(M, BM))

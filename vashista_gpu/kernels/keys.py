@@ -9,6 +9,8 @@ Used by ``kernels/block_scores.py`` and ``kernels/token_scores.py``.
 import triton
 import triton.language as tl
 
+__all__ = ["tie_key"]
+
 
 @triton.jit
 def tie_key(score, index, valid, forced):

@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+__all__ = ["page_summary"]
+
 
 @triton.jit
 def _page_summary_kernel(k_ptr, v_ptr, pages_ptr, counts_ptr, kmin_ptr, kmax_ptr, kmean_ptr, vnorm_ptr,

@@ -23,6 +23,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from vashista_core.rounding import U32, gamma
+
+__all__ = ["rescore", "rescore_paged"]
+
 
 @triton.jit
 def _rows(kv, T, j, seq, table_ptr, table_stride, Hkv, S: tl.constexpr, PAGED: tl.constexpr):
@@ -93,10 +97,9 @@ def _launch(q32, k, v, cand, B, Hkv, Dv, T, scale, block, *, seq_idx=None, table
     ``table`` is given)."""
     import torch
 
-    from .sketch_scan import U32, _gamma
     R, D = q32.shape
     # the float32 dot of D products, the product's rounding in Σ|q k| included (the lb of the docstring)
-    err_fac = 4 * _gamma(D + 2, U32) * (1 + 8 * U32)
+    err_fac = 4 * gamma(D + 2, U32) * (1 + 8 * U32)
     Kc = cand.shape[1]
     Hq = R // B
     out = torch.empty((R, Dv), dtype=torch.float32, device=q32.device)

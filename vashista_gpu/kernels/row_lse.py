@@ -11,6 +11,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+__all__ = ["row_lse_upper"]
+
 
 @triton.jit
 def _row_chunk_lse_kernel(x_ptr, m_ptr, z_ptr, T, NC, BT: tl.constexpr):

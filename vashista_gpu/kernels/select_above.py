@@ -19,6 +19,8 @@ import triton.language as tl
 
 from .keys import tie_key
 
+__all__ = ["select_above"]
+
 
 @triton.jit
 def _select_above_kernel(s_ptr, tau_ptr, keys_ptr, count_ptr, T, cap, BT: tl.constexpr):

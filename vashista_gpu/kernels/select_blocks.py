@@ -15,6 +15,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+__all__ = ["select_blocks"]
+
 INVALID = tl.constexpr(-9223372036854775807 - 1)
 FORCED_HI = tl.constexpr(2147483647)
 LOW = tl.constexpr(4294967295)
@@ -51,3 +53,19 @@ def _select_blocks_kernel(keys_ptr, ub_ptr, vn_ptr, kept_ptr, ok_ptr, lse_ptr, u
         tl.store(lse_ptr + pid, tl.where(hi == float("-inf"), hi, hi + tl.log(1.0 + tl.exp(lo - hi))))
         tl.store(ubo_ptr + pid, tl.maximum(tl.load(ubo_ptr + pid), mx))
         tl.store(vmo_ptr + pid, tl.maximum(tl.load(vmo_ptr + pid), tl.max(tl.where(d, vn, 0.0), axis=0)))
+
+
+def select_blocks(keys, ub, vn, kept, ok, lse, ubo, vmo, *, P: int, big: int, log_n: float, certify: bool) -> None:
+    """Launch the fused selection of one level: ``keys`` (int64), ``ub``, ``vn`` (float32), (B, Hq, M)
+    with M ≤ 1024 (the whole row is sorted in registers); writes the kept blocks ``kept`` (int64) and
+    ``ok`` (int8), (B, Hq, Wl), and folds the dropped blocks into ``lse``/``ubo``/``vmo`` (B, Hq)
+    (accumulated in place). ``big`` the level's block count, ``log_n`` log of its tokens per block.
+    Grid (B·Hq,), 4 warps up to 1024 blocks, else 8.
+
+    Bytes moved: one read of the row's keys, ub and vnorm (16 B per block), 9·Wl + 12 B written.
+    """
+    B, Hq, M = keys.shape
+    Wl = kept.shape[-1]
+    BM = triton.next_power_of_2(M)
+    _select_blocks_kernel[(B * Hq,)](keys, ub, vn, kept, ok, lse, ubo, vmo, M, P, Wl, big, log_n, BM=BM,
+                                     CERT=certify, num_warps=4 if BM <= 1024 else 8)

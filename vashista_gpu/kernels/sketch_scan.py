@@ -59,10 +59,13 @@ from __future__ import annotations
 
 import os
 
+import torch
 import triton
 import triton.language as tl
 
-U32 = 2.0 ** -24
+from vashista_core.rounding import U32, gamma
+
+__all__ = ["SUB", "paged_sketch_scan_bound", "scan_constants", "sketch_scan_bound", "sketch_scores", "use_int_dot"]
 SUB = 16                                          # tokens per entry of ``smax``
 
 
@@ -281,20 +284,16 @@ def _sketch_scan_bound_kernel(q_ptr, words_ptr, off_ptr, step_ptr, s_ptr, ub_ptr
         tl.store(smax_ptr + r.to(tl.int64) * NS + sub, sm, mask=sub < NS)
 
 
-def _gamma(n: int, u: float) -> float:
-    return n * u / (1 - n * u)
-
-
 def scan_constants(bits: int, D: int, int_dot: bool = False) -> tuple[float, float, float, float, float]:
     """(a_fac, rnd_fac, grow, x_fac, ri_fac) of the scan's bound: the host-side rounding analysis."""
     levels = (1 << bits) - 1
     eta = 4.0 * (levels + 2) * 2.0 ** -53 + 4 * U32      # metadata rounding + float32 product a·w
     a_fac = (0.5 + eta) * (1 + 4 * U32)
-    rnd_fac = 5 * _gamma(D + 2, U32) * (1 + 4 * U32)    # 4γ_{D+2} covers Σq·o, v = q·δ and the adds; + one γ for rnd's own sum
-    grow = 1 + 2 * _gamma(D + 3, U32)
+    rnd_fac = 5 * gamma(D + 2, U32) * (1 + 4 * U32)    # 4γ_{D+2} covers Σq·o, v = q·δ and the adds; + one γ for rnd's own sum
+    grow = 1 + 2 * gamma(D + 3, U32)
     # 4-bit: Σ v·c = 16·(Σ v·x − Σ v) with |v·x| ≤ 2|v|: the two sums and the difference are within
     # 3γ_{D+1}·Σ|v| before the (exact) ×16
-    x_fac = 16 * 3 * _gamma(D + 2, U32) * (1 + 4 * U32) if bits == 4 else 0.0
+    x_fac = 16 * 3 * gamma(D + 2, U32) * (1 + 4 * U32) if bits == 4 else 0.0
     ri_fac = 0.0
     if int_dot:
         # |Σ v·c − sv·Σ ṽ·c| ≤ L·Σ (|v − v32| + |v32 − sv·ṽ|): v32 = fl(q·δ) within u|v32|, the residual
@@ -319,7 +318,6 @@ def sketch_scan_bound(q, codes, offset, step, *, bits: int, group: int, scale: f
 
     >>> # see tests/test_gpu_sketch_fused.py: fused_sketch_step(q, K, V, codes, offset, step, vmax, ...)
     """
-    import torch
     R, D = q.shape
     RK, T, W = codes.shape
     int_dot = use_int_dot(bits, D, one_sided) if int_dot is None else bool(int_dot)
@@ -359,7 +357,6 @@ def _grid(blocks: int, rows: int):
 
 
 def _use_asm(q) -> bool:
-    import torch
     return q.is_cuda and torch.version.hip is None and os.environ.get("TRITON_INTERPRET", "0") != "1"
 
 
@@ -369,7 +366,6 @@ def paged_sketch_scan_bound(q, store, cache, seq_idx, T: int, *, scale: float, o
     quantization group = page): ``q`` (B·Hq, D) float32, ``seq_idx`` (B,) int32 sequence ids, ``T`` ≥
     every sequence's length. Returns (s, ub, smax) as :func:`sketch_scan_bound` for rows of length T,
     −inf past each sequence's end."""
-    import torch
     R, D = q.shape
     N, Hkv, S, W = store.codes.shape
     B = seq_idx.shape[0]
@@ -388,3 +384,54 @@ def paged_sketch_scan_bound(q, store, cache, seq_idx, T: int, *, scale: float, o
         G=R // (B * Hkv), BITS=bits, D=D, BM=S, ONE_SIDED=one_sided, ASM=_use_asm(q), PAGED=True, INTDOT=int_dot,
         BLK_FIRST=blk_first, num_warps=num_warps or 1)
     return s, ub, smax
+
+
+# ------------------------------------------------------------------ scores only (the torch path's scan)
+@triton.jit
+def _sketch_scores_kernel(q_ptr, codes_ptr, off_ptr, step_ptr, s_ptr, M, Gr, D, W, group,
+                          G: tl.constexpr, BITS: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
+    """ŝ[h, j] = Σ_d q[h, d]·(offset + step·code)[kvh, j, d] in float32 for the G query heads of
+    KV head kvh; one program per (KV head, BM tokens): the codes are loaded and unpacked once and
+    serve all G heads, so every sketch byte is read once per step (GQA)."""
+    kvh = tl.program_id(0)
+    blk = tl.program_id(1)
+    PER: tl.constexpr = 8 // BITS
+    rows = blk * BM + tl.arange(0, BM)
+    cols = tl.arange(0, BD)
+    rmask = rows < M
+    m2 = rmask[:, None] & (cols < D)[None, :]
+    tok = (kvh * M + rows).to(tl.int64)
+    byte = tl.load(codes_ptr + tok[:, None] * W + (cols // PER)[None, :], mask=m2, other=0)
+    code = (byte.to(tl.int32) >> ((cols % PER) * BITS)[None, :]) & ((1 << BITS) - 1)
+    meta = (kvh * Gr + rows // group).to(tl.int64)[:, None] * D + cols[None, :]
+    o = tl.load(off_ptr + meta, mask=m2, other=0.0).to(tl.float32)
+    st = tl.load(step_ptr + meta, mask=m2, other=0.0).to(tl.float32)
+    k = o + st * code.to(tl.float32)
+    for i in tl.static_range(G):
+        h = kvh * G + i
+        q = tl.load(q_ptr + h * D + cols, mask=cols < D, other=0.0)
+        s = tl.sum(k * q[None, :], axis=1)
+        tl.store(s_ptr + h * M + rows, s, mask=rmask)
+
+
+def sketch_scores(q, codes, offset, step, *, bits: int, group: int, block_tokens: int = 64):
+    """Sketch scores ŝ (Hq, M) float32 of queries ``q`` (Hq, D) against a key sketch — ``codes``
+    (Hkv, M, ⌈D·bits/8⌉) uint8, ``offset``/``step`` (Hkv, ⌈M/group⌉, D) — by ``_sketch_scores_kernel``:
+    the scores-only scan of the torch path (``sketch.certified_decode(backend="triton")``), which
+    computes its own bounds around ŝ, so it needs no shape rule (any group, any D, bits 2/4/8); the
+    certified step's scan with bounds is ``sketch_scan_bound`` above (group ≥ 16, D·bits a multiple of
+    32). Elementwise float32 (never TF32): the torch path's compute_dtype=float32 quantity up to
+    summation order. Grid (Hkv, ⌈M/block_tokens⌉).
+
+    Bytes moved: every sketch byte once per KV head for all its G query heads (M·⌈D·bits/8⌉ per KV
+    head) plus the group metadata (2·D·itemsize per group and KV head), 4·M written per query head.
+    """
+    Hkv, M, W = codes.shape
+    Hq, D = q.shape
+    q32 = q.to(torch.float32).contiguous()
+    out = torch.empty(Hq, M, dtype=torch.float32, device=q.device)
+    grid = (Hkv, triton.cdiv(M, block_tokens))
+    _sketch_scores_kernel[grid](q32, codes.contiguous(), offset.contiguous(), step.contiguous(), out, M,
+                                offset.shape[1], D, W, group, G=Hq // Hkv, BITS=bits, BM=block_tokens,
+                                BD=triton.next_power_of_2(D))
+    return out

@@ -12,6 +12,8 @@ import triton.language as tl
 
 from .keys import tie_key
 
+__all__ = ["token_scores"]
+
 
 @triton.jit
 def _token_scores_kernel(q_ptr, pages_ptr, ok_ptr, seq_ptr, lens_ptr, table_ptr, k_ptr,
@@ -43,3 +45,22 @@ def _token_scores_kernel(q_ptr, pages_ptr, ok_ptr, seq_ptr, lens_ptr, table_ptr,
     out = pid * W * S + wi * S + slot
     tl.store(s_ptr + out, s, mask=in_w)
     tl.store(keys_ptr + out, tie_key(s, tok, valid, tok < 0), mask=in_w)
+
+
+def token_scores(q32, pages, ok, seq_ids, lens, block_table, k_pages, s, keys, *, Hkv: int, D: int, S: int,
+                 scale: float, G: int) -> None:
+    """Launch the exact scoring of the routed pages' tokens: ``q32`` (B, Hq, D) float32, ``pages``
+    (B, Hq, W) logical pages and ``ok`` (B, Hq, W) int8 validity; writes ``s`` (float32) and ``keys``
+    (int64), (B, Hq, W·S), preallocated. Grid (B·Hq, ⌈W/BW⌉) with BW pages per program (BW·S ≤ 64
+    tokens, at least one page).
+
+    Bytes moved per query head: W·S key rows (W·S·D·itemsize, gathered through the page table) and
+    12·W·S B written.
+    """
+    B, Hq, W = pages.shape
+    BS = triton.next_power_of_2(S)
+    BW = max(1, min(triton.next_power_of_2(W), 64 // BS))
+    _token_scores_kernel[(B * Hq, triton.cdiv(W, BW))](
+        q32, pages, ok, seq_ids, lens, block_table, k_pages, s, keys,
+        W, Hq, Hkv, D, S, block_table.stride(0), scale,
+        G=G, BW=BW, BS=BS, BD=triton.next_power_of_2(D))

@@ -11,7 +11,7 @@ the queries) and a ``per_query`` list; non-finite numbers are written as null. `
 
 Example:
     vashista certify --decode --seed 0 --context 4096 --page-size 64 --P 8 --Kc 256 --router mean --json
-    >>> from vashista_ref.cli_decode import main
+    >>> from vashista_app.cmd_decode import main
     >>> main(["--seed", "0", "--context", "64", "--page-size", "8", "--P", "2", "--Kc", "16", "--quiet"])
     0
 """
@@ -24,13 +24,12 @@ import sys
 
 import numpy as np
 
-from .errors import VashistaInputError
-from .policies import make_policy
-from .routing import ROUTERS
-from .sketch import SUPPORTED_BITS, dense_leakage
-from .sparse_decode import sparse_decode, sparse_decode_single
-from .synthetic import KINDS, make_case
-from .dense import SOLVERS
+from vashista_core.errors import VashistaInputError
+from vashista_core.options import ALL_ROUTERS, SOLVERS, SUPPORTED_BITS
+from vashista_core.policies import make_policy
+from vashista_ref.sketch import dense_leakage
+from vashista_ref.sparse_decode import sparse_decode, sparse_decode_single
+from vashista_ref.synthetic import KINDS, make_case
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--P", type=int, default=8, help="pages routed besides sink and newest")
     dec.add_argument("--Kc", type=int, default=128, help="candidate tokens")
     dec.add_argument("--solver", choices=SOLVERS, default="softmax")
-    dec.add_argument("--router", choices=ROUTERS + ("sketch",), default="bound",
+    dec.add_argument("--router", choices=ALL_ROUTERS, default="bound",
                      help="sketch = certified mode (quantized key sketch of every token)")
     dec.add_argument("--bits", type=int, choices=SUPPORTED_BITS, default=None,
                      help="sketch bits for --router sketch (default 4)")

@@ -20,12 +20,13 @@ import sys
 
 import numpy as np
 
-from .entropic import entropic_projection
-from .errors import ConvergenceError, VashistaInputError
-from .instances import FAMILIES, draw
-from .projection import (DEFAULT_ACTIVE_TOL, DEFAULT_FACE_TOL, DEFAULT_INSIDE_TOL, SOLVERS,
+from vashista_core.errors import ConvergenceError, VashistaInputError
+
+from vashista_ref.entropic import entropic_projection
+from vashista_ref.instances import FAMILIES, draw
+from vashista_ref.projection import (DEFAULT_ACTIVE_TOL, DEFAULT_FACE_TOL, DEFAULT_INSIDE_TOL, SOLVERS,
                          project_onto_hull)
-from .softmax_model import softmax_certificate_qk
+from vashista_ref.softmax_model import softmax_certificate_qk
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,8 +133,8 @@ def _print_human(rep: dict, source: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--decode" in argv:
-        from . import cli_decode  # imported lazily: the decode step pulls in the paged cache
-        return cli_decode.main([a for a in argv if a != "--decode"])
+        from . import cmd_decode  # imported lazily: the decode step pulls in the paged cache
+        return cmd_decode.main([a for a in argv if a != "--decode"])
     args = build_parser().parse_args(argv)
     try:
         q, K, source = _load(args)

@@ -15,7 +15,7 @@ of every sparse layer and head checks certified error ≥ true error.
 
 Example::
 
-    >>> from vashista_gpu.quality.tasks import budget_setting
+    >>> from vashista_app.quality.tasks import budget_setting
     >>> budget_setting(8192, 1 / 8)
     {'P': 46, 'Kc': 256, 'page_size': 16, 'sink_pages': 1}
 """
@@ -28,10 +28,12 @@ import time
 
 import torch
 
-from vashista_ref.errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
 
-from ..hf import disable_vashista, enable_vashista
+from vashista_gpu.hf import disable_vashista, enable_vashista
 from .decode_loop import decode_tokens, prefill
+
+__all__ = ["budget_setting", "budget_tokens", "multikey", "passkey", "perplexity", "TIMINGS", "WORDS"]
 
 WORDS = ("apple", "river", "candle", "falcon", "marble", "violet", "copper", "meadow", "harbor", "lantern")
 

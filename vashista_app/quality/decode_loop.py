@@ -7,7 +7,7 @@ the paged mirror of each layer is built from the copied cache on the first step.
 
 Example::
 
-    >>> from vashista_gpu.quality.decode_loop import prefill, decode_tokens   # doctest: +SKIP
+    >>> from vashista_app.quality.decode_loop import prefill, decode_tokens   # doctest: +SKIP
     >>> cache, logits = prefill(model, ids[:, :1000])                          # doctest: +SKIP
     >>> nll, _ = decode_tokens(model, cache, ids[0, 1000:1064], score=True)    # doctest: +SKIP
 """
@@ -17,6 +17,8 @@ import copy
 import inspect
 
 import torch
+
+__all__ = ["cache_kwarg", "decode_tokens", "prefill"]
 
 
 def cache_kwarg(model) -> str:

@@ -15,7 +15,7 @@ that completes within the budget — a greedy in-order schedule with per-step ca
 Example::
 
     printf 'ppl8k_bound 120 --contexts 8192 --no-passkey\\n' > /tmp/plan.txt
-    python -m vashista_gpu.quality.batch --plan /tmp/plan.txt --out-root /tmp/q --budget-s 300 \\
+    python -m vashista_app.quality.batch --plan /tmp/plan.txt --out-root /tmp/q --budget-s 300 \\
         --summaries /tmp/q/summaries.json --common "--device cuda --span 32 --sweep --no-figures"
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ import sys
 import time
 import traceback
 
-from vashista_ref.errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
 
 
 def read_plan(path: str) -> list[tuple[str, float, list[str]]]:
@@ -56,7 +56,7 @@ def read_plan(path: str) -> list[tuple[str, float, list[str]]]:
 def main(argv=None) -> int:
     from .cli import load, parse, run_suite
 
-    p = argparse.ArgumentParser(prog="python -m vashista_gpu.quality.batch", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m vashista_app.quality.batch", description=__doc__.split("\n\n")[0])
     p.add_argument("--plan", required=True, help="plan file: NAME CAP_S ARG... per line")
     p.add_argument("--out-root", required=True, help="each step writes OUT_ROOT/NAME")
     p.add_argument("--budget-s", type=float, required=True, help="total seconds for all steps (model load included)")

@@ -32,8 +32,8 @@ import random
 import sys
 import time
 
-from vashista_ref.errors import VashistaInputError
-from vashista_ref.policies import DenseFallback, ReportOnly
+from vashista_core.errors import VashistaInputError
+from vashista_core.policies import DenseFallback, ReportOnly
 
 # multi-key runs at the smallest and the largest passkey context
 QUICK = dict(contexts=[1024], span=16, pass_contexts=[1024], depths=[0.2, 0.8], n_keys=3, sweep=[1 / 4])
@@ -174,12 +174,12 @@ def main(argv=None) -> int:
 
 def run_suite(args, cfg, loaded=None) -> dict:
     """Run the configured tasks; ``loaded`` = (model, tokenizer, env) reuses a model already on its
-    device (``vashista_gpu.quality.batch`` runs several configurations on one load)."""
+    device (``vashista_app.quality.batch`` runs several configurations on one load)."""
     import numpy as np
     import torch
     from tqdm import tqdm
 
-    from ..hf.stats import DecodeStats
+    from vashista_gpu.hf.stats import DecodeStats
     from . import report, tasks
     from .tasks import budget_setting, budget_tokens, multikey, passkey, perplexity
     from .texts import describe, load_text
@@ -341,8 +341,8 @@ def load(args) -> tuple:
     """(model, tokenizer, env) for ``--device`` / ``--model``: float32 on the resolved device."""
     import torch
 
-    from ..hf import load_default_model, load_model_file
-    from ..hf.model import DEFAULT_SHA256, default_model_path, sha256_file
+    from vashista_gpu.hf import load_default_model, load_model_file
+    from vashista_gpu.hf.model import DEFAULT_SHA256, default_model_path, sha256_file
 
     t0 = time.time()
     device, backend = resolve_device(args.device)

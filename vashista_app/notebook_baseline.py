@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+__all__ = ["notebook_baseline"]
+
 
 def notebook_baseline(q, Kp, Vp, means, P, Kc, scale):
     """The paper notebook's sparse step re-implemented in plain PyTorch from its description:

@@ -1,7 +1,7 @@
 """``vashista repro``: regenerate the paper's tables and figures from this library's own code.
 
 Nothing here is an algorithm: every number comes from ``vashista_gpu.decode.sparse_decode`` /
-``vashista_gpu.dense.dense_decode`` (decode), ``vashista_gpu.notebook_baseline`` (the
+``vashista_gpu.dense.dense_decode`` (decode), ``vashista_app.notebook_baseline`` (the
 paper notebook's step), ``vashista_ref.softmax_model.softmax_certificate`` (leakage),
 ``vashista_ref.entropic.entropic_projection`` and ``vashista_ref.projection.project_onto_hull``
 (Wolfe, no cvxpy) for the face error and the support gap. This module only chooses sizes, times,
@@ -28,12 +28,15 @@ plus noise; see ``needle_problem``) so the support gap is positive and the certi
 to certify. ``true_error_max`` is ‖sparse − dense softmax attention‖ (max over rows and heads); for
 eg/fw it also contains the model difference (projection model vs softmax), not only sparsification.
 
+Timing: ``vashista_app.timing.bench`` (CUDA-event medians on a GPU, the harness the benchmarks use;
+wall-clock medians of the mode's ``reps`` calls on a CPU).
+
 Determinism: under one ``--seed`` two runs write identical tables except the ``*_ms`` and
 ``speedup`` columns (timings).
 
 Example
 -------
->>> from vashista_gpu.repro import main
+>>> from vashista_app.repro import main
 >>> main(["--quick", "--out", "/tmp/vashista_artifacts"])     # doctest: +SKIP
 0
 """
@@ -45,7 +48,6 @@ import gc
 import json
 import math
 import platform
-import statistics
 import sys
 import time
 import zipfile
@@ -54,8 +56,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vashista_core.options import SOLVERS
+
+from .notebook_baseline import notebook_baseline
+from .timing import bench
+
+__all__ = ["ABLATION_KC", "ABLATION_P", "EPS_GRID", "SOLVERS", "TIMING_COLUMNS", "ablation_rows",
+           "face_error_rows", "leakage_rows", "main", "run", "scaling_rows", "sizes", "support_gap_rows"]
+
 TIMING_COLUMNS = ("dense_ms", "notebook_ms", "sparse_ms", "sparse_planned_ms", "speedup", "latency_ms")
-SOLVERS = ("softmax", "eg", "fw")
 ABLATION_P = (32, 64, 96)
 ABLATION_KC = (64, 128, 192)
 EPS_GRID = tuple(float(e) for e in np.geomspace(3e-3, 3.0, 10))
@@ -72,24 +81,6 @@ def sizes(*, cuda: bool, quick: bool) -> dict:
                     n_gap=16)
     return dict(mode="CPU reduced sizes", B=2, H=4, D=64, S=16, dtype="float32",
                 Ts=[2048, 4096, 8192, 16384], T_ablation=4096, reps=3, n_gap=32)
-
-
-def _sync(cuda: bool) -> None:
-    if cuda:
-        torch.cuda.synchronize()
-
-
-def time_ms(fn, *, cuda: bool, reps: int) -> float:
-    """Median wall time of ``fn`` in ms after one warm-up call (synchronised on a GPU)."""
-    fn()
-    _sync(cuda)
-    out = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        _sync(cuda)
-        out.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(out)
 
 
 def needle_row(b: int, H: int, T: int, D: int, *, seed: int, device, dtype):
@@ -149,7 +140,6 @@ def _free(cuda: bool) -> None:
 def scaling_rows(sz: dict, *, seed: int, device, cuda: bool, card: str, P: int = 64, Kc: int = 128,
                  progress=None) -> list[dict]:
     """One row per context length: dense SDPA, the notebook baseline and Vashista sparse decode."""
-    from vashista_gpu.notebook_baseline import notebook_baseline
     from vashista_gpu.decode import run_plan, sparse_decode
     from vashista_gpu.dense import sdpa_decode
     from vashista_gpu.plan import plan_decode
@@ -163,18 +153,18 @@ def scaling_rows(sz: dict, *, seed: int, device, cuda: bool, card: str, P: int =
         NP = T // S
         Kp, Vp = K.view(B, H, NP, S, D), V.view(B, H, NP, S, D)
         means = Kp.float().mean(3).to(dtype)
-        dense_ms = time_ms(lambda: sdpa_decode(q, K, V, scale), cuda=cuda, reps=sz["reps"])
-        nb_ms = time_ms(lambda: notebook_baseline(q, Kp, Vp, means, min(P, NP), Kc, scale), cuda=cuda,
+        dense_ms = bench(lambda: sdpa_decode(q, K, V, scale), cuda=cuda, reps=sz["reps"])
+        nb_ms = bench(lambda: notebook_baseline(q, Kp, Vp, means, min(P, NP), Kc, scale), cuda=cuda,
                         reps=sz["reps"])
         dn = sdpa_decode(q, K, V, scale).float()
         del K, V, Kp, Vp, means
         _free(cuda)
         # phase 2: the same rows regenerated into the paged cache
         cache, ids = needle_cache(B, H, T, D, S, seed=seed + T, device=device, dtype=dtype)
-        sp_ms = time_ms(lambda: sparse_decode(q, cache, ids, P, Kc, scale=scale), cuda=cuda, reps=sz["reps"])
+        sp_ms = bench(lambda: sparse_decode(q, cache, ids, P, Kc, scale=scale), cuda=cuda, reps=sz["reps"])
         # the device part alone (planned once on the host, as a serving loop would; no CUDA graph)
         plan = plan_decode(cache, ids, H, P, Kc, scale=scale)
-        planned_ms = time_ms(lambda: run_plan(plan, q, cache), cuda=cuda, reps=sz["reps"])
+        planned_ms = bench(lambda: run_plan(plan, q, cache), cuda=cuda, reps=sz["reps"])
         r = sparse_decode(q, cache, ids, P, Kc, scale=scale)
         rows.append(dict(T=T, dense_ms=dense_ms, notebook_ms=nb_ms, sparse_ms=sp_ms,
                          sparse_planned_ms=planned_ms, speedup=dense_ms / planned_ms, P=P, Kc=Kc, solver="softmax", card=card,
@@ -197,7 +187,7 @@ def ablation_rows(sz: dict, *, seed: int, device, cuda: bool, tol: float = 1e-3,
     """
     from vashista_gpu.decode import sparse_decode
     from vashista_gpu.dense import dense_decode
-    from vashista_ref.policies import DenseFallback
+    from vashista_core.policies import DenseFallback
     dtype = getattr(torch, sz["dtype"])
     B, H, D, S, T = sz["B"], sz["H"], sz["D"], sz["S"], sz["T_ablation"]
     q = torch.stack([needle_row(b, H, T, D, seed=seed, device=device, dtype=dtype)[0] for b in range(B)])
@@ -209,7 +199,7 @@ def ablation_rows(sz: dict, *, seed: int, device, cuda: bool, tol: float = 1e-3,
         for P in ABLATION_P:
             for Kc in ABLATION_KC:
                 kw = dict(scale=scale, solver=solver)
-                ms = time_ms(lambda: sparse_decode(q, cache, ids, P, Kc, **kw), cuda=cuda, reps=sz["reps"])
+                ms = bench(lambda: sparse_decode(q, cache, ids, P, Kc, **kw), cuda=cuda, reps=sz["reps"])
                 r = sparse_decode(q, cache, ids, P, Kc, **kw)
                 true = (r.out.float() - dn).norm(dim=-1)
                 if solver == "softmax":

@@ -9,7 +9,7 @@
 
 Example::
 
-    >>> from vashista_gpu.quality.texts import load_text
+    >>> from vashista_app.quality.texts import load_text
     >>> len(load_text("prose")) > 400_000
     True
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from vashista_ref.errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
 
 CODE_MODULES = ("_pydecimal", "typing", "inspect", "turtle")
 LICENCE = {"code": "Python standard library source (PSF licence)",

@@ -2,7 +2,7 @@
 
 Example::
 
-    >>> from vashista_gpu.quality.report import write_csv
+    >>> from vashista_app.quality.report import write_csv
     >>> import tempfile, os
     >>> d = tempfile.mkdtemp(); write_csv(os.path.join(d, "t.csv"), [dict(a=1, b=2.5)])
     >>> open(os.path.join(d, "t.csv")).read().split()
