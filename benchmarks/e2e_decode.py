@@ -243,7 +243,7 @@ def _fill_engine(engine, B, ctx, max_new, dev):
 
 def run_ours(model, variant, B, ctx, steps, dev, kc, dense_layers):
     from vashista_gpu.engine import Engine
-    from vashista_ref.policies import DenseFallback
+    from vashista_core.policies import DenseFallback
 
     # "+df": DenseFallback with a tolerance nothing exceeds — the device policy's fixed cost (flag,
     # compaction, an idle pairs launch) on top of the certified step
@@ -394,9 +394,39 @@ def plot(rows, path):
     return True
 
 
+def markdown(result) -> str:
+    """The RESULTS.md tables: ms/token per variant, the speed-up of each Vashista mode over the best
+    dense graph (named), peak memory and our cache bytes over the dense KV bytes."""
+    rows = [r for r in result["rows"] if r.get("ms_per_token")]
+    keys = sorted({(r["shape"], r["context"], r["batch"]) for r in result["rows"]})
+    names = ["hf_eager_sdpa", "graph_sdpa_flash", "graph_sdpa_cudnn", "ours_dense", "ours_cert_int4_g16",
+             "ours_cert_int8_g64", "ours_paged", "ours_cert_int4_g16+df"]
+    out = ["| shape | context | batch | " + " | ".join(names) + " | best dense | int4 × | int8 × | paged × "
+           "| peak GiB dense graph / int4 | int4 cache / dense KV |",
+           "|" + "---|" * (len(names) + 9)]
+    for shape, ctx, B in keys:
+        sel = {r["variant"]: r for r in rows if (r["shape"], r["context"], r["batch"]) == (shape, ctx, B)}
+        skipped = {r["variant"]: r.get("skipped") or r.get("error") for r in result["rows"]
+                   if (r["shape"], r["context"], r["batch"]) == (shape, ctx, B) and not r.get("ms_per_token")}
+        if not sel:
+            continue
+        cells = [f"{sel[n]['ms_per_token']:.2f}" if n in sel else ("skip" if n in skipped else "–") for n in names]
+        dense = {n: sel[n]["ms_per_token"] for n in sel if n.startswith("graph_sdpa")}
+        best = min(dense, key=dense.get) if dense else None
+        sp = [f"{dense[best] / sel[n]['ms_per_token']:.2f}" if best and n in sel else "–"
+              for n in ("ours_cert_int4_g16", "ours_cert_int8_g64", "ours_paged")]
+        pk = [f"{sel[n]['peak_GiB']:.1f}" if n in sel and sel[n].get("peak_GiB") else "–" for n in (best, "ours_cert_int4_g16")]
+        i4 = sel.get("ours_cert_int4_g16")
+        mem = f"{i4['cache_bytes']['total'] / i4['dense_kv_bytes']:.2f}" if i4 else "–"
+        out.append(f"| {shape} | {ctx // 1024}k | {B} | " + " | ".join(cells) +
+                   f" | {best.replace('graph_sdpa_', '') if best else '–'} | " + " | ".join(sp) +
+                   f" | {' / '.join(pk)} | {mem} |")
+    return "\n".join(out)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out")
     ap.add_argument("--configs", default=PRIORITY,
                     help="shape:context:batch,... in the order to run (the time budget cuts the tail)")
     ap.add_argument("--variants", default="hf_eager_sdpa,graph_sdpa_flash,graph_sdpa_cudnn," + ",".join(OURS),
@@ -409,10 +439,17 @@ def main(argv=None):
     ap.add_argument("--time-budget", type=float, default=1e9, help="stop starting new runs after this many s")
     ap.add_argument("--check", action="store_true", help="first check the paged dense kernel against SDPA")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--table", help="print the markdown tables of an e2e.json and exit")
     args = ap.parse_args(argv)
+    if args.table:
+        with open(args.table) as f:
+            print(markdown(json.load(f)))
+        return
     if args.quick:
         args.configs = "llama-1b:8192:1,llama-1b:8192:4,llama-1b:32768:1,llama-1b:32768:4"
     configs = [(c.split(":")[0], int(c.split(":")[1]), int(c.split(":")[2])) for c in args.configs.split(",") if c]
+    if not args.out:
+        ap.error("--out is required")
     dev = torch.device(args.device)
     os.makedirs(args.out, exist_ok=True)
     t_start = time.time()
