@@ -17,7 +17,7 @@ from vashista_gpu.engine.policy import (FELL_BACK, FLAGGED, OVERFLOW, DeviceCapp
                                         DeviceDenseFallback, compact_pairs, resolve_overflow)
 from vashista_gpu.paged_cache import TorchPagedKVCache  # noqa: E402
 from vashista_gpu.sketch_plan import plan_sketch_step, run_sketch_plan  # noqa: E402
-from vashista_ref.errors import VashistaInputError  # noqa: E402
+from vashista_core.errors import VashistaInputError  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 

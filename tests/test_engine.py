@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-from vashista_ref.errors import VashistaInputError
-from vashista_ref.policies import DenseFallback
+from vashista_core.errors import VashistaInputError
+from vashista_core.policies import DenseFallback
 
 from vashista_gpu.engine import Engine, VashistaCache, generate
 
@@ -166,7 +166,7 @@ def test_smollm2_smoke():
     (["--prompt", "x", "--dense-layers", "a,b"], "--dense-layers"),
 ])
 def test_cli_bad_options_exit_2_naming_the_option(argv, option, capsys):
-    from vashista_gpu.engine.cli import main
+    from vashista_app.cmd_generate import main
 
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -57,7 +57,7 @@ def test_graph_replay_matches_eager_bit_for_bit(mode):
 
 
 def test_dense_fallback_in_graph_matches_eager():
-    from vashista_ref.policies import DenseFallback
+    from vashista_core.policies import DenseFallback
 
     model = _model()
     prompts = _prompts([260])

@@ -15,7 +15,7 @@ pytest.importorskip("triton")
 from vashista_gpu.dense import sdpa_decode  # noqa: E402
 from vashista_gpu.kernels.paged_dense import cache_dense_decode, paged_dense_decode  # noqa: E402
 from vashista_gpu.paged_cache import TorchPagedKVCache  # noqa: E402
-from vashista_ref.errors import VashistaInputError  # noqa: E402
+from vashista_core.errors import VashistaInputError  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 

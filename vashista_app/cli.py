@@ -20,6 +20,7 @@ __all__ = ["COMMANDS", "EXTRAS", "main"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "certify": ("vashista_app.cmd_certify", "solve a projection / sparse decode step and print its certificate"),
     "check": ("proofs_checks.cli", "run every paper claim as a check and write a report"),
+    "generate": ("vashista_app.cmd_generate", "greedy generation with Vashista owning the KV cache (certified decode)"),
     "quality": ("vashista_app.quality.cli", "dense vs Vashista decode quality on the embedded model"),
     "repro": ("vashista_app.repro", "regenerate the paper's tables and figures"),
 }

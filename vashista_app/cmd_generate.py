@@ -16,7 +16,9 @@ import json
 import math
 import sys
 
-from vashista_ref.errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
+
+__all__ = ['POLICIES', 'build_parser', 'main', 'parse_budget', 'run']
 
 POLICIES = ("report", "fallback", "capped")
 
@@ -66,7 +68,7 @@ def parse_budget(text: str) -> float:
 
 
 def _policy(args):
-    from vashista_ref.policies import Capped, DenseFallback, ReportOnly
+    from vashista_core.policies import Capped, DenseFallback, ReportOnly
 
     if args.tol is not None and not args.tol >= 0:
         raise VashistaInputError("--tol", f"must be >= 0, got {args.tol}")
@@ -128,8 +130,8 @@ def run(args) -> dict:
     """Check every option before loading anything, load the model, generate; returns the JSON object."""
     import torch
 
-    from ..hf.model import load_default_model, load_model_file
-    from .generate import generate
+    from vashista_gpu.hf.model import load_default_model, load_model_file
+    from vashista_gpu.engine import generate
 
     text = _prompt(args)
     budget = parse_budget(args.budget)

@@ -39,10 +39,12 @@ import math
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from vashista_ref.errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
 
 from ..paged_cache import TorchPagedKVCache
 from ..validate import positive_int
+
+__all__ = ['PagedLayer', 'VashistaCache', 'model_shape']
 
 
 def model_shape(config) -> tuple[int, int, int, int]:

@@ -27,7 +27,9 @@ import json
 import math
 import os
 
-from vashista_ref.errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
+
+__all__ = ['TABLE', 'crossover_context', 'load_table', 'shape_key']
 
 TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "crossover.json")
 

@@ -37,11 +37,13 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from vashista_ref.errors import VashistaInputError
-from vashista_ref.policies import Capped, DenseFallback, ReportOnly
+from vashista_core.errors import VashistaInputError
+from vashista_core.policies import Capped, DenseFallback, ReportOnly
 
 from .cache import VashistaCache
 from .step import ATTN_NAME, MODES, Runner, StepConfig, register
+
+__all__ = ['ALL_MODES', 'AUTO_CROSSOVER', 'Engine', 'GenerateResult', 'generate']
 
 ALL_MODES = MODES + ("auto",)
 # auto mode decodes densely below the crossover context (tokens of the longest row) and certified

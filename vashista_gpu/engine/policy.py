@@ -44,9 +44,11 @@ from dataclasses import dataclass
 
 import torch
 
-from vashista_ref.errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
 
 from ..validate import nonnegative_scalar, positive_int
+
+__all__ = ['DeviceCapped', 'DeviceDenseFallback', 'DevicePolicyResult', 'FLAGGED', 'FELL_BACK', 'OVERFLOW', 'compact_pairs', 'resolve_overflow']
 
 FLAGGED, FELL_BACK, OVERFLOW = 0, 1, 2          # rows of DeviceDenseFallback.counts
 

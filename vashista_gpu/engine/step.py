@@ -46,7 +46,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as Fn
 
-from vashista_ref.errors import VashistaInputError
+from vashista_core.errors import VashistaInputError
+
+__all__ = ['ATTN_NAME', 'MODES', 'Runner', 'STAT_FIELDS', 'StepConfig', 'StepStats', 'engine_attention', 'kc_for', 'prefill_attention', 'register']
 
 ATTN_NAME = "vashista_engine"
 MODES = ("dense", "certified", "paged")
@@ -165,7 +167,7 @@ class Runner:
         """The policy of a planned layer on the device (``engine/policy.py``): DenseFallback patches the
         uncertified heads with exact attention; Capped first takes a second certified step planned at
         Kc_max (capped at the shortest row) for them. None: report only."""
-        from vashista_ref.policies import Capped, DenseFallback
+        from vashista_core.policies import Capped, DenseFallback
 
         from ..sketch_plan import plan_sketch_step, run_sketch_plan
         from .policy import DeviceCapped, DeviceDenseFallback
@@ -207,7 +209,7 @@ class Runner:
         else:
             plan.lens.copy_(pool.seq_lens[plan.seq_ids])      # lengths grow on the device between steps
             r = run_plan(plan, q, pool)
-            out, err, leak, overflow = r["out"], r["certified_error"], r["certified_leakage"], None
+            out, err, leak, overflow = r.out, r.certified_error, r.certified_leakage, None
         fell = None
         pol = self.policies[layer]
         if pol is not None:

@@ -60,6 +60,8 @@ import os
 import triton
 import triton.language as tl
 
+__all__ = ['cache_dense_decode', 'default_splits', 'paged_dense_decode']
+
 LOG2E = 1.4426950408889634
 
 
@@ -185,7 +187,7 @@ def paged_dense_decode(q, k_pages, v_pages, block_table, seq_idx, seq_lens, *, m
     """
     import torch
 
-    from vashista_ref.errors import VashistaInputError
+    from vashista_core.errors import VashistaInputError
 
     from .. import validate as V
 
