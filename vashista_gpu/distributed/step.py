@@ -1,0 +1,156 @@
+"""The context-parallel certified step (SPEC 3b over a sharded cache; docs/CONTEXT_PARALLEL.md).
+
+Problem solved for every query head h of batch row b (KV head h // G), over the whole logical
+sequence, whose tokens are spread over the ranks by ``shard.ShardLayout``:
+
+    o_h = softmax(s_C)·V_C,   C = the candidate set (below),   ‖o_h − o_dense‖ ≤ certified_error,
+
+each rank running the sketch scan and the exact rescoring on its own shard only. Collectives per step
+(``torch.distributed``: gloo on CPU, NCCL on GPU; every rank of ``group`` calls the step with the
+same q, seq_ids and arguments):
+
+1. selection — ``selection="global"``: C = the top-Kc of the whole sequence by sketch score under the
+   tie rule, the set the single-process step selects. Each rank's share of it is among the rank's
+   local top-Kc (a token beaten by Kc tokens of its own shard is beaten by Kc tokens overall), so each
+   rank sends its local top-Kc (score, logical index) pairs — one ``all_gather`` of (B, Hq, Kc, 2) —
+   and every rank takes the top-Kc of the union: C, and its last element, the threshold that tells a
+   rank which of its tokens are in C. ``selection="local"``: C = the union of the ranks' local top-Kc
+   (a superset of the global top-Kc; no selection collective, R·Kc candidates);
+2. merge — each rank rescores its candidates and packs its ``merge.ShardState``; one ``all_gather``
+   of (B, Hq, 10 + Dv) and every rank merges and certifies identically (``merge.certificate``).
+
+``policy``: ReportOnly (default) or DenseFallback(tol): heads whose merged certified error exceeds
+tol are recomputed by the distributed dense decode (``fallback.cp_dense_decode``, one more
+collective, taken by all ranks together because all hold the same merged certificate).
+
+This module is the torch path (any device; float32 or float64 scan). On CUDA the per-rank part of
+the fused kernels is ``fused_terms.py`` (what benchmarks/cp_decode.py times).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from vashista_core.errors import VashistaInputError
+from vashista_core.policies import DenseFallback, ReportOnly
+
+from .. import validate as V
+from .fallback import cp_dense_decode
+from .merge import all_gather_states, certificate, merge
+from .torch_terms import empty_terms, local_top, scan_bounds, shard_terms
+
+NO_INDEX = float(2 ** 53)        # padding of a short shard's top-Kc: sorts after every real token
+
+
+@dataclass(frozen=True)
+class CPStepResult:
+    """(B, Hq) tensors unless noted, identical on every rank: ``out`` (B, Hq, Dv) in q's dtype;
+    ``certified_leakage`` L̂, ``certified_error`` (≥ ‖out − dense over the whole sequence‖ for heads not
+    fallen back), ``gap`` Δ̂ (float64); ``certified`` error ≤ the policy's tol; ``fell_back`` heads
+    recomputed densely; ``candidates`` (B, Hq, Kc) logical positions ascending — the merged set for
+    ``selection="global"``; for ``"local"`` this rank's share of the union, −1 padded."""
+    out: torch.Tensor
+    certified_leakage: torch.Tensor
+    certified_error: torch.Tensor
+    gap: torch.Tensor
+    certified: torch.Tensor
+    fell_back: torch.Tensor
+    candidates: torch.Tensor
+
+
+def global_threshold(local_keys: torch.Tensor, Kc: int, group=None):
+    """From every rank's local top-Kc pairs ``local_keys`` (B, Hq, Kc, 2) float64 [score, logical
+    index] (padded with (−inf, NO_INDEX)), by one all_gather: the merged top-Kc's logical positions
+    (B, Hq, Kc) ascending and the threshold pair (τ, i_τ) (B, Hq) each — token j is in the set iff
+    ŝ_j > τ or (ŝ_j = τ and j ≤ i_τ)."""
+    allk = all_gather_states(local_keys, group)                             # (R, B, Hq, Kc, 2)
+    u = allk.permute(1, 2, 0, 3, 4).flatten(2, 3)                           # (B, Hq, R·Kc, 2)
+    by_idx = torch.sort(u[..., 1], dim=-1, stable=True).indices
+    u = torch.gather(u, 2, by_idx[..., None].expand_as(u))
+    by_score = torch.sort(u[..., 0], dim=-1, descending=True, stable=True).indices[..., :Kc]
+    top = torch.gather(u, 2, by_score[..., None].expand(*by_score.shape, 2))
+    return torch.sort(top[..., 1].long(), dim=-1).values, top[..., -1, 0], top[..., -1, 1]
+
+
+def _check(q, shards, seq_ids, Kc, policy, selection):
+    q = V.tensor("q", q, ndim=3)
+    local = shards.local
+    V.same_device("q", q, local.device)
+    ids = [int(s) for s in V.index_tensor("seq_ids", seq_ids).tolist()]
+    if len(ids) != q.shape[0]:
+        raise VashistaInputError("seq_ids", f"has {len(ids)} ids but q has batch size {q.shape[0]}")
+    if q.shape[2] != local.head_dim:
+        raise VashistaInputError("q", f"has head dimension {q.shape[2]} but the cache stores {local.head_dim}")
+    if q.shape[1] % local.n_kv_heads:
+        raise VashistaInputError("q", f"has {q.shape[1]} query heads, not a multiple of the {local.n_kv_heads} KV heads")
+    shortest = min(shards.total_length(s) for s in ids)
+    Kc = V.positive_int("Kc", Kc, upper=shortest, upper_name="tokens in the shortest sequence")
+    policy = ReportOnly() if policy is None else policy
+    if not isinstance(policy, (ReportOnly, DenseFallback)):
+        raise VashistaInputError("policy", f"expected ReportOnly or DenseFallback, got {policy!r} "
+                                           "(Capped is not implemented for the context-parallel step)")
+    if selection not in ("global", "local"):
+        raise VashistaInputError("selection", f"must be 'global' or 'local', got {selection!r}")
+    return q, ids, Kc, policy
+
+
+def cp_certified_decode(q: torch.Tensor, shards, seq_ids, Kc: int, *, bits: int = 4, scale: float | None = None,
+                        policy=None, selection: str = "global", one_sided: bool = True,
+                        compute_dtype=torch.float32, group=None) -> CPStepResult:
+    """Certified decode of q (B, Hq, D) over sequences ``seq_ids`` sharded as ``shards`` (this rank's
+    ``shard.ShardedCache``), Kc candidates per head (module doc). A collective over ``group``."""
+    from ..sketch import attach_sketch
+
+    q, ids, Kc, policy = _check(q, shards, seq_ids, Kc, policy, selection)
+    if compute_dtype not in (torch.float32, torch.float64):
+        raise VashistaInputError("compute_dtype", f"must be torch.float32 or torch.float64, got {compute_dtype}")
+    local = shards.local
+    B, Hq, D = q.shape
+    sc = 1.0 / math.sqrt(D) if scale is None else V.positive_scalar("scale", scale)
+    store = attach_sketch(local, bits)
+    f64 = dict(dtype=torch.float64, device=q.device)
+    # 1. scan each row's shard; local top-Kc as (score, logical index) pairs
+    rows, keys = [], torch.full((B, Hq, Kc, 2), -math.inf, **f64)
+    keys[..., 1] = NO_INDEX
+    for b, sid in enumerate(ids):
+        if local.length(sid) == 0:
+            rows.append(None)
+            continue
+        K, Vv = (x.permute(1, 0, 2) for x in local.gather(sid))
+        shat, ub = scan_bounds(q[b], store.sequence_sketch(local, sid), scale=sc, compute_dtype=compute_dtype,
+                               one_sided=one_sided)
+        top = local_top(shat, Kc)
+        gpos = shards.global_positions(sid)[top]
+        kc = top.shape[1]
+        keys[b, :, :kc, 0], keys[b, :, :kc, 1] = torch.gather(shat, 1, top), gpos.double()
+        rows.append((K, Vv, ub, top))
+    # 2. which of them are candidates
+    if selection == "global":
+        cand, tau, i_tau = global_threshold(keys, Kc, group)
+        s_top, i_top = keys[..., 0], keys[..., 1]
+        chosen = (s_top > tau[..., None]) | ((s_top == tau[..., None]) & (i_top <= i_tau[..., None]))
+    else:
+        chosen = torch.isfinite(keys[..., 0])
+        cand = torch.sort(torch.where(chosen, keys[..., 1].long(), -1), dim=-1).values
+    # 3. exact part on this rank's candidates, one merge for all rows
+    terms = []
+    for b, row in enumerate(rows):
+        if row is None:
+            terms.append(empty_terms(Hq, local.value_dim, q.device).pack())
+            continue
+        K, Vv, ub, top = row
+        terms.append(shard_terms(q[b], K, Vv, ub, top, chosen[b, :, : top.shape[1]], scale=sc,
+                                 compute_dtype=compute_dtype).pack())
+    r = certificate(merge(all_gather_states(torch.stack(terms), group)))
+    out = r.out.to(q.dtype)
+    certified = r.certified_error <= getattr(policy, "tol", math.inf)
+    fell_back = torch.zeros_like(certified)
+    if isinstance(policy, DenseFallback) and not bool(certified.all()):
+        fell_back = ~certified
+        redo = torch.nonzero(fell_back.any(-1)).flatten().tolist()       # identical on every rank
+        dense = cp_dense_decode(q[redo], shards, [ids[b] for b in redo], scale=sc, group=group)
+        out[redo] = torch.where(fell_back[redo][..., None], dense, out[redo])
+    return CPStepResult(out=out, certified_leakage=r.certified_leakage, certified_error=r.certified_error,
+                        gap=r.gap, certified=certified, fell_back=fell_back, candidates=cand)
