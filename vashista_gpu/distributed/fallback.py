@@ -21,27 +21,30 @@ from vashista_core.errors import VashistaInputError
 from .. import validate as V
 from .merge import all_gather_states, merge_softmax
 
+__all__ = ["cp_dense_decode", "dense_partial"]
+
 
 def dense_partial(Q: torch.Tensor, K: torch.Tensor, Vv: torch.Tensor, scale: float) -> torch.Tensor:
-    """Packed (Hq, 2 + Dv) state [m, l, o] of queries Q (Hq, D) over keys K (Hkv, T, D) and values
-    Vv (Hkv, T, Dv); T may be 0 (m = −inf, l = 0, o = 0)."""
-    Hq, D = Q.shape
-    Hkv, T, Dv = Vv.shape
+    """Packed (B, Hq, 2 + Dv) float64 state [m, l, o] of queries Q (B, Hq, D) over keys K (B, Hkv, T, D)
+    and values Vv (B, Hkv, T, Dv) (one length T for the batch); T may be 0 (m = −inf, l = 0, o = 0)."""
+    B, Hq, D = Q.shape
+    _, Hkv, T, Dv = Vv.shape
     G = Hq // Hkv
     if T == 0:
-        out = torch.zeros(Hq, 2 + Dv, dtype=torch.float64, device=Q.device)
-        out[:, 0] = -math.inf
+        out = torch.zeros(B, Hq, 2 + Dv, dtype=torch.float64, device=Q.device)
+        out[..., 0] = -math.inf
         return out
     if Q.is_cuda and K.dtype in (torch.bfloat16, torch.float16):
         o, lse = torch.ops.aten._scaled_dot_product_flash_attention(
-            Q.to(K.dtype).view(1, Hkv, G, D), K[None], Vv[None], scale=scale)[:2]
-        m, l, o = lse.reshape(Hq).double(), torch.ones(Hq, dtype=torch.float64, device=Q.device), o.reshape(Hq, Dv)
+            Q.to(K.dtype).view(B, Hkv, G, D), K, Vv, scale=scale)[:2]
+        m, l = lse.reshape(B, Hq).double(), torch.ones(B, Hq, dtype=torch.float64, device=Q.device)
+        o = o.reshape(B, Hq, Dv)
     else:
-        s = torch.bmm(K.double(), Q.double().view(Hkv, G, D).transpose(1, 2)).transpose(1, 2).reshape(Hq, T) * scale
-        m = s.amax(-1)
-        w = torch.exp(s - m[:, None]).view(Hkv, G, T)
-        l, o = w.sum(-1).reshape(Hq), torch.bmm(w, Vv.double()).reshape(Hq, Dv)
-    return torch.cat([m[:, None], l[:, None], o.double()], -1)
+        s = torch.matmul(Q.double().view(B, Hkv, G, D), K.double().transpose(-1, -2)) * scale   # (B, Hkv, G, T)
+        m = s.amax(-1, keepdim=True)
+        w = torch.exp(s - m)
+        m, l, o = m.reshape(B, Hq), w.sum(-1).reshape(B, Hq), torch.matmul(w, Vv.double()).reshape(B, Hq, Dv)
+    return torch.cat([m[..., None], l[..., None], o.double()], -1)
 
 
 def cp_dense_decode(q: torch.Tensor, shards, seq_ids, *, scale: float | None = None, group=None) -> torch.Tensor:
@@ -63,7 +66,7 @@ def cp_dense_decode(q: torch.Tensor, shards, seq_ids, *, scale: float | None = N
     parts = []
     for b, s in enumerate(ids):
         K, Vv = local.gather(s)
-        parts.append(dense_partial(q[b], K.permute(1, 0, 2), Vv.permute(1, 0, 2), sc))
+        parts.append(dense_partial(q[b:b + 1], K.permute(1, 0, 2)[None], Vv.permute(1, 0, 2)[None], sc)[0])
     st = all_gather_states(torch.stack(parts), group)
     _, l, o = merge_softmax(st[..., 0], st[..., 1], st[..., 2:])
     return (o / l[..., None]).to(q.dtype)

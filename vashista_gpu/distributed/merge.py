@@ -36,6 +36,9 @@ import torch
 
 from vashista_core.rounding import FN_REL, U64, gamma
 
+__all__ = ["MergedResult", "SCALARS", "ShardState", "all_gather_states", "certificate", "down", "lse_bound", "merge",
+           "merge_softmax", "up"]
+
 SCALARS = ("m", "l", "log_zc", "log_zout", "vmax_c", "vmax_out", "eps", "o_rnd", "lb_max", "ub_max")
 
 
@@ -158,17 +161,19 @@ def certificate(st: ShardState) -> MergedResult:
     return MergedResult(out=out, certified_leakage=leak, certified_error=err, gap=down(st.lb_max - st.ub_max))
 
 
-def all_gather_states(packed: torch.Tensor, group=None) -> torch.Tensor:
+def all_gather_states(packed: torch.Tensor, group=None, out: torch.Tensor | None = None) -> torch.Tensor:
     """(R, *packed.shape): every rank's packed state, by one ``all_gather`` (``all_gather_into_tensor``
-    where the backend has it: NCCL; gloo takes the list form)."""
+    where the backend has it: NCCL; gloo takes the list form). ``out``: a preallocated result (a fixed
+    address, for a CUDA graph of what reads it)."""
     import torch.distributed as dist
 
     R = dist.get_world_size(group)
     packed = packed.contiguous()
-    if dist.get_backend(group) == "nccl":
+    if out is None:
         out = torch.empty((R,) + tuple(packed.shape), dtype=packed.dtype, device=packed.device)
+    if dist.get_backend(group) == "nccl":
         dist.all_gather_into_tensor(out, packed, group=group)
         return out
-    parts = [torch.empty_like(packed) for _ in range(R)]
+    parts = list(out.unbind(0))
     dist.all_gather(parts, packed, group=group)
-    return torch.stack(parts)
+    return out

@@ -36,6 +36,8 @@ from vashista_core.validate import positive_int
 
 from .. import validate as V
 
+__all__ = ["ShardLayout", "ShardedCache"]
+
 
 @dataclass(frozen=True)
 class ShardLayout:

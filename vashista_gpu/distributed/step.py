@@ -37,9 +37,13 @@ from vashista_core.errors import VashistaInputError
 from vashista_core.policies import DenseFallback, ReportOnly
 
 from .. import validate as V
+from ..sketch import attach_sketch
 from .fallback import cp_dense_decode
-from .merge import all_gather_states, certificate, merge
+from .fused_terms import fused_shard_state
+from .merge import MergedResult, all_gather_states, certificate, merge
 from .torch_terms import empty_terms, local_top, scan_bounds, shard_terms
+
+__all__ = ["CPStepResult", "NO_INDEX", "cp_certified_decode", "cp_fused_step", "global_threshold"]
 
 NO_INDEX = float(2 ** 53)        # padding of a short shard's top-Kc: sorts after every real token
 
@@ -101,8 +105,6 @@ def cp_certified_decode(q: torch.Tensor, shards, seq_ids, Kc: int, *, bits: int 
                         compute_dtype=torch.float32, group=None) -> CPStepResult:
     """Certified decode of q (B, Hq, D) over sequences ``seq_ids`` sharded as ``shards`` (this rank's
     ``shard.ShardedCache``), Kc candidates per head (module doc). A collective over ``group``."""
-    from ..sketch import attach_sketch
-
     q, ids, Kc, policy = _check(q, shards, seq_ids, Kc, policy, selection)
     if compute_dtype not in (torch.float32, torch.float64):
         raise VashistaInputError("compute_dtype", f"must be torch.float32 or torch.float64, got {compute_dtype}")
@@ -154,3 +156,11 @@ def cp_certified_decode(q: torch.Tensor, shards, seq_ids, Kc: int, *, bits: int 
         out[redo] = torch.where(fell_back[redo][..., None], dense, out[redo])
     return CPStepResult(out=out, certified_leakage=r.certified_leakage, certified_error=r.certified_error,
                         gap=r.gap, certified=certified, fell_back=fell_back, candidates=cand)
+
+
+def cp_fused_step(plan, q: torch.Tensor, group=None) -> MergedResult:
+    """The context-parallel certified step on the fused kernels, local selection (``fused_terms``):
+    this rank's packed state for ``plan`` (``sketch_plan.plan_sketch_step`` on ``shards.local``, every
+    shard ≥ Kc tokens) and q (B, Hq, D), one ``all_gather``, the merge and the certificate. No host
+    synchronisation besides the collective; no policy (``cp_certified_decode`` has them)."""
+    return certificate(merge(all_gather_states(fused_shard_state(plan, q), group)))

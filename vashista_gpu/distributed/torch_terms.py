@@ -17,6 +17,8 @@ from vashista_core.rounding import FLOAT32_MATMUL_ROUNDOFF, FN_REL, U64, gamma
 
 from .merge import ShardState, down, lse_bound, up
 
+__all__ = ["empty_terms", "local_top", "scan_bounds", "shard_terms"]
+
 
 def scan_bounds(Q: torch.Tensor, sketch, *, scale: float, compute_dtype, one_sided: bool):
     """Sketch scores ŝ (Hq, T) float64 (computed in ``compute_dtype``) and upper bounds ub ≥
