@@ -11,7 +11,7 @@ page sketch) and with exact dense attention in float64:
 * every rank returns the same result.
 
 Cases: unequal shard lengths, an empty shard, GQA, one rank holding the only relevant token, tokens
-added by decode steps (owner rank), local selection, and the dense fallback.
+added by decode steps (owner rank), local selection, and the policies (dense fallback, Capped).
 """
 from __future__ import annotations
 
@@ -52,6 +52,8 @@ def case(name: str) -> dict:
         c.update(lens=[130], Kc=16, kw=dict(compute_dtype=torch.float64))
     elif name == "fallback":        # row 0 has a needle (certified), row 1 does not (falls back)
         c.update(lens=[200, 50], Kc=4, kw=dict(policy=DenseFallback(0.2)))
+    elif name == "capped":          # Kc widened 4 -> 8 -> 16 for the uncertified heads, then dense
+        c.update(lens=[200, 50], Kc=4, kw=dict(policy=Capped(0.2, 1, 16)))
     seqs = []
     for T in c["lens"]:
         K, V = rnd(T + c["steps"], HKV, D), rnd(T + c["steps"], HKV, D)
@@ -59,7 +61,7 @@ def case(name: str) -> dict:
             K[80:160] = K[0:80]
         seqs.append((K, V))
     q = 1.5 * rnd(len(c["lens"]), HQ, D)
-    if name in ("needle", "fallback"):
+    if name in ("needle", "fallback", "capped"):
         K, V = seqs[0]
         K.mul_(0.1)
         K[185] = 4 * q[0].view(HKV, HQ // HKV, D).mean(1)
@@ -67,7 +69,7 @@ def case(name: str) -> dict:
     return c
 
 
-CASES = ("unequal", "ties", "needle", "decode", "local", "float64", "fallback")
+CASES = ("unequal", "ties", "needle", "decode", "local", "float64", "fallback", "capped")
 
 
 def _shards(c, world, rank):
@@ -95,7 +97,7 @@ def _worker(rank: int, world: int, tmp: str) -> None:
         r = cp_certified_decode(c["q"], _shards(c, world, rank), list(range(len(c["seqs"]))), c["Kc"], bits=4,
                                 **c["kw"])
         results[name] = {f: getattr(r, f) for f in ("out", "certified_error", "certified_leakage", "gap",
-                                                    "fell_back", "candidates")}
+                                                    "fell_back", "candidates", "Kc_used", "certified")}
     torch.save(results, os.path.join(tmp, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -109,8 +111,9 @@ def runs(request, tmp_path_factory):
     return world, [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(world)]
 
 
-def _single(c, b):
-    """Single-process certified step and float64 dense attention for batch row b (whole sequence)."""
+def _single(c, b, Kc=None):
+    """Single-process certified step (at ``Kc``, default the case's) and float64 dense attention for
+    batch row b (whole sequence)."""
     K, V = c["seqs"][b]
     cache = TorchPagedKVCache(S, HKV, D, dtype=torch.float32, num_pages=64, max_seqs=1)
     cache.add_sequence(0)
@@ -118,7 +121,7 @@ def _single(c, b):
     sk = attach_sketch(cache, 4).sequence_sketch(cache, 0)
     Kh, Vh = K.permute(1, 0, 2), V.permute(1, 0, 2)
     kw = {k: v for k, v in c["kw"].items() if k == "compute_dtype"}
-    sp = certified_decode(c["q"][b], Kh, Vh, sk, c["Kc"], **kw)
+    sp = certified_decode(c["q"][b], Kh, Vh, sk, Kc or c["Kc"], **kw)
     q = c["q"][b].double().view(HKV, HQ // HKV, D)
     w = torch.softmax(q @ Kh.double().transpose(1, 2) / math.sqrt(D), dim=-1)
     return sp, (w @ Vh.double()).reshape(HQ, -1)
@@ -131,15 +134,21 @@ def test_matches_single_process(runs, name):
     r = res[0][name]
     for b in range(len(c["seqs"])):
         sp, dense = _single(c, b)
+        single = {}                     # Kc -> the single-process step at that Kc (Capped widens some heads)
         for h in range(HQ):
-            assert set(r["candidates"][b, h].tolist()) == set(sp.candidates[h].tolist()), (name, b, h)
+            kc = int(r["Kc_used"][b, h])
+            if kc not in single:
+                single[kc] = sp if kc == c["Kc"] else _single(c, b, kc)[0]
+            assert set(r["candidates"][b, h, :kc].tolist()) == set(single[kc].candidates[h].tolist()), (name, b, h)
+            keep = not bool(r["fell_back"][b, h])
+            if keep:
+                dt = c["kw"].get("compute_dtype", torch.float32)
+                assert_rel_close(r["out"][b, h], single[kc].out[h].to(r["out"].dtype), dt, f"{name} row {b} head {h}")
+            else:                       # fallen back: the dense output
+                assert_rel_close(r["out"][b, h], dense[h].float(), torch.float32, f"{name} fallback")
         keep = ~r["fell_back"][b]
-        dt = c["kw"].get("compute_dtype", torch.float32)
-        assert_rel_close(r["out"][b][keep], sp.out[keep].to(r["out"].dtype), dt, f"{name} row {b}")
         truth = torch.linalg.vector_norm(r["out"][b].double() - dense, dim=-1)
         assert bool((r["certified_error"][b][keep] >= truth[keep]).all()), (name, b, r["certified_error"][b], truth)
-        if not bool(keep.all()):                       # fallen back: the dense output
-            assert_rel_close(r["out"][b][~keep], dense[~keep].float(), torch.float32, f"{name} fallback")
 
 
 def test_needle_on_one_rank(runs):
@@ -155,10 +164,15 @@ def test_needle_on_one_rank(runs):
     assert bool((r["certified_error"][0] < 0.2).all())
 
 
-def test_fallback_path_taken(runs):
+def test_policies_take_their_paths(runs):
+    """DenseFallback: row 0 certified, some heads of row 1 fall back; Capped: some heads widen Kc
+    (certified by it or not), the rest keep Kc = 4."""
     world, res = runs
     r = res[0]["fallback"]
     assert bool(r["fell_back"].any()) and not bool(r["fell_back"].all())
+    r = res[0]["capped"]
+    assert bool((r["Kc_used"] > 4).any()) and bool((r["Kc_used"] == 4).any()) and bool((r["Kc_used"] <= 16).all())
+    assert bool((r["certified"] | r["fell_back"]).all())
 
 
 def test_local_selection_superset_and_sound(runs):
@@ -223,7 +237,9 @@ def test_bad_input_names_the_argument():
     with pytest.raises(VashistaInputError, match="Kc"):
         cp_certified_decode(c["q"], sh, [0, 1, 2], 21)
     with pytest.raises(VashistaInputError, match="policy"):
-        cp_certified_decode(c["q"], sh, [0, 1, 2], 4, policy=Capped(0.1, 4, 8))
+        cp_certified_decode(c["q"], sh, [0, 1, 2], 4, policy="dense")
+    with pytest.raises(VashistaInputError, match="Kc_max"):
+        cp_certified_decode(c["q"], sh, [0, 1, 2], 8, policy=Capped(0.1, 1, 4))
     with pytest.raises(VashistaInputError, match="selection"):
         cp_certified_decode(c["q"], sh, [0, 1, 2], 4, selection="all")
     with pytest.raises(VashistaInputError, match="seq_ids"):

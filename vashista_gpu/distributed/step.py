@@ -19,9 +19,11 @@ same q, seq_ids and arguments):
 2. merge — each rank rescores its candidates and packs its ``merge.ShardState``; one ``all_gather``
    of (B, Hq, 10 + Dv) and every rank merges and certifies identically (``merge.certificate``).
 
-``policy``: ReportOnly (default) or DenseFallback(tol): heads whose merged certified error exceeds
-tol are recomputed by the distributed dense decode (``fallback.cp_dense_decode``, one more
-collective, taken by all ranks together because all hold the same merged certificate).
+``policy``: ReportOnly (default), DenseFallback(tol) or Capped(tol, ·, Kc_max), run by the one policy
+loop (``vashista_core.policy_loop``): Capped re-attempts the rows with an uncertified head at a
+doubled Kc; heads still above tol are recomputed by the distributed dense decode
+(``fallback.cp_dense_decode``). Each retry and the fallback are collectives taken by all ranks
+together, which agree on them because all hold the same merged certificates.
 
 This module is the torch path (any device; float32 or float64 scan). On CUDA the per-rank part of
 the fused kernels is ``fused_terms.py`` (what benchmarks/cp_decode.py times).
@@ -34,7 +36,8 @@ from dataclasses import dataclass
 import torch
 
 from vashista_core.errors import VashistaInputError
-from vashista_core.policies import DenseFallback, ReportOnly
+from vashista_core.policies import Capped
+from vashista_core.policy_loop import check_policy, run_policy
 
 from .. import validate as V
 from ..sketch import attach_sketch
@@ -53,8 +56,10 @@ class CPStepResult:
     """(B, Hq) tensors unless noted, identical on every rank: ``out`` (B, Hq, Dv) in q's dtype;
     ``certified_leakage`` L̂, ``certified_error`` (≥ ‖out − dense over the whole sequence‖ for heads not
     fallen back), ``gap`` Δ̂ (float64); ``certified`` error ≤ the policy's tol; ``fell_back`` heads
-    recomputed densely; ``candidates`` (B, Hq, Kc) logical positions ascending — the merged set for
-    ``selection="global"``; for ``"local"`` this rank's share of the union, −1 padded."""
+    recomputed densely; ``candidates`` (B, Hq, max Kc_used) logical positions ascending of the
+    attempt reported for each head, −1 padded — the merged set for ``selection="global"``, this rank's
+    share of the union for ``"local"``; ``Kc_used`` (B, Hq) that attempt's Kc (> Kc after Capped
+    widened it)."""
     out: torch.Tensor
     certified_leakage: torch.Tensor
     certified_error: torch.Tensor
@@ -62,6 +67,7 @@ class CPStepResult:
     certified: torch.Tensor
     fell_back: torch.Tensor
     candidates: torch.Tensor
+    Kc_used: torch.Tensor
 
 
 def global_threshold(local_keys: torch.Tensor, Kc: int, group=None):
@@ -78,7 +84,7 @@ def global_threshold(local_keys: torch.Tensor, Kc: int, group=None):
     return torch.sort(top[..., 1].long(), dim=-1).values, top[..., -1, 0], top[..., -1, 1]
 
 
-def _check(q, shards, seq_ids, Kc, policy, selection):
+def _check(q, shards, seq_ids, Kc, policy, selection, compute_dtype):
     q = V.tensor("q", q, ndim=3)
     local = shards.local
     V.same_device("q", q, local.device)
@@ -91,42 +97,35 @@ def _check(q, shards, seq_ids, Kc, policy, selection):
         raise VashistaInputError("q", f"has {q.shape[1]} query heads, not a multiple of the {local.n_kv_heads} KV heads")
     shortest = min(shards.total_length(s) for s in ids)
     Kc = V.positive_int("Kc", Kc, upper=shortest, upper_name="tokens in the shortest sequence")
-    policy = ReportOnly() if policy is None else policy
-    if not isinstance(policy, (ReportOnly, DenseFallback)):
-        raise VashistaInputError("policy", f"expected ReportOnly or DenseFallback, got {policy!r} "
-                                           "(Capped is not implemented for the context-parallel step)")
+    policy = check_policy(policy)
+    if isinstance(policy, Capped):
+        policy.check_start(1, Kc)
     if selection not in ("global", "local"):
         raise VashistaInputError("selection", f"must be 'global' or 'local', got {selection!r}")
+    if compute_dtype not in (torch.float32, torch.float64):
+        raise VashistaInputError("compute_dtype", f"must be torch.float32 or torch.float64, got {compute_dtype}")
     return q, ids, Kc, policy
 
 
-def cp_certified_decode(q: torch.Tensor, shards, seq_ids, Kc: int, *, bits: int = 4, scale: float | None = None,
-                        policy=None, selection: str = "global", one_sided: bool = True,
-                        compute_dtype=torch.float32, group=None) -> CPStepResult:
-    """Certified decode of q (B, Hq, D) over sequences ``seq_ids`` sharded as ``shards`` (this rank's
-    ``shard.ShardedCache``), Kc candidates per head (module doc). A collective over ``group``."""
-    q, ids, Kc, policy = _check(q, shards, seq_ids, Kc, policy, selection)
-    if compute_dtype not in (torch.float32, torch.float64):
-        raise VashistaInputError("compute_dtype", f"must be torch.float32 or torch.float64, got {compute_dtype}")
+def _attempt(q, shards, ids, Kc, *, bits, scale, selection, one_sided, compute_dtype, group):
+    """One context-parallel certified step of q (B, Hq, D) over ``ids`` at Kc (steps 1-2 of the module
+    doc): (``merge.MergedResult``, candidates (B, Hq, Kc) as ``CPStepResult.candidates``)."""
     local = shards.local
-    B, Hq, D = q.shape
-    sc = 1.0 / math.sqrt(D) if scale is None else V.positive_scalar("scale", scale)
+    B, Hq, _ = q.shape
     store = attach_sketch(local, bits)
-    f64 = dict(dtype=torch.float64, device=q.device)
     # 1. scan each row's shard; local top-Kc as (score, logical index) pairs
-    rows, keys = [], torch.full((B, Hq, Kc, 2), -math.inf, **f64)
+    rows, keys = [], torch.full((B, Hq, Kc, 2), -math.inf, dtype=torch.float64, device=q.device)
     keys[..., 1] = NO_INDEX
     for b, sid in enumerate(ids):
         if local.length(sid) == 0:
             rows.append(None)
             continue
         K, Vv = (x.permute(1, 0, 2) for x in local.gather(sid))
-        shat, ub = scan_bounds(q[b], store.sequence_sketch(local, sid), scale=sc, compute_dtype=compute_dtype,
+        shat, ub = scan_bounds(q[b], store.sequence_sketch(local, sid), scale=scale, compute_dtype=compute_dtype,
                                one_sided=one_sided)
         top = local_top(shat, Kc)
-        gpos = shards.global_positions(sid)[top]
         kc = top.shape[1]
-        keys[b, :, :kc, 0], keys[b, :, :kc, 1] = torch.gather(shat, 1, top), gpos.double()
+        keys[b, :, :kc, 0], keys[b, :, :kc, 1] = torch.gather(shat, 1, top), shards.global_positions(sid)[top].double()
         rows.append((K, Vv, ub, top))
     # 2. which of them are candidates
     if selection == "global":
@@ -143,20 +142,60 @@ def cp_certified_decode(q: torch.Tensor, shards, seq_ids, Kc: int, *, bits: int 
             terms.append(empty_terms(Hq, local.value_dim, q.device).pack())
             continue
         K, Vv, ub, top = row
-        terms.append(shard_terms(q[b], K, Vv, ub, top, chosen[b, :, : top.shape[1]], scale=sc,
+        terms.append(shard_terms(q[b], K, Vv, ub, top, chosen[b, :, : top.shape[1]], scale=scale,
                                  compute_dtype=compute_dtype).pack())
-    r = certificate(merge(all_gather_states(torch.stack(terms), group)))
-    out = r.out.to(q.dtype)
-    certified = r.certified_error <= getattr(policy, "tol", math.inf)
-    fell_back = torch.zeros_like(certified)
-    if isinstance(policy, DenseFallback) and not bool(certified.all()):
-        fell_back = ~certified
-        redo = torch.nonzero(fell_back.any(-1)).flatten().tolist()       # identical on every rank
-        dense = cp_dense_decode(q[redo], shards, [ids[b] for b in redo], scale=sc, group=group)
-        out[redo] = torch.where(fell_back[redo][..., None], dense, out[redo])
-    return CPStepResult(out=out, certified_leakage=r.certified_leakage, certified_error=r.certified_error,
-                        gap=r.gap, certified=certified, fell_back=fell_back, candidates=cand)
+    return certificate(merge(all_gather_states(torch.stack(terms), group))), cand
 
+
+def cp_certified_decode(q: torch.Tensor, shards, seq_ids, Kc: int, *, bits: int = 4, scale: float | None = None,
+                        policy=None, selection: str = "global", one_sided: bool = True,
+                        compute_dtype=torch.float32, group=None) -> CPStepResult:
+    """Certified decode of q (B, Hq, D) over sequences ``seq_ids`` sharded as ``shards`` (this rank's
+    ``shard.ShardedCache``), Kc candidates per head (module doc). A collective over ``group``.
+
+    The policy runs in ``vashista_core.policy_loop.run_policy`` with the batch row as the unit, as the
+    single-process GPU steps: ``Capped(tol, ·, Kc_max)`` widens Kc only (doubling, at most the row's
+    length), a retry replacing the row's uncertified heads; every rank takes the same retries, because
+    every rank holds the same merged certificates."""
+    q, ids, Kc, policy = _check(q, shards, seq_ids, Kc, policy, selection, compute_dtype)
+    B, Hq, D = q.shape
+    sc = 1.0 / math.sqrt(D) if scale is None else V.positive_scalar("scale", scale)
+    tol = getattr(policy, "tol", math.inf)
+    kw = dict(bits=bits, scale=sc, selection=selection, one_sided=one_sided, compute_dtype=compute_dtype,
+              group=group)
+    f64 = dict(dtype=torch.float64, device=q.device)
+    out = torch.zeros(B, Hq, shards.local.value_dim, **f64)
+    leak, err, gap = (torch.full((B, Hq), math.nan, **f64) for _ in range(3))   # NaN: not attempted yet
+    cands = [[None] * Hq for _ in range(B)]
+    fell_back = torch.zeros(B, Hq, dtype=torch.bool, device=q.device)
+
+    def attempt(rows, _P, kc):
+        r, c = _attempt(q[rows], shards, [ids[b] for b in rows], kc, **kw)
+        for i, b in enumerate(rows):
+            redo = ~(err[b] <= tol)                     # the first attempt: every head (err is NaN)
+            out[b] = torch.where(redo[:, None], r.out[i], out[b])
+            for t, new in ((leak, r.certified_leakage), (err, r.certified_error), (gap, r.gap)):
+                t[b] = torch.where(redo, new[i], t[b])
+            for h in torch.nonzero(redo).flatten().tolist():
+                cands[b][h] = c[i, h]
+
+    def dense(rows):
+        d = cp_dense_decode(q[rows], shards, [ids[b] for b in rows], scale=sc, group=group).double()
+        for i, b in enumerate(rows):
+            fell_back[b] = ~(err[b] <= tol)
+            out[b] = torch.where(fell_back[b][:, None], d[i], out[b])
+
+    run_policy(policy, list(range(B)), 1, Kc, attempt=attempt,
+                      uncertified=lambda: [b for b in range(B) if not bool((err[b] <= tol).all())],
+                      limits=lambda b: (shards.total_length(ids[b]), 1), dense=dense)
+    width = max(c.numel() for row in cands for c in row)
+    cand = torch.full((B, Hq, width), -1, dtype=torch.int64, device=q.device)
+    for b in range(B):
+        for h in range(Hq):
+            cand[b, h, : cands[b][h].numel()] = cands[b][h]
+    return CPStepResult(out=out.to(q.dtype), certified_leakage=leak, certified_error=err, gap=gap,
+                        certified=err <= tol, fell_back=fell_back, candidates=cand,
+                        Kc_used=torch.tensor([[c.numel() for c in row] for row in cands], device=q.device))
 
 def cp_fused_step(plan, q: torch.Tensor, group=None) -> MergedResult:
     """The context-parallel certified step on the fused kernels, local selection (``fused_terms``):
