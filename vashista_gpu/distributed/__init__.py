@@ -6,7 +6,7 @@ and the distributed dense decode that is its fallback and baseline (``fallback``
 from .fallback import cp_dense_decode
 from .merge import ShardState, certificate, merge
 from .shard import ShardedCache, ShardLayout
-from .step import CPStepResult, cp_certified_decode, cp_fused_step
+from .step import cp_certified_decode, cp_fused_step
 
-__all__ = ["CPStepResult", "ShardLayout", "ShardState", "ShardedCache", "certificate", "cp_certified_decode",
+__all__ = ["ShardLayout", "ShardState", "ShardedCache", "certificate", "cp_certified_decode",
            "cp_dense_decode", "cp_fused_step", "merge"]

@@ -16,6 +16,8 @@ import torch
 
 from vashista_core.rounding import FN_REL, U32, gamma
 
+from ..selection import select_candidates
+from ..sketch_plan import row_vmax
 from .merge import ShardState, down, up
 
 __all__ = ["fused_shard_state"]
@@ -23,12 +25,11 @@ __all__ = ["fused_shard_state"]
 
 def fused_shard_state(plan, q: torch.Tensor) -> torch.Tensor:
     """Packed (B, Hq, 10 + Dv) float64 ``ShardState`` of this rank for ``plan`` (``sketch_plan.
-    plan_sketch_step`` on the rank's local cache) and q (B, Hq, D)."""
+    plan_sketch_step`` on the rank's local cache) and q (B, Hq, D). (The kernels are imported here:
+    Triton is optional for the torch path's users.)"""
     from ..kernels.rescore import rescore_paged
     from ..kernels.row_lse import row_lse_upper
     from ..kernels.sketch_scan import paged_sketch_scan_bound
-    from ..selection import select_candidates
-    from ..sketch_plan import _row_vmax
 
     B, Hq, D, Kc = plan.B, plan.Hq, plan.D, plan.Kc
     q32 = q.float().reshape(B * Hq, D).contiguous()
@@ -39,7 +40,7 @@ def fused_shard_state(plan, q: torch.Tensor) -> torch.Tensor:
     out, m_c, zsum, eps = rescore_paged(q32, plan.cache, plan.seq_idx, cand, scale=plan.scale)
     ub.scatter_(1, cand, -math.inf)
     m_o, z_o = row_lse_upper(ub)
-    vm = _row_vmax(plan).double()
+    vm = row_vmax(plan).double()
     # Z_C from below, as fused_certificate: the exponential within 16u, the Kc-term sum within γ
     z_c = zsum.double() * ((1 - 16 * U32) * (1 - gamma(Kc + 2, U32)))
     m_c, m_o = m_c.double(), m_o.double()

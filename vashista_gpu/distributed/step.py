@@ -31,8 +31,6 @@ the fused kernels is ``fused_terms.py`` (what benchmarks/cp_decode.py times).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 
 from vashista_core.errors import VashistaInputError
@@ -40,34 +38,16 @@ from vashista_core.policies import Capped
 from vashista_core.policy_loop import check_policy, run_policy
 
 from .. import validate as V
+from ..result import StepResult
 from ..sketch import attach_sketch
 from .fallback import cp_dense_decode
 from .fused_terms import fused_shard_state
 from .merge import MergedResult, all_gather_states, certificate, merge
 from .torch_terms import empty_terms, local_top, scan_bounds, shard_terms
 
-__all__ = ["CPStepResult", "NO_INDEX", "cp_certified_decode", "cp_fused_step", "global_threshold"]
+__all__ = ["NO_INDEX", "cp_certified_decode", "cp_fused_step", "global_threshold"]
 
 NO_INDEX = float(2 ** 53)        # padding of a short shard's top-Kc: sorts after every real token
-
-
-@dataclass(frozen=True)
-class CPStepResult:
-    """(B, Hq) tensors unless noted, identical on every rank: ``out`` (B, Hq, Dv) in q's dtype;
-    ``certified_leakage`` L̂, ``certified_error`` (≥ ‖out − dense over the whole sequence‖ for heads not
-    fallen back), ``gap`` Δ̂ (float64); ``certified`` error ≤ the policy's tol; ``fell_back`` heads
-    recomputed densely; ``candidates`` (B, Hq, max Kc_used) logical positions ascending of the
-    attempt reported for each head, −1 padded — the merged set for ``selection="global"``, this rank's
-    share of the union for ``"local"``; ``Kc_used`` (B, Hq) that attempt's Kc (> Kc after Capped
-    widened it)."""
-    out: torch.Tensor
-    certified_leakage: torch.Tensor
-    certified_error: torch.Tensor
-    gap: torch.Tensor
-    certified: torch.Tensor
-    fell_back: torch.Tensor
-    candidates: torch.Tensor
-    Kc_used: torch.Tensor
 
 
 def global_threshold(local_keys: torch.Tensor, Kc: int, group=None):
@@ -109,7 +89,8 @@ def _check(q, shards, seq_ids, Kc, policy, selection, compute_dtype):
 
 def _attempt(q, shards, ids, Kc, *, bits, scale, selection, one_sided, compute_dtype, group):
     """One context-parallel certified step of q (B, Hq, D) over ``ids`` at Kc (steps 1-2 of the module
-    doc): (``merge.MergedResult``, candidates (B, Hq, Kc) as ``CPStepResult.candidates``)."""
+    doc): (``merge.MergedResult``, candidates (B, Hq, Kc) as the ``candidates`` of
+    :func:`cp_certified_decode`)."""
     local = shards.local
     B, Hq, _ = q.shape
     store = attach_sketch(local, bits)
@@ -149,9 +130,16 @@ def _attempt(q, shards, ids, Kc, *, bits, scale, selection, one_sided, compute_d
 
 def cp_certified_decode(q: torch.Tensor, shards, seq_ids, Kc: int, *, bits: int = 4, scale: float | None = None,
                         policy=None, selection: str = "global", one_sided: bool = True,
-                        compute_dtype=torch.float32, group=None) -> CPStepResult:
+                        compute_dtype=torch.float32, group=None) -> StepResult:
     """Certified decode of q (B, Hq, D) over sequences ``seq_ids`` sharded as ``shards`` (this rank's
     ``shard.ShardedCache``), Kc candidates per head (module doc). A collective over ``group``.
+
+    Returns the GPU tier's ``result.StepResult``, identical on every rank: ``out`` in q's dtype; the
+    certificate (float64) of the whole sequence; ``candidates`` (B, Hq, max Kc_used) logical positions
+    ascending of the attempt reported for each head, −1 padded — the merged set for
+    ``selection="global"``, this rank's share of the union for ``"local"``; ``Kc_used`` that attempt's
+    Kc; ``summaries_scored`` the sketch tokens this rank scanned per query head (its longest shard);
+    ``path="torch"``.
 
     The policy runs in ``vashista_core.policy_loop.run_policy`` with the batch row as the unit, as the
     single-process GPU steps: ``Capped(tol, ·, Kc_max)`` widens Kc only (doubling, at most the row's
@@ -193,9 +181,10 @@ def cp_certified_decode(q: torch.Tensor, shards, seq_ids, Kc: int, *, bits: int 
     for b in range(B):
         for h in range(Hq):
             cand[b, h, : cands[b][h].numel()] = cands[b][h]
-    return CPStepResult(out=out.to(q.dtype), certified_leakage=leak, certified_error=err, gap=gap,
-                        certified=err <= tol, fell_back=fell_back, candidates=cand,
-                        Kc_used=torch.tensor([[c.numel() for c in row] for row in cands], device=q.device))
+    return StepResult(out=out.to(q.dtype), certified_leakage=leak, certified_error=err, gap=gap, candidates=cand,
+                      certified=err <= tol, fell_back=fell_back,
+                      Kc_used=torch.tensor([[c.numel() for c in row] for row in cands], device=q.device),
+                      summaries_scored=max(shards.local.length(s) for s in ids), path="torch")
 
 def cp_fused_step(plan, q: torch.Tensor, group=None) -> MergedResult:
     """The context-parallel certified step on the fused kernels, local selection (``fused_terms``):
