@@ -64,7 +64,7 @@ from .selection import select_candidates
 from .sketch import attach_sketch, scanned_pages
 
 __all__ = ["SketchStepPlan", "candidate_weights", "fused_paged_sketch_step", "fused_shapes_ok",
-           "paged_certified_decode", "plan_sketch_step", "run_sketch_plan"]
+           "paged_certified_decode", "plan_sketch_step", "row_vmax", "run_sketch_plan"]
 
 
 @dataclass
@@ -164,7 +164,7 @@ def plan_sketch_step(cache, seq_ids, num_q_heads: int, Kc: int, *, bits: int, sc
                           page_idx=torch.arange(-(-T // S), device=dev))
 
 
-def _row_vmax(plan: SketchStepPlan) -> torch.Tensor:
+def row_vmax(plan: SketchStepPlan) -> torch.Tensor:
     """(B·Hq,) float32 ≥ every value norm of the row's sequence and KV head: the pages' float32 norm
     summaries over the live pages (lengths read on the device), raised by their rounding."""
     cache = plan.cache
@@ -200,7 +200,7 @@ def run_sketch_plan(plan: SketchStepPlan, q: torch.Tensor, *, sync: bool = False
     cand, overflow = select_candidates(s, smax, Kc, plan.cap, sync, short_window=plan.short_window)
     # exact part (``kernels/rescore.py``): rescoring, softmax, values, and m_C, z_C of the lower bounds
     out, m_c, zsum, eps = rescore_paged(q32, plan.cache, plan.seq_idx, cand, scale=plan.scale)
-    leak, error, gap = fused_certificate(ub, cand, out, m_c, zsum, _row_vmax(plan), eps)
+    leak, error, gap = fused_certificate(ub, cand, out, m_c, zsum, row_vmax(plan), eps)
     return StepResult(out=out.view(B, Hq, plan.Dv), candidates=cand.view(B, Hq, Kc),
                       certified_leakage=leak.view(B, Hq), certified_error=error.view(B, Hq),
                       overflow=overflow.view(B, Hq), gap=gap.view(B, Hq), path="fused")
