@@ -140,6 +140,7 @@ def test_bad_inputs_name_the_argument(tiny):
             generate(tiny, bad)
 
 
+@pytest.mark.slow          # ~3 min on a shared 2-core CPU: the model load and 30 layers of the host path
 def test_smollm2_smoke():
     from vashista_gpu.hf.model import load_default_model
 
