@@ -394,6 +394,128 @@ def plot(rows, path):
     return True
 
 
+ANNOTATE = [("vashista_gpu.paged_cache", "TorchPagedKVCache.append_step_device"),
+            ("vashista_gpu.summaries", "update_page_summaries"),
+            ("vashista_gpu.sketch", "TorchPageSketchStore.update_pages"),
+            ("vashista_gpu.kernels.sketch_scan", "paged_sketch_scan_bound"),
+            ("vashista_gpu.sketch", "_select_candidates"),
+            ("vashista_gpu.kernels.rescore", "rescore_paged"),
+            ("vashista_gpu.sketch", "_certificate"),
+            ("vashista_gpu.sketch_plan", "row_vmax"),
+            ("vashista_gpu.sketch_plan", "run_sketch_plan"),
+            ("vashista_gpu.decode", "run_plan"),
+            ("vashista_gpu.kernels.paged_dense", "cache_dense_decode"),
+            ("vashista_gpu.engine.step", "StepStats.add"),
+            ("vashista_gpu.engine.step", "Runner.decode")]
+
+
+def _annotate():
+    """Wrap the step's parts in profiler ranges (module attributes and methods, looked up at call
+    time by their callers), so the profile attributes device time to them."""
+    from torch.profiler import record_function
+
+    for mod, name in ANNOTATE:
+        m = importlib.import_module(mod)
+        owner, attr = (m, name) if "." not in name else (getattr(m, name.split(".")[0]), name.split(".")[1])
+        f = getattr(owner, attr, None)
+        if f is None or getattr(f, "_annotated", False):
+            continue
+
+        def wrap(fn, label=name):
+            def g(*a, **k):
+                with record_function("vs::" + label):
+                    return fn(*a, **k)
+            g._annotated = True
+            return g
+        setattr(owner, attr, wrap(f))
+
+
+def profile_ours(model, variant, B, ctx, dev, kc, dense_layers, steps=3) -> str:
+    """Device time of one eager engine step by part (ANNOTATE ranges) and the top kernels: where the
+    graph replay's time goes (a replay runs the same kernels without the host gaps)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from vashista_gpu.engine import Engine
+
+    _annotate()
+    base = variant.split("+")[0]
+    mode, bits, page = dict(ours_dense=("dense", 4, 16), ours_cert_int4_g16=("certified", 4, 16),
+                            ours_cert_int8_g64=("certified", 8, 64), ours_paged=("paged", 4, 16))[base]
+    eng = Engine(model, mode=mode, bits=bits, budget=min(1.0, kc / ctx), max_seqs=B,
+                 max_tokens=page * math.ceil((ctx + 16) / page), page_size=page, graph=False,
+                 dense_layers=dense_layers, progress=False)
+    with eng, torch.no_grad():
+        seqs = _fill_engine(eng, B, ctx, 16, dev)
+        eng._segment(seqs)
+        eng._step()
+        eng._step()
+        sync(dev)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                eng._step()
+            sync(dev)
+    ka = prof.key_averages()
+
+    def dev_us(e):
+        return getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0.0)
+    parts = sorted([e for e in ka if e.key.startswith("vs::")], key=dev_us, reverse=True)
+    kern = sorted([e for e in ka if not e.key.startswith("vs::") and dev_us(e) > 0 and e.device_type.name == "CUDA"],
+                  key=dev_us, reverse=True)
+    total = sum(dev_us(e) for e in kern)
+    lines = [f"== {variant} {model.config.num_hidden_layers}L B={B} ctx={ctx}: device time per step "
+             f"{total / steps / 1e3:.3f} ms in {sum(e.count for e in kern) // steps} kernels"]
+    lines += [f"  part {e.key[4:]:<45} {dev_us(e) / steps / 1e3:8.3f} ms/step  calls/step {e.count // steps}"
+              for e in parts]
+    lines += [f"  kernel {e.key[:70]:<70} {dev_us(e) / steps / 1e3:8.3f} ms/step  n/step {e.count // steps}"
+              for e in kern[:25]]
+    del eng
+    return "\n".join(lines)
+
+
+def tune_dense(dev, shapes) -> list:
+    """The paged flash-decode kernel's launch options against SDPA flash on the same K/V (contiguous),
+    one attention call, CUDA-graph replays: which defaults to ship."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from vashista_gpu.dense import sdpa_decode
+    from vashista_gpu.kernels.paged_dense import paged_dense_decode
+
+    out = []
+    for B, Hkv, G, D, T in shapes:
+        S = 16
+        npg = B * T // S
+        kp = torch.randn((npg, Hkv, S, D), dtype=torch.bfloat16, device=dev)
+        vp = torch.randn_like(kp)
+        table = torch.randperm(npg, device=dev).to(torch.int32).view(B, T // S)
+        lens = torch.full((B,), T, dtype=torch.int32, device=dev)
+        seq = torch.arange(B, dtype=torch.int32, device=dev)
+        q = torch.randn((B, Hkv * G, D), dtype=torch.bfloat16, device=dev)
+        K = torch.randn((B, Hkv, T, D), dtype=torch.bfloat16, device=dev)
+        V = torch.randn_like(K)
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            ref = time_fn(graphed(lambda: sdpa_decode(q, K, V, D ** -0.5), dev), 50, dev)
+        kv_bytes = 2 * B * Hkv * T * D * 2
+        out.append(dict(shape=(B, Hkv, G, D, T), variant="sdpa_flash", ms=ref * 1e3, TBps=kv_bytes / ref / 1e12))
+        for bn in (64, 128):
+            for nw in (4, 8):
+                for st in (2, 3, 4):
+                    for mult in (1, 2):
+                        from vashista_gpu.kernels.paged_dense import default_splits
+                        ns = default_splits(B * Hkv, T, bn, dev) * mult
+                        try:
+                            t = time_fn(graphed(lambda: paged_dense_decode(
+                                q, kp, vp, table, seq, lens, max_tokens=T, num_splits=ns, block_n=bn,
+                                num_warps=nw, num_stages=st), dev), 50, dev)
+                            out.append(dict(shape=(B, Hkv, G, D, T), variant=f"bn{bn}_w{nw}_s{st}_x{mult}",
+                                            ms=t * 1e3, TBps=kv_bytes / t / 1e12))
+                        except Exception as e:
+                            out.append(dict(shape=(B, Hkv, G, D, T), variant=f"bn{bn}_w{nw}_s{st}_x{mult}",
+                                            error=str(e)[:200]))
+        del kp, vp, K, V
+        torch.cuda.empty_cache()
+    return out
+
+
 def markdown(result) -> str:
     """The RESULTS.md tables: ms/token per variant, the speed-up of each Vashista mode over the best
     dense graph (named), peak memory and our cache bytes over the dense KV bytes."""
@@ -440,6 +562,9 @@ def main(argv=None):
     ap.add_argument("--check", action="store_true", help="first check the paged dense kernel against SDPA")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--table", help="print the markdown tables of an e2e.json and exit")
+    ap.add_argument("--profile", action="store_true",
+                    help="instead of timing: device time by part of one eager engine step (--configs, our --variants)")
+    ap.add_argument("--tune-dense", action="store_true", help="first time the paged dense kernel's launch options")
     args = ap.parse_args(argv)
     if args.table:
         with open(args.table) as f:
@@ -467,6 +592,30 @@ def main(argv=None):
     if args.check:
         result["paged_dense_check"] = paged_dense_check(dev)
         print("paged dense check:", result["paged_dense_check"], flush=True)
+    if args.tune_dense:
+        tune = tune_dense(dev, [(1, 8, 4, 64, 131072), (4, 8, 4, 64, 131072), (1, 8, 4, 128, 131072),
+                                (16, 8, 4, 64, 8192)])
+        with open(os.path.join(args.out, "tune_dense.json"), "w") as f:
+            json.dump(tune, f, indent=1)
+        for t in tune:
+            print("tune", t, flush=True)
+    if args.profile:
+        models = {}
+        with open(os.path.join(args.out, "profile.txt"), "w") as f:
+            for shape, ctx, B in configs:
+                models.setdefault(shape, build_model(shape, dev))
+                for v in variants:
+                    if time.time() - t_start > args.time_budget:
+                        break
+                    try:
+                        txt = profile_ours(models[shape], v, B, ctx, dev, args.kc, dense_layers)
+                    except Exception as e:
+                        txt = f"== {v} {shape} {ctx} {B}: {type(e).__name__}: {str(e)[:300]}"
+                    print(txt, flush=True)
+                    f.write(txt + "\n")
+                    gc.collect()
+                    torch.cuda.empty_cache()
+        return
 
     def save():
         with open(os.path.join(args.out, "e2e.json"), "w") as f:
