@@ -180,3 +180,43 @@ def test_auto_mode_switches_at_the_crossover(tiny):
     above = generate(tiny, p, mode="auto", auto_crossover=32, max_new_tokens=2)
     assert (below.mode, above.mode) == ("dense", "certified")
     assert below.config["crossover"] == "given"
+
+
+@pytest.mark.parametrize("meta", ["float16", "float32"])
+def test_device_append_equals_host_append(meta):
+    """The sync-free append of a captured step (pages reserved, lengths advanced on the device, page
+    summaries and sketch requantized without checks) stores exactly what the host append stores —
+    including a page whose covering step must be raised an ulp (keys −2⁻¹⁰⁰ and 15·2³⁶, float32
+    metadata: (kmax − offset)/15 = 2³⁶ rounds the step to exactly 2³⁶, which does not cover kmax)."""
+    from vashista_gpu.paged_cache import TorchPagedKVCache
+    from vashista_gpu.sketch import attach_sketch
+
+    g = torch.Generator().manual_seed(7)
+    k = torch.randn(40, 2, 16, generator=g)
+    v = torch.randn(40, 2, 16, generator=g)
+    if meta == "float32":
+        k[16:32] = -2.0 ** -100
+        k[20, :, :] = 15 * 2.0 ** 36
+    caches = []
+    for device_append in (False, True):
+        c = TorchPagedKVCache(16, 2, 16, num_pages=4, max_seqs=1, dtype=torch.float32, backend="torch")
+        attach_sketch(c, 4, meta_dtype=meta)
+        s = c.add_sequence()
+        if device_append:
+            c.reserve(s, 40)
+            for t in range(40):
+                c.append_step_device(torch.tensor([s], dtype=torch.int32), k[t:t + 1], v[t:t + 1])
+            assert c.length(s) == 0            # host mirror lags until synchronised
+            c.sync_lengths()
+        else:
+            c.append(s, k, v)
+        assert c.length(s) == 40
+        caches.append(c)
+    a, b = caches
+    for name in ("k_pages", "v_pages", "kmin", "kmax", "kmean", "vnorm", "seq_lens", "block_table"):
+        assert torch.equal(getattr(a, name).nan_to_num(7.0), getattr(b, name).nan_to_num(7.0)), name
+    sa, sb = a.sketches[4], b.sketches[4]
+    for name in ("codes", "offset", "step"):
+        assert torch.equal(getattr(sa, name), getattr(sb, name)), name
+    if meta == "float32":
+        assert sa.step[1, 0, 0].item() == torch.nextafter(torch.tensor(2.0 ** 36), torch.tensor(math.inf)).item()
