@@ -32,6 +32,8 @@ Usage (an 8-GPU host; each world size is its own spawn; configurations that do n
 
     PYTHONPATH=. python benchmarks/cp_decode.py --out cp_decode.json
     PYTHONPATH=. python benchmarks/cp_decode.py --gpus 2 --tokens 1M --batch 1 --iters 10   # quick
+    for g in 1 2 4 8; do PYTHONPATH=. python benchmarks/cp_decode.py --gpus $g --tokens 1M 2M 4M --out cp$g.json; done
+    PYTHONPATH=. python benchmarks/cp_decode.py --combine cp1.json cp2.json cp4.json cp8.json  # weak scaling, targets
     PYTHONPATH=. TRITON_INTERPRET=1 python benchmarks/cp_decode.py --smoke                # CPU, gloo, tiny
 """
 from __future__ import annotations
@@ -283,7 +285,18 @@ def main(argv=None):
     ap.add_argument("--smoke", action="store_true",
                     help="CPU, gloo, tiny sizes and shape (2 query heads, 1 KV head, D = 32; TRITON_INTERPRET=1)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--combine", nargs="+", metavar="JSON",
+                    help="no run: the rows of earlier --out files (e.g. one per --gpus, each within the device's "
+                         "per-command limit) summarised together")
     args = ap.parse_args(argv)
+    if args.combine:
+        rows = [r for f in args.combine for r in json.load(open(f))["rows"]]
+        text = json.dumps(dict(rows=rows, targets=summarise(rows)), indent=1)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(text)
+        print(text)
+        return
     args.shape = SHAPE_8B
     if args.smoke:
         args.gpus, args.tokens, args.batch, args.kc, args.iters, args.warmup = [1, 2], ["128"], [1], 8, 2, 1
@@ -295,8 +308,8 @@ def main(argv=None):
             rows.append(dict(world=world, skipped=f"only {torch.cuda.device_count()} GPUs"))
             continue
         a = argparse.Namespace(**vars(args))
-        if world == 1:       # the single-GPU references at every per-GPU size the others use
-            a.tokens = sorted({N // w for N in args.tokens for w in args.gpus})
+        if world == 1:       # the single-GPU references at every per-GPU size of 2, 4 and 8 GPUs
+            a.tokens = sorted({N // w for N in args.tokens for w in (1, 2, 4, 8)})
         with tempfile.TemporaryDirectory() as tmp:
             mp.spawn(worker, args=(world, a, tmp), nprocs=world, join=True)
             with open(os.path.join(tmp, "results.json")) as f:

@@ -49,7 +49,7 @@ from vashista_core.options import check_sketch_options
 from vashista_core.policies import Capped, ReportOnly
 from vashista_core.policy_loop import check_policy, run_policy
 
-from . import validate as V
+from . import sketch_plan, validate as V
 from .dense import dense_decode
 from .paged_cache import resolve_backend
 from .plan import DecodePlan, plan_decode
@@ -57,7 +57,6 @@ from .result import StepResult
 from .routing import Routed, route, select_torch
 from .selection import INVALID_KEY, key_index
 from .sketch import HAS_TRITON, sketch_decode
-from .sketch_plan import fused_shapes_ok, paged_certified_decode
 
 __all__ = ["run_plan", "sparse_decode"]
 
@@ -146,8 +145,9 @@ def sparse_decode(q: torch.Tensor, cache, seq_ids, P: int, Kc: int, *, solver: s
         V.positive_int("P", P)
         host_ids = [int(s) for s in ids.flatten().tolist()]
         be = resolve_backend(backend, q.device)
-        if be == "triton" and HAS_TRITON and bits in (4, 8) and fused_shapes_ok(cache, bits) is None:
-            return paged_certified_decode(q, cache, host_ids, Kc, bits=bits, scale=scale, policy=policy)
+        if be == "triton" and HAS_TRITON and bits in (4, 8) and sketch_plan.fused_shapes_ok(cache, bits) is None:
+            # through the module attribute, so a test's spy on sketch_plan.paged_certified_decode sees the call
+            return sketch_plan.paged_certified_decode(q, cache, host_ids, Kc, bits=bits, scale=scale, policy=policy)
         return sketch_decode(q, cache, host_ids, Kc, bits=bits, scale=scale, policy=policy, backend=be)
     plan = plan_decode(cache, ids, q.shape[1], P, Kc, scale=scale, sink_pages=sink_pages, router=router,
                        solver=solver, hierarchical=hierarchical, eps=eps, iters=iters)
