@@ -164,18 +164,22 @@ def _combine_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, out_sb, out_sh, pairs_ptr, H
 
 
 def default_splits(programs: int, max_tokens: int, block_n: int, device) -> int:
-    """Splits per (row, KV head): enough programs to fill the card twice (132 SMs on an H100/H200),
-    but no split shorter than 4 tiles (each split costs a partial state and a combine term)."""
+    """Splits per (row, KV head): enough programs to fill the card four times (132 SMs on an
+    H100/H200), but no split shorter than 4 tiles (each split costs a partial state and a combine
+    term). Why four: on an H100 (benchmarks/results/e2e_h100/profile/tune_dense.json, 1B shape at
+    128k, batch 1 and 4, 3 pipeline stages) twice the SMs left the kernel at 0.84-0.92x of SDPA
+    flash's time-equivalent speed and four times reached 1.00-1.08x; head dim 128 and 8k at batch 16
+    gain 1-4 %."""
     import torch
 
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    want = max(1, -(-2 * sms // max(1, programs)))
+    want = max(1, -(-4 * sms // max(1, programs)))
     return max(1, min(want, -(-max_tokens // (4 * block_n))))
 
 
 def paged_dense_decode(q, k_pages, v_pages, block_table, seq_idx, seq_lens, *, max_tokens: int,
                        scale: float | None = None, out=None, pairs=None, num_splits: int | None = None,
-                       block_n: int = 64, num_warps: int = 4, num_stages: int = 2):
+                       block_n: int = 64, num_warps: int = 4, num_stages: int = 3):
     """Exact decode attention of ``q`` (B, Hq, D) over the paged pool (see module doc); returns ``out``
     (B, Hq, Dv), allocated in q's dtype unless given.
 
