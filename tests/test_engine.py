@@ -97,11 +97,13 @@ def test_cache_bytes_are_dense_kv_plus_sketch_plus_metadata(tiny):
     assert c["kv"] == L * pages * H * S * D * 2 * 4                           # fp32 K and V pools
     assert c["sketch"] == L * pages * H * (S * D * 4 // 8 + 2 * D * 2)         # int4 codes + fp16 offset/step
     per_seq = 6                        # max_tokens = 16·ceil(64/16 + 2/16 + 1) = 96 -> 6 page-table columns
-    summaries = pages * H * (2 * D * 4 + D * 4 + 4)                            # kmin, kmax, kmean, vnorm
-    assert c["metadata"] == L * (summaries + per_seq * 4 + 4)                 # + page table + lengths
+    assert c["metadata"] == L * (pages * H * 4 + per_seq * 4 + 4)            # vnorm, page table, lengths
     assert c["total"] == c["kv"] + c["sketch"] + c["metadata"]
     assert r.dense_cache_bytes == L * 65 * H * 2 * D * 4
     assert c["kv"] >= r.dense_cache_bytes                                     # whole pages
+    # paged mode keeps the key boxes and means its router reads
+    rp = generate(tiny, p, mode="paged", max_new_tokens=2).cache_bytes
+    assert rp["metadata"] - c["metadata"] == L * pages * H * (2 * D * 4 + D * 4) and rp["sketch"] == 0
 
 
 def test_certified_policy_dense_fallback_counts(tiny):
@@ -120,6 +122,14 @@ def test_vashista_cache_is_a_transformers_cache(tiny):
         cache.begin([3])
     with pytest.raises(VashistaInputError, match="cropping"):
         cache.crop(1)
+    from vashista_gpu.plan import plan_decode
+
+    lean = VashistaCache(tiny.config, max_seqs=1, max_tokens=64, dtype=torch.float32, key_summaries=False)
+    s = lean.add_sequence(20)
+    lean.pools[0].append(s, torch.randn(20, 2, 16), torch.randn(20, 2, 16))
+    with pytest.raises(VashistaInputError) as e:
+        plan_decode(lean.pools[0], [s], 4, P=1, Kc=16)
+    assert e.value.argument == "cache"
 
 
 @pytest.mark.parametrize("kw, name", [

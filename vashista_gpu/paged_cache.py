@@ -63,13 +63,14 @@ class TorchPagedKVCache:
 
     Parameters as ``vashista_ref.paged_cache.PagedKVCache`` (page_size S, n_kv_heads Hkv, head_dim D,
     value_dim Dv, fanout F) plus the preallocated capacities ``num_pages``, ``max_seqs``,
-    ``max_pages_per_seq``, the storage ``dtype``/``device`` and the summary-update ``backend``.
+    ``max_pages_per_seq``, the storage ``dtype``/``device`` and the summary-update ``backend``;
+    ``key_summaries=False`` keeps only the value norms (no kmin/kmax/kmean: no page routing).
     """
 
     def __init__(self, page_size: int, n_kv_heads: int, head_dim: int, value_dim: int | None = None,
                  *, fanout: int | None = None, num_pages: int = 1024, max_seqs: int = 16,
                  max_pages_per_seq: int | None = None, dtype: torch.dtype = torch.bfloat16, device="cpu",
-                 backend: str = "auto"):
+                 backend: str = "auto", key_summaries: bool = True):
         self.page_size = V.positive_int("page_size", page_size)
         self.n_kv_heads = V.positive_int("n_kv_heads", n_kv_heads)
         self.head_dim = V.positive_int("head_dim", head_dim)
@@ -92,9 +93,15 @@ class TorchPagedKVCache:
         # passing silently as zeros.
         self.k_pages = torch.full((N, H, S, D), float("nan"), dtype=dtype, device=dev)
         self.v_pages = torch.full((N, H, S, Dv), float("nan"), dtype=dtype, device=dev)
-        self.kmin = torch.zeros((N, H, D), dtype=dtype, device=dev)
-        self.kmax = torch.zeros((N, H, D), dtype=dtype, device=dev)
-        self.kmean = torch.zeros((N, H, D), dtype=torch.float32, device=dev)
+        # key summaries (kmin/kmax/kmean) feed the page routers only: a cache that never routes
+        # (dense and certified decode read vnorm alone) can skip them, 2·D·dtype + 4·D bytes per page and head
+        if not isinstance(key_summaries, bool):
+            raise VashistaInputError("key_summaries", f"expected a bool, got {key_summaries!r}")
+        if not key_summaries and self.fanout is not None:
+            raise VashistaInputError("key_summaries", "the hierarchy (fanout) is built from the key summaries")
+        self.kmin = torch.zeros((N, H, D), dtype=dtype, device=dev) if key_summaries else None
+        self.kmax = torch.zeros((N, H, D), dtype=dtype, device=dev) if key_summaries else None
+        self.kmean = torch.zeros((N, H, D), dtype=torch.float32, device=dev) if key_summaries else None
         self.vnorm = torch.zeros((N, H), dtype=torch.float32, device=dev)
         self.block_table = torch.zeros((self.max_seqs, self.max_pages_per_seq), dtype=torch.int32, device=dev)
         self.seq_lens = torch.zeros((self.max_seqs,), dtype=torch.int32, device=dev)

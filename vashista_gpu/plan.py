@@ -88,6 +88,8 @@ def plan_decode(cache, seq_ids, num_q_heads: int, P: int, Kc: int, *, scale: flo
                 max_pages: int | None = None, certify: bool = True) -> DecodePlan:
     """Check arguments against the cache and fix the launch sizes (no device synchronisation)."""
     ids, host_ids, host_lens, Hq, Hkv = decode_batch(cache, seq_ids, num_q_heads)
+    if cache.kmin is None:
+        raise VashistaInputError("cache", "has no key summaries (key_summaries=False): page routing needs them")
     P = V.positive_int("P", P)
     Kc = V.positive_int("Kc", Kc)
     if isinstance(sink_pages, bool) or not isinstance(sink_pages, int) or sink_pages < 0:

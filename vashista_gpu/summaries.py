@@ -31,13 +31,15 @@ def update_page_summaries(cache, pages: torch.Tensor, counts: torch.Tensor) -> N
         page_summary(cache, pages, counts)
         return
     p = pages.long()
-    k = cache.k_pages[p].float()                                   # (n, H, S, D)
     v = cache.v_pages[p].float()
-    valid = (torch.arange(cache.page_size, device=k.device)[None, :] < counts[:, None].long())[:, None, :, None]
+    valid = (torch.arange(cache.page_size, device=v.device)[None, :] < counts[:, None].long())[:, None, :, None]
+    cache.vnorm[p] = torch.where(valid[..., 0], v.norm(dim=-1), 0.0).amax(dim=-1)
+    if cache.kmin is None:                                         # a cache without key summaries
+        return
+    k = cache.k_pages[p].float()                                   # (n, H, S, D)
     cache.kmin[p] = torch.where(valid, k, float("inf")).amin(dim=2).to(cache.dtype)
     cache.kmax[p] = torch.where(valid, k, float("-inf")).amax(dim=2).to(cache.dtype)
     cache.kmean[p] = torch.where(valid, k, 0.0).sum(dim=2) / counts.float()[:, None, None]
-    cache.vnorm[p] = torch.where(valid[..., 0], v.norm(dim=-1), 0.0).amax(dim=-1)
 
 
 def node_counts(lens: torch.Tensor, nodes: torch.Tensor, span_tokens: int) -> torch.Tensor:

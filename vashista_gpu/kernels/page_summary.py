@@ -22,7 +22,7 @@ __all__ = ["page_summary"]
 @triton.jit
 def _page_summary_kernel(k_ptr, v_ptr, pages_ptr, counts_ptr, kmin_ptr, kmax_ptr, kmean_ptr, vnorm_ptr,
                          H, S, D, DV,
-                         BS: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr):
+                         BS: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, KEYS: tl.constexpr):
     i = tl.program_id(0)
     h = tl.program_id(1)
     page = tl.load(pages_ptr + i).to(tl.int64)
@@ -31,16 +31,17 @@ def _page_summary_kernel(k_ptr, v_ptr, pages_ptr, counts_ptr, kmin_ptr, kmax_ptr
     cols = tl.arange(0, BD)
     rmask = rows < n
     base = (page * H + h) * S
-    kmask = rmask[:, None] & (cols[None, :] < D)
-    k = tl.load(k_ptr + (base + rows[:, None]) * D + cols[None, :], mask=kmask, other=0.0).to(tl.float32)
-    kmin = tl.min(tl.where(kmask, k, float("inf")), axis=0)
-    kmax = tl.max(tl.where(kmask, k, float("-inf")), axis=0)
-    kmean = tl.div_rn(tl.sum(k, axis=0), n.to(tl.float32))   # IEEE division: '/' is approximate on GPU
-    out = (page * H + h) * D + cols
-    cmask = cols < D
-    tl.store(kmin_ptr + out, kmin.to(kmin_ptr.dtype.element_ty), mask=cmask)
-    tl.store(kmax_ptr + out, kmax.to(kmax_ptr.dtype.element_ty), mask=cmask)
-    tl.store(kmean_ptr + out, kmean, mask=cmask)
+    if KEYS:                                  # False: a cache without key summaries (vnorm only)
+        kmask = rmask[:, None] & (cols[None, :] < D)
+        k = tl.load(k_ptr + (base + rows[:, None]) * D + cols[None, :], mask=kmask, other=0.0).to(tl.float32)
+        kmin = tl.min(tl.where(kmask, k, float("inf")), axis=0)
+        kmax = tl.max(tl.where(kmask, k, float("-inf")), axis=0)
+        kmean = tl.div_rn(tl.sum(k, axis=0), n.to(tl.float32))   # IEEE division: '/' is approximate on GPU
+        out = (page * H + h) * D + cols
+        cmask = cols < D
+        tl.store(kmin_ptr + out, kmin.to(kmin_ptr.dtype.element_ty), mask=cmask)
+        tl.store(kmax_ptr + out, kmax.to(kmax_ptr.dtype.element_ty), mask=cmask)
+        tl.store(kmean_ptr + out, kmean, mask=cmask)
     vcols = tl.arange(0, BDV)
     vmask = rmask[:, None] & (vcols[None, :] < DV)
     v = tl.load(v_ptr + (base + rows[:, None]) * DV + vcols[None, :], mask=vmask, other=0.0).to(tl.float32)
@@ -54,7 +55,9 @@ def page_summary(cache, pages: torch.Tensor, counts: torch.Tensor) -> None:
     if n == 0:
         return
     H, S, D, Dv = cache.n_kv_heads, cache.page_size, cache.head_dim, cache.value_dim
+    keys = cache.kmin is not None
+    kmin, kmax, kmean = (cache.kmin, cache.kmax, cache.kmean) if keys else (cache.vnorm,) * 3   # unread
     _page_summary_kernel[(n, H)](
-        cache.k_pages, cache.v_pages, pages, counts, cache.kmin, cache.kmax, cache.kmean, cache.vnorm,
+        cache.k_pages, cache.v_pages, pages, counts, kmin, kmax, kmean, cache.vnorm,
         H, S, D, Dv,
-        BS=triton.next_power_of_2(S), BD=triton.next_power_of_2(D), BDV=triton.next_power_of_2(Dv))
+        BS=triton.next_power_of_2(S), BD=triton.next_power_of_2(D), BDV=triton.next_power_of_2(Dv), KEYS=keys)
