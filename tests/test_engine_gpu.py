@@ -106,3 +106,38 @@ def test_release_and_admit_reuses_pages_on_gpu():
         eng.finish(sb)
     alone = _run(model, [c], graph=True, max_new=6, mode="certified", bits=4, budget=1 / 4)[0][0]
     assert tc == alone
+
+
+@pytest.mark.parametrize("meta", ["float16", "float32"])
+def test_device_append_on_cuda_equals_host_append_on_cpu(meta):
+    """The captured step's append (Triton page summaries without key boxes, sketch requantized with no
+    checks) stores on the GPU exactly what the checked host append stores on the CPU."""
+    from vashista_gpu.paged_cache import TorchPagedKVCache
+    from vashista_gpu.sketch import attach_sketch
+
+    g = torch.Generator().manual_seed(3)
+    k = (torch.randn(90, 2, 64, generator=g) * 3).to(torch.bfloat16)
+    v = torch.randn(90, 2, 64, generator=g).to(torch.bfloat16)
+    if meta == "float32":
+        k[32:48] = -2.0 ** -100
+        k[40] = 15 * 2.0 ** 36
+    out = []
+    for dev, ks in (("cpu", True), ("cuda", False)):
+        c = TorchPagedKVCache(16, 2, 64, num_pages=8, max_seqs=1, dtype=torch.bfloat16, device=dev, key_summaries=ks)
+        attach_sketch(c, 4, meta_dtype=meta)
+        s = c.add_sequence()
+        if dev == "cpu":
+            c.append(s, k, v)
+        else:
+            c.reserve(s, 90)
+            idx = torch.tensor([s], dtype=torch.int32, device=dev)
+            for t in range(90):
+                c.append_step_device(idx, k[t:t + 1].to(dev), v[t:t + 1].to(dev))
+            c.sync_lengths()
+        st = c.sketches[4]
+        out.append([x.cpu() for x in (c.k_pages.view(torch.int16), st.codes, st.offset, st.step, c.vnorm, c.seq_lens)])
+    for name, a, b in zip(("k_pages", "codes", "offset", "step", "vnorm", "seq_lens"), out[0], out[1]):
+        if name == "vnorm":      # the Triton summary sums squares in another order than torch's norm
+            torch.testing.assert_close(a, b, rtol=2e-7, atol=0)
+        else:
+            assert torch.equal(a, b), name
