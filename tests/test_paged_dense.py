@@ -144,3 +144,31 @@ def test_bad_input_named():
         cache_dense_decode(torch.randn(1, 3, 16, device=DEV), cache, seq_idx, max_tokens=32)
     with pytest.raises(VashistaInputError, match="q"):
         cache_dense_decode(torch.randn(1, 2, 8, device=DEV), cache, seq_idx, max_tokens=32)
+
+
+def test_crossover_lookup_for_auto_mode():
+    """engine/dense_paged.crossover_context: the entry of the same shape with the largest measured
+    batch <= B; never crossed -> inf (auto stays dense); unmeasured shape -> None; the shipped table
+    parses and names its card."""
+    from transformers import LlamaConfig
+
+    from vashista_gpu.engine.dense_paged import crossover_context, load_table, shape_key
+
+    cfg = LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    key = shape_key(cfg)
+    assert key == dict(layers=2, hidden=64, q_heads=4, kv_heads=2, head_dim=16)
+    table = {"entries": [dict(shape=key, batch=1, variant="ours_cert_int4_g16", crossover_context=None),
+                         dict(shape=key, batch=4, variant="ours_cert_int4_g16", crossover_context=30000),
+                         dict(shape=key, batch=16, variant="ours_cert_int4_g16", crossover_context=9000),
+                         dict(shape=key, batch=4, variant="ours_paged", crossover_context=100)]}
+    assert crossover_context(cfg, 1, table=table) == math.inf
+    assert crossover_context(cfg, 8, table=table) == 30000
+    assert crossover_context(cfg, 64, table=table) == 9000
+    assert crossover_context(cfg, 4, variant="ours_paged", table=table) == 100
+    assert crossover_context(cfg, 2, variant="ours_paged", table=table) is None
+    other = LlamaConfig(num_hidden_layers=3, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    assert crossover_context(other, 4, table=table) is None
+    with pytest.raises(VashistaInputError, match="batch"):
+        crossover_context(cfg, 0, table=table)
+    shipped = load_table()
+    assert shipped["card"] and shipped["date"] and shipped["entries"]
