@@ -119,13 +119,11 @@ def test_bad_task_and_too_small_context_name_the_argument(hay):
 @pytest.mark.model
 def test_sizes_with_the_smollm2_tokenizer():
     pytest.importorskip("gguf")
-    from transformers import AutoTokenizer
-
-    from vashista_gpu.hf.model import default_model_path
+    from vashista_gpu.hf import load_default_model
     from vashista_app.quality.ruler import HFCodec
 
-    p = default_model_path()
-    codec = HFCodec(AutoTokenizer.from_pretrained(os.path.dirname(p), gguf_file=os.path.basename(p)))
+    # the process-wide instance: the end-to-end test below loads the same one
+    codec = HFCodec(load_default_model(shared=True)[1])
     h = Haystack(codec, haystacks.load("pydoc-topics")[:40000], "pydoc-topics")
     for task in TASKS:
         it = make_item(task, 4096, 6, codec, h)
