@@ -66,8 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ppl", action="store_true", help="skip the perplexity part (passkey / multi-key only)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto = cuda when available; cuda runs sparse decode on the Triton kernels")
-    p.add_argument("--model", default=None, metavar="FILE.gguf",
-                   help="a local GGUF model file (default: the embedded SmolLM2-135M-Instruct, sha256-checked)")
+    p.add_argument("--model", default=None, metavar="PRESET|FILE.gguf",
+                   help="a preset (smollm2-135m, the embedded default; qwen2.5-coder-0.5b, the 32k model of "
+                        "scripts/install_longctx_model.sh) or a local GGUF model file")
+    # the long-context suite (longctx.py): RULER-style tasks and decoded perplexity, every mode in one run
+    p.add_argument("--tasks", nargs="+", default=None,
+                   help="run the long-context suite: niah_single niah_multikey niah_multivalue niah_multiquery "
+                        "vt cwe ppl, or ruler (the six tasks) / all; --contexts then sizes every task")
+    p.add_argument("--items", type=int, default=None, help="items per task and context (long-context suite; 50)")
+    p.add_argument("--modes", nargs="+", default=None,
+                   help="mode names or glob patterns (long-context suite; default: all 19 at 3 budgets)")
+    p.add_argument("--budgets", nargs="+", default=None, help="exact-read budgets, e.g. 1/32 1/16 1/8")
+    p.add_argument("--haystack", default=None, help="haystack text of the tasks (default pydoc-topics)")
+    p.add_argument("--ppl-texts", nargs="+", default=None,
+                   help="perplexity texts (default: one prose, code and verse text among those present)")
+    p.add_argument("--text-dir", default=None, help="optional texts (default $VASHISTA_TEXT_DIR)")
+    p.add_argument("--fresh", action="store_true", help="start the long-context run over (default: resume)")
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
@@ -101,11 +115,19 @@ def _check(args, cfg) -> None:
         raise VashistaInputError("--time-limit", f"must be a positive number of seconds, got {args.time_limit}")
     if args.no_ppl and args.no_passkey:
         raise VashistaInputError("--no-ppl", "with --no-passkey there is nothing to run")
-    if args.model is not None and not os.path.isfile(args.model):
-        raise VashistaInputError("--model", f"{args.model!r} is not a file (expected a local GGUF model file)")
-    if args.model is not None and not args.model.endswith(".gguf"):
-        raise VashistaInputError("--model", f"{args.model!r} is not a .gguf file")
+    _check_model(args.model)
     resolve_device(args.device)
+
+
+def _check_model(model) -> None:
+    from .longctx_model import PRESETS
+
+    if model is None or model in PRESETS:
+        return
+    if not os.path.isfile(model):
+        raise VashistaInputError("--model", f"{model!r} is not a file nor a preset ({', '.join(PRESETS)})")
+    if not model.endswith(".gguf"):
+        raise VashistaInputError("--model", f"{model!r} is not a .gguf file")
 
 
 def resolve_device(device: str) -> tuple[str, str]:
@@ -146,6 +168,11 @@ def environment(device: str, backend: str, model_path: str, model_sha256: str) -
 def parse(argv=None):
     """(args, cfg) of one invocation, checked; raises VashistaInputError naming the bad argument."""
     args = build_parser().parse_args(argv)
+    if args.tasks is not None:
+        from .longctx import check_args
+        resolve_device(args.device)
+        _check_model(args.model)
+        return args, check_args(args)
     base = dict(QUICK if args.quick else FULL)
     for k in ("contexts", "pass_contexts", "depths", "span", "sweep"):
         v = getattr(args, k)
@@ -164,6 +191,13 @@ def main(argv=None) -> int:
     except VashistaInputError as e:
         print(f"vashista quality: {e}", file=sys.stderr)
         return 2
+    if args.tasks is not None:
+        from .longctx import main_from_args
+        try:
+            return main_from_args(args, base, load(args))
+        except VashistaInputError as e:
+            print(f"vashista quality: {e}", file=sys.stderr)
+            return 2
     summary = run_suite(args, base)
     if args.json:
         print(json.dumps(summary))
@@ -344,6 +378,8 @@ def load(args) -> tuple:
     from vashista_gpu.hf import load_default_model, load_model_file
     from vashista_gpu.hf.model import DEFAULT_SHA256, default_model_path, sha256_file
 
+    from .longctx_model import PRESETS, load_model_preset
+
     t0 = time.time()
     device, backend = resolve_device(args.device)
     if device == "cuda":
@@ -353,6 +389,9 @@ def load(args) -> tuple:
     if args.model is None:
         model, tok = load_default_model(shared=True, device=device)
         model_path, model_sha = default_model_path(), DEFAULT_SHA256
+    elif args.model in PRESETS:
+        model, tok, info = load_model_preset(args.model, device=device)
+        model_path, model_sha = info["path"], info["sha256"]
     else:
         model, tok = load_model_file(args.model, device=device)
         model_path, model_sha = args.model, sha256_file(args.model)

@@ -61,12 +61,14 @@ def prefill(model, ids: torch.Tensor):
 
 @torch.no_grad()
 def decode_tokens(model, cache, tokens: torch.Tensor, first_logits: torch.Tensor | None = None, *,
-                  generate: int = 0, copy_cache: bool = True):
+                  generate: int = 0, copy_cache: bool = True, eos: int | None = None, stop=None):
     """Feed ``tokens`` one by one after the prefilled ``cache``.
 
     Returns (nll, generated): ``nll`` (len(tokens) - 1,) float64 negative log-likelihood of
     tokens[1:] given everything before (each predicted by a decode step), and ``generated`` the
-    ``generate`` greedy tokens that follow the last fed token.
+    ``generate`` greedy tokens that follow the last fed token — fewer when the token ``eos`` comes
+    (not included) or ``stop(generated)`` is true (the long-context suite stops once every answer is
+    in the text: its metric cannot change after that).
     """
     c = copy.deepcopy(cache) if copy_cache else cache
     dev = _device(model)
@@ -81,7 +83,11 @@ def decode_tokens(model, cache, tokens: torch.Tensor, first_logits: torch.Tensor
     gen = []
     for _ in range(generate):
         nxt = int(torch.argmax(logits))
+        if nxt == eos:
+            break
         gen.append(nxt)
+        if len(gen) == generate or (stop is not None and stop(gen)):
+            break                       # the last token's step would only feed what nobody reads
         out = _step(model, c, torch.tensor([[nxt]], device=dev))
         logits = out.logits[0, -1].double()
     return torch.tensor(nll, dtype=torch.float64), gen

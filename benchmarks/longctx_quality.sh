@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# The long-context quality sweep of issue 16 on one CUDA GPU: Qwen2.5-Coder-0.5B-Instruct (32k),
+# RULER-style tasks + decoded perplexity at 4k/8k/16k/32k, every mode in one resumable run
+# (vashista quality --tasks ...; modes: dense, certified int8 g64 / int4 g16 report-only and
+# DenseFallback, paged, sink + window, at exact-read budgets 1/32, 1/16, 1/8).
+#
+# The device machine has no network, no gguf and no model, and a call uploads < 64 MiB, so the 469 MiB
+# GGUF travels in ten 50 MB parts over consecutive calls while the machine stays warm (/tmp persists):
+#   here, once:   bash scripts/install_longctx_model.sh && bash scripts/fetch_longctx_texts.sh
+#                 bash scripts/stage_longctx_for_device.sh     (.devcarry_q01..q10, .devcarry_texts, .whl)
+#   call 1:       carry .devcarry_q01 .devcarry_texts .whl   bash benchmarks/longctx_quality.sh stage 1
+#   calls 2..10:  carry .devcarry_qNN                         bash benchmarks/longctx_quality.sh stage N
+#   then, repeatedly (each call <= 9.5 min, the run resumes where the last one stopped):
+#                 bash benchmarks/longctx_quality.sh run
+# Phases:
+#   stage N  copies part N (and, with part 1, the texts and the gguf wheel) to /tmp/vlong/
+#   run      joins the parts, checks the pinned sha256, installs the gguf wheel into /tmp/site, then runs
+#            the sweep with a time limit (LONGCTX_BUDGET_S, default 540 s) into /tmp/vlong/out and
+#            copies $OUT/longctx_results.tar.gz (results.jsonl, tables, figures, summary.md/json),
+#            $OUT/summary.md and $OUT/env.txt back. Rerun until summary.md says complete: True.
+# Knobs (environment): LONGCTX_TASKS (default all), LONGCTX_CONTEXTS ("4096 8192 16384 32768"),
+# LONGCTX_ITEMS (50), LONGCTX_MODES (all 19 modes), LONGCTX_SPAN (513 = 512 scored tokens per text).
+# LONGCTX_TINY=1 runs a CPU-sized check of this script (SmolLM2, 1024 tokens, 1 item, 2 modes).
+#
+# Cost (an estimate, to be replaced by the numbers the first call prints): an item decodes ~40-90 tokens
+# (question + answer) and a PPL text 512, each under 19 modes; on the HF hook path every sparse token
+# costs ~0.1-0.3 s with 22 sparse layers, statistics and the float64 shadow (host glue, see
+# benchmarks/gpu_quality.sh). The full sweep (6 tasks x 50 items x 4 contexts x 19 modes + 3 texts x 4
+# contexts x 19 modes) is then ~10^6 sparse tokens, i.e. days on this path: it needs the engine's
+# graph-captured decode (issue 14; plug it in as a decoder, vashista_app/quality/decoder.py) or a
+# smaller first pass, e.g. LONGCTX_CONTEXTS=32768 LONGCTX_ITEMS=10
+# LONGCTX_MODES="dense cert-int8-1/16-fallback cert-int4-1/16-fallback paged-1/16 window-1/16".
+set -u
+PHASE=${1:-}
+OUT=${OUT:-/tmp/longctx_out}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
+VL=/tmp/vlong
+NAME=qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
+SHA=$(sed -n 's/^QWEN_SHA256 = "\(.*\)"$/\1/p' vashista_app/quality/longctx_model.py)
+
+stage() {
+    local n=$1 d
+    d=$(printf '.devcarry_q%02d' "$n")
+    [ -f "$d/part" ] || { echo "stage: $d/part missing (carry $d)"; return 3; }
+    mkdir -p "$VL/parts"
+    cp "$d/part" "$VL/parts/$(printf '%02d' "$n")"
+    if [ "$n" = 1 ]; then
+        cp "$d/count" "$d/sha256" "$VL/"
+        mkdir -p "$VL/texts" "$VL/whl"
+        [ -d .devcarry_texts ] && cp .devcarry_texts/* "$VL/texts/" 2>/dev/null
+        cp .whl/gguf-*.whl "$VL/whl/" || { echo "stage: carry .whl with part 1"; return 3; }
+    fi
+    ls -l "$VL/parts"
+}
+
+run_all() {
+    local t0 budget want got
+    t0=$(date +%s)
+    budget=${LONGCTX_BUDGET_S:-540}
+    mkdir -p "$VL/model"
+    if [ ! -f "$VL/model/$NAME" ]; then
+        want=$(cat "$VL/count" 2>/dev/null || echo 0)
+        got=$(ls "$VL/parts" 2>/dev/null | wc -l)
+        [ "$want" -gt 0 ] && [ "$got" = "$want" ] || { echo "run: $got of $want parts staged"; return 3; }
+        cat "$VL"/parts/* > "$VL/model/$NAME.partial" && rm -rf "$VL/parts"
+        got=$(sha256sum "$VL/model/$NAME.partial" | cut -d' ' -f1)
+        [ "$got" = "$SHA" ] || { echo "run: joined sha256 $got, expected $SHA"; rm -f "$VL/model/$NAME.partial"; return 3; }
+        mv "$VL/model/$NAME.partial" "$VL/model/$NAME"
+    fi
+    if ! python3 -c "import gguf" 2>/dev/null; then
+        mkdir -p /tmp/site
+        python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$VL"/whl/*.whl \
+            || python3 -m zipfile -e "$VL"/whl/gguf-*.whl /tmp/site || return 3
+        export PYTHONPATH="/tmp/site:$PYTHONPATH"
+    fi
+    export VASHISTA_MODEL_DIR="$VL/model" VASHISTA_TEXT_DIR="$VL/texts"
+    { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | head -3
+      python3 -c "import torch, transformers, triton; print(torch.__version__, transformers.__version__, triton.__version__)"; } > "$OUT/env.txt" 2>&1
+    cat "$OUT/env.txt"
+    local args=(--tasks ${LONGCTX_TASKS:-all} --contexts ${LONGCTX_CONTEXTS:-4096 8192 16384 32768}
+                --items "${LONGCTX_ITEMS:-50}" --span "${LONGCTX_SPAN:-513}" --model qwen2.5-coder-0.5b
+                --device cuda --out "$VL/out")
+    [ -n "${LONGCTX_MODES:-}" ] && args+=(--modes $LONGCTX_MODES)
+    local left=$(( budget - ($(date +%s) - t0) ))
+    # the run stops starting jobs at its time limit; one job (all its modes) may overrun: hard stop 20 s
+    # before the budget, the results file keeps every finished (job, mode)
+    timeout -k 5 $(( left - 20 )) python3 -m vashista_app.quality.cli "${args[@]}" --time-limit $(( left - 150 ))
+    local rc=$?
+    echo "quality rc=$rc after $(( $(date +%s) - t0 )) s"
+    if [ "$rc" != 0 ] && [ -f "$VL/out/results.jsonl" ]; then   # a hard stop skips the report: rebuild it
+        python3 -c "from vashista_app.quality.longctx_report import write_report as w; w('$VL/out')" || true
+    fi
+    cp "$VL/out/summary.md" "$OUT/" 2>/dev/null
+    tar czf "$OUT/longctx_results.tar.gz" -C "$VL" out && ls -l "$OUT"
+    return $rc
+}
+
+tiny() {   # the script's own check on a CPU: embedded SmolLM2, 1024 tokens
+    python3 -m vashista_app.quality.cli --tasks niah_single ppl --contexts 1024 --items 1 --span 17 \
+        --modes dense cert-int8-1/8-report --dense-layers $(seq 0 28) --device cpu --out "$OUT/tiny" --fresh
+}
+
+case "$PHASE" in
+    stage) stage "${2:?stage N}" ;;
+    run)   set -o pipefail; if [ "${LONGCTX_TINY:-0}" = 1 ]; then tiny; else run_all 2>&1 | tee "$OUT/run_log.txt"; fi ;;
+    *) echo "usage: bash benchmarks/longctx_quality.sh stage N | run" >&2; exit 2 ;;
+esac

@@ -1,0 +1,234 @@
+"""``vashista quality --tasks ...``: RULER-style accuracy and decoded perplexity, every mode in one run.
+
+Jobs are (task, context, item) for the RULER-style tasks (``ruler.py``) and (``ppl``, context, text) for
+perplexity; each job is prefilled densely once and then decoded under every mode (``modes.py``) through
+a decoder (``decoder.py``: the HF path today, the engine's later). One JSON line per (job, mode) is
+appended to ``OUT/results.jsonl`` and flushed as soon as it is known, so a stopped run loses at most
+the mode it was in: run the same command again and every (job, mode) already in the file is skipped
+(``--fresh`` starts over). ``OUT/config.json`` pins what the items depend on (seed, haystack, model,
+dense layers, span, tolerance); resuming with another one is refused.
+
+Perplexity: a window of ``ctx`` tokens of each text; the first ``ctx - span`` tokens are prefilled, the
+last ``span`` fed one decode step at a time, scoring the ``span - 1`` tokens that decode steps predict
+(``--span 513`` scores 512), so every scored token goes through the mode's sparse steps.
+
+Each record carries the mode's statistics over its sparse layers: decode steps, fallback rate,
+certificate violations against the float64 dense shadow, per-layer certified and true error, and the
+modelled bytes read per decode step relative to dense (``modes.relative_bytes``, fallbacks included).
+``longctx_report.py`` turns the file into tables and figures.
+
+Example::
+
+    vashista quality --tasks all --contexts 4096 --items 5 --modes dense 'cert-int8-1/16-*' paged-1/16 \\
+        window-1/16 --out results/longctx_cpu
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+from vashista_core.errors import VashistaInputError
+
+from . import haystacks, longctx_report
+from .longctx_model import PRESETS
+from .modes import DEFAULT_BUDGETS, exact_tokens, mode_setting, parse_budget, relative_bytes, select_modes
+from .results_file import ResultsFile, pin_config
+from .ruler import TASKS, Haystack, HFCodec, make_item, score, string_match_all
+
+GENERATOR_VERSION = 1          # bump when an item's content changes for the same seed
+PPL = "ppl"
+
+
+# ----------------------------------------------------------------------------------------- arguments
+
+def parse_tasks(spec: list[str]) -> list[str]:
+    out = []
+    for t in spec:
+        for name in t.split(","):
+            name = name.strip()
+            if name == "all":
+                out += list(TASKS) + [PPL]
+            elif name == "ruler":
+                out += list(TASKS)
+            elif name in TASKS or name == PPL:
+                out.append(name)
+            elif name:
+                raise VashistaInputError("--tasks", f"unknown task {name!r}; tasks: {', '.join(TASKS)}, ppl, "
+                                                    f"ruler (all six), all")
+    return list(dict.fromkeys(out))
+
+
+def check_args(args, max_context: int | None = None) -> dict:
+    """The run's configuration from ``vashista quality`` arguments; VashistaInputError naming the bad one."""
+    tasks = parse_tasks(args.tasks)
+    if not tasks:
+        raise VashistaInputError("--tasks", "no task given")
+    contexts = args.contexts or [4096]
+    if max_context is None:
+        # a preset knows its window; a model file's window is known only once loaded (then the model
+        # itself refuses what it cannot take)
+        max_context = PRESETS[args.model or "smollm2-135m"].max_context if (args.model or "smollm2-135m") in PRESETS \
+            else 131072
+    for c in contexts:
+        if not 256 <= c <= max_context:
+            raise VashistaInputError("--contexts", f"contexts must be in [256, {max_context}] (the model's window), "
+                                                   f"got {c}")
+    items = 50 if args.items is None else args.items
+    if isinstance(items, bool) or items < 1:
+        raise VashistaInputError("--items", f"must be >= 1, got {items}")
+    budgets = [parse_budget(b) for b in args.budgets] if args.budgets else list(DEFAULT_BUDGETS)
+    modes = select_modes(args.modes, budgets)
+    for m in modes:
+        for c in contexts:
+            try:
+                mode_setting(m, c)
+            except VashistaInputError as e:
+                raise VashistaInputError("--budgets", f"mode {m.name} at {c} tokens: {e.problem}") from None
+    span = 513 if args.span is None else args.span
+    if PPL in tasks and not 2 <= span <= min(contexts) // 2:
+        raise VashistaInputError("--span", f"must be in [2, context/2] for ppl, got {span}")
+    have = haystacks.available(args.text_dir)
+    hay = args.haystack or "pydoc-topics"
+    if hay not in have:
+        raise VashistaInputError("--haystack", f"{hay!r} is not available (have: {', '.join(have)})")
+    ppl_texts = args.ppl_texts or haystacks.default_ppl_texts(args.text_dir)
+    for t in ppl_texts:
+        if t not in have:
+            raise VashistaInputError("--ppl-texts", f"{t!r} is not available (have: {', '.join(have)})")
+    if not (math.isfinite(args.tol) and args.tol >= 0):
+        raise VashistaInputError("--tol", "must be finite and >= 0")
+    return dict(tasks=tasks, contexts=sorted(contexts), items=items, modes=[m.name for m in modes],
+                mode_objs=modes, span=span, haystack=hay, ppl_texts=ppl_texts, seed=args.seed, tol=args.tol,
+                dense_layers=list(args.dense_layers), text_dir=args.text_dir)
+
+
+# ----------------------------------------------------------------------------------------- one record
+
+def stats_fields(stats, mode, ctx: int, model_shape: dict) -> dict:
+    """Statistics of one (job, mode) decode for the record (see module docstring)."""
+    if stats is None:
+        return dict(decode_steps=None, fallback_rate=0.0, violations=0, per_layer=[],
+                    rel_bytes=relative_bytes(mode, ctx, **model_shape), exact_tokens=exact_tokens(mode, ctx))
+    s = stats.summary()
+    layers = []
+    for r in stats.per_layer():
+        layers.append(dict(layer=r["layer"], steps=r["steps"], fallback_rate=r["fallback_rate"],
+                           cert_err_mean=r["certified_error_mean"], true_err_mean=r.get("true_error_mean"),
+                           violations=r.get("violations")))
+    return dict(decode_steps=s["steps"], fallback_rate=s["fallback_rate"], violations=s["certificate_violations"],
+                shadow=s["shadow"], max_true_error=s.get("max_true_error"), per_layer=layers,
+                rel_bytes=relative_bytes(mode, ctx, fallback_rate=s["fallback_rate"], **model_shape),
+                exact_tokens=exact_tokens(mode, ctx))
+
+
+def _mode_fields(m) -> dict:
+    return dict(mode=m.name, kind=m.kind, budget=None if m.budget is None else float(m.budget), bits=m.bits,
+                policy=m.policy if m.kind == "certified" else None)
+
+
+# ----------------------------------------------------------------------------------------- the run
+
+def jobs_of(cfg: dict) -> list[tuple]:
+    """(task, ctx, item or text) in run order: contexts small to large; within one, item 0 of every
+    task, then the perplexity texts, then item 1 of every task, ... — so a run cut short by its time
+    limit still has every task and the perplexity at the contexts it reached."""
+    jobs = []
+    tasks = [t for t in cfg["tasks"] if t != PPL]
+    for c in cfg["contexts"]:
+        for i in range(cfg["items"]):
+            jobs += [(t, c, i) for t in tasks]
+            if i == 0 and PPL in cfg["tasks"]:
+                jobs += [(PPL, c, text) for text in cfg["ppl_texts"]]
+    return jobs
+
+
+def run(cfg: dict, decoder, codec, out: str, *, model_shape: dict, pinned: dict, fresh: bool = False,
+        time_limit: float | None = None, progress: bool = True) -> dict:
+    """Run every (job, mode) not yet in ``OUT/results.jsonl``; returns counts (done, skipped, left)."""
+    from tqdm import tqdm
+
+    t0 = time.time()
+    pin_config(out, pinned, fresh)
+    res = ResultsFile(os.path.join(out, "results.jsonl"))
+    modes = cfg["mode_objs"]
+    jobs = jobs_of(cfg)
+    texts: dict[str, list[int]] = {}
+    hay = None
+    counts = dict(records_new=0, records_skipped=0, jobs_left=0)
+    bar = tqdm(jobs, desc="quality", file=sys.stderr, disable=not progress, mininterval=5, unit="job")
+    for n, (task, ctx, which) in enumerate(bar):
+        todo = [m for m in modes if (task, ctx, which, m.name) not in res.done]
+        counts["records_skipped"] += len(modes) - len(todo)
+        if not todo:
+            continue
+        if time_limit is not None and time.time() - t0 > time_limit:
+            counts["jobs_left"] = len(jobs) - n
+            print(f"[quality] time limit {time_limit:g} s: {counts['jobs_left']} jobs left; run again to resume",
+                  file=sys.stderr, flush=True)
+            break
+        if task == PPL:
+            if which not in texts:
+                texts[which] = codec.encode(haystacks.load(which, cfg["text_dir"]))
+            ids = texts[which]
+            if len(ids) < ctx:
+                raise VashistaInputError("--ppl-texts", f"{which} has {len(ids)} tokens, fewer than {ctx}")
+            span = cfg["span"]
+            state = decoder.prefill(ids[:ctx - span])
+            for m in todo:
+                bar.set_postfix_str(f"{task} {ctx} {which} {m.name}")
+                r = decoder.run(state, m, ctx, ids[ctx - span:ctx], 0)
+                nll = sum(r.nll)
+                res.append(dict(task=PPL, ctx=ctx, text=which, **_mode_fields(m), n_scored=len(r.nll), nll_sum=nll,
+                                ppl=math.exp(nll / len(r.nll)), seconds=round(r.seconds, 2),
+                                **stats_fields(r.stats, m, ctx, model_shape)))
+                counts["records_new"] += 1
+            continue
+        if hay is None:
+            hay = Haystack(codec, haystacks.load(cfg["haystack"], cfg["text_dir"]), cfg["haystack"])
+        item = make_item(task, ctx, which, codec, hay, seed=cfg["seed"])
+        state = decoder.prefill(item.context)
+        stop = (lambda g, it=item: string_match_all(codec.decode(g), it.answers) == 1.0)
+        for m in todo:
+            bar.set_postfix_str(f"{task} {ctx} #{which} {m.name}")
+            r = decoder.run(state, m, ctx, item.query, item.max_new, stop=stop)
+            pred = codec.decode(r.generated)
+            res.append(dict(task=task, ctx=ctx, item=which, **_mode_fields(m), score=score(item, pred),
+                            prediction=pred, answers=item.answers,
+                            depth=item.depths[0] if item.depths else None, generated=len(r.generated),
+                            seconds=round(r.seconds, 2), **stats_fields(r.stats, m, ctx, model_shape)))
+            counts["records_new"] += 1
+    bar.close()
+    counts["seconds"] = round(time.time() - t0, 1)
+    counts["complete"] = counts["jobs_left"] == 0
+    return counts
+
+
+# ----------------------------------------------------------------------------------------- CLI entry
+
+def main_from_args(args, cfg: dict, loaded: tuple) -> int:
+    """``vashista quality --tasks ...`` after ``cli.parse`` and ``cli.load``: run, write the report."""
+    from .decoder import HFDecoder
+
+    model, tok, env = loaded
+    mc = model.config
+    shape = dict(head_dim=getattr(mc, "head_dim", None) or mc.hidden_size // mc.num_attention_heads,
+                 n_layers=mc.num_hidden_layers, dense_layers=len(set(cfg["dense_layers"])))
+    pinned = dict(seed=cfg["seed"], haystack=cfg["haystack"], model_sha256=env["model_sha256"],
+                  dense_layers=cfg["dense_layers"], span=cfg["span"], tol=cfg["tol"],
+                  generator_version=GENERATOR_VERSION)
+    decoder = HFDecoder(model, tok, dense_layers=cfg["dense_layers"], backend=env["backend"], tol=cfg["tol"])
+    counts = run(cfg, decoder, HFCodec(tok), args.out, model_shape=shape, pinned=pinned, fresh=args.fresh,
+                 time_limit=args.time_limit)
+    texts = {t: haystacks.describe(t, cfg["text_dir"]) for t in [cfg["haystack"], *cfg["ppl_texts"]]}
+    summary = longctx_report.write_report(args.out, figures=not args.no_figures,
+                                          meta=dict(env=env, model=args.model or "smollm2-135m", texts=texts,
+                                                    **counts))
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"wrote {args.out}/summary.md ({counts['records_new']} new records, "
+              f"{counts['records_skipped']} already done)")
+    return 0

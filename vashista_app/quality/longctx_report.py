@@ -1,0 +1,215 @@
+"""Tables and figures of a long-context run from its ``results.jsonl`` (``longctx.py``).
+
+Writes to the run's folder:
+
+* ``accuracy.csv`` — per mode, task and context: items, accuracy (RULER: mean score x 100), and the
+  difference to dense on the same items;
+* ``perplexity.csv`` — per mode, text and context: scored tokens, PPL, PPL change vs dense (%);
+* ``modes.csv`` — per mode: mean accuracy over tasks and contexts, decode steps checked, certificate
+  violations (0 expected), fallback rate, bytes read per token relative to dense, max true error;
+* ``per_layer.csv`` — per mode and layer: steps, fallback rate, mean certified and true error;
+* ``accuracy_vs_context.png`` (mean RULER accuracy per mode vs context) and ``accuracy_vs_bytes.png``
+  (accuracy vs relative bytes read at the largest context, with the Pareto front of the modes);
+* ``summary.md`` and ``summary.json``.
+
+Example::
+
+    >>> s = write_report("/tmp/run", figures=False)    # doctest: +SKIP
+    >>> s["modes"]["dense"]["accuracy"]                # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+
+from .results_file import RESULTS, json_safe, read_results
+from .report import write_csv
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def accuracy_rows(recs: list[dict]) -> list[dict]:
+    by = defaultdict(dict)                         # (mode, task, ctx) -> {item: score}
+    for r in recs:
+        if r["task"] != "ppl":
+            by[(r["mode"], r["task"], r["ctx"])][r["item"]] = r["score"]
+    rows = []
+    for (mode, task, ctx), scores in sorted(by.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
+        dense = by.get(("dense", task, ctx), {})
+        common = [i for i in scores if i in dense]
+        rows.append(dict(mode=mode, task=task, ctx=ctx, items=len(scores), accuracy=100 * _mean(scores.values()),
+                         delta_vs_dense=(100 * (_mean([scores[i] for i in common]) - _mean([dense[i] for i in common]))
+                                         if common else float("nan"))))
+    return rows
+
+
+def ppl_rows(recs: list[dict]) -> list[dict]:
+    by = {(r["mode"], r["text"], r["ctx"]): r for r in recs if r["task"] == "ppl"}
+    rows = []
+    for (mode, text, ctx), r in sorted(by.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
+        d = by.get(("dense", text, ctx))
+        rows.append(dict(mode=mode, text=text, ctx=ctx, n_scored=r["n_scored"], ppl=r["ppl"],
+                         ppl_change_pct=100 * (r["ppl"] - d["ppl"]) / d["ppl"] if d else float("nan")))
+    return rows
+
+
+def mode_rows(recs: list[dict], acc: list[dict]) -> list[dict]:
+    by = defaultdict(list)
+    for r in recs:
+        by[r["mode"]].append(r)
+    rows = []
+    for mode, rs in by.items():
+        steps = sum(r.get("decode_steps") or 0 for r in rs)
+        fb = sum((r.get("decode_steps") or 0) * r["fallback_rate"] for r in rs)
+        a = [x["accuracy"] for x in acc if x["mode"] == mode]
+        errs = [r["max_true_error"] for r in rs if r.get("max_true_error") is not None]
+        rows.append(dict(mode=mode, kind=rs[0]["kind"], budget=rs[0]["budget"], records=len(rs),
+                         accuracy=_mean(a), decode_steps_checked=steps,
+                         violations=sum(r.get("violations") or 0 for r in rs),
+                         fallback_rate=fb / steps if steps else 0.0,
+                         rel_bytes=_mean([r["rel_bytes"] for r in rs]),
+                         max_true_error=max(errs) if errs else None))
+    order = {"dense": 0, "certified": 1, "paged": 2, "window": 3}
+    return sorted(rows, key=lambda r: (order.get(r["kind"], 9), -(r["budget"] or 2), r["mode"]))
+
+
+def layer_rows(recs: list[dict]) -> list[dict]:
+    acc = defaultdict(lambda: defaultdict(float))
+    for r in recs:
+        for L in r.get("per_layer") or []:
+            a = acc[(r["mode"], L["layer"])]
+            n = L["steps"]
+            a["steps"] += n
+            a["fb"] += n * L["fallback_rate"]
+            if L.get("cert_err_mean") is not None:
+                a["cert"] += n * L["cert_err_mean"]
+                a["n_cert"] += n
+            if L.get("true_err_mean") is not None:
+                a["true"] += n * L["true_err_mean"]
+                a["n_true"] += n
+            a["viol"] += L.get("violations") or 0
+    rows = []
+    for (mode, layer), a in sorted(acc.items()):
+        cert = a["cert"] / a["n_cert"] if a["n_cert"] else None      # None: no certificate (window)
+        true = a["true"] / a["n_true"] if a["n_true"] else None
+        rows.append(dict(mode=mode, layer=layer, steps=int(a["steps"]), fallback_rate=a["fb"] / a["steps"],
+                         cert_err_mean=cert, true_err_mean=true, violations=int(a["viol"]),
+                         cert_over_true=(cert / true if cert is not None and true else None)))
+    return rows
+
+
+def pareto(points: list[tuple[float, float, str]]) -> list[str]:
+    """Names on the front: no other point reads fewer or equal bytes with higher or equal accuracy
+    (strictly better in one)."""
+    front = []
+    for b, a, n in points:
+        if not any((b2 <= b and a2 >= a) and (b2 < b or a2 > a) for b2, a2, _ in points):
+            front.append(n)
+    return front
+
+
+def make_figures(out: str, acc: list[dict], modes: list[dict]) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    by = defaultdict(lambda: defaultdict(list))
+    for r in acc:
+        by[r["mode"]][r["ctx"]].append(r["accuracy"])
+    if by:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for mode in [m["mode"] for m in modes if m["mode"] in by]:
+            xs = sorted(by[mode])
+            style = "k-o" if mode == "dense" else ("--s" if mode.startswith("window") else
+                                                   (":^" if mode.startswith("paged") else "-o"))
+            ax.plot(xs, [_mean(by[mode][x]) for x in xs], style, label=mode, ms=4)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context (tokens)")
+        ax.set_ylabel("RULER-style accuracy, mean over tasks (%)")
+        ax.legend(fontsize=6, ncol=2)
+        fig.tight_layout()
+        p = os.path.join(out, "accuracy_vs_context.png")
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        made.append(p)
+        top = max(r["ctx"] for r in acc)
+        pts = []
+        for m in modes:
+            a = [r["accuracy"] for r in acc if r["mode"] == m["mode"] and r["ctx"] == top]
+            if a:
+                pts.append((m["rel_bytes"], _mean(a), m["mode"]))
+        front = set(pareto(pts))
+        fig, ax = plt.subplots(figsize=(7, 5))
+        for b, a, n in pts:
+            ax.scatter([b], [a], s=30, marker="*" if n in front else "o",
+                       c="k" if n == "dense" else None)
+            ax.annotate(n, (b, a), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        fp = sorted((b, a) for b, a, n in pts if n in front)
+        if fp:
+            ax.plot(*zip(*fp), "k:", lw=1, label="Pareto front")
+            ax.legend(fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("bytes read per decode token, relative to dense (model)")
+        ax.set_ylabel(f"accuracy at {top} tokens (%)")
+        fig.tight_layout()
+        p = os.path.join(out, "accuracy_vs_bytes.png")
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        made.append(p)
+    return made
+
+
+def _table(rows: list[dict], keys: list[str]) -> str:
+    if not rows:
+        return "(none)\n"
+
+    def fmt(v):
+        if v is None:
+            return "—"
+        if isinstance(v, float):
+            return "nan" if math.isnan(v) else f"{v:.4g}"
+        return str(v)
+
+    s = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
+    for r in rows:
+        s += "| " + " | ".join(fmt(r.get(k)) for k in keys) + " |\n"
+    return s
+
+
+def write_report(out: str, *, figures: bool = True, meta: dict | None = None) -> dict:
+    recs = read_results(os.path.join(out, RESULTS))
+    acc, ppl = accuracy_rows(recs), ppl_rows(recs)
+    modes, layers = mode_rows(recs, acc), layer_rows(recs)
+    write_csv(os.path.join(out, "accuracy.csv"), acc)
+    write_csv(os.path.join(out, "perplexity.csv"), ppl)
+    write_csv(os.path.join(out, "modes.csv"), modes)
+    write_csv(os.path.join(out, "per_layer.csv"), layers)
+    made = make_figures(out, acc, modes) if figures else []
+    summary = dict(records=len(recs), violations=sum(m["violations"] for m in modes),
+                   modes={m["mode"]: {k: v for k, v in m.items() if k != "mode"} for m in modes},
+                   figures=[os.path.basename(p) for p in made], **(meta or {}))
+    s = "# Long-context quality (RULER-style tasks and decoded perplexity)\n\n"
+    for k in ("model", "env", "texts", "complete", "seconds"):
+        if meta and k in meta:
+            s += f"- {k}: {json.dumps(meta[k]) if isinstance(meta[k], dict) else meta[k]}\n"
+    s += "\n## Modes\n\n" + _table(modes, ["mode", "records", "accuracy", "decode_steps_checked", "violations",
+                                          "fallback_rate", "rel_bytes", "max_true_error"])
+    s += "\n## Accuracy per task and context (%; delta vs dense on the same items, points)\n\n"
+    s += _table(acc, ["ctx", "task", "mode", "items", "accuracy", "delta_vs_dense"])
+    s += "\n## Perplexity (decoded, teacher-forced)\n\n"
+    s += _table(ppl, ["ctx", "text", "mode", "n_scored", "ppl", "ppl_change_pct"])
+    s += "\n## Per layer: certified vs true error (float64 dense shadow)\n\n"
+    s += _table(layers, ["mode", "layer", "steps", "fallback_rate", "cert_err_mean", "true_err_mean",
+                         "cert_over_true", "violations"])
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write(s)
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(json_safe(summary), f, indent=1)
+    return json_safe(summary)
+

@@ -1,0 +1,92 @@
+"""The long-context run's files: ``results.jsonl`` (one JSON line per (job, mode), appended and flushed
+as soon as it is known; a rerun skips every key already there) and ``config.json`` (what the items
+depend on; a resumed run must match it).
+
+Example::
+
+    >>> import tempfile, os
+    >>> d = tempfile.mkdtemp(); f = ResultsFile(os.path.join(d, RESULTS))
+    >>> f.append(dict(task="vt", ctx=4096, item=0, mode="dense", score=1.0, err=float("inf")))
+    >>> read_results(os.path.join(d, RESULTS))[0]["err"] is None, ("vt", 4096, 0, "dense") in f.done
+    (True, True)
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from vashista_core.errors import VashistaInputError
+
+RESULTS = "results.jsonl"
+CONFIG = "config.json"
+
+
+def read_results(path: str) -> list[dict]:
+    """Every complete record of a results file (a line cut by a crash is ignored)."""
+    out = []
+    if not os.path.exists(path):
+        return out
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+def record_key(r: dict) -> tuple:
+    return (r["task"], r["ctx"], r.get("item", r.get("text")), r["mode"])
+
+
+class ResultsFile:
+    """Append-only JSON lines; ``done`` holds the keys already recorded (resume)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        recs = read_results(path)
+        self.done = {record_key(r) for r in recs}
+        if recs:
+            # a crash can leave a partial last line: end it so the next record starts on its own line
+            with open(path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    with open(path, "a", encoding="utf-8") as g:
+                        g.write("\n")
+
+    def append(self, rec: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(json_safe(rec)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.done.add(record_key(rec))
+
+
+def json_safe(x):
+    """JSON-safe: non-finite floats become None (a window mode has no certificate: +inf)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    return x
+
+
+def pin_config(out: str, pinned: dict, fresh: bool) -> None:
+    """Write ``config.json``, or check that a resumed run has the same one."""
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, CONFIG)
+    if fresh:
+        for f in (path, os.path.join(out, RESULTS)):
+            if os.path.exists(f):
+                os.remove(f)
+    if os.path.exists(path):
+        old = json.load(open(path))
+        diff = sorted(k for k in set(old) | set(pinned) if old.get(k) != pinned.get(k))
+        if diff:
+            raise VashistaInputError("--out", f"{out} holds a run with other {', '.join(diff)}; resume with the same "
+                                              f"settings, or pass --fresh, or another --out")
+    with open(path, "w") as f:
+        json.dump(pinned, f, indent=1, sort_keys=True)
