@@ -71,3 +71,34 @@ def test_non_convergence_is_reported():
         wolfe_min_norm_point(hard.q, hard.K, max_iter=2)
     sol = entropic_projection(qr, Kr, 1e-3, method="eg", max_iter=5, raise_on_failure=False)
     assert not sol.converged and sol.duality_gap > 0
+
+
+def _small_cache():
+    from vashista_ref.paged_cache import PagedKVCache
+    rng = np.random.default_rng(0)
+    return PagedKVCache.from_dense(rng.normal(size=(20, 1, 4)), rng.normal(size=(20, 1, 4)), 8)
+
+
+@pytest.mark.parametrize("case, arg, call", [
+    # issue 15's counterexamples: each was accepted (seq_ids=[0.7] decoded sequence 0)
+    ("fractional sequence id", "seq_ids",
+     lambda c, s: __import__("vashista_ref.sparse_decode", fromlist=["x"]).sparse_decode(
+         np.ones((1, 1, 4)), c, [0.7], 1, 4)),
+    ("fractional sequence id, dense", "seq_ids",
+     lambda c, s: __import__("vashista_ref.dense", fromlist=["x"]).dense_decode(np.ones((1, 1, 4)), c, [0.7])),
+    ("negative new sequence", "seq_id", lambda c, s: c.add_sequence(-5)),
+    ("duplicate ids in one step", "seq_ids",
+     lambda c, s: c.append_step([s[0], s[0]], np.ones((2, 1, 4)), np.ones((2, 1, 4)))),
+    ("unknown id in one step", "seq_id",
+     lambda c, s: c.append_step([s[0], 99], np.ones((2, 1, 4)), np.ones((2, 1, 4)))),
+    ("negative logical page", "logical_page", lambda c, s: c.page_tokens(s[0], -1, 0)),
+    ("logical page past the end", "logical_page", lambda c, s: c.page_tokens(s[0], 3, 0)),
+    ("float logical page", "logical_page", lambda c, s: c.page_tokens(s[0], 1.0, 0)),
+])
+def test_paged_cache_bad_ids(case, arg, call):
+    cache, seqs = _small_cache()
+    before = cache.length(seqs[0])
+    with pytest.raises(VashistaInputError) as err:
+        call(cache, seqs)
+    assert err.value.argument == arg, case
+    assert cache.length(seqs[0]) == before, "a refused step must not append anything"

@@ -62,7 +62,7 @@ def cases(draw):
     q_scale = 10.0 ** draw(st.sampled_from([-3, 0, 1, 2])) / max(10.0 ** exp10, 1e-300)
     q = rng.standard_normal(D) * q_scale
     V = rng.standard_normal((M, draw(st.integers(1, 6)))) * 10.0 ** draw(st.sampled_from([-3, 0, 3]))
-    Kc = draw(st.integers(1, M + 2))
+    Kc = draw(st.integers(1, M))             # Kc > M is an error (test_kc_above_keys_is_refused)
     return q, K, V, bits, group, meta, Kc
 
 
@@ -142,7 +142,7 @@ def test_sound_on_raw_float_elements(K, bits):
     rng = np.random.default_rng(0)
     q = rng.standard_normal(K.shape[1])
     V = rng.standard_normal((K.shape[0], 3))
-    r = certified_step(q, K, V, quantize_keys(K, bits=bits, group=4), 3, scale=0.5, with_dense=True)
+    r = certified_step(q, K, V, quantize_keys(K, bits=bits, group=4), min(3, K.shape[0]), scale=0.5, with_dense=True)
     _check_sound(r)
 
 
@@ -152,12 +152,12 @@ def test_gqa_decode_sound_and_per_head(seed, heads, M):
     Hq, Hkv = heads
     rng = np.random.default_rng(seed)
     Q, K, V = rng.standard_normal((Hq, 16)) * 3, rng.standard_normal((Hkv, M, 16)), rng.standard_normal((Hkv, M, 8))
-    res = certified_decode(Q, K, V, bits=4, Kc=8, group=16, with_dense=True)
+    res = certified_decode(Q, K, V, bits=4, Kc=min(8, M), group=16, with_dense=True)
     assert len(res) == Hq
     G = Hq // Hkv
     for h, r in enumerate(res):
         _check_sound(r)
-        one = certified_step(Q[h], K[h // G], V[h // G], quantize_keys(K[h // G], bits=4), 8, with_dense=True)
+        one = certified_step(Q[h], K[h // G], V[h // G], quantize_keys(K[h // G], bits=4), min(8, M), with_dense=True)
         np.testing.assert_array_equal(r.candidates, one.candidates)
         assert r.certified_leakage == one.certified_leakage
 
@@ -190,7 +190,7 @@ def test_tie_rule_and_full_candidate_set():
     r = certified_step(rng.standard_normal(8), K, V, quantize_keys(K, bits=8), 5, with_dense=True)
     np.testing.assert_array_equal(r.candidates, np.arange(5))   # ties -> lower logical index
     K = rng.standard_normal((40, 8))
-    r = certified_step(rng.standard_normal(8), K, V, quantize_keys(K, bits=4), 64, with_dense=True)
+    r = certified_step(rng.standard_normal(8), K, V, quantize_keys(K, bits=4), 40, with_dense=True)
     assert r.certified_leakage == 0.0 and r.true_leakage == 0.0 and r.gap == np.inf
     assert_rel_close(r.out, r.dense_out, "float64")
 
@@ -268,7 +268,7 @@ def _fixture_steps(bits: int, Kc: int):
             t = M - nq + i + 1
             sk = quantize_keys(K[:t], bits=bits, group=16)
             for h in range(Q.shape[0]):
-                out.append(certified_step(Q[h, i], K[:t], V[:t], sk, Kc, scale=scale, with_dense=True))
+                out.append(certified_step(Q[h, i], K[:t], V[:t], sk, min(Kc, t), scale=scale, with_dense=True))
     return out
 
 
@@ -336,3 +336,14 @@ def test_sound_with_one_very_uncertain_group(seed, bits, spread, Kc):
     r = certified_step(q, K, V, quantize_keys(K, bits=bits, group=8, meta_dtype="float32"), Kc, scale=1.0,
                        with_dense=True)
     _check_sound(r)
+
+
+def test_kc_above_keys_is_refused():
+    """Issue 15: certified_decode(Kc=100) on 64 keys clamped silently; it is an error naming Kc."""
+    from vashista_ref.errors import VashistaInputError
+    from vashista_ref.sketch import certified_decode
+    rng = np.random.default_rng(0)
+    Q, K, V = rng.normal(size=(2, 8)), rng.normal(size=(1, 64, 8)), rng.normal(size=(1, 64, 4))
+    with pytest.raises(VashistaInputError, match="Kc.*<= 64"):
+        certified_decode(Q, K, V, bits=4, Kc=100)
+    assert len(certified_decode(Q, K, V, bits=4, Kc=64)[0].candidates) == 64

@@ -53,9 +53,13 @@ def check_decode_inputs(q, cache: PagedKVCache, seq_ids) -> tuple[np.ndarray, li
     if Hq % cache.n_kv_heads != 0:
         raise VashistaInputError("q", f"has {Hq} query heads, not a multiple of the cache's {cache.n_kv_heads} KV heads")
     try:
-        seq_ids = [int(s) for s in seq_ids]
-    except (TypeError, ValueError):
+        ids = list(seq_ids)
+    except TypeError:
         raise VashistaInputError("seq_ids", f"expected a sequence of integer ids, got {seq_ids!r}") from None
+    # integers only: int(0.7) would silently decode sequence 0
+    if any(isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) for s in ids):
+        raise VashistaInputError("seq_ids", f"expected a sequence of integer ids, got {seq_ids!r}")
+    seq_ids = [int(s) for s in ids]
     if len(seq_ids) != B:
         raise VashistaInputError("seq_ids", f"has {len(seq_ids)} ids but q has batch size {B}")
     for s in seq_ids:

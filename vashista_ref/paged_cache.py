@@ -138,6 +138,8 @@ class PagedKVCache:
         if isinstance(seq_id, (bool, np.bool_)) or not isinstance(seq_id, (int, np.integer)):
             raise VashistaInputError("seq_id", f"expected an integer, got {type(seq_id).__name__}")
         seq_id = int(seq_id)
+        if seq_id < 0:
+            raise VashistaInputError("seq_id", f"must be >= 0, got {seq_id}")
         if seq_id in self._tables:
             raise VashistaInputError("seq_id", f"sequence {seq_id} already exists")
         self._tables[seq_id] = []
@@ -249,7 +251,10 @@ class PagedKVCache:
 
     def append_step(self, seq_ids, keys, values) -> None:
         """One decode step: append one token to each sequence; ``keys`` (B, Hkv, D), ``values`` (B, Hkv, Dv)."""
-        seq_ids = list(seq_ids)
+        seq_ids = [self._check_seq(s) for s in seq_ids]
+        if len(set(seq_ids)) != len(seq_ids):
+            # two tokens for one sequence in one step would be appended in an order the caller did not state
+            raise VashistaInputError("seq_ids", f"lists a sequence more than once: {seq_ids}")
         K = as_real_array("keys", keys, ndim=3)
         V = as_real_array("values", values, ndim=3)
         if K.shape[0] != len(seq_ids) or V.shape[0] != len(seq_ids):
@@ -329,7 +334,12 @@ class PagedKVCache:
     def page_tokens(self, seq_id: int, logical_page: int, head: int) -> tuple[np.ndarray, np.ndarray]:
         """Keys (n, D) and values (n, Dv) of one logical page for one KV head (views into the pool)."""
         seq_id, head = self._check_seq(seq_id), self._check_head(head)
-        p = self._tables[seq_id][logical_page]
+        n_pages = len(self._tables[seq_id])
+        # no Python negative indexing: page -1 is a caller's bug, not "the last page"
+        if isinstance(logical_page, (bool, np.bool_)) or not isinstance(logical_page, (int, np.integer)) \
+                or not 0 <= int(logical_page) < n_pages:
+            raise VashistaInputError("logical_page", f"must be an integer in [0, {n_pages}), got {logical_page!r}")
+        p = self._tables[seq_id][int(logical_page)]
         n = self.count[p]
         return self.keys[p, :n, head], self.values[p, :n, head]
 

@@ -29,18 +29,22 @@ vanish next to a huge block bound, even at huge score scales.
 All three forms are sound, so each is also capped by the looser ones (min), which makes the order
 E ≤ error_middle ≤ error_2lv hold exactly in floating point.
 
-Floating point: the certificate bounds the distance between the computed sparse output and dense
-attention on the same float64 scores. To stay sound against a *computed* float64 dense output it adds
+Floating point (docs/ROUNDING.md §3): the certificate bounds the distance from the *returned* output
+to *exact* dense attention over the stored keys and values. Every score and box bound the step computed
+is within δ of its exact value, δ = ``rounding.score_error`` of A ≥ scale·max_j Σ_d |q_d k_{j,d}|
+(``score_abs_max``, from the boxes), so the certificate works with intervals: the candidates' exact
+scores are ≥ ŝ − δ, the scored non-candidates' ≤ ŝ + δ (and ≥ ŝ − δ, for E*), the blocks' ≤ UB + δ, and
+every log-domain step is rounded outward (``rounding.lse_upper`` / ``lse_lower`` / ``leakage_upper``;
+E* carries ``rounding.log_domain_factor``). The returned output differs from exact softmax over C by
 
-    rounding = u · (8 (M + |C| + 8) + 8·760) · max_j ‖v_j‖,   u = 2⁻⁵³,
+    rounding = softmax_tv(ŝ_C, δ) · max‖v‖ + softmax_eval_error(|C|) + softmax_eval_error(M)
 
-covering the rounding of both weighted sums (each ≤ γ_n·max‖v‖ in norm) and of e^{s−m} (relative error
-≤ (|s − m| + 2)u, and |s − m| ≤ 745 for any weight that does not underflow), and it inflates the bound
-itself (and L̂) by (1 + ρ),  ρ = u · (8 (M + |C| + 8) + 8 (|c| + 760)) + expm1(4δ),  for the log-domain
-certificate arithmetic at magnitude |c| (the largest log-mass involved) and for the rounding of scores
-against box bounds: both are float64 dot products, each within γ_D·scale·Σ_d |q_d k_d| of exact, so
-with A ≥ scale·max_j Σ_d |q_d k_{j,d}| (``score_abs_max``, from the boxes) δ = 2 (D + 2) u A. For
-M = 1000 tokens the allowance is ~2e-12·max‖v‖.
+(the candidates' score rounding — bounded even when δ ≫ 1 if one candidate dominates —, the evaluation
+of exponentials, sums and division, and, so that the bound also holds against the float64 dense output
+``dense_decode`` computes from the same scores, that computation's evaluation error). The excluded
+forms use w_j = vmax_j + ‖o_sparse‖ + rounding, since ‖o_C‖ ≤ ‖o_sparse‖ + rounding. Nothing is NaN: a
+form that cannot be evaluated is +inf, and the three forms are capped by each other (min), so
+E ≤ error_middle ≤ error_2lv holds exactly; only overflowing value norms make ``error`` infinite.
 
 Gap: Δ̂ = m − max(scale·UB_p over excluded blocks, s_j over scored non-candidates); +inf when C is
 everything. Δ̂ > 0 says no excluded token can outscore the best candidate.
@@ -69,6 +73,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from vashista_core.rounding import U64
+
+from .rounding import (FN_REL, SUBNORMAL_MIN, add_up, down, gamma, leakage_upper, log_domain_factor,
+                       lse_lower, lse_upper, mul_up, score_error, softmax_eval_error, softmax_tv, up)
 
 UNIT_ROUNDOFF = U64   # float64 (re-exported name; vashista_core.rounding holds the constants)
 
@@ -99,60 +106,94 @@ def best_prefix_ratio_log(log_A: float, log_Z: float, log_u: np.ndarray, w: np.n
     with np.errstate(divide="ignore"):
         lw = np.log(w[order])
     lu = np.asarray(log_u, dtype=np.float64)[order]
-    log_num = np.logaddexp(log_A, np.r_[-np.inf, np.logaddexp.accumulate(lu + lw)])
+    # a block of no mass adds nothing, whatever its w (−inf + inf would be NaN)
+    terms = np.where(np.isneginf(lu) | np.isneginf(lw), -np.inf, lu + lw)
+    log_num = np.logaddexp(log_A, np.r_[-np.inf, np.logaddexp.accumulate(terms)])
     log_den = np.logaddexp(log_Z, np.r_[-np.inf, np.logaddexp.accumulate(lu)])
-    with np.errstate(invalid="ignore"):
-        ratio = np.where(np.isneginf(log_den), 0.0, np.exp(log_num - log_den))
-    return float(np.max(np.nan_to_num(ratio, nan=0.0)))
+    with np.errstate(invalid="ignore", over="ignore"):
+        ratio = np.where(np.isneginf(log_num), 0.0, np.exp(log_num - log_den))
+    # inf/inf says nothing: an upper bound must then be +inf, never NaN (and never 0)
+    return float(np.max(np.where(np.isnan(ratio), np.inf, ratio)))
 
 
 def softmax_certificate(*, s_cand: np.ndarray, o_sparse: np.ndarray, s_scored_out: np.ndarray,
                         vmax_scored_out: np.ndarray, log_u_blocks: np.ndarray, s_bound_blocks: np.ndarray,
                         vmax_blocks: np.ndarray, vmax_all: float, n_total: int,
                         score_abs_max: float = 0.0, head_dim: int = 0) -> RuntimeCertificate:
-    """Certificate from: candidate scores, the sparse output, exact scores of scored non-candidates (with
-    their pages' max value norms), excluded blocks as log mass bounds log(n_p) + scale·UB_p, score bounds
-    scale·UB_p and max value norms, the max value norm over the whole sequence and its length M."""
+    """Certificate from: candidate scores, the sparse output, the computed scores of scored
+    non-candidates (with their pages' max value norms), excluded blocks as log mass bounds
+    log(n_p) + scale·UB_p, score bounds scale·UB_p and max value norms, the max value norm over the
+    whole sequence, its length M, and A = ``score_abs_max`` ≥ scale·Σ_d |q_d k_d| over every key (0:
+    scores taken as exact) with the head dimension D, which set the score rounding δ (module doc)."""
     s_cand = np.asarray(s_cand, dtype=np.float64)
     s_known = np.asarray(s_scored_out, dtype=np.float64)
     log_u = np.asarray(log_u_blocks, dtype=np.float64)
-    m = float(s_cand.max())
-    log_zc = m + float(np.log(np.exp(s_cand - m).sum()))
-    o_norm = float(np.linalg.norm(o_sparse))
-    w_known = np.asarray(vmax_scored_out, dtype=np.float64) + o_norm
-    w_blocks = np.asarray(vmax_blocks, dtype=np.float64) + o_norm
-    # the largest log-mass involved: the magnitude at which the log-domain arithmetic rounds
-    c = max(log_zc, float(np.max(s_known, initial=-np.inf)), float(np.max(log_u, initial=-np.inf)))
-    rounding = UNIT_ROUNDOFF * (8.0 * (n_total + s_cand.shape[0] + 8) + 8.0 * 760.0) * float(vmax_all)
-    rho = UNIT_ROUNDOFF * (8.0 * (n_total + s_cand.shape[0] + 8) + 8.0 * (abs(c) + 760.0))
-    # a computed score and a computed box bound can each be off by γ_D·scale·Σ_d|q_d k_d|: an excluded
-    # token's float score may exceed its block's float bound by twice that, scaling its mass by e^{2δ}
-    delta = 2.0 * (head_dim + 2) * UNIT_ROUNDOFF * float(score_abs_max)
-    rho += float(np.expm1(4.0 * delta))
+    dv = int(np.shape(o_sparse)[-1])
+    # value norms were computed in float64: enlarge them so that they bound the exact norms
+    grow_v = 1 + 2 * gamma(dv + 2)
+    vmax_all = float(up(float(vmax_all) * grow_v))
+    delta = float(score_error(score_abs_max, head_dim)) if score_abs_max else 0.0
+    rounding = add_up(mul_up(softmax_tv(s_cand, delta), vmax_all),
+                      softmax_eval_error(s_cand.shape[0], vmax_all), softmax_eval_error(int(n_total), vmax_all))
     if s_known.size + log_u.size == 0:
         return RuntimeCertificate(0.0, rounding, rounding, rounding, float("inf"), rounding)
-    with np.errstate(divide="ignore"):
-        log_a = float(np.logaddexp.reduce(s_known + np.log(w_known), initial=-np.inf))
-    log_z = float(np.logaddexp(log_zc, np.logaddexp.reduce(s_known, initial=-np.inf)))
-    e_star = best_prefix_ratio_log(log_a, log_z, log_u, w_blocks)
-    log_zout = float(np.logaddexp.reduce(np.r_[s_known, log_u]))
-    # (1 + ρ) covers relative rounding; subnormal results lose relative precision, so add a few of the
-    # smallest normal numbers as well (absolute, negligible)
-    leakage = min(1.0, float(np.exp(log_zout - np.logaddexp(log_zc, log_zout))) * (1 + rho)
-                  + 4 * np.finfo(np.float64).tiny)
+    o_norm = float(up(float(np.linalg.norm(o_sparse)) * grow_v))
+    w_off = add_up(o_norm, rounding)                     # ‖o_C‖ ≤ ‖o_sparse‖ + rounding
+    w_known = up(up(np.asarray(vmax_scored_out, dtype=np.float64) * grow_v) + w_off)
+    w_blocks = up(up(np.asarray(vmax_blocks, dtype=np.float64) * grow_v) + w_off)
+    # exact scores lie within δ of the computed ones; a block's log mass log n + scale·UB also carries
+    # the rounding of log n and of the sum (FN_REL, u relative to its terms, |scale·UB| ≤ A)
+    lc = down(s_cand - delta)
+    k_lo, k_hi = down(s_known - delta), up(s_known + delta)
+    u_hi = up(log_u + up(delta + 32 * U64 * (np.abs(log_u) + float(score_abs_max) + 1.0)))
+    sb_hi = up(np.asarray(s_bound_blocks, dtype=np.float64) + delta)
+    log_zc = lse_lower(lc)
+    leakage = leakage_upper(log_zc, lse_upper(np.r_[k_hi, u_hi]), int(n_total))
+    gap = float(down(float(lc.max()) - float(np.max(np.r_[k_hi, sb_hi]))))
     w_max = float(np.max(np.r_[w_known, w_blocks]))
-    gap = m - float(np.max(np.r_[s_known, np.asarray(s_bound_blocks, dtype=np.float64)]))
-    e_2lv = 2.0 * leakage * float(vmax_all)
-    e_middle = min(leakage * w_max, e_2lv)
-    e_star = min(e_star, e_middle)
+    e_2lv = mul_up(2.0 * leakage, vmax_all)
+    e_middle = min(mul_up(leakage, w_max), e_2lv)
+    e_star = min(_estar_intervals(log_zc, k_lo, k_hi, w_known, u_hi, w_blocks), e_middle)
     return RuntimeCertificate(
         leakage=leakage,
-        error=e_star * (1 + rho) + rounding,
-        error_middle=e_middle * (1 + rho) + rounding,
-        error_2lv=e_2lv * (1 + rho) + rounding,
+        error=add_up(e_star, rounding),
+        error_middle=add_up(e_middle, rounding),
+        error_2lv=add_up(e_2lv, rounding),
         gap=gap,
         rounding=rounding,
     )
+
+
+def _estar_intervals(log_zc_lo: float, log_x_lo: np.ndarray, log_x_hi: np.ndarray, w_x: np.ndarray,
+                     log_u: np.ndarray, w_u: np.ndarray) -> float:
+    """E* = max (Σ x_j w_j + Σ y_p w_p) / (Z_C + Σ x_j + Σ y_p) over x_j ∈ [e^{lo_j}, e^{hi_j}] (tokens
+    known to an interval) and y_p ∈ [0, e^{log_u_p}] (blocks known by a bound), Z_C ≥ e^{log_zc_lo},
+    rounded up; +inf when the log-domain evaluation cannot be trusted (``rounding.log_domain_factor``).
+    Written x_j = e^{lo_j} + t_j it is a linear-fractional maximum over a box (``best_prefix_ratio_log``)."""
+    fn = float(np.log1p(FN_REL))
+    lo, hi = np.asarray(log_x_lo) - fn, np.asarray(log_x_hi) + fn
+    with np.errstate(divide="ignore", invalid="ignore", under="ignore"):
+        log_slack = np.where(hi > lo, hi + np.log1p(-np.exp(lo - hi)), -np.inf)     # log(e^hi − e^lo)
+        log_a = _logsumexp(np.where(np.asarray(w_x) > 0, lo + np.log(w_x), -np.inf))
+    log_z = float(np.logaddexp(log_zc_lo - fn, _logsumexp(lo)))
+    e = best_prefix_ratio_log(log_a, log_z, np.r_[log_slack, np.asarray(log_u) + fn], np.r_[w_x, w_u])
+    with np.errstate(divide="ignore"):
+        logs = np.r_[log_zc_lo, lo, hi, log_u, np.log(np.r_[w_x, w_u, 1.0])]
+    mag = float(np.max(np.abs(logs[np.isfinite(logs)]), initial=0.0))
+    factor = log_domain_factor(logs.size, mag)
+    if not (np.isfinite(e) and np.isfinite(factor)):
+        return float("inf")
+    return float(up(e * factor + 4 * SUBNORMAL_MIN))
+
+
+def _logsumexp(x: np.ndarray) -> float:
+    """log Σ e^{x_i} in plain float64 (−inf for no terms); its rounding is in log_domain_factor."""
+    x = np.asarray(x, dtype=np.float64)
+    m = float(np.max(x, initial=-np.inf))
+    if not np.isfinite(m):
+        return m
+    with np.errstate(under="ignore"):
+        return m + float(np.log(np.exp(x - m).sum()))
 
 
 @dataclass(frozen=True)

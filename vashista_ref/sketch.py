@@ -67,7 +67,9 @@ Output-error bounds (e = o_dense − o_C = Σ_{j∉C} x_j (v_j − o_C) / Z, x_j
     metadata, and O(groups · Dv) work — no value of a non-candidate is read;
   * ``error_token`` — the same with per-token radii r_j = ‖v_j − c_g‖ in place of ρ_g (and per-token
     intervals t_j): one more number per token (2 B in fp16, +4 % on an int4 scan at D = 64);
-  * ``error`` = min of the four (each carries runtime_certificate's float64 allowance ρ(E + max‖v‖)).
+  * ``error`` = min of the four, each plus the float64 ``rounding`` allowance (docs/ROUNDING.md §4:
+    the candidates' score rounding, the evaluation of the softmax, outward-rounded log-domain bounds),
+    so that it bounds the distance from the returned output to *exact* dense attention.
     On SmolLM2 (benchmarks/RESULTS.md) the tightest is ~3× the true error for int8, vs ~6× for SPEC 3's
     middle form: the rest is cancellation *inside* the excluded mass, which no bound that reads no
     non-candidate value can see.
@@ -103,6 +105,8 @@ from vashista_core.rounding import FN_REL as _FN_REL, U64 as U, down as _down, g
 
 from .dense import resolve_scale, token_scores
 from .routing import top_indices
+from .rounding import (add_up, leakage_upper, log_domain_factor, lse_lower, lse_upper, mul_up, softmax_eval_error,
+                       softmax_tv, up)
 from .runtime_certificate import best_prefix_ratio_log
 from .validate import as_real_array, nonnegative_scalar, positive_int, query_and_keys
 
@@ -326,30 +330,6 @@ def _box_bound(q: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- certificate arithmetic
-def _lse_upper(x: np.ndarray) -> float:
-    """An upper bound on log Σ e^{x_i} (−inf for no terms)."""
-    if x.size == 0:
-        return -np.inf
-    m = float(x.max())
-    if not np.isfinite(m):
-        return m
-    t = np.exp(_up(x - m)) * (1 + _FN_REL)
-    s = _up(t.sum() * (1 + _gamma(x.size + 1)))
-    return float(_up(m + _up(np.log(s) * (1 + _FN_REL))))     # s >= 1, so log(s) >= 0
-
-
-def _lse_lower(x: np.ndarray) -> float:
-    """A lower bound on log Σ e^{x_i} (−inf for no terms)."""
-    if x.size == 0:
-        return -np.inf
-    m = float(x.max())
-    t = np.exp(_down(x - m)) * (1 - _FN_REL)
-    s = _down(t.sum() * (1 - _gamma(x.size + 1)))
-    ls = np.log(s)
-    ls = ls * (1 + _FN_REL) if ls < 0 else ls * (1 - _FN_REL)
-    return float(_down(m + _down(ls)))
-
-
 def _lse(x: np.ndarray) -> float:
     """log Σ e^{x_i} (plain float64; −inf for no terms or all −inf)."""
     x = np.asarray(x, dtype=np.float64)
@@ -368,18 +348,6 @@ def _group_lse(x: np.ndarray, groups: np.ndarray, G: int) -> np.ndarray:
         s = np.bincount(groups, weights=np.exp(x - shift[groups]), minlength=G)
     with np.errstate(divide="ignore"):
         return np.where(s > 0, shift + np.log(s), -np.inf)
-
-
-def _leakage_upper(log_zc_lo: float, log_zout_hi: float, n_total: int) -> float:
-    """Z_out / (Z_C + Z_out) from log bounds, rounded up; the extra factor also covers the float64
-    evaluation of the *true* leakage (exp, two sums and a division over ≤ n_total terms)."""
-    if log_zout_hi == -np.inf:
-        return 0.0
-    d = _down(log_zc_lo - log_zout_hi)
-    with np.errstate(over="ignore"):
-        e = np.exp(d) * (1 - _FN_REL)
-    L = _up(1.0 / _down(1.0 + e))
-    return float(min(1.0, _up(L * (1 + 4 * _gamma(n_total + 16)))))
 
 
 # ---------------------------------------------------------------------------------------------- one step
@@ -439,7 +407,9 @@ def certified_step(q, K, V, sketch: KeySketch, Kc: int, *, scale: float | None =
     """One certified-mode decode step for one query ``q`` (D,) over keys ``K`` (M, D) (full precision,
     read only for the candidates and for the page means when pruning), values ``V`` (M, Dv) and the
     sketch of K. See the module doc for the problem solved and the bounds; ``one_sided=False`` uses
-    SPEC 3b's two-sided per-group errors (:func:`sketch_bounds`)."""
+    SPEC 3b's two-sided per-group errors (:func:`sketch_bounds`). ``Kc`` ≤ M (more is an error, not
+    clamped); when box pruning leaves fewer than Kc tokens to scan, every scanned token is a candidate
+    (``candidates`` says how many: the pruned groups are certified negligible by ``prune_tol``)."""
     q, K = query_and_keys(q, K)
     V = as_real_array("V", V, ndim=2)
     M, D = K.shape
@@ -449,7 +419,9 @@ def certified_step(q, K, V, sketch: KeySketch, Kc: int, *, scale: float | None =
         raise VashistaInputError("sketch", f"expected a KeySketch, got {type(sketch).__name__}")
     if sketch.n_tokens != M or sketch.head_dim != D:
         raise VashistaInputError("sketch", f"covers ({sketch.n_tokens}, {sketch.head_dim}) keys, K is {K.shape}")
-    Kc = positive_int("Kc", Kc)
+    # Kc > M is refused rather than clamped: a caller asking for more candidates than keys has the
+    # wrong cache or the wrong Kc, and a silent clamp would hide it (issue 15)
+    Kc = positive_int("Kc", Kc, upper=M, upper_name="keys")
     scale = resolve_scale(scale, D)
     prune_tol = nonnegative_scalar("prune_tol", prune_tol)
     vs = group_value_stats(V, sketch.group) if value_stats is None else value_stats
@@ -468,7 +440,7 @@ def certified_step(q, K, V, sketch: KeySketch, Kc: int, *, scale: float | None =
         rows = np.flatnonzero(np.isin(g_of, probe))
         raw_p = token_scores(q, K[rows], 1.0)
         lb_p = _down(_down(raw_p - _up(4 * _gamma(D + 2) * (np.abs(K[rows]) @ np.abs(q)))) * scale)
-        budget = np.log(prune_tol) + _lse_lower(lb_p)
+        budget = np.log(prune_tol) + lse_lower(lb_p)
         log_u_box[probe] = np.inf                          # the probed groups are always scanned
         order = np.argsort(log_u_box, kind="stable")
         cum = np.logaddexp.accumulate(log_u_box[order])
@@ -490,6 +462,13 @@ def certified_step(q, K, V, sketch: KeySketch, Kc: int, *, scale: float | None =
     # 4. softmax and gather
     w = np.exp(s_c - s_c.max())
     out = (w / w.sum()) @ V[cand]
+    # the returned output vs exact softmax over C (ROUNDING.md §4): the candidates' computed scores are
+    # within δ_c of exact (exact_err, scaled, plus the rounding of the scaling), and the evaluation of
+    # exponentials, sums and division; M's evaluation error keeps the bound above a float64 dense too
+    vmax_all = float(vs.vmax.max())
+    delta_c = up(up(exact_err * scale) + 2 * U * np.abs(s_c))
+    rounding = add_up(mul_up(softmax_tv(s_c, delta_c), vmax_all), softmax_eval_error(kc, vmax_all),
+                      softmax_eval_error(M, vmax_all))
     # 5. certificate
     is_c = np.zeros(M, dtype=bool)
     is_c[cand] = True
@@ -498,18 +477,17 @@ def certified_step(q, K, V, sketch: KeySketch, Kc: int, *, scale: float | None =
     ub = _up(_up(shat_r + e_up_all[rest]) * scale)
     lb = _down(_down(shat_r - e_dn_all[rest]) * scale)
     log_u_pruned = log_u_box[pruned] if log_u_box.size else np.zeros(0)
-    log_zc = _lse_lower(lb_c)
-    log_zout = _lse_upper(np.r_[ub, log_u_pruned])
-    leak = _leakage_upper(log_zc, log_zout, M)
+    log_zc = lse_lower(lb_c)
+    log_zout = lse_upper(np.r_[ub, log_u_pruned])
+    leak = leakage_upper(log_zc, log_zout, M)
     s_out_max = max(float(np.max(ub, initial=-np.inf)),
                     float(np.max(_up(scale * _box_bound(q, lo_box[pruned], hi_box[pruned])), initial=-np.inf))
                     if pruned.any() else -np.inf)
     gap = float(lb_c.max() - s_out_max)
 
-    o_norm = float(np.linalg.norm(out))
-    vmax_all = float(vs.vmax.max())
-    rho = 8.0 * (M + kc + 8) * U
-    rounding = rho * vmax_all
+    # ‖o_C‖ ≤ ‖out‖ + rounding, and ‖v_j − o_C‖ ≤ ‖v_j − c‖ + ‖c − out‖ + rounding: the excluded forms
+    # carry the rounding in their weights (w) and radii
+    o_norm = add_up(float(up(np.linalg.norm(out) * (1 + 2 * _gamma(out.shape[0] + 2)))), rounding)
     if rest.size == 0 and not pruned.any():
         e_mid = e_star = e_ball = e_tok = 0.0
     else:
@@ -523,11 +501,12 @@ def certified_step(q, K, V, sketch: KeySketch, Kc: int, *, scale: float | None =
         log_u_pr = log_u_pruned + fn
         pr = np.flatnonzero(pruned)
         log_Z_lo = float(np.logaddexp(log_zc - fn, _lse(log_xlo)))
-        w_tok = vs.vmax[g_of[rest]] + o_norm
-        w_pr = vs.vmax[pruned] + o_norm
+        w_tok = up(vs.vmax[g_of[rest]] + o_norm)
+        w_pr = up(vs.vmax[pruned] + o_norm)
         w_max = float(np.max(np.r_[w_tok, w_pr]))
-        e_mid = leak * w_max
-        with np.errstate(divide="ignore"):
+        e_mid = mul_up(leak, w_max)
+        radius, rt = up(vs.radius + rounding), up(vs.token_radius[rest] + rounding)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             e_star = best_prefix_ratio_log(_lse(log_xlo + np.log(w_tok)), log_Z_lo, np.r_[log_slack, log_u_pr],
                                             np.r_[w_tok, w_pr])
             # ball forms: e·Z = Σ_g W_g (c_g − o) + Σ_{j∉C} x_j (v_j − c_g(j)); the first sum keeps the
@@ -538,22 +517,28 @@ def certified_step(q, K, V, sketch: KeySketch, Kc: int, *, scale: float | None =
             dist = _up(np.linalg.norm(vs.centre - out, axis=1) * (1 + 2 * _gamma(out.shape[0] + 2)))
             cmax = float(np.max(logW_lo))
             if np.isfinite(cmax):
-                vec = np.exp(logW_lo - cmax) @ (vs.centre - out)
-                log_base = cmax + np.log(float(np.linalg.norm(vec)) * (1 + 2 * _gamma(G + out.shape[0] + 2)))
+                a_g = np.exp(logW_lo - cmax)
+                # ‖Σ a_g (c_g − out)‖ can cancel: its evaluation error is absolute, relative to Σ a_g ‖c_g − out‖
+                # (sums, the subtraction, and the exp of each weight)
+                slack = (2 * _gamma(G + out.shape[0] + 4) + 800 * U + 2 * _FN_REL) * float(a_g @ dist)
+                log_base = cmax + np.log(up(float(np.linalg.norm(a_g @ (vs.centre - out)))
+                                            * (1 + 2 * _gamma(G + out.shape[0] + 2)) + slack))
             else:
                 log_base = -np.inf
-            e_ball = best_prefix_ratio_log(np.logaddexp(log_base, _lse(logW_lo + np.log(vs.radius))), log_Z_lo,
-                                            logW_slack, dist + vs.radius)
-            rt = vs.token_radius[rest]
+            e_ball = best_prefix_ratio_log(np.logaddexp(log_base, _lse(logW_lo + np.log(radius))), log_Z_lo,
+                                            logW_slack, dist + radius)
             e_tok = best_prefix_ratio_log(np.logaddexp(log_base, _lse(log_xlo + np.log(rt))), log_Z_lo,
                                            np.r_[log_slack, log_u_pr],
-                                           np.r_[dist[g_of[rest]] + rt, dist[pr] + vs.radius[pr]])
-        # log-domain evaluation errs by a few ulp of the largest log magnitude: a relative allowance
-        logs = np.r_[log_zc, ub, lb, log_u_pruned]
-        mag = float(np.max(np.abs(logs[np.isfinite(logs)]), initial=0.0)) + np.log(M + 2.0) + 2.0
-        grow = (1 + rho) * (1 + 4 * _gamma(M + 8)) * (1 + 64 * U * mag)
-        e_mid, e_star, e_ball, e_tok = e_mid * grow, e_star * grow, e_ball * grow, e_tok * grow
-    e_mid, e_star, e_ball, e_tok = e_mid + rounding, e_star + rounding, e_ball + rounding, e_tok + rounding
+                                           np.r_[dist[g_of[rest]] + rt, dist[pr] + radius[pr]])
+        # log-domain evaluation errs by ≤ n·u·(largest log magnitude) in each exponent: a relative
+        # allowance, +inf when it is not small (then the other forms, or e_mid, bound the error)
+        logs = np.r_[log_zc, ub, lb, log_u_pruned, log_base]
+        mag = float(np.max(np.abs(logs[np.isfinite(logs)]), initial=0.0)) + np.log(M + 2.0) + \
+            float(np.log(max(w_max, float(np.max(dist + radius)), 1.0)))
+        factor = log_domain_factor(M + G + 8, mag)
+        e_star, e_ball, e_tok = (float(up(e * factor)) if np.isfinite(e) and np.isfinite(factor) else np.inf
+                                 for e in (e_star, e_ball, e_tok))
+    e_mid, e_star, e_ball, e_tok = (add_up(e, rounding) for e in (e_mid, e_star, e_ball, e_tok))
 
     true_leak = true_err = dense_out = None
     if with_dense:
