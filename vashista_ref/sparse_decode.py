@@ -159,7 +159,7 @@ def _attempt(qs, cache, sid, kvh, P, Kc, o):
                 score_abs_max=float((key_abs @ np.abs(q)).max()) * o["scale"], head_dim=q.shape[0])
             rec.update(leakage=c.leakage, error=c.error, error_middle=c.error_middle, error_2lv=c.error_2lv,
                        gap=c.gap, rounding=c.rounding, projection_gap=np.nan, solver_certificate=np.nan)
-            rec["certified"] = c.error <= o["tol"]
+            rec["certified"] = bool(np.isfinite(c.error) and c.error <= o["tol"])   # ∞ = nothing can be said
         else:
             alpha, solver_cert = projection_weights(o["solver"], q, Kr[sel], o["eps"], o["iters"])
             rec["out"] = alpha @ Vr[sel]
