@@ -72,10 +72,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vashista_core.rounding import U64
-
-from .rounding import (FN_REL, SUBNORMAL_MIN, add_up, down, gamma, leakage_upper, log_domain_factor,
-                       lse_lower, lse_upper, mul_up, score_error, softmax_eval_error, softmax_tv, up)
+from vashista_core.rounding import (FN_REL, SUBNORMAL_MIN, U64, add_up, down, gamma, leakage_upper, log_domain_factor,
+                                    lse_lower, lse_upper, mul_up, score_error, softmax_eval_error, softmax_tv, up)
 
 UNIT_ROUNDOFF = U64   # float64 (re-exported name; vashista_core.rounding holds the constants)
 

@@ -102,11 +102,11 @@ from vashista_core.errors import VashistaInputError
 from vashista_core.options import (META_DTYPE_NAMES, SUPPORTED_BITS, check_bits, check_meta_dtype,
                                    check_sketch_options)  # noqa: F401  (check_sketch_options re-exported)
 from vashista_core.rounding import FN_REL as _FN_REL, U64 as U, down as _down, gamma as _gamma, up as _up
+from vashista_core.rounding import (add_up, leakage_upper, log_domain_factor, lse_lower, lse_upper, mul_up,
+                                    softmax_eval_error, softmax_tv, up)
 
 from .dense import resolve_scale, token_scores
 from .routing import top_indices
-from .rounding import (add_up, leakage_upper, log_domain_factor, lse_lower, lse_upper, mul_up, softmax_eval_error,
-                       softmax_tv, up)
 from .runtime_certificate import best_prefix_ratio_log
 from .validate import as_real_array, nonnegative_scalar, positive_int, query_and_keys
 
