@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from vashista_ref import instances
+from vashista_ref import VashistaInputError, instances
 from vashista_ref.projection import kkt_certificate, project_onto_hull, project_onto_hull_batch
 from strategies import family_instances, known_face_instances, scales, seeds
 
@@ -114,3 +114,30 @@ def test_batch_equals_loop():
     batch = project_onto_hull_batch(Q, inst.K, solver="wolfe")
     for q, p in zip(Q, batch):
         assert np.allclose(p.y, project_onto_hull(q, inst.K, solver="wolfe").y)
+
+
+@pytest.mark.parametrize("solver", ["cvxpy", "wolfe"])
+@pytest.mark.parametrize("s", [1e-100, 1e-30, 1e-4, 1e4, 1e30, 1e100])
+def test_scale_and_translation_invariant(solver, s):
+    """Issue 15: q and K scaled by 1e-300 read "in the hull", and Wolfe at 1e4 / 1e30 returned a wrong
+    projection. The problem is equivariant: scaled and shifted inputs give the same face and active
+    set, y and r scaled, Δ scaled by s²."""
+    from vashista_ref.instances import draw
+    inst = draw("known_face", 0, M=32, D=8)
+    base = project_onto_hull(inst.q, inst.K, solver=solver)
+    shift = 1000.0 * s
+    p = project_onto_hull(inst.q * s + shift, inst.K * s + shift, solver=solver)
+    np.testing.assert_array_equal(p.active_set, base.active_set)
+    np.testing.assert_array_equal(p.face, base.face)
+    assert p.gap == pytest.approx(base.gap * s * s, rel=1e-6)
+    np.testing.assert_allclose((p.y - shift) / s, base.y, atol=1e-6)
+
+
+@pytest.mark.parametrize("solver", ["cvxpy", "wolfe"])
+def test_scale_beyond_float64_squares_is_refused(solver):
+    """At 1e-300 the multipliers (∝ s²) underflow: refused with the reason, not "in the hull"."""
+    from vashista_ref.instances import draw
+    inst = draw("known_face", 0, M=32, D=8)
+    with pytest.raises(VashistaInputError, match="scale-invariant") as err:
+        project_onto_hull(inst.q * 1e-300, inst.K * 1e-300, solver=solver)
+    assert err.value.argument == "q"

@@ -28,7 +28,7 @@ Example
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -190,14 +190,52 @@ def project_onto_hull(q, K, *, solver: str = "cvxpy", active_tol: float = DEFAUL
                       inside_tol: float = DEFAULT_INSIDE_TOL) -> HullProjection:
     """Exact Euclidean projection of q (D,) onto conv(K), K (M, D), with its KKT certificate."""
     q, K = query_and_keys(q, K)
-    if solver == "cvxpy":
-        alpha = _solve_cvxpy(q, K)
-    elif solver == "wolfe":
-        alpha = wolfe_min_norm_point(q, K)
-    else:
+    if solver not in SOLVERS:
         raise VashistaInputError("solver", f"must be one of {SOLVERS}, got {solver!r}")
-    return kkt_certificate(q, K, alpha, active_tol=active_tol, face_tol=face_tol,
+    # The problem is translation- and scale-equivariant: solve and certify it centred on the keys' mean
+    # and scaled to unit size, so that no solver or tolerance sees the caller's units (q and K scaled by
+    # 1e-300 read "in the hull", and Wolfe's bordered system lost the simplex constraint at 1e4 and
+    # 1e30; issue 15), then map back: y = c + s·y', r = s·r', μ = s²·μ', Δ = s²·Δ'.
+    c, s = _frame(q, K)
+    qn, Kn = (q - c) / s, (K - c) / s
+    alpha = _solve_cvxpy(qn, Kn) if solver == "cvxpy" else wolfe_min_norm_point(qn, Kn)
+    cert = kkt_certificate(qn, Kn, alpha, active_tol=active_tol, face_tol=face_tol,
                            inside_tol=inside_tol, solver=solver)
+    if cert.kkt.max > KKT_REFUSE:
+        raise ConvergenceError(f"{solver} returned weights whose KKT residual is {cert.kkt.max:.1e} (> "
+                               f"{KKT_REFUSE:g} in unit-scaled coordinates): not the projection")
+    return _in_caller_units(cert, c, s)
+
+
+KKT_REFUSE = 1e-5            # a solution whose unit-scaled KKT residual exceeds this is refused
+_SCALE_RANGE = (1e-140, 1e140)   # s² and the multipliers (∝ s²) must stay normal float64 numbers
+
+
+def _frame(q: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, float]:
+    """Centre c (the keys' mean) and size s of the instance; refuses sizes whose squares leave float64."""
+    c = K.mean(axis=0)
+    with np.errstate(over="ignore"):
+        s = max(float(np.max(np.abs(K - c))), float(np.max(np.abs(q - c))))
+    if s == 0.0:
+        return c, 1.0                           # q equals every key: the hull is that point
+    if not (_SCALE_RANGE[0] <= s <= _SCALE_RANGE[1]):
+        raise VashistaInputError("q", f"q and K span ~{s:.1e}: the multipliers and the gap (squared "
+                                      f"distances) would leave float64's range; rescale both by one factor "
+                                      f"(the projection is scale-invariant)")
+    return c, s
+
+
+def _in_caller_units(cert: HullProjection, c: np.ndarray, s: float) -> HullProjection:
+    """Map a certificate computed at (q − c)/s, (K − c)/s back to the caller's coordinates."""
+    s2 = s * s
+    y = c + s * cert.y
+    r = s * cert.r
+    k = cert.kkt
+    kkt = KKTResiduals(primal_feasibility=k.primal_feasibility, stationarity=k.stationarity * s2,
+                       complementary_slackness=k.complementary_slackness * s2,
+                       dual_feasibility=k.dual_feasibility * s2)
+    return replace(cert, y=y, r=r, lam=-float(r @ y), mu=cert.mu * s2,
+                   gap=None if cert.gap is None else cert.gap * s2, kkt=kkt)
 
 
 def project_onto_hull_batch(Q, K, **kwargs) -> list[HullProjection]:
