@@ -9,30 +9,39 @@ unless ``--strict`` is given (then 1 when any claim fails).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+
+from vashista_core.cli_args import Parser, nonneg_int, output_dir, report
+from vashista_core.errors import VashistaInputError
 
 from .runner import run_all, table
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="vashista check", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="vashista check", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small budgets (CI)")
     p.add_argument("--out", default="check_report", help="folder for report.md, report.csv, plots")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--only", default=None, help="comma-separated claim numbers, e.g. 2,3")
     p.add_argument("--json", action="store_true", help="print a JSON list of claim summaries")
     p.add_argument("--strict", action="store_true", help="exit 1 if any claim fails")
-    args = p.parse_args(argv)
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as exc:                      # --help (0) or a one-line argument error (2)
+        return int(exc.code or 0)
+    try:
+        output_dir(args.out, "--out")               # before minutes of checks, not after
+    except VashistaInputError as exc:
+        return report("vashista check", exc)
     only = None
     if args.only:
         try:
             only = [int(x) for x in args.only.split(",")]
         except ValueError:
-            p.error("--only: expected comma-separated claim numbers")
+            return report("vashista check", VashistaInputError("--only", "expected comma-separated claim numbers"))
         if not set(only) <= set(range(1, 8)):
-            p.error("--only: claims are numbered 1 to 7")
+            return report("vashista check", VashistaInputError("--only", "claims are numbered 1 to 7"))
     results = run_all(quick=args.quick, seed=args.seed, out=args.out, only=only)
     if args.json:
         print(json.dumps([r.summary() for r in results], default=str))

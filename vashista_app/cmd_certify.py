@@ -20,8 +20,9 @@ import sys
 
 import numpy as np
 
+from vashista_core.cli_args import (Parser, jsonable, load_npy, nonneg_float, nonneg_int, positive_float,
+                                   positive_int, report)
 from vashista_core.errors import ConvergenceError, VashistaInputError
-
 from vashista_ref.entropic import entropic_projection
 from vashista_ref.instances import FAMILIES, draw
 from vashista_ref.projection import (DEFAULT_ACTIVE_TOL, DEFAULT_FACE_TOL, DEFAULT_INSIDE_TOL, SOLVERS,
@@ -29,23 +30,27 @@ from vashista_ref.projection import (DEFAULT_ACTIVE_TOL, DEFAULT_FACE_TOL, DEFAU
 from vashista_ref.softmax_model import softmax_certificate_qk
 
 
+# the library's argument names for the arrays read from files
+FLAGS = {"q": "--query", "K": "--keys"}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vashista certify", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="vashista certify", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Run 'vashista certify --decode --help' for the sparse decode step.")
     src = p.add_argument_group("instance")
     src.add_argument("--query", help="q.npy, shape [D]")
     src.add_argument("--keys", help="K.npy, shape [M, D]")
-    src.add_argument("--seed", type=int, default=None, help="random instance from this seed (default 0)")
+    src.add_argument("--seed", type=nonneg_int, default=None, help="random instance from this seed (default 0)")
     src.add_argument("--family", choices=sorted(FAMILIES), default="known_face")
-    src.add_argument("--M", type=int, default=32, help="keys in a random instance")
-    src.add_argument("--D", type=int, default=8, help="dimension of a random instance")
-    p.add_argument("--eps", type=float, default=0.1, help="entropic / softmax temperature ε (> 0)")
-    p.add_argument("--scale", type=float, default=None, help="softmax score scale (default 1/sqrt(D))")
+    src.add_argument("--M", type=positive_int, default=32, help="keys in a random instance")
+    src.add_argument("--D", type=positive_int, default=8, help="dimension of a random instance")
+    p.add_argument("--eps", type=positive_float, default=0.1, help="entropic / softmax temperature ε (> 0)")
+    p.add_argument("--scale", type=positive_float, default=None, help="softmax score scale (default 1/sqrt(D))")
     p.add_argument("--solver", choices=SOLVERS, default="cvxpy", help="exact projection solver")
-    p.add_argument("--active-tol", type=float, default=DEFAULT_ACTIVE_TOL)
-    p.add_argument("--face-tol", type=float, default=DEFAULT_FACE_TOL)
-    p.add_argument("--inside-tol", type=float, default=DEFAULT_INSIDE_TOL)
+    p.add_argument("--active-tol", type=nonneg_float, default=DEFAULT_ACTIVE_TOL)
+    p.add_argument("--face-tol", type=nonneg_float, default=DEFAULT_FACE_TOL)
+    p.add_argument("--inside-tol", type=nonneg_float, default=DEFAULT_INSIDE_TOL)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
@@ -56,16 +61,20 @@ def _load(args) -> tuple[np.ndarray, np.ndarray, str]:
     if args.query is not None:
         if args.seed is not None:
             raise VashistaInputError("--seed", "cannot be combined with --query/--keys")
-        arrays = []
-        for flag, path in (("--query", args.query), ("--keys", args.keys)):
-            try:
-                arrays.append(np.load(path, allow_pickle=False))
-            except (OSError, ValueError) as exc:
-                raise VashistaInputError(flag, f"cannot read {path!r}: {exc}") from exc
-        return arrays[0], arrays[1], f"{args.query} / {args.keys}"
+        return load_npy(args.query, "--query"), load_npy(args.keys, "--keys"), f"{args.query} / {args.keys}"
     seed = 0 if args.seed is None else args.seed
     kw = {"M": args.M, "D": args.D}
-    inst = draw(args.family, seed, **kw)
+    try:
+        inst = draw(args.family, seed, **kw)
+    except VashistaInputError as exc:
+        # the family's own parameters (a face of face_size keys, …) follow from --M and --D
+        if exc.argument == "face_size":            # known_face plants a face of 2 keys in D ≥ 2 dimensions
+            raise VashistaInputError("--M" if args.M < args.D else "--D",
+                                     f"the {args.family} family builds a face of 2 keys: --M and --D must be "
+                                     f">= 2, got M={args.M}, D={args.D}") from None
+        flag = {"M": "--M", "D": "--D"}.get(exc.argument, "--M/--D")
+        raise VashistaInputError(flag, f"the {args.family} family cannot build an instance with M={args.M}, "
+                                       f"D={args.D}: {exc.problem}") from None
     return inst.q, inst.K, f"{args.family} instance, seed {seed}, M={args.M}, D={args.D}"
 
 
@@ -135,16 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     if "--decode" in argv:
         from . import cmd_decode  # imported lazily: the decode step pulls in the paged cache
         return cmd_decode.main([a for a in argv if a != "--decode"])
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:                      # --help (0) or a one-line argument error (2)
+        return int(exc.code or 0)
     try:
         q, K, source = _load(args)
         rep = certify(q, K, eps=args.eps, scale=args.scale, solver=args.solver,
                       active_tol=args.active_tol, face_tol=args.face_tol, inside_tol=args.inside_tol)
     except (VashistaInputError, ConvergenceError) as exc:
-        print(f"vashista certify: error: {exc}", file=sys.stderr)
-        return 2
+        return report("vashista certify", exc, FLAGS if args.query is not None else {})
     if args.json:
-        print(json.dumps(rep))
+        print(json.dumps(jsonable(rep)))
     else:
         _print_human(rep, source)
     return 0

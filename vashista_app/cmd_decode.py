@@ -6,8 +6,11 @@ The cache is a seeded synthetic one (``--seed --context --page-size --kind --kv-
 shape [dim]), the given arrays as one sequence and one head. ``--json`` prints one object with
 ``certified_error``, ``true_error``, ``gap``, ``fell_back`` (worst case over the queries: max, max, min,
 any), ``certified_leakage`` (L̂) and ``true_leakage`` (dense mass outside the candidates; both max over
-the queries) and a ``per_query`` list; non-finite numbers are written as null. ``--router sketch
---bits 4|8`` runs certified mode (vashista_ref/sketch.py, SPEC 3b).
+the queries) and a ``per_query`` list. An infinite number is written as the string "inf" (an infinite
+certificate: nothing can be bounded; an infinite gap: every token was read) and NaN as null (no
+certificate: the eg/fw solvers have none); the table prints them as ``inf`` and ``none``
+(``vashista_core.cli_args.cert_text``). Caches larger than ``MAX_CACHE_BYTES`` are refused before anything
+is allocated. ``--router sketch --bits 4|8`` runs certified mode (vashista_ref/sketch.py, SPEC 3b).
 
 Example:
     vashista certify --decode --seed 0 --context 4096 --page-size 64 --P 8 --Kc 256 --router mean --json
@@ -19,70 +22,80 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 
 import numpy as np
 
-from vashista_core.errors import VashistaInputError
+from vashista_core.cli_args import (Parser, cert_json, cert_text, finite_float, load_npy, nonneg_int,
+                                   positive_float, positive_int, report as report_error)
+from vashista_core.errors import ConvergenceError, VashistaInputError
 from vashista_core.options import ALL_ROUTERS, SOLVERS, SUPPORTED_BITS
 from vashista_core.policies import make_policy
 from vashista_ref.sketch import dense_leakage
 from vashista_ref.sparse_decode import sparse_decode, sparse_decode_single
 from vashista_ref.synthetic import KINDS, make_case
 
+# the library's argument names for the arrays read from files
+FLAGS = {"q": "--query", "K": "--keys", "V": "--values"}
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vashista certify --decode", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="vashista certify --decode", description=__doc__.split("\n\n")[0])
     p.add_argument("--decode", action="store_true", help="(accepted for the certify dispatcher; implied)")
     src = p.add_argument_group("cache")
-    src.add_argument("--seed", type=int, default=0)
-    src.add_argument("--context", type=int, default=1024, help="tokens in the (longest) sequence")
-    src.add_argument("--page-size", type=int, default=16)
+    src.add_argument("--seed", type=nonneg_int, default=0)
+    src.add_argument("--context", type=positive_int, default=1024, help="tokens in the (longest) sequence")
+    src.add_argument("--page-size", type=positive_int, default=16)
     src.add_argument("--kind", choices=KINDS, default="gaussian", help="synthetic cache kind")
-    src.add_argument("--kv-heads", type=int, default=1)
-    src.add_argument("--group", type=int, default=1, help="query heads per KV head (GQA)")
-    src.add_argument("--dim", type=int, default=64, help="head dimension D (= value dimension)")
-    src.add_argument("--batch", type=int, default=1)
-    src.add_argument("--q-scale", type=float, default=1.0, help="query norm multiplier (sharper attention)")
+    src.add_argument("--kv-heads", type=positive_int, default=1)
+    src.add_argument("--group", type=positive_int, default=1, help="query heads per KV head (GQA)")
+    src.add_argument("--dim", type=positive_int, default=64, help="head dimension D (= value dimension)")
+    src.add_argument("--batch", type=positive_int, default=1)
+    src.add_argument("--q-scale", type=positive_float, default=1.0, help="query norm multiplier (sharper attention)")
     src.add_argument("--keys", help="K.npy, shape [tokens, dim] (with --values and --query)")
     src.add_argument("--values", help="V.npy, shape [tokens, dim_v]")
     src.add_argument("--query", help="q.npy, shape [dim]")
     dec = p.add_argument_group("decode")
-    dec.add_argument("--P", type=int, default=8, help="pages routed besides sink and newest")
-    dec.add_argument("--Kc", type=int, default=128, help="candidate tokens")
+    dec.add_argument("--P", type=positive_int, default=8, help="pages routed besides sink and newest")
+    dec.add_argument("--Kc", type=positive_int, default=128, help="candidate tokens")
     dec.add_argument("--solver", choices=SOLVERS, default="softmax")
     dec.add_argument("--router", choices=ALL_ROUTERS, default="bound",
                      help="sketch = certified mode (quantized key sketch of every token)")
     dec.add_argument("--bits", type=int, choices=SUPPORTED_BITS, default=None,
                      help="sketch bits for --router sketch (default 4)")
-    dec.add_argument("--sink-pages", type=int, default=1)
-    dec.add_argument("--scale", type=float, default=None, help="score scale (default 1/sqrt(dim))")
-    dec.add_argument("--eps", type=float, default=None, help="eg/fw entropic ε (default 1/scale)")
-    dec.add_argument("--iters", type=int, default=50, help="eg/fw iterations")
+    dec.add_argument("--sink-pages", type=nonneg_int, default=1)
+    dec.add_argument("--scale", type=positive_float, default=None, help="score scale (default 1/sqrt(dim))")
+    dec.add_argument("--eps", type=positive_float, default=None, help="eg/fw entropic ε (default 1/scale)")
+    dec.add_argument("--iters", type=positive_int, default=50, help="eg/fw iterations")
     dec.add_argument("--share-selection", action="store_true", help="one selection per GQA group")
-    dec.add_argument("--hierarchical", type=int, default=None, metavar="FANOUT",
+    dec.add_argument("--hierarchical", type=positive_int, default=None, metavar="FANOUT",
                      help="route through a pages-of-pages hierarchy with this fanout")
     dec.add_argument("--policy", choices=("none", "dense_fallback", "capped"), default="none")
-    dec.add_argument("--tol", type=float, default=None, help="certified-error tolerance of the policy")
-    dec.add_argument("--P-max", type=int, default=None)
-    dec.add_argument("--Kc-max", type=int, default=None)
+    dec.add_argument("--tol", type=finite_float, default=None, help="certified-error tolerance of the policy")
+    dec.add_argument("--P-max", type=positive_int, default=None)
+    dec.add_argument("--Kc-max", type=positive_int, default=None)
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print one JSON object")
     out.add_argument("--quiet", action="store_true", help="print nothing (exit status only)")
     return p
 
 
-def _load(path: str, name: str) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise VashistaInputError(name, f"cannot read {path!r}: {exc}") from None
+def _num(x) -> float | str | None:
+    return cert_json(x)
 
 
-def _num(x) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
+# A synthetic cache is refused above this size before it is built: the reference tier holds keys and
+# values in float64 plus page copies and a dense gather for the true error (≈ 4 copies)
+MAX_CACHE_BYTES = 4 << 30
+
+
+def _check_size(args) -> None:
+    need = 4 * 8 * args.batch * args.context * args.kv_heads * 2 * args.dim
+    if need > MAX_CACHE_BYTES:
+        raise VashistaInputError("--context", f"a synthetic cache of batch {args.batch} × {args.context} tokens × "
+                                              f"{args.kv_heads} KV heads × dim {args.dim} needs ~{need / 2**30:.1f} GiB "
+                                              f"in the float64 reference (limit {MAX_CACHE_BYTES / 2**30:.0f} GiB); "
+                                              f"lower --context, --batch, --kv-heads or --dim")
 
 
 def run(args) -> dict:
@@ -97,10 +110,11 @@ def run(args) -> dict:
         if args.hierarchical is not None:
             raise VashistaInputError("--hierarchical", "is available for synthetic caches only")
         kw.pop("hierarchical")
-        res = sparse_decode_single(_load(args.query, "--query"), _load(args.keys, "--keys"),
-                                   _load(args.values, "--values"), args.P, args.Kc, page_size=args.page_size, **kw)
+        res = sparse_decode_single(load_npy(args.query, "--query"), load_npy(args.keys, "--keys"),
+                                   load_npy(args.values, "--values"), args.P, args.Kc, page_size=args.page_size, **kw)
         source = {"source": "arrays", "keys": args.keys, "values": args.values, "query": args.query}
     else:
+        _check_size(args)
         case = make_case(args.kind, args.seed, context=args.context, page_size=args.page_size,
                          n_kv_heads=args.kv_heads, group=args.group, head_dim=args.dim, batch=args.batch,
                          q_scale=args.q_scale, fanout=args.hierarchical)
@@ -142,16 +156,18 @@ def _true_leakage(res) -> np.ndarray:
 
 
 def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.3e}"
+    return cert_text(float(x) if isinstance(x, (int, float)) else {"inf": "inf", "-inf": "-inf"}.get(x, "nan"))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:                      # --help (0) or a one-line argument error (2)
+        return int(exc.code or 0)
     try:
         report = run(args)
-    except VashistaInputError as exc:
-        print(f"vashista certify --decode: {exc}", file=sys.stderr)
-        return 2
+    except (VashistaInputError, ConvergenceError) as exc:
+        return report_error("vashista certify --decode", exc, FLAGS)
     if args.quiet:
         return 0
     if args.json:

@@ -42,7 +42,6 @@ Example
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import gc
 import json
@@ -56,6 +55,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vashista_core.cli_args import Parser, nonneg_int, output_dir, report
+from vashista_core.errors import VashistaInputError
 from vashista_core.options import SOLVERS
 
 from .notebook_baseline import notebook_baseline
@@ -419,25 +420,51 @@ def run(out: str | Path = "artifacts", *, quick: bool = False, seed: int = 0, de
     return manifest
 
 
+def check_device(device: str | None) -> str | None:
+    """``--device``: None (cuda if available), cpu, or a cuda device this machine has."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise VashistaInputError("--device", f"{device!r} is not a torch device; use cpu or cuda[:N]") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise VashistaInputError("--device", f"repro runs on cpu or cuda, got {device!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise VashistaInputError("--device", f"{device!r} requested but CUDA is not available here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise VashistaInputError("--device", f"{device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(prog="vashista repro", description="regenerate the paper's tables and figures")
+    ap = Parser(prog="vashista repro", description="regenerate the paper's tables and figures")
     ap.add_argument("--out", default="artifacts", help="output folder (default ./artifacts)")
     ap.add_argument("--quick", action="store_true", help="smallest sizes (CI, ~1 min on CPU)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=nonneg_int, default=0)
     ap.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     ap.add_argument("--Ts", default=None, help="comma-separated context lengths for the scaling table "
                     "(default: the mode's; e.g. 8192,32768 to fit a time limit)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--quality", action="store_true",
                     help="also run `vashista quality --quick` on the embedded model into OUT/quality (minutes)")
-    a = ap.parse_args(argv)
     try:
-        Ts = [int(t) for t in a.Ts.split(",") if t] if a.Ts else None
-    except ValueError:
-        ap.error(f"--Ts must be comma-separated integers, got {a.Ts!r}")
-    if Ts and min(Ts) < 16 * 128:
-        ap.error("--Ts values must be at least 2048 (Kc = 128 candidates from P = 64 pages of 16)")
+        a = ap.parse_args(argv)
+    except SystemExit as exc:                      # --help (0) or a one-line argument error (2)
+        return int(exc.code or 0)
+    try:
+        try:
+            Ts = [int(t) for t in a.Ts.split(",") if t] if a.Ts else None
+        except ValueError:
+            raise VashistaInputError("--Ts", f"must be comma-separated integers, got {a.Ts!r}") from None
+        if Ts and min(Ts) < 16 * 128:
+            raise VashistaInputError("--Ts", "values must be at least 2048 (Kc = 128 candidates from P = 64 pages of 16)")
+        output_dir(a.out, "--out")                  # checked before minutes of work, not after
+        check_device(a.device)
+    except VashistaInputError as exc:
+        return report("vashista repro", exc)
     m = run(a.out, quick=a.quick, seed=a.seed, device=a.device, argv=argv, show_progress=not a.no_progress, Ts=Ts,
           quality=a.quality)
     print(f"vashista repro: {m['mode']}; {len(m['artifacts'])} artifacts in {a.out} ({m['wall_time_s']:.0f} s)")
