@@ -39,7 +39,12 @@ def token_scores(q: np.ndarray, K: np.ndarray, scale: float) -> np.ndarray:
     row (unlike a BLAS mat-vec, whose blocking may depend on n), so a page and the whole sequence give
     bit-identical scores for the same token.
     """
-    return (K * q).sum(axis=-1) * scale
+    with np.errstate(over="ignore", invalid="ignore"):
+        s = (K * q).sum(axis=-1) * scale
+    if not np.all(np.isfinite(s)):
+        # reported, not warned: every score-based result (softmax, bounds) would be NaN or meaningless
+        raise VashistaInputError("q", "scores overflow float64 (q·k is not finite); rescale q or the keys")
+    return s
 
 
 def check_decode_inputs(q, cache: PagedKVCache, seq_ids) -> tuple[np.ndarray, list[int], int]:

@@ -60,7 +60,8 @@ class Summaries:
 
     def upper_bound(self, q: np.ndarray) -> np.ndarray:
         """UB(q) = Σ_d max(q_d min_d, q_d max_d): an upper bound on ⟨q, k⟩ for every key of each block."""
-        return np.maximum(self.kmin * q, self.kmax * q).sum(axis=-1)
+        with np.errstate(over="ignore", invalid="ignore"):     # an overflowing bound is +inf: still an upper bound
+            return np.maximum(self.kmin * q, self.kmax * q).sum(axis=-1)
 
 
 class _Level:

@@ -128,9 +128,7 @@ def _attempt(qs, cache, sid, kvh, P, Kc, o):
     routing = route(qs, cache, sid, kvh, P, o["sink_pages"], o["router"], o["scale"],
                     hierarchical=o["hierarchical"])
     Kr, Vr, tok, vmax_tok = _routed_tokens(cache, sid, kvh, routing.pages)
-    scores = np.stack([token_scores(q, Kr, o["scale"]) for q in qs])
-    if not np.all(np.isfinite(scores)):
-        raise VashistaInputError("q", "scores overflow float64 (q·k is not finite); rescale q or the keys")
+    scores = np.stack([token_scores(q, Kr, o["scale"]) for q in qs])     # raises if a score overflows
     kc = min(Kc, Kr.shape[0])
     shared_sel = top_indices(scores.max(axis=0), kc) if shared else None
     ex = excluded_summaries(cache, sid, kvh, routing)
