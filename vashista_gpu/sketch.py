@@ -55,7 +55,7 @@ from vashista_core.errors import VashistaInputError
 from vashista_core.options import META_DTYPE_NAMES, SUPPORTED_BITS
 from vashista_core.policies import Capped
 from vashista_core.policy_loop import check_policy, run_policy
-from vashista_core.rounding import FN_REL, U64, gamma
+from vashista_core.rounding import FN_REL, U64, gamma, softmax_eval_error
 
 from .result import StepResult
 from .selection import select_candidates
@@ -246,10 +246,28 @@ def _best_prefix_ratio_log(log_A, log_Z, log_u, w):
     lw = torch.log(torch.gather(w, -1, order))
     lu = torch.gather(log_u, -1, order)
     ninf = torch.full_like(log_A[:, None], -math.inf)
-    log_num = torch.logaddexp(log_A[:, None], torch.cat([ninf, torch.logcumsumexp(lu + lw, -1)], -1))
+    # a block of no mass adds nothing, whatever its w (−inf + inf would be NaN)
+    terms = torch.where(torch.isneginf(lu) | torch.isneginf(lw), torch.full_like(lu, -math.inf), lu + lw)
+    log_num = torch.logaddexp(log_A[:, None], torch.cat([ninf, torch.logcumsumexp(terms, -1)], -1))
     log_den = torch.logaddexp(log_Z[:, None], torch.cat([ninf, torch.logcumsumexp(lu, -1)], -1))
-    ratio = torch.where(torch.isneginf(log_den), torch.zeros_like(log_den), torch.exp(log_num - log_den))
-    return torch.nan_to_num(ratio, nan=0.0).amax(-1)
+    ratio = torch.where(torch.isneginf(log_num), torch.zeros_like(log_den), torch.exp(log_num - log_den))
+    # inf/inf says nothing: an upper bound must then be +inf, never NaN (and never 0)
+    return torch.where(torch.isnan(ratio), torch.full_like(ratio, math.inf), ratio).amax(-1)
+
+
+def _softmax_tv(s: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Row-wise vashista_core.rounding.softmax_tv: a bound on the total variation between softmax(s)
+    and softmax(s') for |s' − s| ≤ δ: min(e^{2δ} − 1, 2S/(1 + S), 2), S = Σ_{j≠t} e^{s_j − s_t + δ_j + δ_t}."""
+    n = s.shape[-1]
+    if n <= 1:
+        return torch.zeros(s.shape[:-1], dtype=s.dtype, device=s.device)
+    first = _up(torch.expm1(_up(2.0 * delta.amax(-1))) * (1 + FN_REL))
+    t = s.argmax(-1, keepdim=True)
+    x = _up(_up(s - s.gather(-1, t)) + _up(delta + delta.gather(-1, t)))
+    x = x.scatter(-1, t, torch.full_like(t, -math.inf, dtype=s.dtype))
+    S = _up(torch.exp(_lse_bound(x, upper=True)) * (1 + FN_REL))
+    second = torch.where(torch.isfinite(S), _up(2.0 * _up(S / _down(1.0 + S))), torch.full_like(S, 2.0))
+    return torch.clamp(torch.minimum(first, second), max=2.0)
 
 
 def _group_lse(x: torch.Tensor, g_of: torch.Tensor, Gr: int) -> torch.Tensor:
@@ -290,7 +308,7 @@ def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: 
         raise VashistaInputError("backend", "triton is not installed")
     if backend == "triton" and compute_dtype != torch.float32:
         raise VashistaInputError("compute_dtype", "the Triton scan computes in float32")
-    Kc = positive_int("Kc", Kc)
+    Kc = positive_int("Kc", Kc, upper=M, upper_name="keys")     # more than M is an error, not a clamp
     scale = 1.0 / math.sqrt(D) if scale is None else positive_scalar("scale", scale)
     dev = K.device
     G = Hq // Hkv
@@ -375,42 +393,58 @@ def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: 
     vmax = _up(neg.scatter_reduce(1, g_of.expand(Hkv, M), norms, "amax") * grow_v)
     radius = neg.scatter_reduce(1, g_of.expand(Hkv, M), dist_tok, "amax")
 
-    o_norm = torch.linalg.vector_norm(out, dim=-1)
+    # the returned output vs exact softmax over C, as vashista_ref.sketch (docs/ROUNDING.md §4): the
+    # candidates' score rounding (total variation), the float64 softmax evaluation, and M's evaluation
+    # error so that the bound also holds against a float64 dense output
     vmax_all = vmax.amax(-1)[kv]
-    rho = 8.0 * (M + kc + 8) * U64
-    rounding = rho * vmax_all
+    delta_c = _up(_up(exact_err * scale) + 2 * U64 * s_c.abs())
+    tv = _softmax_tv(s_c, delta_c)
+    rounding = _up(_up(torch.where(tv == 0, torch.zeros_like(tv), _up(tv * vmax_all))
+                       + _up(softmax_eval_error(kc, 1.0) * vmax_all)) + _up(softmax_eval_error(M, 1.0) * vmax_all))
+    o_norm = _up(_up(torch.linalg.vector_norm(out, dim=-1) * (1 + 2 * gamma(Dv + 2))) + rounding)
     # log domain throughout (as the reference: shifting by the largest mass can flush the rest to 0)
     out_tok = ~is_c
     fn = math.log1p(FN_REL)
     log_xlo, log_xhi = lb - fn, ub + fn                                                   # −inf on C
     log_slack = torch.where(out_tok, log_xhi + torch.log1p(-torch.exp(log_xlo - log_xhi)), ninf)
     log_Z_lo = torch.logaddexp(log_zc - fn, torch.logsumexp(log_xlo, -1))
-    w_tok = torch.where(out_tok, vmax[kv][:, g_of] + o_norm[:, None], torch.zeros_like(shat))
-    e_mid = leak * w_tok.amax(-1)
+    w_tok = torch.where(out_tok, _up(vmax[kv][:, g_of] + o_norm[:, None]), torch.zeros_like(shat))
+    w_max = w_tok.amax(-1)
+    e_mid = torch.where(leak == 0, torch.zeros_like(leak), _up(leak * w_max))
+    radius_r = _up(radius[kv] + rounding[:, None])          # ‖v_j − o_C‖ ≤ ‖v_j − c‖ + ‖c − out‖ + rounding
     e_star = _best_prefix_ratio_log(torch.logsumexp(log_xlo + torch.log(w_tok), -1), log_Z_lo, log_slack, w_tok)
     logW_lo = _group_lse(log_xlo, g_of, Gr)
     logW_slack = _group_lse(log_slack, g_of, Gr)
     dist = _up(torch.linalg.vector_norm(centre[kv] - out[:, None, :], dim=-1) * (1 + 2 * gamma(Dv + 2)))
     cmax = logW_lo.amax(-1)
     cm = torch.where(torch.isfinite(cmax), cmax, torch.zeros_like(cmax))
-    vec = torch.bmm(torch.exp(logW_lo - cm[:, None])[:, None, :], centre[kv] - out[:, None, :])[:, 0]
+    a_g = torch.exp(logW_lo - cm[:, None])
+    vec = torch.bmm(a_g[:, None, :], centre[kv] - out[:, None, :])[:, 0]
+    # ‖Σ a_g (c_g − out)‖ can cancel: its evaluation error is absolute, relative to Σ a_g ‖c_g − out‖
+    slack = (2 * gamma(Gr + Dv + 4) + 800 * U64 + 2 * FN_REL) * (a_g * dist).sum(-1)
     log_base = torch.where(torch.isfinite(cmax),
-                           cm + torch.log(torch.linalg.vector_norm(vec, dim=-1) * (1 + 2 * gamma(Gr + Dv + 2))),
+                           cm + torch.log(_up(torch.linalg.vector_norm(vec, dim=-1) * (1 + 2 * gamma(Gr + Dv + 2))
+                                              + slack)),
                            torch.full_like(cmax, -math.inf))
-    e_ball = _best_prefix_ratio_log(torch.logaddexp(log_base, torch.logsumexp(logW_lo + torch.log(radius[kv]), -1)),
-                                    log_Z_lo, logW_slack, dist + radius[kv])
-    rt = torch.where(out_tok, dist_tok[kv], torch.zeros_like(shat))
+    e_ball = _best_prefix_ratio_log(torch.logaddexp(log_base, torch.logsumexp(logW_lo + torch.log(radius_r), -1)),
+                                    log_Z_lo, logW_slack, dist + radius_r)
+    rt = torch.where(out_tok, _up(dist_tok[kv] + rounding[:, None]), torch.zeros_like(shat))
     e_tok = _best_prefix_ratio_log(torch.logaddexp(log_base, torch.logsumexp(log_xlo + torch.log(rt), -1)),
                                    log_Z_lo, log_slack, torch.where(out_tok, dist[:, g_of] + rt, torch.zeros_like(rt)))
-    logs = torch.cat([log_zc[:, None], ub, lb], dim=-1)
-    mag = torch.where(torch.isfinite(logs), logs.abs(), torch.zeros_like(logs)).amax(-1) + math.log(M + 2.0) + 2.0
-    grow = (1 + rho) * (1 + 4 * gamma(M + 8)) * (1 + 64 * U64 * mag)
+    # log-domain evaluation: a relative allowance, +inf when it is not small (vashista_core.rounding)
+    logs = torch.cat([log_zc[:, None], ub, lb, log_base[:, None]], dim=-1)
+    big = torch.maximum(torch.maximum(w_max, (dist + radius_r).amax(-1)), torch.ones_like(w_max))
+    mag = torch.where(torch.isfinite(logs), logs.abs(), torch.zeros_like(logs)).amax(-1) + math.log(M + 2.0) \
+        + torch.log(big)
+    err = 2.0 * (M + Gr + 8 + 2) * (mag + 4.0) * U64 * 1.01
+    factor = torch.where(err > 1.0, torch.full_like(err, math.inf), _up(torch.exp(err) * (1 + 2 * FN_REL)))
     none_out = ~out_tok.any(-1)
-    forms = []
-    for f in (e_mid, e_star, e_ball, e_tok):
-        f = torch.where(none_out, torch.zeros_like(f), f * grow) + rounding
-        forms.append(f)
-    e_mid, e_star, e_ball, e_tok = forms
+    zero = torch.zeros_like(e_mid)
+    e_mid = torch.where(none_out, zero, e_mid)
+    e_star, e_ball, e_tok = (torch.where(none_out, zero, torch.where(torch.isfinite(f) & torch.isfinite(factor),
+                                                                     _up(f * factor), torch.full_like(f, math.inf)))
+                             for f in (e_star, e_ball, e_tok))
+    e_mid, e_star, e_ball, e_tok = (_up(f + rounding) for f in (e_mid, e_star, e_ball, e_tok))
     error = torch.minimum(torch.minimum(e_mid, e_star), torch.minimum(e_ball, e_tok))
     return TorchCertifiedStep(out=out, candidates=cand, certified_leakage=leak, error=error, error_middle=e_mid,
                               error_estar=e_star, error_ball=e_ball, error_token=e_tok, gap=gap,
