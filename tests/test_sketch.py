@@ -347,3 +347,20 @@ def test_kc_above_keys_is_refused():
     with pytest.raises(VashistaInputError, match="Kc.*<= 64"):
         certified_decode(Q, K, V, bits=4, Kc=100)
     assert len(certified_decode(Q, K, V, bits=4, Kc=64)[0].candidates) == 64
+
+
+def test_stale_or_foreign_sketch_is_refused():
+    """Issue 15: a sketch built from other keys of the same shape was accepted and the bound was then
+    unsound. The sketch remembers a digest of its keys; a step given other keys refuses it."""
+    rng = np.random.default_rng(3)
+    K, V, q = rng.normal(size=(64, 8)), rng.normal(size=(64, 4)), 3 * rng.normal(size=8)
+    foreign = quantize_keys(rng.normal(size=(64, 8)), bits=4)
+    with pytest.raises(VashistaInputError, match="stale or foreign") as err:
+        certified_step(q, K, V, foreign, 8)
+    assert err.value.argument == "sketch"
+    sk = quantize_keys(K, bits=4)
+    K2 = K.copy()
+    K2[5, 0] += 1.0                                       # stale: K changed after quantizing
+    with pytest.raises(VashistaInputError, match="stale or foreign"):
+        certified_step(q, K2, V, sk, 8)
+    assert certified_step(q, K.astype(np.float32).astype(np.float64), V, quantize_keys(K.astype(np.float32)), 8)

@@ -94,6 +94,7 @@ Example:
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,7 +114,7 @@ from .validate import as_real_array, nonnegative_scalar, positive_int, query_and
 __all__ = ["attach_sketch", "certified_decode", "certified_step", "CertifiedStep", "dense_leakage",
            "group_value_stats", "GroupValueStats", "KeySketch", "META_DTYPES", "pack_codes",
            "PageSketchStore", "quantize_keys", "sketch_attempt", "sketch_bounds", "sketch_scores",
-           "unpack_codes"]
+           "key_digest", "unpack_codes"]
 
 META_DTYPES = {"float16": np.float16, "float32": np.float32}
 assert tuple(META_DTYPES) == META_DTYPE_NAMES
@@ -125,7 +126,10 @@ class KeySketch:
     """Per-group, per-channel asymmetric quantization of keys (M, D); see the module doc.
 
     ``codes`` (M, ceil(D·bits/8)) uint8, packed low bits first; ``offset``/``step`` (G, D) in the
-    metadata dtype; token j belongs to group j // ``group``.
+    metadata dtype; token j belongs to group j // ``group``. ``key_digest``: a hash of the keys it was
+    built from (``quantize_keys``), so that a step given other keys of the same shape refuses the sketch
+    instead of certifying with bounds that do not hold; None for a cache's page store, which the cache
+    keeps current itself.
     """
     bits: int
     group: int
@@ -133,6 +137,7 @@ class KeySketch:
     offset: np.ndarray
     step: np.ndarray
     head_dim: int
+    key_digest: str | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -263,7 +268,12 @@ def quantize_keys(K, bits: int = 4, group: int = 16, meta_dtype: str = "float16"
         t = np.where(st > 0, (K - o64[g]) / st, 0.0)
     codes = np.clip(np.rint(t), 0, levels).astype(np.uint8)
     return KeySketch(bits=int(bits), group=group, codes=pack_codes(codes, bits) if bits < 8 else codes,
-                     offset=offset, step=step, head_dim=D)
+                     offset=offset, step=step, head_dim=D, key_digest=key_digest(K))
+
+
+def key_digest(K: np.ndarray) -> str:
+    """A hash of float64 keys (M, D): what a :class:`KeySketch` remembers of the keys it describes."""
+    return hashlib.blake2b(np.ascontiguousarray(K, dtype=np.float64).tobytes(), digest_size=16).hexdigest()
 
 
 def sketch_scores(q, sketch: KeySketch) -> tuple[np.ndarray, np.ndarray]:
@@ -419,6 +429,10 @@ def certified_step(q, K, V, sketch: KeySketch, Kc: int, *, scale: float | None =
         raise VashistaInputError("sketch", f"expected a KeySketch, got {type(sketch).__name__}")
     if sketch.n_tokens != M or sketch.head_dim != D:
         raise VashistaInputError("sketch", f"covers ({sketch.n_tokens}, {sketch.head_dim}) keys, K is {K.shape}")
+    if sketch.key_digest is not None and sketch.key_digest != key_digest(K):
+        # a sketch of other keys (stale: K changed since; foreign: another head's) bounds nothing here
+        raise VashistaInputError("sketch", "was built from other keys than K (stale or foreign sketch); "
+                                           "requantize with quantize_keys(K)")
     # Kc > M is refused rather than clamped: a caller asking for more candidates than keys has the
     # wrong cache or the wrong Kc, and a silent clamp would hide it (issue 15)
     Kc = positive_int("Kc", Kc, upper=M, upper_name="keys")
