@@ -16,8 +16,9 @@ implemented on this tier: ``gap``/``certified_leakage``/``certified_error`` are 
 
 Differences from the reference, by design: the certificate reported as ``certified_error`` is the
 reference's ``error_middle`` form L̂·(max_{j∉C} vmax_page(j) + ‖o‖) — sound, never below the
-reference's tightest form — without the float64 rounding allowance (the stages accumulate in float32
-on the cache's stored keys/values; see benchmarks/RESULTS.md for measured agreement).
+reference's tightest form — raised by the float32 rounding allowances of ``allowance.py`` (scores,
+exponentials, sums, the output and its final cast to q's dtype), so it bounds the distance from the
+returned output to exact dense attention over the stored keys and values (docs/ROUNDING.md).
 
 Two backends behind one API: ``"triton"`` (kernels in ``kernels/``; on CUDA, or on CPU under
 ``TRITON_INTERPRET=1``) and ``"torch"`` (vectorised torch, ``torch_path.py``); ``"auto"`` picks triton
@@ -42,14 +43,18 @@ Example::
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from vashista_core.errors import VashistaInputError
 from vashista_core.options import check_sketch_options
 from vashista_core.policies import Capped, ReportOnly
 from vashista_core.policy_loop import check_policy, run_policy
+from vashista_core.rounding import U32, gamma
 
 from . import sketch_plan, validate as V
+from .allowance import cast_output, never_nan, score_radius, weights_tv, widen_leakage
 from .dense import dense_decode
 from .paged_cache import resolve_backend
 from .plan import DecodePlan, plan_decode
@@ -77,11 +82,60 @@ def _share_in_group(plan, keys: torch.Tensor) -> torch.Tensor:
     return g.expand(-1, -1, plan.G, -1).reshape(keys.shape)
 
 
+def _row_bounds(plan: DecodePlan, cache):
+    """R (B, Hkv, D) float32 ≥ |k_d| of every stored key of the row's sequence and KV head, and
+    vmax (B, Hkv) ≥ every value norm, from the live pages' summaries (one read of them; NaN or ∞ when
+    a stored key or value is not finite). Lengths are read on the device."""
+    idx = torch.arange(plan.NP, device=plan.seq_ids.device)
+    phys = cache.block_table[plan.seq_ids][:, idx.clamp(max=cache.max_pages_per_seq - 1)].long().clamp(min=0)
+    live = idx[None, :] * plan.S < plan.lens[:, None]                                 # (B, NP)
+    R = torch.maximum(cache.kmin[phys].abs(), cache.kmax[phys].abs()).float()         # (B, NP, Hkv, D)
+    R = torch.where(live[..., None, None], R, 0.0).amax(1)
+    # the float32 norm summaries sit within γ_{Dv+2} of the exact norms
+    vm = torch.where(live[..., None], cache.vnorm[phys], 0.0).amax(1) * (1 + 2 * (plan.Dv + 4) * U32)
+    return R, vm
+
+
+def _sound_certificate(plan: DecodePlan, q32: torch.Tensor, cache, res: dict, all_in: torch.Tensor) -> dict:
+    """Raise the float32 certificate of ``finish`` (exact arithmetic on the computed scores) to one on
+    the distance to exact dense attention (docs/ROUNDING.md, GPU tier, paged step): the scores and
+    the routing's box bounds err by ≤ δ (``allowance.score_radius``), the log-sum-exps by their float32
+    evaluation, so the log-ratio behind L̂ drops by w = 2δ + slack (``allowance.widen_leakage``); the
+    output differs from the exact softmax over C by E_C = TV(δ)·vmax + the float32 accumulation of
+    Σ a_j v_j; error' = E_C·(1 + L̂') + L̂'·(max‖v‖_out + ‖o‖) (the kernel's error scaled by L̂'/L̂, or
+    from the row's max‖v‖ when L̂ underflowed). NaN becomes ∞ (never certified)."""
+    R, vm = _row_bounds(plan, cache)
+    kv = torch.arange(plan.Hq, device=q32.device) // plan.G
+    Rq, vmq = R[:, kv], vm[:, kv]                                                     # (B, Hq, D), (B, Hq)
+    delta = score_radius(q32, Rq, plan.scale, plan.D)
+    A = delta / (2 * gamma(plan.D + 2, U32) + 16 * U32)
+    n = plan.NP * plan.S + plan.Kc
+    # every log-domain quantity has magnitude ≤ A + log n + 4; each of the ≤ L + 8 chained float32
+    # operations errs by a few u of it; each sum of ≤ n exponentials by γ_n relative (log1p of it)
+    slack = (plan.L + 8) * 8 * U32 * (A + math.log(n + 1) + 4) + 2 * math.log1p(gamma(n + 2, U32) + 32 * U32)
+    leak0, err0, out = res["certified_leakage"], res["certified_error"], res["out"]
+    leak = torch.where(all_in, torch.zeros_like(leak0), widen_leakage(leak0, 2 * delta + slack))
+    onorm = torch.linalg.vector_norm(out, dim=-1) * (1 + 2 * gamma(plan.Dv + 2, U32))
+    e_c = weights_tv(delta, plan.Kc) * vmq + vmq * ((2 * plan.Kc + plan.Dv + 16) * 4 * U32)
+    # err0 = L̂·(vmax_out + ‖o‖) from float32 summaries and norms: scaled by L̂'/L̂ and their rounding
+    tiny = leak0 < 2.0 ** -100
+    scaled = err0 * (leak / torch.where(tiny, torch.ones_like(leak0), leak0)) * (1 + 2 * (plan.Dv + 12) * U32)
+    mid = torch.where(tiny, leak * (vmq + onorm), scaled)
+    err = (e_c * (1 + leak) + mid) * (1 + 8 * U32)
+    err = torch.where(torch.isfinite(out).all(-1), err, torch.full_like(err, math.inf))
+    leak, err = never_nan(leak, err)
+    gap = res["gap"] - 2 * delta * (1 + 4 * U32)
+    return dict(res, certified_leakage=leak, certified_error=err, gap=torch.where(torch.isnan(gap), -math.inf, gap))
+
+
 def run_plan(plan: DecodePlan, q: torch.Tensor, cache, *, backend: str = "auto",
-             share_selection_in_group: bool = False) -> StepResult:
+             share_selection_in_group: bool = False, out_dtype: torch.dtype | None = None) -> StepResult:
     """Device work of one step for a plan: routing, candidates, solve, gather, certificate. Returns
-    a ``StepResult`` with the step's fields (out float32, certificate, gap, pages, candidates,
-    weights, summaries_scored; the policy's fields None).
+    a ``StepResult`` with the step's fields (out float32, or ``out_dtype`` with the cast's rounding in
+    the certificate; certificate, gap, pages, candidates, weights, summaries_scored; the policy's
+    fields None). The softmax certificate bounds the distance from the returned output to exact dense
+    attention over the stored keys and values (float32 rounding included; ∞ for a non-finite query,
+    key or value — checked on the device).
 
     No host synchronisation and static shapes: capturable in a CUDA graph (softmax solver).
     """
@@ -97,6 +151,11 @@ def run_plan(plan: DecodePlan, q: torch.Tensor, cache, *, backend: str = "auto",
     sel_keys = _share_in_group(plan, keys) if share_selection_in_group and plan.G > 1 else keys
     cvals, cpos = torch.topk(sel_keys, plan.Kc, dim=-1, sorted=True)
     res = mod.finish(plan, q32, cache, routed, s, sel_keys, cvals, cpos)
+    if plan.certify and plan.solver == "softmax":
+        # every token a candidate: nothing is outside, the leakage stays exactly 0
+        res = _sound_certificate(plan, q32, cache, res, (cvals != INVALID_KEY).sum(-1) >= plan.lens[:, None])
+    if out_dtype is not None:
+        res["out"], res["certified_error"] = cast_output(res["out"], res["certified_error"], out_dtype)
     cvalid = cvals != INVALID_KEY
     cand = torch.where(cvalid, key_index(cvals), torch.iinfo(torch.int64).max)
     cand, order = torch.sort(cand, dim=-1)
@@ -172,7 +231,8 @@ def sparse_decode(q: torch.Tensor, cache, seq_ids, P: int, Kc: int, *, solver: s
 
     def attempt(rows, P_cur, Kc_cur):
         if not st:                 # the first attempt covers every row, with the plan made above
-            res = run_plan(plan, q, cache, backend=backend, share_selection_in_group=share_selection_in_group)
+            res = run_plan(plan, q, cache, backend=backend, share_selection_in_group=share_selection_in_group,
+                           out_dtype=q.dtype)
             res.out = res.out.clone()
             res.certified = ok_of(res)
             res.P_used = torch.full((B, Hq), P, dtype=torch.int64, device=dev)
@@ -183,7 +243,8 @@ def sparse_decode(q: torch.Tensor, cache, seq_ids, P: int, Kc: int, *, solver: s
         res = st["res"]
         sub = run_plan(plan_decode(cache, ids[rows], Hq, P_cur, Kc_cur, scale=scale, sink_pages=sink_pages,
                                    router=router, solver=solver, hierarchical=hierarchical, eps=eps, iters=iters),
-                       q[rows], cache, backend=backend, share_selection_in_group=share_selection_in_group)
+                       q[rows], cache, backend=backend, share_selection_in_group=share_selection_in_group,
+                       out_dtype=q.dtype)
         redo = unit_bad()[rows]
         for f in ("certified_leakage", "certified_error", "gap"):
             getattr(res, f)[rows] = torch.where(redo, getattr(sub, f), getattr(res, f)[rows])
@@ -195,7 +256,7 @@ def sparse_decode(q: torch.Tensor, cache, seq_ids, P: int, Kc: int, *, solver: s
     def dense(rows):
         res = st["res"]
         res.fell_back = ~res.certified
-        d = dense_decode(q[rows], cache, ids[rows], scale=plan.scale).float()
+        d = dense_decode(q[rows], cache, ids[rows], scale=plan.scale).to(res.out.dtype)
         res.out[rows] = torch.where(res.fell_back[rows][..., None], d, res.out[rows])
 
     run_policy(policy, list(range(B)), P, Kc, attempt=attempt,

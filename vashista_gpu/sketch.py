@@ -57,6 +57,7 @@ from vashista_core.policies import Capped
 from vashista_core.policy_loop import check_policy, run_policy
 from vashista_core.rounding import FN_REL, U64, gamma, softmax_eval_error
 
+from .allowance import cast_output, never_nan
 from .result import StepResult
 from .selection import select_candidates
 from .validate import positive_int, positive_scalar, tensor
@@ -446,6 +447,10 @@ def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: 
                              for f in (e_star, e_ball, e_tok))
     e_mid, e_star, e_ball, e_tok = (_up(f + rounding) for f in (e_mid, e_star, e_ball, e_tok))
     error = torch.minimum(torch.minimum(e_mid, e_star), torch.minimum(e_ball, e_tok))
+    # a non-finite query, key or value reaches here as NaN: the certificate says nothing (∞, leakage 1)
+    finite = torch.isfinite(out).all(-1) & torch.isfinite(Q).all(-1)
+    error = torch.where(finite, error, torch.full_like(error, math.inf))
+    leak, error = never_nan(leak, error)
     return TorchCertifiedStep(out=out, candidates=cand, certified_leakage=leak, error=error, error_middle=e_mid,
                               error_estar=e_star, error_ball=e_ball, error_token=e_tok, gap=gap,
                               weights=w)
@@ -570,14 +575,16 @@ def sketch_decode(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: int = 4, sc
                 rows_kv[b] = (store.sequence_sketch(cache, ids[b]), K.permute(1, 0, 2), Vv.permute(1, 0, 2))
             sk, K, Vv = rows_kv[b]
             w = certified_decode(q[b], K, Vv, sk, kc, scale=scale, compute_dtype=compute_dtype, backend=backend)
+            # the row is returned in q's dtype: the certificate covers that cast
+            w_out, w_err = cast_output(w.out, w.error, q.dtype)
             if cands[b] is None:                 # the first attempt covers every row
-                out[b], leak[b], err[b], gap[b] = w.out, w.certified_leakage, w.error, w.gap
+                out[b], leak[b], err[b], gap[b] = w_out, w.certified_leakage, w_err, w.gap
                 cands[b], wts[b] = list(w.candidates), list(w.weights)
                 continue
             redo = ~(err[b] <= tol)
-            out[b] = torch.where(redo[:, None], w.out, out[b])
+            out[b] = torch.where(redo[:, None], w_out.double(), out[b])
             leak[b], gap[b] = torch.where(redo, w.certified_leakage, leak[b]), torch.where(redo, w.gap, gap[b])
-            err[b] = torch.where(redo, w.error, err[b])
+            err[b] = torch.where(redo, w_err, err[b])
             Kc_used[b] = torch.where(redo, kc, Kc_used[b])
             cands[b] = [w.candidates[h] if bool(redo[h]) else cands[b][h] for h in range(Hq)]
             wts[b] = [w.weights[h] if bool(redo[h]) else wts[b][h] for h in range(Hq)]
