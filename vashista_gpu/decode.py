@@ -79,7 +79,9 @@ def _share_in_group(plan, keys: torch.Tensor) -> torch.Tensor:
     max key is the key of the max score) — the reference's max-over-heads rule."""
     B, Hq = keys.shape[:2]
     g = keys.view(B, plan.Hkv, plan.G, -1).amax(2, keepdim=True)
-    return g.expand(-1, -1, plan.G, -1).reshape(keys.shape)
+    # contiguous: with one KV head the reshape of the expansion is a stride-0 view, which the kernels
+    # (row r at r·stride) read as other rows' memory (issue 15: NaN for heads 1..G−1, segfaults)
+    return g.expand(-1, -1, plan.G, -1).reshape(keys.shape).contiguous()
 
 
 def _row_bounds(plan: DecodePlan, cache):

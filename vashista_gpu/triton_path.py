@@ -88,6 +88,8 @@ def select(plan, level, keys, ub, vn, Wl, acc):
         return select_torch(plan, level, keys, ub, vn, Wl, acc, fold=fold_dropped)
     kept = _out((B, Hq, Wl), torch.int64, keys.device)
     ok = _out((B, Hq, Wl), torch.int8, keys.device)
+    # the kernels index rows by their dense strides: every input is made contiguous (a no-op when it is)
+    keys, ub, vn = keys.contiguous(), ub.contiguous(), vn.contiguous()
     select_blocks(keys, ub, vn, kept, ok, acc["lse"], acc["ub"], acc["vmax"], P=plan.P, big=plan.level_size(level),
                   log_n=math.log(plan.S * (plan.F ** level if level else 1)), certify=plan.certify)
     return kept, ok
@@ -98,7 +100,7 @@ def fold_dropped(plan, level, keys, thr, ub, vn):
     B, Hq, M = keys.shape
     dev = keys.device
     lse, ubm, vnm = (_out((B, Hq), torch.float32, dev) for _ in range(3))
-    fold_dropped_kernel(keys, thr.contiguous(), ub, vn, lse, ubm, vnm,
+    fold_dropped_kernel(keys.contiguous(), thr.contiguous(), ub.contiguous(), vn.contiguous(), lse, ubm, vnm,
                         log_n=math.log(plan.S * (plan.F ** level if level else 1)))
     return lse, ubm, vnm
 
@@ -122,7 +124,7 @@ def finish(plan, q32, cache, routed, s, keys, cvals, cpos):
     out = _out((B, Hq, plan.Dv), torch.float32, dev)
     w = _out((B, Hq, Kc), torch.float32, dev)
     leak, err, gap, m = (_out((B, Hq), torch.float32, dev) for _ in range(4))
-    finish_kernel(s, keys, cpos.contiguous(), cvals.contiguous(), routed.pages.contiguous(), plan.seq_ids,
+    finish_kernel(s.contiguous(), keys.contiguous(), cpos.contiguous(), cvals.contiguous(), routed.pages.contiguous(), plan.seq_ids,
                   cache.block_table, cache.v_pages, cache.vnorm,
                   routed.lse_out.contiguous(), routed.ub_out.contiguous(), routed.vmax_out.contiguous(),
                   out, w, leak, err, gap, m, Hkv=plan.Hkv, S=plan.S, Dv=plan.Dv, G=plan.G, certify=plan.certify)
