@@ -17,6 +17,7 @@ import torch
 
 from vashista_core.rounding import U32, gamma
 
+from .allowance import never_nan
 from .kernels.row_lse import row_lse_upper
 
 __all__ = ["fused_certificate"]
@@ -28,13 +29,14 @@ def _up(x: torch.Tensor) -> torch.Tensor:
 
 
 def fused_certificate(ub: torch.Tensor, cand: torch.Tensor, out: torch.Tensor, m_c: torch.Tensor, zsum: torch.Tensor,
-                 vm: torch.Tensor, eps: torch.Tensor):
+                 vm: torch.Tensor, eps: torch.Tensor, *, q_ok: torch.Tensor | None = None):
     """(L̂, error bound, gap) per row from the scan's bounds ``ub`` (R, T) (overwritten: the candidates' entries
     become −inf), the candidates ``cand`` (R, Kc), ``out`` (R, Dv) and the rescoring's m_C, z_C sums
     (``kernels/rescore.py``); ``vm`` (R,) ≥ every value norm of the row; ``eps`` (R,) the rescoring's
     bound on its exponents' error. All float32, outward: L̂ = Z̄_out / (Z_C + Z̄_out) ≥ dense mass
     outside C, error ≤ L̂·(max‖v‖ + ‖o_C‖) + (e^{2ε} − 1)·max‖v‖ + o's own rounding, with o_C the exact
-    softmax over C and ‖o_C‖ ≤ ‖o‖ + (e^{2ε} − 1)·max‖v‖."""
+    softmax over C and ‖o_C‖ ≤ ‖o‖ + (e^{2ε} − 1)·max‖v‖. Rows with ``q_ok`` False (a non-finite
+    query, a void max‖v‖, a foreign sketch), a non-finite output or any NaN get leakage 1 and error ∞."""
     Kc, Dv = cand.shape[1], out.shape[1]
     # Z̄_out from the bounds of the non-candidates (ub is the step's own buffer)
     ub.scatter_(1, cand, -math.inf)
@@ -61,4 +63,10 @@ def fused_certificate(ub: torch.Tensor, cand: torch.Tensor, out: torch.Tensor, m
     w_err = vm * torch.expm1(2 * eps) * (1 + 16 * U32)
     error = _up((vm + torch.linalg.vector_norm(out, dim=-1) + w_err) * leak * (1 + (Dv + 8) * 2 * U32)
                     + w_err + vm * ((2 * Kc + Dv + 16) * 4 * U32))
+    ok = torch.isfinite(out).all(-1)
+    if q_ok is not None:
+        ok = ok & q_ok
+    leak = torch.where(ok, leak, torch.ones_like(leak))
+    error = torch.where(ok, error, torch.full_like(error, math.inf))
+    leak, error = never_nan(leak, error)
     return leak, error, gap

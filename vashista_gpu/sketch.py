@@ -68,7 +68,8 @@ except ImportError:  # pragma: no cover
     triton = None
 
 __all__ = ["HAS_TRITON", "TorchCertifiedStep", "TorchKeySketch", "TorchPageSketchStore", "attach_sketch",
-           "certified_decode", "fused_sketch_step", "quantize_keys", "scanned_pages", "sketch_decode"]
+           "certified_decode", "fused_sketch_step", "quantize_keys", "scanned_pages", "sketch_decode",
+           "sketch_mismatch"]
 HAS_TRITON = triton is not None
 
 _META = {"float16": torch.float16, "float32": torch.float32}
@@ -617,6 +618,83 @@ def sketch_decode(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: int = 4, sc
 
 
 # ---------------------------------------------------------------------------------------------- fused path
+def sketch_mismatch(K: torch.Tensor, codes: torch.Tensor, offset: torch.Tensor, step: torch.Tensor, *, bits: int,
+                    group: int, sample: int = 256) -> torch.Tensor:
+    """0-dim bool tensor on K's device, True when a strided sample of ``sample`` tokens of keys K
+    (H, T, D) is not within half a quantization step of the sketch's dequantization
+    offset + step·code (what the sketch bounds assume): a stale or foreign sketch. Float64, no host
+    synchronisation (the caller decides whether to read it)."""
+    H, T, D = K.shape
+    n = min(T, sample)
+    tok = torch.div(torch.arange(n, device=K.device) * T, n, rounding_mode="floor")
+    per, mask = 8 // bits, (1 << bits) - 1
+    c = codes[:, tok].long()                                                        # (H, n, W)
+    parts = torch.stack([(c >> (i * bits)) & mask for i in range(per)], dim=-1).reshape(H, n, -1)[..., :D]
+    g = tok // group
+    st = step.double()[:, g]
+    kt = offset.double()[:, g] + st * parts.double()
+    dev = (K[:, tok].double() - kt).abs()
+    # codes are rounded to nearest: |k − k̃| ≤ step/2 (with float64 slack); NaN keys count as a mismatch
+    return ~(dev <= st * (0.5 + 2.0 ** -20) + K[:, tok].double().abs() * 2.0 ** -40).all()
+
+
+def _check_fused_args(q, K, V, codes, offset, step, vmax, bits, group, Kc, scale, cap, sync, one_sided, block_tokens):
+    """Every argument of :func:`fused_sketch_step`, named in the error (shapes, dtypes, devices, the
+    kernels' shape rules); q is checked for NaN/inf only with ``sync`` (its rows are certified ∞ on the
+    device otherwise). Returns (B, Hq, D, Hkv, T, Dv, scale, cap)."""
+    from .kernels.sketch_scan import SUB
+    q = tensor("q", q, ndim=3, check_finite=bool(sync))
+    K = tensor("K", K, ndim=4, check_finite=False)
+    V = tensor("V", V, ndim=4, check_finite=False)
+    B, Hq, D = q.shape
+    if K.shape[0] != B or K.shape[3] != D:
+        raise VashistaInputError("K", f"expected (B={B}, Hkv, T, D={D}), got {tuple(K.shape)}")
+    _, Hkv, T, _ = K.shape
+    if V.shape[:3] != K.shape[:3]:
+        raise VashistaInputError("V", f"expected (B, Hkv, T) = {tuple(K.shape[:3])} as K, got {tuple(V.shape)}")
+    Dv = V.shape[3]
+    if Hq % Hkv:
+        raise VashistaInputError("q", f"has {Hq} query heads, not a multiple of the {Hkv} KV heads")
+    for name, x in (("K", K), ("V", V), ("codes", codes), ("offset", offset), ("step", step), ("vmax", vmax)):
+        if not isinstance(x, torch.Tensor):
+            raise VashistaInputError(name, f"expected a torch.Tensor, got {type(x).__name__}")
+        if x.device != q.device:
+            raise VashistaInputError(name, f"is on {x.device} but q is on {q.device}")
+    if isinstance(bits, bool) or bits not in (4, 8):
+        raise VashistaInputError("bits", f"the fused step supports 4 or 8 bits, got {bits!r}")
+    if D & (D - 1) or (D * bits) % 32:
+        raise VashistaInputError("q", f"the fused step needs D a power of two with D·bits a multiple of 32, got D = {D}")
+    if Dv & (Dv - 1):
+        raise VashistaInputError("V", f"the fused step needs a power-of-two value dimension, got {Dv}")
+    group = positive_int("group", group)
+    if group % SUB or group % min(group, 64):
+        raise VashistaInputError("group", f"must be a multiple of {SUB}, and of 64 when above 64; got {group}")
+    if codes.dtype != torch.uint8 or tuple(codes.shape) != (B * Hkv, T, D * bits // 8):
+        raise VashistaInputError("codes", f"expected uint8 ({B * Hkv}, {T}, {D * bits // 8}), got "
+                                          f"{codes.dtype} {tuple(codes.shape)}")
+    Gr = -(-T // group)
+    for name, x in (("offset", offset), ("step", step)):
+        if x.dtype not in (torch.float16, torch.float32) or tuple(x.shape) != (B * Hkv, Gr, D):
+            raise VashistaInputError(name, f"expected float16/float32 ({B * Hkv}, {Gr}, {D}) for group {group}, got "
+                                           f"{x.dtype} {tuple(x.shape)}")
+    if not vmax.is_floating_point() or tuple(vmax.shape) != (B, Hkv):
+        raise VashistaInputError("vmax", f"expected a float tensor ({B}, {Hkv}), got {vmax.dtype} {tuple(vmax.shape)}")
+    if sync and not bool((vmax >= 0).all()):
+        raise VashistaInputError("vmax", "must be >= 0 and finite-or-inf (a bound on every value norm)")
+    Kc = positive_int("Kc", Kc, upper=T, upper_name="tokens per sequence")
+    cap = 4 * Kc if cap is None else positive_int("cap", cap)
+    if cap < Kc:
+        raise VashistaInputError("cap", f"must be >= Kc ({Kc}), got {cap}")
+    scale = 1.0 / math.sqrt(D) if scale is None else float(positive_scalar("scale", scale))
+    if not isinstance(one_sided, bool):
+        raise VashistaInputError("one_sided", f"expected a bool, got {one_sided!r}")
+    if block_tokens is not None:
+        bt = positive_int("block_tokens", block_tokens)
+        if bt % SUB or (group % bt and bt != group):
+            raise VashistaInputError("block_tokens", f"must be a multiple of {SUB} dividing the group ({group}), got {bt}")
+    return B, Hq, D, Hkv, T, Dv, scale, cap
+
+
 def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: torch.Tensor, offset: torch.Tensor,
                       step: torch.Tensor, vmax: torch.Tensor, *, bits: int, group: int, Kc: int,
                       scale: float | None = None, cap: int | None = None, sync: bool = True,
@@ -647,11 +725,20 @@ def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: 
     from .kernels.rescore import rescore
     from .kernels.sketch_scan import sketch_scan_bound
 
-    B, Hq, D = q.shape
-    _, Hkv, T, Dv = V.shape
+    B, Hq, D, Hkv, T, Dv, scale, cap = _check_fused_args(q, K, V, codes, offset, step, vmax, bits, group, Kc, scale,
+                                                         cap, sync, one_sided, block_tokens)
     G = Hq // Hkv
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    q32 = q.float().reshape(B * Hq, D).contiguous()
+    # a sketch of other keys (same shapes) would make the bounds unsound: a strided sample of the keys
+    # must lie within half a quantization step of its dequantized sketch (sync: an error; no sync: the
+    # step's certificate becomes ∞ on the device)
+    foreign = sketch_mismatch(K.reshape(B * Hkv, T, D), codes, offset, step, bits=bits, group=group)
+    if sync and bool(foreign):
+        raise VashistaInputError("codes", "the sketch (codes/offset/step) was not built from these keys K "
+                                          "(stale or foreign sketch); re-quantize K")
+    q32 = q.float().reshape(B * Hq, D)
+    q_ok = torch.isfinite(q32).all(-1) & ~foreign
+    # a non-finite query row is scanned as 0 (no NaN reaches the selection); its certificate is ∞
+    q32 = torch.where(q_ok[:, None], q32, torch.zeros_like(q32)).contiguous()
     s, ub, smax = sketch_scan_bound(q32, codes, offset, step, bits=bits, group=group, scale=scale,
                                     one_sided=one_sided, block_tokens=block_tokens)
     cand, overflow = select_candidates(s, smax, Kc, cap or 4 * Kc, sync)
@@ -659,7 +746,10 @@ def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: 
     out, m_c, zsum, eps = rescore(q32, K.contiguous(), V.contiguous(), cand, scale=scale)
     rows = torch.arange(B * Hq, device=q.device)
     vm = vmax.float().reshape(B * Hkv)[(rows // Hq) * Hkv + (rows % Hq) // G]
-    leak, error, gap = fused_certificate(ub, cand, out, m_c, zsum, vm, eps)
+    # a negative or NaN max‖v‖ (a caller's bug, not checked without a synchronisation) voids the bound
+    q_ok = q_ok & (vm >= 0)
+    leak, error, gap = fused_certificate(ub, cand, out, m_c, zsum, torch.where(q_ok, vm, 0.0), eps, q_ok=q_ok)
+    out = torch.where(q_ok[:, None], out, torch.full_like(out, math.nan))
     return StepResult(out=out.view(B, Hq, Dv), candidates=cand.view(B, Hq, Kc),
                       certified_leakage=leak.view(B, Hq), certified_error=error.view(B, Hq),
                       overflow=overflow.view(B, Hq), gap=gap.view(B, Hq), path="fused")
