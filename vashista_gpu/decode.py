@@ -141,8 +141,20 @@ def run_plan(plan: DecodePlan, q: torch.Tensor, cache, *, backend: str = "auto",
 
     No host synchronisation and static shapes: capturable in a CUDA graph (softmax solver).
     """
+    if not isinstance(plan, DecodePlan):
+        raise VashistaInputError("plan", f"expected a DecodePlan (plan.plan_decode), got {type(plan).__name__}")
+    q = V.tensor("q", q, ndim=3, check_finite=False)       # finiteness: on the device, below
+    V.same_device("q", q, cache.device)
+    if tuple(q.shape) != (plan.B, plan.Hq, plan.D):
+        raise VashistaInputError("q", f"expected shape {(plan.B, plan.Hq, plan.D)} (the plan's), got {tuple(q.shape)}")
+    if (cache.n_kv_heads, cache.head_dim, cache.value_dim, cache.page_size) != (plan.Hkv, plan.D, plan.Dv, plan.S):
+        raise VashistaInputError("cache", "is not the cache the plan was made for (heads, dimensions or page size differ)")
     mod = _backend_module(resolve_backend(backend, q.device))
     q32 = q.float()
+    # a non-finite query row is routed as 0 (no NaN reaches the selections and kernels); its output is
+    # NaN and its certificate ∞ — on the device, no synchronisation
+    q_ok = torch.isfinite(q32).all(-1)
+    q32 = torch.where(q_ok[..., None], q32, torch.zeros_like(q32))
     score_blocks = mod.score_blocks
     if share_selection_in_group and plan.G > 1:
         def score_blocks(*a, _f=mod.score_blocks):
@@ -156,6 +168,10 @@ def run_plan(plan: DecodePlan, q: torch.Tensor, cache, *, backend: str = "auto",
     if plan.certify and plan.solver == "softmax":
         # every token a candidate: nothing is outside, the leakage stays exactly 0
         res = _sound_certificate(plan, q32, cache, res, (cvals != INVALID_KEY).sum(-1) >= plan.lens[:, None])
+    res["out"] = torch.where(q_ok[..., None], res["out"], torch.full_like(res["out"], math.nan))
+    if plan.certify and plan.solver == "softmax":
+        res["certified_error"] = torch.where(q_ok, res["certified_error"], math.inf)
+        res["certified_leakage"] = torch.where(q_ok, res["certified_leakage"], 1.0)
     if out_dtype is not None:
         res["out"], res["certified_error"] = cast_output(res["out"], res["certified_error"], out_dtype)
     cvalid = cvals != INVALID_KEY

@@ -108,6 +108,9 @@ class TorchPagedKVCache:
         # bits -> sketch.TorchPageSketchStore (certified mode), kept current in _write; empty unless
         # vashista_gpu.sketch.attach_sketch(cache, bits) was called
         self.sketches: dict = {}
+        # appends so far: a page sketch store records the count it has seen (``sketch_plan`` refuses a
+        # store that missed an append: stale)
+        self.version = 0
         self.levels: list[dict[str, torch.Tensor]] = []
         if self.fanout is not None:
             n = self.max_pages_per_seq
@@ -216,6 +219,15 @@ class TorchPagedKVCache:
             raise VashistaInputError("keys", f"expected shape (T, {H}, {D}), got {tuple(k.shape)}")
         if tuple(v.shape) != (k.shape[0], H, Dv):
             raise VashistaInputError("values", f"expected shape ({k.shape[0]}, {H}, {Dv}), got {tuple(v.shape)}")
+        # a value beyond the cache dtype's range would be stored as ±inf (keys of 1e5 in float16):
+        # refused here, where the inputs are already checked on the host, rather than decoded
+        big = torch.finfo(self.dtype).max
+        for name, x in (("keys", k), ("values", v)):
+            if x.dtype != self.dtype:
+                m = float(x.abs().amax())
+                if m > big:
+                    raise VashistaInputError(name, f"holds {m:.3g}, beyond the range of the cache dtype {self.dtype} "
+                                                   f"(max {big:.3g}); use a wider cache dtype")
         return k, v
 
     def _allocate(self, seqs: list[int], last_pos: dict, wanted: dict) -> None:
@@ -277,6 +289,7 @@ class TorchPagedKVCache:
         update_page_summaries(self, self.block_table[t_seq, t_lp].to(torch.int32), counts.to(torch.int32))
         if self.levels:
             update_levels(self, t_seq, t_lp)
+        self.version += 1
         for store in self.sketches.values():
             store.update_pages(self, self.block_table[t_seq, t_lp].long(), counts)
 

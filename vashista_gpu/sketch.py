@@ -475,6 +475,7 @@ class TorchPageSketchStore:
         self.codes = torch.zeros((N, H, S, -(-D * bits // 8)), dtype=torch.uint8, device=dev)
         self.offset = torch.zeros((N, H, D), dtype=self.dt, device=dev)
         self.step = torch.zeros((N, H, D), dtype=self.dt, device=dev)
+        self.version = cache.version          # the cache's append count this store has seen
 
     def update_pages(self, cache, pages: torch.Tensor, counts: torch.Tensor, check: bool = True) -> None:
         """Requantize physical ``pages`` (n,) holding ``counts`` (n,) valid tokens, all KV heads
@@ -490,6 +491,7 @@ class TorchPageSketchStore:
         self.codes[p] = _pack(codes.view(n, H, S, D), self.bits)
         self.offset[p] = offset.view(n, H, D)
         self.step[p] = step.view(n, H, D)
+        self.version = cache.version
 
     def finite(self, pages: torch.Tensor) -> bool:
         """Whether the metadata of physical ``pages`` is finite (one synchronisation): the check that
@@ -647,8 +649,10 @@ def _check_fused_args(q, K, V, codes, offset, step, vmax, bits, group, Kc, scale
     K = tensor("K", K, ndim=4, check_finite=False)
     V = tensor("V", V, ndim=4, check_finite=False)
     B, Hq, D = q.shape
-    if K.shape[0] != B or K.shape[3] != D:
-        raise VashistaInputError("K", f"expected (B={B}, Hkv, T, D={D}), got {tuple(K.shape)}")
+    if K.shape[3] != D:
+        raise VashistaInputError("q", f"has head dimension {D} but the keys K have {K.shape[3]}")
+    if K.shape[0] != B:
+        raise VashistaInputError("K", f"expected (B={B}, Hkv, T, D), got {tuple(K.shape)}")
     _, Hkv, T, _ = K.shape
     if V.shape[:3] != K.shape[:3]:
         raise VashistaInputError("V", f"expected (B, Hkv, T) = {tuple(K.shape[:3])} as K, got {tuple(V.shape)}")
@@ -680,7 +684,7 @@ def _check_fused_args(q, K, V, codes, offset, step, vmax, bits, group, Kc, scale
     if not vmax.is_floating_point() or tuple(vmax.shape) != (B, Hkv):
         raise VashistaInputError("vmax", f"expected a float tensor ({B}, {Hkv}), got {vmax.dtype} {tuple(vmax.shape)}")
     if sync and not bool((vmax >= 0).all()):
-        raise VashistaInputError("vmax", "must be >= 0 and finite-or-inf (a bound on every value norm)")
+        raise VashistaInputError("vmax", "must be >= 0 everywhere (a bound on every value norm; +inf allowed)")
     Kc = positive_int("Kc", Kc, upper=T, upper_name="tokens per sequence")
     cap = 4 * Kc if cap is None else positive_int("cap", cap)
     if cap < Kc:

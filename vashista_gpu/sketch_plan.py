@@ -57,6 +57,7 @@ from vashista_core.policy_loop import check_policy, run_policy
 from vashista_core.rounding import U32
 
 from . import validate as V
+from .allowance import cast_output
 from .dense import dense_decode
 from .plan import decode_batch
 from .result import StepResult
@@ -95,6 +96,10 @@ class SketchStepPlan:
         if self.cache.sketches.get(self.bits) is not self.store:
             # a re-attached sketch (another metadata dtype) is the one kept current on append
             raise VashistaInputError("cache", f"the cache's {self.bits}-bit sketch was replaced; re-plan")
+        if getattr(self.store, "version", None) != self.cache.version:
+            # keys were written without requantizing their pages: the bounds would be unsound
+            raise VashistaInputError("cache", f"the {self.bits}-bit page sketch is stale (it missed an append); "
+                                              "re-attach it (sketch.attach_sketch) and re-plan")
         for s in self.seq_ids:
             if not self.cache.is_live(s):
                 raise VashistaInputError("seq_ids", f"sequence {s} is no longer in the cache; re-plan")
@@ -110,11 +115,13 @@ def fused_shapes_ok(cache, bits: int) -> str | None:
     multiple of 16, head dimension a power of two, D·bits a multiple of 32)."""
     from .kernels.sketch_scan import SUB
 
-    D, S = cache.head_dim, cache.page_size
+    D, S, Dv = cache.head_dim, cache.page_size, cache.value_dim
     if S % SUB:
         return f"page size {S} is not a multiple of {SUB} (the fused scan's token blocks)"
     if D & (D - 1) or (D * int(bits)) % 32:
         return f"the fused scan needs D a power of two and D·bits a multiple of 32 (D = {D}, bits = {bits})"
+    if Dv & (Dv - 1):
+        return f"the fused rescoring needs a power-of-two value dimension (Dv = {Dv})"
     return None
 
 
@@ -130,7 +137,7 @@ def plan_sketch_step(cache, seq_ids, num_q_heads: int, Kc: int, *, bits: int, sc
         raise VashistaInputError("bits", f"the fused step supports 4 or 8 bits, got {bits!r}")
     why = fused_shapes_ok(cache, bits)
     if why is not None:
-        raise VashistaInputError("cache" if cache.page_size % SUB else "bits", why)
+        raise VashistaInputError("bits" if why.startswith("the fused scan") else "cache", why)
     if cache.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
         # (a Triton launch on CPU tensors would fail inside the driver with a pointer error)
         raise VashistaInputError("cache", f"is on {cache.device}: the fused step runs Triton kernels, which need "
@@ -151,6 +158,9 @@ def plan_sketch_step(cache, seq_ids, num_q_heads: int, Kc: int, *, bits: int, sc
             raise VashistaInputError("max_tokens", f"{max_tokens} < the longest sequence's {T} tokens")
         T = max_tokens
     store = attach_sketch(cache, bits)
+    if store.version != cache.version:
+        raise VashistaInputError("cache", f"the {bits}-bit page sketch is stale (it missed an append); "
+                                          "re-attach it (sketch.attach_sketch)")
     dev = cache.device
     B, G = len(host_ids), Hq // Hkv
     r = torch.arange(B * Hq, device=dev)
@@ -194,13 +204,17 @@ def run_sketch_plan(plan: SketchStepPlan, q: torch.Tensor, *, sync: bool = False
         raise VashistaInputError("q", f"expected shape {(plan.B, plan.Hq, plan.D)} (the plan's), got {tuple(q.shape)}")
     plan.check()
     B, Hq, D, Kc = plan.B, plan.Hq, plan.D, plan.Kc
-    q32 = q.float().reshape(B * Hq, D).contiguous()
+    q32 = q.float().reshape(B * Hq, D)
+    # a non-finite query row is scanned as 0 (no NaN reaches the selection) and certified ∞ (no sync)
+    q_ok = torch.isfinite(q32).all(-1)
+    q32 = torch.where(q_ok[:, None], q32, torch.zeros_like(q32)).contiguous()
     s, ub, smax = paged_sketch_scan_bound(q32, plan.store, plan.cache, plan.seq_idx, plan.T, scale=plan.scale,
                                           one_sided=plan.one_sided)
     cand, overflow = select_candidates(s, smax, Kc, plan.cap, sync, short_window=plan.short_window)
     # exact part (``kernels/rescore.py``): rescoring, softmax, values, and m_C, z_C of the lower bounds
     out, m_c, zsum, eps = rescore_paged(q32, plan.cache, plan.seq_idx, cand, scale=plan.scale)
-    leak, error, gap = fused_certificate(ub, cand, out, m_c, zsum, row_vmax(plan), eps)
+    leak, error, gap = fused_certificate(ub, cand, out, m_c, zsum, row_vmax(plan), eps, q_ok=q_ok)
+    out = torch.where(q_ok[:, None], out, torch.full_like(out, math.nan))
     return StepResult(out=out.view(B, Hq, plan.Dv), candidates=cand.view(B, Hq, Kc),
                       certified_leakage=leak.view(B, Hq), certified_error=error.view(B, Hq),
                       overflow=overflow.view(B, Hq), gap=gap.view(B, Hq), path="fused")
@@ -287,6 +301,8 @@ def paged_certified_decode(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: in
     def attempt(rows, _P, kc):
         p = planned(rows, kc) if st else plan
         w = run_sketch_plan(p, q[rows], sync=True)
+        # returned in q's dtype: the certificate covers the cast (allowance.cast_output)
+        w.out, w.certified_error = cast_output(w.out, w.certified_error, q.dtype)
         ww = candidate_weights(p, q[rows], w.candidates)
         if not st:                 # the first attempt covers every row
             st.update(out=w.out.clone(), leak=w.certified_leakage.clone(), err=w.certified_error.clone(),
