@@ -157,3 +157,87 @@ def test_run_plan_validates_its_arguments():
     other, _ = TorchPagedKVCache.from_dense(torch.randn(40, 1, 16), torch.randn(40, 1, 4), 16, dtype=torch.float32)
     with pytest.raises(VashistaInputError, match="^cache"):
         run_plan(plan, torch.randn(1, 2, 16), other, backend="torch")
+
+
+def _fused_case(seed=0, B=1, Hkv=1, T=64, D=16, Dv=8):
+    g = torch.Generator().manual_seed(seed)
+    K, V = torch.randn(B, Hkv, T, D, generator=g).to(DEV), torch.randn(B, Hkv, T, Dv, generator=g).to(DEV)
+    sk = quantize_keys(K.reshape(B * Hkv, T, D), bits=4, group=16)
+    vmax = V.norm(dim=-1).amax(-1) * 1.01
+    args = dict(q=torch.randn(B, 2 * Hkv, D, generator=g).to(DEV), K=K, V=V, codes=sk.codes, offset=sk.offset,
+                step=sk.step, vmax=vmax, bits=4, group=16, Kc=8)
+    return args
+
+
+def _fused(args, **kw):
+    from vashista_gpu.sketch import fused_sketch_step
+    a = dict(args, **kw)
+    return fused_sketch_step(a.pop("q"), a.pop("K"), a.pop("V"), a.pop("codes"), a.pop("offset"), a.pop("step"),
+                             a.pop("vmax"), **a)
+
+
+@pytest.mark.parametrize("change, argument", [
+    (lambda a: dict(V=a["V"][:, :, :40]), "V"),                         # V shorter than K: was an out-of-bounds read
+    (lambda a: dict(group=8), "group"),
+    (lambda a: dict(vmax=-a["vmax"]), "vmax"),
+    (lambda a: dict(scale=-1.0), "scale"),
+    (lambda a: dict(Kc=100), "Kc"),                                     # was a RuntimeError
+    (lambda a: dict(Kc=0), "Kc"),                                       # was an IndexError
+    (lambda a: dict(bits=2), "bits"),                                   # was an AssertionError
+    (lambda a: dict(q=a["q"][..., :8]), "q"),                           # was an AssertionError
+    (lambda a: dict(V=torch.zeros(*a["V"].shape[:3], 6, device=a["V"].device)), "V"),   # Dv not a power of two
+    (lambda a: dict(codes=a["codes"][:, :, :4]), "codes"),
+    (lambda a: dict(offset=a["offset"][:, :2]), "offset"),
+    (lambda a: dict(q=a["q"].clone().fill_(math.nan)), "q"),           # was leakage 0.0
+    (lambda a: dict(K=a["K"] + 3.0), "codes"),                          # a sketch of other keys: unsound bounds
+])
+def test_fused_step_refuses_bad_input(change, argument):
+    """Issue 15: fused_sketch_step validated nothing. Every bad argument is a VashistaInputError naming
+    it, raised before any kernel runs (so a mismatched V and K cannot be read out of bounds)."""
+    pytest.importorskip("triton")
+    args = _fused_case()
+    with pytest.raises(VashistaInputError, match=f"^{argument}"):
+        _fused(args, **change(args))
+
+
+def test_fused_step_without_sync_certifies_bad_rows_infinite():
+    """sync=False (graph-capturable): no host check of q or of the sketch; a NaN query row and a
+    foreign sketch give leakage 1 and error ∞ (never NaN, never certified); good rows are unaffected."""
+    pytest.importorskip("triton")
+    args = _fused_case()
+    good = _fused(args)
+    q = args["q"].clone()
+    q[0, 1, 0] = math.nan
+    r = _fused(args, q=q, sync=False)
+    assert math.isinf(float(r.certified_error[0, 1])) and float(r.certified_leakage[0, 1]) == 1.0
+    assert float(r.certified_error[0, 0]) == float(good.certified_error[0, 0])
+    r = _fused(args, K=args["K"] + 3.0, sync=False)
+    assert bool(torch.isinf(r.certified_error).all()) and bool((r.certified_leakage == 1).all())
+
+
+def test_stale_page_sketch_is_refused():
+    """A page sketch store that missed an append (keys written behind its back) is stale: planning
+    refuses it, and so does replaying a plan made before."""
+    pytest.importorskip("triton")
+    from vashista_gpu.sketch import attach_sketch
+    from vashista_gpu.sketch_plan import plan_sketch_step, run_sketch_plan
+    g = torch.Generator().manual_seed(2)
+    cache = TorchPagedKVCache(16, 1, 16, 8, dtype=torch.float32, device=DEV)
+    sid = cache.add_sequence()
+    cache.append(sid, torch.randn(40, 1, 16, generator=g), torch.randn(40, 1, 8, generator=g))
+    plan = plan_sketch_step(cache, [sid], 2, 8, bits=4, max_tokens=64)
+    store = attach_sketch(cache, 4)
+    store.version -= 1                                  # as if an append had bypassed it
+    with pytest.raises(VashistaInputError, match="stale"):
+        run_sketch_plan(plan, torch.randn(1, 2, 16, generator=g).to(DEV))
+    with pytest.raises(VashistaInputError, match="stale"):
+        plan_sketch_step(cache, [sid], 2, 8, bits=4)
+
+
+def test_fused_shapes_ok_requires_power_of_two_value_dim():
+    """Issue 15: a non-power-of-two value dimension was accepted by fused_shapes_ok, then crashed in the
+    kernel; sparse_decode now takes the torch path for it."""
+    pytest.importorskip("triton")
+    from vashista_gpu.sketch_plan import fused_shapes_ok
+    cache = TorchPagedKVCache(16, 1, 16, 6, dtype=torch.float32)
+    assert "value dimension" in fused_shapes_ok(cache, 4)

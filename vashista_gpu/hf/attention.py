@@ -123,6 +123,10 @@ def _record(rt, q, key, value, valid, positions, scale, res) -> None:
         fields["delta_lin"] = sh["delta_lin"]
         fields["support90"] = sh["support90"]
         fields["support99"] = sh["support99"]
-        rnd = ROUNDING.get(rt.mirror.dtype, 1e-5)
+        # the certificate bounds the distance to exact attention over the STORED keys/values, its own
+        # float32/bf16 rounding and the output's cast included (docs/ROUNDING.md, GPU tier): the only
+        # allowance left is the shadow's float64 evaluation — unless the mirror stores the keys in a
+        # narrower dtype than transformers passed, whose storage cast is outside the promise
+        rnd = ROUNDING[torch.float64] if key.dtype == rt.mirror.dtype else ROUNDING.get(rt.mirror.dtype, 1e-5)
         fields["allowance"] = rnd * (sh["vmax"] + sh["o"].norm(dim=-1))
     rt.stats.add(rt.layer_idx, **fields)

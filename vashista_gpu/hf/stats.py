@@ -11,8 +11,10 @@ transformers passed in (not from the mirror, so a mirror bug shows up as an erro
 * effective support: the fewest tokens holding 90 % / 99 % of the dense attention mass.
 
 A *certificate violation* is a step whose true error exceeds the certified error by more than the
-rounding of the float32 (or cache dtype) arithmetic, ``ROUNDING[dtype] · (max_j ‖v_j‖ + ‖o_dense‖)``
-— SPEC 4's agreement level for that dtype; it is a bug whenever it occurs on a non-fallback step.
+shadow's own float64 evaluation, ``ROUNDING[float64] · (max_j ‖v_j‖ + ‖o_dense‖)`` (the certificate
+covers the decode's float32/bf16 rounding and the output's cast: docs/ROUNDING.md, GPU tier); only when
+the mirror stores keys in a narrower dtype than transformers passed is the storage cast allowed for, at
+``ROUNDING[mirror dtype]``. A violation is a bug whenever it occurs on a non-fallback step.
 
 Example::
 

@@ -1,0 +1,65 @@
+"""Soundness stress of the GPU tier (issue 15; docs/ROUNDING.md §4), beyond the per-tier CI profile of
+test_stress.py (which runs every registered tier, the torch-backend ``gpu-torch-*`` ones included):
+
+* the Triton tiers under the interpreter on CPU (a few cases: the interpreter is slow; the long profile
+  runs them on the device, benchmarks/RESULTS.md "Soundness stress");
+* every counterexample the first run of the harness found on the GPU tier's code before the fix, kept
+  as a regression with what it found.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from generators import draw
+from run import check_case, run
+from tiers import TIERS
+
+torch = pytest.importorskip("torch")
+import tiers_gpu_steps  # noqa: E402
+
+LONG = os.environ.get("VASHISTA_STRESS") == "long"
+
+
+@pytest.mark.parametrize("name", ["fp32", "bf16"])
+def test_triton_tiers_no_violation(name):
+    """The Triton backend (paged step kernels, Triton sketch scan, the fused paged certified step when
+    the cache allows it) on the first seeds of every kind."""
+    pytest.importorskip("triton")
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    tiers_gpu_steps.register_triton()
+    with np.errstate(all="ignore"):
+        total = run(f"gpu-triton-{name}", 100_000 if LONG else 8, seed0=2000, log=lambda s: None)
+    assert total["violations"] == [], total["violations"][:5]
+
+
+# (tier, kind, seed, what the code before issue 15's GPU fix returned for it)
+REGRESSIONS = [
+    ("gpu-torch-fp32", "tiny_scores", 0, "certified error 8.7e-14 < exact 7.9e-9 (no float32 allowance)"),
+    ("gpu-torch-fp32", "all_equal", 0, "certified leakage 0.36170208 < exact 0.36170213"),
+    ("gpu-torch-fp32", "keys_1000", 2, "certified leakage 3.25e-4 < exact 3.45e-4 (scores ~1e4)"),
+    ("gpu-torch-fp32", "gqa", 2, "certified error 1.7e-13 < exact 3.5e-6"),
+    ("gpu-torch-fp32", "keys_1000", 3, "certified error 6.7e-11 < exact 6.6e-5"),
+    ("gpu-torch-fp32", "partial_pages", 8, "certified error 0.0 < exact 5.7e-8"),
+    ("gpu-torch-fp32", "near_ties", 13, "certified error 3.1e-8 < exact 4.5e-7"),
+    ("gpu-torch-fp32", "all_equal", 18, "certified error 0.0 < exact 2.4e-8"),
+    ("gpu-torch-fp32", "dominant_channel", 5, "certified error 4.1e-14 < exact 1.2e-7"),
+    ("gpu-torch-bf16", "tiny_scores", 0, "certified error 8.7e-14 < exact 7.3e-4 (bf16 cast after certifying)"),
+    ("gpu-torch-bf16", "keys_1000", 0, "certified leakage 0.679 < exact 0.702"),
+    ("gpu-torch-bf16", "hidden_outlier", 1, "certified error 7.9e-4 < exact 2.2e-3"),
+    ("gpu-torch-bf16", "gqa", 1, "certified error 7.6e-4 < exact 9.4e-4"),
+]
+
+
+@pytest.mark.parametrize("tier, kind, seed, found", REGRESSIONS)
+def test_gpu_regression(tier, kind, seed, found):
+    with np.errstate(all="ignore"):
+        c = check_case(draw(kind, seed), tier)
+    assert c["violations"] == [], (found, c["violations"][:3])
+
+
+def test_gpu_tiers_registered():
+    assert {"gpu-torch-fp32", "gpu-torch-bf16"} <= set(TIERS)
