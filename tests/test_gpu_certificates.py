@@ -241,3 +241,10 @@ def test_fused_shapes_ok_requires_power_of_two_value_dim():
     from vashista_gpu.sketch_plan import fused_shapes_ok
     cache = TorchPagedKVCache(16, 1, 16, 6, dtype=torch.float32)
     assert "value dimension" in fused_shapes_ok(cache, 4)
+
+
+def test_certified_decode_refuses_kc_above_the_keys():
+    """Issue 15: certified_decode(Kc=100) on 64 keys clamped without saying so."""
+    K = torch.randn(1, 64, 16)
+    with pytest.raises(VashistaInputError, match="^Kc"):
+        certified_decode(torch.randn(2, 16), K, torch.randn(1, 64, 8), quantize_keys(K, bits=4, group=16), Kc=100)

@@ -104,7 +104,8 @@ def test_sparse_budget_changes_logits_and_certificate_bounds_true_error(disabled
     rows = h.stats.table()
     assert max(r["true_error"] for r in rows) > 1e-4          # sparsity really dropped mass
     assert all(r["true_error"] <= r["certified_error"] + r["allowance"] for r in rows)
-    assert all(r["true_leakage"] <= r["certified_leakage"] + 1e-5 for r in rows)
+    # the certificate bounds exact attention (issue 15): only the float64 shadow's own rounding is allowed
+    assert all(r["true_leakage"] <= r["certified_leakage"] * (1 + 1e-12) + 1e-15 for r in rows)
     assert all(1 <= r["support90"] <= r["support99"] <= 160 for r in rows)
 
 
@@ -231,7 +232,8 @@ def test_certified_mode_full_coverage_is_dense_and_sparse_is_sound(disabled_afte
     assert h.stats.summary()["certificate_violations"] == 0
     rows = h.stats.table()
     assert max(r["true_error"] for r in rows) > 1e-4          # sparsity really dropped mass
-    assert all(r["true_leakage"] <= r["certified_leakage"] + 1e-5 for r in rows)
+    # the certificate bounds exact attention (issue 15): only the float64 shadow's own rounding is allowed
+    assert all(r["true_leakage"] <= r["certified_leakage"] * (1 + 1e-12) + 1e-15 for r in rows)
 
 
 def test_certified_mode_rejects_bad_bits(tiny):
