@@ -2,7 +2,8 @@
 
 ``torch-sketch-f64``: ``vashista_gpu.sketch.certified_decode`` with float64 compute on the case's device
 (CPU without CUDA) — the float64 mirror of the reference's certified mode (docs/ROUNDING.md §4.1).
-The GPU helper adds the float32 / bf16 / Triton / fused entries here (§4.2–4.5).
+The GPU tier's steps per backend and dtype (gpu-torch-fp32/bf16, gpu-triton-fp32/bf16) are in
+``tiers_gpu_steps.py``, imported at the end (§4.2–4.5).
 """
 from __future__ import annotations
 
@@ -31,3 +32,6 @@ def torch_sketch_f64(case) -> TierResult:
         out[b], err[b], leak[b] = r.out.cpu().numpy(), r.error.cpu().numpy(), r.certified_leakage.cpu().numpy()
         cands.append([c.cpu().numpy() for c in r.candidates])
     return TierResult(out, err, leak, cands)
+
+
+import tiers_gpu_steps  # noqa: E402,F401  (the GPU tier's steps per backend and dtype: docs/ROUNDING.md §4)
