@@ -248,3 +248,12 @@ def test_certified_decode_refuses_kc_above_the_keys():
     K = torch.randn(1, 64, 16)
     with pytest.raises(VashistaInputError, match="^Kc"):
         certified_decode(torch.randn(2, 16), K, torch.randn(1, 64, 8), quantize_keys(K, bits=4, group=16), Kc=100)
+
+
+def test_certified_decode_refuses_a_foreign_sketch():
+    """Issue 15: a sketch built from other keys of the same shape was accepted (unsound bounds)."""
+    g = torch.Generator().manual_seed(4)
+    K, K2 = torch.randn(1, 64, 16, generator=g), torch.randn(1, 64, 16, generator=g)
+    with pytest.raises(VashistaInputError, match="^sketch"):
+        certified_decode(torch.randn(2, 16, generator=g), K, torch.randn(1, 64, 8, generator=g),
+                         quantize_keys(K2, bits=4, group=16), Kc=8)

@@ -302,6 +302,10 @@ def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: 
         raise VashistaInputError("V", f"expected ({Hkv}, {M}, Dv), got {tuple(V.shape)}")
     if not isinstance(sketch, TorchKeySketch) or tuple(sketch.codes.shape[:2]) != (Hkv, M) or sketch.head_dim != D:
         raise VashistaInputError("sketch", "is not a TorchKeySketch of these keys")
+    if bool(sketch_mismatch(K, sketch.codes, sketch.offset, sketch.step, bits=sketch.bits, group=sketch.group,
+                            sample=M)):        # every key: the torch path reads them all anyway
+        # same shapes, other keys (or keys changed since): the bounds would be unsound (issue 15)
+        raise VashistaInputError("sketch", "was not built from these keys K (stale or foreign sketch); re-quantize K")
     if compute_dtype not in (torch.float32, torch.float64):
         raise VashistaInputError("compute_dtype", f"must be torch.float32 or torch.float64, got {compute_dtype}")
     if backend not in ("torch", "triton"):
