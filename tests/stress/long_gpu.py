@@ -21,6 +21,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def _worker(tier: str, w: int, workers: int, deadline: float, q) -> None:
+    """Always reports (a crash is reported as an error, so the parent never waits forever)."""
+    try:
+        _work(tier, w, workers, deadline, q)
+    except BaseException as exc:                    # noqa: BLE001
+        q.put((tier, dict(query_heads=0, cases=0, refused=0, unsupported=0, seeds=[w, w],
+                          violations=[dict(tier=tier, what=f"worker crashed: {exc!r}")])))
+
+
+def _work(tier: str, w: int, workers: int, deadline: float, q) -> None:
     import numpy as np
 
     import tiers_gpu_steps
