@@ -71,8 +71,8 @@ def run(tier: str, query_heads: int, seed0: int = 0, kinds=KINDS, log=print) -> 
                 total["unsupported"] += 1
                 continue
             except VashistaInputError as exc:      # a clear refusal (e.g. keys beyond fp16 metadata)
-                total["refused"][str(exc).split(":")[0] + ": " + str(exc)[:60]] = \
-                    total["refused"].get(str(exc).split(":")[0] + ": " + str(exc)[:60], 0) + 1
+                reason = str(exc)[:70]
+                total["refused"][reason] = total["refused"].get(reason, 0) + 1
                 continue
             total["cases"] += 1
             total["query_heads"] += c["query_heads"]
