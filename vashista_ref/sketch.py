@@ -683,7 +683,8 @@ def sketch_attempt(qs: np.ndarray, cache, seq_id: int, head: int, P: int, Kc: in
         records.append(dict(
             pages=scanned, candidates=r.candidates, P=P, Kc=Kc, out=r.out,
             leakage=r.certified_leakage, error=r.error, error_middle=r.error_middle,
-            error_2lv=max(r.error_middle, 2 * r.certified_leakage * float(vs.vmax.max()) * (1 + 8 * U) + r.rounding),
+            error_2lv=max(r.error_middle, add_up(mul_up(2 * r.certified_leakage, float(vs.vmax.max()) * (1 + 8 * U)),
+                                                 r.rounding)),
             gap=r.gap, rounding=r.rounding, projection_gap=np.nan, solver_certificate=np.nan,
             certified=bool(np.isfinite(r.error) and r.error <= opts["tol"]),
             cost=dict(summaries_scored=sk.n_groups, pages_read=int(touched.size),

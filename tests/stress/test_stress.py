@@ -69,9 +69,12 @@ def test_overflowing_value_norms_give_an_infinite_certificate_not_nan():
     from vashista_ref.sparse_decode import sparse_decode_single
     rng = np.random.default_rng(1)
     K, V = rng.standard_normal((40, 4)), rng.standard_normal((40, 4)) * 1e300
-    r = sparse_decode_single(rng.standard_normal(4), K, V, P=1, Kc=5, page_size=8)
-    assert r.certified_error[0, 0] == np.inf and not r.certified[0, 0]
-    assert 0 < r.certified_leakage[0, 0] <= 1
+    for router in ("bound", "sketch"):
+        for Kc in (5, 40):                      # 40: nothing excluded, leakage exactly 0 (0·∞ must not be NaN)
+            r = sparse_decode_single(rng.standard_normal(4), K, V, P=5, Kc=Kc, page_size=8, router=router)
+            assert r.certified_error[0, 0] == np.inf and not r.certified[0, 0]
+            assert (0 < r.certified_leakage[0, 0] <= 1) if Kc == 5 else r.certified_leakage[0, 0] == 0
+            assert not np.isnan([r.error_middle, r.error_2lv, r.gap, r.rounding]).any(), (router, Kc)
 
 
 def test_every_kind_and_router_is_drawn():
