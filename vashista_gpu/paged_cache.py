@@ -310,6 +310,11 @@ class TorchPagedKVCache:
 
         if self.levels:
             raise VashistaInputError("fanout", "the device append does not maintain the hierarchy levels")
+        if self.backend == "triton":
+            from .kernels.append_step import append_step, fusable
+            if fusable(self):          # one launch instead of ~90 small ops (launch-bound under a graph)
+                append_step(self, seq_idx, keys, values)
+                return
         seq = seq_idx.long()
         pos = self.seq_lens[seq].long()
         phys = self.block_table[seq, pos // self.page_size].long()
