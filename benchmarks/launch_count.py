@@ -11,7 +11,8 @@ the *planned* path, the one CUDA graphs capture: device appends, ``run_sketch_pl
 * **aten ops** dispatched, by a ``TorchDispatchMode`` below autograd — each one is (at least) one
   kernel launch on CUDA. Metadata-only ops are not counted: views and aliases (every op whose schema
   returns an alias: view, as_strided, _unsafe_view, expand, permute, select, slice, detach, alias, …)
-  and bare allocations (empty, empty_strided), which launch nothing;
+  and bare allocations (empty, empty_strided), which launch nothing; and ``scalar_tensor`` (a Python
+  scalar operand, wrapped as a 0-d CPU tensor that the CUDA kernel reads as an argument);
 * **Triton launches**: every ``InterpretedFunction.run`` under ``TRITON_INTERPRET=1`` (the torch ops
   the interpreter itself issues to move arguments are not counted).
 
@@ -49,7 +50,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 # allocations and pure metadata ops: no kernel on a device
 _NO_KERNEL = {"empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided", "lift_fresh",
               "detach", "alias", "_unsafe_view", "view", "as_strided", "_reshape_alias", "set_", "resize_",
-              "_has_compatible_shallow_copy_type", "is_same_size", "sym_size", "sym_stride", "sym_numel"}
+              "_has_compatible_shallow_copy_type", "is_same_size", "sym_size", "sym_stride", "sym_numel",
+              # a Python scalar operand wrapped as a 0-d CPU tensor: read by the kernel, no launch
+              "scalar_tensor"}
 
 
 def _is_metadata(func) -> bool:

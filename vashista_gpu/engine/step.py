@@ -78,8 +78,17 @@ class StepStats:
 
     def __init__(self, n_layers: int, device):
         self.t = torch.zeros((n_layers, len(STAT_FIELDS)), dtype=torch.float64, device=device)
+        # CUDA: one Triton launch per layer (kernels/step_stats.py) instead of ~16 small ops
+        self.fused = self.t.device.type == "cuda"
+        self._tol: dict = {}                 # tol -> its float64 device scalar, made once (not per step)
 
     def add(self, layer: int, err, leak, tol: float, fell=None, overflow=None) -> None:
+        if self.fused:
+            from ..kernels.step_stats import step_stats
+            if tol not in self._tol:
+                self._tol[tol] = torch.tensor([tol], dtype=torch.float64, device=self.t.device)
+            step_stats(self.t[layer], err, leak, self._tol[tol], fell=fell, overflow=overflow)
+            return
         e, lk = err.double().flatten(), leak.double().flatten()
         fin = torch.isfinite(e)
         row = self.t[layer]
