@@ -176,14 +176,11 @@ def plan_sketch_step(cache, seq_ids, num_q_heads: int, Kc: int, *, bits: int, sc
 
 def row_vmax(plan: SketchStepPlan) -> torch.Tensor:
     """(B·Hq,) float32 ≥ every value norm of the row's sequence and KV head: the pages' float32 norm
-    summaries over the live pages (lengths read on the device), raised by their rounding."""
-    cache = plan.cache
-    seq = plan.seq_idx.long()
-    pages = cache.block_table[seq][:, plan.page_idx].long()                          # (B, npages)
-    live = plan.page_idx[None, :] * plan.S < cache.seq_lens[seq].long()[:, None]
-    vn = torch.where(live[..., None], cache.vnorm[pages], 0.0)                       # (B, npages, Hkv)
-    vmax = vn.amax(1) * (1 + 2 * (plan.Dv + 4) * U32)
-    return vmax.reshape(-1)[plan.row_kv]
+    summaries over the live pages (lengths read on the device), raised by their rounding. One
+    launch (``kernels/row_vmax.py``: the maximum, times this float32 factor)."""
+    from .kernels.row_vmax import row_vmax_pages
+
+    return row_vmax_pages(plan.cache, plan.seq_idx, plan.page_idx.numel(), plan.Hq, 1 + 2 * (plan.Dv + 4) * U32)
 
 
 def run_sketch_plan(plan: SketchStepPlan, q: torch.Tensor, *, sync: bool = False) -> StepResult:
