@@ -182,6 +182,7 @@ def count_step(*, mode: str = "certified", bits: int = 4, layers: int = 2, heads
     for p in eng.cache.pools:             # as on CUDA: the Triton page summary kernel
         p.backend = "triton"
     eng.runner.cfg.planned = True         # the device-only (graph) path, Triton kernels interpreted
+    eng.runner.stats.fused = True         # as on CUDA: the statistics kernel
     with eng:
         seqs = eng.add(prompts, max_new_tokens=8)
         eng.plan_segment(seqs)

@@ -22,6 +22,8 @@ Example::
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 __all__ = ["FORCED_ORDERABLE", "INVALID_KEY", "LOW_MASK", "key_index", "orderable", "select_candidates",
@@ -82,13 +84,21 @@ def select_candidates(s: torch.Tensor, bmax: torch.Tensor, Kc: int, cap: int, sy
     has τ = −inf, which would admit its padding. When ``short_window`` > 0 (the caller knows such rows
     may exist and that their tokens all lie in the first ``short_window`` columns), those rows are
     selected by a ``topk`` over that window instead — decided on the device, no synchronisation."""
-    from .kernels.select_above import select_above    # Triton is optional for the torch path's users
+    from .kernels.row_keys import row_keys            # Triton is optional for the torch path's users
+    from .kernels.select_above import select_above
 
     R, T = s.shape
     idx = torch.arange(T, device=s.device)
     NB = bmax.shape[1]
+    on_triton = s.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if on_triton and s.dtype == torch.float32 and s.stride(1) == 1:
+        def keys_of(w):        # tie_keys(s[:, :w], idx[:w]) in one launch instead of ~10 ops
+            return row_keys(s, w)
+    else:
+        def keys_of(w):
+            return tie_keys(s[:, :w], idx[:w])
     if NB < 8 * Kc:        # too few blocks for a selective threshold (the count would overflow): full topk
-        top = torch.topk(tie_keys(s, idx), Kc, dim=-1, sorted=False).values
+        top = torch.topk(keys_of(T), Kc, dim=-1, sorted=False).values
         return torch.sort(key_index(top), dim=-1).values, torch.zeros(R, dtype=torch.bool, device=s.device)
     # (no pooling of the maxima to a smaller topk: scores within a quantization group are correlated
     # through the shared offsets, so the Kc-th largest maximum of 64-token blocks let whole groups
@@ -102,7 +112,7 @@ def select_candidates(s: torch.Tensor, bmax: torch.Tensor, Kc: int, cap: int, sy
     if short_window:
         short = torch.isneginf(tau)
         w = min(short_window, T)
-        top = torch.topk(tie_keys(s[:, :w], idx[:w]), Kc, dim=-1, sorted=False).values
+        top = torch.topk(keys_of(w), Kc, dim=-1, sorted=False).values
         cand = torch.where(short[:, None], torch.sort(key_index(top), dim=-1).values, cand)
         overflow = overflow & ~short
     if sync and bool(overflow.any()):
