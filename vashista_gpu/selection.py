@@ -88,7 +88,6 @@ def select_candidates(s: torch.Tensor, bmax: torch.Tensor, Kc: int, cap: int, sy
     from .kernels.select_above import select_above
 
     R, T = s.shape
-    idx = torch.arange(T, device=s.device)
     NB = bmax.shape[1]
     on_triton = s.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"
     if on_triton and s.dtype == torch.float32 and s.stride(1) == 1:
@@ -96,7 +95,7 @@ def select_candidates(s: torch.Tensor, bmax: torch.Tensor, Kc: int, cap: int, sy
             return row_keys(s, w)
     else:
         def keys_of(w):
-            return tie_keys(s[:, :w], idx[:w])
+            return tie_keys(s[:, :w], torch.arange(w, device=s.device))
     if NB < 8 * Kc:        # too few blocks for a selective threshold (the count would overflow): full topk
         top = torch.topk(keys_of(T), Kc, dim=-1, sorted=False).values
         return torch.sort(key_index(top), dim=-1).values, torch.zeros(R, dtype=torch.bool, device=s.device)
@@ -117,7 +116,7 @@ def select_candidates(s: torch.Tensor, bmax: torch.Tensor, Kc: int, cap: int, sy
         overflow = overflow & ~short
     if sync and bool(overflow.any()):
         rows = overflow.nonzero()[:, 0]
-        top = torch.topk(tie_keys(s[rows], idx), Kc, dim=-1, sorted=False).values
+        top = torch.topk(tie_keys(s[rows], torch.arange(T, device=s.device)), Kc, dim=-1, sorted=False).values
         cand[rows] = torch.sort(key_index(top), dim=-1).values
         overflow = torch.zeros_like(overflow)
     return cand, overflow
