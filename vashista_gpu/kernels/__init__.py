@@ -15,6 +15,10 @@ module's name, so they are not re-exported here: ``from vashista_gpu.kernels.res
     select_above.select_above     threshold compaction of candidates
     rescore.rescore / rescore_paged   exact rescoring of the candidates
     row_lse.row_lse_upper         upper bound on a row's logsumexp
+    append_step.append_step       the engine's decode-step append (K/V, length, summaries, page sketch)
+    step_stats.step_stats         the engine's per-layer decode statistics
+    row_vmax.row_vmax_pages       the certified step's max‖v‖ per row from the page value norms
+    row_keys.row_keys             tie-rule keys of a score matrix (selection)
 """
-__all__ = ["block_scores", "finish", "fold_dropped", "keys", "page_summary", "rescore", "row_lse", "select_above",
-           "select_blocks", "sketch_scan", "token_scores"]
+__all__ = ["append_step", "block_scores", "finish", "fold_dropped", "keys", "page_summary", "rescore", "row_keys",
+           "row_lse", "row_vmax", "select_above", "select_blocks", "sketch_scan", "step_stats", "token_scores"]
