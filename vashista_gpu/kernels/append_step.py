@@ -62,8 +62,11 @@ def _nudge(y, UP: tl.constexpr, IDT: tl.constexpr, NEG_MIN: tl.constexpr):
 
 @triton.jit
 def _directed(x, UP: tl.constexpr, MDT: tl.constexpr, IDT: tl.constexpr, NEG_MIN: tl.constexpr):
-    """float64 x rounded toward +∞ (UP) or −∞ to the metadata dtype (``sketch._to_meta``)."""
-    y = x.to(MDT)
+    """float64 x rounded toward +∞ (UP) or −∞ to the metadata dtype (``sketch._to_meta``). The first
+    rounding may go through float32 (no reliance on a float64 → float16 conversion): x lies between
+    two neighbouring metadata floats a ≤ x ≤ b, both float32, so any monotone rounding lands on a or
+    b and the one-ulp correction then picks the directed one — the same result as torch's."""
+    y = x.to(tl.float32).to(MDT)
     if UP:
         wrong = y.to(tl.float64) < x
     else:
