@@ -165,3 +165,17 @@ def test_fused_append_is_one_launch(monkeypatch):
         c.append_step_device(idx, kt, vt)
     assert launches == ["_append_step_kernel"] and ops == []
     assert int(c.seq_lens[s]) == 1
+
+
+def test_fused_append_switch(monkeypatch):
+    """VASHISTA_FUSED_APPEND=0 turns the kernel off; a cache it cannot cover (two sketches) never takes it."""
+    from vashista_gpu.kernels.append_step import fusable
+
+    c = _cache("triton", H=1, D=16, Dv=16, S=16, dtype=torch.float32, bits=4, meta="float16", keys=False,
+               poison=False)
+    assert fusable(c)
+    monkeypatch.setenv("VASHISTA_FUSED_APPEND", "0")
+    assert not fusable(c)
+    monkeypatch.delenv("VASHISTA_FUSED_APPEND")
+    attach_sketch(c, 8)
+    assert not fusable(c)

@@ -39,6 +39,8 @@ Example (CPU: ``TRITON_INTERPRET=1``)::
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -80,8 +82,8 @@ def _append_step_kernel(seq_ptr, k_ptr, v_ptr, skb, skh, skd, svb, svh, svd,
                         vnorm_ptr, kmin_ptr, kmax_ptr, kmean_ptr, codes_ptr, off_ptr, step_ptr,
                         S, D, DV, W, H: tl.constexpr,
                         BS: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, BW: tl.constexpr,
-                        KEYS: tl.constexpr, SKETCH: tl.constexpr, BITS: tl.constexpr,
-                        MDT: tl.constexpr, IDT: tl.constexpr, NEG_MIN: tl.constexpr):
+                        KEYS: tl.constexpr, SKETCH: tl.constexpr, BITS: tl.constexpr, PER: tl.constexpr,
+                        L: tl.constexpr, MDT: tl.constexpr, IDT: tl.constexpr, NEG_MIN: tl.constexpr):
     b = tl.program_id(0)
     seq = tl.load(seq_ptr + b).to(tl.int64)
     pos = tl.load(lens_ptr + seq)
@@ -120,9 +122,7 @@ def _append_step_kernel(seq_ptr, k_ptr, v_ptr, skb, skh, skd, svb, svh, svd,
             tl.store(kmax_ptr + (page * H + h) * D + cols, kmax.to(kmax_ptr.dtype.element_ty), mask=cm)
             tl.store(kmean_ptr + (page * H + h) * D + cols, kmean, mask=cm)
         # 3. the page's sketch: byte w holds channels w·PER + i, i < PER, low bits first
-        if SKETCH:
-            PER: tl.constexpr = 8 // BITS
-            L: tl.constexpr = (1 << BITS) - 1
+        if SKETCH:                             # PER = 8 // BITS channels per byte, L = 2^BITS − 1
             w = tl.arange(0, BW)
             packed = tl.zeros((BS, BW), dtype=tl.int32)
             for i in tl.static_range(PER):
@@ -165,7 +165,11 @@ def _append_step_kernel(seq_ptr, k_ptr, v_ptr, skb, skh, skd, svb, svh, svd,
 
 def fusable(cache) -> bool:
     """Whether :func:`append_step` covers this cache's append: no hierarchy levels, at most one sketch,
-    with float16 or float32 metadata."""
+    with float16 or float32 metadata. ``VASHISTA_FUSED_APPEND=0`` in the environment turns it off (the
+    torch append runs instead): a switch for a device where the kernel misbehaves, since it has been
+    checked under the interpreter only so far."""
+    if os.environ.get("VASHISTA_FUSED_APPEND", "1") == "0":
+        return False
     if cache.levels or len(cache.sketches) > 1:
         return False
     return all(st.dt in _META_TYPES for st in cache.sketches.values())
@@ -198,5 +202,5 @@ def append_step(cache, seq_idx: torch.Tensor, keys: torch.Tensor, values: torch.
         cache.vnorm, kmin, kmax, kmean, codes, off, stp,
         S, D, Dv, W, H,
         BS=triton.next_power_of_2(S), BD=triton.next_power_of_2(D), BDV=triton.next_power_of_2(Dv),
-        BW=triton.next_power_of_2(W), KEYS=keys_on, SKETCH=store is not None, BITS=bits,
-        MDT=mdt, IDT=idt, NEG_MIN=neg_min)
+        BW=triton.next_power_of_2(W), KEYS=keys_on, SKETCH=store is not None, BITS=bits, PER=8 // bits,
+        L=(1 << bits) - 1, MDT=mdt, IDT=idt, NEG_MIN=neg_min)

@@ -25,7 +25,7 @@ def _row_keys_kernel(s_ptr, s_stride, out_ptr, W, BLOCK: tl.constexpr):
     j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = j < W
     s = tl.load(s_ptr + r * s_stride + j, mask=m, other=0.0)
-    tl.store(out_ptr + r * W + j, tie_key(s, j, True, False), mask=m)
+    tl.store(out_ptr + r * W + j, tie_key(s, j, m, j < 0), mask=m)     # masks as tensors, as the other callers
 
 
 def row_keys(s: torch.Tensor, width: int | None = None, block: int = 1024) -> torch.Tensor:
