@@ -520,3 +520,12 @@ def test_tiny_end_to_end_on_smollm2_resumes(tmp_path, capsys):
     assert {r["per_layer"][0]["layer"] for r in recs if r["mode"] != "dense"} == {29}
     assert main(argv) == 0                                  # resumed: nothing left to decode
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["records_new"] == 0
+
+
+def test_module_examples_run():
+    import doctest
+
+    from vashista_app.quality import modes, results_file, ruler
+    for mod in (modes, results_file, ruler, haystacks, longctx_model):
+        r = doctest.testmod(mod)
+        assert r.failed == 0 and r.attempted > 0, mod.__name__

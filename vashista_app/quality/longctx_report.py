@@ -204,7 +204,9 @@ def write_report(out: str, *, figures: bool = True, meta: dict | None = None) ->
     s += _table(acc, ["ctx", "task", "mode", "items", "accuracy", "delta_vs_dense"])
     s += "\n## Perplexity (decoded, teacher-forced)\n\n"
     s += _table(ppl, ["ctx", "text", "mode", "n_scored", "ppl", "ppl_change_pct"])
-    s += "\n## Per layer: certified vs true error (float64 dense shadow)\n\n"
+    s += ("\n## Per layer: certified vs true error (float64 dense shadow)\n\nThe certified error is the sparse "
+          "step's bound; the true error is that of the output the layer used (dense after a fallback, so "
+          "cert_over_true is meaningful for report-only modes). The window baseline has no certificate (—).\n\n")
     s += _table(layers, ["mode", "layer", "steps", "fallback_rate", "cert_err_mean", "true_err_mean",
                          "cert_over_true", "violations"])
     with open(os.path.join(out, "summary.md"), "w") as f:
