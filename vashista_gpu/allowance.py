@@ -29,7 +29,7 @@ import torch
 
 from vashista_core.rounding import U32, U64, U_BF16, U_FP16, gamma
 
-__all__ = ["cast_output", "never_nan", "score_radius", "unit_roundoff", "weights_tv", "widen_leakage"]
+__all__ = ["cast_output", "down", "never_nan", "score_radius", "unit_roundoff", "up", "weights_tv", "widen_leakage"]
 
 _UNIT = {torch.float64: U64, torch.float32: U32, torch.bfloat16: U_BF16, torch.float16: U_FP16}
 # absolute error of a cast result below the normal range (subnormal spacing, or the smallest normal
@@ -43,8 +43,14 @@ def unit_roundoff(dtype: torch.dtype) -> float:
     return _UNIT[dtype]
 
 
-def _up(x: torch.Tensor) -> torch.Tensor:
+def up(x: torch.Tensor) -> torch.Tensor:
+    """The next float above x (elementwise, x's dtype): one outward rounding step."""
     return torch.nextafter(x, torch.full_like(x, math.inf))
+
+
+def down(x: torch.Tensor) -> torch.Tensor:
+    """The next float below x (elementwise, x's dtype)."""
+    return torch.nextafter(x, torch.full_like(x, -math.inf))
 
 
 def score_radius(q32: torch.Tensor, R: torch.Tensor, scale: float, head_dim: int) -> torch.Tensor:
@@ -58,7 +64,7 @@ def score_radius(q32: torch.Tensor, R: torch.Tensor, scale: float, head_dim: int
     (or NaN, which :func:`never_nan` maps to ∞ downstream)."""
     g = gamma(int(head_dim) + 2, U32)
     A = (q32.abs() * R).sum(-1) * (float(scale) * (1 + 4 * g))
-    return _up(A * (2 * g + 16 * U32) * (1 + 4 * U32))
+    return up(A * (2 * g + 16 * U32) * (1 + 4 * U32))
 
 
 def widen_leakage(leak: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -69,7 +75,7 @@ def widen_leakage(leak: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     L = torch.clamp(leak * (1 + 32 * U32), min=2.0 ** -125, max=1.0)
     ew = torch.exp(-w) * (1 - 16 * U32)
     Lw = L / (L + (1 - L) * ew)
-    return torch.clamp(_up(Lw * (1 + 16 * U32)), max=1.0)
+    return torch.clamp(up(Lw * (1 + 16 * U32)), max=1.0)
 
 
 def weights_tv(delta: torch.Tensor, n_terms: int) -> torch.Tensor:
@@ -78,7 +84,7 @@ def weights_tv(delta: torch.Tensor, n_terms: int) -> torch.Tensor:
     â_j/a_j lies in [e^{−2δ'}, e^{2δ'}] with δ' = δ + 16u + γ_n, so the variation is ≤ e^{2δ'} − 1;
     never above 2."""
     d = delta + (16 * U32 + gamma(int(n_terms) + 2, U32))
-    return torch.clamp(_up(torch.expm1(2 * d) * (1 + 16 * U32)), max=2.0)
+    return torch.clamp(up(torch.expm1(2 * d) * (1 + 16 * U32)), max=2.0)
 
 
 def cast_output(out: torch.Tensor, error: torch.Tensor, dtype: torch.dtype):
@@ -91,7 +97,7 @@ def cast_output(out: torch.Tensor, error: torch.Tensor, dtype: torch.dtype):
         Dv = out.shape[-1]
         n = torch.linalg.vector_norm(out.double(), dim=-1) * (1 + 2 * gamma(Dv + 2))
         term = (n * unit_roundoff(dtype) + math.sqrt(Dv) * _TINY[dtype]).to(error.dtype)
-    e = _up(error + term)
+    e = up(error + term)
     finite = torch.isfinite(o).all(-1) & torch.isfinite(out).all(-1)
     return o, torch.where(finite, e, torch.full_like(e, math.inf))
 

@@ -17,15 +17,10 @@ import torch
 
 from vashista_core.rounding import U32, gamma
 
-from .allowance import never_nan
+from .allowance import never_nan, up
 from .kernels.row_lse import row_lse_upper
 
 __all__ = ["fused_certificate"]
-
-
-def _up(x: torch.Tensor) -> torch.Tensor:
-    """The next float above x (elementwise, x's dtype)."""
-    return torch.nextafter(x, torch.full_like(x, math.inf))
 
 
 def fused_certificate(ub: torch.Tensor, cand: torch.Tensor, out: torch.Tensor, m_c: torch.Tensor, zsum: torch.Tensor,
@@ -61,7 +56,7 @@ def fused_certificate(ub: torch.Tensor, cand: torch.Tensor, out: torch.Tensor, m
     # the weights' error from the exponents' (e^{2ε} − 1, rounded up) and the float32 rounding of o
     # itself (softmax and a Kc-term weighted sum of values ≤ vmax)
     w_err = vm * torch.expm1(2 * eps) * (1 + 16 * U32)
-    error = _up((vm + torch.linalg.vector_norm(out, dim=-1) + w_err) * leak * (1 + (Dv + 8) * 2 * U32)
+    error = up((vm + torch.linalg.vector_norm(out, dim=-1) + w_err) * leak * (1 + (Dv + 8) * 2 * U32)
                     + w_err + vm * ((2 * Kc + Dv + 16) * 4 * U32))
     ok = torch.isfinite(out).all(-1)
     if q_ok is not None:

@@ -57,7 +57,7 @@ from vashista_core.policies import Capped
 from vashista_core.policy_loop import check_policy, run_policy
 from vashista_core.rounding import FN_REL, U64, gamma, softmax_eval_error
 
-from .allowance import cast_output, never_nan
+from .allowance import cast_output, down, never_nan, up
 from .result import StepResult
 from .selection import select_candidates
 from .validate import positive_int, positive_scalar, tensor
@@ -74,14 +74,6 @@ HAS_TRITON = triton is not None
 
 _META = {"float16": torch.float16, "float32": torch.float32}
 assert set(_META) == set(META_DTYPE_NAMES)
-
-
-def _up(x: torch.Tensor) -> torch.Tensor:
-    return torch.nextafter(x, torch.full_like(x, math.inf))
-
-
-def _down(x: torch.Tensor) -> torch.Tensor:
-    return torch.nextafter(x, torch.full_like(x, -math.inf))
 
 
 @dataclass(frozen=True)
@@ -113,7 +105,7 @@ class TorchKeySketch:
 
     def box(self) -> tuple[torch.Tensor, torch.Tensor]:
         lo = self.offset.double()
-        return lo, _up(lo + _up(self.levels * self.step.double()))
+        return lo, up(lo + up(self.levels * self.step.double()))
 
 
 def _to_meta(x: torch.Tensor, dt, direction: str, check: bool = True) -> torch.Tensor:
@@ -230,14 +222,14 @@ def _lse_bound(x: torch.Tensor, upper: bool) -> torch.Tensor:
     m = x.amax(-1, keepdim=True)
     m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     if upper:
-        t = torch.exp(_up(x - m_safe)) * (1 + FN_REL)
-        s = _up(t.sum(-1) * (1 + gamma(n + 1)))
-        out = _up(m_safe[..., 0] + _up(torch.log(s) * (1 + FN_REL)))
+        t = torch.exp(up(x - m_safe)) * (1 + FN_REL)
+        s = up(t.sum(-1) * (1 + gamma(n + 1)))
+        out = up(m_safe[..., 0] + up(torch.log(s) * (1 + FN_REL)))
     else:
-        t = torch.exp(_down(x - m_safe)) * (1 - FN_REL)
-        s = _down(t.sum(-1) * (1 - gamma(n + 1)))
+        t = torch.exp(down(x - m_safe)) * (1 - FN_REL)
+        s = down(t.sum(-1) * (1 - gamma(n + 1)))
         ls = torch.log(s)
-        out = _down(m_safe[..., 0] + _down(torch.where(ls < 0, ls * (1 + FN_REL), ls * (1 - FN_REL))))
+        out = down(m_safe[..., 0] + down(torch.where(ls < 0, ls * (1 + FN_REL), ls * (1 - FN_REL))))
     return torch.where(torch.isfinite(m[..., 0]), out, m[..., 0])
 
 
@@ -263,12 +255,12 @@ def _softmax_tv(s: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     n = s.shape[-1]
     if n <= 1:
         return torch.zeros(s.shape[:-1], dtype=s.dtype, device=s.device)
-    first = _up(torch.expm1(_up(2.0 * delta.amax(-1))) * (1 + FN_REL))
+    first = up(torch.expm1(up(2.0 * delta.amax(-1))) * (1 + FN_REL))
     t = s.argmax(-1, keepdim=True)
-    x = _up(_up(s - s.gather(-1, t)) + _up(delta + delta.gather(-1, t)))
+    x = up(up(s - s.gather(-1, t)) + up(delta + delta.gather(-1, t)))
     x = x.scatter(-1, t, torch.full_like(t, -math.inf, dtype=s.dtype))
-    S = _up(torch.exp(_lse_bound(x, upper=True)) * (1 + FN_REL))
-    second = torch.where(torch.isfinite(S), _up(2.0 * _up(S / _down(1.0 + S))), torch.full_like(S, 2.0))
+    S = up(torch.exp(_lse_bound(x, upper=True)) * (1 + FN_REL))
+    second = torch.where(torch.isfinite(S), up(2.0 * up(S / down(1.0 + S))), torch.full_like(S, 2.0))
     return torch.clamp(torch.minimum(first, second), max=2.0)
 
 
@@ -339,7 +331,7 @@ def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: 
     eta = 4.0 * (sketch.levels + 2) * U64
     per_channel = sketch.step.double() * (0.5 + eta) + 4.0 * gamma(D + 2, u_scan) * R    # (Hkv, Gr, D)
     err_g = torch.bmm(per_channel, q64.abs().view(Hkv, G, D).transpose(1, 2)).permute(0, 2, 1).reshape(Hq, Gr)
-    err_g = _up(err_g * (1.0 + 2.0 * gamma(D + 3)))
+    err_g = up(err_g * (1.0 + 2.0 * gamma(D + 3)))
     # one-sided per-token bounds (vashista_ref.sketch.sketch_bounds): codes 0 and 2^b − 1 err on one side
     codes = sketch.unpacked_codes()
     a = sketch.step.double()[:, g_of] * (0.5 + eta)                                       # (Hkv, M, D)
@@ -354,8 +346,8 @@ def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: 
     grow = 1.0 + 2.0 * gamma(D + 3)
     e_g = err_g[:, g_of]
     if one_sided:
-        e_up = torch.minimum(_up((per_tok(a0, qp) + per_tok(aL, qm) + per_tok(am, qa) + rnd) * grow), e_g)
-        e_dn = torch.minimum(_up((per_tok(a0, qm) + per_tok(aL, qp) + per_tok(am, qa) + rnd) * grow), e_g)
+        e_up = torch.minimum(up((per_tok(a0, qp) + per_tok(aL, qm) + per_tok(am, qa) + rnd) * grow), e_g)
+        e_dn = torch.minimum(up((per_tok(a0, qm) + per_tok(aL, qp) + per_tok(am, qa) + rnd) * grow), e_g)
     else:
         e_up, e_dn = e_g, e_g
 
@@ -365,8 +357,8 @@ def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: 
     Kh = K[kv]                                                                            # (Hq, M, D)
     Kcand = torch.gather(Kh, 1, cand[..., None].expand(Hq, kc, D))
     raw = (Kcand.to(compute_dtype) * Q.to(compute_dtype)[:, None, :]).sum(-1).double()
-    exact_err = _up(4 * gamma(D + 2, u_c) * (Kcand.double().abs() * q64.abs()[:, None, :]).sum(-1))
-    lb_c = _down(_down(raw - exact_err) * scale)
+    exact_err = up(4 * gamma(D + 2, u_c) * (Kcand.double().abs() * q64.abs()[:, None, :]).sum(-1))
+    lb_c = down(down(raw - exact_err) * scale)
     s_c = raw * scale
     w = torch.softmax(s_c, dim=-1)
     Vh = V.double()[kv]
@@ -377,14 +369,14 @@ def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: 
     is_c = torch.zeros(Hq, M, dtype=torch.bool, device=dev)
     is_c.scatter_(1, cand, True)
     ninf = torch.full_like(shat, -math.inf)
-    ub = torch.where(is_c, ninf, _up(_up(shat + e_up) * scale))
-    lb = torch.where(is_c, ninf, _down(_down(shat - e_dn) * scale))
+    ub = torch.where(is_c, ninf, up(up(shat + e_up) * scale))
+    lb = torch.where(is_c, ninf, down(down(shat - e_dn) * scale))
     log_zc = _lse_bound(lb_c, upper=False)
     log_zout = _lse_bound(ub, upper=True)
-    d = _down(log_zc - log_zout)
+    d = down(log_zc - log_zout)
     e = torch.exp(d) * (1 - FN_REL)
-    leak = _up(1.0 / _down(1.0 + e))
-    leak = torch.clamp(_up(leak * (1 + 4 * gamma(M + 16))), max=1.0)
+    leak = up(1.0 / down(1.0 + e))
+    leak = torch.clamp(up(leak * (1 + 4 * gamma(M + 16))), max=1.0)
     leak = torch.where(torch.isneginf(log_zout), torch.zeros_like(leak), leak)
     gap = lb_c.amax(-1) - ub.amax(-1)
 
@@ -394,34 +386,34 @@ def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: 
     centre = torch.zeros(Hkv, Gr, Dv, dtype=torch.float64, device=dev).index_add_(1, g_of, V64) / counts[None, :, None]
     grow_v = 1 + 2 * gamma(Dv + 2)
     norms = torch.linalg.vector_norm(V64, dim=-1)
-    dist_tok = _up(torch.linalg.vector_norm(V64 - centre[:, g_of], dim=-1) * grow_v)         # (Hkv, M)
+    dist_tok = up(torch.linalg.vector_norm(V64 - centre[:, g_of], dim=-1) * grow_v)         # (Hkv, M)
     neg = torch.full((Hkv, Gr), -math.inf, dtype=torch.float64, device=dev)
-    vmax = _up(neg.scatter_reduce(1, g_of.expand(Hkv, M), norms, "amax") * grow_v)
+    vmax = up(neg.scatter_reduce(1, g_of.expand(Hkv, M), norms, "amax") * grow_v)
     radius = neg.scatter_reduce(1, g_of.expand(Hkv, M), dist_tok, "amax")
 
     # the returned output vs exact softmax over C, as vashista_ref.sketch (docs/ROUNDING.md §4): the
     # candidates' score rounding (total variation), the float64 softmax evaluation, and M's evaluation
     # error so that the bound also holds against a float64 dense output
     vmax_all = vmax.amax(-1)[kv]
-    delta_c = _up(_up(exact_err * scale) + 2 * U64 * s_c.abs())
+    delta_c = up(up(exact_err * scale) + 2 * U64 * s_c.abs())
     tv = _softmax_tv(s_c, delta_c)
-    rounding = _up(_up(torch.where(tv == 0, torch.zeros_like(tv), _up(tv * vmax_all))
-                       + _up(softmax_eval_error(kc, 1.0) * vmax_all)) + _up(softmax_eval_error(M, 1.0) * vmax_all))
-    o_norm = _up(_up(torch.linalg.vector_norm(out, dim=-1) * (1 + 2 * gamma(Dv + 2))) + rounding)
+    rounding = up(up(torch.where(tv == 0, torch.zeros_like(tv), up(tv * vmax_all))
+                       + up(softmax_eval_error(kc, 1.0) * vmax_all)) + up(softmax_eval_error(M, 1.0) * vmax_all))
+    o_norm = up(up(torch.linalg.vector_norm(out, dim=-1) * (1 + 2 * gamma(Dv + 2))) + rounding)
     # log domain throughout (as the reference: shifting by the largest mass can flush the rest to 0)
     out_tok = ~is_c
     fn = math.log1p(FN_REL)
     log_xlo, log_xhi = lb - fn, ub + fn                                                   # −inf on C
     log_slack = torch.where(out_tok, log_xhi + torch.log1p(-torch.exp(log_xlo - log_xhi)), ninf)
     log_Z_lo = torch.logaddexp(log_zc - fn, torch.logsumexp(log_xlo, -1))
-    w_tok = torch.where(out_tok, _up(vmax[kv][:, g_of] + o_norm[:, None]), torch.zeros_like(shat))
+    w_tok = torch.where(out_tok, up(vmax[kv][:, g_of] + o_norm[:, None]), torch.zeros_like(shat))
     w_max = w_tok.amax(-1)
-    e_mid = torch.where(leak == 0, torch.zeros_like(leak), _up(leak * w_max))
-    radius_r = _up(radius[kv] + rounding[:, None])          # ‖v_j − o_C‖ ≤ ‖v_j − c‖ + ‖c − out‖ + rounding
+    e_mid = torch.where(leak == 0, torch.zeros_like(leak), up(leak * w_max))
+    radius_r = up(radius[kv] + rounding[:, None])          # ‖v_j − o_C‖ ≤ ‖v_j − c‖ + ‖c − out‖ + rounding
     e_star = _best_prefix_ratio_log(torch.logsumexp(log_xlo + torch.log(w_tok), -1), log_Z_lo, log_slack, w_tok)
     logW_lo = _group_lse(log_xlo, g_of, Gr)
     logW_slack = _group_lse(log_slack, g_of, Gr)
-    dist = _up(torch.linalg.vector_norm(centre[kv] - out[:, None, :], dim=-1) * (1 + 2 * gamma(Dv + 2)))
+    dist = up(torch.linalg.vector_norm(centre[kv] - out[:, None, :], dim=-1) * (1 + 2 * gamma(Dv + 2)))
     cmax = logW_lo.amax(-1)
     cm = torch.where(torch.isfinite(cmax), cmax, torch.zeros_like(cmax))
     a_g = torch.exp(logW_lo - cm[:, None])
@@ -429,12 +421,12 @@ def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: 
     # ‖Σ a_g (c_g − out)‖ can cancel: its evaluation error is absolute, relative to Σ a_g ‖c_g − out‖
     slack = (2 * gamma(Gr + Dv + 4) + 800 * U64 + 2 * FN_REL) * (a_g * dist).sum(-1)
     log_base = torch.where(torch.isfinite(cmax),
-                           cm + torch.log(_up(torch.linalg.vector_norm(vec, dim=-1) * (1 + 2 * gamma(Gr + Dv + 2))
+                           cm + torch.log(up(torch.linalg.vector_norm(vec, dim=-1) * (1 + 2 * gamma(Gr + Dv + 2))
                                               + slack)),
                            torch.full_like(cmax, -math.inf))
     e_ball = _best_prefix_ratio_log(torch.logaddexp(log_base, torch.logsumexp(logW_lo + torch.log(radius_r), -1)),
                                     log_Z_lo, logW_slack, dist + radius_r)
-    rt = torch.where(out_tok, _up(dist_tok[kv] + rounding[:, None]), torch.zeros_like(shat))
+    rt = torch.where(out_tok, up(dist_tok[kv] + rounding[:, None]), torch.zeros_like(shat))
     e_tok = _best_prefix_ratio_log(torch.logaddexp(log_base, torch.logsumexp(log_xlo + torch.log(rt), -1)),
                                    log_Z_lo, log_slack, torch.where(out_tok, dist[:, g_of] + rt, torch.zeros_like(rt)))
     # log-domain evaluation: a relative allowance, +inf when it is not small (vashista_core.rounding)
@@ -443,14 +435,14 @@ def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: 
     mag = torch.where(torch.isfinite(logs), logs.abs(), torch.zeros_like(logs)).amax(-1) + math.log(M + 2.0) \
         + torch.log(big)
     err = 2.0 * (M + Gr + 8 + 2) * (mag + 4.0) * U64 * 1.01
-    factor = torch.where(err > 1.0, torch.full_like(err, math.inf), _up(torch.exp(err) * (1 + 2 * FN_REL)))
+    factor = torch.where(err > 1.0, torch.full_like(err, math.inf), up(torch.exp(err) * (1 + 2 * FN_REL)))
     none_out = ~out_tok.any(-1)
     zero = torch.zeros_like(e_mid)
     e_mid = torch.where(none_out, zero, e_mid)
     e_star, e_ball, e_tok = (torch.where(none_out, zero, torch.where(torch.isfinite(f) & torch.isfinite(factor),
-                                                                     _up(f * factor), torch.full_like(f, math.inf)))
+                                                                     up(f * factor), torch.full_like(f, math.inf)))
                              for f in (e_star, e_ball, e_tok))
-    e_mid, e_star, e_ball, e_tok = (_up(f + rounding) for f in (e_mid, e_star, e_ball, e_tok))
+    e_mid, e_star, e_ball, e_tok = (up(f + rounding) for f in (e_mid, e_star, e_ball, e_tok))
     error = torch.minimum(torch.minimum(e_mid, e_star), torch.minimum(e_ball, e_tok))
     # a non-finite query, key or value reaches here as NaN: the certificate says nothing (∞, leakage 1)
     finite = torch.isfinite(out).all(-1) & torch.isfinite(Q).all(-1)

@@ -18,7 +18,8 @@ from vashista_core.rounding import FN_REL, U32, gamma
 
 from ..selection import select_candidates
 from ..sketch_plan import row_vmax
-from .merge import ShardState, down, up
+from ..allowance import down, up
+from .merge import ShardState
 
 __all__ = ["fused_shard_state"]
 

@@ -29,27 +29,18 @@ state is (B, Hq, 10 + Dv) float64, gathered once (:func:`all_gather_states`).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 
 import torch
 
 from vashista_core.rounding import FN_REL, U64, gamma
 
-__all__ = ["MergedResult", "SCALARS", "ShardState", "all_gather_states", "certificate", "down", "lse_bound", "merge",
-           "merge_softmax", "up"]
+from ..allowance import down, up
+
+__all__ = ["MergedResult", "SCALARS", "ShardState", "all_gather_states", "certificate", "lse_bound", "merge",
+           "merge_softmax"]
 
 SCALARS = ("m", "l", "log_zc", "log_zout", "vmax_c", "vmax_out", "eps", "o_rnd", "lb_max", "ub_max")
-
-
-def up(x: torch.Tensor) -> torch.Tensor:
-    """The next float above x (elementwise, x's dtype)."""
-    return torch.nextafter(x, torch.full_like(x, math.inf))
-
-
-def down(x: torch.Tensor) -> torch.Tensor:
-    """The next float below x (elementwise, x's dtype)."""
-    return torch.nextafter(x, torch.full_like(x, -math.inf))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ import torch
 
 from vashista_core.rounding import FLOAT32_MATMUL_ROUNDOFF, FN_REL, U64, gamma
 
-from .merge import ShardState, down, lse_bound, up
+from ..allowance import down, up
+from .merge import ShardState, lse_bound
 
 __all__ = ["empty_terms", "local_top", "scan_bounds", "shard_terms"]
 
