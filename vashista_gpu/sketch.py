@@ -55,7 +55,7 @@ from vashista_core.errors import VashistaInputError
 from vashista_core.options import META_DTYPE_NAMES, SUPPORTED_BITS
 from vashista_core.policies import Capped
 from vashista_core.policy_loop import check_policy, run_policy
-from vashista_core.rounding import FN_REL, U64, gamma, softmax_eval_error
+from vashista_core.rounding import FLOAT32_MATMUL_ROUNDOFF, FN_REL, U64, gamma, softmax_eval_error
 
 from .allowance import cast_output, down, never_nan, up
 from .result import StepResult
@@ -68,8 +68,8 @@ except ImportError:  # pragma: no cover
     triton = None
 
 __all__ = ["HAS_TRITON", "TorchCertifiedStep", "TorchKeySketch", "TorchPageSketchStore", "attach_sketch",
-           "certified_decode", "fused_sketch_step", "quantize_keys", "scanned_pages", "sketch_decode",
-           "sketch_mismatch"]
+           "certified_decode", "fused_sketch_step", "quantize_keys", "scanned_pages", "sketch_bounds",
+           "sketch_decode", "sketch_mismatch"]
 HAS_TRITON = triton is not None
 
 _META = {"float16": torch.float16, "float32": torch.float32}
@@ -213,7 +213,7 @@ def _matmul_roundoff(dtype) -> float:
     """Unit roundoff of a torch matmul in ``dtype`` under the process-wide float32 matmul precision."""
     if dtype == torch.float64:
         return U64
-    return {"highest": 2.0 ** -24, "high": 2.0 ** -10}.get(torch.get_float32_matmul_precision(), 2.0 ** -7)
+    return FLOAT32_MATMUL_ROUNDOFF.get(torch.get_float32_matmul_precision(), FLOAT32_MATMUL_ROUNDOFF["medium"])
 
 
 def _lse_bound(x: torch.Tensor, upper: bool) -> torch.Tensor:
@@ -274,6 +274,57 @@ def _group_lse(x: torch.Tensor, g_of: torch.Tensor, Gr: int) -> torch.Tensor:
     return torch.where(s > 0, shift + torch.log(s), torch.full_like(s, -math.inf))
 
 
+def sketch_bounds(Q: torch.Tensor, sketch: TorchKeySketch, *, compute_dtype=torch.float64, one_sided: bool = True,
+                  backend: str = "torch"):
+    """The scan of a sketch with its per-token errors: ŝ (Hq, M) float64 (computed in ``compute_dtype``,
+    or float32 by the Triton scan) and e_up, e_dn (Hq, M) float64 with ŝ_j − e_dn_j ≤ ⟨q, k_j⟩ ≤ ŝ_j + e_up_j
+    (unscaled), the scan's own rounding included — the torch twin of ``vashista_ref.sketch.sketch_bounds``.
+    ``one_sided=False`` gives every token its group's two-sided e_g (SPEC 3b). Used by
+    ``certified_decode`` and by the context-parallel shards, which need the bounds themselves."""
+    Hq, D = Q.shape
+    Hkv, M = sketch.codes.shape[:2]
+    G = Hq // Hkv
+    Gr = sketch.offset.shape[1]
+    u_c = max(torch.finfo(compute_dtype).eps / 2, U64)
+    u_scan = u_c if backend == "triton" else max(u_c, _matmul_roundoff(compute_dtype))
+    q64 = Q.double()
+    g_of = torch.arange(M, device=Q.device) // sketch.group
+
+    # sketch scan: ŝ (Hq, M) in compute_dtype, bmm per KV head group (keys never repeated)
+    if backend == "triton":
+        from .kernels.sketch_scan import sketch_scores     # Triton is optional for the torch path
+        shat = sketch_scores(Q, sketch.codes, sketch.offset, sketch.step, bits=sketch.bits, group=sketch.group).double()
+    else:
+        kt = sketch.dequantize(compute_dtype)
+        qg = Q.to(compute_dtype).view(Hkv, G, D).transpose(1, 2)
+        shat = torch.bmm(kt, qg).permute(0, 2, 1).reshape(Hq, M).double()
+    lo, hi = sketch.box()
+    R = torch.maximum(lo.abs(), hi.abs())
+    eta = 4.0 * (sketch.levels + 2) * U64
+    per_channel = sketch.step.double() * (0.5 + eta) + 4.0 * gamma(D + 2, u_scan) * R    # (Hkv, Gr, D)
+    err_g = torch.bmm(per_channel, q64.abs().view(Hkv, G, D).transpose(1, 2)).permute(0, 2, 1).reshape(Hq, Gr)
+    err_g = up(err_g * (1.0 + 2.0 * gamma(D + 3)))
+    # one-sided per-token bounds (vashista_ref.sketch.sketch_bounds): codes 0 and 2^b − 1 err on one side
+    codes = sketch.unpacked_codes()
+    a = sketch.step.double()[:, g_of] * (0.5 + eta)                                       # (Hkv, M, D)
+    bottom, top = codes == 0, codes == sketch.levels
+    zero = torch.zeros_like(a)
+    a0, aL, am = torch.where(bottom, a, zero), torch.where(top, a, zero), torch.where(bottom | top, zero, a)
+    qa = q64.abs().view(Hkv, G, D).transpose(1, 2)
+    qp = q64.clamp(min=0).view(Hkv, G, D).transpose(1, 2)
+    qm = (-q64).clamp(min=0).view(Hkv, G, D).transpose(1, 2)
+    per_tok = lambda A, v: torch.bmm(A, v).permute(0, 2, 1).reshape(Hq, M)  # noqa: E731
+    rnd = per_tok((4.0 * gamma(D + 2, u_scan) * R)[:, g_of], qa)
+    grow = 1.0 + 2.0 * gamma(D + 3)
+    e_g = err_g[:, g_of]
+    if one_sided:
+        e_up = torch.minimum(up((per_tok(a0, qp) + per_tok(aL, qm) + per_tok(am, qa) + rnd) * grow), e_g)
+        e_dn = torch.minimum(up((per_tok(a0, qm) + per_tok(aL, qp) + per_tok(am, qa) + rnd) * grow), e_g)
+    else:
+        e_up, e_dn = e_g, e_g
+    return shat, e_up, e_dn
+
+
 def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: TorchKeySketch, Kc: int, *,
                      scale: float | None = None, compute_dtype=torch.float32,
                      backend: str = "torch", one_sided: bool = True) -> TorchCertifiedStep:
@@ -313,43 +364,10 @@ def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: 
     S = sketch.group
     Gr = sketch.offset.shape[1]
     u_c = max(torch.finfo(compute_dtype).eps / 2, U64)
-    u_scan = u_c if backend == "triton" else max(u_c, _matmul_roundoff(compute_dtype))
     q64 = Q.double()
     g_of = torch.arange(M, device=dev) // S
     kv = torch.arange(Hq, device=dev) // G
-
-    # sketch scan: ŝ (Hq, M) in compute_dtype, bmm per KV head group (keys never repeated)
-    if backend == "triton":
-        from .kernels.sketch_scan import sketch_scores     # Triton is optional for the torch path
-        shat = sketch_scores(Q, sketch.codes, sketch.offset, sketch.step, bits=sketch.bits, group=sketch.group).double()
-    else:
-        kt = sketch.dequantize(compute_dtype)
-        qg = Q.to(compute_dtype).view(Hkv, G, D).transpose(1, 2)
-        shat = torch.bmm(kt, qg).permute(0, 2, 1).reshape(Hq, M).double()
-    lo, hi = sketch.box()
-    R = torch.maximum(lo.abs(), hi.abs())
-    eta = 4.0 * (sketch.levels + 2) * U64
-    per_channel = sketch.step.double() * (0.5 + eta) + 4.0 * gamma(D + 2, u_scan) * R    # (Hkv, Gr, D)
-    err_g = torch.bmm(per_channel, q64.abs().view(Hkv, G, D).transpose(1, 2)).permute(0, 2, 1).reshape(Hq, Gr)
-    err_g = up(err_g * (1.0 + 2.0 * gamma(D + 3)))
-    # one-sided per-token bounds (vashista_ref.sketch.sketch_bounds): codes 0 and 2^b − 1 err on one side
-    codes = sketch.unpacked_codes()
-    a = sketch.step.double()[:, g_of] * (0.5 + eta)                                       # (Hkv, M, D)
-    bottom, top = codes == 0, codes == sketch.levels
-    zero = torch.zeros_like(a)
-    a0, aL, am = torch.where(bottom, a, zero), torch.where(top, a, zero), torch.where(bottom | top, zero, a)
-    qa = q64.abs().view(Hkv, G, D).transpose(1, 2)
-    qp = q64.clamp(min=0).view(Hkv, G, D).transpose(1, 2)
-    qm = (-q64).clamp(min=0).view(Hkv, G, D).transpose(1, 2)
-    per_tok = lambda A, v: torch.bmm(A, v).permute(0, 2, 1).reshape(Hq, M)  # noqa: E731
-    rnd = per_tok((4.0 * gamma(D + 2, u_scan) * R)[:, g_of], qa)
-    grow = 1.0 + 2.0 * gamma(D + 3)
-    e_g = err_g[:, g_of]
-    if one_sided:
-        e_up = torch.minimum(up((per_tok(a0, qp) + per_tok(aL, qm) + per_tok(am, qa) + rnd) * grow), e_g)
-        e_dn = torch.minimum(up((per_tok(a0, qm) + per_tok(aL, qp) + per_tok(am, qa) + rnd) * grow), e_g)
-    else:
-        e_up, e_dn = e_g, e_g
+    shat, e_up, e_dn = sketch_bounds(Q, sketch, compute_dtype=compute_dtype, one_sided=one_sided, backend=backend)
 
     # candidates: top-Kc by ŝ, ties to the lower index (stable sort); exact rescoring
     kc = min(Kc, M)

@@ -2,10 +2,9 @@
 the sketch scan of the rank's shard, its local top-Kc, and — once the candidates are fixed — the
 exact rescoring and the mergeable terms (``merge.ShardState``).
 
-The scan and its per-token bounds are those of ``vashista_gpu.sketch.certified_decode`` (same
-float64 error terms, read its docstring for why each term is there): that function returns only the
-finished certificate of the whole set, and a shard needs the bounds themselves (its excluded tokens
-are decided by the other ranks too). This module is that scan, not another certificate.
+The scan and its per-token bounds are ``vashista_gpu.sketch.sketch_bounds``, the same function
+``certified_decode`` calls: a shard needs the bounds themselves (its excluded tokens are decided by the
+other ranks too), not the finished certificate of one process.
 """
 from __future__ import annotations
 
@@ -13,9 +12,10 @@ import math
 
 import torch
 
-from vashista_core.rounding import FLOAT32_MATMUL_ROUNDOFF, FN_REL, U64, gamma
+from vashista_core.rounding import FN_REL, U64, gamma
 
 from ..allowance import down, up
+from ..sketch import sketch_bounds
 from .merge import ShardState, lse_bound
 
 __all__ = ["empty_terms", "local_top", "scan_bounds", "shard_terms"]
@@ -26,34 +26,7 @@ def scan_bounds(Q: torch.Tensor, sketch, *, scale: float, compute_dtype, one_sid
     scale·⟨q, k_j⟩ (Hq, T) float64 for queries Q (Hq, D) over a ``TorchKeySketch`` of T tokens (Hkv
     heads). (Only upper bounds: the merged certificate is the middle form, which needs no lower bound
     on the excluded tokens.)"""
-    Hq, D = Q.shape
-    Hkv, M = sketch.codes.shape[:2]
-    G = Hq // Hkv
-    u_c = max(torch.finfo(compute_dtype).eps / 2, U64)
-    u_scan = u_c if compute_dtype == torch.float64 else \
-        max(u_c, FLOAT32_MATMUL_ROUNDOFF.get(torch.get_float32_matmul_precision(), 2.0 ** -7))
-    q64 = Q.double()
-    g_of = torch.arange(M, device=Q.device) // sketch.group
-    kt = sketch.dequantize(compute_dtype)
-    qg = Q.to(compute_dtype).view(Hkv, G, D).transpose(1, 2)
-    shat = torch.bmm(kt, qg).permute(0, 2, 1).reshape(Hq, M).double()
-    lo, hi = sketch.box()
-    R = torch.maximum(lo.abs(), hi.abs())
-    eta = 4.0 * (sketch.levels + 2) * U64
-    grow = 1.0 + 2.0 * gamma(D + 3)
-    per_tok = lambda A, v: torch.bmm(A, v).permute(0, 2, 1).reshape(Hq, M)  # noqa: E731
-    qa = q64.abs().view(Hkv, G, D).transpose(1, 2)
-    rnd = (4.0 * gamma(D + 2, u_scan) * R)[:, g_of]
-    a = sketch.step.double()[:, g_of] * (0.5 + eta)                                   # (Hkv, M, D)
-    e_up = up(per_tok(a + rnd, qa) * grow)                                           # two-sided
-    if one_sided:   # codes 0 and 2^b − 1 err on one side only (vashista_ref.sketch.sketch_bounds)
-        codes = sketch.unpacked_codes()
-        bottom, top = codes == 0, codes == sketch.levels
-        zero = torch.zeros_like(a)
-        a0, aL, am = torch.where(bottom, a, zero), torch.where(top, a, zero), torch.where(bottom | top, zero, a)
-        qp = q64.clamp(min=0).view(Hkv, G, D).transpose(1, 2)
-        qm = (-q64).clamp(min=0).view(Hkv, G, D).transpose(1, 2)
-        e_up = torch.minimum(up((per_tok(a0, qp) + per_tok(aL, qm) + per_tok(am + rnd, qa)) * grow), e_up)
+    shat, e_up, _ = sketch_bounds(Q, sketch, compute_dtype=compute_dtype, one_sided=one_sided)
     return shat, up(up(shat + e_up) * scale)
 
 
