@@ -91,13 +91,13 @@ def cast_output(out: torch.Tensor, error: torch.Tensor, dtype: torch.dtype):
     """(out cast to ``dtype``, error raised by the cast): u_t‖o‖ + √Dv·η_t, ‖o‖ evaluated in float64;
     +∞ for a row whose cast (or input) is not finite. ``error`` keeps its dtype."""
     o = out.to(dtype)
-    if dtype == out.dtype:
-        term = torch.zeros_like(error)
+    if dtype == out.dtype:      # no cast: nothing to add, and adding nothing needs no outward step
+        e = error
     else:
         Dv = out.shape[-1]
         n = torch.linalg.vector_norm(out.double(), dim=-1) * (1 + 2 * gamma(Dv + 2))
         term = (n * unit_roundoff(dtype) + math.sqrt(Dv) * _TINY[dtype]).to(error.dtype)
-    e = up(error + term)
+        e = up(error + term)
     finite = torch.isfinite(o).all(-1) & torch.isfinite(out).all(-1)
     return o, torch.where(finite, e, torch.full_like(e, math.inf))
 
