@@ -44,12 +44,7 @@ def dense_decode(q: torch.Tensor, cache, seq_ids, *, scale: float | None = None,
 
     Sequences of different lengths are attended one by one (no padding mask needed).
     """
-    q = V.tensor("q", q, ndim=3)
-    ids = [int(s) for s in V.index_tensor("seq_ids", seq_ids).tolist()]
-    if len(ids) != q.shape[0]:
-        raise VashistaInputError("seq_ids", f"has {len(ids)} ids but q has batch size {q.shape[0]}")
-    if q.shape[2] != cache.head_dim:
-        raise VashistaInputError("q", f"has head dimension {q.shape[2]} but the cache stores keys of dimension {cache.head_dim}")
+    q, ids = V.batch_query(q, cache, seq_ids)
     if q.shape[1] % cache.n_kv_heads:
         raise VashistaInputError("q", f"has {q.shape[1]} query heads, not a multiple of the cache's {cache.n_kv_heads} KV heads")
     sc = cache.head_dim ** -0.5 if scale is None else V.positive_scalar("scale", scale)

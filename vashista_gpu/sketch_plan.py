@@ -217,20 +217,6 @@ def run_sketch_plan(plan: SketchStepPlan, q: torch.Tensor, *, sync: bool = False
                       overflow=overflow.view(B, Hq), gap=gap.view(B, Hq), path="fused")
 
 
-def _batch_query(q, cache, seq_ids):
-    """(q, host ids) checked against each other and the cache: q (B, Hq, D) finite on the cache's
-    device with the cache's head dimension, one sequence id per batch row."""
-    q = V.tensor("q", q, ndim=3)
-    V.same_device("q", q, cache.device)
-    ids = [int(s) for s in V.index_tensor("seq_ids", seq_ids).tolist()]
-    if len(ids) != q.shape[0]:
-        raise VashistaInputError("seq_ids", f"has {len(ids)} ids but q has batch size {q.shape[0]}")
-    if q.shape[2] != cache.head_dim:
-        raise VashistaInputError("q", f"has head dimension {q.shape[2]} but the cache stores keys of dimension "
-                                      f"{cache.head_dim}")
-    return q, ids
-
-
 def fused_paged_sketch_step(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: int = 4, scale: float | None = None,
                             one_sided: bool = True, cap: int | None = None, sync: bool = True,
                             max_tokens: int | None = None) -> StepResult:
@@ -251,7 +237,7 @@ def fused_paged_sketch_step(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: i
     >>> r.candidates.shape, bool((r.certified_leakage <= 1).all())
     (torch.Size([1, 4, 8]), True)
     """
-    q, ids = _batch_query(q, cache, seq_ids)
+    q, ids = V.batch_query(q, cache, seq_ids)
     plan = plan_sketch_step(cache, ids, q.shape[1], Kc, bits=bits, scale=scale, one_sided=one_sided, cap=cap,
                             max_tokens=max_tokens)
     return run_sketch_plan(plan, q, sync=sync)
@@ -281,7 +267,7 @@ def paged_certified_decode(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: in
     heads' results, until certified or capped, then falls back densely. Returns a ``StepResult``
     (``path="fused"``; candidates/weights (B, Hq, max Kc_used), −1/0 padded). Synchronises
     (policies need the certificates on the host)."""
-    q, ids = _batch_query(q, cache, seq_ids)
+    q, ids = V.batch_query(q, cache, seq_ids)
     policy = check_policy(policy)
     B, Hq = q.shape[:2]
 

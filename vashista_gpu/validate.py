@@ -18,7 +18,7 @@ import torch
 from vashista_core.errors import VashistaInputError
 from vashista_core.validate import nonnegative_scalar, positive_int, positive_scalar  # noqa: F401  (re-export)
 
-__all__ = ["FLOAT_DTYPES", "index_tensor", "same_device", "tensor"]
+__all__ = ["FLOAT_DTYPES", "batch_query", "index_tensor", "same_device", "tensor"]
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -71,3 +71,18 @@ def index_tensor(name: str, x, *, ndim: int = 1) -> torch.Tensor:
 def same_device(name: str, x: torch.Tensor, device: torch.device) -> None:
     if x.device.type != torch.device(device).type:
         raise VashistaInputError(name, f"is on {x.device} but the cache lives on {device}")
+
+
+def batch_query(q, cache, seq_ids):
+    """(q, host ids) of a decode batch checked against each other and the cache: q (B, Hq, D) finite on
+    the cache's device with the cache's head dimension, one sequence id per batch row (every step of
+    the tier takes its batch through here)."""
+    q = tensor("q", q, ndim=3)
+    same_device("q", q, cache.device)
+    ids = [int(s) for s in index_tensor("seq_ids", seq_ids).tolist()]
+    if len(ids) != q.shape[0]:
+        raise VashistaInputError("seq_ids", f"has {len(ids)} ids but q has batch size {q.shape[0]}")
+    if q.shape[2] != cache.head_dim:
+        raise VashistaInputError("q", f"has head dimension {q.shape[2]} but the cache stores keys of dimension "
+                                      f"{cache.head_dim}")
+    return q, ids

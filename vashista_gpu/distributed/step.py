@@ -65,14 +65,8 @@ def global_threshold(local_keys: torch.Tensor, Kc: int, group=None):
 
 
 def _check(q, shards, seq_ids, Kc, policy, selection, compute_dtype):
-    q = V.tensor("q", q, ndim=3)
     local = shards.local
-    V.same_device("q", q, local.device)
-    ids = [int(s) for s in V.index_tensor("seq_ids", seq_ids).tolist()]
-    if len(ids) != q.shape[0]:
-        raise VashistaInputError("seq_ids", f"has {len(ids)} ids but q has batch size {q.shape[0]}")
-    if q.shape[2] != local.head_dim:
-        raise VashistaInputError("q", f"has head dimension {q.shape[2]} but the cache stores {local.head_dim}")
+    q, ids = V.batch_query(q, local, seq_ids)
     if q.shape[1] % local.n_kv_heads:
         raise VashistaInputError("q", f"has {q.shape[1]} query heads, not a multiple of the {local.n_kv_heads} KV heads")
     shortest = min(shards.total_length(s) for s in ids)
