@@ -3,6 +3,8 @@ test_stress.py (which runs every registered tier, the torch-backend ``gpu-torch-
 
 * the Triton tiers under the interpreter on CPU (a few cases: the interpreter is slow; the long profile
   runs them on the device, benchmarks/RESULTS.md "Soundness stress");
+* the context-parallel step (``tiers_cp.py``): its torch path runs in every tier's CI profile
+  (``cp-torch-*``); the fused per-rank terms under the interpreter on a few cases here;
 * every counterexample the first run of the harness found on the GPU tier's code before the fix, kept
   as a regression with what it found.
 """
@@ -18,6 +20,7 @@ from run import check_case, run
 from tiers import TIERS
 
 torch = pytest.importorskip("torch")
+import tiers_cp  # noqa: E402
 import tiers_gpu_steps  # noqa: E402
 
 LONG = os.environ.get("VASHISTA_STRESS") == "long"
@@ -51,6 +54,13 @@ REGRESSIONS = [
     ("gpu-torch-bf16", "keys_1000", 0, "certified leakage 0.679 < exact 0.702"),
     ("gpu-torch-bf16", "hidden_outlier", 1, "certified error 7.9e-4 < exact 2.2e-3"),
     ("gpu-torch-bf16", "gqa", 1, "certified error 7.6e-4 < exact 9.4e-4"),
+    # the context-parallel step before the audit of issue 15 (docs/ROUNDING.md, "Issue 15 audit")
+    ("cp-torch-fp32", "tiny_scores", 0, "certified error 5.4e-14 < exact 7.9e-9 (float32 output cast not charged)"),
+    ("cp-torch-fp32", "huge_scores", 2, "certified error NaN, leakage 0: e^{2 eps} = inf at scores ~1e20, times 0"),
+    ("cp-torch-bf16", "tiny_scores", 0, "certified error 5.4e-14 < exact 7.3e-4 (bf16 cast after certifying)"),
+    ("cp-torch-bf16", "partial_pages", 0, "certified error 2.7e-4 < exact 2.1e-3 (bf16 cast)"),
+    ("cp-torch-bf16", "near_ties", 1, "certified error 5.0e-4 < exact 2.1e-3 (bf16 cast)"),
+    ("cp-torch-bf16", "hidden_outlier", 1, "certified error 6.9e-4 < exact 2.2e-3 (bf16 cast)"),
 ]
 
 
@@ -61,5 +71,17 @@ def test_gpu_regression(tier, kind, seed, found):
     assert c["violations"] == [], (found, c["violations"][:3])
 
 
+def test_cp_fused_terms_no_violation():
+    """The context-parallel step's fused per-rank terms (Triton), merged over 1-3 simulated ranks, on
+    the first seeds of every kind (the error only; tiers_cp.cp_fused_step)."""
+    pytest.importorskip("triton")
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    name = tiers_cp.register_fused()
+    with np.errstate(all="ignore"):
+        total = run(name, 100_000 if LONG else 40, seed0=0, log=lambda s: None)
+    assert total["query_heads"] >= 40 and total["violations"] == [], total["violations"][:5]
+
+
 def test_gpu_tiers_registered():
-    assert {"gpu-torch-fp32", "gpu-torch-bf16"} <= set(TIERS)
+    assert {"gpu-torch-fp32", "gpu-torch-bf16", "cp-torch-fp32", "cp-torch-bf16"} <= set(TIERS)

@@ -35,3 +35,4 @@ def torch_sketch_f64(case) -> TierResult:
 
 
 import tiers_gpu_steps  # noqa: E402,F401  (the GPU tier's steps per backend and dtype: docs/ROUNDING.md §4)
+import tiers_cp  # noqa: E402,F401  (the context-parallel step on simulated ranks: docs/ROUNDING.md, "Issue 15 audit")

@@ -145,10 +145,16 @@ def certificate(st: ShardState) -> MergedResult:
     e = down(torch.exp(d) * (1 - FN_REL))
     leak = up(up(1.0 / down(1.0 + e)) * (1 + 4 * FN_REL))
     leak = torch.where(none_out, torch.zeros_like(leak), leak.clamp(max=1.0))
-    # w ≥ ‖out − o_C‖: the exponents' error (e^{2 eps} − 1)·vmax_c plus the rounding of o/l
-    w = up(up(up(torch.expm1(2 * st.eps) * (1 + FN_REL)) * st.vmax_c) + st.o_rnd)
+    # w ≥ ‖out − o_C‖: the exponents' error moves the weights by ≤ e^{2 eps} − 1 in total variation,
+    # and never by more than 2 (two distributions): the cap keeps huge scores (eps ~1e13 at scores
+    # ~1e20: e^{2 eps} = ∞) finite — and ∞·0 from being NaN (issue 15) — plus the rounding of o/l
+    tv = torch.clamp(up(torch.expm1(2 * st.eps) * (1 + FN_REL)), max=2.0)
+    w = up(up(tv * st.vmax_c) + st.o_rnd)
     o_norm = up(torch.linalg.vector_norm(out, dim=-1) * (1 + gamma(Dv + 2)))
-    err = up(up(leak * up(up(st.vmax_out + o_norm) + w)) * (1 + 4 * U64) + w)
+    # nothing excluded (L̂ = 0) adds nothing, whatever the norms: 0·∞ must not be NaN
+    far = up(leak * up(up(st.vmax_out + o_norm) + w))
+    far = torch.where(leak == 0, torch.zeros_like(far), far)
+    err = up(far * (1 + 4 * U64) + w)
     return MergedResult(out=out, certified_leakage=leak, certified_error=err, gap=down(st.lb_max - st.ub_max))
 
 

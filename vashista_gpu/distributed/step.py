@@ -38,6 +38,7 @@ from vashista_core.policies import Capped
 from vashista_core.policy_loop import check_policy, run_policy
 
 from .. import validate as V
+from ..allowance import cast_output
 from ..result import StepResult
 from ..sketch import attach_sketch
 from .fallback import cp_dense_decode
@@ -153,10 +154,13 @@ def cp_certified_decode(q: torch.Tensor, shards, seq_ids, Kc: int, *, bits: int 
 
     def attempt(rows, _P, kc):
         r, c = _attempt(q[rows], shards, [ids[b] for b in rows], kc, **kw)
+        # the output is returned in q's dtype: the certificate is raised by that cast (docs/ROUNDING.md
+        # §2.5) before the policy reads it, as in the single-process steps
+        o_cast, e_cast = cast_output(r.out, r.certified_error, q.dtype)
         for i, b in enumerate(rows):
             redo = ~(err[b] <= tol)                     # the first attempt: every head (err is NaN)
-            out[b] = torch.where(redo[:, None], r.out[i], out[b])
-            for t, new in ((leak, r.certified_leakage), (err, r.certified_error), (gap, r.gap)):
+            out[b] = torch.where(redo[:, None], o_cast[i].double(), out[b])
+            for t, new in ((leak, r.certified_leakage), (err, e_cast), (gap, r.gap)):
                 t[b] = torch.where(redo, new[i], t[b])
             for h in torch.nonzero(redo).flatten().tolist():
                 cands[b][h] = c[i, h]
