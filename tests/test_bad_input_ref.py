@@ -102,3 +102,26 @@ def test_paged_cache_bad_ids(case, arg, call):
         call(cache, seqs)
     assert err.value.argument == arg, case
     assert cache.length(seqs[0]) == before, "a refused step must not append anything"
+
+
+@pytest.mark.parametrize("solver", ["eg", "fw"])
+def test_projection_solvers_scale_covariant_or_refused(solver):
+    """Issue 15 asks the projection solvers to be scale-invariant or to refuse with the reason. With q and
+    K scaled by s and ε by s² (the objective scales by s²), eg/fw take the same steps: the same weights,
+    the residual gap × s², never NaN. At 1e-300 the gap (∝ s²) leaves float64: before, μ̂ underflowed,
+    ‖r̂‖ read 0 and the gap was NaN — "q inside the hull"; now a refusal naming q with the reason."""
+    from vashista_ref.sparse_decode import sparse_decode_single
+    rng = np.random.default_rng(3)
+    Kr, Vr, qr = rng.standard_normal((64, 8)), rng.standard_normal((64, 4)), 3 * rng.standard_normal(8)
+    run = lambda s, eps: sparse_decode_single(qr * s, Kr * s, Vr, P=2, Kc=8, page_size=8, solver=solver,  # noqa: E731
+                                              eps=eps)
+    base = run(1.0, 0.5)
+    assert np.isfinite(base.projection_gap[0, 0]) and base.projection_gap[0, 0] != 0
+    for s in (1e-100, 1e-4, 1e4, 1e30, 1e100):
+        r = run(s, 0.5 * s * s)
+        np.testing.assert_allclose(r.out, base.out, rtol=1e-9, atol=1e-12)
+        assert r.projection_gap[0, 0] == pytest.approx(base.projection_gap[0, 0] * s * s, rel=1e-6), s
+        assert r.solver_certificate[0, 0] == pytest.approx(base.solver_certificate[0, 0] * s * s, rel=1e-4, abs=0), s
+    with pytest.raises(VashistaInputError, match="scale-invariant") as err:
+        run(1e-300, 0.5)
+    assert err.value.argument == "q"

@@ -72,6 +72,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vashista_core.errors import VashistaInputError
 from vashista_core.rounding import (FN_REL, SUBNORMAL_MIN, U64, add_up, down, gamma, leakage_upper, log_domain_factor,
                                     lse_lower, lse_upper, mul_up, score_error, softmax_eval_error, softmax_tv, up)
 
@@ -203,18 +204,44 @@ class ProjectionCertificate:
     residual_norm: float       # ‖r̂‖ (0: q inside the candidates' hull, nothing to certify)
 
 
+def _pow2_exponent(*arrays) -> int:
+    """e with max |x| < 2^e over ``arrays`` (0 when all are zero): dividing by 2^e is exact."""
+    m = max((float(np.max(np.abs(a), initial=0.0)) for a in arrays), default=0.0)
+    return int(np.frexp(m)[1])
+
+
 def projection_certificate(q: np.ndarray, y_hat: np.ndarray, K_scored_out: np.ndarray,
                            kmin_blocks: np.ndarray, kmax_blocks: np.ndarray) -> ProjectionCertificate:
     """μ̂ certificate at residual r̂ = q − ŷ: exact for scored keys, via UB_p(r̂) for excluded blocks.
 
     When r̂ = 0 (q inside the candidates' hull) every μ̂ is 0: ``gap`` is NaN — "no certificate".
+
+    μ̂ is bilinear in (r̂, keys), so it is evaluated on r̂ and the keys divided by powers of two (exact)
+    and scaled back: at q, K ~ 1e-300 the products underflowed and ‖r̂‖ read 0, i.e. "q inside the
+    hull" (issue 15). A gap whose scaled value leaves float64's range (it is ∝ the square of the
+    inputs' scale) is refused with the reason rather than reported as 0 or ∞.
     """
     r = np.asarray(q, dtype=np.float64) - np.asarray(y_hat, dtype=np.float64)
-    ry = float(r @ y_hat)
-    mu_scored = ry - np.asarray(K_scored_out, dtype=np.float64).reshape(-1, r.shape[0]) @ r
-    ub = np.maximum(kmin_blocks * r, kmax_blocks * r).sum(axis=-1) if len(kmin_blocks) else np.zeros(0)
-    mu_blocks = ry - ub
-    rn = float(np.linalg.norm(r))
-    allm = np.r_[mu_scored, mu_blocks]
-    gap = float("nan") if rn == 0.0 else (float(allm.min()) if allm.size else float("inf"))
-    return ProjectionCertificate(gap=gap, mu_scored=mu_scored, mu_blocks=mu_blocks, residual_norm=rn)
+    y = np.asarray(y_hat, dtype=np.float64)
+    Ko = np.asarray(K_scored_out, dtype=np.float64).reshape(-1, r.shape[0])
+    lo, hi = np.asarray(kmin_blocks, dtype=np.float64), np.asarray(kmax_blocks, dtype=np.float64)
+    er, ek = _pow2_exponent(r), _pow2_exponent(y, Ko, lo, hi)
+    rt = np.ldexp(r, -er)
+    yt, Kt, lot, hit = (np.ldexp(a, -ek) for a in (y, Ko, lo, hi))
+    ry = float(rt @ yt)
+    mu_t = np.r_[ry - Kt @ rt, ry - np.maximum(lot * rt, hit * rt).sum(axis=-1) if len(lo) else np.zeros(0)]
+    with np.errstate(over="ignore", under="ignore"):
+        mu = np.ldexp(mu_t, er + ek)
+        rn = float(np.ldexp(np.linalg.norm(rt), er))
+    if not r.any():
+        gap = float("nan")
+    elif not mu.size:
+        gap = float("inf")
+    else:
+        gap_t, gap = float(mu_t.min()), float(mu.min())
+        if not np.isfinite(gap) or (gap == 0.0) != (gap_t == 0.0):
+            raise VashistaInputError("q", f"the projection certificate's gap (~{gap_t:.3g}·2^{er + ek}, the square "
+                                          "of q's and the keys' scale) leaves float64's range; rescale q and the "
+                                          "keys by one factor (the projection is scale-invariant)")
+    n = Ko.shape[0]
+    return ProjectionCertificate(gap=gap, mu_scored=mu[:n], mu_blocks=mu[n:], residual_norm=rn)
