@@ -166,3 +166,22 @@ def test_infinite_and_absent_certificates_read_differently(capsys):
     import json
     assert main(["certify", "--decode", "--context", "64", "--Kc", "8", "--solver", "eg", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["certified_error"] is None
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_infinite_certificate_end_to_end(files, tmp_path, capsys):
+    """Issue 15: "an infinite certificate prints like 'no certificate'". Values of 1e300 make the error
+    bound +inf (softmax solver, a certificate that says nothing); the command prints ``inf`` in the table
+    and ``"inf"`` in JSON — not ``none``/null, which is the eg/fw solvers' absent certificate — with
+    nothing on stderr (no NumPy overflow warning next to the answer)."""
+    import json
+    big = str(tmp_path / "V_big.npy")
+    np.save(big, np.random.default_rng(1).normal(size=(12, 3)) * 1e300)
+    argv = _decode(files["q"], files["K"], big)
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    row = out.strip().splitlines()[-1].split()
+    assert row[2] == "inf" and "none" not in row and err == "", (out, err)
+    assert main(argv + ["--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["certified_error"] == "inf" and rep["per_query"][0]["certified_error"] == "inf"

@@ -1,0 +1,74 @@
+"""Issue 15: "a float16 cache stores keys of 1e5 as inf; the next decode returns finite output with NaN
+certificates". The host append refuses such keys (tests/test_gpu_certificates.py::
+test_float16_cache_refuses_keys_beyond_its_range); the device append (``append_step_device``, no host
+synchronisation, graph-capturable) cannot refuse, so the stored key IS inf. What the decode must do then
+(docs/ROUNDING.md §4.3): a clear refusal, or a certificate that is never NaN and bounds the distance to
+exact attention over the stored numbers — in which the inf key's score is ±inf: +inf takes all the
+mass (exact attention is that token's value), −inf none.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vashista_core.errors import VashistaInputError
+from vashista_gpu.decode import sparse_decode
+from vashista_gpu.paged_cache import TorchPagedKVCache
+from vashista_gpu.sketch import attach_sketch
+
+
+def _cache_with_inf_key(sketch: bool):
+    g = torch.Generator().manual_seed(0)
+    cache = TorchPagedKVCache(16, 1, 16, 8, dtype=torch.float16, num_pages=8, max_seqs=1, backend="torch")
+    s = cache.add_sequence()
+    cache.append(s, torch.randn(40, 1, 16, generator=g), torch.randn(40, 1, 8, generator=g))
+    if sketch:
+        attach_sketch(cache, 4)
+    cache.reserve(s, 1)
+    k = torch.randn(1, 1, 16, generator=g)
+    k[0, 0, 3] = 1e5                                       # beyond float16 (max 65504): stored as inf
+    cache.append_step_device(torch.tensor([s], dtype=torch.int32), k, torch.randn(1, 1, 8, generator=g))
+    cache.sync_lengths()
+    return cache, s
+
+
+def _exact(q: np.ndarray, K: np.ndarray, V: np.ndarray, scale: float) -> np.ndarray:
+    """Exact attention over stored keys with one infinite component (q_3 ≠ 0): ±inf scores in the limit."""
+    inf_row = ~np.isfinite(K).all(-1)
+    s = (np.where(np.isfinite(K), K, 0.0) @ q) * scale          # the inf rows are not read below
+    up = inf_row & (q[3] > 0)
+    if up.any():
+        return V[up].mean(0)
+    keep = ~inf_row
+    w = np.exp(s[keep] - s[keep].max())
+    return (w / w.sum()) @ V[keep]
+
+
+@pytest.mark.parametrize("router", ["bound", "mean"])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_device_append_of_an_unstorable_key_never_gives_nan_certificates(router, sign):
+    cache, s = _cache_with_inf_key(sketch=False)
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(1, 2, 16, generator=g)
+    q[..., 3] = sign * q[..., 3].abs().clamp(min=0.5)
+    q = q.half()
+    K, V = (x[:, 0].double().numpy() for x in cache.gather(s))
+    assert np.isinf(K).any()
+    r = sparse_decode(q, cache, [s], P=2, Kc=8, backend="torch", router=router)
+    for h in range(2):
+        ce, cl = float(r.certified_error[0, h]), float(r.certified_leakage[0, h])
+        assert not math.isnan(ce) and not math.isnan(cl), (router, ce, cl)
+        if math.isfinite(ce):
+            o = r.out[0, h].double().numpy()
+            assert np.isfinite(o).all()
+            assert np.linalg.norm(o - _exact(q[0, h].double().numpy(), K, V, 0.25)) <= ce, (router, sign, h)
+
+
+def test_sketch_router_refuses_the_unstorable_key():
+    """The certified (sketch) path checks the keys it reads on the host: a clear refusal, not NaN."""
+    cache, s = _cache_with_inf_key(sketch=True)
+    with pytest.raises(VashistaInputError, match="NaN or infinite"):
+        sparse_decode(torch.randn(1, 2, 16).half(), cache, [s], P=2, Kc=8, backend="torch", router="sketch", bits=4)
