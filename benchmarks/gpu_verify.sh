@@ -6,7 +6,7 @@
 #   3. compute-sanitizer --tool memcheck over the fused / planned step, kernel and engine tests;
 #   4. the stress totals once it ends.
 # Everything goes to $OUT (the device tool brings it back). Usage on the device:
-#     STRESS_SECONDS=470 bash benchmarks/gpu_verify.sh
+#     STRESS_SECONDS=470 [STRESS_TIERS=gpu-triton-fp32,...] bash benchmarks/gpu_verify.sh
 set -u
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/vashista_verify}
@@ -20,7 +20,7 @@ T0=$(date +%s)
   git log -1 --format='code %H' 2>/dev/null || true
 } > "$OUT/card.txt" 2>&1
 
-python3 tests/stress/long_gpu.py --tiers gpu-triton-fp32,gpu-triton-bf16,gpu-torch-fp32,gpu-torch-bf16 \
+python3 tests/stress/long_gpu.py --tiers "${STRESS_TIERS:-gpu-triton-fp32,gpu-triton-bf16,gpu-torch-fp32,gpu-torch-bf16}" \
     --workers "$STRESS_WORKERS" --seconds "$STRESS_SECONDS" --json "$OUT/stress_gpu.json" \
     > "$OUT/stress_gpu.log" 2>&1 &
 STRESS_PID=$!
@@ -41,7 +41,7 @@ MEMCHECK_TESTS="tests/test_gpu_certificates.py tests/test_gpu_sketch_fused.py te
  tests/test_append_kernel.py tests/test_paged_dense.py tests/test_row_keys_kernel.py tests/test_row_vmax_kernel.py
  tests/test_step_stats_kernel.py tests/test_fused_engine_step.py tests/test_engine_gpu.py"
 timeout "${MEMCHECK_SECONDS:-170}" compute-sanitizer --tool memcheck --error-exitcode 99 \
-    python3 -m pytest -q -p no:cacheprovider -x $MEMCHECK_TESTS > "$OUT/memcheck.log" 2>&1
+    python3 -m pytest -q -p no:cacheprovider $MEMCHECK_TESTS > "$OUT/memcheck.log" 2>&1
 echo "memcheck rc=$? after $(( $(date +%s) - T0 )) s: $(grep -E 'ERROR SUMMARY|passed|failed' "$OUT/memcheck.log" | tail -2 | tr '\n' ' ')" >> "$OUT/card.txt"
 
 wait "$STRESS_PID"

@@ -23,6 +23,7 @@ from vashista_gpu.paged_cache import TorchPagedKVCache
 from vashista_gpu.sketch_plan import plan_sketch_step, run_sketch_plan
 
 S, HKV, HQ, D, KC = 16, 1, 2, 32, 8      # one KV head, GQA G = 2: few interpreted programs
+DEV = "cuda" if torch.cuda.is_available() else "cpu"     # the fused step: compiled on a GPU, interpreted on CPU
 
 
 def _data(T, seed, needle=None):
@@ -32,13 +33,13 @@ def _data(T, seed, needle=None):
     if needle is not None:
         K.mul_(0.1)
         K[needle] = 6 * q[0].view(HKV, HQ // HKV, D).mean(1)
-    return K, V, q
+    return K.to(DEV), V.to(DEV), q.to(DEV)
 
 
 def _merged(K, V, q, world, chunk_pages=1, one_sided=True):
     states = []
     for rank in range(world):
-        cache = TorchPagedKVCache(S, HKV, D, dtype=torch.float32, num_pages=32, max_seqs=1)
+        cache = TorchPagedKVCache(S, HKV, D, dtype=torch.float32, num_pages=32, max_seqs=1, device=DEV)
         sh = ShardedCache(cache, ShardLayout(world, S, chunk_pages), rank)
         sh.add_sequence(0)
         sh.append(0, K, V)
@@ -54,7 +55,7 @@ def _dense(K, V, q):
 
 
 def _single(K, V, q):
-    cache = TorchPagedKVCache(S, HKV, D, dtype=torch.float32, num_pages=32, max_seqs=1)
+    cache = TorchPagedKVCache(S, HKV, D, dtype=torch.float32, num_pages=32, max_seqs=1, device=DEV)
     cache.add_sequence(0)
     cache.append(0, K, V)
     return run_sketch_plan(plan_sketch_step(cache, [0], HQ, KC, bits=4), q, sync=True)

@@ -47,7 +47,7 @@ def _run(model, fused: bool, monkeypatch):
 
 
 def test_fused_planned_step_equals_unfused_planned_step(monkeypatch):
-    model = _model()
+    model = _model().to("cuda" if torch.cuda.is_available() else "cpu")   # compiled kernels on a GPU
     with monkeypatch.context() as m:
         a, ta = _run(model, False, m)
     b, tb = _run(model, True, monkeypatch)

@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpu_cases import as_sets, build, finite_rel_close, poison_outputs, ref_sets  # noqa: F401 (autouse)
+from gpu_cases import as_sets, build, check_against_reference, poison_outputs, ref_sets  # noqa: F401 (autouse)
 from helpers import REL_TOL, assert_rel_close
 from vashista_gpu.decode import sparse_decode
 from vashista_gpu.dense import dense_decode
@@ -28,28 +28,6 @@ DEV = "cuda" if CUDA else "cpu"
 BACKENDS = ["torch", "triton"]
 F32 = REL_TOL["float32"]          # the certificate is computed in float32 from exact scores
 
-
-
-def check_against_reference(g, r, dtype):
-    assert_rel_close(g.out, r.out, dtype, "out")
-    assert as_sets(g.pages) == ref_sets(r.pages), "routed pages differ from the reference"
-    assert as_sets(g.candidates) == ref_sets(r.candidates), "candidates differ from the reference"
-    # the GPU certificate is the reference's (middle form) raised by the float32 allowances
-    # (vashista_gpu/allowance.py): never below it, above it by at most the allowance of these small
-    # scores (|s| ≤ 4, D ≤ 16: δ < 1e-5, so relative 1e-3 and absolute 1e-3·max‖v‖ are ample)
-    vmax = max(1.0, float(np.abs(g.out.cpu().double().numpy()).max()) * 4)
-    _between(g.certified_leakage, r.certified_leakage, 1e-3, 1e-30, "certified_leakage")
-    _between(g.certified_error, r.error_middle - r.rounding, 1e-3, 1e-3 * vmax, "certified_error (middle form)")
-    gg = g.gap.cpu().double().numpy()
-    assert np.all(gg <= r.gap + 1e-12) and np.all(gg >= r.gap - 1e-4), (gg, r.gap)
-    assert np.all(g.certified_error.cpu().double().numpy() >= (r.certified_error - r.rounding) * (1 - F32))
-
-
-def _between(g, r, rel, absolute, what):
-    g = g.cpu().double().numpy()
-    r = np.asarray(r, dtype=float)
-    assert np.all(g >= r * (1 - F32)), f"{what}: below the reference's\n{g}\n{r}"
-    assert np.all(g <= r * (1 + rel) + absolute), f"{what}: above the reference's by more than the allowance\n{g}\n{r}"
 
 
 # (lengths, Hkv, G, D, S, dtype, kwargs) — odd lengths, partial last pages, batches of different

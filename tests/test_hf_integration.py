@@ -17,6 +17,7 @@ transformers = pytest.importorskip("transformers")
 
 from vashista_gpu.hf import disable_vashista, enable_vashista  # noqa: E402
 from vashista_gpu.hf.model import verify_sha256  # noqa: E402
+from vashista_app.quality.decode_loop import cache_kwarg   # noqa: E402  ('cache' or 'past_key_values' by version)
 
 VOCAB = 97
 
@@ -52,10 +53,11 @@ def _decode_logits(model, ids, n_prefill, attention_mask=None):
     # (Box-bound routing is not invariant under a RoPE shift, so shifted positions route differently.)
     pos = None if am is None else (am.cumsum(-1) - 1).clamp(min=0)
     kw = lambda a, b: {} if am is None else dict(attention_mask=am[:, :b], position_ids=pos[:, a:b])
-    out = model(ids[:, :n_prefill], cache=cache, use_cache=True, **kw(0, n_prefill))
+    out = model(ids[:, :n_prefill], use_cache=True, **{cache_kwarg(model): cache}, **kw(0, n_prefill))
+    assert cache.get_seq_length() == n_prefill, "the model ignored the cache argument"
     logits = [out.logits[:, -1]]
     for t in range(n_prefill, ids.shape[1]):
-        out = model(ids[:, t:t + 1], cache=cache, use_cache=True, **kw(t, t + 1))
+        out = model(ids[:, t:t + 1], use_cache=True, **{cache_kwarg(model): cache}, **kw(t, t + 1))
         logits.append(out.logits[:, -1])
     return torch.stack(logits, 1)
 

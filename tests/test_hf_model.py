@@ -9,6 +9,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("gguf")
 
 from vashista_gpu.hf import disable_vashista, enable_vashista, load_default_model  # noqa: E402
+from vashista_app.quality.decode_loop import cache_kwarg   # noqa: E402  ('cache' or 'past_key_values' by version)
 
 pytestmark = pytest.mark.model
 
@@ -33,10 +34,10 @@ def _prompt(tok, n, offset=0):
 def _decode(model, ids, n_prefill):
     from transformers import DynamicCache
     cache = DynamicCache()
-    out = model(ids[None, :n_prefill], cache=cache, use_cache=True)
+    out = model(ids[None, :n_prefill], use_cache=True, **{cache_kwarg(model): cache})
     logits = [out.logits[0, -1]]
     for t in range(n_prefill, ids.numel()):
-        logits.append(model(ids[None, t:t + 1], cache=cache, use_cache=True).logits[0, -1])
+        logits.append(model(ids[None, t:t + 1], use_cache=True, **{cache_kwarg(model): cache}).logits[0, -1])
     return torch.stack(logits)
 
 

@@ -10,19 +10,21 @@ import torch
 from vashista_gpu.kernels.row_keys import row_keys
 from vashista_gpu.selection import key_index, select_candidates, tie_keys
 
+DEV = "cuda" if torch.cuda.is_available() else "cpu"     # compiled on a GPU, interpreted on CPU
+
 
 @pytest.mark.parametrize("R,T,width,block", [(1, 7, None, 1024), (3, 50, 33, 1024), (4, 70, None, 16), (2, 5, 1, 4)])
 def test_row_keys_equal_tie_keys(R, T, width, block):
     g = torch.Generator().manual_seed(R * T)
-    s = torch.randn(R, T + 3, generator=g)[:, :T]                 # row stride T + 3
+    s = torch.randn(R, T + 3, generator=g).to(DEV)[:, :T]         # row stride T + 3
     s[:, ::5] = 0.0
     specials = torch.tensor([-0.0, float("inf"), float("-inf"), float("nan"), 1e-45, -1e-45, 1.0, 1.0])
     n = min(len(specials), T)
-    s2 = torch.randn(R, T + 3, generator=g)[:, :T]
-    s2[0, :n] = specials[:n]
+    s2 = torch.randn(R, T + 3, generator=g).to(DEV)[:, :T]
+    s2[0, :n] = specials[:n].to(DEV)
     for x in (s, s2):
         w = T if width is None else width
-        want = tie_keys(x[:, :w], torch.arange(w))
+        want = tie_keys(x[:, :w], torch.arange(w, device=DEV))
         got = row_keys(x, width, block=block)
         assert got.dtype == torch.int64 and got.shape == (R, w)
         assert torch.equal(got, want)
@@ -30,7 +32,7 @@ def test_row_keys_equal_tie_keys(R, T, width, block):
 
 def test_full_topk_selection_follows_the_tie_rule():
     """The full-topk path of select_candidates (few blocks) with ties: the lower index wins."""
-    s = torch.tensor([[1.0, 3.0, 3.0, 2.0, -0.0, 0.0, 3.0, float("-inf")]])
+    s = torch.tensor([[1.0, 3.0, 3.0, 2.0, -0.0, 0.0, 3.0, float("-inf")]], device=DEV)
     cand, overflow = select_candidates(s, s.amax(-1, keepdim=True), 3, 8, sync=False)
     assert cand.tolist() == [[1, 2, 6]] and not overflow.any()
     cand, _ = select_candidates(s, s.amax(-1, keepdim=True), 5, 8, sync=False)

@@ -10,9 +10,11 @@ import torch
 
 from vashista_gpu.engine.step import StepStats
 
+DEV = "cuda" if torch.cuda.is_available() else "cpu"     # compiled on a GPU, interpreted on CPU
+
 
 def _pair():
-    ref, fus = StepStats(3, "cpu"), StepStats(3, "cpu")
+    ref, fus = StepStats(3, DEV), StepStats(3, DEV)
     ref.fused, fus.fused = False, True
     fus.t.fill_(0.0)
     return ref, fus
@@ -24,13 +26,13 @@ def test_step_stats_kernel_matches_torch(B, Hq, with_fell, with_ovf, tol):
     g = torch.Generator().manual_seed(B * 100 + Hq)
     ref, fus = _pair()
     for layer, step in ((1, 0), (1, 1), (2, 0)):       # accumulates across steps into the same row
-        err = torch.rand(B, Hq, generator=g, dtype=torch.float32) * 0.5
-        leak = torch.rand(B, Hq, generator=g, dtype=torch.float32)
+        err = (torch.rand(B, Hq, generator=g, dtype=torch.float32) * 0.5).to(DEV)
+        leak = torch.rand(B, Hq, generator=g, dtype=torch.float32).to(DEV)
         err.view(-1)[:: 4] = float("nan")
         err.view(-1)[1:: 9] = float("inf")
         leak.view(-1)[2:: 7] = float("nan")
-        fell = torch.rand(B, Hq, generator=g) < 0.3 if with_fell else None
-        ovf = torch.rand(B, Hq, generator=g) < 0.2 if with_ovf else None
+        fell = (torch.rand(B, Hq, generator=g) < 0.3).to(DEV) if with_fell else None
+        ovf = (torch.rand(B, Hq, generator=g) < 0.2).to(DEV) if with_ovf else None
         for st in (ref, fus):
             st.add(layer, err, leak, tol, fell=fell, overflow=ovf)
     exact = [0, 1, 2, 3, 5, 6, 7]
@@ -45,9 +47,9 @@ def test_step_stats_kernel_all_nonfinite_and_block_loop():
     from vashista_gpu.kernels.step_stats import step_stats
 
     ref, fus = _pair()
-    err = torch.full((4, 40), float("nan"))
-    leak = torch.full((4, 40), float("nan"))
+    err = torch.full((4, 40), float("nan"), device=DEV)
+    leak = torch.full((4, 40), float("nan"), device=DEV)
     ref.add(0, err, leak, 0.5)
-    step_stats(fus.t[0], err, leak, torch.tensor([0.5], dtype=torch.float64), block=32)
+    step_stats(fus.t[0], err, leak, torch.tensor([0.5], dtype=torch.float64, device=DEV), block=32)
     assert torch.equal(ref.t, fus.t)
     assert fus.t[0].tolist() == [160.0, 160.0, 0.0, 0.0, 0.0, 0.0, 1.0, 160.0]

@@ -37,6 +37,7 @@ Example::
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -55,6 +56,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         raise VashistaInputError("backend", f"must be 'auto', 'triton' or 'torch', got {backend!r}")
     if backend == "auto":
         return "triton" if device.type == "cuda" else "torch"
+    if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        # a compiled Triton kernel cannot read host memory: refuse here, not inside the launcher
+        raise VashistaInputError("backend", f"'triton' needs a CUDA device (or TRITON_INTERPRET=1), the cache is on {device}")
     return backend
 
 

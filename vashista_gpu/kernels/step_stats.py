@@ -25,7 +25,7 @@ import triton.language as tl
 
 __all__ = ["step_stats"]
 
-_F64_MAX = 1.7976931348623157e308
+_F64_MAX = tl.constexpr(1.7976931348623157e308)   # a constexpr: Triton compiles no other globals
 
 
 @triton.jit
