@@ -28,6 +28,9 @@ def files(tmp_path_factory):
         "K_bool": np.ones((12, D), dtype=bool), "K_str": np.full((12, D), "a"), "K_empty": np.zeros((0, D)),
         "V_rows": np.ones((11, 3)), "K_huge": np.full((12, D), 1e300), "q_huge": np.full(D, 1e300),
     }
+    from vashista_ref.instances import draw
+    face = draw("known_face", 0, M=32, D=8)          # issue 15: scaled by 1e-300, an instance read "in the hull"
+    arrays.update(q_tiny=face.q * 1e-300, K_tiny=face.K * 1e-300)
     paths = {}
     for name, a in arrays.items():
         paths[name] = str(d / f"{name}.npy")
@@ -78,6 +81,9 @@ CASES = [
     ("decode: values rows", lambda f: _decode(f["q"], f["K"], f["V_rows"]), "--values"),
     ("decode: no keys", lambda f: _decode(f["q"], f["K_empty"], f["V"]), "--keys"),
     ("decode: scores overflow", lambda f: _decode(f["q_huge"], f["K_huge"], f["V"]), "--query"),
+    ("q and K scaled by 1e-300", lambda f: _certify(f["q_tiny"], f["K_tiny"]), "--query"),
+    ("q and K scaled by 1e-300, wolfe", lambda f: _certify(f["q_tiny"], f["K_tiny"]) + ["--solver", "wolfe"],
+     "--query"),
     # paths
     ("0-byte .npy", lambda f: _certify(f["q"], f["empty_file"]), "--keys"),
     ("not a .npy", lambda f: _certify(f["garbage"], f["K"]), "--query"),
@@ -185,3 +191,23 @@ def test_infinite_certificate_end_to_end(files, tmp_path, capsys):
     assert main(argv + ["--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["certified_error"] == "inf" and rep["per_query"][0]["certified_error"] == "inf"
+
+
+@pytest.mark.parametrize("solver", ["wolfe", "cvxpy"])
+def test_certify_is_scale_invariant_on_the_command_line(tmp_path, capsys, solver):
+    """Issue 15: `certify --solver wolfe` at scale 1e4 or 1e30 returned a wrong projection (dual residual
+    0.85) without a ConvergenceError. Through the command line: the same face and active set at every
+    scale, the gap × s² (the refusal at 1e-300 is a CASES entry above)."""
+    import json
+    from vashista_ref.instances import draw
+    inst = draw("known_face", 0, M=32, D=8)
+    reps = {}
+    for s in (1.0, 1e4, 1e30):
+        np.save(tmp_path / "q.npy", inst.q * s)
+        np.save(tmp_path / "K.npy", inst.K * s)
+        assert main(_certify(str(tmp_path / "q.npy"), str(tmp_path / "K.npy")) + ["--solver", solver, "--json"]) == 0
+        reps[s] = json.loads(capsys.readouterr().out)
+    for s in (1e4, 1e30):
+        assert reps[s]["face"] == reps[1.0]["face"] and reps[s]["active_set"] == reps[1.0]["active_set"]
+        assert reps[s]["gap"] == pytest.approx(reps[1.0]["gap"] * s * s, rel=1e-6)
+        assert reps[s]["kkt_residual"]["dual_feasibility"] <= 1e-7 * s * s

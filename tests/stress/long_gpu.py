@@ -32,6 +32,7 @@ def _worker(tier: str, w: int, workers: int, deadline: float, q) -> None:
 def _work(tier: str, w: int, workers: int, deadline: float, q) -> None:
     import numpy as np
 
+    import tiers_cp  # the context-parallel tiers, cp-* (tiers_cp.py)
     import tiers_gpu_steps
     from generators import KINDS, draw
     from run import check_case
@@ -40,6 +41,8 @@ def _work(tier: str, w: int, workers: int, deadline: float, q) -> None:
     np.seterr(all="ignore")
     if tier.startswith("gpu-triton"):
         tiers_gpu_steps.register_triton()
+    if tier.startswith("cp-fused"):
+        tiers_cp.register_fused()
     tot = dict(query_heads=0, cases=0, refused=0, unsupported=0, violations=[], seeds=[w, w])
     seed = w
     while time.time() < deadline:

@@ -1,4 +1,11 @@
-"""Issue 15: "a float16 cache stores keys of 1e5 as inf; the next decode returns finite output with NaN
+"""Non-finite numbers reaching the steps that cannot check on the host (issue 15: "validate at plan time
+and check finiteness on the device; a non-finite query gives a non-finite certificate that the policy
+treats as uncertified").
+
+The planned fused step replayed without synchronisation (``run_sketch_plan(sync=False)``): a NaN or
+inf query row gets leakage 1 and error +inf; the other rows are untouched.
+
+Issue 15: "a float16 cache stores keys of 1e5 as inf; the next decode returns finite output with NaN
 certificates". The host append refuses such keys (tests/test_gpu_certificates.py::
 test_float16_cache_refuses_keys_beyond_its_range); the device append (``append_step_device``, no host
 synchronisation, graph-capturable) cannot refuse, so the stored key IS inf. What the decode must do then
@@ -72,3 +79,22 @@ def test_sketch_router_refuses_the_unstorable_key():
     cache, s = _cache_with_inf_key(sketch=True)
     with pytest.raises(VashistaInputError, match="NaN or infinite"):
         sparse_decode(torch.randn(1, 2, 16).half(), cache, [s], P=2, Kc=8, backend="torch", router="sketch", bits=4)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_planned_fused_step_without_sync_certifies_a_bad_query_row_infinite(bad):
+    pytest.importorskip("triton")
+    from vashista_gpu.sketch_plan import plan_sketch_step, run_sketch_plan
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(2)
+    cache = TorchPagedKVCache(16, 1, 16, 8, dtype=torch.float32, device=dev)
+    sid = cache.add_sequence()
+    cache.append(sid, torch.randn(40, 1, 16, generator=g), torch.randn(40, 1, 8, generator=g))
+    plan = plan_sketch_step(cache, [sid], 2, 8, bits=4)
+    q = torch.randn(1, 2, 16, generator=g).to(dev)
+    good = run_sketch_plan(plan, q, sync=False)
+    q[0, 1, 2] = bad
+    r = run_sketch_plan(plan, q, sync=False)
+    assert math.isinf(float(r.certified_error[0, 1])) and float(r.certified_leakage[0, 1]) == 1.0
+    assert float(r.certified_error[0, 0]) == float(good.certified_error[0, 0])
+    assert torch.equal(r.out[0, 0], good.out[0, 0])
