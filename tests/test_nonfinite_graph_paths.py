@@ -2,8 +2,9 @@
 and check finiteness on the device; a non-finite query gives a non-finite certificate that the policy
 treats as uncertified").
 
-The planned fused step replayed without synchronisation (``run_sketch_plan(sync=False)``): a NaN or
-inf query row gets leakage 1 and error +inf; the other rows are untouched.
+The planned fused step replayed without synchronisation (``run_sketch_plan(sync=False)``) and the
+context-parallel step's fused per-rank terms merged (``cp_fused_step``): a NaN or inf query row gets
+leakage 1 and error +inf; the other rows are untouched.
 
 Issue 15: "a float16 cache stores keys of 1e5 as inf; the next decode returns finite output with NaN
 certificates". The host append refuses such keys (tests/test_gpu_certificates.py::
@@ -98,3 +99,33 @@ def test_planned_fused_step_without_sync_certifies_a_bad_query_row_infinite(bad)
     assert math.isinf(float(r.certified_error[0, 1])) and float(r.certified_leakage[0, 1]) == 1.0
     assert float(r.certified_error[0, 0]) == float(good.certified_error[0, 0])
     assert torch.equal(r.out[0, 0], good.out[0, 0])
+
+
+@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")       # the interpreter's reduction of the NaN row
+def test_context_parallel_fused_step_certifies_a_bad_query_row_infinite():
+    """cp_fused_step's arithmetic (per-rank fused terms, merge, certificate) on 2 simulated ranks: a NaN
+    query row read leakage 0.0 ("nothing excluded": its excluded mass came out −inf) with a NaN error."""
+    pytest.importorskip("triton")
+    from vashista_gpu.distributed import ShardedCache, ShardLayout, certificate, merge
+    from vashista_gpu.distributed.fused_terms import fused_shard_state
+    from vashista_gpu.sketch_plan import plan_sketch_step
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(0)
+    K, V, q = torch.randn(64, 1, 16, generator=g), torch.randn(64, 1, 8, generator=g), torch.randn(1, 2, 16, generator=g)
+
+    def merged(q):
+        states = []
+        for rank in range(2):
+            cache = TorchPagedKVCache(16, 1, 16, 8, dtype=torch.float32, num_pages=8, max_seqs=1, device=dev)
+            sh = ShardedCache(cache, ShardLayout(2, 16), rank)
+            sh.add_sequence(0)
+            sh.append(0, K, V)
+            states.append(fused_shard_state(plan_sketch_step(cache, [0], 2, 4, bits=4), q.to(dev)))
+        return certificate(merge(torch.stack(states)))
+
+    good = merged(q)
+    q[0, 1, 3] = math.nan
+    r = merged(q)
+    assert math.isinf(float(r.certified_error[0, 1])) and float(r.certified_leakage[0, 1]) == 1.0
+    assert float(r.certified_error[0, 0]) == float(good.certified_error[0, 0])
+    assert math.isfinite(float(good.certified_error[0, 1]))

@@ -29,13 +29,14 @@ state is (B, Hq, 10 + Dv) float64, gathered once (:func:`all_gather_states`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import torch
 
 from vashista_core.rounding import FN_REL, U64, gamma
 
-from ..allowance import down, up
+from ..allowance import down, never_nan, up
 
 __all__ = ["MergedResult", "SCALARS", "ShardState", "all_gather_states", "certificate", "lse_bound", "merge",
            "merge_softmax"]
@@ -155,6 +156,12 @@ def certificate(st: ShardState) -> MergedResult:
     far = up(leak * up(up(st.vmax_out + o_norm) + w))
     far = torch.where(leak == 0, torch.zeros_like(far), far)
     err = up(far * (1 + 4 * U64) + w)
+    # a non-finite query row (the fused terms run without synchronisation: no host check) leaves NaN in
+    # the terms and the output, and its excluded mass may read −inf ("nothing excluded", leakage 0):
+    # nothing can be said about it — leakage 1, error +∞, as the single-process steps (ROUNDING.md §4.4)
+    bad = ~torch.isfinite(out).all(-1)
+    leak, err = never_nan(torch.where(bad, torch.ones_like(leak), leak),
+                          torch.where(bad, torch.full_like(err, math.inf), err))
     return MergedResult(out=out, certified_leakage=leak, certified_error=err, gap=down(st.lb_max - st.ub_max))
 
 
