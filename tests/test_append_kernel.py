@@ -19,13 +19,14 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _cache(backend, *, H, D, Dv, S, dtype, bits, meta, keys, poison):
+def _cache(backend, *, H, D, Dv, S, dtype, bits, meta, keys, poison, vnorm=True):
     c = TorchPagedKVCache(S, H, D, Dv, num_pages=12, max_seqs=3, max_pages_per_seq=5, dtype=dtype,
-                          backend=backend, key_summaries=keys, device=DEV)
+                          backend=backend, key_summaries=keys, value_norms=vnorm, device=DEV)
     if bits is not None:
         attach_sketch(c, bits, meta_dtype=meta)
     if poison:        # every output the kernel owns starts as garbage: what it does not write shows
-        c.vnorm.fill_(-1.0)
+        if c.vnorm is not None:
+            c.vnorm.fill_(-1.0)
         for t in (c.kmin, c.kmax, c.kmean):
             if t is not None:
                 t.fill_(float("nan"))
@@ -185,3 +186,37 @@ def test_fused_append_switch(monkeypatch):
     monkeypatch.delenv("VASHISTA_FUSED_APPEND")
     attach_sketch(c, 8)
     assert not fusable(c)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_dense_only_cache_refreshes_no_summary(backend):
+    """A cache without summaries (dense mode reads none): the device append stores the same K/V and
+    lengths as a cache that keeps them, with nothing else to refresh (the kernel skips the read-back
+    of the page's values); host appends too."""
+    g = torch.Generator().manual_seed(3)
+    prompts, steps, H, D = (9, 17, 0), 7, 2, 64
+    B, T = len(prompts), max(prompts) + steps
+    k = torch.randn(B, T, H, D, generator=g).to(torch.bfloat16)
+    v = torch.randn(B, T, H, D, generator=g).to(torch.bfloat16)
+    kw = dict(H=H, D=D, Dv=D, S=16, dtype=torch.bfloat16, bits=None, meta=None, keys=False)
+    full = _cache(backend, poison=False, **kw)
+    lean = _cache(backend, poison=True, vnorm=False, **kw)
+    assert lean.vnorm is None and lean.kmin is None
+    seqs = _run(full, prompts, steps, k, v)
+    assert _run(lean, prompts, steps, k, v) == seqs
+    p = _held_pages(full, seqs)
+    for name in ("k_pages", "v_pages"):
+        assert torch.equal(getattr(full, name)[p].nan_to_num(7.0), getattr(lean, name)[p].nan_to_num(7.0)), name
+    assert torch.equal(full.seq_lens, lean.seq_lens) and torch.equal(full.block_table, lean.block_table)
+    assert bool((full.vnorm[p] > 0).any())              # the full cache did refresh its norms
+
+
+def test_value_norms_off_needs_key_summaries_off():
+    from vashista_core.errors import VashistaInputError
+
+    with pytest.raises(VashistaInputError) as e:
+        TorchPagedKVCache(16, 2, 16, num_pages=4, value_norms=False)
+    assert e.value.argument == "value_norms"
+    with pytest.raises(VashistaInputError) as e:
+        TorchPagedKVCache(16, 2, 16, num_pages=4, key_summaries=False, value_norms=1)
+    assert e.value.argument == "value_norms"

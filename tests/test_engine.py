@@ -104,6 +104,27 @@ def test_cache_bytes_are_dense_kv_plus_sketch_plus_metadata(tiny):
     # paged mode keeps the key boxes and means its router reads
     rp = generate(tiny, p, mode="paged", max_new_tokens=2).cache_bytes
     assert rp["metadata"] - c["metadata"] == L * pages * H * (2 * D * 4 + D * 4) and rp["sketch"] == 0
+    # dense mode reads no summary: no value norms, no sketch (its appends refresh nothing)
+    rd = generate(tiny, p, mode="dense", max_new_tokens=2).cache_bytes
+    assert rd["metadata"] == L * (per_seq * 4 + 4) and rd["sketch"] == 0 and rd["kv"] == c["kv"]
+    # a dense layer of a certified model keeps neither either
+    r1 = generate(tiny, p, mode="certified", bits=4, max_new_tokens=2, dense_layers=(0,)).cache_bytes
+    assert (r1["sketch"], r1["metadata"]) == (c["sketch"] // 2, c["metadata"] - pages * H * 4)
+
+
+def test_dense_layers_keep_no_summaries_and_decode_the_same(tiny):
+    """Full budget with layer 0 dense: the dense layer's pool keeps no sketch and no value norms, and
+    the tokens are still HF's dense greedy ones (nothing read the missing summaries)."""
+    (p,) = _prompts([70], seed=4)
+    cache = VashistaCache(tiny.config, max_seqs=1, max_tokens=64, bits=4, dtype=torch.float32, key_summaries=False,
+                          dense_layers=(0,))
+    assert cache.pools[0].vnorm is None and not cache.pools[0].sketches
+    assert cache.pools[1].vnorm is not None and 4 in cache.pools[1].sketches
+    r = generate(tiny, p, mode="certified", bits=8, budget=1.0, max_new_tokens=5, dense_layers=(0,))
+    assert r.tokens == [_hf_greedy(tiny, p, 5)]
+    with pytest.raises(VashistaInputError) as e:
+        VashistaCache(tiny.config, max_seqs=1, max_tokens=64, dense_layers=(2,))
+    assert e.value.argument == "dense_layers"
 
 
 def test_certified_policy_dense_fallback_counts(tiny):

@@ -68,13 +68,15 @@ class TorchPagedKVCache:
     Parameters as ``vashista_ref.paged_cache.PagedKVCache`` (page_size S, n_kv_heads Hkv, head_dim D,
     value_dim Dv, fanout F) plus the preallocated capacities ``num_pages``, ``max_seqs``,
     ``max_pages_per_seq``, the storage ``dtype``/``device`` and the summary-update ``backend``;
-    ``key_summaries=False`` keeps only the value norms (no kmin/kmax/kmean: no page routing).
+    ``key_summaries=False`` keeps only the value norms (no kmin/kmax/kmean: no page routing);
+    ``value_norms=False`` (with ``key_summaries=False``) keeps no summaries at all: appends then
+    refresh nothing (dense decoding reads none of them).
     """
 
     def __init__(self, page_size: int, n_kv_heads: int, head_dim: int, value_dim: int | None = None,
                  *, fanout: int | None = None, num_pages: int = 1024, max_seqs: int = 16,
                  max_pages_per_seq: int | None = None, dtype: torch.dtype = torch.bfloat16, device="cpu",
-                 backend: str = "auto", key_summaries: bool = True):
+                 backend: str = "auto", key_summaries: bool = True, value_norms: bool = True):
         self.page_size = V.positive_int("page_size", page_size)
         self.n_kv_heads = V.positive_int("n_kv_heads", n_kv_heads)
         self.head_dim = V.positive_int("head_dim", head_dim)
@@ -106,7 +108,14 @@ class TorchPagedKVCache:
         self.kmin = torch.zeros((N, H, D), dtype=dtype, device=dev) if key_summaries else None
         self.kmax = torch.zeros((N, H, D), dtype=dtype, device=dev) if key_summaries else None
         self.kmean = torch.zeros((N, H, D), dtype=torch.float32, device=dev) if key_summaries else None
-        self.vnorm = torch.zeros((N, H), dtype=torch.float32, device=dev)
+        # value norms feed the certificates (certified and paged decode); dense decoding reads no
+        # summary, so a dense-only cache skips them and its appends refresh nothing
+        if not isinstance(value_norms, bool):
+            raise VashistaInputError("value_norms", f"expected a bool, got {value_norms!r}")
+        if not value_norms and key_summaries:
+            raise VashistaInputError("value_norms", "the key summaries' routers certify with the value norms: "
+                                                    "value_norms=False needs key_summaries=False")
+        self.vnorm = torch.zeros((N, H), dtype=torch.float32, device=dev) if value_norms else None
         self.block_table = torch.zeros((self.max_seqs, self.max_pages_per_seq), dtype=torch.int32, device=dev)
         self.seq_lens = torch.zeros((self.max_seqs,), dtype=torch.int32, device=dev)
         # bits -> sketch.TorchPageSketchStore (certified mode), kept current in _write; empty unless

@@ -24,7 +24,7 @@ __all__ = ["level_fields", "node_counts", "update_levels", "update_page_summarie
 
 def update_page_summaries(cache, pages: torch.Tensor, counts: torch.Tensor) -> None:
     """Recompute kmin/kmax/kmean/vnorm of physical ``pages`` holding ``counts`` valid tokens."""
-    if pages.numel() == 0:
+    if pages.numel() == 0 or cache.vnorm is None:                  # no summaries kept (dense-only cache)
         return
     if cache.backend == "triton":
         from .kernels.page_summary import page_summary

@@ -2,8 +2,8 @@
 
 ``VashistaCache`` is a ``transformers`` ``Cache``: the model's attention layers call
 ``update(key_states, value_states, layer_idx, ...)`` and the keys and values go straight into that
-layer's ``TorchPagedKVCache`` (pages + per-page summaries and, in certified mode, the int4/int8 page
-sketch, all kept current on append on the device). There is one copy of K/V: no HF tensors, no host
+layer's ``TorchPagedKVCache`` (pages + the per-page summaries its mode reads and, in certified mode, the
+int4/int8 page sketch, all kept current on append on the device; dense mode keeps neither). There is one copy of K/V: no HF tensors, no host
 mirror. The attention function of ``engine/step.py`` then reads the pools, never the tensors
 ``update`` returns.
 
@@ -98,12 +98,17 @@ class VashistaCache(Cache):
     of the storage; ``backend`` of the page-summary update (``auto``: Triton on CUDA);
     ``key_summaries`` the per-page key boxes and means that paged mode routes with (dense and
     certified decode need only the value norms: without them the cache is 2·D·dtype + 4·D bytes per
-    page and head smaller, e.g. int4 certified at D 64 in bf16: 1.19× the dense KV instead of 1.31×).
+    page and head smaller, e.g. int4 certified at D 64 in bf16: 1.19× the dense KV instead of 1.31×);
+    ``value_norms`` the per-page max value norms that the certificates read (off: a dense-mode cache,
+    whose appends then refresh no summary — ~0.43 ms per token over the 1B model's 16 layers on an
+    H100 — and needs ``key_summaries=False``); ``dense_layers`` layers decoded densely in every mode,
+    whose pools keep no sketch and no summaries.
     """
 
     def __init__(self, config, *, max_seqs: int, max_tokens: int, num_pages: int | None = None,
                  page_size: int = 16, bits: int | None = None, dtype=torch.bfloat16, device="cpu",
-                 backend: str = "auto", key_summaries: bool = True):
+                 backend: str = "auto", key_summaries: bool = True, value_norms: bool = True,
+                 dense_layers=()):
         self.n_layers, self.n_q_heads, self.n_kv_heads, self.head_dim = model_shape(config)
         self.max_seqs = positive_int("max_seqs", max_seqs)
         self.max_tokens = positive_int("max_tokens", max_tokens)
@@ -113,14 +118,20 @@ class VashistaCache(Cache):
         if bits is not None and (isinstance(bits, bool) or bits not in (4, 8)):
             raise VashistaInputError("bits", f"must be 4 or 8 (or None: no sketch), got {bits!r}")
         self.bits = bits
+        dense = {int(i) for i in dense_layers}
+        if any(not 0 <= i < self.n_layers for i in dense):
+            raise VashistaInputError("dense_layers", f"expected indices in [0, {self.n_layers}), got {dense_layers!r}")
+        # a layer decoded densely reads neither summaries nor sketch: its appends keep none current
         self.pools = [TorchPagedKVCache(self.page_size, self.n_kv_heads, self.head_dim, num_pages=self.num_pages,
                                         max_seqs=self.max_seqs, max_pages_per_seq=per_seq, dtype=dtype,
-                                        device=device, backend=backend, key_summaries=key_summaries)
-                      for _ in range(self.n_layers)]
+                                        device=device, backend=backend, key_summaries=key_summaries and i not in dense,
+                                        value_norms=value_norms and i not in dense)
+                      for i in range(self.n_layers)]
         if bits is not None:
             from ..sketch import attach_sketch
-            for p in self.pools:
-                attach_sketch(p, bits)
+            for i, p in enumerate(self.pools):
+                if i not in dense:
+                    attach_sketch(p, bits)
         super().__init__(layers=[PagedLayer(self, i) for i in range(self.n_layers)])
         self.device = self.pools[0].device
         self.dtype = dtype
@@ -241,7 +252,7 @@ class VashistaCache(Cache):
         kv = sk = meta = 0
         for p in self.pools:
             kv += size(p.k_pages, p.v_pages)
-            meta += size(*(t for t in (p.kmin, p.kmax, p.kmean) if t is not None), p.vnorm, p.block_table, p.seq_lens)
+            meta += size(*(t for t in (p.kmin, p.kmax, p.kmean, p.vnorm) if t is not None), p.block_table, p.seq_lens)
             for s in p.sketches.values():
                 sk += size(s.codes, s.offset, s.step)
         return dict(kv=kv, sketch=sk, metadata=meta, total=kv + sk + meta)

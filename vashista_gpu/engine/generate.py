@@ -148,7 +148,8 @@ class Engine:
         needs_sketch = mode in ("certified", "auto")
         self.cache = VashistaCache(model.config, max_seqs=max_seqs, max_tokens=max_tokens, num_pages=num_pages,
                                    page_size=page_size, bits=bits if needs_sketch else None, dtype=dtype,
-                                   device=self.device, key_summaries=mode == "paged")
+                                   device=self.device, key_summaries=mode == "paged",
+                                   value_norms=mode != "dense", dense_layers=dense_layers)
         self.runner = Runner(self.cache, StepConfig(mode=mode if mode != "auto" else "dense", bits=bits,
                                                     budget=float(budget), policy=self.policy, tol=self.tol,
                                                     dense_layers=dense_layers, planned=planned))

@@ -7,8 +7,8 @@ launch-bound):
 1. writes the new key and value (cast to the cache dtype) into slot n % S of the sequence's page
    ``block_table[seq, n // S]`` for every KV head, and advances ``seq_lens[seq]`` to n + 1;
 2. recomputes that page's summaries over its n % S + 1 valid slots, with the same float32 code as
-   ``kernels/page_summary.py`` (value norm max‖v‖₂; and kmin/kmax/kmean when the cache keeps key
-   summaries);
+   ``kernels/page_summary.py`` (value norm max‖v‖₂ when the cache keeps value norms — a dense-only
+   cache keeps none and this step is skipped; and kmin/kmax/kmean when it keeps key summaries);
 3. requantizes that page's sketch (one quantization group per page and KV head; codes, offset, step)
    with exactly the float64 arithmetic of ``sketch._quantize_groups``, so codes and metadata are
    bit-identical to the torch requantization:
@@ -29,7 +29,8 @@ page tile in registers (never re-read after the store), so no barrier is needed.
 Bytes moved per row and KV head (S page size, D head dim, e the cache element size, b bits):
 reads the page's ≤ S keys (up to 8/b times for the b-bit channel sets, from cache after the first)
 and values, S·D·e each, plus the new key and value; writes 2·D·e (new token), S·D·b/8 (codes),
-2·D·m (offset, step; m the metadata size) and 4 (value norm) [+ 2·D·e + 4·D with key summaries].
+2·D·m (offset, step; m the metadata size) and 4 (value norm) [+ 2·D·e + 4·D with key summaries]. A
+dense-only cache (no summaries, no sketch) moves the new token's 2·D·e only.
 
 Example (CPU: ``TRITON_INTERPRET=1``)::
 
@@ -82,8 +83,8 @@ def _append_step_kernel(seq_ptr, k_ptr, v_ptr, skb, skh, skd, svb, svh, svd,
                         vnorm_ptr, kmin_ptr, kmax_ptr, kmean_ptr, codes_ptr, off_ptr, step_ptr,
                         S, D, DV, W, H: tl.constexpr,
                         BS: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, BW: tl.constexpr,
-                        KEYS: tl.constexpr, SKETCH: tl.constexpr, BITS: tl.constexpr, PER: tl.constexpr,
-                        L: tl.constexpr, MDT: tl.constexpr, IDT: tl.constexpr, NEG_MIN: tl.constexpr):
+                        VNORM: tl.constexpr, KEYS: tl.constexpr, SKETCH: tl.constexpr, BITS: tl.constexpr,
+                        PER: tl.constexpr, L: tl.constexpr, MDT: tl.constexpr, IDT: tl.constexpr, NEG_MIN: tl.constexpr):
     b = tl.program_id(0)
     seq = tl.load(seq_ptr + b).to(tl.int64)
     pos = tl.load(lens_ptr + seq)
@@ -103,12 +104,14 @@ def _append_step_kernel(seq_ptr, k_ptr, v_ptr, skb, skh, skd, svb, svh, svd,
         vn = tl.load(v_ptr + b * svb + h * svh + vcols * svd, mask=vcols < DV, other=0.0).to(vp_ptr.dtype.element_ty)
         tl.store(kp_ptr + (base + slot) * D + cols, kn, mask=cols < D)
         tl.store(vp_ptr + (base + slot) * DV + vcols, vn, mask=vcols < DV)
-        # 2. summaries (kernels/page_summary.py's arithmetic on the same tile)
-        vmask = old[:, None] & (vcols[None, :] < DV)
-        v = tl.load(vp_ptr + (base + rows[:, None]) * DV + vcols[None, :], mask=vmask, other=0.0)
-        v = tl.where(new[:, None], vn[None, :], v).to(tl.float32)
-        norms = tl.sqrt_rn(tl.sum(v * v, axis=1))
-        tl.store(vnorm_ptr + page * H + h, tl.max(tl.where(rmask, norms, 0.0), axis=0))
+        # 2. summaries (kernels/page_summary.py's arithmetic on the same tile); a dense-only cache
+        #    keeps none (VNORM off): its page's values are not even read back
+        if VNORM:
+            vmask = old[:, None] & (vcols[None, :] < DV)
+            v = tl.load(vp_ptr + (base + rows[:, None]) * DV + vcols[None, :], mask=vmask, other=0.0)
+            v = tl.where(new[:, None], vn[None, :], v).to(tl.float32)
+            norms = tl.sqrt_rn(tl.sum(v * v, axis=1))
+            tl.store(vnorm_ptr + page * H + h, tl.max(tl.where(rmask, norms, 0.0), axis=0))
         if KEYS:
             kmask = rmask[:, None] & (cols[None, :] < D)
             k = tl.load(kp_ptr + (base + rows[:, None]) * D + cols[None, :], mask=old[:, None] & (cols[None, :] < D),
@@ -184,7 +187,10 @@ def append_step(cache, seq_idx: torch.Tensor, keys: torch.Tensor, values: torch.
         return
     H, S, D, Dv = cache.n_kv_heads, cache.page_size, cache.head_dim, cache.value_dim
     keys_on = cache.kmin is not None
-    kmin, kmax, kmean = (cache.kmin, cache.kmax, cache.kmean) if keys_on else (cache.vnorm,) * 3   # unread
+    vnorm_on = cache.vnorm is not None
+    unread = cache.seq_lens                    # stands in for the outputs this cache does not keep
+    vnorm = cache.vnorm if vnorm_on else unread
+    kmin, kmax, kmean = (cache.kmin, cache.kmax, cache.kmean) if keys_on else (unread,) * 3
     store = next(iter(cache.sketches.values()), None)
     if store is not None:
         bits = store.bits
@@ -193,14 +199,14 @@ def append_step(cache, seq_idx: torch.Tensor, keys: torch.Tensor, values: torch.
         W = codes.shape[-1]
     else:
         bits, W = 8, 1
-        codes, off, stp = cache.vnorm, cache.vnorm, cache.vnorm        # unread
+        codes, off, stp = unread, unread, unread
         mdt, idt, neg_min = _META_TYPES[torch.float32]
     _append_step_kernel[(B,)](
         seq_idx, keys, values, keys.stride(0), keys.stride(1), keys.stride(2),
         values.stride(0), values.stride(1), values.stride(2),
         cache.k_pages, cache.v_pages, cache.block_table, cache.block_table.stride(0), cache.seq_lens,
-        cache.vnorm, kmin, kmax, kmean, codes, off, stp,
+        vnorm, kmin, kmax, kmean, codes, off, stp,
         S, D, Dv, W, H,
         BS=triton.next_power_of_2(S), BD=triton.next_power_of_2(D), BDV=triton.next_power_of_2(Dv),
-        BW=triton.next_power_of_2(W), KEYS=keys_on, SKETCH=store is not None, BITS=bits, PER=8 // bits,
+        BW=triton.next_power_of_2(W), VNORM=vnorm_on, KEYS=keys_on, SKETCH=store is not None, BITS=bits, PER=8 // bits,
         L=(1 << bits) - 1, MDT=mdt, IDT=idt, NEG_MIN=neg_min)
