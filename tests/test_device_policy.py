@@ -124,3 +124,45 @@ def test_bad_input_named():
     pol = DeviceDenseFallback(0.1)
     with pytest.raises(VashistaInputError, match="certified_error"):
         pol(torch.zeros(1, 2, 16), torch.zeros(1, 3), torch.zeros(1, 2, 16), None, None, max_tokens=16, scale=1.0)
+
+
+def test_pairs_grid_is_persistent_and_counted(monkeypatch):
+    """The pairs launch is a fixed grid of at most 4 programs per SM (not capacity × splits) looping
+    over the listed pairs only, their count read on the device: with the count, without it, and with
+    extra capacity, the patched heads are the same bits; a count of 0 leaves ``out`` untouched."""
+    import vashista_gpu.kernels.paged_dense as pd
+
+    cache, ids, q, plan, r, row_idx, exact, T = _setup(seed=3)
+    flag = torch.zeros(r.out.shape[:2], dtype=torch.bool, device=DEV)
+    flag[0, 2] = flag[1, 0] = flag[1, 3] = True
+    grids = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return real[grid]
+
+    real = pd._pairs_split_kernel
+    monkeypatch.setattr(pd, "_pairs_split_kernel", Recorder())
+    outs = []
+    for cap, counted in ((8, True), (8, False), (3, True), (40, True)):
+        pairs, within, n = compact_pairs(flag, cap)
+        out = r.out.clone()
+        pd.cache_dense_decode(q, cache, row_idx, max_tokens=T, scale=plan.scale, out=out, pairs=pairs,
+                              pair_count=n if counted else None, num_splits=5)
+        _check_patched(out, r.out, exact, flag)
+        outs.append(out)
+        ns = -(-T // (-(-(-(-T // 5)) // 64) * 64))
+        assert grids[-1] == (min(cap * ns, pd._card_programs(q.device)),)
+    assert all(torch.equal(o, outs[0]) for o in outs)
+    pairs, _, n = compact_pairs(torch.zeros_like(flag), 8)
+    out = r.out.clone()
+    pd.cache_dense_decode(q, cache, row_idx, max_tokens=T, scale=plan.scale, out=out, pairs=pairs, pair_count=n)
+    assert torch.equal(out, r.out)
+    for bad in (torch.tensor([1.0]), torch.tensor([1, 2]), 3):
+        with pytest.raises(VashistaInputError) as e:
+            pd.cache_dense_decode(q, cache, row_idx, max_tokens=T, out=out, pairs=pairs, pair_count=bad)
+        assert e.value.argument == "pair_count"
+    with pytest.raises(VashistaInputError) as e:
+        pd.cache_dense_decode(q, cache, row_idx, max_tokens=T, pair_count=n)
+    assert e.value.argument == "pair_count"

@@ -11,16 +11,17 @@ host value, so here every shape is fixed when the step is planned:
    int32 list (row, head), padded with −1 — a cumulative sum gives each flagged pair its slot, and a
    scatter writes it (pairs past the capacity go to a discarded slot);
 3. recompute: the paged dense flash-decode kernel in pairs mode (``kernels/paged_dense.py``) writes
-   exact attention for the listed pairs into the step's output buffer, in place; −1 slots do no work;
+   exact attention for the listed pairs into the step's output buffer, in place: a persistent grid
+   (at most 4 programs per SM) loops over the (pair, split) items of the flagged pairs only, their
+   count read on the device, so the unused capacity launches no program;
 4. count (device int64, in place, so a replayed graph accumulates): flagged, fell back, overflow.
 
 Overflow is never silent. Flagged pairs beyond the capacity keep the certified step's output; they
 are marked in the result's ``overflowed`` mask, counted in ``counts[OVERFLOW]``, and ``any_overflow``
 is a device flag the engine reads when it next synchronises. :func:`resolve_overflow` is the second,
 eager path (one synchronisation): it recomputes exactly the overflowed pairs, e.g. when the engine
-re-runs a token outside the graph. ``capacity = B·Hq`` (the default) cannot overflow: the idle slots
-cost one tiny program each (a load of the −1 and an exit), so the capacity is a latency bound, not a
-correctness one.
+re-runs a token outside the graph. ``capacity = B·Hq`` (the default) cannot overflow, and its idle
+slots cost no split program (the combine still has one tiny program per slot).
 
 Capped(tol) on the device (:class:`DeviceCapped`): the engine pre-plans a second certified step at
 Kc_max (``widen``, a callable q → (out, certified_error), captured in the same graph); the flagged
@@ -116,7 +117,7 @@ class DeviceDenseFallback:
         flag = ~(certified_error <= self.tol)
         pairs, within, n = compact_pairs(flag, cap)
         cache_dense_decode(q, pool, row_idx, max_tokens=max_tokens, scale=scale, out=out, pairs=pairs,
-                           num_splits=self._splits(max_tokens, q.device))
+                           pair_count=n, num_splits=self._splits(max_tokens, q.device))
         over = flag & ~within
         n_over = (n - cap).clamp(min=0)
         self.counts[FLAGGED] += n
