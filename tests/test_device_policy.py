@@ -14,7 +14,7 @@ pytest.importorskip("triton")
 
 from vashista_gpu.dense import dense_decode  # noqa: E402
 from vashista_gpu.engine.policy import (FELL_BACK, FLAGGED, OVERFLOW, DeviceCapped,  # noqa: E402
-                                        DeviceDenseFallback, compact_pairs, resolve_overflow)
+                                        DeviceDenseFallback, resolve_overflow)
 from vashista_gpu.paged_cache import TorchPagedKVCache  # noqa: E402
 from vashista_gpu.sketch_plan import plan_sketch_step, run_sketch_plan  # noqa: E402
 from vashista_core.errors import VashistaInputError  # noqa: E402
@@ -22,16 +22,32 @@ from vashista_core.errors import VashistaInputError  # noqa: E402
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def test_compact_pairs_order_padding_and_overflow():
-    err = torch.tensor([[0.1, math.nan, 3.0], [0.0, math.inf, 0.2], [-math.inf, 0.7, 0.5]])
-    flag = ~(err <= 0.5)                            # NaN and +inf flagged; −inf ≤ tol (certified)
-    pairs, within, n = compact_pairs(flag, capacity=5)
-    assert pairs.dtype == torch.int32 and pairs.is_contiguous()
+def test_flag_and_compaction_order_padding_overflow_and_counts():
+    """One launch (kernels/flag_pairs.py): flagged = not (err <= tol) compared in err's dtype (NaN and
+    +inf flagged, −inf certified), pairs in row-major order then −1, the count, the three masks, the
+    counters accumulated, any_overflow; capacities below, at and above B·Hq (past one 1024 block)."""
+    err = torch.tensor([[0.1, math.nan, 3.0], [0.0, math.inf, 0.2], [-math.inf, 0.7, 0.5]], device=DEV)
+    flag = ~(err <= 0.5)
+    pol = DeviceDenseFallback(0.5, device=DEV)
+    pairs, n, f, listed, over, anyo = pol.flag(err, 5)
+    assert pairs.dtype == torch.int32 and pairs.is_contiguous() and n.dtype == torch.int32
     assert pairs.tolist() == [[0, 1], [0, 2], [1, 1], [2, 1], [-1, -1]]
-    assert int(n) == 4 and torch.equal(within, flag)
-    pairs, within, n = compact_pairs(flag, capacity=2)
-    assert pairs.tolist() == [[0, 1], [0, 2]] and int(n) == 4
-    assert within.nonzero().tolist() == [[0, 1], [0, 2]]
+    assert int(n) == 4 and torch.equal(f, flag) and torch.equal(listed, flag) and not bool(over.any())
+    assert not bool(anyo) and pol.counts.tolist() == [4, 4, 0]
+    pairs, n, f, listed, over, anyo = pol.flag(err, 2)
+    assert pairs.tolist() == [[0, 1], [0, 2]] and int(n) == 4 and bool(anyo)
+    assert listed.nonzero().tolist() == [[0, 1], [0, 2]] and over.nonzero().tolist() == [[1, 1], [2, 1]]
+    assert pol.counts.tolist() == [8, 6, 2]                              # accumulated in place
+    pairs, n, *_ = pol.flag(err, 1500)
+    assert pairs[:4].tolist() == [[0, 1], [0, 2], [1, 1], [2, 1]] and bool((pairs[4:] == -1).all())
+    # tol compared in err's dtype, as torch's err <= tol: 0.1 in float32 is above the float64 0.1
+    e32 = torch.tensor([[0.1]], dtype=torch.float32, device=DEV)
+    assert int(DeviceDenseFallback(0.1, device=DEV).flag(e32, 1)[1]) == int((~(e32 <= 0.1)).sum()) == 0
+    e64 = e32.double()
+    assert int(DeviceDenseFallback(0.1, device=DEV).flag(e64, 1)[1]) == int((~(e64 <= 0.1)).sum()) == 1
+    big = torch.rand(40, 37, generator=torch.Generator().manual_seed(0)).to(DEV)
+    pairs, n, f, *_ = DeviceDenseFallback(0.3, device=DEV).flag(big, 40 * 37)
+    assert pairs[:int(n)].tolist() == (~(big <= 0.3)).nonzero().tolist() and torch.equal(f, ~(big <= 0.3))
 
 
 def _setup(lens=(150, 97), Hkv=2, G=2, D=16, Kc=16, bits=4, seed=0):
@@ -145,8 +161,9 @@ def test_pairs_grid_is_persistent_and_counted(monkeypatch):
     real = pd._pairs_split_kernel
     monkeypatch.setattr(pd, "_pairs_split_kernel", Recorder())
     outs = []
+    err = torch.where(flag, 1.0, 0.0)
     for cap, counted in ((8, True), (8, False), (3, True), (40, True)):
-        pairs, within, n = compact_pairs(flag, cap)
+        pairs, n, *_ = DeviceDenseFallback(0.5, device=DEV).flag(err, cap)
         out = r.out.clone()
         pd.cache_dense_decode(q, cache, row_idx, max_tokens=T, scale=plan.scale, out=out, pairs=pairs,
                               pair_count=n if counted else None, num_splits=5)
@@ -155,7 +172,7 @@ def test_pairs_grid_is_persistent_and_counted(monkeypatch):
         ns = -(-T // (-(-(-(-T // 5)) // 64) * 64))
         assert grids[-1] == (min(cap * ns, pd._card_programs(q.device)),)
     assert all(torch.equal(o, outs[0]) for o in outs)
-    pairs, _, n = compact_pairs(torch.zeros_like(flag), 8)
+    pairs, n, *_ = DeviceDenseFallback(0.5, device=DEV).flag(torch.zeros_like(err), 8)
     out = r.out.clone()
     pd.cache_dense_decode(q, cache, row_idx, max_tokens=T, scale=plan.scale, out=out, pairs=pairs, pair_count=n)
     assert torch.equal(out, r.out)

@@ -5,16 +5,17 @@ The eager policies (``sketch_plan.paged_certified_decode``) read the certificate
 recompute the flagged heads one batch row at a time. Inside a CUDA graph nothing may depend on a
 host value, so here every shape is fixed when the step is planned:
 
-1. flag: a (row, query head) pair is *flagged* when ``not certified_error <= tol`` — an error above
-   tol, or a non-finite certificate (NaN/inf counts as uncertified, never as certified);
-2. compact (:func:`compact_pairs`): the flagged pairs, in row-major order, go into a (capacity, 2)
-   int32 list (row, head), padded with −1 — a cumulative sum gives each flagged pair its slot, and a
-   scatter writes it (pairs past the capacity go to a discarded slot);
-3. recompute: the paged dense flash-decode kernel in pairs mode (``kernels/paged_dense.py``) writes
+1. flag and compact (``kernels/flag_pairs.py``, one launch): a (row, query head) pair is *flagged*
+   when ``not certified_error <= tol`` — an error above tol, or a non-finite certificate (NaN/inf
+   counts as uncertified, never as certified); the flagged pairs, in row-major order, go into a
+   (capacity, 2) int32 list (row, head), padded with −1 (a prefix sum gives each its slot; pairs
+   past the capacity are not listed), with their number on the device;
+2. recompute: the paged dense flash-decode kernel in pairs mode (``kernels/paged_dense.py``) writes
    exact attention for the listed pairs into the step's output buffer, in place: a persistent grid
    (at most 4 programs per SM) loops over the (pair, split) items of the flagged pairs only, their
    count read on the device, so the unused capacity launches no program;
-4. count (device int64, in place, so a replayed graph accumulates): flagged, fell back, overflow.
+3. count (device int64, in place, so a replayed graph accumulates; in the same launch as 1):
+   flagged, fell back, overflow.
 
 Overflow is never silent. Flagged pairs beyond the capacity keep the certified step's output; they
 are marked in the result's ``overflowed`` mask, counted in ``counts[OVERFLOW]``, and ``any_overflow``
@@ -34,10 +35,10 @@ certified or capped) stays on the host path.
 Example (CPU: ``TRITON_INTERPRET=1``)::
 
     >>> import torch
-    >>> err = torch.tensor([[0.1, float("nan")], [0.0, 2.0]])
-    >>> pairs, within, n = compact_pairs(~(err <= 0.5), capacity=2)
-    >>> pairs.tolist(), int(n)
-    ([[0, 1], [1, 1]], 2)
+    >>> pol = DeviceDenseFallback(0.5)
+    >>> pairs, count, flagged, listed, over, any_over = pol.flag(torch.tensor([[0.1, float("nan")], [0.0, 2.0]]), 2)
+    >>> pairs.tolist(), int(count), pol.counts.tolist()
+    ([[0, 1], [1, 1]], 2, [2, 2, 0])
 """
 from __future__ import annotations
 
@@ -49,26 +50,9 @@ from vashista_core.errors import VashistaInputError
 
 from ..validate import nonnegative_scalar, positive_int
 
-__all__ = ['DeviceCapped', 'DeviceDenseFallback', 'DevicePolicyResult', 'FLAGGED', 'FELL_BACK', 'OVERFLOW', 'compact_pairs', 'resolve_overflow']
+__all__ = ['DeviceCapped', 'DeviceDenseFallback', 'DevicePolicyResult', 'FLAGGED', 'FELL_BACK', 'OVERFLOW', 'resolve_overflow']
 
 FLAGGED, FELL_BACK, OVERFLOW = 0, 1, 2          # rows of DeviceDenseFallback.counts
-
-
-def compact_pairs(flag: torch.Tensor, capacity: int):
-    """Device-only compaction of a (B, Hq) bool mask into ``pairs`` (capacity, 2) int32 (row, head)
-    in row-major order, −1-padded; returns (pairs, ``within`` (B, Hq) bool = flagged and listed,
-    number flagged (0-d int64)). No host synchronisation, static shapes."""
-    B, Hq = flag.shape
-    f = flag.reshape(-1)
-    pos = torch.cumsum(f.to(torch.int64), 0) - 1               # slot of each flagged pair
-    keep = f & (pos < capacity)
-    dest = torch.where(keep, pos, torch.full_like(pos, capacity))   # the rest: one discarded slot
-    idx = torch.arange(B * Hq, device=flag.device)
-    vals = torch.stack((idx // Hq, idx % Hq), dim=1).to(torch.int32)
-    buf = torch.full((capacity + 1, 2), -1, dtype=torch.int32, device=flag.device)
-    buf.index_copy_(0, dest, vals)
-    buf[capacity] = -1
-    return buf[:capacity], keep.view(B, Hq), f.sum()
 
 
 @dataclass
@@ -96,6 +80,17 @@ class DeviceDenseFallback:
         self.capacity = None if capacity is None else positive_int("capacity", capacity)
         self.num_splits = None if num_splits is None else positive_int("num_splits", num_splits)
         self.counts = torch.zeros(3, dtype=torch.int64, device=device)
+        self._tol: dict = {}          # (dtype, device) -> tol as a one-element tensor, made once (not per step)
+
+    def flag(self, certified_error: torch.Tensor, capacity: int):
+        """Flag, compact and count (module doc, step 1) in one launch: returns (pairs, count, flagged,
+        listed, overflowed, any_overflow) and adds to ``counts``."""
+        from ..kernels.flag_pairs import flag_pairs
+
+        key = (certified_error.dtype, certified_error.device)
+        if key not in self._tol:      # made on the first (warm-up) call, before any graph capture
+            self._tol[key] = torch.tensor([self.tol], dtype=certified_error.dtype, device=certified_error.device)
+        return flag_pairs(certified_error, self._tol[key], capacity, self.counts)
 
     def _splits(self, max_tokens: int, device) -> int:
         from ..kernels.paged_dense import default_splits
@@ -114,16 +109,10 @@ class DeviceDenseFallback:
                                                         f"heads), got {tuple(certified_error.shape)}")
         B, Hq = certified_error.shape
         cap = B * Hq if self.capacity is None else self.capacity
-        flag = ~(certified_error <= self.tol)
-        pairs, within, n = compact_pairs(flag, cap)
+        pairs, n, flag, within, over, any_over = self.flag(certified_error, cap)
         cache_dense_decode(q, pool, row_idx, max_tokens=max_tokens, scale=scale, out=out, pairs=pairs,
                            pair_count=n, num_splits=self._splits(max_tokens, q.device))
-        over = flag & ~within
-        n_over = (n - cap).clamp(min=0)
-        self.counts[FLAGGED] += n
-        self.counts[FELL_BACK] += n - n_over
-        self.counts[OVERFLOW] += n_over
-        return DevicePolicyResult(flagged=flag, fell_back=within, overflowed=over, any_overflow=n_over > 0,
+        return DevicePolicyResult(flagged=flag, fell_back=within, overflowed=over, any_overflow=any_over,
                                   certified_error=certified_error)
 
 

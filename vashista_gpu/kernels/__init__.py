@@ -19,6 +19,8 @@ module's name, so they are not re-exported here: ``from vashista_gpu.kernels.res
     step_stats.step_stats         the engine's per-layer decode statistics
     row_vmax.row_vmax_pages       the certified step's max‖v‖ per row from the page value norms
     row_keys.row_keys             tie-rule keys of a score matrix (selection)
+    paged_dense.paged_dense_decode   exact decode over the paged pool (dense mode; DenseFallback's pairs)
+    flag_pairs.flag_pairs         DenseFallback's flag, compaction and counters in one launch
 """
-__all__ = ["append_step", "block_scores", "finish", "fold_dropped", "keys", "page_summary", "rescore", "row_keys",
-           "row_lse", "row_vmax", "select_above", "select_blocks", "sketch_scan", "step_stats", "token_scores"]
+__all__ = ["append_step", "block_scores", "finish", "flag_pairs", "fold_dropped", "keys", "page_summary",
+           "paged_dense", "rescore", "row_keys", "row_lse", "row_vmax", "select_above", "select_blocks", "sketch_scan", "step_stats", "token_scores"]
