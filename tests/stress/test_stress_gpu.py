@@ -84,4 +84,4 @@ def test_cp_fused_terms_no_violation():
 
 
 def test_gpu_tiers_registered():
-    assert {"gpu-torch-fp32", "gpu-torch-bf16", "cp-torch-fp32", "cp-torch-bf16"} <= set(TIERS)
+    assert {f"{p}-{d}" for p in ("gpu-torch", "cp-torch") for d in ("fp32", "bf16", "fp16")} <= set(TIERS)

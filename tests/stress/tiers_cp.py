@@ -1,7 +1,7 @@
 """The context-parallel certified step (``vashista_gpu.distributed``) as stress tiers, so that its merge
 is checked against exact attention like every single-GPU step (docs/ROUNDING.md, "Issue 15 audit"):
 
-    cp-torch-fp32, cp-torch-bf16     ``cp_certified_decode`` (torch path, global selection), the case's
+    cp-torch-fp32/bf16/fp16          ``cp_certified_decode`` (torch path, global selection), the case's
                                      sequences sharded over 1–3 simulated ranks (page round-robin),
                                      cache and query in the tier's dtype
 

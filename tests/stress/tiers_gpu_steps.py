@@ -2,10 +2,11 @@
 router: bound/mean routing with the paged step, sketch with the certified torch path or, on the Triton
 backend with a supported cache, the fused paged step), per backend and dtype:
 
-    gpu-torch-fp32, gpu-torch-bf16      torch backend (CPU, or CUDA when present)
-    gpu-triton-fp32, gpu-triton-bf16    Triton backend (registered with CUDA; on CPU the interpreter is
-                                        too slow for the CI profile: tests/stress/test_stress_gpu.py
-                                        runs them on a few cases with :func:`register_triton`)
+    gpu-torch-fp32, gpu-torch-bf16, gpu-torch-fp16      torch backend (CPU, or CUDA when present)
+    gpu-triton-fp32, gpu-triton-bf16, gpu-triton-fp16   Triton backend (registered with CUDA; on CPU the
+                                        interpreter is too slow for the CI profile: tests/stress/
+                                        test_stress_gpu.py runs fp32/bf16 on a few cases with
+                                        :func:`register_triton`)
 
 The cache stores keys and values in the tier's dtype and the query is passed in it too (bf16 tiers:
 bf16 queries, the output returned in bf16). The case's arrays are rounded to that dtype *in place*
@@ -22,7 +23,7 @@ from tiers import TIERS, TierResult, Unsupported, register
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}   # issue 15: "every dtype"
 
 
 def _stored(a: np.ndarray, dtype) -> None:
