@@ -195,7 +195,7 @@ def _combine_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, out_sb, out_sh, pairs_ptr, H
         live = r >= 0
     sp = tl.arange(0, NSP)
     dv = tl.arange(0, DV)
-    okp = sp < NSPLIT
+    okp = (sp < NSPLIT) & live                     # an unlisted pair slot reads nothing
     base = r.to(tl.int64) * NSPLIT
     m = tl.load(m_ptr + base + sp, mask=okp, other=float("-inf"))
     l = tl.load(l_ptr + base + sp, mask=okp, other=0.0)
