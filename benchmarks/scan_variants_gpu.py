@@ -56,7 +56,7 @@ def main(argv=None):
     ap.add_argument("--out", required=True, help="JSON file to write")
     ap.add_argument("--T", type=int, default=131072)
     ap.add_argument("--rep-ms", type=int, default=60)
-    ap.add_argument("--budget-s", type=float, default=85.0, help="variants past this wall time are skipped")
+    ap.add_argument("--budget-s", type=float, default=75.0, help="variants past this wall time are skipped")
     ap.add_argument("--smoke", action="store_true", help="CPU check of the script (TRITON_INTERPRET=1, tiny T)")
     a = ap.parse_args(argv)
     cuda = torch.cuda.is_available() and not a.smoke
