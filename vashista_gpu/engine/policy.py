@@ -13,7 +13,7 @@ host value, so here every shape is fixed when the step is planned:
 2. recompute: the paged dense flash-decode kernel in pairs mode (``kernels/paged_dense.py``) writes
    exact attention for the listed pairs into the step's output buffer, in place: a persistent grid
    (at most 4 programs per SM) loops over the (pair, split) items of the flagged pairs only, their
-   count read on the device, so the unused capacity launches no program;
+   count read on the device, so the unused capacity adds no program to the fixed grid;
 3. count (device int64, in place, so a replayed graph accumulates; in the same launch as 1):
    flagged, fell back, overflow.
 

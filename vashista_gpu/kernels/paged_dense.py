@@ -29,7 +29,8 @@ NaN and never reach the result.
 Pairs (DenseFallback). With ``pairs`` (CAP, 2) int32 = (row b, query head h), padded with −1, the
 work items are (pair, split), one query head each; a persistent grid of at most 4 programs per SM
 loops over the items of the listed pairs (their number ``pair_count`` read on the device, so idle
-capacity costs no program), and the combine writes only the listed (b, h) of ``out`` (the rest of
+capacity adds no program to the fixed grid, and with nothing flagged every program exits at once),
+and the combine writes only the listed (b, h) of ``out`` (the rest of
 ``out`` is untouched). A −1 pair does no work. The step's output buffer is thus
 patched in place, inside the graph, with no host synchronisation.
 
