@@ -740,6 +740,7 @@ def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: 
     rounded outward by γ_n(2⁻²⁴) factors (n the number of terms), valid for any summation order.
     """
     from .certificate import fused_certificate      # the fused path needs Triton; the torch path does not
+    from .kernels.cert_tail import finite_rows
     from .kernels.rescore import rescore
     from .kernels.sketch_scan import sketch_scan_bound
 
@@ -753,10 +754,9 @@ def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: 
     if sync and bool(foreign):
         raise VashistaInputError("codes", "the sketch (codes/offset/step) was not built from these keys K "
                                           "(stale or foreign sketch); re-quantize K")
-    q32 = q.float().reshape(B * Hq, D)
-    q_ok = torch.isfinite(q32).all(-1) & ~foreign
     # a non-finite query row is scanned as 0 (no NaN reaches the selection); its certificate is ∞
-    q32 = torch.where(q_ok[:, None], q32, torch.zeros_like(q32)).contiguous()
+    q32, q_ok = finite_rows(q)
+    q_ok = q_ok & ~foreign
     s, ub, smax = sketch_scan_bound(q32, codes, offset, step, bits=bits, group=group, scale=scale,
                                     one_sided=one_sided, block_tokens=block_tokens)
     cand, overflow = select_candidates(s, smax, Kc, cap or 4 * Kc, sync)
@@ -765,9 +765,8 @@ def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: 
     rows = torch.arange(B * Hq, device=q.device)
     vm = vmax.float().reshape(B * Hkv)[(rows // Hq) * Hkv + (rows % Hq) // G]
     # a negative or NaN max‖v‖ (a caller's bug, not checked without a synchronisation) voids the bound
-    q_ok = q_ok & (vm >= 0)
-    leak, error, gap = fused_certificate(ub, cand, out, m_c, zsum, torch.where(q_ok, vm, 0.0), eps, q_ok=q_ok)
-    out = torch.where(q_ok[:, None], out, torch.full_like(out, math.nan))
+    # and the output (set to NaN, with the non-finite queries' and a foreign sketch's, by the tail)
+    leak, error, gap = fused_certificate(ub, cand, out, m_c, zsum, vm, eps, q_ok=q_ok & (vm >= 0))
     return StepResult(out=out.view(B, Hq, Dv), candidates=cand.view(B, Hq, Kc),
                       certified_leakage=leak.view(B, Hq), certified_error=error.view(B, Hq),
                       overflow=overflow.view(B, Hq), gap=gap.view(B, Hq), path="fused")

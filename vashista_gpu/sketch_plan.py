@@ -192,6 +192,7 @@ def run_sketch_plan(plan: SketchStepPlan, q: torch.Tensor, *, sync: bool = False
     not the tie rule's top-Kc). ``sync=True``: q is also checked for NaN/inf and overflowed rows are
     reselected from all keys (one synchronisation each)."""
     from .certificate import fused_certificate          # the fused step's Triton modules, imported on use
+    from .kernels.cert_tail import finite_rows
     from .kernels.rescore import rescore_paged
     from .kernels.sketch_scan import paged_sketch_scan_bound
 
@@ -200,18 +201,16 @@ def run_sketch_plan(plan: SketchStepPlan, q: torch.Tensor, *, sync: bool = False
     if tuple(q.shape) != (plan.B, plan.Hq, plan.D):
         raise VashistaInputError("q", f"expected shape {(plan.B, plan.Hq, plan.D)} (the plan's), got {tuple(q.shape)}")
     plan.check()
-    B, Hq, D, Kc = plan.B, plan.Hq, plan.D, plan.Kc
-    q32 = q.float().reshape(B * Hq, D)
-    # a non-finite query row is scanned as 0 (no NaN reaches the selection) and certified ∞ (no sync)
-    q_ok = torch.isfinite(q32).all(-1)
-    q32 = torch.where(q_ok[:, None], q32, torch.zeros_like(q32)).contiguous()
+    B, Hq, Kc = plan.B, plan.Hq, plan.Kc
+    # a non-finite query row is scanned as 0 (no NaN reaches the selection), certified ∞ and its
+    # output set to NaN by the certificate's finish kernel (no sync)
+    q32, q_ok = finite_rows(q)
     s, ub, smax = paged_sketch_scan_bound(q32, plan.store, plan.cache, plan.seq_idx, plan.T, scale=plan.scale,
                                           one_sided=plan.one_sided)
     cand, overflow = select_candidates(s, smax, Kc, plan.cap, sync, short_window=plan.short_window)
     # exact part (``kernels/rescore.py``): rescoring, softmax, values, and m_C, z_C of the lower bounds
     out, m_c, zsum, eps = rescore_paged(q32, plan.cache, plan.seq_idx, cand, scale=plan.scale)
     leak, error, gap = fused_certificate(ub, cand, out, m_c, zsum, row_vmax(plan), eps, q_ok=q_ok)
-    out = torch.where(q_ok[:, None], out, torch.full_like(out, math.nan))
     return StepResult(out=out.view(B, Hq, plan.Dv), candidates=cand.view(B, Hq, Kc),
                       certified_leakage=leak.view(B, Hq), certified_error=error.view(B, Hq),
                       overflow=overflow.view(B, Hq), gap=gap.view(B, Hq), path="fused")

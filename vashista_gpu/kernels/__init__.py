@@ -14,7 +14,10 @@ module's name, so they are not re-exported here: ``from vashista_gpu.kernels.res
     sketch_scan.sketch_scores     scores-only scan of the torch path (no shape rule)
     select_above.select_above     threshold compaction of candidates
     rescore.rescore / rescore_paged   exact rescoring of the candidates
-    row_lse.row_lse_upper         upper bound on a row's logsumexp
+    row_lse.row_lse_upper         upper bound on a row's logsumexp (row_lse_chunks: its first stage)
+    cert_tail.cert_finish         the certified step's certificate from the bounds' chunks (one launch)
+    cert_tail.finite_rows         the certified step's query finiteness check and float32 upcast
+    libm.exp_acc / log_acc        accurately rounded exp/log inside kernels (libdevice on CUDA)
     append_step.append_step       the engine's decode-step append (K/V, length, summaries, page sketch)
     step_stats.step_stats         the engine's per-layer decode statistics
     row_vmax.row_vmax_pages       the certified step's max‖v‖ per row from the page value norms
@@ -22,5 +25,6 @@ module's name, so they are not re-exported here: ``from vashista_gpu.kernels.res
     paged_dense.paged_dense_decode   exact decode over the paged pool (dense mode; DenseFallback's pairs)
     flag_pairs.flag_pairs         DenseFallback's flag, compaction and counters in one launch
 """
-__all__ = ["append_step", "block_scores", "finish", "flag_pairs", "fold_dropped", "keys", "page_summary",
-           "paged_dense", "rescore", "row_keys", "row_lse", "row_vmax", "select_above", "select_blocks", "sketch_scan", "step_stats", "token_scores"]
+__all__ = ["append_step", "block_scores", "cert_tail", "finish", "flag_pairs", "fold_dropped", "keys", "libm",
+           "page_summary", "paged_dense", "rescore", "row_keys", "row_lse", "row_vmax", "select_above", "select_blocks",
+           "sketch_scan", "step_stats", "token_scores"]
