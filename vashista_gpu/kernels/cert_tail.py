@@ -14,7 +14,7 @@ check, in one launch instead of six.
     d       = (m_C − M) + log z_C − log Z, lowered by D_REL·(|m_C − M| + |log z_C| + |log Z| + |d|) + D_ABS
     L̂       = min(1, max(10⁻³⁷, ℓ·L_FAC + |d|·L_DFAC·ℓ)),   ℓ = 1/(1 + e^d)      (0 when M = −∞)
     E_C     = max‖v‖·(e^{2ε} − 1)·WE
-    error   = up((max‖v‖ + ‖o‖·ON + E_C)·L̂·E_FAC + E_C + max‖v‖·E_ABS)
+    error   = up((max‖v‖ + ‖o‖·ON + E_C)·L̂·E_FAC + E_C + max‖v‖·E_ABS + 4·2⁻¹²⁶)
 
 A row is uncertified — leakage 1, error +∞ — when its query was not finite (``q_ok`` False), its
 output is not finite, max‖v‖ is negative or NaN, the bounds held +∞ or NaN (M), or anything above
@@ -106,7 +106,8 @@ def _cert_finish_kernel(mch_ptr, zch_ptr, out_ptr, mc_ptr, zs_ptr, vm_ptr, eps_p
     nan = raw != raw
     leak = tl.where(out_any, tl.minimum(tl.maximum(raw, 1e-37), 1.0), 0.0)
     w_err = vm * _expm1_pos(2.0 * eps) * WE
-    err = next_up((vm + onorm + w_err) * leak * E_FAC + w_err + vm * E_ABS)
+    # (+ 4·2⁻¹²⁶: the products' flush-to-zero below the normal range, Triton's default on CUDA)
+    err = next_up((vm + onorm + w_err) * leak * E_FAC + w_err + vm * E_ABS + 4.70197740328915e-38)
     ok = o_fin & q_ok & (vm >= 0) & (M < INF)            # M NaN fails M < ∞
     leak = tl.where(ok, leak, 1.0)
     err = tl.where(ok, err, INF)

@@ -11,11 +11,11 @@ Two stages, because the reduction runs over T (up to ~10⁶) for few rows:
    so the evaluated 2^{a'·log2 e} ≥ e^{a}·(1 − the instruction's error ≤ 16u).
 2. :func:`combine_chunks`, inlined in the consumer (the certificate's finish kernel,
    ``kernels/cert_tail.py``, or ``_combine_kernel`` here for ``row_lse_upper``):
-   M = max_c m_rc,  Z = Σ_c z_rc·e^{(m_rc − M)(1 − 2u)}·F + T·2⁻¹²⁶ with the accurate exponential
+   M = max_c m_rc,  Z = Σ_c z_rc·e^{(m_rc − M)(1 − 2u)}·F + 2T·2⁻¹²⁶ with the accurate exponential
    (``kernels/libm.py``; the argument's two roundings are covered by 2u) and
    F = (1 + 16u)²·(1 + γ_{block+2})·(1 + γ_{NC+2})·(1 + 2u) rounded up to float32: both exponentials
    within 16u, the chunk's and the combination's float32 sums within γ_n (any order), the product by F;
-   flush-to-zero of terms below 2⁻¹²⁶ loses at most T·2⁻¹²⁶ (the largest term is e⁰ = 1).
+   flush-to-zero of terms below 2⁻¹²⁶ loses at most T·2⁻¹²⁶ in each stage (the largest term is e⁰ = 1).
    Then Z·e^M ≥ Σ_j e^{x_j}; a row without finite entries has M = −∞, Z = 0.
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _row_chunk_lse_kernel(x_ptr, m_ptr, z_ptr, T, NC, BT: tl.constexpr):
 def combine_chunks(m_ptr, z_ptr, r, NC, F, FLOOR, BNC: tl.constexpr):
     """(M, Z) of row ``r`` from its NC chunk results (module doc, stage 2). M is +∞ or NaN when the
     row held +∞ or NaN (then Z is meaningless: the caller must not certify the row). ``FLOOR`` =
-    T·2⁻¹²⁶ (exact in float32)."""
+    :func:`lse_floor` (T)."""
     c = tl.arange(0, BNC)
     cm = c < NC
     m = tl.load(m_ptr + r.to(tl.int64) * NC + c, mask=cm, other=float("-inf"))
@@ -77,8 +77,10 @@ def lse_factor(block: int, nc: int) -> float:
 
 
 def lse_floor(T: int) -> float:
-    """T·2⁻¹²⁶: what flush-to-zero can drop from T terms (exact in float32 for T < 2²⁴)."""
-    return float(T) * 2.0 ** -126
+    """2T·2⁻¹²⁶: what flush-to-zero can drop (relative to the largest term, 1) from T terms in the chunk
+    kernel, and again from the chunks' weights in the combination (Triton links libdevice with
+    flush-to-zero); exact in float32 for T < 2²³."""
+    return 2.0 * float(T) * 2.0 ** -126
 
 
 def row_lse_chunks(x, *, block: int = BLOCK):
