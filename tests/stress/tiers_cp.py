@@ -111,6 +111,7 @@ for _name in DTYPES:
 
 
 FUSED_PAGE = 16          # the fused scan's token blocks (sketch_plan.fused_shapes_ok)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"     # the fused kernels: CUDA, or the interpreter
 
 
 def cp_fused_step(case) -> TierResult:
@@ -143,17 +144,17 @@ def cp_fused_step(case) -> TierResult:
     Kc = min(case.Kc, min(layout.local_length(r, k.shape[0]) for r in range(world) for k in case.keys))
     states = []
     for rank in range(world):
-        cache = TorchPagedKVCache(FUSED_PAGE, Hkv, D, Dv, dtype=torch.float32, max_seqs=B,
+        cache = TorchPagedKVCache(FUSED_PAGE, Hkv, D, Dv, dtype=torch.float32, max_seqs=B, device=DEVICE,
                                   num_pages=sum(-(-k.shape[0] // FUSED_PAGE) for k in case.keys) + 1)
         sh = ShardedCache(cache, layout, rank)
         for b in range(B):
             sh.add_sequence(b)
             sh.append(b, torch.from_numpy(case.keys[b]).float(), torch.from_numpy(case.values[b]).float())
         plan = plan_sketch_step(cache, list(range(B)), Hq, Kc, bits=bits, scale=case.scale)
-        states.append(fused_shard_state(plan, torch.from_numpy(case.q).float()))
+        states.append(fused_shard_state(plan, torch.from_numpy(case.q).float().to(DEVICE)))
     r = certificate(merge(torch.stack(states)))
-    return TierResult(r.out.double().numpy(), r.certified_error.double().numpy(),
-                      r.certified_leakage.double().numpy(), None)
+    return TierResult(r.out.double().cpu().numpy(), r.certified_error.double().cpu().numpy(),
+                      r.certified_leakage.double().cpu().numpy(), None)
 
 
 def register_fused() -> str:
