@@ -193,11 +193,11 @@ def test_infinite_certificate_end_to_end(files, tmp_path, capsys):
     assert rep["certified_error"] == "inf" and rep["per_query"][0]["certified_error"] == "inf"
 
 
-@pytest.mark.parametrize("solver", ["wolfe", "cvxpy"])
-def test_certify_is_scale_invariant_on_the_command_line(tmp_path, capsys, solver):
+def test_certify_is_scale_invariant_on_the_command_line(tmp_path, capsys):
     """Issue 15: `certify --solver wolfe` at scale 1e4 or 1e30 returned a wrong projection (dual residual
     0.85) without a ConvergenceError. Through the command line: the same face and active set at every
-    scale, the gap × s² (the refusal at 1e-300 is a CASES entry above)."""
+    scale, the gap × s² (ε × s² too, so that the entropic part is the same problem; the refusal at
+    1e-300 is a CASES entry above; cvxpy and more scales: test_projection.py)."""
     import json
     from vashista_ref.instances import draw
     inst = draw("known_face", 0, M=32, D=8)
@@ -205,9 +205,11 @@ def test_certify_is_scale_invariant_on_the_command_line(tmp_path, capsys, solver
     for s in (1.0, 1e4, 1e30):
         np.save(tmp_path / "q.npy", inst.q * s)
         np.save(tmp_path / "K.npy", inst.K * s)
-        assert main(_certify(str(tmp_path / "q.npy"), str(tmp_path / "K.npy")) + ["--solver", solver, "--json"]) == 0
+        assert main(_certify(str(tmp_path / "q.npy"), str(tmp_path / "K.npy")) + ["--solver", "wolfe", "--json",
+                                                                                   "--eps", repr(0.1 * s * s)]) == 0
         reps[s] = json.loads(capsys.readouterr().out)
     for s in (1e4, 1e30):
         assert reps[s]["face"] == reps[1.0]["face"] and reps[s]["active_set"] == reps[1.0]["active_set"]
         assert reps[s]["gap"] == pytest.approx(reps[1.0]["gap"] * s * s, rel=1e-6)
         assert reps[s]["kkt_residual"]["dual_feasibility"] <= 1e-7 * s * s
+        assert reps[s]["entropic"]["converged"] and reps[s]["softmax"]["face"] == reps[1.0]["softmax"]["face"]
