@@ -529,3 +529,106 @@ def test_module_examples_run():
     for mod in (modes, results_file, ruler, haystacks, longctx_model):
         r = doctest.testmod(mod)
         assert r.failed == 0 and r.attempted > 0, mod.__name__
+
+
+# ------------------------------------------------------------------------------------- engine decoder
+
+def _tiny_run(model, names, ctx=160, feed=8, new=4, dense_layers=(0,)):
+    """Both decoders from one shared prefill: {mode: (hf result, engine result)}; the mode's context
+    covers every decoded token, as in the suite (a budget of 1 then reads every token)."""
+    from vashista_app.quality.decoder import HFDecoder
+    from vashista_app.quality.engine_decoder import EngineDecoder
+
+    class Tok:
+        eos_token_id = None
+    hf, en = HFDecoder(model, Tok(), dense_layers=dense_layers), EngineDecoder(model, Tok(), dense_layers=dense_layers)
+    ids = torch.randint(2, 97, (ctx,), generator=torch.Generator().manual_seed(1)).tolist()
+    state = hf.prefill(ids[:ctx - feed])
+    return {n: (hf.run(state, parse_mode(n), ctx + new, ids[ctx - feed:], new),
+                en.run(state, parse_mode(n), ctx + new, ids[ctx - feed:], new)) for n in names}
+
+
+def test_engine_decoder_matches_the_hf_decoder(tiny):
+    # budget 1 reads every token (exact up to rounding); the sparse modes run the same algorithm on
+    # the same keys, so the differential check holds there too
+    runs = _tiny_run(tiny, ["dense", "cert-int8-1/1-report", "cert-int4-1/1-fallback", "cert-int4-1/8-report",
+                            "paged-3/4"])
+    for name, (a, b) in runs.items():
+        assert b.decoder == "engine" and a.decoder == "hf", name
+        assert b.generated == a.generated and len(b.generated) == 4, name
+        assert len(b.nll) == len(a.nll) == 7
+        assert max(abs(x - y) for x, y in zip(a.nll, b.nll)) < 1e-5, name
+        if name == "dense":
+            assert a.stats is None and b.stats is None
+            continue
+        sa, sb = a.stats.summary(), b.stats.summary()
+        assert sb["shadow"] and sb["steps"] == sa["steps"] == (8 + 3) * 4, name
+        assert sb["certificate_violations"] == sa["certificate_violations"] == 0, name
+        assert sb["max_true_error"] == pytest.approx(sa["max_true_error"], rel=1e-4, abs=1e-7), name
+        la = {r["layer"]: r for r in b.stats.per_layer()}
+        assert set(la) == {1} and la[1]["true_error_mean"] >= 0 and la[1]["violations"] == 0
+    # at budget 1 the true error is rounding; at 1/8 of 164 tokens the sparse step really drops mass
+    assert runs["cert-int8-1/1-report"][1].stats.summary()["max_true_error"] < 1e-5
+    assert runs["cert-int4-1/8-report"][1].stats.summary()["max_true_error"] > 1e-3
+
+
+def test_engine_shadow_counts_a_wrong_certificate(tiny, monkeypatch):
+    # a certificate of 0 on a step that dropped attention mass must be a violation: the shadow can fail
+    import vashista_gpu.decode as dec
+
+    real = dec.sparse_decode
+
+    def lying(*a, **kw):
+        r = real(*a, **kw)
+        r.certified_error = torch.zeros_like(r.certified_error)
+        return r
+    monkeypatch.setattr(dec, "sparse_decode", lying)
+    (_, b), = _tiny_run(tiny, ["cert-int4-1/8-report"]).values()
+    assert b.stats.summary()["certificate_violations"] > 0
+
+
+def test_window_mode_stays_on_the_hf_decoder_and_says_why(tiny):
+    from vashista_app.quality.engine_decoder import WINDOW_REASON, pick_decoder
+
+    (a, b), = _tiny_run(tiny, ["window-1/4"]).values()
+    assert b.decoder == "hf" and b.decoder_note == WINDOW_REASON and b.generated == a.generated
+    assert pick_decoder("auto", "cuda") == "engine" and pick_decoder("auto", "cpu") == "hf"
+    assert pick_decoder("engine", "cpu") == "engine"
+
+
+def test_shadow_output_is_the_hf_dense_shadow():
+    from vashista_app.quality.engine_decoder import shadow_output
+    from vashista_gpu.hf.stats import dense_shadow
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = torch.randn(1, 6, 8, generator=g), torch.randn(1, 2, 40, 8, generator=g), torch.randn(1, 2, 40, 8, generator=g)
+    valid = torch.arange(40)[None] < 33
+    o, vmax = shadow_output(q, k, v, valid, 0.3)
+    ref = dense_shadow(q, k, v, valid, 0.3)
+    assert torch.allclose(o, ref["o"], rtol=0, atol=1e-12) and torch.allclose(vmax, ref["vmax"], rtol=0, atol=1e-12)
+
+
+@pytest.mark.model
+def test_engine_and_hf_decoders_score_the_same_and_resume(tmp_path, capsys):
+    pytest.importorskip("gguf")
+    from vashista_app.quality.cli import main
+    argv = ["--tasks", "niah_single", "ppl", "--contexts", "1024", "--items", "1", "--span", "9", "--modes", "dense",
+            "cert-int8-1/1-report", "--dense-layers", *map(str, range(29)), "--device", "cpu", "--json",
+            "--no-figures"]
+    recs = {}
+    for d in ("hf", "engine"):
+        assert main(argv + ["--decoder", d, "--out", str(tmp_path / d)]) == 0
+        capsys.readouterr()
+        recs[d] = {record_key(r): r for r in read_results(str(tmp_path / d / "results.jsonl"))}
+    assert recs["hf"].keys() == recs["engine"].keys() and len(recs["hf"]) == 2 * 2
+    for key, a in recs["hf"].items():
+        b = recs["engine"][key]
+        assert a["decoder"] == "hf" and b["decoder"] == "engine"
+        if a["task"] == "ppl":
+            assert b["ppl"] == pytest.approx(a["ppl"], rel=1e-5)
+        else:
+            assert (b["score"], b["prediction"]) == (a["score"], a["prediction"])
+        if a["mode"] != "dense":
+            assert b["violations"] == a["violations"] == 0 and b["decode_steps"] == a["decode_steps"] > 0
+    assert main(argv + ["--decoder", "engine", "--out", str(tmp_path / "engine")]) == 0   # resumed: nothing to do
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["records_new"] == 0

@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ppl-texts", nargs="+", default=None,
                    help="perplexity texts (default: one prose, code and verse text among those present)")
     p.add_argument("--text-dir", default=None, help="optional texts (default $VASHISTA_TEXT_DIR)")
+    p.add_argument("--decoder", default="auto", choices=["auto", "engine", "hf"],
+                   help="long-context suite: engine = vashista_gpu.engine (CUDA-graph step on GPU), hf = "
+                        "transformers' forward per token (CPU/debug, the differential check); auto = engine "
+                        "on CUDA, hf on the CPU")
     p.add_argument("--fresh", action="store_true", help="start the long-context run over (default: resume)")
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--seed", type=int, default=0)

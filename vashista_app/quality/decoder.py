@@ -14,7 +14,8 @@ The suite needs exactly two operations of a decoder:
 :class:`HFDecoder` implements them on a transformers model through ``vashista_gpu.hf.enable_vashista``
 (certified and paged modes), ``window.enable_window`` (the baseline) and the quality decode loop
 (``decode_loop.py``). A graph-captured engine implements the same two methods over its own cache and
-is passed to ``longctx.run`` instead; nothing else in the suite changes.
+is passed to ``longctx.run`` instead (``engine_decoder.EngineDecoder``: selected on CUDA, or by
+``--decoder``); nothing else in the suite changes.
 
 Example::
 
@@ -43,6 +44,8 @@ class DecodeResult:
     generated: list[int]
     stats: object | None      # DecodeStats of the sparse layers (None for dense)
     seconds: float
+    decoder: str = "hf"       # which decoder ran the mode: hf, engine, engine-graph (engine_decoder.py)
+    decoder_note: str | None = None   # why a mode stayed on the HF decoder under the engine
 
 
 class HFDecoder:

@@ -2,7 +2,8 @@
 
 Jobs are (task, context, item) for the RULER-style tasks (``ruler.py``) and (``ppl``, context, text) for
 perplexity; each job is prefilled densely once and then decoded under every mode (``modes.py``) through
-a decoder (``decoder.py``: the HF path today, the engine's later). One JSON line per (job, mode) is
+a decoder (``decoder.py``'s HF path, or the engine's: ``engine_decoder.py``, the default on CUDA,
+``--decoder`` picks). Each record names the decoder that ran it. One JSON line per (job, mode) is
 appended to ``OUT/results.jsonl`` and flushed as soon as it is known, so a stopped run loses at most
 the mode it was in: run the same command again and every (job, mode) already in the file is skipped
 (``--fresh`` starts over). ``OUT/config.json`` pins what the items depend on (seed, haystack, model,
@@ -124,9 +125,12 @@ def stats_fields(stats, mode, ctx: int, model_shape: dict) -> dict:
                 exact_tokens=exact_tokens(mode, ctx))
 
 
-def _mode_fields(m) -> dict:
+def _mode_fields(m, r) -> dict:
+    """The mode of a record and which decoder ran it (``r`` its DecodeResult: ``decoder_note`` says why
+    a mode stayed on the HF decoder in an engine run)."""
     return dict(mode=m.name, kind=m.kind, budget=None if m.budget is None else float(m.budget), bits=m.bits,
-                policy=m.policy if m.kind == "certified" else None)
+                policy=m.policy if m.kind == "certified" else None, decoder=getattr(r, "decoder", "hf"),
+                decoder_note=getattr(r, "decoder_note", None))
 
 
 # ----------------------------------------------------------------------------------------- the run
@@ -181,7 +185,7 @@ def run(cfg: dict, decoder, codec, out: str, *, model_shape: dict, pinned: dict,
                 bar.set_postfix_str(f"{task} {ctx} {which} {m.name}")
                 r = decoder.run(state, m, ctx, ids[ctx - span:ctx], 0)
                 nll = sum(r.nll)
-                res.append(dict(task=PPL, ctx=ctx, text=which, **_mode_fields(m), n_scored=len(r.nll), nll_sum=nll,
+                res.append(dict(task=PPL, ctx=ctx, text=which, **_mode_fields(m, r), n_scored=len(r.nll), nll_sum=nll,
                                 ppl=math.exp(nll / len(r.nll)), seconds=round(r.seconds, 2),
                                 **stats_fields(r.stats, m, ctx, model_shape)))
                 counts["records_new"] += 1
@@ -195,7 +199,7 @@ def run(cfg: dict, decoder, codec, out: str, *, model_shape: dict, pinned: dict,
             bar.set_postfix_str(f"{task} {ctx} #{which} {m.name}")
             r = decoder.run(state, m, ctx, item.query, item.max_new, stop=stop)
             pred = codec.decode(r.generated)
-            res.append(dict(task=task, ctx=ctx, item=which, **_mode_fields(m), score=score(item, pred),
+            res.append(dict(task=task, ctx=ctx, item=which, **_mode_fields(m, r), score=score(item, pred),
                             prediction=pred, answers=item.answers,
                             depth=item.depths[0] if item.depths else None, generated=len(r.generated),
                             seconds=round(r.seconds, 2), **stats_fields(r.stats, m, ctx, model_shape)))
@@ -211,6 +215,7 @@ def run(cfg: dict, decoder, codec, out: str, *, model_shape: dict, pinned: dict,
 def main_from_args(args, cfg: dict, loaded: tuple) -> int:
     """``vashista quality --tasks ...`` after ``cli.parse`` and ``cli.load``: run, write the report."""
     from .decoder import HFDecoder
+    from .engine_decoder import EngineDecoder, pick_decoder
 
     model, tok, env = loaded
     mc = model.config
@@ -219,7 +224,10 @@ def main_from_args(args, cfg: dict, loaded: tuple) -> int:
     pinned = dict(seed=cfg["seed"], haystack=cfg["haystack"], model_sha256=env["model_sha256"],
                   dense_layers=cfg["dense_layers"], span=cfg["span"], tol=cfg["tol"],
                   generator_version=GENERATOR_VERSION)
-    decoder = HFDecoder(model, tok, dense_layers=cfg["dense_layers"], backend=env["backend"], tol=cfg["tol"])
+    which = pick_decoder(args.decoder, env["device"])
+    make = EngineDecoder if which == "engine" else HFDecoder
+    decoder = make(model, tok, dense_layers=cfg["dense_layers"], backend=env["backend"], tol=cfg["tol"])
+    env = dict(env, decoder=which)
     counts = run(cfg, decoder, HFCodec(tok), args.out, model_shape=shape, pinned=pinned, fresh=args.fresh,
                  time_limit=args.time_limit)
     texts = {t: haystacks.describe(t, cfg["text_dir"]) for t in [cfg["haystack"], *cfg["ppl_texts"]]}

@@ -28,6 +28,14 @@ from .results_file import RESULTS, json_safe, read_results
 from .report import write_csv
 
 
+# what a run on the engine's decoder (engine_decoder.py) does not produce, said where its numbers are read
+ENGINE_NOTE = ("- engine: rel_bytes is the model of modes.relative_bytes (not measured); per-layer certified error "
+               "is the sparse step's certificate (the first attempt's on a fallen-back head); the dense gap, "
+               "supports and true leakage of the HF shadow are not computed; a certified mode's certificates can differ "
+               "from the HF decoder's for the same outputs (seen on CPU, int4: looser on the engine, the same true "
+               "error, no violation; not yet explained)")
+
+
 def _mean(xs):
     xs = [x for x in xs if x is not None]
     return sum(xs) / len(xs) if xs else float("nan")
@@ -68,7 +76,10 @@ def mode_rows(recs: list[dict], acc: list[dict]) -> list[dict]:
         fb = sum((r.get("decode_steps") or 0) * r["fallback_rate"] for r in rs)
         a = [x["accuracy"] for x in acc if x["mode"] == mode]
         errs = [r["max_true_error"] for r in rs if r.get("max_true_error") is not None]
+        decoders = sorted({r.get("decoder") or "hf" for r in rs})
+        notes = sorted({r["decoder_note"] for r in rs if r.get("decoder_note")})
         rows.append(dict(mode=mode, kind=rs[0]["kind"], budget=rs[0]["budget"], records=len(rs),
+                         decoder="+".join(decoders), decoder_note="; ".join(notes) or None,
                          accuracy=_mean(a), decode_steps_checked=steps,
                          violations=sum(r.get("violations") or 0 for r in rs),
                          fallback_rate=fb / steps if steps else 0.0,
@@ -198,8 +209,13 @@ def write_report(out: str, *, figures: bool = True, meta: dict | None = None) ->
     for k in ("model", "env", "texts", "complete", "seconds"):
         if meta and k in meta:
             s += f"- {k}: {json.dumps(meta[k]) if isinstance(meta[k], dict) else meta[k]}\n"
-    s += "\n## Modes\n\n" + _table(modes, ["mode", "records", "accuracy", "decode_steps_checked", "violations",
-                                          "fallback_rate", "rel_bytes", "max_true_error"])
+    s += "\n## Modes\n\n" + _table(modes, ["mode", "decoder", "records", "accuracy", "decode_steps_checked",
+                                          "violations", "fallback_rate", "rel_bytes", "max_true_error"])
+    notes = [f"- {m['mode']}: {m['decoder_note']}" for m in modes if m.get("decoder_note")]
+    if any(m["decoder"] != "hf" for m in modes):
+        notes.append(ENGINE_NOTE)
+    if notes:
+        s += "\nDecoders:\n\n" + "\n".join(notes) + "\n"
     s += "\n## Accuracy per task and context (%; delta vs dense on the same items, points)\n\n"
     s += _table(acc, ["ctx", "task", "mode", "items", "accuracy", "delta_vs_dense"])
     s += "\n## Perplexity (decoded, teacher-forced)\n\n"

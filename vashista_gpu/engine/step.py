@@ -130,6 +130,11 @@ class StepConfig:
     tol: float
     dense_layers: tuple
     planned: bool
+    # explicit exact-read sizes (the quality suite's budget settings, ``vashista_app/quality/modes.py``):
+    # ``kc`` candidates (capped at the shortest row) instead of the budget's, ``pages`` paged mode's
+    # routed pages instead of ⌈Kc/S⌉. None: from ``budget`` as the module doc says.
+    kc: int | None = None
+    pages: int | None = None
 
 
 class Runner:
@@ -147,6 +152,15 @@ class Runner:
     def mode_of(self, layer: int) -> str:
         return "dense" if layer in self.cfg.dense_layers else self.cfg.mode
 
+    def kc_of(self, longest: int, shortest: int) -> int:
+        """Kc of a step: ``cfg.kc`` when given (at most ``shortest``), else :func:`kc_for`."""
+        if self.cfg.kc is not None:
+            return max(1, min(self.cfg.kc, shortest))
+        return kc_for(self.cfg.budget, longest, shortest)
+
+    def pages_of(self, kc: int) -> int:
+        return self.cfg.pages if self.cfg.pages is not None else math.ceil(kc / self.cache.page_size)
+
     # ------------------------------------------------------------------ planned path
     def plan(self, reserved: dict, scales: dict) -> None:
         """Plan a decode segment for the cache's current rows: ``reserved`` {seq: tokens it may reach}
@@ -157,8 +171,8 @@ class Runner:
         cache, rows = self.cache, self.cache.rows
         lens = [cache.length(s) for s in rows]
         self.T_cap = max(reserved[s] for s in rows)
-        self.Kc = kc_for(self.cfg.budget, max(lens), min(lens))
-        self.P = math.ceil(self.Kc / cache.page_size)
+        self.Kc = self.kc_of(max(lens), min(lens))
+        self.P = self.pages_of(self.Kc)
         Hq = cache.n_q_heads
         for i, pool in enumerate(cache.pools):
             mode = self.mode_of(i)
@@ -241,11 +255,11 @@ class Runner:
         groups: dict[int, list[int]] = {}
         for b, s in enumerate(rows):
             n = pool.length(s)
-            groups.setdefault(kc_for(self.cfg.budget, n, n), []).append(b)
+            groups.setdefault(self.kc_of(n, n), []).append(b)
         self.Kc = max(groups)                                    # reported: the widest Kc of the step
-        self.P = math.ceil(self.Kc / cache.page_size)
+        self.P = self.pages_of(self.Kc)
         for kc, g in groups.items():
-            res = sparse_decode(q[g], pool, [rows[b] for b in g], P=math.ceil(kc / cache.page_size), Kc=kc,
+            res = sparse_decode(q[g], pool, [rows[b] for b in g], P=self.pages_of(kc), Kc=kc,
                                 scale=scale, router="sketch" if mode == "certified" else "bound",
                                 bits=self.cfg.bits if mode == "certified" else None, policy=self.cfg.policy)
             out[g] = res.out.to(q.dtype)

@@ -1,0 +1,268 @@
+"""The engine (``vashista_gpu.engine``, issue 14) as the long-context suite's decoder (``decoder.py`` seam).
+
+``prefill`` is the HF decoder's (one dense forward of the context into a ``DynamicCache``), so the two
+decoders start every mode from the same keys and values. ``run`` copies that cache into a fresh
+:class:`~vashista_gpu.engine.Engine` whose ``VashistaCache`` is laid out for the mode, then decodes one
+token per step through the engine's attention: on CUDA the whole step of the model — the feed or
+greedy token, every layer, the LM head, the log-probability and the argmax — is captured once in a
+CUDA graph and replayed per token; on the CPU the same step runs eagerly on the engine's host path.
+
+How each mode of ``modes.py`` maps onto the engine (every budget exactly as ``mode_setting`` sets it:
+``StepConfig.kc`` / ``pages`` carry the suite's Kc and P, not the engine's own budget rule):
+
+* ``dense``           engine ``mode="dense"`` (exact attention over the paged cache, 16-token pages);
+* ``cert-intB-b-*``   ``mode="certified"``, ``bits`` B, page size = the sketch group (64 for int8, 16
+  for int4), Kc = b·ctx; ``report`` → ReportOnly, ``fallback`` → DenseFallback(tol), on the device
+  inside the graph (capacity B·Hq: cannot overflow);
+* ``paged-b``         ``mode="paged"`` (bound router, 16-token pages, one sink page), P and Kc of
+  ``budget_setting``;
+* ``window-b``        no engine option: the engine has no sink + recent-window attention, so this mode
+  runs on the HF decoder, and the record says so (``decoder``/``decoder_note``).
+
+Statistics per sparse layer, as the HF decoder reports them (``hf.stats.DecodeStats`` keys): decode
+steps (row × head queries), fallback rate, certified error (the engine's ``StepStats``: mean over the
+finite certificates), and — with the float64 shadow, on by default — the true error of the output the
+model consumes against exact dense attention in float64 over the same cache, and certificate
+violations (true > certified + the shadow's own float64 rounding allowance, as ``hf/stats.py``). The
+shadow reads the engine's pool (the only copy of K/V), at the padded segment length, so it is captured
+in the graph with the step. Not produced by the engine: the dense gap Δ̂, supports and true leakage
+per head (``hf/stats.py`` extras the long-context records do not carry). Bytes read per token are the
+model of ``modes.relative_bytes``, as for the HF decoder.
+
+Example::
+
+    >>> dec = EngineDecoder(model, tok)                                   # doctest: +SKIP
+    >>> r = dec.run(dec.prefill(item.context), parse_mode("cert-int8-1/16-fallback"), 32768, item.query, 12)
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from vashista_core.policies import DenseFallback, ReportOnly
+
+from .decode_loop import prefill
+from .decoder import DecodeResult, HFDecoder
+from .modes import Mode, mode_setting
+
+__all__ = ["ENGINE_KINDS", "EngineDecoder", "EngineStats", "WINDOW_REASON", "pick_decoder", "shadow_output"]
+
+ENGINE_KINDS = ("dense", "certified", "paged")
+WINDOW_REASON = "the engine has no sink+window attention: decoded by the HF decoder (window.py)"
+# shadow accumulators per layer: queries checked, sum and max of the true error, violations
+_SH_N, _SH_SUM, _SH_MAX, _SH_VIOL = range(4)
+
+
+def pick_decoder(name: str, device: str) -> str:
+    """``auto`` → the engine on CUDA, the HF decoder on the CPU (the HF path stays the CPU/debug path
+    and the differential check); ``engine`` / ``hf`` as asked."""
+    if name == "auto":
+        return "engine" if device == "cuda" else "hf"
+    return name
+
+
+class EngineStats:
+    """The statistics of one engine run, with the methods ``longctx.stats_fields`` reads
+    (``summary``, ``per_layer``, as ``hf.stats.DecodeStats``). ``step`` the engine's ``StepStats``
+    tensor (layers × STAT_FIELDS), ``shadow`` the (layers × 4) float64 shadow accumulators or None,
+    ``sparse`` the sparse layers."""
+
+    def __init__(self, step: torch.Tensor, shadow: torch.Tensor | None, sparse: list[int]):
+        from vashista_gpu.engine.step import STAT_FIELDS
+
+        self.f = {k: i for i, k in enumerate(STAT_FIELDS)}
+        self.step = step.cpu()
+        self.shadow = None if shadow is None else shadow.cpu()
+        self.sparse = sparse
+
+    def per_layer(self) -> list[dict]:
+        f, out = self.f, []
+        for L in self.sparse:
+            r = self.step[L]
+            q, fin = float(r[f["queries"]]), float(r[f["queries"]] - r[f["nonfinite"]])
+            d = dict(layer=L, steps=int(q), fallback_rate=float(r[f["fell_back"]]) / q if q else 0.0,
+                     certified_error_mean=float(r[f["error_sum"]]) / fin if fin else math.nan)
+            if self.shadow is not None:
+                s = self.shadow[L]
+                d.update(true_error_mean=float(s[_SH_SUM] / s[_SH_N]) if s[_SH_N] else math.nan,
+                         violations=int(s[_SH_VIOL]))
+            out.append(d)
+        return out
+
+    def summary(self) -> dict:
+        f = self.f
+        rows = self.step[self.sparse]
+        q, fell = float(rows[:, f["queries"]].sum()), float(rows[:, f["fell_back"]].sum())
+        s = dict(steps=int(q), fallback_rate=fell / q if q else 0.0, shadow=self.shadow is not None,
+                 certificate_violations=0, overflow=int(rows[:, f["overflow"]].sum()),
+                 nonfinite=int(rows[:, f["nonfinite"]].sum()))
+        if self.shadow is not None and q:
+            sh = self.shadow[self.sparse]
+            s.update(certificate_violations=int(sh[:, _SH_VIOL].sum()), max_true_error=float(sh[:, _SH_MAX].max()),
+                     max_certified_error=float(rows[:, f["error_max"]].max()))
+        return s
+
+
+def shadow_output(q, k, v, valid, scale: float):
+    """Exact attention in float64 of q (1, Hq, D) over k, v (1, Hkv, T, ·) where valid (1, T): returns
+    the output (1, Hq, Dv) and each head's max ‖v_j‖ (1, Hq). The same numbers as ``hf.stats.dense_shadow``
+    without its supports and gap (not recorded here) and without repeating K/V per query head: at
+    32k those cost several times the decode step itself."""
+    B, Hq, D = q.shape
+    Hkv = k.shape[1]
+    G = Hq // Hkv
+    kd, vd = k.double(), v.double()
+    s = torch.einsum("bhgd,bhtd->bhgt", q.double().view(B, Hkv, G, D), kd) * scale
+    s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
+    o = torch.einsum("bhgt,bhtd->bhgd", torch.softmax(s, dim=-1), vd).reshape(B, Hq, -1)
+    vmax = torch.where(valid[:, None, :], vd.norm(dim=-1), 0.0).amax(-1).repeat_interleave(G, dim=1)
+    return o, vmax
+
+
+def _shadowed(runner, n_layers: int, device):
+    """Wrap ``runner.decode`` and ``runner.stats.add`` so every sparse layer's step is checked against
+    the float64 dense shadow (module doc). Device work only (capturable); batch of one row."""
+    from vashista_gpu.hf.stats import ROUNDING
+
+    acc = torch.zeros((n_layers, 4), dtype=torch.float64, device=device)
+    last = {}
+    add, decode = runner.stats.add, runner.decode
+
+    def record(layer, err, leak, tol, fell=None, overflow=None):
+        last[layer] = err                       # the certificate the step reports for its output
+        add(layer, err, leak, tol, fell=fell, overflow=overflow)
+
+    def checked(layer, q, scale):
+        out = decode(layer, q, scale)
+        if runner.mode_of(layer) == "dense":
+            return out
+        cache = runner.cache
+        pool, S = cache.pools[layer], cache.page_size
+        sid = cache.rows[0]
+        NP = math.ceil(max(runner.T_cap, pool.length(sid) + 1) / S) if not runner.cfg.planned \
+            else math.ceil(runner.T_cap / S)
+        pages = pool.block_table[sid, :NP].long()
+        k = pool.k_pages[pages].permute(1, 0, 2, 3).reshape(1, pool.n_kv_heads, NP * S, -1)
+        v = pool.v_pages[pages].permute(1, 0, 2, 3).reshape(1, pool.n_kv_heads, NP * S, -1)
+        valid = torch.arange(NP * S, device=q.device)[None] < pool.seq_lens[sid].long()
+        # unwritten slots are NaN in the pool: zero them so the masked positions stay exact zeros
+        k, v = torch.nan_to_num(k), torch.nan_to_num(v)
+        o, vmax = shadow_output(q, k, v, valid, scale)
+        te = (out.to(q.dtype).double() - o).norm(dim=-1)                   # (1, Hq): what the model reads
+        allow = ROUNDING[torch.float64] * (vmax + o.norm(dim=-1))
+        viol = te > last[layer].double() + allow
+        a = acc[layer]
+        a[_SH_N] += te.numel()
+        a[_SH_SUM] += te.sum()
+        a[_SH_MAX:_SH_MAX + 1].copy_(torch.maximum(a[_SH_MAX:_SH_MAX + 1], te.max().view(1)))
+        a[_SH_VIOL] += viol.sum()
+        return out
+
+    runner.stats.add, runner.decode = record, checked
+    return acc
+
+
+class EngineDecoder:
+    """Decoder on the engine (module docstring); the same constructor arguments as :class:`HFDecoder`
+    plus ``graph`` (None: on CUDA). ``window`` modes go to an HF decoder built from the same model."""
+
+    name = "engine"
+
+    def __init__(self, model, tok, *, dense_layers=(0, 1), backend: str = "torch", tol: float = 1e-2,
+                 shadow: bool = True, graph: bool | None = None):
+        self.model, self.tok = model, tok
+        self.dense_layers = tuple(sorted(set(int(i) for i in dense_layers)))
+        self.tol, self.shadow, self.graph = float(tol), shadow, graph
+        self.eos = getattr(tok, "eos_token_id", None)
+        self.hf = HFDecoder(model, tok, dense_layers=dense_layers, backend=backend, tol=tol, shadow=shadow)
+        self.device = next(model.parameters()).device
+
+    def prefill(self, ids: list[int]):
+        return prefill(self.model, torch.tensor([ids], dtype=torch.long))[0]
+
+    def _engine(self, mode: Mode, ctx: int, total: int):
+        from vashista_gpu.engine import Engine
+
+        s = mode_setting(mode, ctx)
+        S = s.get("page_size", 16)
+        policy = DenseFallback(self.tol) if mode.policy == "fallback" and mode.kind == "certified" else ReportOnly()
+        eng = Engine(self.model, mode=mode.kind, bits=s.get("bits") or 4, budget=1.0, policy=policy, tol=self.tol,
+                     max_seqs=1, max_tokens=S * math.ceil(total / S), page_size=S, graph=self.graph,
+                     dense_layers=self.dense_layers, progress=False)
+        eng.runner.cfg.kc = s.get("Kc")
+        eng.runner.cfg.pages = s.get("P")           # certified: only the CPU path reads it
+        return eng
+
+    def run(self, state, mode: Mode, ctx: int, feed: list[int], max_new: int, stop=None) -> DecodeResult:
+        if mode.kind not in ENGINE_KINDS:
+            r = self.hf.run(state, mode, ctx, feed, max_new, stop=stop)
+            r.decoder, r.decoder_note = "hf", WINDOW_REASON
+            return r
+        t0 = time.perf_counter()
+        n0 = state.get_seq_length()
+        feed = [int(t) for t in feed]
+        total = n0 + len(feed) + max_new
+        eng = self._engine(mode, ctx, total)
+        with eng, torch.no_grad():
+            nll, gen, stats = self._decode(eng, state, n0, feed, max_new, stop)
+        return DecodeResult(nll=nll, generated=gen, stats=stats, seconds=time.perf_counter() - t0,
+                            decoder="engine-graph" if eng.graph else "engine")
+
+    def _decode(self, eng, state, n0, feed, max_new, stop):
+        cache, dev = eng.cache, eng.device
+        sid = cache.add_sequence(n0 + len(feed) + max_new)
+        cache.begin([sid], None, position=n0)
+        for i, pool in enumerate(cache.pools):               # the shared dense prefill, copied in
+            layer = state.layers[i]
+            pool.append(sid, layer.keys[0].transpose(0, 1), layer.values[0].transpose(0, 1))
+        eng.reserved[sid] = n0 + len(feed) + max_new
+        eng.plan_segment([sid])
+        shadow = _shadowed(eng.runner, cache.n_layers, dev) if self.shadow else None
+        nf = len(feed)
+        steps = nf + max(max_new - 1, 0)                      # the last greedy token needs no step
+        feed_t = torch.tensor(feed + [feed[-1]], dtype=torch.long, device=dev)
+        # the step counter and every index are 1-element device tensors: indexing with a 0-d tensor
+        # would read it on the host, which a captured graph cannot do
+        i = torch.zeros(1, dtype=torch.long, device=dev)
+        nll = torch.zeros(max(steps, 1), dtype=torch.float64, device=dev)
+        top = torch.zeros(max(steps, 1), dtype=torch.long, device=dev)
+        pool0 = cache.pools[0]
+
+        def step():
+            # input: the fed token while feeding, then the previous step's argmax (greedy)
+            tok = torch.where(i < nf, feed_t.index_select(0, i.clamp(max=nf)), top.index_select(0, (i - 1).clamp(min=0)))
+            pos = pool0.seq_lens[cache.row_idx.long()].long()[:, None]
+            logits = eng._forward(tok.view(1, 1), pos)[0].double()
+            lp = torch.log_softmax(logits, -1)
+            nll.index_copy_(0, i, -lp.index_select(0, feed_t.index_select(0, (i + 1).clamp(max=nf))))
+            top.index_copy_(0, i, torch.argmax(logits).view(1))
+            i.add_(1)
+
+        if eng.graph and nf >= 2 and steps >= 3:
+            from vashista_gpu.cuda_graph import capture
+            replay = capture(step)                 # runs two real steps (feed tokens 0 and 1), then captures
+            done = 2
+        else:
+            replay, done = step, 0
+        while done < nf:                            # teacher forcing: no host synchronisation
+            replay()
+            done += 1
+        gen: list[int] = []
+        if max_new > 0:
+            while True:                                   # greedy: one host read per token for stop/eos
+                nxt = int(top[done - 1])
+                if nxt == self.eos:
+                    break
+                gen.append(nxt)
+                if len(gen) == max_new or (stop is not None and stop(gen)):
+                    break
+                replay()
+                done += 1
+        eng._sync()
+        if eng.runner.cfg.mode == "certified":
+            eng.check_sketch()
+        sparse = [L for L in range(cache.n_layers) if L not in self.dense_layers]
+        stats = None if eng.runner.cfg.mode == "dense" else EngineStats(eng.runner.stats.t, shadow, sparse)
+        return nll[:nf - 1].tolist(), gen, stats
