@@ -12,6 +12,8 @@
 #   calls 2..10:  carry .devcarry_qNN                         bash benchmarks/longctx_quality.sh stage N
 #   then, repeatedly (each call <= 9.5 min, the run resumes where the last one stopped):
 #                 bash benchmarks/longctx_quality.sh run
+#   or first the reduced 32k pass (< 300 s on an H100; its records are reused by a later full `run`):
+#                 bash benchmarks/longctx_quality.sh first
 # Phases:
 #   stage N  copies part N (and, with part 1, the texts and the gguf wheel) to /tmp/vlong/
 #   run      joins the parts, checks the pinned sha256, installs the gguf wheel into /tmp/site, then runs
@@ -20,7 +22,18 @@
 #            $OUT/summary.md and $OUT/env.txt back. Rerun until summary.md says complete: True.
 # Knobs (environment): LONGCTX_TASKS (default all), LONGCTX_CONTEXTS ("4096 8192 16384 32768"),
 # LONGCTX_ITEMS (50), LONGCTX_MODES (all 19 modes), LONGCTX_SPAN (513 = 512 scored tokens per text).
+# LONGCTX_PPL_TEXTS (default: one prose, code and verse text among those present), LONGCTX_DECODER (auto:
+# the engine's CUDA-graph decoder on the GPU; hf: transformers' forward per token), LONGCTX_MARGIN_S (150:
+# the run starts no job later than this many seconds before the budget's end).
 # LONGCTX_TINY=1 runs a CPU-sized check of this script (SmolLM2, 1024 tokens, 1 item, 2 modes).
+#
+# `first`: the reduced 32k pass (issue 16's first GPU numbers): needle single + variable tracking, 10 items
+# each, and decoded perplexity over 512 tokens of one text (stdlib-code), at 32,768 tokens, in the modes
+# dense, cert-int8-1/16-fallback, cert-int4-1/16-report, paged-1/16 and window-1/16, budget 300 s.
+# Estimate (engine decoder; CPU measurements scaled, see the qengine report): 21 dense prefills of 32k
+# (~1-2 s each, float32 SDPA), 4 engine modes x (20 items x ~40 tokens + 512) decode steps at ~5-10 ms
+# (float32 weights 2 GB + KV 0.8 GB + the float64 shadow per step) plus a graph capture and a cache copy
+# per (job, mode) (~0.5 s), the window mode on HF at ~20-30 ms per token, model load ~30-60 s: ~150-250 s.
 #
 # Cost (an estimate, to be replaced by the numbers the first call prints): an item decodes ~40-90 tokens
 # (question + answer) and a PPL text 512, each under 19 modes; on the HF hook path every sparse token
@@ -81,12 +94,13 @@ run_all() {
     cat "$OUT/env.txt"
     local args=(--tasks ${LONGCTX_TASKS:-all} --contexts ${LONGCTX_CONTEXTS:-4096 8192 16384 32768}
                 --items "${LONGCTX_ITEMS:-50}" --span "${LONGCTX_SPAN:-513}" --model qwen2.5-coder-0.5b
-                --device cuda --out "$VL/out")
+                --device cuda --decoder "${LONGCTX_DECODER:-auto}" --out "$VL/out")
     [ -n "${LONGCTX_MODES:-}" ] && args+=(--modes $LONGCTX_MODES)
+    [ -n "${LONGCTX_PPL_TEXTS:-}" ] && args+=(--ppl-texts $LONGCTX_PPL_TEXTS)
     local left=$(( budget - ($(date +%s) - t0) ))
     # the run stops starting jobs at its time limit; one job (all its modes) may overrun: hard stop 20 s
     # before the budget, the results file keeps every finished (job, mode)
-    timeout -k 5 $(( left - 20 )) python3 -m vashista_app.quality.cli "${args[@]}" --time-limit $(( left - 150 ))
+    timeout -k 5 $(( left - 20 )) python3 -m vashista_app.quality.cli "${args[@]}" --time-limit $(( left - ${LONGCTX_MARGIN_S:-150} ))
     local rc=$?
     echo "quality rc=$rc after $(( $(date +%s) - t0 )) s"
     if [ "$rc" != 0 ] && [ -f "$VL/out/results.jsonl" ]; then   # a hard stop skips the report: rebuild it
@@ -104,6 +118,11 @@ tiny() {   # the script's own check on a CPU: embedded SmolLM2, 1024 tokens
 
 case "$PHASE" in
     stage) stage "${2:?stage N}" ;;
+    first) set -o pipefail
+           export LONGCTX_TASKS="niah_single vt ppl" LONGCTX_CONTEXTS=32768 LONGCTX_ITEMS=10 \
+                  LONGCTX_MODES="dense cert-int8-1/16-fallback cert-int4-1/16-report paged-1/16 window-1/16" \
+                  LONGCTX_PPL_TEXTS=stdlib-code LONGCTX_BUDGET_S=${LONGCTX_BUDGET_S:-300} LONGCTX_MARGIN_S=${LONGCTX_MARGIN_S:-60}
+           run_all 2>&1 | tee "$OUT/run_log.txt" ;;
     run)   set -o pipefail; if [ "${LONGCTX_TINY:-0}" = 1 ]; then tiny; else run_all 2>&1 | tee "$OUT/run_log.txt"; fi ;;
-    *) echo "usage: bash benchmarks/longctx_quality.sh stage N | run" >&2; exit 2 ;;
+    *) echo "usage: bash benchmarks/longctx_quality.sh stage N | first | run" >&2; exit 2 ;;
 esac

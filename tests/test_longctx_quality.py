@@ -551,7 +551,7 @@ def _tiny_run(model, names, ctx=160, feed=8, new=4, dense_layers=(0,)):
 def test_engine_decoder_matches_the_hf_decoder(tiny):
     # budget 1 reads every token (exact up to rounding); the sparse modes run the same algorithm on
     # the same keys, so the differential check holds there too
-    runs = _tiny_run(tiny, ["dense", "cert-int8-1/1-report", "cert-int4-1/1-fallback", "cert-int4-1/8-report",
+    runs = _tiny_run(tiny, ["dense", "cert-int8-1/1-report", "cert-int8-1/8-fallback", "cert-int4-1/8-report",
                             "paged-3/4"])
     for name, (a, b) in runs.items():
         assert b.decoder == "engine" and a.decoder == "hf", name
@@ -592,6 +592,7 @@ def test_window_mode_stays_on_the_hf_decoder_and_says_why(tiny):
 
     (a, b), = _tiny_run(tiny, ["window-1/4"]).values()
     assert b.decoder == "hf" and b.decoder_note == WINDOW_REASON and b.generated == a.generated
+    assert a.stats.summary()["shadow"] and not b.stats.summary()["shadow"]
     assert pick_decoder("auto", "cuda") == "engine" and pick_decoder("auto", "cpu") == "hf"
     assert pick_decoder("engine", "cpu") == "engine"
 
@@ -608,27 +609,63 @@ def test_shadow_output_is_the_hf_dense_shadow():
     assert torch.allclose(o, ref["o"], rtol=0, atol=1e-12) and torch.allclose(vmax, ref["vmax"], rtol=0, atol=1e-12)
 
 
-@pytest.mark.model
-def test_engine_and_hf_decoders_score_the_same_and_resume(tmp_path, capsys):
-    pytest.importorskip("gguf")
-    from vashista_app.quality.cli import main
-    argv = ["--tasks", "niah_single", "ppl", "--contexts", "1024", "--items", "1", "--span", "9", "--modes", "dense",
-            "cert-int8-1/1-report", "--dense-layers", *map(str, range(29)), "--device", "cpu", "--json",
-            "--no-figures"]
+@pytest.fixture(scope="module")
+def tiny_bytes():
+    """A tiny random Llama over the byte vocabulary, so the suite's own items (ByteCodec) run through it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_engine_and_hf_decoders_score_the_same_and_resume(tiny_bytes, tmp_path):
+    # the suite end to end (items, scoring, records) on both decoders; the engine's run then resumes
+    from vashista_app.quality.decoder import HFDecoder
+    from vashista_app.quality.engine_decoder import EngineDecoder
+
+    class Tok:
+        eos_token_id = None
+    modes = [parse_mode("cert-int4-1/8-report")]          # dense and fallback: compared step by step above
+    cfg = _cfg(tmp_path, tasks=["niah_single", "ppl"], contexts=[512], items=1, modes=[m.name for m in modes],
+               mode_objs=modes)
     recs = {}
-    for d in ("hf", "engine"):
-        assert main(argv + ["--decoder", d, "--out", str(tmp_path / d)]) == 0
-        capsys.readouterr()
-        recs[d] = {record_key(r): r for r in read_results(str(tmp_path / d / "results.jsonl"))}
-    assert recs["hf"].keys() == recs["engine"].keys() and len(recs["hf"]) == 2 * 2
+    for name, make in (("hf", HFDecoder), ("engine", EngineDecoder)):
+        dec = make(tiny_bytes, Tok(), dense_layers=[0])
+        longctx.run(cfg, dec, CODEC, str(tmp_path / name), model_shape=SHAPE, pinned=dict(seed=0), progress=False)
+        recs[name] = {record_key(r): r for r in read_results(str(tmp_path / name / "results.jsonl"))}
+    assert recs["hf"].keys() == recs["engine"].keys() and len(recs["hf"]) == 2
     for key, a in recs["hf"].items():
         b = recs["engine"][key]
-        assert a["decoder"] == "hf" and b["decoder"] == "engine"
+        assert a["decoder"] == "hf" and b["decoder"] == "engine" and b["decoder_note"] is None
         if a["task"] == "ppl":
-            assert b["ppl"] == pytest.approx(a["ppl"], rel=1e-5)
+            assert b["n_scored"] == a["n_scored"] == 8 and b["ppl"] == pytest.approx(a["ppl"], rel=1e-6)
         else:
-            assert (b["score"], b["prediction"]) == (a["score"], a["prediction"])
-        if a["mode"] != "dense":
-            assert b["violations"] == a["violations"] == 0 and b["decode_steps"] == a["decode_steps"] > 0
-    assert main(argv + ["--decoder", "engine", "--out", str(tmp_path / "engine")]) == 0   # resumed: nothing to do
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["records_new"] == 0
+            assert (b["score"], b["prediction"]) == (a["score"], a["prediction"]) and a["generated"] > 0
+        assert b["violations"] == a["violations"] == 0 and b["decode_steps"] == a["decode_steps"] > 0
+        assert [L["layer"] for L in b["per_layer"]] == [1] and b["per_layer"][0]["true_err_mean"] is not None
+    dec = EngineDecoder(tiny_bytes, Tok(), dense_layers=[0])
+    counts = longctx.run(cfg, dec, CODEC, str(tmp_path / "engine"), model_shape=SHAPE, pinned=dict(seed=0),
+                         progress=False)
+    assert counts["records_new"] == 0 and counts["records_skipped"] == 2
+
+
+def test_generate_model_preset_not_installed_is_one_line(tmp_path, monkeypatch, capsys):
+    from vashista_app.cmd_generate import _model_source, main
+
+    monkeypatch.setenv("VASHISTA_MODEL_DIR", str(tmp_path))          # empty: the 32k preset is missing
+    assert main(["--model", "qwen2.5-coder-0.5b", "--prompt", "x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vashista generate: --model: qwen2.5-coder-0.5b is not installed")
+    assert "install_longctx_model.sh" in err and len(err.splitlines()) == 1
+    assert main(["--model", str(tmp_path / "nope.gguf"), "--prompt", "x"]) == 2
+    assert capsys.readouterr().err.startswith("vashista generate: --model:")
+    (tmp_path / "m.bin").write_bytes(b"x")
+    assert main(["--model", str(tmp_path / "m.bin"), "--prompt", "x"]) == 2
+    assert "not a .gguf" in capsys.readouterr().err
+    # installed: the preset resolves to itself (loaded by load_model_preset, sha256-checked); the
+    # embedded default's name is the default
+    (tmp_path / longctx_model.QWEN_GGUF).write_bytes(b"x")
+    assert _model_source("qwen2.5-coder-0.5b") == "qwen2.5-coder-0.5b"
+    assert _model_source("smollm2-135m") is None and _model_source(None) is None

@@ -3,8 +3,9 @@
 Prints the generated text; ``--json`` prints one JSON object instead: token ids, prefill seconds,
 decode ms/token and tokens/s, cache bytes (ours: kv / sketch / metadata) and the dense cache's bytes,
 fallback rate and the certificate summary, and the configuration that ran. The model is the embedded
-SmolLM2-135M-Instruct unless ``--model FILE.gguf`` names another. Bad options exit with status 2 and
-one line naming the option.
+SmolLM2-135M-Instruct unless ``--model`` names a preset (``qwen2.5-coder-0.5b``: the 32k long-context
+model, installed by ``scripts/install_longctx_model.sh``; never downloaded here) or a GGUF file. Bad
+options, and a preset that is not installed, exit with status 2 and one line naming the option.
 
 Example:
     vashista generate --prompt "The capital of France is" --max-new-tokens 16 --mode certified --bits 8
@@ -26,7 +27,9 @@ POLICIES = ("report", "fallback", "capped")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vashista generate", description=__doc__.split("\n\n")[0])
     src = p.add_argument_group("input")
-    src.add_argument("--model", default=None, help="a local GGUF file (default: the embedded SmolLM2)")
+    src.add_argument("--model", default=None, metavar="PRESET|FILE.gguf",
+                     help="a preset (smollm2-135m, the embedded default; qwen2.5-coder-0.5b, the 32k model of "
+                          "scripts/install_longctx_model.sh) or a local GGUF file")
     src.add_argument("--prompt", default=None, help="prompt text")
     src.add_argument("--prompt-file", default=None, help="read the prompt from this text file")
     src.add_argument("--max-new-tokens", type=int, default=32)
@@ -126,14 +129,45 @@ def _jsonable(x):
     return x
 
 
+def _model_source(model: str | None) -> str | None:
+    """Check ``--model`` before anything loads: None (the embedded default), a preset name, or an
+    existing .gguf file; a preset that is not installed is refused here with the install command."""
+    import os
+
+    from vashista_app.quality.longctx_model import PRESETS, qwen_path
+
+    if model is None or model == "smollm2-135m":
+        return None
+    if model in PRESETS:
+        qwen_path()                                   # raises, naming --model, when not installed
+        return model
+    if not os.path.isfile(model):
+        raise VashistaInputError("--model", f"{model!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+    if not model.endswith(".gguf"):
+        raise VashistaInputError("--model", f"{model!r} is not a .gguf file")
+    return model
+
+
+def _load(model: str | None, dtype, device):
+    from vashista_app.quality.longctx_model import PRESETS, load_model_preset
+    from vashista_gpu.hf.model import load_default_model, load_model_file
+
+    if model is None:
+        return load_default_model(dtype=dtype, device=device)
+    if model in PRESETS:
+        m, tok, _ = load_model_preset(model, device=device, dtype=dtype)
+        return m, tok
+    return load_model_file(model, dtype=dtype, device=device)
+
+
 def run(args) -> dict:
     """Check every option before loading anything, load the model, generate; returns the JSON object."""
     import torch
 
-    from vashista_gpu.hf.model import load_default_model, load_model_file
     from vashista_gpu.engine import generate
 
     text = _prompt(args)
+    args.model = _model_source(args.model)
     budget = parse_budget(args.budget)
     policy = _policy(args)
     device = _device(args.device)
@@ -146,10 +180,7 @@ def run(args) -> dict:
     except ValueError:
         raise VashistaInputError("--dense-layers", f"expected comma-separated integers, got {args.dense_layers!r}") from None
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if args.model is None:
-        model, tok = load_default_model(dtype=dtype, device=device)
-    else:
-        model, tok = load_model_file(args.model, dtype=dtype, device=device)
+    model, tok = _load(args.model, dtype, device)
     try:
         r = generate(model, tok, text, mode=args.mode, bits=args.bits, budget=budget, policy=policy, tol=args.tol,
                      max_new_tokens=args.max_new_tokens, graph=False if args.no_graph else None,

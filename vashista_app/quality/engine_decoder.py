@@ -17,7 +17,8 @@ How each mode of ``modes.py`` maps onto the engine (every budget exactly as ``mo
 * ``paged-b``         ``mode="paged"`` (bound router, 16-token pages, one sink page), P and Kc of
   ``budget_setting``;
 * ``window-b``        no engine option: the engine has no sink + recent-window attention, so this mode
-  runs on the HF decoder, and the record says so (``decoder``/``decoder_note``).
+  runs on the HF decoder without the shadow (the baseline has no certificate), and the record says so
+  (``decoder``/``decoder_note``).
 
 Statistics per sparse layer, as the HF decoder reports them (``hf.stats.DecodeStats`` keys): decode
 steps (row × head queries), fallback rate, certified error (the engine's ``StepStats``: mean over the
@@ -50,7 +51,9 @@ from .modes import Mode, mode_setting
 __all__ = ["ENGINE_KINDS", "EngineDecoder", "EngineStats", "WINDOW_REASON", "pick_decoder", "shadow_output"]
 
 ENGINE_KINDS = ("dense", "certified", "paged")
-WINDOW_REASON = "the engine has no sink+window attention: decoded by the HF decoder (window.py)"
+WINDOW_REASON = ("the engine has no sink+window attention: decoded by the HF decoder (window.py), without the "
+                 "float64 shadow (the window has no certificate to check; the shadow's true error would cost "
+                 "the HF path several times its step at 32k)")
 # shadow accumulators per layer: queries checked, sum and max of the true error, violations
 _SH_N, _SH_SUM, _SH_MAX, _SH_VIOL = range(4)
 
@@ -141,8 +144,9 @@ def _shadowed(runner, n_layers: int, device):
         cache = runner.cache
         pool, S = cache.pools[layer], cache.page_size
         sid = cache.rows[0]
-        NP = math.ceil(max(runner.T_cap, pool.length(sid) + 1) / S) if not runner.cfg.planned \
-            else math.ceil(runner.T_cap / S)
+        # planned (graph) path: the segment's padded length, static; host path: the length now
+        # (this step's key already appended)
+        NP = math.ceil((runner.T_cap if runner.cfg.planned else pool.length(sid)) / S)
         pages = pool.block_table[sid, :NP].long()
         k = pool.k_pages[pages].permute(1, 0, 2, 3).reshape(1, pool.n_kv_heads, NP * S, -1)
         v = pool.v_pages[pages].permute(1, 0, 2, 3).reshape(1, pool.n_kv_heads, NP * S, -1)
@@ -176,7 +180,7 @@ class EngineDecoder:
         self.dense_layers = tuple(sorted(set(int(i) for i in dense_layers)))
         self.tol, self.shadow, self.graph = float(tol), shadow, graph
         self.eos = getattr(tok, "eos_token_id", None)
-        self.hf = HFDecoder(model, tok, dense_layers=dense_layers, backend=backend, tol=tol, shadow=shadow)
+        self.hf = HFDecoder(model, tok, dense_layers=dense_layers, backend=backend, tol=tol, shadow=False)
         self.device = next(model.parameters()).device
 
     def prefill(self, ids: list[int]):
