@@ -37,9 +37,14 @@ def _device(model) -> torch.device:
 
 
 def _step(model, c, ids: torch.Tensor):
-    """One forward of ids (1, n) with cache ``c``; checks that the cache really grew by n."""
+    """One forward of ids (1, n) with cache ``c``; checks that the cache really grew by n. Only the last
+    position's logits are computed where the model can say so: a 32k prefill's full logits of a
+    151,936-token vocabulary would be 20 GB of float32 that nobody reads."""
     before = c.get_seq_length()
-    out = model(ids, use_cache=True, **{cache_kwarg(model): c})
+    kw = {cache_kwarg(model): c}
+    if "logits_to_keep" in inspect.signature(type(model).forward).parameters:
+        kw["logits_to_keep"] = 1
+    out = model(ids, use_cache=True, **kw)
     if c.get_seq_length() != before + ids.shape[1]:
         raise RuntimeError(f"the KV cache did not grow ({before} -> {c.get_seq_length()} after "
                            f"{ids.shape[1]} tokens): this transformers version ignores the cache argument")
