@@ -30,7 +30,8 @@ from vashista_gpu.kernels.row_lse import BLOCK, row_lse_chunks  # noqa: E402
 
 
 def agreement(dev, R, T, Kc, Dv, mags, seeds):
-    bad = dict(leak_below_torch=0, error_below_torch=0, nan=0, gap_differs=0, rows=0)
+    bad = dict(leak_below_torch=0, error_below_torch=0, nan=0, gap_differs=0, rows=0,
+               worst_error_shortfall=0.0, worst_at=None)
     for mag in mags:
         for seed in range(seeds):
             ub, cand, lb, out, m_c, zsum, vm, eps = (t.to(dev) for t in _rows(seed, R=R, T=T, Kc=Kc, Dv=Dv, mag=mag))
@@ -43,6 +44,15 @@ def agreement(dev, R, T, Kc, Dv, mags, seeds):
             fin = go.abs() < 3.4e38
             bad["leak_below_torch"] += int((ln < lo).sum())
             bad["error_below_torch"] += int((en < eo).sum())
+            below = en < eo
+            if bool(below.any()):          # by how much (relative), and on which row: ulps or a real gap?
+                rel = ((eo - en) / eo.abs().clamp(min=1e-38)).where(below, torch.zeros_like(en))
+                i = int(rel.argmax())
+                if float(rel[i]) > bad["worst_error_shortfall"]:
+                    bad["worst_error_shortfall"] = float(rel[i])
+                    bad["worst_at"] = dict(mag=mag, seed=seed, row=i, kernel=float(en[i]), torch=float(eo[i]),
+                                           leak_kernel=float(ln[i]), leak_torch=float(lo[i]), vm=float(vm[i]),
+                                           eps=float(eps[i]), onorm=float(out[i].double().norm()))
             bad["nan"] += int(torch.isnan(ln).sum() + torch.isnan(en).sum())
             bad["gap_differs"] += int((gn[fin] != go[fin]).sum())
             bad["rows"] += R
