@@ -37,6 +37,8 @@ from .decode_loop import decode_tokens, prefill
 from .modes import Mode, mode_setting
 from .window import disable_window, enable_window
 
+__all__ = ["DecodeResult", "HFDecoder"]
+
 
 @dataclass
 class DecodeResult:

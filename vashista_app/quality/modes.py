@@ -42,6 +42,9 @@ from vashista_core.errors import VashistaInputError
 
 from .tasks import budget_setting, budget_tokens
 
+__all__ = ["CERT", "DEFAULT_BUDGETS", "Mode", "PAGED_PAGE", "WINDOW_SINK", "budget_label", "default_modes",
+           "exact_tokens", "mode_setting", "parse_budget", "parse_mode", "relative_bytes", "select_modes"]
+
 CERT = {8: 64, 4: 16}          # bits -> quantization group (= page size in the paged cache)
 PAGED_PAGE = 16
 WINDOW_SINK = 4
