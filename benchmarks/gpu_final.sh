@@ -11,6 +11,7 @@
 # At most 8 files come back, written as the run goes (a run cut at its limit still returns them):
 # card.txt, tests.log, memcheck.log, stress.json, bench.log, bench.jsonl, e2e/e2e.json, e2e/e2e.csv.
 #     bash benchmarks/gpu_final.sh            (carry .devstage/old)
+# (It replaces gpu_verify.sh of the same day, whose two calls ran the tests and stress of phase A alone.)
 set -u
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/vashista_final}
