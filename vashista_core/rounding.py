@@ -150,34 +150,33 @@ def log_domain_factor(n_terms: int, mag: float) -> float:
     return float(up(np.exp(err) * (1 + 2 * FN_REL)))
 
 
-def lse_upper(x: np.ndarray) -> float:
-    """An upper bound on log Σ e^{x_i} (−inf for no terms)."""
+def _lse_bound(x: np.ndarray, sign: int) -> float:
+    """log Σ e^{x_i} rounded outward: an upper bound for sign = +1, a lower bound for −1 (−inf for no
+    terms). Every step (the shift by the max, exp, the sum, log, the final add) moves its result away
+    from the true value in the bound's direction by its own error."""
     x = np.asarray(x, dtype=np.float64)
     if x.size == 0:
         return -np.inf
     m = float(x.max())
     if not np.isfinite(m):
         return m
+    out = up if sign > 0 else down
     with np.errstate(under="ignore"):
-        t = np.exp(up(x - m)) * (1 + FN_REL)
-    s = up(t.sum() * (1 + gamma(x.size + 1)))                 # ≥ 1; underflowed terms sit inside γ
-    return float(up(m + up(np.log(s) * (1 + FN_REL))))
+        t = np.exp(out(x - m)) * (1 + sign * FN_REL)
+    s = out(t.sum() * (1 + sign * gamma(x.size + 1)))         # underflowed terms sit inside γ
+    ls = np.log(s)
+    ls = ls * (1 + sign * FN_REL) if ls >= 0 else ls * (1 - sign * FN_REL)
+    return float(out(m + out(ls)))
+
+
+def lse_upper(x: np.ndarray) -> float:
+    """An upper bound on log Σ e^{x_i} (−inf for no terms)."""
+    return _lse_bound(x, +1)
 
 
 def lse_lower(x: np.ndarray) -> float:
     """A lower bound on log Σ e^{x_i} (−inf for no terms)."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.size == 0:
-        return -np.inf
-    m = float(x.max())
-    if not np.isfinite(m):
-        return m
-    with np.errstate(under="ignore"):
-        t = np.exp(down(x - m)) * (1 - FN_REL)
-    s = down(t.sum() * (1 - gamma(x.size + 1)))
-    ls = np.log(s)
-    ls = ls * (1 + FN_REL) if ls < 0 else ls * (1 - FN_REL)
-    return float(down(m + down(ls)))
+    return _lse_bound(x, -1)
 
 
 def leakage_upper(log_zc_lo: float, log_zout_hi: float, n_total: int) -> float:
