@@ -235,7 +235,7 @@ def _fill_engine(engine, B, ctx, max_new, dev):
         engine.max_new[s] = max_new
     for p in cache.pools[1:]:
         assert torch.equal(p.block_table, p0.block_table), "pools allocated different pages"
-        for name in ("k_pages", "v_pages", "kmin", "kmax", "kmean", "vnorm", "seq_lens"):
+        for name in ("k_pages", "v_pages", "kmin", "kmax", "kmean", "vnorm", "kabs", "vabs", "seq_lens"):
             if getattr(p0, name, None) is not None:       # caches without key summaries hold None
                 getattr(p, name).copy_(getattr(p0, name))
         p._lens = list(p0._lens)

@@ -101,9 +101,11 @@ def test_cache_bytes_are_dense_kv_plus_sketch_plus_metadata(tiny):
     assert c["total"] == c["kv"] + c["sketch"] + c["metadata"]
     assert r.dense_cache_bytes == L * 65 * H * 2 * D * 4
     assert c["kv"] >= r.dense_cache_bytes                                     # whole pages
-    # paged mode keeps the key boxes and means its router reads
+    # paged mode keeps the key boxes and means its router reads, and the one sequence slot's running
+    # maxima of |k| per channel and of the value norms (the certificate's row bounds)
     rp = generate(tiny, p, mode="paged", max_new_tokens=2).cache_bytes
-    assert rp["metadata"] - c["metadata"] == L * pages * H * (2 * D * 4 + D * 4) and rp["sketch"] == 0
+    assert rp["metadata"] - c["metadata"] == L * (pages * H * (2 * D * 4 + D * 4) + H * (D + 1) * 4)
+    assert rp["sketch"] == 0
     # dense mode reads no summary: no value norms, no sketch (its appends refresh nothing)
     rd = generate(tiny, p, mode="dense", max_new_tokens=2).cache_bytes
     assert rd["metadata"] == L * (per_seq * 4 + 4) and rd["sketch"] == 0 and rd["kv"] == c["kv"]

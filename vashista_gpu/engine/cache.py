@@ -252,7 +252,8 @@ class VashistaCache(Cache):
         kv = sk = meta = 0
         for p in self.pools:
             kv += size(p.k_pages, p.v_pages)
-            meta += size(*(t for t in (p.kmin, p.kmax, p.kmean, p.vnorm) if t is not None), p.block_table, p.seq_lens)
+            meta += size(*(t for t in (p.kmin, p.kmax, p.kmean, p.vnorm, p.kabs, p.vabs) if t is not None),
+                         p.block_table, p.seq_lens)
             for s in p.sketches.values():
                 sk += size(s.codes, s.offset, s.step)
         return dict(kv=kv, sketch=sk, metadata=meta, total=kv + sk + meta)
