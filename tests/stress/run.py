@@ -82,6 +82,10 @@ def run(tier: str, query_heads: int, seed0: int = 0, kinds=KINDS, log=print) -> 
                 log(f"VIOLATION {v}  [{case.describe()}]")
             total["violations"] += c["violations"]
         seed += 1
+        if total["query_heads"] == 0 and seed - seed0 >= 50:
+            # every case refused or unsupported (a tier that cannot run here): fail, never loop forever
+            raise RuntimeError(f"{tier}: no case ran in seeds {seed0}..{seed}: refused {total['refused']}, "
+                               f"unsupported {total['unsupported']}")
         if seed % 200 == 0:
             log(f"{tier}: {total['query_heads']} query-heads, {len(total['violations'])} violations, "
                 f"{time.time() - t0:.0f} s")
