@@ -110,3 +110,15 @@ def test_fast_truth_agrees_with_mpmath():
                 e, l_ = t.error_lower(r.out[b, h]), t.leakage_lower(r.candidates[b][h])
                 assert e <= err * (1 + 1e-14) and e >= err * (1 - 1e-14) - 2 * t.slack(), (kind, e, err)
                 assert l_ <= leak * (1 + 1e-14) and l_ >= leak * (1 - 1e-14) - 2.0 ** -99, (kind, l_, leak)
+
+
+def test_a_tier_that_runs_nothing_fails_instead_of_looping():
+    """On the H100 a tier that refused every case kept the harness asking for more cases forever."""
+    def nothing(case):
+        raise Unsupported("never")
+    TIERS["_nothing"] = nothing
+    try:
+        with pytest.raises(RuntimeError, match="no case ran"):
+            run("_nothing", 10, log=lambda s: None)
+    finally:
+        del TIERS["_nothing"]
