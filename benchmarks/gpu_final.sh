@@ -31,10 +31,12 @@ GPU_TESTS="tests/test_gpu_certificates.py tests/test_gpu_decode.py tests/test_gp
  tests/test_fused_engine_step.py tests/test_device_policy.py tests/test_sketch_decode.py tests/test_sketch_plan.py
  tests/test_sketch.py tests/test_paged_cache.py tests/test_hf_integration.py tests/test_hf_model.py
  tests/test_distributed.py tests/test_distributed_fused.py tests/test_runtime_certificate.py tests/test_policies.py
- tests/test_paged_scan.py tests/test_cert_tail.py tests/stress/test_stress_gpu.py ${EXTRA_TESTS:-}"
+ tests/test_paged_scan.py tests/test_cert_tail.py tests/test_row_bounds.py tests/test_nonfinite_graph_paths.py
+ tests/stress/test_stress_gpu.py ${EXTRA_TESTS:-}"
 MEMCHECK_TESTS="${MEMCHECK_TESTS:-tests/test_cert_tail.py tests/test_paged_scan.py tests/test_device_policy.py
  tests/test_gpu_certificates.py tests/test_gpu_sketch_fused.py tests/test_append_kernel.py tests/test_paged_dense.py
- tests/test_row_keys_kernel.py tests/test_row_vmax_kernel.py tests/test_step_stats_kernel.py tests/test_fused_engine_step.py}"
+ tests/test_row_keys_kernel.py tests/test_row_vmax_kernel.py tests/test_step_stats_kernel.py tests/test_fused_engine_step.py
+ tests/test_nonfinite_graph_paths.py}"
 
 timeout "$A" python3 -m pytest -v -p no:cacheprovider -p no:benchmark --timeout "$((A - 15))" -n "${TEST_WORKERS:-8}" -rfEs \
     $GPU_TESTS > "$OUT/tests.log" 2>&1 &
@@ -42,7 +44,7 @@ TP=$!
 timeout "$A" compute-sanitizer --tool memcheck --error-exitcode 99 \
     python3 -m pytest -v -p no:cacheprovider -p no:benchmark $MEMCHECK_TESTS > "$OUT/memcheck.log" 2>&1 &
 MP=$!
-python3 tests/stress/long_gpu.py --tiers gpu-triton-fp32,gpu-triton-bf16 --workers "${STRESS_WORKERS:-2}" \
+python3 tests/stress/long_gpu.py --tiers "${STRESS_TIERS:-gpu-triton-fp32,gpu-triton-bf16,gpu-triton-fp16,cp-fused-fp32}" --workers "${STRESS_WORKERS:-2}" \
     --seconds "$((A - 20))" --json "$OUT/stress.json" > "$OUT/bench.log" 2>&1 &
 SP=$!
 # the quality suite's engine decoder (CUDA-graph step vs the HF decoder): correctness on the card; its
