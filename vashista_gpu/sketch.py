@@ -644,14 +644,16 @@ def sketch_mismatch(K: torch.Tensor, codes: torch.Tensor, offset: torch.Tensor, 
     n = min(T, sample)
     tok = torch.div(torch.arange(n, device=K.device) * T, n, rounding_mode="floor")
     per, mask = 8 // bits, (1 << bits) - 1
-    c = codes[:, tok].long()                                                        # (H, n, W)
+    # gather the sampled tokens and groups first and widen only them (widening the whole step/offset
+    # tensors to float64 moved ~2 GB per call at 128k tokens and 512 rows); unpack in the codes' uint8
+    c = codes[:, tok]                                                               # (H, n, W) uint8
     parts = torch.stack([(c >> (i * bits)) & mask for i in range(per)], dim=-1).reshape(H, n, -1)[..., :D]
     g = tok // group
-    st = step.double()[:, g]
-    kt = offset.double()[:, g] + st * parts.double()
-    dev = (K[:, tok].double() - kt).abs()
+    st = step[:, g].double()
+    kt = offset[:, g].double() + st * parts.double()
+    k = K[:, tok].double()
     # codes are rounded to nearest: |k − k̃| ≤ step/2 (with float64 slack); NaN keys count as a mismatch
-    return ~(dev <= st * (0.5 + 2.0 ** -20) + K[:, tok].double().abs() * 2.0 ** -40).all()
+    return ~((k - kt).abs() <= st * (0.5 + 2.0 ** -20) + k.abs() * 2.0 ** -40).all()
 
 
 def _check_fused_args(q, K, V, codes, offset, step, vmax, bits, group, Kc, scale, cap, sync, one_sided, block_tokens):
