@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from vashista_core.rounding import FN_REL, U32, gamma
+from vashista_core.rounding import FN_REL, U32
 
 from ..selection import select_candidates
 from ..sketch_plan import row_vmax
@@ -28,6 +28,7 @@ def fused_shard_state(plan, q: torch.Tensor) -> torch.Tensor:
     """Packed (B, Hq, 10 + Dv) float64 ``ShardState`` of this rank for ``plan`` (``sketch_plan.
     plan_sketch_step`` on the rank's local cache) and q (B, Hq, D). (The kernels are imported here:
     Triton is optional for the torch path's users.)"""
+    from ..kernels.cert_tail import zc_lowering
     from ..kernels.rescore import rescore_paged
     from ..kernels.row_lse import row_lse_upper
     from ..kernels.sketch_scan import paged_sketch_scan_bound
@@ -42,11 +43,9 @@ def fused_shard_state(plan, q: torch.Tensor) -> torch.Tensor:
     ub.scatter_(1, cand, -math.inf)
     m_o, z_o = row_lse_upper(ub)
     vm = row_vmax(plan).double()
-    # Z_C from below, as fused_certificate (kernels/cert_tail.finish_constants, docs/ROUNDING.md §4.4):
-    # the exponential within 16u, the Kc-term sum within γ, and the rescoring's exponents, widened by
-    # 2u against four CUDA roundings, by at most e^{2u(ln Kc + 2)} on the e^{a}-weighted mean
-    zc_low = 2 * U32 * (math.log(Kc) + 2)
-    z_c = zsum.double() * ((1 - 16 * U32) * (1 - gamma(Kc + 2, U32)) * (1 - zc_low))
+    # Z_C from below by the same relative errors as the single-process tail (kernels/cert_tail.zc_lowering)
+    e_exp, e_sum, e_wid = zc_lowering(Kc)
+    z_c = zsum.double() * ((1 - e_exp) * (1 - e_sum) * (1 - e_wid))
     m_c, m_o = m_c.double(), m_o.double()
     ls = torch.log(z_c)
     log_zc = down(m_c + down(torch.where(ls < 0, ls * (1 + FN_REL), ls * (1 - FN_REL))))
@@ -54,9 +53,8 @@ def fused_shard_state(plan, q: torch.Tensor) -> torch.Tensor:
     log_zout = torch.where(torch.isfinite(m_o), up(m_o + up(torch.where(lo > 0, lo * (1 + FN_REL), lo * (1 - FN_REL)))),
                            torch.full_like(m_o, -math.inf))
     # x_j = s̃_j − log Σ_C e^{s̃} + log Z_C: within ε (scores) + ε (lb vs s̃) + the lowering of z_C
-    # (16u + γ_{Kc+2} + 2u(ln Kc + 2)) + the kernel's exponent widening (≤ Kc·u relative on the sum) of s_j
-    e = up(2 * eps.double() * (1 + 4 * U32) + 2 * (16 * U32 + gamma(Kc + 2, U32) + zc_low) + 2 * Kc * U32
-           + 4 * FN_REL)
+    # (zc_lowering) + the kernel's exponent widening (≤ Kc·u relative on the sum) of s_j
+    e = up(2 * eps.double() * (1 + 4 * U32) + 2 * (e_exp + e_sum + e_wid) + 2 * Kc * U32 + 4 * FN_REL)
     o_rnd = up(vm * ((2 * Kc + plan.Dv + 16) * 4 * U32))
     st = ShardState(m=m_c, l=z_c, o=out.double() * z_c[:, None], log_zc=log_zc, log_zout=log_zout,
                     vmax_c=vm, vmax_out=torch.where(torch.isfinite(m_o), vm, torch.zeros_like(vm)), eps=e,

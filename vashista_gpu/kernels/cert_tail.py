@@ -36,7 +36,7 @@ from vashista_core.rounding import U32, gamma
 from .libm import exp_acc, f32_down, f32_up, log_acc, next_down, next_up
 from .row_lse import BLOCK, combine_chunks, lse_factor, lse_floor
 
-__all__ = ["cert_finish", "finish_constants", "finite_rows"]
+__all__ = ["cert_finish", "finish_constants", "finite_rows", "zc_lowering"]
 
 
 @triton.jit
@@ -133,12 +133,21 @@ def finite_rows(q):
     return q32, ok
 
 
+def zc_lowering(Kc: int) -> tuple[float, float, float]:
+    """The relative errors by which the rescoring's sum ``zsum`` may exceed Σ_C e^{lb_j − m_C}
+    (docs/ROUNDING.md §4.4): the device exponential (16u), the Kc-term sum (γ_{Kc+2}) and the
+    exponents' widening by 2u against four CUDA roundings (2u(ln Kc + 2)). Z_C from below is
+    zsum·Π(1 − t); the single-process tail and the context-parallel terms both lower by them."""
+    return 16 * U32, gamma(Kc + 2, U32), 2 * U32 * (math.log(Kc) + 2)
+
+
 def finish_constants(Kc: int, Dv: int, nc: int, block: int = BLOCK) -> dict:
     """The float32 constants of the finish kernel (module doc; docs/ROUNDING.md §4.4), each rounded
     outward (factors that raise a bound up, those that lower z_C down)."""
     u = U32
+    e_exp, e_sum, e_wid = zc_lowering(Kc)
     return dict(F=lse_factor(block, nc),
-                ZC=f32_down((1 - 16 * u) * (1 - gamma(Kc + 2, u)) * (1 - 2 * u * (math.log(Kc) + 2)) * (1 - 4 * u)),
+                ZC=f32_down((1 - e_exp) * (1 - e_sum) * (1 - e_wid) * (1 - 4 * u)),
                 D_REL=f32_up(32 * u), D_ABS=f32_up(24 * u + 2 * gamma(nc + 2, u)),
                 L_FAC=f32_up(1 + 48 * u), L_DFAC=f32_up(24 * u), WE=f32_up(1 + 64 * u),
                 ON=f32_up(1 + (Dv + 8) * u), E_FAC=f32_up(1 + (Dv + 8) * 2 * u),
