@@ -597,16 +597,20 @@ def test_window_mode_stays_on_the_hf_decoder_and_says_why(tiny):
     assert pick_decoder("engine", "cpu") == "engine"
 
 
-def test_shadow_output_is_the_hf_dense_shadow():
-    from vashista_app.quality.engine_decoder import shadow_output
-    from vashista_gpu.hf.stats import dense_shadow
+def test_engine_shadow_is_exact_attention_per_query_head():
+    """The shadow both decoders check against (``hf.stats.exact_attention``, grouped by KV head) against
+    softmax attention written out per query head, with K/V repeated per head and padding masked."""
+    from vashista_gpu.hf.stats import exact_attention
 
     g = torch.Generator().manual_seed(3)
     q, k, v = torch.randn(1, 6, 8, generator=g), torch.randn(1, 2, 40, 8, generator=g), torch.randn(1, 2, 40, 8, generator=g)
     valid = torch.arange(40)[None] < 33
-    o, vmax = shadow_output(q, k, v, valid, 0.3)
-    ref = dense_shadow(q, k, v, valid, 0.3)
-    assert torch.allclose(o, ref["o"], rtol=0, atol=1e-12) and torch.allclose(vmax, ref["vmax"], rtol=0, atol=1e-12)
+    _, p, o, vmax = exact_attention(q, k, v, valid, 0.3)
+    kr, vr = k.double().repeat_interleave(3, dim=1)[:, :, :33], v.double().repeat_interleave(3, dim=1)[:, :, :33]
+    w = torch.softmax(torch.einsum("bhd,bhtd->bht", q.double(), kr) * 0.3, dim=-1)
+    ref_o, ref_vmax = torch.einsum("bht,bhtd->bhd", w, vr), vr.norm(dim=-1).amax(-1)
+    assert torch.allclose(o, ref_o, rtol=0, atol=1e-12) and torch.allclose(vmax, ref_vmax, rtol=0, atol=1e-12)
+    assert torch.equal(p[..., 33:], torch.zeros(1, 6, 7, dtype=torch.float64))
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,7 @@ from .decode_loop import prefill
 from .decoder import DecodeResult, HFDecoder
 from .modes import Mode, mode_setting
 
-__all__ = ["ENGINE_KINDS", "EngineDecoder", "EngineStats", "WINDOW_REASON", "pick_decoder", "shadow_output"]
+__all__ = ["ENGINE_KINDS", "EngineDecoder", "EngineStats", "WINDOW_REASON", "pick_decoder"]
 
 ENGINE_KINDS = ("dense", "certified", "paged")
 WINDOW_REASON = ("the engine has no sink+window attention: decoded by the HF decoder (window.py), without the "
@@ -108,26 +108,10 @@ class EngineStats:
         return s
 
 
-def shadow_output(q, k, v, valid, scale: float):
-    """Exact attention in float64 of q (1, Hq, D) over k, v (1, Hkv, T, ·) where valid (1, T): returns
-    the output (1, Hq, Dv) and each head's max ‖v_j‖ (1, Hq). The same numbers as ``hf.stats.dense_shadow``
-    without its supports and gap (not recorded here) and without repeating K/V per query head: at
-    32k those cost several times the decode step itself."""
-    B, Hq, D = q.shape
-    Hkv = k.shape[1]
-    G = Hq // Hkv
-    kd, vd = k.double(), v.double()
-    s = torch.einsum("bhgd,bhtd->bhgt", q.double().view(B, Hkv, G, D), kd) * scale
-    s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
-    o = torch.einsum("bhgt,bhtd->bhgd", torch.softmax(s, dim=-1), vd).reshape(B, Hq, -1)
-    vmax = torch.where(valid[:, None, :], vd.norm(dim=-1), 0.0).amax(-1).repeat_interleave(G, dim=1)
-    return o, vmax
-
-
 def _shadowed(runner, n_layers: int, device):
     """Wrap ``runner.decode`` and ``runner.stats.add`` so every sparse layer's step is checked against
     the float64 dense shadow (module doc). Device work only (capturable); batch of one row."""
-    from vashista_gpu.hf.stats import ROUNDING
+    from vashista_gpu.hf.stats import ROUNDING, exact_attention
 
     acc = torch.zeros((n_layers, 4), dtype=torch.float64, device=device)
     last = {}
@@ -153,7 +137,7 @@ def _shadowed(runner, n_layers: int, device):
         valid = torch.arange(NP * S, device=q.device)[None] < pool.seq_lens[sid].long()
         # unwritten slots are NaN in the pool: zero them so the masked positions stay exact zeros
         k, v = torch.nan_to_num(k), torch.nan_to_num(v)
-        o, vmax = shadow_output(q, k, v, valid, scale)
+        _, _, o, vmax = exact_attention(q, k, v, valid, scale)
         te = (out.to(q.dtype).double() - o).norm(dim=-1)                   # (1, Hq): what the model reads
         allow = ROUNDING[torch.float64] * (vmax + o.norm(dim=-1))
         viol = te > last[layer].double() + allow

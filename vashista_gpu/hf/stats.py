@@ -32,7 +32,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-__all__ = ["DecodeStats", "FIELDS", "ROUNDING", "SHADOW_FIELDS", "dense_shadow"]
+__all__ = ["DecodeStats", "FIELDS", "ROUNDING", "SHADOW_FIELDS", "dense_shadow", "exact_attention"]
 
 # SPEC 4: relative agreement of a computation run in this dtype (float32 accumulations of the decode).
 ROUNDING = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2, torch.float64: 1e-12}
@@ -41,21 +41,32 @@ FIELDS = ("certified_error", "certified_leakage", "gap", "fell_back")
 SHADOW_FIELDS = ("true_error", "true_leakage", "delta_lin", "support90", "support99", "allowance")
 
 
+def exact_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, valid: torch.Tensor, scale: float):
+    """Exact dense attention in float64 for q (B, Hq, D) over key/value (B, Hkv, T', ·), T' ≥ T, and
+    valid (B, T), grouped by KV head (no copy of K/V per query head: at 32k that copy costs several
+    times a decode step). Returns the scores s and probabilities p (B, Hq, T) (−inf / 0 where not
+    valid), the output o (B, Hq, Dv) and each head's max value norm over the valid tokens (B, Hq)."""
+    B, Hq, D = q.shape
+    Hkv, T = key.shape[1], valid.shape[1]
+    G = Hq // Hkv
+    k, v = key.double()[:, :, :T], value.double()[:, :, :T]
+    vm = valid.to(q.device)
+    s = torch.einsum("bhgd,bhtd->bhgt", q.double().view(B, Hkv, G, D), k) * scale
+    s = s.masked_fill(~vm[:, None, None, :], float("-inf"))
+    p = torch.softmax(s, dim=-1)
+    o = torch.einsum("bhgt,bhtd->bhgd", p, v).reshape(B, Hq, -1)
+    vmax = torch.where(vm[:, None, :], v.norm(dim=-1), 0.0).amax(-1).repeat_interleave(G, dim=1)
+    return s.reshape(B, Hq, T), p.reshape(B, Hq, T), o, vmax
+
+
 def dense_shadow(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, valid: torch.Tensor,
                  scale: float) -> dict:
-    """Exact dense attention in float64 for q (B, Hq, D) over key/value (B, Hkv, T, ·) and valid (B, T).
+    """Exact dense attention in float64 for q (B, Hq, D) over key/value (B, Hkv, T, ·) and valid (B, T)
+    (:func:`exact_attention`), with what the statistics record of it.
 
     Returns probabilities p (B, Hq, T), output o (B, Hq, Dv), Δ_lin, support sizes and max value norm.
     """
-    B, Hq, D = q.shape
-    G = Hq // key.shape[1]
-    k = key.double().repeat_interleave(G, dim=1)[:, :, :valid.shape[1]]
-    v = value.double().repeat_interleave(G, dim=1)[:, :, :valid.shape[1]]
-    s = torch.einsum("bhd,bhtd->bht", q.double(), k) * scale
-    vm = valid.to(s.device)[:, None, :]
-    s = torch.where(vm, s, float("-inf"))
-    p = torch.softmax(s, dim=-1)
-    o = torch.einsum("bht,bhtd->bhd", p, v)
+    s, p, o, vnorm = exact_attention(q, key, value, valid, scale)
     top2 = torch.topk(s, min(2, s.shape[-1]), dim=-1).values
     smax = top2[..., 0]
     off = torch.where(s < smax[..., None], s, float("-inf")).amax(-1)   # best score off the argmax face
@@ -63,9 +74,8 @@ def dense_shadow(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, valid:
     ps = torch.sort(p, dim=-1, descending=True).values.cumsum(-1)
     sup90 = (ps < 0.9).sum(-1) + 1
     sup99 = (ps < 0.99).sum(-1) + 1
-    vnorm = torch.where(vm, v.norm(dim=-1), 0.0).amax(-1)
-    return dict(p=p, o=o, delta_lin=delta, support90=sup90.clamp(max=valid.sum(-1)[:, None].to(s.device)),
-                support99=sup99.clamp(max=valid.sum(-1)[:, None].to(s.device)), vmax=vnorm)
+    n = valid.sum(-1)[:, None].to(s.device)
+    return dict(p=p, o=o, delta_lin=delta, support90=sup90.clamp(max=n), support99=sup99.clamp(max=n), vmax=vnorm)
 
 
 class DecodeStats:
