@@ -13,7 +13,9 @@
 # Needs network once (Debian mirror, PyPI). Each source that fails is skipped with a message.
 set -uo pipefail
 DIR=${1:-${VASHISTA_TEXT_DIR:-$HOME/.cache/vashista/texts}}
-PY=${PYTHON:-python3}
+PY=$(command -v "${PYTHON:-python3}")
+# absolute (not resolved: a venv's python is a link): the script cds into a temporary folder below
+case "$PY" in /*) ;; *) PY="$PWD/$PY" ;; esac
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
 WORK=$(mktemp -d)

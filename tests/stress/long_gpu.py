@@ -3,10 +3,12 @@
     python tests/stress/long_gpu.py --tiers gpu-torch-fp32,gpu-triton-bf16 --workers 3 --seconds 200 \
         --json out.json
 
-Each tier gets ``workers`` processes; worker w of a tier checks the cases of seeds w, w + workers, …
-(every kind in turn, ``generators.draw``) until its time is up, so the seeds checked are disjoint and
-reproducible ((kind, seed) reproduces a violation). The totals per tier — query-heads, cases, refused,
-violations — are printed and written to ``--json`` (benchmarks/RESULTS.md, "Soundness stress").
+Each tier gets ``workers`` processes; worker w of a tier checks the cases of seeds seed0 + w,
+seed0 + w + workers, … (every kind in turn, ``generators.draw``) until its time is up, so the seeds
+checked are disjoint and reproducible ((kind, seed) reproduces a violation). Runs that are to be added
+up (several device calls) take disjoint ``--seed0`` ranges; each tier's JSON names the seeds it
+reached. The totals per tier — query-heads, cases, refused, violations — are printed and written to
+``--json`` (benchmarks/RESULTS.md, "Soundness stress").
 """
 from __future__ import annotations
 
@@ -20,16 +22,16 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def _worker(tier: str, w: int, workers: int, deadline: float, q) -> None:
+def _worker(tier: str, w: int, workers: int, deadline: float, q, seed0: int = 0) -> None:
     """Always reports (a crash is reported as an error, so the parent never waits forever)."""
     try:
-        _work(tier, w, workers, deadline, q)
+        _work(tier, w, workers, deadline, q, seed0)
     except BaseException as exc:                    # noqa: BLE001
-        q.put((tier, dict(query_heads=0, cases=0, refused=0, unsupported=0, seeds=[w, w],
+        q.put((tier, dict(query_heads=0, cases=0, refused=0, unsupported=0, seeds=[seed0 + w, seed0 + w],
                           violations=[dict(tier=tier, what=f"worker crashed: {exc!r}")])))
 
 
-def _work(tier: str, w: int, workers: int, deadline: float, q) -> None:
+def _work(tier: str, w: int, workers: int, deadline: float, q, seed0: int = 0) -> None:
     import numpy as np
 
     import tiers_cp  # the context-parallel tiers, cp-* (tiers_cp.py)
@@ -43,8 +45,8 @@ def _work(tier: str, w: int, workers: int, deadline: float, q) -> None:
         tiers_gpu_steps.register_triton()
     if tier.startswith("cp-fused"):
         tiers_cp.register_fused()
-    tot = dict(query_heads=0, cases=0, refused=0, unsupported=0, violations=[], seeds=[w, w])
-    seed = w
+    seed = seed0 + w
+    tot = dict(query_heads=0, cases=0, refused=0, unsupported=0, violations=[], seeds=[seed, seed])
     while time.time() < deadline:
         for kind in KINDS:
             if time.time() >= deadline:
@@ -65,24 +67,56 @@ def _work(tier: str, w: int, workers: int, deadline: float, q) -> None:
     q.put((tier, tot))
 
 
+def add_up(paths: list) -> dict:
+    """Per-tier totals of several ``--json`` files (runs with disjoint ``--seed0`` ranges)."""
+    totals: dict = {}
+    for path in paths:
+        with open(path) as f:
+            for tier, t in json.load(f).items():
+                s = totals.setdefault(tier, dict(query_heads=0, cases=0, refused=0, unsupported=0, violations=[],
+                                                 runs=0, seed_ranges=[]))
+                for k in ("query_heads", "cases", "refused", "unsupported"):
+                    s[k] += t[k]
+                s["violations"] += t["violations"]
+                s["runs"] += 1
+                if "seed_min" in t:
+                    s["seed_ranges"].append([t["seed_min"], t["seed_max"]])
+    return totals
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tiers", required=True)
+    p.add_argument("--sum", nargs="+", metavar="JSON", help="only add up the totals of earlier --json files")
+    p.add_argument("--tiers")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seconds", type=float, default=120.0)
     p.add_argument("--json", default=None)
+    p.add_argument("--seed0", type=int, default=0, help="first seed (disjoint ranges for runs to be added up)")
     a = p.parse_args(argv)
+    if a.sum:
+        totals = add_up(a.sum)
+        for tier, s in sorted(totals.items()):
+            print(f"{tier}: {s['query_heads']} query-heads, {s['cases']} cases, {s['refused']} refused, "
+                  f"{len(s['violations'])} violations ({s['runs']} runs)")
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(totals, f, indent=1)
+        return 1 if any(s["violations"] for s in totals.values()) else 0
+    if not a.tiers:
+        p.error("--tiers is required (or --sum)")
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     deadline = time.time() + a.seconds
-    procs = [ctx.Process(target=_worker, args=(t, w, a.workers, deadline, q))
+    procs = [ctx.Process(target=_worker, args=(t, w, a.workers, deadline, q, a.seed0))
              for t in a.tiers.split(",") for w in range(a.workers)]
     for pr in procs:
         pr.start()
     totals: dict = {}
     for _ in procs:
         tier, t = q.get()
-        s = totals.setdefault(tier, dict(query_heads=0, cases=0, refused=0, unsupported=0, violations=[], workers=0))
+        s = totals.setdefault(tier, dict(query_heads=0, cases=0, refused=0, unsupported=0, violations=[], workers=0,
+                                         seed_min=t["seeds"][0], seed_max=t["seeds"][1]))
+        s["seed_min"], s["seed_max"] = min(s["seed_min"], t["seeds"][0]), max(s["seed_max"], t["seeds"][1])
         for k in ("query_heads", "cases", "refused", "unsupported"):
             s[k] += t[k]
         s["violations"] += t["violations"]
