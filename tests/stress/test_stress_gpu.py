@@ -10,6 +10,7 @@ test_stress.py (which runs every registered tier, the torch-backend ``gpu-torch-
 """
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -85,3 +86,59 @@ def test_cp_fused_terms_no_violation():
 
 def test_gpu_tiers_registered():
     assert {f"{p}-{d}" for p in ("gpu-torch", "cp-torch") for d in ("fp32", "bf16", "fp16")} <= set(TIERS)
+
+
+# the context-parallel fused tier on the H100 (long_gpu.py, ``cp-fused-fp32``, compiled Triton), all
+# ``huge_scores`` at scores ~1e8-1e9 (eps ~200-5000): (seed, b, h, what the code before the fix returned)
+CP_FUSED_H100 = [
+    (4000073, 0, 0, "certified error 6.846 < exact 1.56e14"),
+    (6000035, 0, 2, "certified error 10.148 < exact 25.09"),
+    (6000072, 0, 1, "certified error 7.165 < exact 1.98e20"),
+]
+
+
+@pytest.mark.parametrize("seed, b, h, found", CP_FUSED_H100)
+def test_cp_fused_regression_rank_output_outside_the_values_hull(seed, b, h, found, monkeypatch):
+    """The merged certificate capped the weights' total variation at 2 (w = 2·vmax_c + o_rnd), which
+    bounds ‖o_r/l_r − o_C‖ only where a rank's output is a convex combination of its values. The compiled
+    rescoring kernel sums the weights (z) and the weighted values (acc) with exponents evaluated apart
+    (an ulp of a float32 score ~1e9 is 64): its acc/z was e^{~32} times a value on the H100, inside the
+    kernel's own bound (every weight within e^{±2ε} of the exact softmax) but far outside the hull. The
+    interpreter evaluates each exponent once, so the case does not reproduce there as such: here every
+    rank's output is moved as the H100 moved it — o/l × e^{min(eps/2, 32)}, eps the packed exponent
+    bound (2ε + …), an output the kernel's bound admits — and the certificate must still hold on every
+    head (docs/ROUNDING.md §6)."""
+    pytest.importorskip("triton")
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    import vashista_gpu.distributed.fused_terms as ft
+    from vashista_gpu.distributed.merge import SCALARS
+
+    shard_state = ft.fused_shard_state
+
+    def as_on_the_h100(plan, q):
+        st = shard_state(plan, q).clone()
+        eps = st[..., SCALARS.index("eps")]
+        st[..., len(SCALARS):] *= torch.exp(torch.clamp(eps / 2, max=32.0))[..., None]
+        return st
+
+    monkeypatch.setattr(ft, "fused_shard_state", as_on_the_h100)
+    name = tiers_cp.register_fused()
+    with np.errstate(all="ignore"):
+        c = check_case(draw("huge_scores", seed), name)
+    assert c["violations"] == [], (found, c["violations"][:3])
+
+
+def test_cp_certificate_holds_for_any_rank_output():
+    """The merged certificate on hand-made terms (no kernel): one rank whose o/l is 1e14 with values of
+    norm ≤ 1 and a huge exponent bound: ‖out − o_C‖ may be 1e14 + 1 for an o_C the terms admit (it read 2 + o_rnd)."""
+    from vashista_gpu.distributed import certificate, merge
+    from vashista_gpu.distributed.merge import ShardState
+
+    one = torch.ones(1, 1, dtype=torch.float64)
+    st = ShardState(m=0 * one, l=one, o=torch.tensor([[[1e14, 0.0]]], dtype=torch.float64), log_zc=0 * one,
+                    log_zout=torch.full_like(one, -math.inf), vmax_c=one, vmax_out=0 * one, eps=2500 * one,
+                    o_rnd=1e-6 * one, lb_max=0 * one, ub_max=torch.full_like(one, -math.inf))
+    r = certificate(merge(st.pack()[None]))
+    assert float(r.certified_error) >= 1e14 + 1
+    assert float(r.certified_leakage) == 0.0

@@ -21,7 +21,7 @@ to the global max M — l, o by e^{m_r − M} and a sum — adds the masses by o
 and takes maxima; the certificate (:func:`certificate`) is the single-process middle form
 
     L̂ = Z̄_out / (Z_C + Z̄_out),   ‖out − o_dense‖ ≤ L̂·(vmax_out + ‖out‖ + w) + w,
-    w = (e^{2 eps} − 1)·vmax_c + o_rnd,
+    w = min((e^{2 eps} − 1)·vmax_c + o_rnd, ‖out‖ + vmax_c),
 
 evaluated on the merged terms — not a sum of per-rank error bounds (a rank's L̂_r is relative to its
 own mass, which the other ranks' mass changes). All of it is float64 and rounded outward; the packed
@@ -146,12 +146,20 @@ def certificate(st: ShardState) -> MergedResult:
     e = down(torch.exp(d) * (1 - FN_REL))
     leak = up(up(1.0 / down(1.0 + e)) * (1 + 4 * FN_REL))
     leak = torch.where(none_out, torch.zeros_like(leak), leak.clamp(max=1.0))
-    # w ≥ ‖out − o_C‖: the exponents' error moves the weights by ≤ e^{2 eps} − 1 in total variation,
-    # and never by more than 2 (two distributions): the cap keeps huge scores (eps ~1e13 at scores
-    # ~1e20: e^{2 eps} = ∞) finite — and ∞·0 from being NaN (issue 15) — plus the rounding of o/l
-    tv = torch.clamp(up(torch.expm1(2 * st.eps) * (1 + FN_REL)), max=2.0)
-    w = up(up(tv * st.vmax_c) + st.o_rnd)
     o_norm = up(torch.linalg.vector_norm(out, dim=-1) * (1 + gamma(Dv + 2)))
+    # w ≥ ‖out − o_C‖, the smaller of two bounds:
+    # * the exponents' error moves the weights by ≤ e^{2 eps} − 1 in total variation (each weight's
+    #   numerator and denominator within e^{±eps}, even where they were evaluated apart), plus the
+    #   rounding of o/l;
+    # * ‖out‖ + ‖o_C‖ ≤ ‖out‖ + vmax_c, whatever out is: this keeps huge scores (eps ~1e13 at scores
+    #   ~1e20: e^{2 eps} = ∞) finite, and ∞·0 from being NaN (issue 15). It was "TV ≤ 2" (2·vmax_c +
+    #   o_rnd), which holds only where out is a convex combination of the values up to o_rnd; the
+    #   compiled rescoring kernel (CUDA) may sum the weights and the weighted values with exponents
+    #   evaluated apart (an ulp of a score ~1e9 is 64: a factor e^{32} between them), so a rank's o/l
+    #   reached 1e14 with eps ~2500 and the certificate read 6.8 (ROUNDING.md §6).
+    tv = up(torch.expm1(2 * st.eps) * (1 + FN_REL))
+    w_tv = up(up(torch.where(st.vmax_c == 0, torch.zeros_like(tv), tv) * st.vmax_c) + st.o_rnd)
+    w = torch.fmin(w_tv, up(o_norm + st.vmax_c))
     # nothing excluded (L̂ = 0) adds nothing, whatever the norms: 0·∞ must not be NaN
     far = up(leak * up(up(st.vmax_out + o_norm) + w))
     far = torch.where(leak == 0, torch.zeros_like(far), far)
