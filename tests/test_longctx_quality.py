@@ -219,6 +219,22 @@ def tiny():
     return m
 
 
+def test_chunked_prefill_equals_one_forward(tiny):
+    """The prefill runs in chunks (a 32k forward's SDPA scores did not fit an H100): the cache and the
+    last logits equal one forward over the whole prompt, chunk sizes that divide it or not."""
+    from vashista_app.quality.decode_loop import prefill
+
+    ids = torch.randint(3, 97, (1, 203))
+    c1, l1 = prefill(tiny, ids, chunk=10_000)
+    for chunk in (64, 50, 1):
+        c2, l2 = prefill(tiny, ids, chunk=chunk)
+        assert c2.get_seq_length() == 203
+        torch.testing.assert_close(l2, l1, rtol=1e-4, atol=1e-5)
+        for a, b in zip(c1.layers, c2.layers):
+            torch.testing.assert_close(b.keys, a.keys, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(b.values, a.values, rtol=1e-4, atol=1e-5)
+
+
 def _step_logits(model, cache, tok):
     from vashista_app.quality.decode_loop import _step
     with torch.no_grad():
