@@ -94,7 +94,7 @@ CP_FUSED_H100 = [
     (4000073, 0, 0, "certified error 6.846 < exact 1.56e14"),
     (6000035, 0, 2, "certified error 10.148 < exact 25.09"),
     (6000072, 0, 1, "certified error 7.165 < exact 1.98e20"),
-    # the same H100 run's other violations (benchmarks/results/gpu_session3_h100/stress_violations.json)
+    # the same H100 run's other violations (benchmarks/results/gpu_session3_h100/stress_gpu.json)
     (8000023, 0, 1, "certified error 6.782 < exact 1.23e5"),
     (8000023, 0, 6, "certified error 8.445 < exact 553.2"),
     (9000155, 0, 3, "certified error 5.862 < exact 19.58"),
