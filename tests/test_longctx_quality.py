@@ -659,6 +659,10 @@ def test_engine_and_hf_decoders_score_the_same_and_resume(tiny_bytes, tmp_path):
     for key, a in recs["hf"].items():
         b = recs["engine"][key]
         assert a["decoder"] == "hf" and b["decoder"] == "engine" and b["decoder_note"] is None
+        # where the engine's time went (the 32k fallback modes ran 23x slower than report-only)
+        assert a["phases"] is None and set(b["phases"]) == {"engine", "copy_and_plan", "capture", "feed",
+                                                             "generate", "stats"}
+        assert sum(b["phases"].values()) <= b["seconds"] + 0.02
         if a["task"] == "ppl":
             assert b["n_scored"] == a["n_scored"] == 8 and b["ppl"] == pytest.approx(a["ppl"], rel=1e-6)
         else:

@@ -48,6 +48,7 @@ class DecodeResult:
     seconds: float
     decoder: str = "hf"       # which decoder ran the mode: hf, engine, engine-graph (engine_decoder.py)
     decoder_note: str | None = None   # why a mode stayed on the HF decoder under the engine
+    phases: dict | None = None        # engine decoder: seconds per phase of ``seconds`` (engine_decoder.py)
 
 
 class HFDecoder:

@@ -152,6 +152,25 @@ def _shadowed(runner, n_layers: int, device):
     return acc
 
 
+class _PhaseClock:
+    """Seconds per phase of one engine run (``DecodeResult.phases``): where a mode's time goes — the
+    engine's construction, the prefill copy and plan, the capture (two eager steps included), the
+    teacher-forced replays, the greedy loop, the statistics. On CUDA each lap synchronises first (a
+    handful per run, none inside the decode loop), so device work is charged to its phase."""
+
+    def __init__(self, device):
+        self.cuda = torch.device(device).type == "cuda"
+        self.t = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.laps[name] = round(self.laps.get(name, 0.0) + now - self.t, 4)
+        self.t = now
+
+
 class EngineDecoder:
     """Decoder on the engine (module docstring); the same constructor arguments as :class:`HFDecoder`
     plus ``graph`` (None: on CUDA). ``window`` modes go to an HF decoder built from the same model."""
@@ -192,13 +211,15 @@ class EngineDecoder:
         n0 = state.get_seq_length()
         feed = [int(t) for t in feed]
         total = n0 + len(feed) + max_new
+        clock = _PhaseClock(self.device)
         eng = self._engine(mode, ctx, total)
+        clock.lap("engine")
         with eng, torch.no_grad():
-            nll, gen, stats = self._decode(eng, state, n0, feed, max_new, stop)
+            nll, gen, stats = self._decode(eng, state, n0, feed, max_new, stop, clock)
         return DecodeResult(nll=nll, generated=gen, stats=stats, seconds=time.perf_counter() - t0,
-                            decoder="engine-graph" if eng.graph else "engine")
+                            decoder="engine-graph" if eng.graph else "engine", phases=clock.laps)
 
-    def _decode(self, eng, state, n0, feed, max_new, stop):
+    def _decode(self, eng, state, n0, feed, max_new, stop, clock=None):
         cache, dev = eng.cache, eng.device
         sid = cache.add_sequence(n0 + len(feed) + max_new)
         cache.begin([sid], None, position=n0)
@@ -208,6 +229,8 @@ class EngineDecoder:
         eng.reserved[sid] = n0 + len(feed) + max_new
         eng.plan_segment([sid])
         shadow = _shadowed(eng.runner, cache.n_layers, dev) if self.shadow else None
+        clock = clock or _PhaseClock(dev)
+        clock.lap("copy_and_plan")
         nf = len(feed)
         steps = nf + max(max_new - 1, 0)                      # the last greedy token needs no step
         feed_t = torch.tensor(feed + [feed[-1]], dtype=torch.long, device=dev)
@@ -234,9 +257,11 @@ class EngineDecoder:
             done = 2
         else:
             replay, done = step, 0
+        clock.lap("capture")
         while done < nf:                            # teacher forcing: no host synchronisation
             replay()
             done += 1
+        clock.lap("feed")
         gen: list[int] = []
         if max_new > 0:
             while True:                                   # greedy: one host read per token for stop/eos
@@ -248,9 +273,11 @@ class EngineDecoder:
                     break
                 replay()
                 done += 1
+        clock.lap("generate")
         eng._sync()
         if eng.runner.cfg.mode == "certified":
             eng.check_sketch()
         sparse = [L for L in range(cache.n_layers) if L not in self.dense_layers]
         stats = None if eng.runner.cfg.mode == "dense" else EngineStats(eng.runner.stats.t, shadow, sparse)
+        clock.lap("stats")
         return nll[:nf - 1].tolist(), gen, stats

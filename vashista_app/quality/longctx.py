@@ -130,7 +130,7 @@ def _mode_fields(m, r) -> dict:
     a mode stayed on the HF decoder in an engine run)."""
     return dict(mode=m.name, kind=m.kind, budget=None if m.budget is None else float(m.budget), bits=m.bits,
                 policy=m.policy if m.kind == "certified" else None, decoder=getattr(r, "decoder", "hf"),
-                decoder_note=getattr(r, "decoder_note", None))
+                decoder_note=getattr(r, "decoder_note", None), phases=getattr(r, "phases", None))
 
 
 # ----------------------------------------------------------------------------------------- the run

@@ -84,9 +84,20 @@ def mode_rows(recs: list[dict], acc: list[dict]) -> list[dict]:
                          violations=sum(r.get("violations") or 0 for r in rs),
                          fallback_rate=fb / steps if steps else 0.0,
                          rel_bytes=_mean([r["rel_bytes"] for r in rs]),
-                         max_true_error=max(errs) if errs else None))
+                         max_true_error=max(errs) if errs else None,
+                         seconds_per_record=_mean([r["seconds"] for r in rs if r.get("seconds") is not None])))
     order = {"dense": 0, "certified": 1, "paged": 2, "window": 3}
     return sorted(rows, key=lambda r: (order.get(r["kind"], 9), -(r["budget"] or 2), r["mode"]))
+
+
+def phase_rows(recs: list[dict]) -> list[dict]:
+    """Mean seconds per record and phase of the engine decoder's runs (``phases``), per mode."""
+    by = defaultdict(list)
+    for r in recs:
+        if r.get("phases"):
+            by[r["mode"]].append(r["phases"])
+    return [dict(mode=mode, records=len(ps), **{k: _mean([p.get(k, 0.0) for p in ps]) for k in ps[0]})
+            for mode, ps in sorted(by.items())]
 
 
 def layer_rows(recs: list[dict]) -> list[dict]:
@@ -210,12 +221,17 @@ def write_report(out: str, *, figures: bool = True, meta: dict | None = None) ->
         if meta and k in meta:
             s += f"- {k}: {json.dumps(meta[k]) if isinstance(meta[k], dict) else meta[k]}\n"
     s += "\n## Modes\n\n" + _table(modes, ["mode", "decoder", "records", "accuracy", "decode_steps_checked",
-                                          "violations", "fallback_rate", "rel_bytes", "max_true_error"])
+                                          "violations", "fallback_rate", "rel_bytes", "max_true_error",
+                                          "seconds_per_record"])
     notes = [f"- {m['mode']}: {m['decoder_note']}" for m in modes if m.get("decoder_note")]
     if any(m["decoder"] != "hf" for m in modes):
         notes.append(ENGINE_NOTE)
     if notes:
         s += "\nDecoders:\n\n" + "\n".join(notes) + "\n"
+    phases = phase_rows(recs)
+    if phases:
+        s += ("\n## Time per record and phase (engine decoder, seconds; CUDA synchronised at each phase)\n\n"
+              + _table(phases, list(phases[0])))
     s += "\n## Accuracy per task and context (%; delta vs dense on the same items, points)\n\n"
     s += _table(acc, ["ctx", "task", "mode", "items", "accuracy", "delta_vs_dense"])
     s += "\n## Perplexity (decoded, teacher-forced)\n\n"
