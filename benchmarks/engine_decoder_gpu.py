@@ -9,7 +9,8 @@ the numbers the reduced 32k pass (``benchmarks/longctx_quality.sh first``) is pl
 For each context: one dense HF prefill, shared; then for each mode the HF decoder (``--hf-max`` caps
 the context where it runs: it is the slow path) and the engine decoder twice (the first run compiles
 the Triton kernels; the second is timed). Per mode: greedy tokens equal, max |ΔNLL|, steps, fallback
-rate, violations, max true error, seconds and ms per decoded token, for both decoders.
+rate, violations, max true error, seconds and ms per decoded token, for both decoders; the engine's
+seconds per phase (``DecodeResult.phases``: where a DenseFallback run spends its time).
 
 The model: qwen2, 24 layers, hidden 896, 14 query / 2 KV heads, head dim 64, rope θ 1e6 (the 32k
 preset's shape), random float32 weights with sharpened queries (random init attends almost
@@ -106,7 +107,8 @@ def main(argv=None) -> int:
                 r = en.run(state, mode, ctx, feed, a.new)
                 steps = a.feed + len(r.generated) - 1
                 row.update(engine=dict(decoder=r.decoder, s=round(r.seconds, 3), cold_s=round(cold.seconds, 3),
-                                       ms_per_token=round(1e3 * r.seconds / steps, 2), tokens=r.generated, **stats_of(r)))
+                                       ms_per_token=round(1e3 * r.seconds / steps, 2), tokens=r.generated,
+                                       phases=r.phases, cold_phases=cold.phases, **stats_of(r)))
                 ok &= (stats_of(r).get("violations") or 0) == 0 and r.generated == cold.generated
                 if ctx <= a.hf_max:
                     h = hf.run(state, mode, ctx, feed, a.new)

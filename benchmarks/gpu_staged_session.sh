@@ -7,6 +7,9 @@
 #             stress of the Triton tiers (tests/stress/long_gpu.py, seeds from N·10⁶, disjoint across
 #             calls) and compute-sanitizer memcheck over the test files of slice N (the kernels the
 #             last session's memcheck did not reach). Files: stress_N.json, memcheck_N.log, stage_N.txt.
+#             STAGE_CMD="..." runs that command instead (STAGE_SECONDS limit, output side_N.log; $OUT is
+#             set), e.g. one e2e_decode.py configuration per call, or the engine decoder's phase probe:
+#             STAGE_CMD='python3 benchmarks/engine_decoder_gpu.py --contexts 32768 --out $OUT/probe.json'
 #   quality   the 32k quality run (longctx_quality.sh run, LONGCTX_* knobs) with a stress slice beside it
 #             at low priority (seeds from 50·10⁶; CPU only: the quality run owns the GPU's time).
 #   e2e       on a quiet machine: the certified step alone (sketch_decode_scaling.py, 128k) and the
@@ -42,6 +45,11 @@ case "$PHASE" in
         t=${STAGE_SECONDS:-35}
         { date -u; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>&1; git log -1 --format=%h 2>/dev/null; } > "$OUT/stage_$n.txt"
         bash benchmarks/longctx_quality.sh stage "$n" >> "$OUT/stage_$n.txt" 2>&1 || echo "stage rc=$?" >> "$OUT/stage_$n.txt"
+        if [ -n "${STAGE_CMD:-}" ]; then   # other work instead of the stress and memcheck slices
+            timeout "$t" bash -c "$STAGE_CMD" > "$OUT/side_$n.log" 2>&1
+            echo "STAGE_CMD rc=$?" >> "$OUT/stage_$n.txt"
+            cat "$OUT/stage_$n.txt"; exit 0
+        fi
         python3 tests/stress/long_gpu.py --tiers "$TIERS" --workers "${STRESS_WORKERS:-3}" --seconds "$t" \
             --seed0 $(( n * 1000000 )) --json "$OUT/stress_$n.json" >> "$OUT/stage_$n.txt" 2>&1 &
         SP=$!
