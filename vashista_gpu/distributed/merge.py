@@ -153,10 +153,9 @@ def certificate(st: ShardState) -> MergedResult:
     #   rounding of o/l;
     # * ‖out‖ + ‖o_C‖ ≤ ‖out‖ + vmax_c, whatever out is: this keeps huge scores (eps ~1e13 at scores
     #   ~1e20: e^{2 eps} = ∞) finite, and ∞·0 from being NaN (issue 15). It was "TV ≤ 2" (2·vmax_c +
-    #   o_rnd), which holds only where out is a convex combination of the values up to o_rnd; the
-    #   compiled rescoring kernel (CUDA) may sum the weights and the weighted values with exponents
-    #   evaluated apart (an ulp of a score ~1e9 is 64: a factor e^{32} between them), so a rank's o/l
-    #   reached 1e14 with eps ~2500 and the certificate read 6.8 (ROUNDING.md §6).
+    #   o_rnd), which holds only where out is a convex combination of the values up to o_rnd; on the
+    #   H100 a rank's o/l reached 1e14 with eps ~2500 and the certificate read 6.8 (ROUNDING.md §6:
+    #   why is not identified; the hypothesis is an exponent the compiled kernel evaluated twice).
     tv = up(torch.expm1(2 * st.eps) * (1 + FN_REL))
     w_tv = up(up(torch.where(st.vmax_c == 0, torch.zeros_like(tv), tv) * st.vmax_c) + st.o_rnd)
     w = torch.fmin(w_tv, up(o_norm + st.vmax_c))
