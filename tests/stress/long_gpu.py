@@ -67,17 +67,39 @@ def _work(tier: str, w: int, workers: int, deadline: float, q, seed0: int = 0) -
     q.put((tier, tot))
 
 
+COUNTS = ("query_heads", "cases", "refused", "unsupported")
+
+
+def _add(totals: dict, tier: str, t: dict, **first) -> dict:
+    """Add one worker's or one run's counts ``t`` to ``totals[tier]`` (created with ``first``)."""
+    s = totals.setdefault(tier, dict(dict.fromkeys(COUNTS, 0), violations=[], **first))
+    for k in COUNTS:
+        s[k] += t[k]
+    s["violations"] += t["violations"]
+    return s
+
+
+def _report(totals: dict, path: str | None) -> int:
+    """Print the totals (and the first violations) per tier, write them to ``path``; 1 if any violation."""
+    for tier, s in sorted(totals.items()):
+        runs = f" ({s['runs']} runs)" if "runs" in s else ""
+        print(f"{tier}: {s['query_heads']} query-heads, {s['cases']} cases, {s['refused']} refused, "
+              f"{len(s['violations'])} violations{runs}", flush=True)
+        for v in s["violations"][:5]:
+            print("  VIOLATION", v, flush=True)
+    if path:
+        with open(path, "w") as f:
+            json.dump(totals, f, indent=1)
+    return 1 if any(s["violations"] for s in totals.values()) else 0
+
+
 def add_up(paths: list) -> dict:
     """Per-tier totals of several ``--json`` files (runs with disjoint ``--seed0`` ranges)."""
     totals: dict = {}
     for path in paths:
         with open(path) as f:
             for tier, t in json.load(f).items():
-                s = totals.setdefault(tier, dict(query_heads=0, cases=0, refused=0, unsupported=0, violations=[],
-                                                 runs=0, seed_ranges=[]))
-                for k in ("query_heads", "cases", "refused", "unsupported"):
-                    s[k] += t[k]
-                s["violations"] += t["violations"]
+                s = _add(totals, tier, t, runs=0, seed_ranges=[])
                 s["runs"] += 1
                 if "seed_min" in t:
                     s["seed_ranges"].append([t["seed_min"], t["seed_max"]])
@@ -94,14 +116,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed0", type=int, default=0, help="first seed (disjoint ranges for runs to be added up)")
     a = p.parse_args(argv)
     if a.sum:
-        totals = add_up(a.sum)
-        for tier, s in sorted(totals.items()):
-            print(f"{tier}: {s['query_heads']} query-heads, {s['cases']} cases, {s['refused']} refused, "
-                  f"{len(s['violations'])} violations ({s['runs']} runs)")
-        if a.json:
-            with open(a.json, "w") as f:
-                json.dump(totals, f, indent=1)
-        return 1 if any(s["violations"] for s in totals.values()) else 0
+        return _report(add_up(a.sum), a.json)
     if not a.tiers:
         p.error("--tiers is required (or --sum)")
     ctx = mp.get_context("spawn")
@@ -114,24 +129,12 @@ def main(argv=None) -> int:
     totals: dict = {}
     for _ in procs:
         tier, t = q.get()
-        s = totals.setdefault(tier, dict(query_heads=0, cases=0, refused=0, unsupported=0, violations=[], workers=0,
-                                         seed_min=t["seeds"][0], seed_max=t["seeds"][1]))
+        s = _add(totals, tier, t, workers=0, seed_min=t["seeds"][0], seed_max=t["seeds"][1])
         s["seed_min"], s["seed_max"] = min(s["seed_min"], t["seeds"][0]), max(s["seed_max"], t["seeds"][1])
-        for k in ("query_heads", "cases", "refused", "unsupported"):
-            s[k] += t[k]
-        s["violations"] += t["violations"]
         s["workers"] += 1
     for pr in procs:
         pr.join()
-    for tier, s in totals.items():
-        print(f"{tier}: {s['query_heads']} query-heads, {s['cases']} cases, {s['refused']} refused, "
-              f"{len(s['violations'])} violations", flush=True)
-        for v in s["violations"][:5]:
-            print("  VIOLATION", v, flush=True)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(totals, f, indent=1)
-    return 1 if any(s["violations"] for s in totals.values()) else 0
+    return _report(totals, a.json)
 
 
 if __name__ == "__main__":
