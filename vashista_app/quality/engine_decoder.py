@@ -1,7 +1,7 @@
 """The engine (``vashista_gpu.engine``, issue 14) as the long-context suite's decoder (``decoder.py`` seam).
 
-``prefill`` is the HF decoder's (one dense forward of the context into a ``DynamicCache``), so the two
-decoders start every mode from the same keys and values. ``run`` copies that cache into a fresh
+``prefill`` is the HF decoder's (a dense forward of the context, in chunks, into a ``DynamicCache``), so
+the two decoders start every mode from the same keys and values. ``run`` copies that cache into a fresh
 :class:`~vashista_gpu.engine.Engine` whose ``VashistaCache`` is laid out for the mode, then decodes one
 token per step through the engine's attention: on CUDA the whole step of the model — the feed or
 greedy token, every layer, the LM head, the log-probability and the argmax — is captured once in a
@@ -44,7 +44,6 @@ import torch
 
 from vashista_core.policies import DenseFallback, ReportOnly
 
-from .decode_loop import prefill
 from .decoder import DecodeResult, HFDecoder
 from .modes import Mode, mode_setting
 
@@ -187,7 +186,7 @@ class EngineDecoder:
         self.device = next(model.parameters()).device
 
     def prefill(self, ids: list[int]):
-        return prefill(self.model, torch.tensor([ids], dtype=torch.long))[0]
+        return self.hf.prefill(ids)
 
     def _engine(self, mode: Mode, ctx: int, total: int):
         from vashista_gpu.engine import Engine
@@ -219,7 +218,7 @@ class EngineDecoder:
         return DecodeResult(nll=nll, generated=gen, stats=stats, seconds=time.perf_counter() - t0,
                             decoder="engine-graph" if eng.graph else "engine", phases=clock.laps)
 
-    def _decode(self, eng, state, n0, feed, max_new, stop, clock=None):
+    def _decode(self, eng, state, n0, feed, max_new, stop, clock):
         cache, dev = eng.cache, eng.device
         sid = cache.add_sequence(n0 + len(feed) + max_new)
         cache.begin([sid], None, position=n0)
@@ -229,7 +228,6 @@ class EngineDecoder:
         eng.reserved[sid] = n0 + len(feed) + max_new
         eng.plan_segment([sid])
         shadow = _shadowed(eng.runner, cache.n_layers, dev) if self.shadow else None
-        clock = clock or _PhaseClock(dev)
         clock.lap("copy_and_plan")
         nf = len(feed)
         steps = nf + max(max_new - 1, 0)                      # the last greedy token needs no step

@@ -85,7 +85,7 @@ def mode_rows(recs: list[dict], acc: list[dict]) -> list[dict]:
                          fallback_rate=fb / steps if steps else 0.0,
                          rel_bytes=_mean([r["rel_bytes"] for r in rs]),
                          max_true_error=max(errs) if errs else None,
-                         seconds_per_record=_mean([r["seconds"] for r in rs if r.get("seconds") is not None])))
+                         seconds_per_record=_mean([r.get("seconds") for r in rs])))
     order = {"dense": 0, "certified": 1, "paged": 2, "window": 3}
     return sorted(rows, key=lambda r: (order.get(r["kind"], 9), -(r["budget"] or 2), r["mode"]))
 
