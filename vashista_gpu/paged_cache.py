@@ -320,7 +320,7 @@ class TorchPagedKVCache:
             update_levels(self, t_seq, t_lp)
         self.version += 1
         for store in self.sketches.values():
-            store.update_pages(self, self.block_table[t_seq, t_lp].long(), counts)
+            store.update_pages(self, t_phys.long(), counts)
 
     def _raise_row_maxima(self, seqs: torch.Tensor, phys: torch.Tensor, *, one_page_each: bool,
                           keys: torch.Tensor | None = None, values: torch.Tensor | None = None) -> None:
