@@ -63,6 +63,27 @@ def stats_of(r) -> dict:
                 max_true_error=s.get("max_true_error"))
 
 
+def profiled(folder, tag: str, fn):
+    """``fn()``, under torch.profiler when ``folder`` is given: the top ops by device and by host time
+    go to ``folder/profile_<tag>.txt`` (slashes in the tag become underscores)."""
+    if not folder:
+        return fn()
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=acts) as prof:
+        r = fn()
+    os.makedirs(folder, exist_ok=True)
+    ka = prof.key_averages()
+    dev_key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    with open(os.path.join(folder, f"profile_{tag.replace('/', '_')}.txt"), "w") as f:
+        f.write(f"phases: {getattr(r, 'phases', None)}\n\n-- by device time --\n")
+        f.write(ka.table(sort_by=dev_key, row_limit=30, max_name_column_width=70))
+        f.write("\n-- by host time --\n")
+        f.write(ka.table(sort_by="cpu_time_total", row_limit=30, max_name_column_width=70))
+    return r
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda")
@@ -73,6 +94,9 @@ def main(argv=None) -> int:
     ap.add_argument("--new", type=int, default=8, help="greedy tokens per run")
     ap.add_argument("--modes", nargs="+", default=list(MODES))
     ap.add_argument("--out", default=None)
+    ap.add_argument("--profile", default=None, metavar="DIR",
+                    help="torch.profiler over each mode's timed engine run: DIR/profile_<mode>.txt, the ops "
+                         "and kernels by device time and by host time (where a slow mode spends it)")
     a = ap.parse_args(argv)
     if a.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False       # float32 as the quality suite runs it
@@ -104,7 +128,7 @@ def main(argv=None) -> int:
             feed = ids[n0:n0 + a.feed]
             try:
                 cold = en.run(state, mode, ctx, feed, a.new)
-                r = en.run(state, mode, ctx, feed, a.new)
+                r = profiled(a.profile, f"{ctx}_{name}", lambda: en.run(state, mode, ctx, feed, a.new))
                 steps = a.feed + len(r.generated) - 1
                 row.update(engine=dict(decoder=r.decoder, s=round(r.seconds, 3), cold_s=round(cold.seconds, 3),
                                        ms_per_token=round(1e3 * r.seconds / steps, 2), tokens=r.generated,
