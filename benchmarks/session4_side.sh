@@ -14,6 +14,8 @@ case "$n" in
     4) $E2E --profile --out "$OUT/prof" --configs llama-1b:8192:1,llama-1b:131072:1 --variants ours_cert_int4_g16 ;;
     5) $E2E --out "$OUT/e2e" --configs llama-1b:131072:4 --variants $V ;;
     6) $E2E --out "$OUT/e2e" --configs llama-8b:131072:1 --variants $V ;;
+    7) $E2E --out "$OUT/e2e" --configs llama-1b:8192:4,llama-1b:8192:16 --variants graph_sdpa_flash,graph_sdpa_cudnn,ours_dense ;;
+    8) $E2E --out "$OUT/e2e" --configs llama-8b:8192:1,llama-8b:8192:4 --variants graph_sdpa_flash,graph_sdpa_cudnn,ours_dense ;;
     *) [ -f benchmarks/select_gpu.py ] && python3 benchmarks/select_gpu.py --out "$OUT/select.json" ;;
 esac
 rm -f "$OUT"/e2e/*.png "$OUT"/e2e/crossover.json
