@@ -16,8 +16,8 @@ from vashista_core.errors import VashistaInputError
 from vashista_app.quality import haystacks, longctx, longctx_model, longctx_report
 from vashista_app.quality.results_file import read_results, record_key
 from vashista_app.quality.decoder import DecodeResult
-from vashista_app.quality.modes import (default_modes, exact_tokens, mode_setting, parse_mode, relative_bytes,
-                                        select_modes)
+from vashista_app.quality.modes import (TOL_GRID, default_modes, exact_tokens, mode_setting, mode_tol, parse_mode,
+                                        relative_bytes, select_modes)
 from vashista_app.quality.ruler import (DEPTHS, TASKS, ByteCodec, Haystack, make_item, score, string_match_all,
                                         string_match_part)
 
@@ -202,6 +202,36 @@ def test_mode_selection_and_errors():
         select_modes(["nothing-*"])
 
 
+def test_a_fallback_mode_carries_its_own_tolerance_in_a_stable_name():
+    m = parse_mode("cert-int8-1/16-fallback@0.30")
+    assert (m.name, m.tol, m.policy, m.bits, m.budget) == ("cert-int8-1/16-fallback@0.3", 0.3, "fallback", 8,
+                                                           Fraction(1, 16))
+    for name in ("cert-int8-1/16-fallback@0.3", "cert-int4-1/8-fallback@0", "cert-int8-1/16-fallback@1e-05",
+                 "cert-int8-1/16-fallback@0.123456789", "cert-int8-1/16-fallback@3"):
+        assert parse_mode(name).name == name and parse_mode(parse_mode(name).name) == parse_mode(name)
+    assert parse_mode("cert-int8-1/16-fallback@-0").name == "cert-int8-1/16-fallback@0"
+    assert parse_mode("cert-int8-1/16-fallback@3.0").name == "cert-int8-1/16-fallback@3"
+    # its tolerance, else the suite's; none without fallback
+    assert mode_tol(m, 0.01) == 0.3 and mode_tol(parse_mode("cert-int8-1/16-fallback"), 0.01) == 0.01
+    assert mode_tol(parse_mode("cert-int8-1/16-report"), 0.01) is None and mode_tol(parse_mode("paged-1/8"), 1) is None
+    # a glob with @t sets every fallback mode it matches; the same mode at two tolerances is two modes
+    names = [x.name for x in select_modes(["cert-*-1/16-fallback@0.3", "cert-int8-1/16-fallback@0.1",
+                                           "cert-int8-1/16-fallback"])]
+    assert names == ["dense", "cert-int8-1/16-fallback@0.3", "cert-int4-1/16-fallback@0.3",
+                     "cert-int8-1/16-fallback@0.1", "cert-int8-1/16-fallback"]
+    assert mode_setting(m, 4096) == mode_setting(parse_mode("cert-int8-1/16-fallback"), 4096)
+
+
+@pytest.mark.parametrize("bad", ["cert-int8-1/16-fallback@", "cert-int8-1/16-fallback@x", "cert-int8-1/16-fallback@-1",
+                                 "cert-int8-1/16-fallback@inf", "cert-int8-1/16-fallback@nan",
+                                 "cert-int8-1/16-fallback@0.1@0.2", "cert-int8-1/16-report@0.3", "paged-1/8@1",
+                                 "dense@1", "cert-*-1/16-*@0.3"])
+def test_bad_mode_tolerances_name_modes(bad):
+    with pytest.raises(VashistaInputError, match="--modes") as e:
+        select_modes([bad])
+    assert "tolerance" in str(e.value)
+
+
 # ------------------------------------------------------------------------------------- window baseline
 
 @pytest.fixture(scope="module")
@@ -379,6 +409,26 @@ def test_resume_with_another_configuration_is_refused(tmp_path):
     assert len(dec.calls) == 2
 
 
+def test_a_mode_tolerance_round_trips_through_a_resumed_run(tmp_path):
+    from vashista_app.quality.cli import parse
+
+    out = str(tmp_path / "run")
+    argv = ["--tasks", "niah_single", "--contexts", "512", "--items", "2", "--device", "cpu", "--modes"]
+    _, cfg = parse(argv + ["cert-int8-1/8-fallback@0.30"])
+    assert cfg["modes"] == ["dense", "cert-int8-1/8-fallback@0.3"]
+    dec = FakeDecoder()
+    longctx.run(cfg, dec, CODEC, out, model_shape=SHAPE, pinned=dict(seed=0), progress=False)
+    assert {r["mode"] for r in read_results(os.path.join(out, "results.jsonl"))} == set(cfg["modes"])
+    # the same tolerance however written: nothing to do; another tolerance: only that mode runs
+    _, cfg = parse(argv + ["cert-int8-1/8-fallback@.3"])
+    assert longctx.run(cfg, FakeDecoder(), CODEC, out, model_shape=SHAPE, pinned=dict(seed=0),
+                       progress=False)["records_new"] == 0
+    _, cfg = parse(argv + ["cert-int8-1/8-fallback@0.3", "cert-int8-1/8-fallback@1"])
+    dec = FakeDecoder()
+    longctx.run(cfg, dec, CODEC, out, model_shape=SHAPE, pinned=dict(seed=0), progress=False)
+    assert dec.calls == ["cert-int8-1/8-fallback@1"] * 2
+
+
 def test_time_limit_stops_between_jobs(tmp_path):
     out = str(tmp_path / "run")
     counts = longctx.run(_cfg(tmp_path), FakeDecoder(), CODEC, out, model_shape=SHAPE, pinned={},
@@ -504,6 +554,8 @@ def test_optional_texts_are_checked_against_their_record(tmp_path):
     (["--tasks", "ruler", "--contexts", "16384"], "--contexts"),       # SmolLM2's window is 8k
     (["--tasks", "ruler", "--items", "0"], "--items"),
     (["--tasks", "ruler", "--modes", "sparse"], "--modes"),
+    (["--tasks", "ruler", "--modes", "cert-int8-1/16-fallback@-0.1"], "--modes"),
+    (["--tasks", "ruler", "--modes", "cert-int8-1/16-report@0.3"], "--modes"),
     (["--tasks", "ruler", "--budgets", "0"], "--budgets"),
     (["--tasks", "ruler", "--budgets", "1/1024", "--contexts", "1024"], "--budgets"),
     (["--tasks", "ppl", "--contexts", "1024", "--budgets", "1/8", "--span", "900"], "--span"),
@@ -542,7 +594,8 @@ def test_module_examples_run():
     import doctest
 
     from vashista_app.quality import modes, results_file, ruler
-    for mod in (modes, results_file, ruler, haystacks, longctx_model):
+    from vashista_gpu.hf import stats
+    for mod in (modes, results_file, ruler, haystacks, longctx_model, stats):
         r = doctest.testmod(mod)
         assert r.failed == 0 and r.attempted > 0, mod.__name__
 
@@ -601,6 +654,62 @@ def test_engine_shadow_counts_a_wrong_certificate(tiny, monkeypatch):
     monkeypatch.setattr(dec, "sparse_decode", lying)
     (_, b), = _tiny_run(tiny, ["cert-int4-1/8-report"]).values()
     assert b.stats.summary()["certificate_violations"] > 0
+
+
+def test_both_decoders_run_fallback_at_the_mode_tolerance(tiny):
+    # the tiny model's int8 certificates at 1/8 lie in 0.6-0.8: @0 recomputes every head, @1e9 none,
+    # no @ runs at the decoder's tol (0.01: every head), @0.7 some of them; the records say which tol ran
+    import numpy as np
+
+    names = ["cert-int8-1/8-fallback@0", "cert-int8-1/8-fallback@1e9", "cert-int8-1/8-fallback",
+             "cert-int8-1/8-fallback@0.7", "cert-int8-1/8-report"]
+    runs = _tiny_run(tiny, names)
+    rate = {n: [r.stats.summary()["fallback_rate"] for r in runs[n]] for n in names}
+    assert rate["cert-int8-1/8-fallback@0"] == [1.0, 1.0] and rate["cert-int8-1/8-fallback@1e9"] == [0.0, 0.0]
+    assert rate["cert-int8-1/8-fallback"] == [1.0, 1.0] and rate["cert-int8-1/8-report"] == [0.0, 0.0]
+    hf_rows = runs["cert-int8-1/8-fallback@0.7"][0].stats.table()
+    ce, fb = (np.array([r[k] for r in hf_rows]) for k in ("certified_error", "fell_back"))
+    assert 0 < fb.mean() < 1 and np.array_equal(fb.astype(bool), ce > 0.7)
+    assert rate["cert-int8-1/8-fallback@0.7"][1] == pytest.approx(fb.mean())
+    for n, tol in (("cert-int8-1/8-fallback@0", 0.0), ("cert-int8-1/8-fallback", 0.01),
+                   ("cert-int8-1/8-fallback@0.7", 0.7), ("cert-int8-1/8-report", None)):
+        for r in runs[n]:
+            assert r.tol == tol and longctx._mode_fields(parse_mode(n), r)["tol"] == tol, n
+
+
+def test_exceedance_curves_agree_between_decoders_and_with_a_direct_count(tiny):
+    # int8 and paged: the two decoders' certificates agree (int4's do not yet, see longctx_report.ENGINE_NOTE)
+    import numpy as np
+
+    runs = _tiny_run(tiny, ["cert-int8-1/8-report", "paged-3/4", "cert-int8-1/8-fallback@0", "window-1/4"])
+    grid = np.array(TOL_GRID)
+    for name, (a, b) in runs.items():
+        if name == "window-1/4":
+            continue
+        ea, eb = a.stats.exceedance(TOL_GRID), b.stats.exceedance(TOL_GRID)
+        assert ea == eb, name
+        rows = a.stats.table()
+        ce, te = (np.array([r[k] for r in rows]) for k in ("certified_error", "true_error"))
+        assert ea == [dict(layer=1, queries=44, certified=(ce[None] > grid[:, None]).sum(1).tolist(),
+                           true=(te[None] > grid[:, None]).sum(1).tolist())], name
+        for r in (a, b):                  # the record: fractions of the sparse layers' queries
+            f = longctx.stats_fields(r.stats, parse_mode(name), 164, SHAPE)
+            assert f["tol_grid"] == list(TOL_GRID) and f["decode_steps"] == 44
+            assert f["cert_exceeds"] == [c / 44 for c in ea[0]["certified"]], name
+            assert f["true_exceeds"] == [c / 44 for c in ea[0]["true"]], name
+            assert f["per_layer"][0]["cert_exceeds"] == f["cert_exceeds"]
+    # the curves say something: certificates above the true errors, errors on both sides of the grid
+    cert = runs["cert-int8-1/8-report"][0].stats.exceedance(TOL_GRID)[0]
+    assert cert["certified"] == [44, 44, 44, 44, 0, 0] and cert["true"][3] < 44
+    # after DenseFallback at tol 0 the output is dense: its certificates still exceed, its true error does not
+    fb = runs["cert-int8-1/8-fallback@0"][1].stats.exceedance(TOL_GRID)[0]
+    assert fb["certified"] == cert["certified"] and fb["true"] == [0] * 6
+    # the window has no certificate; on the engine it runs without the shadow
+    wa, wb = (longctx.stats_fields(r.stats, parse_mode("window-1/4"), 164, SHAPE) for r in runs["window-1/4"])
+    assert wa["cert_exceeds"] is None and wa["true_exceeds"][0] > 0
+    assert wb["cert_exceeds"] is None and wb["true_exceeds"] is None
+    with pytest.raises(VashistaInputError, match="thresholds"):
+        runs["paged-3/4"][1].stats.exceedance([0.5])
 
 
 def test_window_mode_stays_on_the_hf_decoder_and_says_why(tiny):

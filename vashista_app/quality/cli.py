@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "is bounded through its quantized key (reads bits/16 of all keys besides)")
     p.add_argument("--bits", type=int, default=None, choices=[4, 8], help="sketch bits (router sketch)")
     p.add_argument("--policy", default="none", choices=["none", "dense_fallback"])
-    p.add_argument("--tol", type=float, default=1e-2, help="certified-error tolerance of dense_fallback")
+    p.add_argument("--tol", type=float, default=1e-2,
+                   help="certified-error tolerance of dense_fallback (long-context suite: of every fallback mode "
+                        "without its own @t)")
     p.add_argument("--no-passkey", action="store_true")
     p.add_argument("--no-ppl", action="store_true", help="skip the perplexity part (passkey / multi-key only)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -75,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "vt cwe ppl, or ruler (the six tasks) / all; --contexts then sizes every task")
     p.add_argument("--items", type=int, default=None, help="items per task and context (long-context suite; 50)")
     p.add_argument("--modes", nargs="+", default=None,
-                   help="mode names or glob patterns (long-context suite; default: all 19 at 3 budgets)")
+                   help="mode names or glob patterns (long-context suite; default: all 19 at 3 budgets); "
+                        "NAME@t runs a fallback mode at tolerance t, e.g. 'cert-int8-*-fallback@0.3'")
     p.add_argument("--budgets", nargs="+", default=None, help="exact-read budgets, e.g. 1/32 1/16 1/8")
     p.add_argument("--haystack", default=None, help="haystack text of the tasks (default pydoc-topics)")
     p.add_argument("--ppl-texts", nargs="+", default=None,

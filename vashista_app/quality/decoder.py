@@ -9,7 +9,8 @@ The suite needs exactly two operations of a decoder:
   the next fed token is recorded), then generate up to ``max_new`` tokens greedily, stopping early when
   ``stop(generated)`` says so or the end-of-sequence token comes. Every decode step is a sparse step
   of the mode; the statistics (``hf.stats.DecodeStats``, with the float64 dense shadow) come back with
-  the result.
+  the result. A fallback mode runs DenseFallback at its own tolerance (``cert-...-fallback@t``) or,
+  without one, at the decoder's ``tol`` (the suite's ``--tol``); the result says which (``tol``).
 
 :class:`HFDecoder` implements them on a transformers model through ``vashista_gpu.hf.enable_vashista``
 (certified and paged modes), ``window.enable_window`` (the baseline) and the quality decode loop
@@ -34,7 +35,7 @@ from vashista_core.policies import DenseFallback, ReportOnly
 
 from vashista_gpu.hf import disable_vashista, enable_vashista
 from .decode_loop import decode_tokens, prefill
-from .modes import Mode, mode_setting
+from .modes import Mode, mode_setting, mode_tol
 from .window import disable_window, enable_window
 
 __all__ = ["DecodeResult", "HFDecoder"]
@@ -49,6 +50,7 @@ class DecodeResult:
     decoder: str = "hf"       # which decoder ran the mode: hf, engine, engine-graph (engine_decoder.py)
     decoder_note: str | None = None   # why a mode stayed on the HF decoder under the engine
     phases: dict | None = None        # engine decoder: seconds per phase of ``seconds`` (engine_decoder.py)
+    tol: float | None = None          # the DenseFallback tolerance the mode ran at (None: no fallback)
 
 
 class HFDecoder:
@@ -64,7 +66,7 @@ class HFDecoder:
     def prefill(self, ids: list[int]):
         return prefill(self.model, torch.tensor([ids], dtype=torch.long))[0]
 
-    def _enable(self, mode: Mode, ctx: int):
+    def _enable(self, mode: Mode, ctx: int, tol: float | None):
         s = mode_setting(mode, ctx)
         if mode.kind == "dense":
             return None, lambda: None
@@ -72,7 +74,7 @@ class HFDecoder:
             h = enable_window(self.model, s["sink"], s["window"], dense_layers=self.dense_layers,
                               collect_stats=True, shadow_dense=self.shadow)
             return h.stats, lambda: disable_window(self.model)
-        policy = DenseFallback(self.tol) if mode.policy == "fallback" else ReportOnly()
+        policy = ReportOnly() if tol is None else DenseFallback(tol)
         h = enable_vashista(self.model, s["P"], s["Kc"], page_size=s["page_size"], router=s["router"],
                             bits=s.get("bits"), policy=policy, dense_layers=self.dense_layers,
                             sink_pages=s["sink_pages"], backend=self.backend, collect_stats=True,
@@ -81,10 +83,11 @@ class HFDecoder:
 
     def run(self, state, mode: Mode, ctx: int, feed: list[int], max_new: int, stop=None) -> DecodeResult:
         t0 = time.perf_counter()
-        stats, undo = self._enable(mode, ctx)
+        tol = mode_tol(mode, self.tol)
+        stats, undo = self._enable(mode, ctx, tol)
         try:
             nll, gen = decode_tokens(self.model, state, torch.tensor(feed, dtype=torch.long), generate=max_new,
                                      eos=self.eos, stop=stop)
         finally:
             undo()
-        return DecodeResult(nll=nll.tolist(), generated=gen, stats=stats, seconds=time.perf_counter() - t0)
+        return DecodeResult(nll=nll.tolist(), generated=gen, stats=stats, seconds=time.perf_counter() - t0, tol=tol)

@@ -12,7 +12,7 @@ How each mode of ``modes.py`` maps onto the engine (every budget exactly as ``mo
 
 * ``dense``           engine ``mode="dense"`` (exact attention over the paged cache, 16-token pages);
 * ``cert-intB-b-*``   ``mode="certified"``, ``bits`` B, page size = the sketch group (64 for int8, 16
-  for int4), Kc = b·ctx; ``report`` → ReportOnly, ``fallback`` → DenseFallback(tol), on the device
+  for int4), Kc = b·ctx; ``report`` → ReportOnly, ``fallback[@t]`` → DenseFallback(t), on the device
   inside the graph (capacity B·Hq: cannot overflow);
 * ``paged-b``         ``mode="paged"`` (bound router, 16-token pages, one sink page), P and Kc of
   ``budget_setting``;
@@ -28,7 +28,15 @@ violations (true > certified + the shadow's own float64 rounding allowance, as `
 shadow reads the engine's pool (the only copy of K/V), at the padded segment length, so it is captured
 in the graph with the step. Not produced by the engine: the dense gap Δ̂, supports and true leakage
 per head (``hf/stats.py`` extras the long-context records do not carry). Bytes read per token are the
-model of ``modes.relative_bytes``, as for the HF decoder.
+model of ``modes.relative_bytes``, as for the HF decoder. Exceedance curves on ``modes.TOL_GRID``
+(``EngineStats.exceedance``, as ``DecodeStats.exceedance``): per layer and tolerance t, the queries
+whose certified error exceeds t (the certificate the step reports, the first attempt's on a fallen-back
+head, as the HF decoder records it) and, with the shadow, those whose true error does — counted on
+the device into one (layers, len(TOL_GRID), 2) float64 tensor, in place, so the captured step
+accumulates them with no host synchronisation.
+
+A fallback mode runs DenseFallback at its own tolerance (``cert-...-fallback@t``) or the decoder's
+``tol`` (the suite's ``--tol``), as the HF decoder does.
 
 Example::
 
@@ -42,10 +50,11 @@ import time
 
 import torch
 
+from vashista_core.errors import VashistaInputError
 from vashista_core.policies import DenseFallback, ReportOnly
 
 from .decoder import DecodeResult, HFDecoder
-from .modes import Mode, mode_setting
+from .modes import TOL_GRID, Mode, mode_setting, mode_tol
 
 __all__ = ["ENGINE_KINDS", "EngineDecoder", "EngineStats", "WINDOW_REASON", "pick_decoder"]
 
@@ -55,6 +64,8 @@ WINDOW_REASON = ("the engine has no sink+window attention: decoded by the HF dec
                  "the HF path several times its step at 32k)")
 # shadow accumulators per layer: queries checked, sum and max of the true error, violations
 _SH_N, _SH_SUM, _SH_MAX, _SH_VIOL = range(4)
+# exceedance counters per layer and tolerance of TOL_GRID: certified error above t, true error above t
+_EX_CERT, _EX_TRUE = range(2)
 
 
 def pick_decoder(name: str, device: str) -> str:
@@ -67,16 +78,18 @@ def pick_decoder(name: str, device: str) -> str:
 
 class EngineStats:
     """The statistics of one engine run, with the methods ``longctx.stats_fields`` reads
-    (``summary``, ``per_layer``, as ``hf.stats.DecodeStats``). ``step`` the engine's ``StepStats``
-    tensor (layers × STAT_FIELDS), ``shadow`` the (layers × 4) float64 shadow accumulators or None,
-    ``sparse`` the sparse layers."""
+    (``summary``, ``per_layer``, ``exceedance``, as ``hf.stats.DecodeStats``). ``step`` the engine's
+    ``StepStats`` tensor (layers × STAT_FIELDS), ``shadow`` the (layers × 4) float64 shadow accumulators
+    or None, ``exceed`` the (layers × len(TOL_GRID) × 2) exceedance counters, ``sparse`` the sparse
+    layers."""
 
-    def __init__(self, step: torch.Tensor, shadow: torch.Tensor | None, sparse: list[int]):
+    def __init__(self, step: torch.Tensor, shadow: torch.Tensor | None, sparse: list[int], exceed: torch.Tensor):
         from vashista_gpu.engine.step import STAT_FIELDS
 
         self.f = {k: i for i, k in enumerate(STAT_FIELDS)}
         self.step = step.cpu()
         self.shadow = None if shadow is None else shadow.cpu()
+        self.exceed = exceed.cpu()
         self.sparse = sparse
 
     def per_layer(self) -> list[dict]:
@@ -93,6 +106,20 @@ class EngineStats:
             out.append(d)
         return out
 
+    def exceedance(self, thresholds) -> list[dict]:
+        """Per sparse layer: queries, and per tolerance of ``TOL_GRID`` (the only ``thresholds`` the
+        engine counts on) the number of certified and of true errors (None without the shadow) above it."""
+        if tuple(float(t) for t in thresholds) != TOL_GRID:
+            raise VashistaInputError("thresholds", f"the engine decoder counts on TOL_GRID {TOL_GRID} only, "
+                                                   f"got {tuple(thresholds)}")
+        out = []
+        for L in self.sparse:
+            ex = self.exceed[L].long()
+            out.append(dict(layer=L, queries=int(self.step[L, self.f["queries"]]),
+                            certified=ex[:, _EX_CERT].tolist(),
+                            true=None if self.shadow is None else ex[:, _EX_TRUE].tolist()))
+        return out
+
     def summary(self) -> dict:
         f = self.f
         rows = self.step[self.sparse]
@@ -107,17 +134,26 @@ class EngineStats:
         return s
 
 
-def _shadowed(runner, n_layers: int, device):
-    """Wrap ``runner.decode`` and ``runner.stats.add`` so every sparse layer's step is checked against
-    the float64 dense shadow (module doc). Device work only (capturable); batch of one row."""
+def _instrument(runner, n_layers: int, device, shadow: bool):
+    """Wrap ``runner.stats.add`` so every sparse layer's certificate is counted on ``TOL_GRID`` and, with
+    ``shadow``, ``runner.decode`` so every sparse layer's step is checked against the float64 dense
+    shadow and its true error counted on ``TOL_GRID`` (module doc). Device work only, in place
+    (capturable); batch of one row. Returns (shadow accumulators or None, exceedance counters)."""
     from vashista_gpu.hf.stats import ROUNDING, exact_attention
 
-    acc = torch.zeros((n_layers, 4), dtype=torch.float64, device=device)
+    grid = torch.tensor(TOL_GRID, dtype=torch.float64, device=device)[:, None]   # once per run, before capture
+    exceed = torch.zeros((n_layers, len(TOL_GRID), 2), dtype=torch.float64, device=device)
+    acc = torch.zeros((n_layers, 4), dtype=torch.float64, device=device) if shadow else None
     last = {}
     add, decode = runner.stats.add, runner.decode
 
+    def above(x):
+        # not x <= t, as DenseFallback flags: a non-finite certificate exceeds every tolerance
+        return (~(x.double().flatten()[None] <= grid)).sum(-1)
+
     def record(layer, err, leak, tol, fell=None, overflow=None):
         last[layer] = err                       # the certificate the step reports for its output
+        exceed[layer, :, _EX_CERT].add_(above(err))
         add(layer, err, leak, tol, fell=fell, overflow=overflow)
 
     def checked(layer, q, scale):
@@ -145,10 +181,13 @@ def _shadowed(runner, n_layers: int, device):
         a[_SH_SUM] += te.sum()
         a[_SH_MAX:_SH_MAX + 1].copy_(torch.maximum(a[_SH_MAX:_SH_MAX + 1], te.max().view(1)))
         a[_SH_VIOL] += viol.sum()
+        exceed[layer, :, _EX_TRUE].add_(above(te))
         return out
 
-    runner.stats.add, runner.decode = record, checked
-    return acc
+    runner.stats.add = record
+    if shadow:
+        runner.decode = checked
+    return acc, exceed
 
 
 class _PhaseClock:
@@ -188,15 +227,15 @@ class EngineDecoder:
     def prefill(self, ids: list[int]):
         return self.hf.prefill(ids)
 
-    def _engine(self, mode: Mode, ctx: int, total: int):
+    def _engine(self, mode: Mode, ctx: int, total: int, tol: float | None):
         from vashista_gpu.engine import Engine
 
         s = mode_setting(mode, ctx)
         S = s.get("page_size", 16)
-        policy = DenseFallback(self.tol) if mode.policy == "fallback" and mode.kind == "certified" else ReportOnly()
-        eng = Engine(self.model, mode=mode.kind, bits=s.get("bits") or 4, budget=1.0, policy=policy, tol=self.tol,
-                     max_seqs=1, max_tokens=S * math.ceil(total / S), page_size=S, graph=self.graph,
-                     dense_layers=self.dense_layers, progress=False)
+        policy = ReportOnly() if tol is None else DenseFallback(tol)
+        eng = Engine(self.model, mode=mode.kind, bits=s.get("bits") or 4, budget=1.0, policy=policy,
+                     tol=self.tol if tol is None else tol, max_seqs=1, max_tokens=S * math.ceil(total / S),
+                     page_size=S, graph=self.graph, dense_layers=self.dense_layers, progress=False)
         eng.runner.cfg.kc = s.get("Kc")
         eng.runner.cfg.pages = s.get("P")           # certified: only the CPU path reads it
         return eng
@@ -211,12 +250,13 @@ class EngineDecoder:
         feed = [int(t) for t in feed]
         total = n0 + len(feed) + max_new
         clock = _PhaseClock(self.device)
-        eng = self._engine(mode, ctx, total)
+        tol = mode_tol(mode, self.tol)
+        eng = self._engine(mode, ctx, total, tol)
         clock.lap("engine")
         with eng, torch.no_grad():
             nll, gen, stats = self._decode(eng, state, n0, feed, max_new, stop, clock)
         return DecodeResult(nll=nll, generated=gen, stats=stats, seconds=time.perf_counter() - t0,
-                            decoder="engine-graph" if eng.graph else "engine", phases=clock.laps)
+                            decoder="engine-graph" if eng.graph else "engine", phases=clock.laps, tol=tol)
 
     def _decode(self, eng, state, n0, feed, max_new, stop, clock):
         cache, dev = eng.cache, eng.device
@@ -227,7 +267,7 @@ class EngineDecoder:
             pool.append(sid, layer.keys[0].transpose(0, 1), layer.values[0].transpose(0, 1))
         eng.reserved[sid] = n0 + len(feed) + max_new
         eng.plan_segment([sid])
-        shadow = _shadowed(eng.runner, cache.n_layers, dev) if self.shadow else None
+        shadow, exceed = _instrument(eng.runner, cache.n_layers, dev, self.shadow)
         clock.lap("copy_and_plan")
         nf = len(feed)
         steps = nf + max(max_new - 1, 0)                      # the last greedy token needs no step
@@ -276,6 +316,6 @@ class EngineDecoder:
         if eng.runner.cfg.mode == "certified":
             eng.check_sketch()
         sparse = [L for L in range(cache.n_layers) if L not in self.dense_layers]
-        stats = None if eng.runner.cfg.mode == "dense" else EngineStats(eng.runner.stats.t, shadow, sparse)
+        stats = None if eng.runner.cfg.mode == "dense" else EngineStats(eng.runner.stats.t, shadow, sparse, exceed)
         clock.lap("stats")
         return nll[:nf - 1].tolist(), gen, stats

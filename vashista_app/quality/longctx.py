@@ -14,14 +14,25 @@ last ``span`` fed one decode step at a time, scoring the ``span - 1`` tokens tha
 (``--span 513`` scores 512), so every scored token goes through the mode's sparse steps.
 
 Each record carries the mode's statistics over its sparse layers: decode steps, fallback rate,
-certificate violations against the float64 dense shadow, per-layer certified and true error, and the
-modelled bytes read per decode step relative to dense (``modes.relative_bytes``, fallbacks included).
-``longctx_report.py`` turns the file into tables and figures.
+certificate violations against the float64 dense shadow, per-layer certified and true error, the
+modelled bytes read per decode step relative to dense (``modes.relative_bytes``, fallbacks included),
+the DenseFallback tolerance the mode ran at (``tol``: the mode's ``@t`` or ``--tol``; None without
+fallback), and the exceedance curves on ``tol_grid`` (``modes.TOL_GRID``): ``cert_exceeds`` /
+``true_exceeds``, the fraction of (step, head) queries whose certified / true error exceeds each
+tolerance, over the sparse layers and per layer (the window baseline has no certificate: its
+``cert_exceeds`` is None). ``longctx_report.py`` turns the file into tables and figures.
+
+Picking a tolerance (``modes.py``, "Picking a tolerance"): run the report-only modes, read in the
+report's "DenseFallback at tolerance t" where the certified curve — the fallback rate DenseFallback(t)
+would have — is low enough, then run ``cert-...-fallback@t`` (a new mode name: it resumes into the
+same folder) and compare its accuracy and measured fallback rate.
 
 Example::
 
     vashista quality --tasks all --contexts 4096 --items 5 --modes dense 'cert-int8-1/16-*' paged-1/16 \\
         window-1/16 --out results/longctx_cpu
+    vashista quality --tasks all --contexts 4096 --items 5 --modes dense 'cert-int8-1/16-*' \\
+        'cert-int8-1/16-fallback@0.3' --out results/longctx_cpu          # resumes: only the new mode runs
 """
 from __future__ import annotations
 
@@ -35,7 +46,8 @@ from vashista_core.errors import VashistaInputError
 
 from . import haystacks, longctx_report
 from .longctx_model import PRESETS
-from .modes import DEFAULT_BUDGETS, exact_tokens, mode_setting, parse_budget, relative_bytes, select_modes
+from .modes import (DEFAULT_BUDGETS, TOL_GRID, exact_tokens, mode_setting, parse_budget, relative_bytes,
+                    select_modes)
 from .results_file import ResultsFile, pin_config
 from .ruler import TASKS, Haystack, HFCodec, make_item, score, string_match_all
 
@@ -108,29 +120,53 @@ def check_args(args, max_context: int | None = None) -> dict:
 
 # ----------------------------------------------------------------------------------------- one record
 
+def _fractions(counts, queries: int):
+    return None if counts is None else [c / queries if queries else 0.0 for c in counts]
+
+
+def exceedance_fields(stats, mode) -> tuple[dict, dict]:
+    """The exceedance curves of one decode on ``TOL_GRID`` (module doc): the record's totals over the
+    sparse layers, and per layer {layer: curves}."""
+    rows = stats.exceedance(TOL_GRID)
+    cert = mode.kind != "window"             # the window's certificate is +inf: its curve says nothing
+    layers = {r["layer"]: dict(cert_exceeds=_fractions(r["certified"], r["queries"]) if cert else None,
+                               true_exceeds=_fractions(r["true"], r["queries"])) for r in rows}
+    q = sum(r["queries"] for r in rows)
+
+    def total(key):
+        if not rows or any(r[key] is None for r in rows):
+            return None
+        return _fractions([sum(c) for c in zip(*(r[key] for r in rows))], q)
+    return dict(tol_grid=list(TOL_GRID), cert_exceeds=total("certified") if cert else None,
+                true_exceeds=total("true")), layers
+
+
 def stats_fields(stats, mode, ctx: int, model_shape: dict) -> dict:
     """Statistics of one (job, mode) decode for the record (see module docstring)."""
     if stats is None:
         return dict(decode_steps=None, fallback_rate=0.0, violations=0, per_layer=[],
                     rel_bytes=relative_bytes(mode, ctx, **model_shape), exact_tokens=exact_tokens(mode, ctx))
     s = stats.summary()
+    curves, layer_curves = exceedance_fields(stats, mode)
     layers = []
     for r in stats.per_layer():
         layers.append(dict(layer=r["layer"], steps=r["steps"], fallback_rate=r["fallback_rate"],
                            cert_err_mean=r["certified_error_mean"], true_err_mean=r.get("true_error_mean"),
-                           violations=r.get("violations")))
+                           violations=r.get("violations"), **layer_curves[r["layer"]]))
     return dict(decode_steps=s["steps"], fallback_rate=s["fallback_rate"], violations=s["certificate_violations"],
                 shadow=s["shadow"], max_true_error=s.get("max_true_error"), per_layer=layers,
                 rel_bytes=relative_bytes(mode, ctx, fallback_rate=s["fallback_rate"], **model_shape),
-                exact_tokens=exact_tokens(mode, ctx))
+                exact_tokens=exact_tokens(mode, ctx), **curves)
 
 
 def _mode_fields(m, r) -> dict:
-    """The mode of a record and which decoder ran it (``r`` its DecodeResult: ``decoder_note`` says why
-    a mode stayed on the HF decoder in an engine run)."""
+    """The mode of a record, the DenseFallback tolerance it ran at (``r.tol``: None without fallback)
+    and which decoder ran it (``r`` its DecodeResult: ``decoder_note`` says why a mode stayed on the HF
+    decoder in an engine run)."""
     return dict(mode=m.name, kind=m.kind, budget=None if m.budget is None else float(m.budget), bits=m.bits,
-                policy=m.policy if m.kind == "certified" else None, decoder=getattr(r, "decoder", "hf"),
-                decoder_note=getattr(r, "decoder_note", None), phases=getattr(r, "phases", None))
+                policy=m.policy if m.kind == "certified" else None, tol=getattr(r, "tol", None),
+                decoder=getattr(r, "decoder", "hf"), decoder_note=getattr(r, "decoder_note", None),
+                phases=getattr(r, "phases", None))
 
 
 # ----------------------------------------------------------------------------------------- the run

@@ -16,6 +16,11 @@ covers the decode's float32/bf16 rounding and the output's cast: docs/ROUNDING.m
 the mirror stores keys in a narrower dtype than transformers passed is the storage cast allowed for, at
 ``ROUNDING[mirror dtype]``. A violation is a bug whenever it occurs on a non-fallback step.
 
+``exceedance(thresholds)`` counts, per layer and threshold t, the queries whose certified error exceeds
+t (``not err <= t``: a non-finite certificate exceeds every t, as DenseFallback(t) treats it) and those
+whose true error does — on a report-only run, the first count is the fallback DenseFallback(t) would
+have had, the second how many queries really were that wrong.
+
 Example::
 
     >>> import torch
@@ -24,6 +29,8 @@ Example::
     ...        gap=torch.ones(1, 3), fell_back=torch.zeros(1, 3, dtype=torch.bool))
     >>> st.summary()["steps"], st.summary()["fallback_rate"]
     (3, 0.0)
+    >>> st.exceedance([0.5, 2.0])
+    [{'layer': 2, 'queries': 3, 'certified': [3, 0], 'true': None}]
 """
 from __future__ import annotations
 
@@ -135,6 +142,17 @@ class DecodeStats:
                          support90_median=float(np.median(self._stack("support90", L))),
                          support99_median=float(np.median(self._stack("support99", L))))
             out.append(d)
+        return out
+
+    def exceedance(self, thresholds) -> list[dict]:
+        """Per layer: queries, and per threshold the number of certified errors and of true errors
+        (None without the shadow) above it (module doc)."""
+        t = np.asarray(thresholds, dtype=np.float64)[:, None]
+        out = []
+        for L in sorted(self.records):
+            ce, te = self._stack("certified_error", L), self._stack("true_error", L)
+            out.append(dict(layer=L, queries=int(ce.size), certified=np.sum(~(ce[None] <= t), axis=1).tolist(),
+                            true=np.sum(~(te[None] <= t), axis=1).tolist() if te.size else None))
         return out
 
     def summary(self) -> dict:
