@@ -2,6 +2,7 @@
 budgets, the sink + window baseline, the resumable results file, the report, the 32k model's install
 helpers, and one tiny end-to-end run on the embedded SmolLM2 (the 32k GPU sweep is
 benchmarks/longctx_quality.sh, never CI)."""
+import csv
 import hashlib
 import json
 import os
@@ -478,6 +479,50 @@ def test_report_on_a_synthetic_results_file(tmp_path):
     for f in ("accuracy_vs_context.png", "accuracy_vs_bytes.png", "summary.md", "summary.json", "modes.csv"):
         assert os.path.getsize(tmp_path / "r" / f) > 0
     assert "| window-1/16 |" in open(tmp_path / "r" / "summary.md").read()
+
+
+def test_report_shows_the_tolerance_trade_off(tmp_path):
+    grid = list(TOL_GRID)
+    recs = []
+    for i, (cert, true) in enumerate((([1, .9, .6, .2, 0, 0], [.8, .5, .1, 0, 0, 0]),
+                                      ([1, .9, .4, .4, 0, 0], [.6, .3, .1, 0, 0, 0]))):
+        recs.append(_rec("niah_single", 4096, i, "dense", "dense", None, score=1.0, steps=None))
+        # two items of 100 and 300 decode steps: the curves are weighted by steps
+        recs.append(_rec("niah_single", 4096, i, "cert-int8-1/16-report", "certified", 0.0625, score=0.0,
+                         steps=100 * (1 + 2 * i), policy="report", tol=None, tol_grid=grid, cert_exceeds=cert,
+                         true_exceeds=true))
+        recs.append(_rec("niah_single", 4096, i, "cert-int8-1/16-fallback@0.3", "certified", 0.0625, score=1.0,
+                         fb=0.25, policy="fallback", tol=0.3, tol_grid=grid, cert_exceeds=cert, true_exceeds=[0] * 6))
+        recs.append(_rec("niah_single", 4096, i, "cert-int8-1/16-fallback@0.5", "certified", 0.0625, score=1.0,
+                         fb=0.2, policy="fallback", tol=0.5, tol_grid=grid, cert_exceeds=cert, true_exceeds=[0] * 6))
+        recs.append(_rec("niah_single", 4096, i, "window-1/16", "window", 0.0625, score=0.0, tol_grid=grid,
+                         cert_exceeds=None, true_exceeds=true))
+    os.makedirs(tmp_path / "r")
+    with open(tmp_path / "r" / "results.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in recs)
+    s = longctx_report.write_report(str(tmp_path / "r"), figures=False)
+    curves = {(r["mode"], r["tol"]): r for r in s["tolerance"]["curves"]}
+    c = curves[("cert-int8-1/16-report", 0.3)]
+    assert c["queries"] == 400 and c["cert_exceeds"] == pytest.approx((100 * .2 + 300 * .4) / 400)
+    assert curves[("cert-int8-1/16-report", 0.1)]["true_exceeds"] == pytest.approx(0.1)
+    assert curves[("window-1/16", 0.3)]["cert_exceeds"] is None
+    fb = {r["mode"]: r for r in s["tolerance"]["fallback"]}
+    assert fb["cert-int8-1/16-fallback@0.3"]["tol"] == 0.3
+    assert fb["cert-int8-1/16-fallback@0.3"]["predicted_fallback"] == pytest.approx(0.35)   # the twin at 0.3
+    assert fb["cert-int8-1/16-fallback@0.3"]["fallback_rate"] == pytest.approx(0.25)
+    assert fb["cert-int8-1/16-fallback@0.3"]["accuracy"] == 100.0
+    assert fb["cert-int8-1/16-fallback@0.5"]["predicted_fallback"] is None                 # 0.5: off the grid
+    assert s["modes"]["cert-int8-1/16-fallback@0.3"]["tol"] == 0.3
+    md = open(tmp_path / "r" / "summary.md").read()
+    assert "## DenseFallback at tolerance t" in md
+    assert "| mode | ctx | queries | t=0.01 | t=0.03 | t=0.1 | t=0.3 | t=1 | t=3 |" in md
+    assert "| cert-int8-1/16-report | 4096 | 400 | 100.0 / 65.0 | 90.0 / 35.0 | 45.0 / 10.0 | 35.0 / 0.0 |" in md
+    assert "| window-1/16 | 4096 | 200 | — / 70.0 |" in md
+    assert "| cert-int8-1/16-fallback@0.3 | 4096 | 0.3 | 0.25 | 0.35 | 100 | 0 |" in md
+    with open(tmp_path / "r" / "tolerance.csv") as f:
+        rows = {(r["mode"], float(r["tol"])): r for r in csv.DictReader(f)}
+    assert len(rows) == 4 * 6 and rows[("cert-int8-1/16-fallback@0.3", 0.3)]["policy"] == "fallback"
+    assert float(rows[("cert-int8-1/16-report", 0.3)]["cert_exceeds"]) == pytest.approx(0.35)
 
 
 def test_pareto_front():

@@ -8,6 +8,12 @@ Writes to the run's folder:
 * ``modes.csv`` — per mode: mean accuracy over tasks and contexts, decode steps checked, certificate
   violations (0 expected), fallback rate, bytes read per token relative to dense, max true error;
 * ``per_layer.csv`` — per mode and layer: steps, fallback rate, mean certified and true error;
+* ``tolerance.csv`` — per sparse mode, context and tolerance t of the records' grid (``modes.TOL_GRID``):
+  the fraction of (step, head) queries whose certified error exceeds t and whose true error does;
+  ``summary.md``'s "DenseFallback at tolerance t" shows it per report-only mode (the certified fraction
+  is the fallback rate DenseFallback(t) would have: exact at the first decode step, later steps decode
+  other outputs) and, per fallback mode, the measured fallback rate and quality next to its tolerance
+  and the rate its report-only twin predicted there (how to pick a tolerance: ``modes.py``);
 * ``accuracy_vs_context.png`` (mean RULER accuracy per mode vs context) and ``accuracy_vs_bytes.png``
   (accuracy vs relative bytes read at the largest context, with the Pareto front of the modes);
 * ``summary.md`` and ``summary.json``.
@@ -24,6 +30,7 @@ import math
 import os
 from collections import defaultdict
 
+from .modes import parse_mode, report_twin
 from .results_file import RESULTS, json_safe, read_results
 from .report import write_csv
 
@@ -66,6 +73,12 @@ def ppl_rows(recs: list[dict]) -> list[dict]:
     return rows
 
 
+def _fallback_rate(recs: list[dict]) -> float:
+    """Fallback rate over the records' decode steps (0 without any)."""
+    steps = sum(r.get("decode_steps") or 0 for r in recs)
+    return sum((r.get("decode_steps") or 0) * r["fallback_rate"] for r in recs) / steps if steps else 0.0
+
+
 def mode_rows(recs: list[dict], acc: list[dict]) -> list[dict]:
     by = defaultdict(list)
     for r in recs:
@@ -73,16 +86,15 @@ def mode_rows(recs: list[dict], acc: list[dict]) -> list[dict]:
     rows = []
     for mode, rs in by.items():
         steps = sum(r.get("decode_steps") or 0 for r in rs)
-        fb = sum((r.get("decode_steps") or 0) * r["fallback_rate"] for r in rs)
         a = [x["accuracy"] for x in acc if x["mode"] == mode]
         errs = [r["max_true_error"] for r in rs if r.get("max_true_error") is not None]
         decoders = sorted({r.get("decoder") or "hf" for r in rs})
         notes = sorted({r["decoder_note"] for r in rs if r.get("decoder_note")})
-        rows.append(dict(mode=mode, kind=rs[0]["kind"], budget=rs[0]["budget"], records=len(rs),
-                         decoder="+".join(decoders), decoder_note="; ".join(notes) or None,
+        rows.append(dict(mode=mode, kind=rs[0]["kind"], budget=rs[0]["budget"], tol=rs[0].get("tol"),
+                         records=len(rs), decoder="+".join(decoders), decoder_note="; ".join(notes) or None,
                          accuracy=_mean(a), decode_steps_checked=steps,
                          violations=sum(r.get("violations") or 0 for r in rs),
-                         fallback_rate=fb / steps if steps else 0.0,
+                         fallback_rate=_fallback_rate(rs),
                          rel_bytes=_mean([r["rel_bytes"] for r in rs]),
                          max_true_error=max(errs) if errs else None,
                          seconds_per_record=_mean([r.get("seconds") for r in rs])))
@@ -98,6 +110,67 @@ def phase_rows(recs: list[dict]) -> list[dict]:
             by[r["mode"]].append(r["phases"])
     return [dict(mode=mode, records=len(ps), **{k: _mean([p.get(k, 0.0) for p in ps]) for k in ps[0]})
             for mode, ps in sorted(by.items())]
+
+
+def tolerance_rows(recs: list[dict]) -> list[dict]:
+    """Exceedance curves per sparse mode, context and tolerance (long form): queries, and the fractions
+    of them whose certified / true error exceeds t, weighted by each record's decode steps (None where
+    no record has the curve: the window's certificate, a run without the shadow)."""
+    acc = defaultdict(lambda: defaultdict(float))
+    policy = {}
+    for r in recs:
+        n = r.get("decode_steps") or 0
+        if not n or not r.get("tol_grid"):            # dense, or a record from before the curves
+            continue
+        policy[r["mode"]] = r.get("policy")
+        for i, t in enumerate(r["tol_grid"]):
+            a = acc[(r["mode"], r["ctx"], t)]
+            a["queries"] += n
+            for key in ("cert_exceeds", "true_exceeds"):
+                if r.get(key) is not None:
+                    a[key] += n * r[key][i]
+                    a["n_" + key] += n
+    return [dict(mode=mode, policy=policy[mode], ctx=ctx, tol=t, queries=int(a["queries"]),
+                 **{k: a[k] / a["n_" + k] if a["n_" + k] else None for k in ("cert_exceeds", "true_exceeds")})
+            for (mode, ctx, t), a in sorted(acc.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2]))]
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def curve_table_rows(tol: list[dict]) -> list[dict]:
+    """``tolerance_rows`` of the modes without fallback as one row per (mode, context), a column per t:
+    "certified % / true %" (summary.md)."""
+    rows = {}
+    for r in tol:
+        if r["policy"] != "fallback":
+            row = rows.setdefault((r["mode"], r["ctx"]), dict(mode=r["mode"], ctx=r["ctx"], queries=r["queries"]))
+            row[f"t={r['tol']:g}"] = f"{_pct(r['cert_exceeds'])} / {_pct(r['true_exceeds'])}"
+    return list(rows.values())
+
+
+def fallback_rows(recs: list[dict], acc: list[dict], ppl: list[dict], tol: list[dict]) -> list[dict]:
+    """Per fallback mode and context: its tolerance, the measured fallback rate, the rate its report-only
+    twin's certificates predict at that tolerance (None off the grid or without the twin), accuracy,
+    its difference to dense, PPL change and bytes read."""
+    by = defaultdict(list)
+    for r in recs:
+        if r.get("policy") == "fallback":
+            by[(r["mode"], r["ctx"])].append(r)
+    curve = {(r["mode"], r["ctx"], r["tol"]): r["cert_exceeds"] for r in tol}
+    rows = []
+    for (mode, ctx), rs in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        t = rs[0].get("tol")                  # one per mode: its @t, or --tol (pinned in config.json)
+        a = [x for x in acc if (x["mode"], x["ctx"]) == (mode, ctx)]
+        p = [x for x in ppl if (x["mode"], x["ctx"]) == (mode, ctx)]
+        rows.append(dict(mode=mode, ctx=ctx, tol=t, fallback_rate=_fallback_rate(rs),
+                         predicted_fallback=curve.get((report_twin(parse_mode(mode)).name, ctx, t)),
+                         accuracy=_mean([x["accuracy"] for x in a]),
+                         delta_vs_dense=_mean([x["delta_vs_dense"] for x in a]),
+                         ppl_change_pct=_mean([x["ppl_change_pct"] for x in p]),
+                         rel_bytes=_mean([r["rel_bytes"] for r in rs])))
+    return rows
 
 
 def layer_rows(recs: list[dict]) -> list[dict]:
@@ -212,9 +285,13 @@ def write_report(out: str, *, figures: bool = True, meta: dict | None = None) ->
     write_csv(os.path.join(out, "perplexity.csv"), ppl)
     write_csv(os.path.join(out, "modes.csv"), modes)
     write_csv(os.path.join(out, "per_layer.csv"), layers)
+    tol = tolerance_rows(recs)
+    fallback = fallback_rows(recs, acc, ppl, tol)
+    write_csv(os.path.join(out, "tolerance.csv"), tol)
     made = make_figures(out, acc, modes) if figures else []
     summary = dict(records=len(recs), violations=sum(m["violations"] for m in modes),
                    modes={m["mode"]: {k: v for k, v in m.items() if k != "mode"} for m in modes},
+                   tolerance=dict(curves=tol, fallback=fallback),
                    figures=[os.path.basename(p) for p in made], **(meta or {}))
     s = "# Long-context quality (RULER-style tasks and decoded perplexity)\n\n"
     for k in ("model", "env", "texts", "complete", "seconds"):
@@ -232,6 +309,19 @@ def write_report(out: str, *, figures: bool = True, meta: dict | None = None) ->
     if phases:
         s += ("\n## Time per record and phase (engine decoder, seconds; CUDA synchronised at each phase)\n\n"
               + _table(phases, list(phases[0])))
+    curves = curve_table_rows(tol)
+    if curves or fallback:
+        s += ("\n## DenseFallback at tolerance t\n\nPer report-only sparse mode and context: the % of (step, head) "
+              "queries whose certified error exceeds t — the fallback rate DenseFallback(t) would have (exact at "
+              "the first decode step; later steps decode other outputs) — / the % whose true error (float64 dense "
+              "shadow) does. Pick the smallest t whose first number is low enough to pay for (each fallback "
+              "re-reads the whole context); the second says how many queries really are that wrong. Then run "
+              "`cert-...-fallback@t` and read its quality below. The window has no certificate (—).\n\n")
+        s += _table(curves, list(dict.fromkeys(k for r in curves for k in r)))
+        s += ("\nFallback modes at their tolerance: measured fallback rate, the rate the report-only twin's "
+              "certificates predict at that t (— off the grid or without the twin), and quality.\n\n")
+        s += _table(fallback, ["mode", "ctx", "tol", "fallback_rate", "predicted_fallback", "accuracy",
+                               "delta_vs_dense", "ppl_change_pct", "rel_bytes"])
     s += "\n## Accuracy per task and context (%; delta vs dense on the same items, points)\n\n"
     s += _table(acc, ["ctx", "task", "mode", "items", "accuracy", "delta_vs_dense"])
     s += "\n## Perplexity (decoded, teacher-forced)\n\n"
