@@ -143,8 +143,9 @@ def test_fused_append_covering_step_and_extremes(meta):
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="counts the interpreter's launches (CPU)")
-def test_fused_append_is_one_launch(monkeypatch):
-    """The engine's certified cache appends a decode step with one kernel and no torch op."""
+def test_fused_append_is_two_launches(monkeypatch):
+    """The engine's certified cache appends a decode step with two kernels (the (row, KV head) grid,
+    then the lengths) and no torch op."""
     import triton.runtime.interpreter as interp
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -170,7 +171,7 @@ def test_fused_append_is_one_launch(monkeypatch):
     monkeypatch.setattr(interp.InterpretedFunction, "run", counted)
     with Ops():
         c.append_step_device(idx, kt, vt)
-    assert launches == ["_append_step_kernel"] and ops == []
+    assert launches == ["_append_step_kernel", "_advance_kernel"] and ops == []
     assert int(c.seq_lens[s]) == 1
 
 

@@ -365,7 +365,7 @@ class TorchPagedKVCache:
             raise VashistaInputError("fanout", "the device append does not maintain the hierarchy levels")
         if self.backend == "triton":
             from .kernels.append_step import append_step, fusable
-            if fusable(self):          # one launch instead of ~90 small ops (launch-bound under a graph)
+            if fusable(self):          # two launches instead of ~90 small ops (launch-bound under a graph)
                 append_step(self, seq_idx, keys, values)
                 if self.kabs is not None:              # paged mode's row maxima, from the kernel's summaries
                     seq = seq_idx.long()
