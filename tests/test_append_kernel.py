@@ -108,6 +108,9 @@ def test_fused_append_is_bit_identical(H, D, Dv, S, dtype, bits, meta, keys, pro
     # value norms and key means: torch's norm/mean sum in another order than the summary kernel; the
     # fused kernel must equal the summary kernel (kernels/page_summary.py) recomputed on its pages
     torch.testing.assert_close(fus.vnorm[p], ref.vnorm[p], rtol=2e-7, atol=0)
+    if ref.vabs is not None:              # the running maxima: the fused kernel raises them itself
+        torch.testing.assert_close(fus.vabs, ref.vabs, rtol=2e-7, atol=0)
+        assert bool((fus.vabs[seqs] > 0).all())
     _assert_summary_kernel_agrees(fus, seqs)
     if bits is not None:
         sa, sb = ref.sketches[bits], fus.sketches[bits]

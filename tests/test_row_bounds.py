@@ -169,9 +169,15 @@ def test_nonfinite_token_stays_nonfinite(backend, where, bad, monkeypatch):
     assert bool(torch.isfinite(R).all()) and bool(torch.isfinite(vm).all())
 
 
-def test_certified_cache_keeps_no_maxima():
-    """Caches without key summaries never run the paged step: no maxima, nothing to update."""
+def test_certified_cache_keeps_value_maxima_only():
+    """Caches without key summaries never run the paged step: no key maxima; the value-norm maxima
+    stay (the certified step's max‖v‖ reads them); a dense-only cache keeps neither."""
     c = TorchPagedKVCache(S, H, D, num_pages=4, max_seqs=1, key_summaries=False, backend="torch")
-    assert c.kabs is None and c.vabs is None
+    assert c.kabs is None and c.vabs is not None
     s = c.add_sequence()
-    c.append(s, torch.randn(3, H, D), torch.randn(3, H, D))
+    v = torch.randn(3, H, D)
+    c.append(s, torch.randn(3, H, D), v)
+    assert torch.equal(c.vabs[s], c.vnorm[c.page_table(s)[0]])
+    d = TorchPagedKVCache(S, H, D, num_pages=4, max_seqs=1, key_summaries=False, value_norms=False, backend="torch")
+    assert d.kabs is None and d.vabs is None
+    d.append(d.add_sequence(), torch.randn(3, H, D), torch.randn(3, H, D))

@@ -13,8 +13,11 @@ Same layout ideas and the same public methods as ``vashista_ref.paged_cache.Page
   UB_p(q) = Σ_d max(q_d min_{p,d}, q_d max_{p,d}) is sound (SPEC 2); ``kmean`` (float32) for the
   notebook's mean-key router; ``vnorm`` (float32) the max value norm in the page (certificate);
 * per-sequence running maxima ``kabs`` (max_seqs, Hkv, D) float32 = max over the sequence's pages of
-  max(|kmin|, |kmax|) and ``vabs`` (max_seqs, Hkv) = max of its pages' ``vnorm`` (only with key
-  summaries: the paged step's certificate reads them, ``decode._row_bounds``). Kept on every append
+  max(|kmin|, |kmax|) (with key summaries: the paged step's certificate reads it,
+  ``decode._row_bounds``) and ``vabs`` (max_seqs, Hkv) = max of its pages' ``vnorm`` (with value
+  norms: both certificates' max‖v‖ read it, ``decode._row_bounds`` and ``sketch_plan.row_vmax``, one
+  gather instead of a walk over every live page per step — 22 µs per layer at 128k on an H100,
+  latency-bound). Kept on every append
   from the touched pages' fresh summaries, reset when a slot is (re)added: a page's summaries only
   grow as it fills (a max/min over more of the same stored tokens), so the running max of them is
   bit for bit the max over the live pages, and a NaN propagates through torch.maximum as through amax
@@ -126,7 +129,7 @@ class TorchPagedKVCache:
         # the paged step's row bounds (module doc), kept as running maxima so that a decode step reads
         # (max_seqs, H, D) instead of scanning every live page's summaries (NP·H·D per layer and step)
         self.kabs = torch.zeros((self.max_seqs, H, D), dtype=torch.float32, device=dev) if key_summaries else None
-        self.vabs = torch.zeros((self.max_seqs, H), dtype=torch.float32, device=dev) if key_summaries else None
+        self.vabs = torch.zeros((self.max_seqs, H), dtype=torch.float32, device=dev) if value_norms else None
         self.block_table = torch.zeros((self.max_seqs, self.max_pages_per_seq), dtype=torch.int32, device=dev)
         self.seq_lens = torch.zeros((self.max_seqs,), dtype=torch.int32, device=dev)
         # bits -> sketch.TorchPageSketchStore (certified mode), kept current in _write; empty unless
@@ -167,9 +170,9 @@ class TorchPagedKVCache:
         self._lens[seq_id] = 0
         self._pages[seq_id] = []
         self.seq_lens[seq_id] = 0
-        if self.kabs is not None:          # a reused slot must not keep its previous sequence's maxima
-            self.kabs[seq_id] = 0.0
-            self.vabs[seq_id] = 0.0
+        for m in (self.kabs, self.vabs):   # a reused slot must not keep its previous sequence's maxima
+            if m is not None:
+                m[seq_id] = 0.0
         return seq_id
 
     @property
@@ -323,28 +326,32 @@ class TorchPagedKVCache:
             store.update_pages(self, t_phys.long(), counts)
 
     def _raise_row_maxima(self, seqs: torch.Tensor, phys: torch.Tensor, *, one_page_each: bool,
-                          keys: torch.Tensor | None = None, values: torch.Tensor | None = None) -> None:
+                          keys: torch.Tensor | None = None, values: torch.Tensor | None = None,
+                          values_done: bool = False) -> None:
         """Raise ``kabs``/``vabs`` of sequences ``seqs`` by the fresh summaries of their touched physical
         pages ``phys`` (module doc). ``one_page_each``: the seqs are distinct (a decode step) — one
         indexed update, no host synchronisation; otherwise one update per sequence (a prefill).
         ``keys``/``values`` (B, H, ·): the device append's tokens, which nothing refused — a NaN among
         them is marked here, since the Triton summaries' min/max may drop NaN (they do under the
-        interpreter); max(x, 0) is x for the other maxima (≥ 0), so they stay bit for bit the scan's."""
-        if self.kabs is None:
-            return
-        r = torch.maximum(self.kmin[phys].abs(), self.kmax[phys].abs()).float()       # (n, H, D)
-        vn = self.vnorm[phys]                                                          # (n, H)
-        if keys is not None:
-            r = torch.maximum(r, torch.where(keys.isnan(), math.nan, 0.0))
-            vn = torch.maximum(vn, torch.where(values.isnan().any(-1), math.nan, 0.0))
-        if one_page_each:
-            self.kabs[seqs] = torch.maximum(self.kabs[seqs], r)
-            self.vabs[seqs] = torch.maximum(self.vabs[seqs], vn)
-            return
-        for s in torch.unique(seqs).tolist():
-            m = seqs == s
-            self.kabs[s] = torch.maximum(self.kabs[s], r[m].amax(0))
-            self.vabs[s] = torch.maximum(self.vabs[s], vn[m].amax(0))
+        interpreter); max(x, 0) is x for the other maxima (≥ 0), so they stay bit for bit the scan's.
+        ``values_done``: ``vabs`` was already raised (the fused append kernel does it)."""
+        pairs = []                                     # (running maximum, this append's maxima)
+        if self.kabs is not None:
+            r = torch.maximum(self.kmin[phys].abs(), self.kmax[phys].abs()).float()   # (n, H, D)
+            if keys is not None:
+                r = torch.maximum(r, torch.where(keys.isnan(), math.nan, 0.0))
+            pairs.append((self.kabs, r))
+        if self.vabs is not None and not values_done:
+            vn = self.vnorm[phys]                                                      # (n, H)
+            if values is not None:
+                vn = torch.maximum(vn, torch.where(values.isnan().any(-1), math.nan, 0.0))
+            pairs.append((self.vabs, vn))
+        for run, new in pairs:
+            if one_page_each:
+                run[seqs] = torch.maximum(run[seqs], new)
+                continue
+            for s in torch.unique(seqs).tolist():
+                run[s] = torch.maximum(run[s], new[seqs == s].amax(0))
 
     # ------------------------------------------------------------------ engine (CUDA-graph) decode
     def reserve(self, seq_id: int, tokens: int) -> None:
@@ -366,12 +373,12 @@ class TorchPagedKVCache:
         if self.backend == "triton":
             from .kernels.append_step import append_step, fusable
             if fusable(self):          # two launches instead of ~90 small ops (launch-bound under a graph)
-                append_step(self, seq_idx, keys, values)
-                if self.kabs is not None:              # paged mode's row maxima, from the kernel's summaries
+                append_step(self, seq_idx, keys, values)       # raises vabs itself
+                if self.kabs is not None:              # paged mode's key maxima, from the kernel's summaries
                     seq = seq_idx.long()
                     pos = self.seq_lens[seq].long() - 1            # the kernel advanced the lengths
                     self._raise_row_maxima(seq, self.block_table[seq, pos // self.page_size].long(),
-                                           one_page_each=True, keys=keys, values=values)
+                                           one_page_each=True, keys=keys, values=values, values_done=True)
                 return
         seq = seq_idx.long()
         pos = self.seq_lens[seq].long()

@@ -175,12 +175,12 @@ def plan_sketch_step(cache, seq_ids, num_q_heads: int, Kc: int, *, bits: int, sc
 
 
 def row_vmax(plan: SketchStepPlan) -> torch.Tensor:
-    """(B·Hq,) float32 ≥ every value norm of the row's sequence and KV head: the pages' float32 norm
-    summaries over the live pages (lengths read on the device), raised by their rounding. One
-    launch (``kernels/row_vmax.py``: the maximum, times this float32 factor)."""
-    from .kernels.row_vmax import row_vmax_pages
+    """(B·Hq,) float32 ≥ every value norm of the row's sequence and KV head: the maximum of the pages'
+    float32 norm summaries (the cache keeps it as a running maximum, ``vabs``), raised by their
+    rounding. One launch (``kernels/row_vmax.py``: the maximum, times this float32 factor)."""
+    from .kernels.row_vmax import row_vmax_seqs
 
-    return row_vmax_pages(plan.cache, plan.seq_idx, plan.page_idx.numel(), plan.Hq, 1 + 2 * (plan.Dv + 4) * U32)
+    return row_vmax_seqs(plan.cache, plan.seq_idx, plan.Hq, 1 + 2 * (plan.Dv + 4) * U32)
 
 
 def run_sketch_plan(plan: SketchStepPlan, q: torch.Tensor, *, sync: bool = False) -> StepResult:

@@ -20,7 +20,7 @@ module's name, so they are not re-exported here: ``from vashista_gpu.kernels.res
     libm.exp_acc / log_acc        accurately rounded exp/log inside kernels (libdevice on CUDA)
     append_step.append_step       the engine's decode-step append (K/V, length, summaries, page sketch)
     step_stats.step_stats         the engine's per-layer decode statistics
-    row_vmax.row_vmax_pages       the certified step's max‖v‖ per row from the page value norms
+    row_vmax.row_vmax_seqs        the certified step's max‖v‖ per row from the sequences' running maxima
     row_keys.row_keys             tie-rule keys of a score matrix (selection)
     paged_dense.paged_dense_decode   exact decode over the paged pool (dense mode; DenseFallback's pairs)
     flag_pairs.flag_pairs         DenseFallback's flag, compaction and counters in one launch

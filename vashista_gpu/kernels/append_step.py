@@ -8,7 +8,8 @@ launch-bound):
    ``block_table[seq, n // S]`` for every KV head, and advances ``seq_lens[seq]`` to n + 1;
 2. recomputes that page's summaries over its n % S + 1 valid slots, with the same float32 code as
    ``kernels/page_summary.py`` (value norm max‖v‖₂ when the cache keeps value norms — a dense-only
-   cache keeps none and this step is skipped; and kmin/kmax/kmean when it keeps key summaries);
+   cache keeps none and this step is skipped — and raises the sequence's running maximum ``vabs``
+   by it; and kmin/kmax/kmean when it keeps key summaries);
 3. requantizes that page's sketch (one quantization group per page and KV head; codes, offset, step)
    with exactly the float64 arithmetic of ``sketch._quantize_groups``, so codes and metadata are
    bit-identical to the torch requantization:
@@ -83,7 +84,7 @@ def _directed(x, UP: tl.constexpr, MDT: tl.constexpr, IDT: tl.constexpr, NEG_MIN
 @triton.jit
 def _append_step_kernel(seq_ptr, k_ptr, v_ptr, skb, skh, skd, svb, svh, svd,
                         kp_ptr, vp_ptr, bt_ptr, bt_stride, lens_ptr,
-                        vnorm_ptr, kmin_ptr, kmax_ptr, kmean_ptr, codes_ptr, off_ptr, step_ptr,
+                        vnorm_ptr, vabs_ptr, kmin_ptr, kmax_ptr, kmean_ptr, codes_ptr, off_ptr, step_ptr,
                         S, D, DV, W, H: tl.constexpr,
                         BS: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, BW: tl.constexpr,
                         VNORM: tl.constexpr, KEYS: tl.constexpr, SKETCH: tl.constexpr, BITS: tl.constexpr,
@@ -114,7 +115,14 @@ def _append_step_kernel(seq_ptr, k_ptr, v_ptr, skb, skh, skd, svb, svh, svd,
         v = tl.load(vp_ptr + (base + rows[:, None]) * DV + vcols[None, :], mask=vmask, other=0.0)
         v = tl.where(new[:, None], vn[None, :], v).to(tl.float32)
         norms = tl.sqrt_rn(tl.sum(v * v, axis=1))
-        tl.store(vnorm_ptr + page * H + h, tl.max(tl.where(rmask, norms, 0.0), axis=0))
+        pmax = tl.max(tl.where(rmask, norms, 0.0), axis=0)
+        tl.store(vnorm_ptr + page * H + h, pmax)
+        # the sequence's running maximum (paged_cache module doc), which this program alone owns:
+        # torch.maximum's NaN propagation, with a NaN among the new values marked here (the max
+        # above may drop a NaN)
+        va = tl.load(vabs_ptr + seq * H + h)
+        bad = (va != va) | (tl.sum((vn != vn).to(tl.int32), axis=0) > 0) | (pmax != pmax)
+        tl.store(vabs_ptr + seq * H + h, tl.where(bad, float("nan"), tl.maximum(va, pmax)))
     if KEYS:
         kmask = rmask[:, None] & (cols[None, :] < D)
         k = tl.load(kp_ptr + (base + rows[:, None]) * D + cols[None, :], mask=old[:, None] & (cols[None, :] < D),
@@ -201,6 +209,7 @@ def append_step(cache, seq_idx: torch.Tensor, keys: torch.Tensor, values: torch.
     vnorm_on = cache.vnorm is not None
     unread = cache.seq_lens                    # stands in for the outputs this cache does not keep
     vnorm = cache.vnorm if vnorm_on else unread
+    vabs = cache.vabs if vnorm_on else unread
     kmin, kmax, kmean = (cache.kmin, cache.kmax, cache.kmean) if keys_on else (unread,) * 3
     store = next(iter(cache.sketches.values()), None)
     if store is not None:
@@ -216,7 +225,7 @@ def append_step(cache, seq_idx: torch.Tensor, keys: torch.Tensor, values: torch.
         seq_idx, keys, values, keys.stride(0), keys.stride(1), keys.stride(2),
         values.stride(0), values.stride(1), values.stride(2),
         cache.k_pages, cache.v_pages, cache.block_table, cache.block_table.stride(0), cache.seq_lens,
-        vnorm, kmin, kmax, kmean, codes, off, stp,
+        vnorm, vabs, kmin, kmax, kmean, codes, off, stp,
         S, D, Dv, W, H,
         BS=triton.next_power_of_2(S), BD=triton.next_power_of_2(D), BDV=triton.next_power_of_2(Dv),
         BW=triton.next_power_of_2(W), VNORM=vnorm_on, KEYS=keys_on, SKETCH=store is not None, BITS=bits, PER=8 // bits,
