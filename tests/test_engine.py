@@ -97,21 +97,22 @@ def test_cache_bytes_are_dense_kv_plus_sketch_plus_metadata(tiny):
     assert c["kv"] == L * pages * H * S * D * 2 * 4                           # fp32 K and V pools
     assert c["sketch"] == L * pages * H * (S * D * 4 // 8 + 2 * D * 2)         # int4 codes + fp16 offset/step
     per_seq = 6                        # max_tokens = 16·ceil(64/16 + 2/16 + 1) = 96 -> 6 page-table columns
-    assert c["metadata"] == L * (pages * H * 4 + per_seq * 4 + 4)            # vnorm, page table, lengths
+    # vnorm, page table, lengths, and the sequence slot's running maximum of the value norms
+    assert c["metadata"] == L * (pages * H * 4 + per_seq * 4 + 4 + H * 4)
     assert c["total"] == c["kv"] + c["sketch"] + c["metadata"]
     assert r.dense_cache_bytes == L * 65 * H * 2 * D * 4
     assert c["kv"] >= r.dense_cache_bytes                                     # whole pages
     # paged mode keeps the key boxes and means its router reads, and the one sequence slot's running
-    # maxima of |k| per channel and of the value norms (the certificate's row bounds)
+    # maxima of |k| per channel (the certificate's row bounds)
     rp = generate(tiny, p, mode="paged", max_new_tokens=2).cache_bytes
-    assert rp["metadata"] - c["metadata"] == L * (pages * H * (2 * D * 4 + D * 4) + H * (D + 1) * 4)
+    assert rp["metadata"] - c["metadata"] == L * (pages * H * (2 * D * 4 + D * 4) + H * D * 4)
     assert rp["sketch"] == 0
     # dense mode reads no summary: no value norms, no sketch (its appends refresh nothing)
     rd = generate(tiny, p, mode="dense", max_new_tokens=2).cache_bytes
     assert rd["metadata"] == L * (per_seq * 4 + 4) and rd["sketch"] == 0 and rd["kv"] == c["kv"]
     # a dense layer of a certified model keeps neither either
     r1 = generate(tiny, p, mode="certified", bits=4, max_new_tokens=2, dense_layers=(0,)).cache_bytes
-    assert (r1["sketch"], r1["metadata"]) == (c["sketch"] // 2, c["metadata"] - pages * H * 4)
+    assert (r1["sketch"], r1["metadata"]) == (c["sketch"] // 2, c["metadata"] - pages * H * 4 - H * 4)
 
 
 def test_dense_layers_keep_no_summaries_and_decode_the_same(tiny):
