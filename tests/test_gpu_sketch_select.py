@@ -1,6 +1,7 @@
-"""The certified step's selection and certificate kernels: threshold compaction
-(``kernels/select_above.py``) must give exactly the tie rule's top-Kc, overflowed rows must be
-reselected (or flagged), and ``kernels/row_lse.py`` must bound Σ e^x from above, tightly."""
+"""The certified step's selection and certificate kernels: the threshold path (``select_candidates``:
+``kernels/select_topk.py`` by default, ``kernels/select_above.py`` compaction for method="topk") must
+give exactly the tie rule's top-Kc, overflowed rows must be reselected (or flagged), and
+``kernels/row_lse.py`` must bound Σ e^x from above, tightly."""
 from __future__ import annotations
 
 import math
@@ -100,13 +101,13 @@ def test_fused_step_threshold_path_matches_torch_path(bits, monkeypatch):
     sk = quantize_keys(K.reshape(B * Hkv, T, D).double(), bits=bits, group=16)
     vmax = torch.linalg.vector_norm(V.double(), dim=-1).amax(-1) * (1 + 1e-6)
     d = lambda x: x.to(DEV)  # noqa: E731
-    import vashista_gpu.kernels.select_above as sa
+    import vashista_gpu.kernels.select_topk as st
     calls = []
-    real = sa.select_above
-    monkeypatch.setattr(sa, "select_above", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = st.select_topk
+    monkeypatch.setattr(st, "select_topk", lambda *a, **k: calls.append(k.get("bmax") is not None) or real(*a, **k))
     r = fused_sketch_step(d(q), d(K), d(V), d(sk.codes), d(sk.offset), d(sk.step), d(vmax), bits=bits,
                           group=16, Kc=Kc, scale=1 / 16, cap=2 * Kc)
     t = certified_decode(q[0], K[0], V[0], sk, Kc, scale=1 / 16)
-    assert calls, "the threshold path must be the one taken"
+    assert calls == [True], "the threshold path must be the one taken"
     assert torch.equal(r.candidates[0].cpu(), t.candidates)
     assert bool((r.certified_leakage[0].cpu().double() >= t.certified_leakage).all())

@@ -11,6 +11,8 @@ tie rule's order, and ``topk`` runs on the keys:
 magnitude bits flipped); -0.0 is first turned into +0.0 so that the two zeros tie, as in NumPy.
 All keys are distinct, so the selected *set* is fully determined. The Triton kernels compute the same
 keys in-kernel (kernels/keys.py); this module is the torch version used by the plain path and tests.
+The certified step's ``select_candidates`` runs, wherever Triton does, one kernel instead
+(``kernels/select_topk.py``: a radix select on ``orderable`` with the same tie rule, no topk, no sort).
 
 Example::
 
@@ -22,9 +24,12 @@ Example::
 """
 from __future__ import annotations
 
+import operator
 import os
 
 import torch
+
+from vashista_core.errors import VashistaInputError
 
 __all__ = ["FORCED_ORDERABLE", "INVALID_KEY", "LOW_MASK", "key_index", "orderable", "select_candidates",
            "tie_keys", "top_indices", "topk_keys"]
@@ -71,32 +76,68 @@ def topk_keys(keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return pos, vals
 
 
-def select_candidates(s: torch.Tensor, bmax: torch.Tensor, Kc: int, cap: int, sync: bool, short_window: int = 0):
+def select_candidates(s: torch.Tensor, bmax: torch.Tensor, Kc: int, cap: int, sync: bool, short_window: int = 0,
+                      *, method: str = "auto"):
     """Top-Kc logical indices (ascending) of each row of ŝ under the tie rule, and the overflow mask.
 
-    ``bmax`` holds the maxima of ŝ over any partition of each row into blocks (the scan gives one per
-    16 tokens). Threshold path (``kernels/select_above.py``) when there are at least 8·Kc blocks:
-    τ = the Kc-th largest block maximum, the tokens with ŝ ≥ τ compacted into ``cap`` slots, ``topk`` of those.
-    Rows with more than ``cap`` such tokens (many ties, or a flat row) are reselected from all keys
-    when ``sync`` (one host synchronisation per step), else only flagged.
+    ``bmax`` holds the maxima of ŝ over consecutive blocks of ⌈T/NB⌉ columns of each row (the scan
+    gives one per 16 tokens). With at least 8·Kc blocks the selection is the *threshold path*:
+    τ = the Kc-th largest block maximum (at least Kc tokens are ≥ τ, so the top-Kc is among them);
+    rows with more than ``cap`` tokens ≥ τ (many ties, or a flat row) are *overflowed*. Otherwise
+    the *full path* selects from every token (no overflow).
+
+    ``method="radix"`` (the default, ``"auto"``, wherever Triton runs and ŝ is float32 with unit
+    column stride): one launch (``kernels/select_topk.py``, a radix select per row) that returns the
+    tie rule's top-Kc of every row, overflowed or not; the overflow mask is still reported (unless
+    ``sync``: then all False, as after a reselection) and nothing is synchronised.
+    ``method="topk"`` (the default elsewhere): ``torch.topk`` over int64 tie keys; in the threshold
+    path the tokens ≥ τ are compacted into ``cap`` slots (``kernels/select_above.py``) and topk'd,
+    so an overflowed row holds an arbitrary subset — reselected from all keys when ``sync`` (one
+    host synchronisation per step), else only flagged.
 
     Rows padded with −inf past their end (a paged batch): a row with fewer than Kc finite block maxima
     has τ = −inf, which would admit its padding. When ``short_window`` > 0 (the caller knows such rows
     may exist and that their tokens all lie in the first ``short_window`` columns), those rows are
-    selected by a ``topk`` over that window instead — decided on the device, no synchronisation."""
+    selected among that window instead — decided on the device, no synchronisation, never flagged."""
+    R, T = s.shape
+    NB = bmax.shape[1]
+    if method not in ("auto", "radix", "topk"):
+        raise VashistaInputError("method", f"expected 'auto', 'radix' or 'topk', got {method!r}")
+    try:
+        Kc = operator.index(Kc)
+    except TypeError:
+        raise VashistaInputError("Kc", f"expected an int, got {Kc!r}") from None
+    if not 1 <= Kc <= T:
+        raise VashistaInputError("Kc", f"must be in [1, {T}] (the row length), got {Kc}")
+    on_triton = s.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"
+    radix_ok = on_triton and s.dtype == torch.float32 and s.stride(1) == 1
+    threshold = NB >= 8 * Kc     # else too few blocks for a selective threshold: every token
+    if method == "topk" or (method == "auto" and not radix_ok):
+        return _select_by_topk(s, bmax, Kc, cap, sync, short_window, threshold, on_triton)
+    if not radix_ok:
+        raise VashistaInputError("s", f"method='radix' needs float32 scores with unit column stride on a Triton "
+                                      f"device (CUDA, or TRITON_INTERPRET=1), got {s.dtype} on {s.device}")
+    from .kernels.select_topk import select_topk      # Triton is optional for the torch path's users
+
+    if not threshold:
+        return select_topk(s, Kc)
+    # (.float().contiguous(): no copy for the scan's maxima, float32 rows of unit stride)
+    return select_topk(s, Kc, bmax=bmax.float().contiguous(), cap=None if sync else cap, short_window=short_window)
+
+
+def _select_by_topk(s, bmax, Kc, cap, sync, short_window, threshold, on_triton):
+    """select_candidates with ``torch.topk`` over int64 tie keys (its ``method="topk"``)."""
     from .kernels.row_keys import row_keys            # Triton is optional for the torch path's users
     from .kernels.select_above import select_above
 
     R, T = s.shape
-    NB = bmax.shape[1]
-    on_triton = s.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"
     if on_triton and s.dtype == torch.float32 and s.stride(1) == 1:
         def keys_of(w):        # tie_keys(s[:, :w], idx[:w]) in one launch instead of ~10 ops
             return row_keys(s, w)
     else:
         def keys_of(w):
             return tie_keys(s[:, :w], torch.arange(w, device=s.device))
-    if NB < 8 * Kc:        # too few blocks for a selective threshold (the count would overflow): full topk
+    if not threshold:
         top = torch.topk(keys_of(T), Kc, dim=-1, sorted=False).values
         return torch.sort(key_index(top), dim=-1).values, torch.zeros(R, dtype=torch.bool, device=s.device)
     # (no pooling of the maxima to a smaller topk: scores within a quantization group are correlated

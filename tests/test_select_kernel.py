@@ -1,0 +1,156 @@
+"""``kernels/select_topk.py`` (``select_candidates(method="radix")``) against the torch.topk path
+(``method="topk"``) and the tie rule itself: the same indices, bit for bit, and the same overflow
+mask — on random rows, heavy ties (quantized scores), all-equal rows, −0.0/+0.0, ±inf, −inf tails
+(a paged batch), Kc = 1 and Kc = T, odd T, rows shorter than Kc blocks; several chunks per row
+(a small ``chunk``) and the default one; the block-list (GATHER) and whole-row threshold modes.
+TRITON_INTERPRET=1 on CPU (tests/conftest.py); compiled on a GPU."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from vashista_core.errors import VashistaInputError
+from vashista_gpu.kernels.select_topk import select_topk
+from vashista_gpu.selection import select_candidates, tie_keys, top_indices
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def tie_rule_top(s, Kc, width=None):
+    """The definition: top-Kc of (score desc, index asc) keys over the first ``width`` columns."""
+    w = s.shape[1] if width is None else width
+    return top_indices(tie_keys(s[:, :w], torch.arange(w, device=s.device)), Kc)
+
+
+def block_max(s, bs=16):
+    R, T = s.shape
+    pad = torch.full((R, -(-T // bs) * bs - T), -math.inf, device=s.device)
+    return torch.cat([s, pad], 1).view(R, -1, bs).amax(-1)
+
+
+def rows(T, seed):
+    """Six hard rows: random, quantized (ties), all equal, ±0 and ±inf, a −inf tail after at most 40
+    tokens, tiny integers."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(6, T, generator=g)
+    s[1] = torch.round(s[1] * 2) / 2
+    s[2] = 0.25
+    s[3, ::2] = -0.0
+    s[3, 1::3] = 0.0
+    s[3, 5::7] = math.inf
+    s[3, 3::11] = -math.inf
+    s[4, min(T // 3, 40):] = -math.inf
+    s[5] = torch.randint(-2, 3, (T,), generator=g).float()
+    return s.to(DEV)
+
+
+@pytest.mark.parametrize("T,Kc,chunk", [(1, 1, 64), (37, 1, 64), (300, 7, 64), (257, 64, 4096), (129, 129, 64),
+                                        (515, 100, 128)])
+def test_full_path_is_the_tie_rule(T, Kc, chunk):
+    s = rows(T, T + Kc)
+    cand, overflow = select_topk(s, Kc, chunk=chunk, num_warps=1)
+    assert cand.dtype == torch.int64 and cand.shape == (6, Kc)
+    assert torch.equal(cand, tie_rule_top(s, Kc))
+    assert not bool(overflow.any())
+
+
+@pytest.mark.parametrize("T,Kc,chunk,cap", [(2000, 5, 256, 20), (1203, 9, 256, 36), (1203, 9, 64, 36),
+                                            (4099, 30, 512, 120), (1000, 3, 4096, 12)])
+def test_threshold_path_equals_topk_path(T, Kc, chunk, cap):
+    """Same candidates as the tie rule on every row (overflowed or not), the topk path's where it did
+    not overflow, and exactly the topk path's overflow mask; chunk 64 lists no blocks (whole row)."""
+    s = rows(T, T)
+    bm = block_max(s)
+    cand, overflow = select_topk(s, Kc, bmax=bm, cap=cap, chunk=chunk, num_warps=1)
+    ref, ref_over = select_candidates(s, bm, Kc, cap, False, method="topk")
+    assert torch.equal(overflow, ref_over)
+    assert torch.equal(cand, tie_rule_top(s, Kc))
+    assert torch.equal(cand[~ref_over], ref[~ref_over])
+    assert overflow[2] and not overflow[0]            # the flat row; a random row
+    assert bool(overflow[4]) == (Kc > 3)              # < Kc finite maxima: τ = −inf admits all
+
+
+def test_short_rows_of_a_padded_batch():
+    """Rows with fewer than Kc finite block maxima (τ = −inf) are selected in the first short_window
+    columns and never flagged; long rows as usual. sync=True: nothing flagged, same candidates."""
+    g = torch.Generator().manual_seed(5)
+    T, Kc, W = 1600, 8, 16 * 8
+    s = torch.randn(4, T, generator=g)
+    s[1, 100:] = -math.inf           # 7 finite blocks < Kc: short
+    s[2, 9:] = -math.inf             # a single block
+    s[3] = torch.round(s[3])
+    s = s.to(DEV)
+    bm = block_max(s)
+    ref, ref_over = select_candidates(s, bm, Kc, 4 * Kc, False, short_window=W, method="topk")
+    for sync in (False, True):
+        cand, overflow = select_candidates(s, bm, Kc, 4 * Kc, sync, short_window=W)
+        assert torch.equal(cand, tie_rule_top(s, Kc))
+        assert torch.equal(cand[~ref_over], ref[~ref_over])
+        assert torch.equal(overflow, ref_over & (not sync))
+    assert ref_over.tolist()[1:3] == [False, False]
+
+
+def test_select_candidates_is_one_launch(monkeypatch):
+    """The radix path is one Triton launch and no torch kernel (allocations only), on both paths."""
+    import vashista_gpu.kernels.select_topk as st
+
+    class Count(TorchDispatchMode):
+        ops, launches, inside = [], 0, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not Count.inside and func.overloadpacket.__name__ not in ("empty", "empty_strided"):
+                Count.ops.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    real = st._select_topk_kernel
+
+    class Spy:                              # counts launches; the interpreter's own torch ops are not ours
+        def __getitem__(self, grid):
+            def launch(*a, **k):
+                Count.launches += 1
+                Count.inside += 1
+                try:
+                    return real[grid](*a, **k)
+                finally:
+                    Count.inside -= 1
+            return launch
+
+    monkeypatch.setattr(st, "_select_topk_kernel", Spy())
+    s = rows(700, 1)
+    bm = block_max(s)
+    for Kc in (2, 20):                     # threshold (44 blocks ≥ 16) and full path
+        with Count():
+            cand, _ = select_candidates(s, bm, Kc, 4 * Kc, sync=True)
+        assert torch.equal(cand, tie_rule_top(s, Kc))
+    assert Count.ops == [] and Count.launches == 2
+
+
+def test_nan_scores_do_not_crash():
+    """NaN never reaches ŝ (finite_rows zeroes bad queries), but must not hang or write out of range:
+    the full path orders NaN by its bits as the int64 keys do (equal to the topk path)."""
+    g = torch.Generator().manual_seed(9)
+    s = torch.randn(3, 900, generator=g)
+    s[0, ::5] = math.nan
+    s[1] = math.nan
+    s[2, 100:200] = -math.nan
+    s = s.to(DEV)
+    cand, _ = select_topk(s, 10, chunk=256, num_warps=1)
+    assert torch.equal(cand, tie_rule_top(s, 10))
+    cand, overflow = select_topk(s, 3, bmax=block_max(s), cap=12, chunk=256, num_warps=1)
+    assert cand.shape == (3, 3) and bool(((cand >= 0) & (cand < 900)).all())
+
+
+def test_bad_arguments_are_named():
+    s = torch.randn(2, 50, device=DEV)
+    bm = block_max(s)
+    with pytest.raises(VashistaInputError, match="method"):
+        select_candidates(s, bm, 3, 12, False, method="heap")
+    with pytest.raises(VashistaInputError, match="Kc"):
+        select_candidates(s, bm, 51, 204, False)
+    with pytest.raises(VashistaInputError, match="Kc"):
+        select_candidates(s, bm, 0, 4, False)
+    with pytest.raises(VashistaInputError, match="'s'|s:|float32"):
+        select_candidates(s.double(), bm, 3, 12, False, method="radix")
