@@ -4,7 +4,8 @@ replaced (``method="topk"``: ``torch.topk`` over int64 tie keys + ``torch.sort``
 topk of the block maxima, threshold compaction, topk, sort).
 
 Inputs per shape (R rows = batch · query heads, T tokens, Kc candidates): ŝ float32 (R, T) as the
-scan writes it and its maxima of every 16 tokens. Path: "full" when T/16 < 8·Kc, else "threshold".
+scan writes it and its maxima of every 16 tokens. Path (``select_candidates``): "threshold" when
+T/16 ≥ 8·Kc, else "full" — "full-pruned" when T/16 ≥ 2·Kc (the same kernel pruning by τ, exact).
 
 1. Equality first, on three inputs (random; scores quantized to 1/8: heavy ties; the last quarter of
    the rows −inf past a random length, as in a padded batch): both methods must return the same
@@ -12,7 +13,7 @@ scan writes it and its maxima of every 16 tokens. Path: "full" when T/16 < 8·Kc
    the same overflow mask. A mismatch is printed and the exit status is 1 — before any timing.
 2. Time: each method captured in a CUDA graph (``sync=False``, as the engine runs it), median of
    ``triton.testing.do_bench`` replays (``vashista_app.timing``: CUDA events, L2 flushed between
-   calls). Radix variants (chunk, warps) are timed beside the default.
+   calls). Radix variants (chunk, warps, bits per radix pass) are timed beside the default.
 
     PYTHONPATH=. python benchmarks/select_gpu.py --out select.json                      # ~1 min on an H100
     PYTHONPATH=. TRITON_INTERPRET=1 python benchmarks/select_gpu.py --smoke --out /tmp/select.json
@@ -32,7 +33,8 @@ from vashista_gpu.selection import select_candidates
 SHAPES = ((32, 8192, 256), (32, 32768, 2048), (32, 131072, 256), (128, 131072, 256), (512, 131072, 256),
           (14, 32768, 2048))
 SMOKE = ((4, 1000, 20), (6, 4000, 8), (3, 700, 700))
-VARIANTS = ((4096, 8), (2048, 4), (8192, 16), (4096, 4))       # (chunk, num_warps); the first is the default
+# (chunk, num_warps, radix bits); the first is select_topk's default
+VARIANTS = ((4096, 16, 6), (4096, 8, 8), (4096, 16, 8), (4096, 16, 5), (2048, 8, 6))
 SUB = 16                                                        # tokens per block maximum (the scan's)
 
 
@@ -64,15 +66,18 @@ def check(R, T, Kc, dev) -> dict:
     return res
 
 
-def timing(R, T, Kc, dev, cuda) -> dict:
+def timing(R, T, Kc, dev, cuda, variants) -> dict:
     s, bmax = scores(R, T, "random", dev)
-    threshold = bmax.shape[1] >= 8 * Kc
+    NB = bmax.shape[1]
+    # select_candidates' choice (selection.py): threshold (flags), full pruned by τ (exact), full
+    path = "threshold" if NB >= 8 * Kc else "full-pruned" if NB >= 2 * Kc else "full"
+    kw = {} if path == "full" else dict(bmax=bmax, cap=4 * Kc, flag=path == "threshold")
     fns = {"topk_us": lambda: select_candidates(s, bmax, Kc, 4 * Kc, False, method="topk"),
            "radix_us": lambda: select_candidates(s, bmax, Kc, 4 * Kc, False, method="radix")}
-    for chunk, warps in VARIANTS[1:]:
-        fns[f"radix_c{chunk}_w{warps}_us"] = (lambda c=chunk, w=warps: select_topk(
-            s, Kc, bmax=bmax if threshold else None, cap=4 * Kc, chunk=c, num_warps=w))
-    out = {"path": "threshold" if threshold else "full"}
+    for chunk, warps, bits in variants:
+        fns[f"radix_c{chunk}_w{warps}_b{bits}_us"] = (lambda c=chunk, w=warps, b=bits: select_topk(
+            s, Kc, chunk=c, num_warps=w, radix_bits=b, **kw))
+    out = {"path": path}
     for name, fn in fns.items():
         out[name] = 1e3 * bench(graph_of(fn, cuda), cuda=cuda)
     out["speedup"] = out["topk_us"] / out["radix_us"]
@@ -83,6 +88,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="JSON file for the full results")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes (CPU, TRITON_INTERPRET=1)")
+    ap.add_argument("--variants", type=int, default=len(VARIANTS) - 1, help="how many radix variants to time")
     a = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
     dev = "cuda" if cuda else "cpu"
@@ -98,7 +104,7 @@ def main(argv=None) -> int:
     res["equal"] = ok
     if ok:
         for R, T, Kc in shapes:
-            res["shapes"][f"R{R}_T{T}_Kc{Kc}"].update(timing(R, T, Kc, dev, cuda))
+            res["shapes"][f"R{R}_T{T}_Kc{Kc}"].update(timing(R, T, Kc, dev, cuda, VARIANTS[1:1 + a.variants]))
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
     print(f"device: {res['device']}   equal: {ok}")

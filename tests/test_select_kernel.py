@@ -1,8 +1,10 @@
 """``kernels/select_topk.py`` (``select_candidates(method="radix")``) against the torch.topk path
 (``method="topk"``) and the tie rule itself: the same indices, bit for bit, and the same overflow
-mask — on random rows, heavy ties (quantized scores), all-equal rows, −0.0/+0.0, ±inf, −inf tails
+mask (a flagged row: the top-Kc of its first cap tokens ≥ τ; unflagged with sync / flag=False: the
+exact top-Kc) — on random rows, heavy ties (quantized scores), all-equal rows, −0.0/+0.0, ±inf, −inf tails
 (a paged batch), Kc = 1 and Kc = T, odd T, rows shorter than Kc blocks; several chunks per row
-(a small ``chunk``) and the default one; the block-list (GATHER) and whole-row threshold modes.
+(a small ``chunk``) and the default one; 5- to 8-bit radix digits; the block-list (GATHER) and
+whole-row threshold modes.
 TRITON_INTERPRET=1 on CPU (tests/conftest.py); compiled on a GPU."""
 from __future__ import annotations
 
@@ -47,30 +49,44 @@ def rows(T, seed):
     return s.to(DEV)
 
 
-@pytest.mark.parametrize("T,Kc,chunk", [(1, 1, 64), (37, 1, 64), (300, 7, 64), (257, 64, 4096), (129, 129, 64),
-                                        (515, 100, 128)])
-def test_full_path_is_the_tie_rule(T, Kc, chunk):
+@pytest.mark.parametrize("T,Kc,chunk,bits", [(1, 1, 64, 8), (37, 1, 64, 5), (300, 7, 64, 8), (257, 64, 4096, 8),
+                                             (129, 129, 64, 6), (515, 100, 128, 7)])
+def test_full_path_is_the_tie_rule(T, Kc, chunk, bits):
     s = rows(T, T + Kc)
-    cand, overflow = select_topk(s, Kc, chunk=chunk, num_warps=1)
+    cand, overflow = select_topk(s, Kc, chunk=chunk, num_warps=1, radix_bits=bits)
     assert cand.dtype == torch.int64 and cand.shape == (6, Kc)
     assert torch.equal(cand, tie_rule_top(s, Kc))
     assert not bool(overflow.any())
 
 
-@pytest.mark.parametrize("T,Kc,chunk,cap", [(2000, 5, 256, 20), (1203, 9, 256, 36), (1203, 9, 64, 36),
-                                            (4099, 30, 512, 120), (1000, 3, 4096, 12)])
-def test_threshold_path_equals_topk_path(T, Kc, chunk, cap):
-    """Same candidates as the tie rule on every row (overflowed or not), the topk path's where it did
-    not overflow, and exactly the topk path's overflow mask; chunk 64 lists no blocks (whole row)."""
+def first_cap_top(s, bm, Kc, cap):
+    """An overflowed row's candidates: the tie rule's top-Kc of its first ``cap`` tokens ≥ τ."""
+    tau = torch.topk(bm, Kc, dim=-1).values.amin(-1)
+    got = []
+    for r in range(s.shape[0]):
+        idx = (s[r] >= tau[r]).nonzero()[:, 0][:cap]
+        got.append(top_indices(tie_keys(s[r, idx][None], idx[None]), Kc)[0])
+    return torch.stack(got)
+
+
+@pytest.mark.parametrize("T,Kc,chunk,cap,bits", [(1000, 5, 256, 20, 8), (1160, 9, 512, 36, 6), (700, 5, 128, 20, 8),
+                                                 (2600, 20, 1024, 80, 5), (1000, 3, 4096, 12, 8)])
+def test_threshold_path_equals_topk_path(T, Kc, chunk, cap, bits):
+    """The topk path's overflow mask; the tie rule on the other rows; the top-Kc of the first cap
+    tokens ≥ τ on the flagged ones — or, with flag=False, the tie rule on every row, nothing
+    flagged. Chunk 128 lists no blocks (the whole row is the source)."""
     s = rows(T, T)
     bm = block_max(s)
-    cand, overflow = select_topk(s, Kc, bmax=bm, cap=cap, chunk=chunk, num_warps=1)
     ref, ref_over = select_candidates(s, bm, Kc, cap, False, method="topk")
+    cand, overflow = select_topk(s, Kc, bmax=bm, cap=cap, chunk=chunk, num_warps=1, radix_bits=bits)
     assert torch.equal(overflow, ref_over)
-    assert torch.equal(cand, tie_rule_top(s, Kc))
-    assert torch.equal(cand[~ref_over], ref[~ref_over])
     assert overflow[2] and not overflow[0]            # the flat row; a random row
     assert bool(overflow[4]) == (Kc > 3)              # < Kc finite maxima: τ = −inf admits all
+    assert torch.equal(cand[~overflow], tie_rule_top(s, Kc)[~overflow])
+    assert torch.equal(cand[~overflow], ref[~overflow])
+    assert torch.equal(cand[overflow], first_cap_top(s, bm, Kc, cap)[overflow])
+    cand, overflow = select_topk(s, Kc, bmax=bm, cap=cap, flag=False, chunk=chunk, num_warps=1, radix_bits=bits)
+    assert torch.equal(cand, tie_rule_top(s, Kc)) and not bool(overflow.any())
 
 
 def test_short_rows_of_a_padded_batch():
@@ -85,12 +101,12 @@ def test_short_rows_of_a_padded_batch():
     s = s.to(DEV)
     bm = block_max(s)
     ref, ref_over = select_candidates(s, bm, Kc, 4 * Kc, False, short_window=W, method="topk")
-    for sync in (False, True):
-        cand, overflow = select_candidates(s, bm, Kc, 4 * Kc, sync, short_window=W)
-        assert torch.equal(cand, tie_rule_top(s, Kc))
-        assert torch.equal(cand[~ref_over], ref[~ref_over])
-        assert torch.equal(overflow, ref_over & (not sync))
-    assert ref_over.tolist()[1:3] == [False, False]
+    cand, overflow = select_candidates(s, bm, Kc, 4 * Kc, False, short_window=W)
+    assert torch.equal(overflow, ref_over) and ref_over.tolist()[1:3] == [False, False]
+    assert torch.equal(cand[~overflow], tie_rule_top(s, Kc)[~overflow])
+    assert torch.equal(cand[~overflow], ref[~overflow])
+    cand, overflow = select_candidates(s, bm, Kc, 4 * Kc, True, short_window=W)
+    assert torch.equal(cand, tie_rule_top(s, Kc)) and not bool(overflow.any())
 
 
 def test_select_candidates_is_one_launch(monkeypatch):
@@ -126,6 +142,22 @@ def test_select_candidates_is_one_launch(monkeypatch):
             cand, _ = select_candidates(s, bm, Kc, 4 * Kc, sync=True)
         assert torch.equal(cand, tie_rule_top(s, Kc))
     assert Count.ops == [] and Count.launches == 2
+
+
+def test_block_width_is_given_not_inferred():
+    """120 tokens make 8 blocks of 16, and ⌈120/8⌉ = 15: the blocks listed are the scan's 16 tokens
+    (or ``block``'s), whatever NB would suggest; a count that does not match is refused."""
+    T, Kc = 120, 2
+    s = rows(T, 3)
+    for width in (None, 8):
+        bm = block_max(s, width or 16)
+        for sync in (False, True):
+            cand, overflow = select_candidates(s, bm, Kc, 4 * Kc, sync, block=width)
+            ok = ~overflow
+            assert torch.equal(cand[ok], tie_rule_top(s, Kc)[ok])
+        assert not bool(overflow.any())                   # sync: exact on every row
+    with pytest.raises(VashistaInputError, match="bmax"):
+        select_candidates(s, block_max(s, 8), Kc, 4 * Kc, False, block=16)
 
 
 def test_nan_scores_do_not_crash():

@@ -77,19 +77,22 @@ def topk_keys(keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def select_candidates(s: torch.Tensor, bmax: torch.Tensor, Kc: int, cap: int, sync: bool, short_window: int = 0,
-                      *, method: str = "auto"):
+                      *, block: int | None = None, method: str = "auto"):
     """Top-Kc logical indices (ascending) of each row of ŝ under the tie rule, and the overflow mask.
 
-    ``bmax`` holds the maxima of ŝ over consecutive blocks of ⌈T/NB⌉ columns of each row (the scan
-    gives one per 16 tokens). With at least 8·Kc blocks the selection is the *threshold path*:
+    ``bmax`` (R, ⌈T/block⌉) holds the maxima of ŝ over consecutive blocks of ``block`` columns of
+    each row (default: the scan's 16 tokens, ``kernels/sketch_scan.SUB``); the radix method reads
+    only the blocks that can hold a candidate. With at least 8·Kc blocks the selection is the *threshold path*:
     τ = the Kc-th largest block maximum (at least Kc tokens are ≥ τ, so the top-Kc is among them);
     rows with more than ``cap`` tokens ≥ τ (many ties, or a flat row) are *overflowed*. Otherwise
     the *full path* selects from every token (no overflow).
 
     ``method="radix"`` (the default, ``"auto"``, wherever Triton runs and ŝ is float32 with unit
-    column stride): one launch (``kernels/select_topk.py``, a radix select per row) that returns the
-    tie rule's top-Kc of every row, overflowed or not; the overflow mask is still reported (unless
-    ``sync``: then all False, as after a reselection) and nothing is synchronised.
+    column stride): one launch (``kernels/select_topk.py``, a radix select per row), no host
+    synchronisation. The tokens ≥ τ are kept in token order in ``cap`` slots per row; an overflowed
+    row gets the top-Kc of its first ``cap`` such tokens and is flagged, or, when ``sync``, its exact
+    top-Kc (nothing flagged). The full path is exact on every row (with at least 2·Kc blocks it
+    prunes by τ too).
     ``method="topk"`` (the default elsewhere): ``torch.topk`` over int64 tie keys; in the threshold
     path the tokens ≥ τ are compacted into ``cap`` slots (``kernels/select_above.py``) and topk'd,
     so an overflowed row holds an arbitrary subset — reselected from all keys when ``sync`` (one
@@ -109,9 +112,14 @@ def select_candidates(s: torch.Tensor, bmax: torch.Tensor, Kc: int, cap: int, sy
         raise VashistaInputError("Kc", f"expected an int, got {Kc!r}") from None
     if not 1 <= Kc <= T:
         raise VashistaInputError("Kc", f"must be in [1, {T}] (the row length), got {Kc}")
+    if block is not None and (isinstance(block, bool) or not isinstance(block, int) or block < 1
+                              or NB != -(-T // block)):
+        raise VashistaInputError("bmax", f"expected ⌈{T}/{block!r}⌉ block maxima per row, got {NB}")
     on_triton = s.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"
     radix_ok = on_triton and s.dtype == torch.float32 and s.stride(1) == 1
     threshold = NB >= 8 * Kc     # else too few blocks for a selective threshold: every token
+    if threshold and cap < Kc:
+        raise VashistaInputError("cap", f"must be >= Kc ({Kc}), got {cap}")
     if method == "topk" or (method == "auto" and not radix_ok):
         return _select_by_topk(s, bmax, Kc, cap, sync, short_window, threshold, on_triton)
     if not radix_ok:
@@ -119,10 +127,13 @@ def select_candidates(s: torch.Tensor, bmax: torch.Tensor, Kc: int, cap: int, sy
                                       f"device (CUDA, or TRITON_INTERPRET=1), got {s.dtype} on {s.device}")
     from .kernels.select_topk import select_topk      # Triton is optional for the torch path's users
 
-    if not threshold:
-        return select_topk(s, Kc)
     # (.float().contiguous(): no copy for the scan's maxima, float32 rows of unit stride)
-    return select_topk(s, Kc, bmax=bmax.float().contiguous(), cap=None if sync else cap, short_window=short_window)
+    blocks = dict(bmax=bmax.float().contiguous(), **({} if block is None else dict(block=block)))
+    if threshold:          # overflowed rows: flagged (sync: selected exactly instead, nothing flagged)
+        return select_topk(s, Kc, cap=cap, flag=not sync, short_window=short_window, **blocks)
+    if NB >= 2 * Kc:       # the threshold's pruning still pays; every row exact, nothing flagged
+        return select_topk(s, Kc, cap=max(cap, 4 * Kc), flag=False, **blocks)
+    return select_topk(s, Kc)
 
 
 def _select_by_topk(s, bmax, Kc, cap, sync, short_window, threshold, on_triton):
