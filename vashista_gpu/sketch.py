@@ -723,18 +723,19 @@ def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: 
 
     1. one Triton pass over the sketch (``kernels/sketch_scan.py``): ŝ, the per-token upper bounds
        ub and the largest ŝ of every 16 tokens;
-    2. the top-Kc of ŝ under the tie rule by threshold compaction (``kernels/select_above.py``,
-       ``cap`` slots per row, default 4·Kc) and a ``topk`` of the few survivors;
+    2. the top-Kc of ŝ under the tie rule (``selection.select_candidates``: one radix-select launch
+       per layer, ``kernels/select_topk.py``, reading only the blocks whose maximum reaches τ, with
+       ``cap`` slots per row, default 4·Kc; ``torch.topk`` where Triton does not run);
     3. exact float32 rescoring of the Kc candidates against ``K``, softmax, gather of ``V``, in one
        program per query head (``kernels/rescore.py``);
     4. the certificate L̂ = Z̄_out / (Z_C + Z̄_out) ≥ dense mass outside C, with Z̄_out ≥ Σ_{j∉C} e^{ub_j}
        in one read of ub (``kernels/row_lse.py``), Z_C ≤ Σ_C e^{s_j}, and the error bound
        L̂·(max‖v‖ + ‖o‖) (``vmax`` (B, Hkv) ≥ every value norm of the row's KV head).
 
-    ``sync=True`` checks for overflowed rows (one host synchronisation) and reselects them from all
-    keys; ``sync=False`` never synchronises (CUDA-graph capturable) and reports them in ``overflow``
-    — their candidates are then a subset chosen by the buffer, still *certified* (the certificate is
-    computed for whatever set was chosen), but not the tie rule's top-Kc.
+    ``sync=True`` gives overflowed rows their exact top-Kc; ``sync=False`` never synchronises
+    (CUDA-graph capturable) and reports them in ``overflow`` — their candidates are then the top-Kc of
+    the first ``cap`` tokens ≥ τ, still *certified* (the certificate is computed for whatever set was
+    chosen), but not necessarily the tie rule's top-Kc.
 
     Shapes: q (B, Hq, D); K (B, Hkv, T, D), V (B, Hkv, T, Dv) in the cache dtype; ``codes`` (B·Hkv,
     T, ⌈D·bits/8⌉) uint8 and ``offset``/``step`` (B·Hkv, ⌈T/group⌉, D) as produced by

@@ -188,9 +188,11 @@ def run_sketch_plan(plan: SketchStepPlan, q: torch.Tensor, *, sync: bool = False
     with the step's fields (out, candidates, certificate, gap, overflow; ``path="fused"``).
 
     ``sync=False``: no host synchronisation, static shapes (CUDA-graph capturable); rows whose
-    threshold selection overflowed are flagged in ``overflow`` (their candidate set is certified but
-    not the tie rule's top-Kc). ``sync=True``: q is also checked for NaN/inf and overflowed rows are
-    reselected from all keys (one synchronisation each)."""
+    threshold selection overflowed (more than ``cap`` tokens at or above τ) are flagged in
+    ``overflow`` (their candidate set is certified but not the tie rule's top-Kc). ``sync=True``: q is
+    also checked for NaN/inf (one synchronisation) and overflowed rows get their exact top-Kc
+    (``selection.select_candidates``: on the device with the radix kernel, by a reselection from all
+    keys with one synchronisation on the torch path)."""
     from .certificate import fused_certificate          # the fused step's Triton modules, imported on use
     from .kernels.cert_tail import finite_rows
     from .kernels.rescore import rescore_paged
