@@ -378,7 +378,7 @@ class TorchPagedKVCache:
                     seq = seq_idx.long()
                     pos = self.seq_lens[seq].long() - 1            # the kernel advanced the lengths
                     self._raise_row_maxima(seq, self.block_table[seq, pos // self.page_size].long(),
-                                           one_page_each=True, keys=keys, values=values, values_done=True)
+                                           one_page_each=True, keys=keys, values_done=True)
                 return
         seq = seq_idx.long()
         pos = self.seq_lens[seq].long()

@@ -121,7 +121,7 @@ def select_candidates(s: torch.Tensor, bmax: torch.Tensor, Kc: int, cap: int, sy
     if threshold and cap < Kc:
         raise VashistaInputError("cap", f"must be >= Kc ({Kc}), got {cap}")
     if method == "topk" or (method == "auto" and not radix_ok):
-        return _select_by_topk(s, bmax, Kc, cap, sync, short_window, threshold, on_triton)
+        return _select_by_topk(s, bmax, Kc, cap, sync, short_window, threshold, radix_ok)
     if not radix_ok:
         raise VashistaInputError("s", f"method='radix' needs float32 scores with unit column stride on a Triton "
                                       f"device (CUDA, or TRITON_INTERPRET=1), got {s.dtype} on {s.device}")
@@ -136,13 +136,15 @@ def select_candidates(s: torch.Tensor, bmax: torch.Tensor, Kc: int, cap: int, sy
     return select_topk(s, Kc)
 
 
-def _select_by_topk(s, bmax, Kc, cap, sync, short_window, threshold, on_triton):
-    """select_candidates with ``torch.topk`` over int64 tie keys (its ``method="topk"``)."""
+def _select_by_topk(s, bmax, Kc, cap, sync, short_window, threshold, keys_kernel):
+    """select_candidates with ``torch.topk`` over int64 tie keys (its ``method="topk"``);
+    ``keys_kernel``: the keys by ``kernels/row_keys.py`` (Triton runs and ŝ is float32 of unit column
+    stride, the caller's ``radix_ok``), else in torch."""
     from .kernels.row_keys import row_keys            # Triton is optional for the torch path's users
     from .kernels.select_above import select_above
 
     R, T = s.shape
-    if on_triton and s.dtype == torch.float32 and s.stride(1) == 1:
+    if keys_kernel:
         def keys_of(w):        # tie_keys(s[:, :w], idx[:w]) in one launch instead of ~10 ops
             return row_keys(s, w)
     else:

@@ -5,7 +5,8 @@ For every batch row b (sequence ``seq[b]``, length n read on the device) it does
 launch-bound):
 
 1. writes the new key and value (cast to the cache dtype) into slot n % S of the sequence's page
-   ``block_table[seq, n // S]`` for every KV head, and advances ``seq_lens[seq]`` to n + 1;
+   ``block_table[seq, n // S]`` for every KV head (the second launch then advances ``seq_lens[seq]``
+   to n + 1);
 2. recomputes that page's summaries over its n % S + 1 valid slots, with the same float32 code as
    ``kernels/page_summary.py`` (value norm max‖v‖₂ when the cache keeps value norms — a dense-only
    cache keeps none and this step is skipped — and raises the sequence's running maximum ``vabs``
@@ -33,8 +34,9 @@ store), so no barrier is needed.
 Bytes moved per row and KV head (S page size, D head dim, e the cache element size, b bits):
 reads the page's ≤ S keys (up to 8/b times for the b-bit channel sets, from cache after the first)
 and values, S·D·e each, plus the new key and value; writes 2·D·e (new token), S·D·b/8 (codes),
-2·D·m (offset, step; m the metadata size) and 4 (value norm) [+ 2·D·e + 4·D with key summaries]. A
-dense-only cache (no summaries, no sketch) moves the new token's 2·D·e only.
+2·D·m (offset, step; m the metadata size) and 4 (value norm), and reads and writes 4 (the running
+maximum) [+ 2·D·e + 4·D with key summaries]. A dense-only cache (no summaries, no sketch) moves the new
+token's 2·D·e only.
 
 Example (CPU: ``TRITON_INTERPRET=1``)::
 
