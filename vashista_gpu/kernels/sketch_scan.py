@@ -65,7 +65,7 @@ import triton.language as tl
 
 from vashista_core.rounding import U32, gamma
 
-__all__ = ["SUB", "paged_sketch_scan_bound", "scan_constants", "sketch_scan_bound", "sketch_scores", "use_int_dot"]
+__all__ = ["MMA_DEFAULT", "SUB", "paged_sketch_scan_bound", "scan_constants", "sketch_scan_bound", "sketch_scores", "use_int_dot"]
 SUB = 16                                          # tokens per entry of ``smax``
 
 
