@@ -1,28 +1,23 @@
 #!/usr/bin/env bash
-# The fifth session's last device call: the GPU tests the staging calls' 150 s limit cut (the rest of the
-# selection tests, test_gpu_sketch_select, test_row_bounds; test_paged_scan with the tensor-core scan's tests)
-# with a compiled soundness-stress slice beside
-# them, after the decode's own peak memory (e2e_decode.py's decode_peak_GiB) at 128k. Output: $OUT/*.
+# The fifth session's last device call, cut to ~150 s by two failed machine starts: the tensor-core int4
+# scan against the dp2a scan (alone, then end to end at 128k with the decode's own peak memory), then
+# test_paged_scan (the tensor-core scan's tests) with a compiled stress slice beside. Output: $OUT/*.
 set -u
 export PYTHONPATH=. PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/tc
 FINAL=$OUT; OUT=/tmp/s5f; mkdir -p $OUT     # at most 8 files come back: one archive and the summary
 T0=$(date +%s)
 { nvidia-smi --query-gpu=name --format=csv,noheader; git log -1 --format=%h; } > "$OUT/card.txt"
 # the tensor-core int4 scan against the dp2a scan, alone (equality first, then CUDA-graph timings)
-timeout 55 python3 benchmarks/scan_variants_gpu.py --mma --budget-s 35 --out "$OUT/scan_mma.json" > "$OUT/scan_mma.log" 2>&1
+timeout 45 python3 benchmarks/scan_variants_gpu.py --mma --budget-s 25 --out "$OUT/scan_mma.json" > "$OUT/scan_mma.log" 2>&1
 echo "scan mma rc=$? at $(( $(date +%s) - T0 )) s" >> "$OUT/card.txt"
-timeout 75 python3 benchmarks/e2e_decode.py --out "$OUT/e2e" --configs llama-1b:131072:1,llama-1b:131072:4 \
+timeout 50 python3 benchmarks/e2e_decode.py --out "$OUT/e2e" --configs llama-1b:131072:1 \
     --variants graph_sdpa_flash,ours_dense,ours_cert_int4_g16,ours_cert_int4_g16+mma > "$OUT/e2e.log" 2>&1
 echo "e2e rc=$? at $(( $(date +%s) - T0 )) s" >> "$OUT/card.txt"
 python3 tests/stress/long_gpu.py --tiers gpu-triton-fp32,gpu-triton-bf16,gpu-triton-fp16,cp-fused-fp32 \
-    --workers 3 --seconds 95 --seed0 70000000 --json "$OUT/stress_final.json" > "$OUT/stress_final.txt" 2>&1 &
+    --workers 3 --seconds 45 --seed0 70000000 --json "$OUT/stress_final.json" > "$OUT/stress_final.txt" 2>&1 &
 SP=$!
-S=tests/test_select_kernel.py   # the 6 of its 16 tests the first call's limit cut
-timeout 110 python3 -m pytest -q -p no:cacheprovider -p no:benchmark -rfEs \
-    "$S::test_threshold_path_equals_topk_path[1000-3-4096-12-8]" "$S::test_short_rows_of_a_padded_batch" \
-    "$S::test_select_candidates_is_one_launch" "$S::test_block_width_is_given_not_inferred" \
-    "$S::test_nan_scores_do_not_crash" "$S::test_bad_arguments_are_named" \
-    tests/test_paged_scan.py tests/test_gpu_sketch_select.py tests/test_row_bounds.py > "$OUT/tests_final.log" 2>&1
+timeout 55 python3 -m pytest -q -p no:cacheprovider -p no:benchmark -rfEs tests/test_paged_scan.py \
+    > "$OUT/tests_final.log" 2>&1
 echo "tests rc=$? at $(( $(date +%s) - T0 )) s: $(tail -1 "$OUT/tests_final.log")" >> "$OUT/card.txt"
 wait $SP; echo "stress rc=$? at $(( $(date +%s) - T0 )) s" >> "$OUT/card.txt"
 rm -f "$OUT"/e2e/*.png "$OUT"/e2e/crossover.json
