@@ -266,9 +266,7 @@ def run_ours(model, variant, B, ctx, steps, dev, kc, dense_layers):
 
     # "+df": DenseFallback with a tolerance nothing exceeds — the device policy's fixed cost (flag,
     # compaction, an idle pairs launch) on top of the certified step
-    # "+mma": the int4 scan's integer sums on the tensor cores (kernels/sketch_scan.py, MMA_DEFAULT)
-    from vashista_gpu.kernels import sketch_scan
-    base, df, mma = variant.split("+")[0], "+df" in variant, "+mma" in variant
+    base, df = variant.split("+")[0], variant.endswith("+df")
     mode, bits, page = dict(ours_dense=("dense", 4, 16), ours_cert_int4_g16=("certified", 4, 16),
                             ours_cert_int8_g64=("certified", 8, 64), ours_paged=("paged", 4, 16))[base]
     max_new = steps + 8
@@ -277,26 +275,20 @@ def run_ours(model, variant, B, ctx, steps, dev, kc, dense_layers):
     eng = Engine(model, mode=mode, bits=bits, budget=budget, max_seqs=B, max_tokens=max_tokens, page_size=page,
                  graph=dev.type == "cuda", dense_layers=dense_layers, progress=False,
                  policy=DenseFallback(1e30) if df else None)
-    mma_default, sketch_scan.MMA_DEFAULT = sketch_scan.MMA_DEFAULT, mma or sketch_scan.MMA_DEFAULT
-    try:
-        with eng, torch.no_grad():
-            seqs = _fill_engine(eng, B, ctx, max_new, dev)
-            _reset_peak(dev)
-            eng._segment(seqs)
-            replay = graphed(eng._step, dev)
-            s = time_fn(replay, steps, dev)
-            decode_peak = _peak_GiB(dev)
-            stats = eng.runner.stats.summary()
-            nbytes = eng.cache.nbytes()
-            dense_kv = eng.cache.dense_kv_bytes(B * ctx)
-            Kc, P = eng.runner.Kc, eng.runner.P
-    finally:
-        sketch_scan.MMA_DEFAULT = mma_default
+    with eng, torch.no_grad():
+        seqs = _fill_engine(eng, B, ctx, max_new, dev)
+        _reset_peak(dev)
+        eng._segment(seqs)
+        replay = graphed(eng._step, dev)
+        s = time_fn(replay, steps, dev)
+        decode_peak = _peak_GiB(dev)
+        stats = eng.runner.stats.summary()
+        nbytes = eng.cache.nbytes()
+        dense_kv = eng.cache.dense_kv_bytes(B * ctx)
+        Kc, P = eng.runner.Kc, eng.runner.P
     cfg = dict(mode=mode, bits=bits if mode == "certified" else None, group=page if mode == "certified" else None,
                page_size=page, Kc=Kc, P=P if mode == "paged" else None, budget=budget,
-               dense_layers=list(dense_layers), policy="DenseFallback(1e30)" if df else "ReportOnly",
-               scan="mma" if (mma or sketch_scan.MMA_DEFAULT) and bits == 4 and mode == "certified"
-               and dims(model)[3] >= 32 else "dp2a")
+               dense_layers=list(dense_layers), policy="DenseFallback(1e30)" if df else "ReportOnly")
     del eng
     return dict(s_per_token=s, cache_bytes=nbytes, dense_kv_bytes=dense_kv, stats=stats, config=cfg,
                 decode_peak_GiB=decode_peak)

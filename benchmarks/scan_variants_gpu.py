@@ -18,10 +18,6 @@ old launch's bit for bit on this card (the arithmetic of a token is the same; th
 reductions over channels could in principle be ordered differently for another tile shape).
 
     PYTHONPATH=. python benchmarks/scan_variants_gpu.py --out /tmp/scan_variants.json
-
-``--mma``: the int4 shapes only, the dp2a scan (the default launch) as the reference against the
-tensor-core scan (``mma=True``) at several pages per program and warps; ``same_bits`` then compares
-with the dp2a scan.
 """
 from __future__ import annotations
 
@@ -62,7 +58,6 @@ def main(argv=None):
     ap.add_argument("--rep-ms", type=int, default=60)
     ap.add_argument("--budget-s", type=float, default=75.0, help="variants past this wall time are skipped")
     ap.add_argument("--smoke", action="store_true", help="CPU check of the script (TRITON_INTERPRET=1, tiny T)")
-    ap.add_argument("--mma", action="store_true", help="int4: the dp2a scan against the tensor-core scan")
     a = ap.parse_args(argv)
     cuda = torch.cuda.is_available() and not a.smoke
     if not cuda and not a.smoke:
@@ -80,9 +75,7 @@ def main(argv=None):
         ("1b_int8_g64_b1", 1, 8, 4, 64, 8, 64), ("1b_int8_g64_b4", 4, 8, 4, 64, 8, 64),
         ("mha_d128_int4_g16_b16", 16, 32, 1, 128, 4, 16), ("mha_d128_int8_g64_b16", 16, 32, 1, 128, 8, 64),
     ]
-    if a.mma:
-        shapes = [x for x in shapes if x[5] == 4]
-    OLD, NEW = ("dp2a (default launch)", "mma (default launch)") if a.mma else ("old (fills + 1 page/program)", "new default")
+    OLD, NEW = "old (fills + 1 page/program)", "new default"
     cases, rows = {}, {}
     for name, B, Hkv, G, D, bits, S in shapes:
         if a.smoke:
@@ -97,21 +90,14 @@ def main(argv=None):
             torch.full((R, -(-T // SUB)), float("-inf"), dtype=torch.float32, device=dev)
             return paged_sketch_scan_bound(q, store, cache, seq_idx, T, scale=0.125, pages_per_program=1)
 
-        if a.mma:
-            def old(q=q, store=store, cache=cache, seq_idx=seq_idx):
-                return paged_sketch_scan_bound(q, store, cache, seq_idx, T, scale=0.125, mma=False)
-        mma = True if a.mma else None
         variants = {OLD: old, NEW: lambda q=q, store=store, cache=cache, seq_idx=seq_idx:
-                    paged_sketch_scan_bound(q, store, cache, seq_idx, T, scale=0.125, mma=mma)}
+                    paged_sketch_scan_bound(q, store, cache, seq_idx, T, scale=0.125)}
         default = max(1, 64 // S)
         sweep = [(1, 1), (default, 1), (default, 2), (default, 4), (2 * default, 1), (2 * default, 2)]
-        if a.mma:
-            sweep = [(default, 2), (default, 4), (2 * default, 1), (2 * default, 2), (2 * default, 4), (4 * default, 4)]
         for ng, nw in dict.fromkeys(sweep):
             variants[f"{ng} pages/program, {nw} warps"] = (
                 lambda ng=ng, nw=nw, q=q, store=store, cache=cache, seq_idx=seq_idx:
-                paged_sketch_scan_bound(q, store, cache, seq_idx, T, scale=0.125, pages_per_program=ng, num_warps=nw,
-                                        mma=mma))
+                paged_sketch_scan_bound(q, store, cache, seq_idx, T, scale=0.125, pages_per_program=ng, num_warps=nw))
         if a.smoke:
             variants = dict(list(variants.items())[:3])
         cases[name] = (variants, [x.clone() for x in old()], moved)

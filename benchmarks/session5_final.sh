@@ -2,6 +2,9 @@
 # The fifth session's last device call, cut to ~150 s by two failed machine starts: the tensor-core int4
 # scan against the dp2a scan (alone, then end to end at 128k with the decode's own peak memory), then
 # test_paged_scan (the tensor-core scan's tests) with a compiled stress slice beside. Output: $OUT/*.
+# Ran once, at 4ae63bf (results/gpu_session5_h100/final/). The tensor-core scan measured 2-6x slower than
+# the dp2a scan and was removed afterwards: its two steps (scan_variants_gpu.py --mma, the '+mma' e2e
+# variant) no longer run from later trees.
 set -u
 export PYTHONPATH=. PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/tc
 FINAL=$OUT; OUT=/tmp/s5f; mkdir -p $OUT     # at most 8 files come back: one archive and the summary

@@ -1,9 +1,12 @@
 """The paged sketch scan (``kernels/sketch_scan.py::paged_sketch_scan_bound``) with several pages per
-program (GQA, the engine's 16-token pages): every token's ŝ and ub are the same bits whatever the
-number of pages a program covers (the arithmetic of a token does not depend on it), −inf past each
-row's end is written by the kernel itself (no fills), ŝ agrees with the float64 dot against the
-dequantized sketch, and ub bounds the true scaled score of every stored key. GQA grids with one KV
-head, odd lengths, partial last pages and shuffled physical pages; runs under TRITON_INTERPRET=1."""
+program (GQA, the engine's 16-token pages): every token's ŝ and ub are the same whatever the number
+of pages a program covers — the same bits under the interpreter; compiled, the per-page setup's float32
+sums over channels may be ordered differently for another tile shape (up to ~2.4·10⁻⁶ absolute seen
+on an H100), which the scan's rounding allowance covers for any order, so there every variant's ub is
+checked against the true keys and the variants agree to 10⁻⁵. −inf past each row's end is written by
+the kernel itself (no fills), ŝ agrees with the float64 dot against the dequantized sketch, and ub
+bounds the true scaled score of every stored key. GQA grids with one KV head, odd lengths, partial
+last pages and shuffled physical pages; runs under TRITON_INTERPRET=1."""
 from __future__ import annotations
 
 import pytest
@@ -62,11 +65,17 @@ def test_pages_per_program_are_bit_identical_and_sound(lens, Hkv, G, D, bits, on
     store = cache.sketches[bits]
     runs = {n: paged_sketch_scan_bound(q, store, cache, seq_idx, T, scale=scale, one_sided=one_sided,
                                        pages_per_program=n) for n in (1, 2, 4, 8)}
+    runs["default"] = paged_sketch_scan_bound(q, store, cache, seq_idx, T, scale=scale, one_sided=one_sided)
     s1, ub1, sm1 = (x.cpu() for x in runs[1])
-    for n, (s, ub, sm) in runs.items():
-        assert torch.equal(s.cpu(), s1) and torch.equal(ub.cpu(), ub1) and torch.equal(sm.cpu(), sm1), n
-    assert torch.equal(paged_sketch_scan_bound(q, store, cache, seq_idx, T, scale=scale, one_sided=one_sided)[1].cpu(),
-                       ub1)                                                       # the default
+    for n, out in runs.items():
+        for a, b in zip((x.cpu() for x in out), (s1, ub1, sm1)):
+            assert torch.equal(a.isfinite(), b.isfinite()) and bool((a[~a.isfinite()] == b[~b.isfinite()]).all()), n
+            if DEV == "cpu":
+                assert torch.equal(a, b), n                       # the interpreter: the same bits
+            else:
+                f = a.isfinite()
+                assert torch.allclose(a[f], b[f], rtol=1e-5, atol=1e-5), (n, float((a[f] - b[f]).abs().max()))
+    ubs = {n: out[1].cpu() for n, out in runs.items()}
     L, S = (1 << bits) - 1, cache.page_size
     for b, (sid, n) in enumerate(zip(ids, lens)):
         rows = slice(b * Hq, (b + 1) * Hq)
@@ -88,57 +97,9 @@ def test_pages_per_program_are_bit_identical_and_sound(lens, Hkv, G, D, bits, on
         v_abs = torch.einsum("hgd,hnd->hgn", qd.abs(), sk.step.cpu().double()[:, gi]).reshape(Hq, n)
         assert bool(((s1[rows, :n].double() - s_ref).abs() <= L * v_abs * 2.0 ** -14 + 1e-5 * s_ref.abs() + 1e-6).all())
         true = scale * torch.einsum("hgd,nhd->hgn", qd, keys[b]).reshape(Hq, n)
-        assert bool((ub1[rows, :n].double() >= true).all()), (ub1[rows, :n].double() - true).min()
+        for npp, ub in ubs.items():                             # every launch sound, not only the first
+            assert bool((ub[rows, :n].double() >= true).all()), (npp, float((ub[rows, :n].double() - true).min()))
 
-
-
-MMA_CASES = [
-    # lens, Hkv, G, D, one_sided: int4 pages of 16 (the tensor-core scan's domain)
-    ([150, 97, 1], 1, 4, 64, True),           # the 1B / 8B shapes' G, one KV head
-    ([129, 16, 64], 2, 3, 32, False),         # G not a power of two, two-sided
-    ([90], 2, 7, 64, True),                   # Qwen2.5-0.5B's G (7: 8 head columns)
-    ([75, 33], 3, 1, 32, True),               # MHA
-]
-
-
-@pytest.mark.parametrize("lens,Hkv,G,D,one_sided", MMA_CASES)
-def test_tensor_core_scan_is_the_dp2a_scan(lens, Hkv, G, D, one_sided):
-    """``mma=True`` (int4 sums as int8 tensor-core dots) returns the dp2a scan's ŝ, ub and maxima: the
-    integers are the same and so is every float operation. Bit for bit under the interpreter; on a
-    card the per-page setup's float32 sums may be ordered differently (another tile shape), which the
-    rounding allowance covers (ub is checked against the true keys here, too)."""
-    cache, ids, keys = _cache(lens, Hkv, D, 4, seed=len(lens) + D + G, spare=21)
-    B, Hq, scale = len(lens), Hkv * G, 0.125
-    T = max(lens) + 21
-    q = (torch.randn(B * Hq, D, generator=torch.Generator().manual_seed(G + 1)) * 1.5).to(DEV)
-    seq_idx = torch.tensor(ids, dtype=torch.int32, device=DEV)
-    store = cache.sketches[4]
-    ref = [x.cpu() for x in paged_sketch_scan_bound(q, store, cache, seq_idx, T, scale=scale, one_sided=one_sided,
-                                                     mma=False)]
-    for n in (1, 4):
-        out = [x.cpu() for x in paged_sketch_scan_bound(q, store, cache, seq_idx, T, scale=scale,
-                                                         one_sided=one_sided, mma=True, pages_per_program=n)]
-        for a, b in zip(out, ref):
-            assert torch.equal(torch.isfinite(a), torch.isfinite(b)) and torch.equal(a[~torch.isfinite(a)], b[~torch.isfinite(b)])
-            if DEV == "cpu":
-                assert torch.equal(a, b), n
-            else:
-                f = torch.isfinite(a)
-                assert torch.allclose(a[f], b[f], rtol=2e-6, atol=1e-6), n
-        ub = out[1]
-        for b, n_b in enumerate(lens):
-            true = scale * torch.einsum("hgd,nhd->hgn", q.cpu().double().view(B, Hkv, G, D)[b], keys[b]).reshape(Hq, n_b)
-            assert bool((ub[b * Hq:(b + 1) * Hq, :n_b].double() >= true).all())
-
-
-def test_tensor_core_scan_falls_back_outside_its_domain():
-    """int8 codes (and D < 32) keep the dp2a / float scan whatever ``mma`` says: the same outputs."""
-    cache, ids, _ = _cache([70], 2, 64, 8, seed=3, page=64)
-    q = torch.randn(8, 64, generator=torch.Generator().manual_seed(0)).to(DEV)
-    seq_idx = torch.tensor(ids, dtype=torch.int32, device=DEV)
-    a = paged_sketch_scan_bound(q, cache.sketches[8], cache, seq_idx, 80, scale=0.1, mma=True)
-    b = paged_sketch_scan_bound(q, cache.sketches[8], cache, seq_idx, 80, scale=0.1, mma=False)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 def test_float_dots_take_one_page_per_program():
     """D 512 at int8 could overflow int32 (float dots): several pages per program are refused,

@@ -65,7 +65,7 @@ import triton.language as tl
 
 from vashista_core.rounding import U32, gamma
 
-__all__ = ["MMA_DEFAULT", "SUB", "paged_sketch_scan_bound", "scan_constants", "sketch_scan_bound", "sketch_scores", "use_int_dot"]
+__all__ = ["SUB", "paged_sketch_scan_bound", "scan_constants", "sketch_scan_bound", "sketch_scores", "use_int_dot"]
 SUB = 16                                          # tokens per entry of ``smax``
 
 
@@ -292,147 +292,6 @@ def _sketch_scan_bound_kernel(q_ptr, words_ptr, off_ptr, step_ptr, s_ptr, ub_ptr
         tl.store(smax_ptr + r.to(tl.int64) * NS + sub, sm, mask=sub < NS)
 
 
-@triton.jit
-def _head_columns(a, b, c, GB: tl.constexpr):
-    """The (channels, 4·GB) int8 operand of one channel parity for a tensor-core dot: the per-head
-    (GB, channels) int32 digits ``a``, ``b``, ``c`` as columns [a | b | c | 0] (column blocks of GB
-    heads)."""
-    z = tl.zeros(a.shape, tl.int32)
-    x = tl.join(tl.join(a, b), tl.join(c, z))                 # (GB, W, inner, outer): [[a, b], [c, 0]]
-    return tl.reshape(tl.permute(x, (1, 3, 2, 0)), (a.shape[1], 4 * GB)).to(tl.int8)
-
-
-@triton.jit
-def _column_blocks(acc, GB: tl.constexpr):
-    """The three (tokens, GB) column blocks [a | b | c | ·] of a dot's int32 result (``_head_columns``)."""
-    x = tl.permute(tl.reshape(acc, (acc.shape[0], 2, 2, GB)), (0, 3, 2, 1))   # (tokens, GB, inner, outer)
-    ab, c0 = tl.split(x)
-    a, b = tl.split(ab)
-    c, _ = tl.split(c0)
-    return a, b, c
-
-
-@triton.jit
-def _digits(x):
-    """x ∈ [−2¹⁵, 2¹⁵) (int32) as 256·hi + lo + 128, hi and lo in int8 range: dots of int8 operands
-    then give Σ c·x = 256·Σ c·hi + Σ c·lo + 128·Σ c exactly in int32."""
-    return x >> 8, (x & 255) - 128
-
-
-@triton.jit
-def _sketch_scan_mma_kernel(q_ptr, codes_ptr, off_ptr, step_ptr, s_ptr, ub_ptr, smax_ptr,
-                            T, NS, scale, a_fac, rnd_fac, grow, x_fac, ri_fac,
-                            seq_ptr, len_ptr, table_ptr, table_stride, Hkv,
-                            G: tl.constexpr, GB: tl.constexpr, D: tl.constexpr, S: tl.constexpr,
-                            NG: tl.constexpr, ONE_SIDED: tl.constexpr, BLK_FIRST: tl.constexpr):
-    """The paged int4 scan of ``_sketch_scan_bound_kernel`` (``INTDOT``, ``PAGED``) with its integer
-    sums on the tensor cores: the same ŝ and ub, to the float32 summation order of the per-page setup.
-
-    The G query heads of a KV head share every code. ``_sketch_scan_bound_kernel`` spends two dp2a
-    chains per code and head (the dot and the one-sided savings), ~5 instructions per code and head,
-    i.e. ~21 per code at G = 4: at the Llama-3.2-1B shape (D 64, G 4, 16-token pages) the scan ran at
-    ~0.8 TB/s, bound by those instructions. Here both sums become int8 dots (exact int32
-    accumulation) of the page's codes against per-head columns: ṽ and β̃ (int16 ranges) as two int8
-    digits each (``_digits``), plus 0/1 columns for the digits' offset:
-
-        Σ_d ṽ_d·c_{j,d}       = 256·Σ c·hi(ṽ) + Σ c·lo(ṽ) + 128·Σ_d c_{j,d}
-        Σ_d β̃_d·[c_{j,d} = t_d] = Σ over the indicator planes [c = L] (channels q > 0) and [c = 0]
-                                  (q ≤ 0) of 256·Σ I·hi(β̃) + Σ I·lo(β̃) + 128·Σ I·[selected]
-
-    so per code only the unpacking (nibble → int8) and two indicator tests are left, shared by the
-    G heads. The integers are those of the dp2a path (every partial sum < 2³¹); ṽ, β̃, sv, sβ and the
-    error terms are computed as there, on a (heads, D) tile per page. One program per (row × KV head,
-    NG pages); the dots are (S tokens × D/2 channels of one parity) · (D/2 × 4·GB columns)."""
-    if BLK_FIRST:
-        blk = tl.program_id(0)
-        row_kv = tl.program_id(1)
-    else:
-        row_kv = tl.program_id(0)
-        blk = tl.program_id(1)
-    L: tl.constexpr = 15
-    W: tl.constexpr = D // 2                       # code bytes per token: channels 2m (low), 2m + 1 (high)
-    seq = tl.load(seq_ptr + row_kv // Hkv)
-    n = tl.load(len_ptr + seq)
-    kvh = row_kv % Hkv
-    hd = tl.arange(0, GB)
-    hmask = hd < G
-    r = row_kv * G + hd                            # (GB,) rows b·Hq + h
-    dc = tl.arange(0, D)
-    Q = tl.load(q_ptr + r[:, None] * D + dc[None, :], mask=hmask[:, None], other=0.0)        # (GB, D)
-    aQ = tl.abs(Q)
-    m = tl.arange(0, W)
-    j = tl.arange(0, S)
-    for g in tl.static_range(NG):
-        lp = blk * NG + g
-        tok = lp * S + j                           # (S,)
-        tmask = tok < n
-        live = lp * S < n
-        phys = tl.load(table_ptr + seq.to(tl.int64) * table_stride + lp, mask=live, other=0).to(tl.int64)
-        slot = phys * Hkv + kvh
-        o = tl.load(off_ptr + slot * D + dc, mask=live & (dc < D), other=0.0).to(tl.float32)[None, :]
-        st = tl.load(step_ptr + slot * D + dc, mask=live & (dc < D), other=0.0).to(tl.float32)[None, :]
-        R = tl.maximum(tl.abs(o), tl.abs(o + L * st))
-        V = Q * st                                                                        # (GB, D)
-        qo = tl.sum(Q * o, axis=1)
-        aq = tl.sum((st * a_fac) * aQ, axis=1)
-        rnd = tl.sum(aQ * R, axis=1)
-        sv_abs = tl.sum(tl.abs(V), axis=1)
-        sv = _pow2_at_least(tl.max(tl.abs(V), axis=1) * (1.0 / 32767.0))                # (GB,)
-        t3 = tl.fma(V, (1.0 / sv)[:, None], 12582912.0)        # 1.5·2²³ + round(v/sv): low 16 bits = ṽ
-        res = tl.sum(tl.abs(tl.fma(-sv[:, None], t3 - 12582912.0, V)), axis=1)
-        vt = ((t3.to(tl.int32, bitcast=True) & 0xFFFF) << 16) >> 16                       # ṽ (GB, D)
-        # the page's codes: (S, W) bytes → the even / odd channels' codes as int8
-        b = tl.load(codes_ptr + (slot * S * W)[None] + j[:, None] * W + m[None, :],
-                    mask=tmask[:, None], other=0)
-        ce = (b & 15).to(tl.int8)
-        co = (b >> 4).to(tl.int8)
-        ve, vo = tl.split(tl.reshape(vt, (GB, W, 2)))
-        one = (hd[:, None] == 0).to(tl.int32) + tl.zeros((GB, W), tl.int32)
-        he, le = _digits(ve)
-        ho, lo_ = _digits(vo)
-        acc = tl.dot(ce, _head_columns(he, le, one, GB), out_dtype=tl.int32)
-        acc = tl.dot(co, _head_columns(ho, lo_, one, GB), acc=acc, out_dtype=tl.int32)
-        hi, lo, csum = _column_blocks(acc, GB)
-        idot = hi * 256 + lo + tl.sum(csum, axis=1)[:, None] * 128                       # (S, GB)
-        sc = idot.to(tl.float32) * sv[None, :] + qo[None, :]
-        e = ((aq + rnd * rnd_fac + x_fac * sv_abs + res * ri_fac) * grow + 1e-30)[None, :] + tl.zeros((S, GB), tl.float32)
-        if ONE_SIDED:
-            sb = _pow2_at_least(tl.max((st * a_fac) * aQ, axis=1) * (1.0 / 32767.0))     # (GB,)
-            cb = (a_fac * (1.0 - 8 * 5.960464477539063e-08)) * (1.0 / sb)
-            bt = tl.floor((st * cb[:, None]) * aQ).to(tl.int32)                           # β̃ (GB, D)
-            pos = Q > 0.0                          # target code L; 0 where q ≤ 0 (β̃ = 0 at q = 0)
-            bp = tl.where(pos, bt, 0)
-            b0 = tl.where(pos, 0, bt)
-            bpe, bpo = tl.split(tl.reshape(bp, (GB, W, 2)))
-            b0e, b0o = tl.split(tl.reshape(b0, (GB, W, 2)))
-            spe, spo = tl.split(tl.reshape(pos.to(tl.int32), (GB, W, 2)))
-            hp_e, lp_e = _digits(bpe)
-            hp_o, lp_o = _digits(bpo)
-            h0_e, l0_e = _digits(b0e)
-            h0_o, l0_o = _digits(b0o)
-            # an unselected channel contributes (0, 0, 0), not the digits of 0 = (0, −128, 1)
-            sel = tl.where(hmask[:, None], 1, 0)
-            s2 = tl.dot((ce == L).to(tl.int8), _head_columns(hp_e, lp_e * spe, spe, GB), out_dtype=tl.int32)
-            s2 = tl.dot((co == L).to(tl.int8), _head_columns(hp_o, lp_o * spo, spo, GB), acc=s2, out_dtype=tl.int32)
-            s2 = tl.dot((ce == 0).to(tl.int8), _head_columns(h0_e, l0_e * (sel - spe), sel - spe, GB), acc=s2, out_dtype=tl.int32)
-            s2 = tl.dot((co == 0).to(tl.int8), _head_columns(h0_o, l0_o * (sel - spo), sel - spo, GB), acc=s2, out_dtype=tl.int32)
-            shi, slo, ssel = _column_blocks(s2, GB)
-            sav = (shi * 256 + slo + ssel * 128) * 128           # = the dp2a path's Σ β̃·0x80, exact
-            e = e - sav.to(tl.float32) * (1.0 - 2 * 5.960464477539063e-08) * (sb * 0.0078125)[None, :]
-        e = tl.maximum(e + tl.abs(e) * 5.960464477539063e-08 * 2, 0.0)
-        t = (sc + e) * scale
-        ub = t + tl.abs(t) * (8 * 5.960464477539063e-08)
-        out = r.to(tl.int64)[None, :] * T + tok[:, None]                                 # (S, GB)
-        om = hmask[None, :] & (tok < T)[:, None]
-        tm = tmask[:, None]
-        sc = tl.where(tm, sc, float("-inf"))
-        tl.store(s_ptr + out, sc, mask=om)
-        tl.store(ub_ptr + out, tl.where(tm, ub, float("-inf")), mask=om)
-        sm = tl.max(tl.reshape(sc, (S // 16, 16, GB)), axis=1)                           # (S/16, GB)
-        sub = lp * (S // 16) + tl.arange(0, S // 16)
-        tl.store(smax_ptr + r.to(tl.int64)[None, :] * NS + sub[:, None], sm, mask=hmask[None, :] & (sub < NS)[:, None])
-
-
 def scan_constants(bits: int, D: int, int_dot: bool = False) -> tuple[float, float, float, float, float]:
     """(a_fac, rnd_fac, grow, x_fac, ri_fac) of the scan's bound: the host-side rounding analysis."""
     levels = (1 << bits) - 1
@@ -505,22 +364,12 @@ def _grid(blocks: int, rows: int):
     return ((blocks, rows) if blk_first else (rows, blocks)), blk_first
 
 
-# the tensor-core int4 scan as the default: off until it is timed on a card against the dp2a scan
-MMA_DEFAULT = False
-
-
-def _use_mma(mma, bits: int, D: int, S: int, int_dot: bool) -> bool:
-    want = MMA_DEFAULT if mma is None else bool(mma)
-    return want and bits == 4 and int_dot and S % 16 == 0 and D >= 32
-
-
 def _use_asm(q) -> bool:
     return q.is_cuda and torch.version.hip is None and os.environ.get("TRITON_INTERPRET", "0") != "1"
 
 
 def paged_sketch_scan_bound(q, store, cache, seq_idx, T: int, *, scale: float, one_sided: bool = True,
-                            num_warps: int | None = None, pages_per_program: int | None = None,
-                            mma: bool | None = None):
+                            num_warps: int | None = None, pages_per_program: int | None = None):
     """The same scan over a paged cache's sketch store (``vashista_gpu.sketch.TorchPageSketchStore``,
     quantization group = page): ``q`` (B·Hq, D) float32, ``seq_idx`` (B,) int32 sequence ids, ``T`` ≥
     every sequence's length. Returns (s, ub, smax) as :func:`sketch_scan_bound` for rows of length T,
@@ -532,12 +381,7 @@ def paged_sketch_scan_bound(q, store, cache, seq_idx, T: int, *, scale: float, o
     three dependent loads (length, page table, sketch) for 512 bytes of codes, and with at most 32
     resident programs per SM the scan ran at ~0.5 TB/s (0.64 ms per layer on an H100, more than the
     whole dense attention). Several pages per program share those waits and the per-program setup,
-    as the contiguous scan's NG groups do; the arithmetic of every token is unchanged.
-
-    ``mma`` (default ``MMA_DEFAULT``) takes int4 pages' integer sums on the tensor cores
-    (``_sketch_scan_mma_kernel``: the same integers, the codes unpacked once for the G query heads);
-    it applies to 4-bit codes with the integer dots, pages of a multiple of 16 tokens and D ≥ 32, and
-    is ignored otherwise."""
+    as the contiguous scan's NG groups do; the arithmetic of every token is unchanged."""
     R, D = q.shape
     N, Hkv, S, W = store.codes.shape
     B = seq_idx.shape[0]
@@ -550,18 +394,8 @@ def paged_sketch_scan_bound(q, store, cache, seq_idx, T: int, *, scale: float, o
     s = torch.empty((R, T), dtype=torch.float32, device=q.device)
     ub = torch.empty((R, T), dtype=torch.float32, device=q.device)
     smax = torch.empty((R, NS), dtype=torch.float32, device=q.device)
-    table = cache.block_table
-    if _use_mma(mma, bits, D, S, int_dot):
-        NG = pages_per_program or max(1, 64 // S)
-        grid, blk_first = _grid(triton.cdiv(T, S * NG), B * Hkv)
-        G = R // (B * Hkv)
-        _sketch_scan_mma_kernel[grid](
-            q, store.codes, store.offset, store.step, s, ub, smax, T, NS, float(scale),
-            *scan_constants(bits, D, True), seq_idx, cache.seq_lens, table, table.stride(0), Hkv,
-            G=G, GB=max(4, triton.next_power_of_2(G)), D=D, S=S, NG=NG, ONE_SIDED=one_sided,
-            BLK_FIRST=blk_first, num_warps=num_warps or 1)
-        return s, ub, smax
     grid, blk_first = _grid(triton.cdiv(T, S * NG), B * Hkv)
+    table = cache.block_table
     _sketch_scan_bound_kernel[grid](
         q, store.codes.view(torch.int32), store.offset, store.step, s, ub, smax, T, NS, 1, S,
         float(scale), *scan_constants(bits, D, int_dot), seq_idx, cache.seq_lens, table, table.stride(0), Hkv,
