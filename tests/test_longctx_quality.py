@@ -762,22 +762,63 @@ def test_exceedance_curves_agree_between_decoders_and_with_a_direct_count(tiny):
     # after DenseFallback at tol 0 the output is dense: its certificates still exceed, its true error does not
     fb = runs["cert-int8-1/8-fallback@0"][1].stats.exceedance(TOL_GRID)[0]
     assert fb["certified"] == cert["certified"] and fb["true"] == [0] * 6
-    # the window has no certificate; on the engine it runs without the shadow
+    # the window has no certificate; both decoders count its true errors, on the same steps
     wa, wb = (longctx.stats_fields(r.stats, parse_mode("window-1/4"), 164, SHAPE) for r in runs["window-1/4"])
-    assert wa["cert_exceeds"] is None and wa["true_exceeds"][0] > 0
-    assert wb["cert_exceeds"] is None and wb["true_exceeds"] is None
+    assert wa["cert_exceeds"] is None and wb["cert_exceeds"] is None and wa["true_exceeds"][0] > 0
+    assert wb["true_exceeds"] == wa["true_exceeds"] and wb["decode_steps"] == wa["decode_steps"]
     with pytest.raises(VashistaInputError, match="thresholds"):
         runs["paged-3/4"][1].stats.exceedance([0.5])
 
 
-def test_window_mode_stays_on_the_hf_decoder_and_says_why(tiny):
-    from vashista_app.quality.engine_decoder import WINDOW_REASON, pick_decoder
+def test_window_mode_runs_on_the_engine(tiny):
+    # the sink + window baseline inside the engine's step: the HF window's tokens, log-probabilities,
+    # and true errors against the float64 shadow (the engine gathers the kept tokens from its pages)
+    from vashista_app.quality.engine_decoder import pick_decoder
 
-    (a, b), = _tiny_run(tiny, ["window-1/4"]).values()
-    assert b.decoder == "hf" and b.decoder_note == WINDOW_REASON and b.generated == a.generated
-    assert a.stats.summary()["shadow"] and not b.stats.summary()["shadow"]
+    runs = _tiny_run(tiny, ["window-1/4", "window-1/16", "window-1/1"])
+    for name, (a, b) in runs.items():
+        assert a.decoder == "hf" and b.decoder == "engine" and b.decoder_note is None, name
+        assert b.generated == a.generated and max(abs(x - y) for x, y in zip(a.nll, b.nll)) < 1e-5, name
+        sa, sb = a.stats.summary(), b.stats.summary()
+        assert sb["shadow"] and sb["steps"] == sa["steps"] == (8 + 3) * 4 and sb["fallback_rate"] == 0, name
+        assert sb["certificate_violations"] == sa["certificate_violations"] == 0, name
+        assert sb["max_true_error"] == pytest.approx(sa["max_true_error"], rel=1e-4, abs=1e-6), name
+        assert sb["nonfinite"] == sb["steps"]                     # the vacuous certificate of every step
+    # 1/16 of 164 tokens drops mass, a window over everything is dense attention
+    assert runs["window-1/16"][1].stats.summary()["max_true_error"] > 1e-3
+    assert runs["window-1/1"][1].stats.summary()["max_true_error"] < 1e-5
+    assert runs["window-1/16"][1].nll != runs["window-1/1"][1].nll
     assert pick_decoder("auto", "cuda") == "engine" and pick_decoder("auto", "cpu") == "hf"
     assert pick_decoder("engine", "cpu") == "engine"
+
+
+def test_window_attention_reads_the_sinks_and_the_window_from_the_pages():
+    """``window_attention`` against attention written out over ``window.keep_mask``'s positions, on a
+    paged pool whose row's pages are not contiguous (another row appended in between), at lengths below,
+    at and above sink + window."""
+    from vashista_app.quality.engine_decoder import window_attention
+    from vashista_app.quality.window import keep_mask
+    from vashista_gpu.paged_cache import TorchPagedKVCache
+
+    g = torch.Generator().manual_seed(5)
+    Hkv, G, D, S = 2, 3, 8, 4
+    cache = TorchPagedKVCache(S, n_kv_heads=Hkv, head_dim=D, dtype=torch.float32, device="cpu", num_pages=64,
+                              max_seqs=2, max_pages_per_seq=24)
+    a, other = cache.add_sequence(), cache.add_sequence()
+    K, V = torch.randn(50, Hkv, D, generator=g), torch.randn(50, Hkv, D, generator=g)
+    n = 0
+    for step in (3, 2, 5, 1, 7, 6, 9, 17):
+        cache.append(a, K[n:n + step], V[n:n + step])
+        cache.append(other, torch.randn(3, Hkv, D, generator=g), torch.randn(3, Hkv, D, generator=g))
+        n += step
+        q = torch.randn(1, Hkv * G, D, generator=g)
+        for sink, window in ((2, 5), (0, 7), (4, 60), (3, 1)):
+            out = window_attention(cache, a, q, 0.4, sink, window, S)
+            keep = keep_mask(torch.ones(1, n, dtype=torch.bool), sink, window)[0]
+            k, v = K[:n][keep].repeat_interleave(G, dim=1), V[:n][keep].repeat_interleave(G, dim=1)
+            w = torch.softmax(torch.einsum("hd,nhd->hn", q[0].double(), k.double()) * 0.4, dim=-1)
+            ref = torch.einsum("hn,nhd->hd", w, v.double())
+            assert torch.allclose(out[0].double(), ref, atol=1e-5), (n, sink, window)
 
 
 def test_engine_shadow_is_exact_attention_per_query_head():
