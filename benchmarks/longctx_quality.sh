@@ -34,8 +34,8 @@
 # DenseFallback at the default tolerance 0.01, which every certificate exceeds: 99.99 % fallback.)
 # Measured on an H100 (fifth session, results/gpu_session5_h100/quality32k): model load 50 s; the first
 # job ~130 s (each certified mode's kernels compile, ~55 s apiece); then per (item, mode), medians: dense
-# 0.86 s, certified 2.1-2.5 s (graph capture 0.17 s of it), paged 2.35 s, window (then on the HF decoder;
-# now on the engine's step, not yet timed) ~7.5 s;
+# 0.86 s, certified 2.1-2.5 s (graph capture 0.17 s of it), paged 2.35 s, window ~7.5 s (on the HF decoder
+# then; it now runs in the engine's step, not yet run on a card);
 # 31 jobs of 5 modes took two calls (~320 s + ~465 s).
 #
 # Cost (an estimate, to be replaced by the numbers the first call prints): an item decodes ~40-90 tokens
