@@ -358,6 +358,20 @@ class FakeDecoder:
         return DecodeResult(nll=nll, generated=CODEC.encode(" " + " ".join(ans)), stats=None, seconds=0.0)
 
 
+
+class FailingDecoder(FakeDecoder):
+    """A FakeDecoder whose ``bad`` mode raises ``error`` on every decode."""
+
+    def __init__(self, bad, error):
+        super().__init__()
+        self.bad, self.error = bad, error
+
+    def run(self, state, mode, ctx, feed, max_new, stop=None):
+        if mode.name == self.bad:
+            self.calls.append("!" + mode.name)
+            raise self.error
+        return super().run(state, mode, ctx, feed, max_new, stop=stop)
+
 def _cfg(tmp_path, **over):
     modes = select_modes(["window-1/8"])
     cfg = dict(tasks=["niah_single", "ppl"], contexts=[512], items=3, modes=[m.name for m in modes], mode_objs=modes,
@@ -369,6 +383,36 @@ def _cfg(tmp_path, **over):
 
 SHAPE = dict(head_dim=64, n_layers=2, dense_layers=1)
 
+
+
+def test_a_failing_mode_is_logged_left_out_and_retried(tmp_path):
+    # one mode raising must not end a long unattended run: the others finish, the failures go to
+    # errors.jsonl and the report, the mode is left out after MAX_MODE_FAILURES, a rerun retries it
+    out = str(tmp_path / "run")
+    cfg = _cfg(tmp_path)
+    dec = FailingDecoder("window-1/8", RuntimeError("a kernel refused this shape"))
+    counts = longctx.run(cfg, dec, CODEC, out, model_shape=SHAPE, pinned=dict(seed=0), progress=False)
+    assert counts["records_failed"] == longctx.MAX_MODE_FAILURES and not counts["complete"]
+    assert dec.calls.count("!window-1/8") == longctx.MAX_MODE_FAILURES and dec.calls.count("dense") == 4
+    recs = read_results(os.path.join(out, "results.jsonl"))
+    assert {r["mode"] for r in recs} == {"dense"} and len(recs) == 4
+    with open(os.path.join(out, "errors.jsonl")) as f:
+        errs = [json.loads(line) for line in f]
+    assert [e["mode"] for e in errs] == ["window-1/8"] * 2 and "refused this shape" in errs[0]["error"]
+    assert errs[0]["task"] == "niah_single" and errs[0]["item"] == 0 and "RuntimeError" in errs[0]["traceback"]
+    summary = longctx_report.write_report(out, figures=False)
+    assert summary["errors"] == [dict(mode="window-1/8", failures=2, last_job="ppl 512 pydoc-topics",
+                                      last_error="RuntimeError: a kernel refused this shape")]
+    assert "## Errors" in open(os.path.join(out, "summary.md")).read()
+    # the rerun retries exactly what failed
+    dec = FakeDecoder()
+    counts = longctx.run(cfg, dec, CODEC, out, model_shape=SHAPE, pinned=dict(seed=0), progress=False)
+    assert dec.calls == ["window-1/8"] * 4 and counts["records_new"] == 4 and counts["complete"]
+    # errors after which nothing can run stop the run: bad input, a broken CUDA context
+    for fatal in (VashistaInputError("--modes", "bad"), RuntimeError("CUDA error: an illegal memory access")):
+        with pytest.raises(type(fatal)):
+            longctx.run(cfg, FailingDecoder("dense", fatal), CODEC, str(tmp_path / type(fatal).__name__),
+                        model_shape=SHAPE, pinned=dict(seed=0), progress=False)
 
 def test_results_are_appended_and_a_rerun_skips_what_is_done(tmp_path):
     out = str(tmp_path / "run")

@@ -185,9 +185,57 @@ def jobs_of(cfg: dict) -> list[tuple]:
     return jobs
 
 
+# a mode whose decode raised this many times in one run is left out for the rest of it (each failure
+# may cost a compilation or a whole prefill's worth of device time)
+MAX_MODE_FAILURES = 2
+
+
+def _fatal(e: BaseException) -> bool:
+    """Errors after which nothing else can run in this process: bad input (the configuration is wrong
+    for every job), interrupts, and CUDA errors that leave the context unusable (an out-of-memory is
+    not one of them: the next mode or job may fit)."""
+    if isinstance(e, (VashistaInputError, KeyboardInterrupt, SystemExit)):
+        return True
+    msg = str(e)
+    return "CUDA error" in msg or "cudaError" in msg or "device-side assert" in msg
+
+
+class _Failures:
+    """One (job, mode) whose decode raised is logged to ``OUT/errors.jsonl`` and not recorded, so a
+    later run retries it; the run goes on with the other modes and jobs."""
+
+    def __init__(self, out: str):
+        self.path = os.path.join(out, "errors.jsonl")
+        self.per_mode: dict[str, int] = {}
+
+    def skip(self, mode) -> bool:
+        return self.per_mode.get(mode.name, 0) >= MAX_MODE_FAILURES
+
+    def log(self, e: Exception, mode, **where) -> None:
+        import traceback
+
+        self.per_mode[mode.name] = self.per_mode.get(mode.name, 0) + 1
+        rec = dict(where, mode=mode.name, error=f"{type(e).__name__}: {e}"[:2000],
+                   traceback="".join(traceback.format_exception(e)[-6:])[-4000:],
+                   time=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        gone = " (left out for the rest of this run)" if self.skip(mode) else ""
+        print(f"[quality] {mode.name} failed on {where}: {rec['error'][:300]}{gone}; see {self.path}",
+              file=sys.stderr, flush=True)
+        if "OutOfMemory" in type(e).__name__:
+            import torch
+            torch.cuda.empty_cache()
+
+    def total(self) -> int:
+        return sum(self.per_mode.values())
+
+
 def run(cfg: dict, decoder, codec, out: str, *, model_shape: dict, pinned: dict, fresh: bool = False,
         time_limit: float | None = None, progress: bool = True) -> dict:
-    """Run every (job, mode) not yet in ``OUT/results.jsonl``; returns counts (done, skipped, left)."""
+    """Run every (job, mode) not yet in ``OUT/results.jsonl``; returns counts (done, skipped, left,
+    failed: a decode that raised is logged to ``OUT/errors.jsonl``, not recorded, and retried by the
+    next run; a mode failing ``MAX_MODE_FAILURES`` times is left out for the rest of the run)."""
     from tqdm import tqdm
 
     t0 = time.time()
@@ -197,7 +245,19 @@ def run(cfg: dict, decoder, codec, out: str, *, model_shape: dict, pinned: dict,
     jobs = jobs_of(cfg)
     texts: dict[str, list[int]] = {}
     hay = None
-    counts = dict(records_new=0, records_skipped=0, jobs_left=0)
+    counts = dict(records_new=0, records_skipped=0, jobs_left=0, records_failed=0)
+    failures = _Failures(out)
+
+    def attempt(m, where, *args, **kw):
+        if failures.skip(m):
+            return None
+        try:
+            return decoder.run(*args, **kw)
+        except Exception as e:          # noqa: BLE001 — one (job, mode) must not end a long run
+            if _fatal(e):
+                raise
+            failures.log(e, m, **where)
+            return None
     bar = tqdm(jobs, desc="quality", file=sys.stderr, disable=not progress, mininterval=5, unit="job")
     for n, (task, ctx, which) in enumerate(bar):
         todo = [m for m in modes if (task, ctx, which, m.name) not in res.done]
@@ -219,7 +279,9 @@ def run(cfg: dict, decoder, codec, out: str, *, model_shape: dict, pinned: dict,
             state = decoder.prefill(ids[:ctx - span])
             for m in todo:
                 bar.set_postfix_str(f"{task} {ctx} {which} {m.name}")
-                r = decoder.run(state, m, ctx, ids[ctx - span:ctx], 0)
+                r = attempt(m, dict(task=PPL, ctx=ctx, text=which), state, m, ctx, ids[ctx - span:ctx], 0)
+                if r is None:
+                    continue
                 nll = sum(r.nll)
                 res.append(dict(task=PPL, ctx=ctx, text=which, **_mode_fields(m, r), n_scored=len(r.nll), nll_sum=nll,
                                 ppl=math.exp(nll / len(r.nll)), seconds=round(r.seconds, 2),
@@ -233,7 +295,9 @@ def run(cfg: dict, decoder, codec, out: str, *, model_shape: dict, pinned: dict,
         stop = (lambda g, it=item: string_match_all(codec.decode(g), it.answers) == 1.0)
         for m in todo:
             bar.set_postfix_str(f"{task} {ctx} #{which} {m.name}")
-            r = decoder.run(state, m, ctx, item.query, item.max_new, stop=stop)
+            r = attempt(m, dict(task=task, ctx=ctx, item=which), state, m, ctx, item.query, item.max_new, stop=stop)
+            if r is None:
+                continue
             pred = codec.decode(r.generated)
             res.append(dict(task=task, ctx=ctx, item=which, **_mode_fields(m, r), score=score(item, pred),
                             prediction=pred, answers=item.answers,
@@ -241,8 +305,9 @@ def run(cfg: dict, decoder, codec, out: str, *, model_shape: dict, pinned: dict,
                             seconds=round(r.seconds, 2), **stats_fields(r.stats, m, ctx, model_shape)))
             counts["records_new"] += 1
     bar.close()
+    counts["records_failed"] = failures.total()
     counts["seconds"] = round(time.time() - t0, 1)
-    counts["complete"] = counts["jobs_left"] == 0
+    counts["complete"] = counts["jobs_left"] == 0 and counts["records_failed"] == 0
     return counts
 
 
@@ -273,6 +338,8 @@ def main_from_args(args, cfg: dict, loaded: tuple) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
+        failed = f", {counts['records_failed']} failed (errors.jsonl; a rerun retries them)" \
+            if counts["records_failed"] else ""
         print(f"wrote {args.out}/summary.md ({counts['records_new']} new records, "
-              f"{counts['records_skipped']} already done)")
-    return 0
+              f"{counts['records_skipped']} already done{failed})")
+    return 1 if counts["records_failed"] else 0

@@ -282,6 +282,28 @@ def _table(rows: list[dict], keys: list[str]) -> str:
     return s
 
 
+def error_rows(out: str) -> list[dict]:
+    """Per mode, the decodes that raised (``errors.jsonl``, written by ``longctx.run``): how many, and
+    the last one's job and message."""
+    path = os.path.join(out, "errors.jsonl")
+    if not os.path.exists(path):
+        return []
+    by: dict[str, list[dict]] = defaultdict(list)
+    with open(path) as f:
+        for line in f:
+            try:
+                e = json.loads(line)
+            except json.JSONDecodeError:        # a line cut by a crash
+                continue
+            by[e.get("mode", "?")].append(e)
+    rows = []
+    for mode, es in sorted(by.items()):
+        last = es[-1]
+        job = " ".join(str(last[k]) for k in ("task", "ctx", "item", "text") if last.get(k) is not None)
+        rows.append(dict(mode=mode, failures=len(es), last_job=job, last_error=last.get("error", "")[:200]))
+    return rows
+
+
 def write_report(out: str, *, figures: bool = True, meta: dict | None = None) -> dict:
     recs = read_results(os.path.join(out, RESULTS))
     acc, ppl = accuracy_rows(recs), ppl_rows(recs)
@@ -302,6 +324,11 @@ def write_report(out: str, *, figures: bool = True, meta: dict | None = None) ->
     for k in ("model", "env", "texts", "complete", "seconds"):
         if meta and k in meta:
             s += f"- {k}: {json.dumps(meta[k]) if isinstance(meta[k], dict) else meta[k]}\n"
+    errors = error_rows(out)
+    summary["errors"] = errors
+    if errors:
+        s += ("\n## Errors (decodes that raised: not recorded, retried by the next run; `errors.jsonl`)\n\n"
+              + _table(errors, ["mode", "failures", "last_job", "last_error"]))
     s += "\n## Modes\n\n" + _table(modes, ["mode", "decoder", "records", "accuracy", "decode_steps_checked",
                                           "violations", "fallback_rate", "rel_bytes", "max_true_error",
                                           "seconds_per_record"])
