@@ -38,7 +38,7 @@ from vashista_app.quality.decoder import HFDecoder  # noqa: E402
 from vashista_app.quality.engine_decoder import EngineDecoder  # noqa: E402
 from vashista_app.quality.modes import parse_mode  # noqa: E402
 
-MODES = ("dense", "cert-int8-1/16-fallback", "cert-int4-1/16-report", "paged-1/16")
+MODES = ("dense", "cert-int8-1/16-fallback", "cert-int4-1/16-report", "paged-1/16", "window-1/16")
 
 
 def model(layers: int, device: str):
