@@ -644,9 +644,10 @@ class PageSketchStore:
             self.offset[page, h], self.step[page, h] = sk.offset[0], sk.step[0]
 
     def sequence_sketch(self, cache, seq_id: int, head: int) -> KeySketch:
-        """The :class:`KeySketch` of one sequence and KV head in logical token order (groups = pages)."""
-        table = cache.page_table(seq_id)
+        """The :class:`KeySketch` of one sequence and KV head in logical token order (groups = pages):
+        the ⌈T/S⌉ groups of its T tokens, not the pages a cache may hold reserved past its end."""
         T = cache.length(seq_id)
+        table = cache.page_table(seq_id)[: -(-T // cache.page_size)]
         codes = self.codes[table, :, head].reshape(-1, self.codes.shape[-1])[:T]
         return KeySketch(bits=self.bits, group=cache.page_size, codes=codes.copy(),
                          offset=self.offset[table, head].copy(), step=self.step[table, head].copy(),

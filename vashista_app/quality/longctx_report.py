@@ -39,9 +39,9 @@ from .report import write_csv
 # what a run on the engine's decoder (engine_decoder.py) does not produce, said where its numbers are read
 ENGINE_NOTE = ("- engine: rel_bytes is the model of modes.relative_bytes (not measured); per-layer certified error "
                "is the sparse step's certificate (the first attempt's on a fallen-back head); the dense gap, "
-               "supports and true leakage of the HF shadow are not computed; a certified mode's certificates can differ "
-               "from the HF decoder's for the same outputs (seen on CPU, int4: looser on the engine, the same true "
-               "error, no violation; not yet explained)")
+               "supports and true leakage of the HF shadow are not computed; on a GPU its certified step's certificate is "
+               "the fused path's middle form, which can be looser than the HF decoder's torch path (the smallest "
+               "of four forms) for the same outputs")
 
 
 def _mean(xs):
