@@ -158,7 +158,7 @@ def window_attention(pool, sid, q, scale: float, sink: int, window: int, page_si
     return o.reshape(1, -1, o.shape[-1])
 
 
-def _instrument(runner, n_layers: int, device, shadow: bool):
+def _instrument(runner, n_layers: int, device, shadow: bool, sparse: list[int]):
     """Wrap ``runner.stats.add`` so every sparse layer's certificate is counted on ``TOL_GRID`` and, with
     ``shadow``, ``runner.decode`` so every sparse layer's step is checked against the float64 dense
     shadow and its true error counted on ``TOL_GRID`` (module doc). Device work only, in place
@@ -182,7 +182,7 @@ def _instrument(runner, n_layers: int, device, shadow: bool):
 
     def checked(layer, q, scale):
         out = decode(layer, q, scale)
-        if layer in runner.cfg.dense_layers or runner.cfg.mode == "dense" and not getattr(runner, "windowed", False):
+        if layer not in sparse:
             return out
         cache = runner.cache
         pool, S = cache.pools[layer], cache.page_size
@@ -273,13 +273,13 @@ class EngineDecoder:
         dense, tol = runner.decode, self.tol
 
         def windowed(layer, q, scale):
-            if layer in runner.cfg.dense_layers:
+            if layer in self.dense_layers:
                 return dense(layer, q, scale)
             out = window_attention(cache.pools[layer], cache.rows[0], q, scale, sink, window, cache.page_size)
             inf = torch.full(q.shape[:2], float("inf"), dtype=torch.float64, device=q.device)
             runner.stats.add(layer, inf, torch.ones_like(inf), tol)      # no certificate: a vacuous one
             return out
-        runner.decode, runner.windowed = windowed, True
+        runner.decode = windowed
 
     def run(self, state, mode: Mode, ctx: int, feed: list[int], max_new: int, stop=None) -> DecodeResult:
         if mode.kind not in ENGINE_KINDS:
@@ -293,11 +293,11 @@ class EngineDecoder:
         eng = self._engine(mode, ctx, total, tol)
         clock.lap("engine")
         with eng, torch.no_grad():
-            nll, gen, stats = self._decode(eng, state, n0, feed, max_new, stop, clock)
+            nll, gen, stats = self._decode(eng, mode, state, n0, feed, max_new, stop, clock)
         return DecodeResult(nll=nll, generated=gen, stats=stats, seconds=time.perf_counter() - t0,
                             decoder="engine-graph" if eng.graph else "engine", phases=clock.laps, tol=tol)
 
-    def _decode(self, eng, state, n0, feed, max_new, stop, clock):
+    def _decode(self, eng, mode: Mode, state, n0, feed, max_new, stop, clock):
         cache, dev = eng.cache, eng.device
         sid = cache.add_sequence(n0 + len(feed) + max_new)
         cache.begin([sid], None, position=n0)
@@ -306,7 +306,9 @@ class EngineDecoder:
             pool.append(sid, layer.keys[0].transpose(0, 1), layer.values[0].transpose(0, 1))
         eng.reserved[sid] = n0 + len(feed) + max_new
         eng.plan_segment([sid])
-        shadow, exceed = _instrument(eng.runner, cache.n_layers, dev, self.shadow)
+        # the layers whose attention is not exact: every layer but the dense ones, none in dense mode
+        sparse = [] if mode.kind == "dense" else [L for L in range(cache.n_layers) if L not in self.dense_layers]
+        shadow, exceed = _instrument(eng.runner, cache.n_layers, dev, self.shadow, sparse)
         clock.lap("copy_and_plan")
         nf = len(feed)
         steps = nf + max(max_new - 1, 0)                      # the last greedy token needs no step
@@ -354,8 +356,6 @@ class EngineDecoder:
         eng._sync()
         if eng.runner.cfg.mode == "certified":
             eng.check_sketch()
-        sparse = [L for L in range(cache.n_layers) if L not in self.dense_layers]
-        plain = eng.runner.cfg.mode == "dense" and not getattr(eng.runner, "windowed", False)
-        stats = None if plain else EngineStats(eng.runner.stats.t, shadow, sparse, exceed)
+        stats = None if mode.kind == "dense" else EngineStats(eng.runner.stats.t, shadow, sparse, exceed)
         clock.lap("stats")
         return nll[:nf - 1].tolist(), gen, stats

@@ -248,11 +248,11 @@ def run(cfg: dict, decoder, codec, out: str, *, model_shape: dict, pinned: dict,
     counts = dict(records_new=0, records_skipped=0, jobs_left=0, records_failed=0)
     failures = _Failures(out)
 
-    def attempt(m, where, *args, **kw):
+    def attempt(state, m, where, *args, **kw):
         if failures.skip(m):
             return None
         try:
-            return decoder.run(*args, **kw)
+            return decoder.run(state, m, *args, **kw)
         except Exception as e:          # noqa: BLE001 — one (job, mode) must not end a long run
             if _fatal(e):
                 raise
@@ -279,7 +279,7 @@ def run(cfg: dict, decoder, codec, out: str, *, model_shape: dict, pinned: dict,
             state = decoder.prefill(ids[:ctx - span])
             for m in todo:
                 bar.set_postfix_str(f"{task} {ctx} {which} {m.name}")
-                r = attempt(m, dict(task=PPL, ctx=ctx, text=which), state, m, ctx, ids[ctx - span:ctx], 0)
+                r = attempt(state, m, dict(task=PPL, ctx=ctx, text=which), ctx, ids[ctx - span:ctx], 0)
                 if r is None:
                     continue
                 nll = sum(r.nll)
@@ -295,7 +295,7 @@ def run(cfg: dict, decoder, codec, out: str, *, model_shape: dict, pinned: dict,
         stop = (lambda g, it=item: string_match_all(codec.decode(g), it.answers) == 1.0)
         for m in todo:
             bar.set_postfix_str(f"{task} {ctx} #{which} {m.name}")
-            r = attempt(m, dict(task=task, ctx=ctx, item=which), state, m, ctx, item.query, item.max_new, stop=stop)
+            r = attempt(state, m, dict(task=task, ctx=ctx, item=which), ctx, item.query, item.max_new, stop=stop)
             if r is None:
                 continue
             pred = codec.decode(r.generated)
