@@ -25,6 +25,8 @@
 # LONGCTX_PPL_TEXTS (default: one prose, code and verse text among those present), LONGCTX_DECODER (auto:
 # the engine's CUDA-graph decoder on the GPU; hf: transformers' forward per token), LONGCTX_MARGIN_S (150:
 # the run starts no job later than this many seconds before the budget's end).
+# LONGCTX_SEED=FOLDER (results.jsonl + config.json of an earlier session) starts a fresh machine's run
+# from that session's records of the asked modes and tasks (engine decoder only; see seed()).
 # LONGCTX_TINY=1 runs a CPU-sized check of this script (SmolLM2, 1024 tokens, 1 item, 2 modes).
 #
 # `first`: the reduced 32k pass (issue 16's first GPU numbers): needle single + multi-key, 10 items each,
@@ -71,6 +73,26 @@ stage() {
     ls -l "$VL/parts"
 }
 
+seed() {   # start a fresh machine's run from an earlier session's records (LONGCTX_SEED=its folder)
+    # keeps the records of the modes and tasks asked for that the engine decoded (the run's resume then
+    # skips them, and refuses a config that differs: dense layers, span, tol, model hash); a record of
+    # another decoder (the fifth session's window on the HF path) is run again
+    mkdir -p "$VL/out" && cp "$1/config.json" "$VL/out/" || return 3
+    python3 - "$1/results.jsonl" "$VL/out/results.jsonl" <<'PY'
+import json, os, sys
+modes = set(os.environ.get("LONGCTX_MODES", "").split())
+tasks = set(os.environ.get("LONGCTX_TASKS", "").split())
+kept = 0
+with open(sys.argv[1]) as f, open(sys.argv[2], "w") as g:
+    for line in f:
+        r = json.loads(line)
+        if r["decoder"] == "engine-graph" and (not modes or r["mode"] in modes) and (not tasks or r["task"] in tasks):
+            g.write(line)
+            kept += 1
+print(f"seed: kept {kept} records of {sys.argv[1]}")
+PY
+}
+
 run_all() {
     local t0 budget want got
     t0=$(date +%s)
@@ -92,6 +114,7 @@ run_all() {
         export PYTHONPATH="/tmp/site:$PYTHONPATH"
     fi
     export VASHISTA_MODEL_DIR="$VL/model" VASHISTA_TEXT_DIR="$VL/texts"
+    if [ -n "${LONGCTX_SEED:-}" ] && [ ! -f "$VL/out/results.jsonl" ]; then seed "$LONGCTX_SEED"; fi
     { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | head -3
       python3 -c "import torch, transformers, triton; print(torch.__version__, transformers.__version__, triton.__version__)"; } > "$OUT/env.txt" 2>&1
     cat "$OUT/env.txt"

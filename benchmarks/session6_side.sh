@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Side work planned for the next device session's staging calls (benchmarks/gpu_staged_session.sh stage N
+# Side work of the sixth device session's staging calls (benchmarks/gpu_staged_session.sh stage N
 # with STAGE_CMD="bash benchmarks/session6_side.sh N"; STAGE_SECONDS as noted), from what the fifth
 # session left owed (RESULTS.md, "Fifth session"): the GPU tests its calls did not reach, the window
 # baseline on the engine's captured step, the int4 page-size lever, and compiled stress. Output under
@@ -10,17 +10,29 @@ export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton_cache}
 PYT="python3 -m pytest -q -p no:cacheprovider -p no:benchmark -rfEs"
 E2E="python3 benchmarks/e2e_decode.py"
 case "$n" in
-    1) $PYT tests/test_paged_scan.py tests/test_gpu_sketch_select.py > "$OUT/tests_$n.log" 2>&1            # ~150 s
+    1) $PYT tests/test_paged_scan.py tests/test_gpu_sketch_select.py > "$OUT/tests_$n.log" 2>&1            # ~120 s
        echo "tests rc=$?"; tail -3 "$OUT/tests_$n.log" ;;
-    2) $PYT tests/test_row_bounds.py tests/test_select_kernel.py > "$OUT/tests_$n.log" 2>&1              # ~150 s
+    2) $PYT tests/test_row_bounds.py tests/test_select_kernel.py > "$OUT/tests_$n.log" 2>&1              # ~120 s
        echo "tests rc=$?"; tail -3 "$OUT/tests_$n.log" ;;
-    3) # the quality suite's decoder on the card, window included (random Qwen2.5-0.5B shape, 8k)   ~90 s
+    3) # the quality suite's decoder on the card, window included (random Qwen2.5-0.5B shape, 8k); it
+       # also compiles the kernels the 32k quality run then finds in TRITON_CACHE_DIR               ~120 s
        python3 benchmarks/engine_decoder_gpu.py --contexts 8192 --out "$OUT/probe.json" ;;
-    4) $E2E --out "$OUT/e2e_$n" --configs llama-1b:131072:1,llama-1b:131072:4 \
-           --variants ours_dense,ours_cert_int4_g16,ours_cert_int4_g32,ours_cert_int4_g64,ours_cert_int8_g64 ;;
-    5) $E2E --profile --out "$OUT/prof" --configs llama-1b:131072:4 --variants ours_cert_int8_g64,ours_cert_int4_g32 ;;
-    6|7|8|9|10) python3 tests/stress/long_gpu.py --tiers gpu-triton-fp32,gpu-triton-bf16,gpu-triton-fp16,cp-fused-fp32 \
-           --workers 3 --seconds "${STRESS_SECONDS:-60}" --seed0 $(( 80000000 + n * 1000000 )) --json "$OUT/stress_$n.json" ;;
+    4) $E2E --out "$OUT/e2e_$n" --configs llama-1b:131072:1 \
+           --variants graph_sdpa_flash,ours_dense,ours_cert_int4_g16,ours_cert_int4_g32,ours_cert_int4_g64,ours_cert_int8_g64 ;;
+    5) $E2E --out "$OUT/e2e_$n" --configs llama-1b:131072:4 \
+           --variants graph_sdpa_flash,ours_dense,ours_cert_int4_g16,ours_cert_int4_g32,ours_cert_int4_g64,ours_cert_int8_g64 ;;
+    6) # batch 16 at 128k needs ~82 GiB for the certified cache: an H200 only (the fifth session's H100 could not)
+       if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
+           $E2E --out "$OUT/e2e_$n" --configs llama-1b:131072:16 \
+               --variants graph_sdpa_flash,graph_sdpa_cudnn,ours_dense,ours_cert_int4_g16,ours_cert_int4_g32,ours_cert_int8_g64
+       else
+           $E2E --out "$OUT/e2e_$n" --configs llama-8b:131072:1 \
+               --variants graph_sdpa_flash,ours_dense,ours_cert_int4_g16,ours_cert_int4_g32,ours_cert_int8_g64
+       fi ;;
+    7) $E2E --profile --out "$OUT/prof" --configs llama-1b:131072:1,llama-1b:131072:4 \
+           --variants ours_cert_int4_g16,ours_cert_int4_g32,ours_cert_int8_g64 ;;
+    8|9|10) python3 tests/stress/long_gpu.py --tiers gpu-triton-fp32,gpu-triton-bf16,gpu-triton-fp16,cp-fused-fp32 \
+           --workers 3 --seconds "${STRESS_SECONDS:-40}" --seed0 $(( 90000000 + n * 1000000 )) --json "$OUT/stress_$n.json" ;;
     *) true ;;
 esac
 rm -f "$OUT"/e2e_*/*.png "$OUT"/e2e_*/crossover.json
