@@ -82,9 +82,13 @@ OURS = ("ours_dense", "ours_cert_int4_g16", "ours_cert_int8_g64", "ours_paged", 
 # (engine mode, sketch bits, page size = quantization group) per variant; int4 with pages of 32 / 64
 # tokens (not in the default set): fewer per-page setups in the scan, which is bound by instructions
 # at 16 (RESULTS.md, fifth session), for a coarser sketch
-OURS_SETTINGS = dict(ours_dense=("dense", 4, 16), ours_cert_int4_g16=("certified", 4, 16),
-                     ours_cert_int4_g32=("certified", 4, 32), ours_cert_int4_g64=("certified", 4, 64),
-                     ours_cert_int8_g64=("certified", 8, 64), ours_paged=("paged", 4, 16))
+# variant -> (mode, bits, page = quantization group, one-sided token bounds); "_2s": two-sided bounds
+# (about half the scan's instructions per code, a looser certificate; Engine(one_sided=False))
+OURS_SETTINGS = dict(ours_dense=("dense", 4, 16, True), ours_cert_int4_g16=("certified", 4, 16, True),
+                     ours_cert_int4_g32=("certified", 4, 32, True), ours_cert_int4_g64=("certified", 4, 64, True),
+                     ours_cert_int8_g64=("certified", 8, 64, True), ours_paged=("paged", 4, 16, True),
+                     ours_cert_int4_g16_2s=("certified", 4, 16, False), ours_cert_int4_g32_2s=("certified", 4, 32, False),
+                     ours_cert_int8_g64_2s=("certified", 8, 64, False))
 
 
 def build_model(shape: str, device):
@@ -274,13 +278,13 @@ def run_ours(model, variant, B, ctx, steps, dev, kc, dense_layers):
     # "+df": DenseFallback with a tolerance nothing exceeds — the device policy's fixed cost (flag,
     # compaction, an idle pairs launch) on top of the certified step
     base, df = variant.split("+")[0], variant.endswith("+df")
-    mode, bits, page = OURS_SETTINGS[base]
+    mode, bits, page, one_sided = OURS_SETTINGS[base]
     max_new = steps + 8
     max_tokens = page * math.ceil((ctx + max_new) / page)
     budget = min(1.0, kc / ctx)
     eng = Engine(model, mode=mode, bits=bits, budget=budget, max_seqs=B, max_tokens=max_tokens, page_size=page,
                  graph=dev.type == "cuda", dense_layers=dense_layers, progress=False,
-                 policy=DenseFallback(1e30) if df else None)
+                 policy=DenseFallback(1e30) if df else None, one_sided=one_sided)
     with eng, torch.no_grad():
         seqs = _fill_engine(eng, B, ctx, max_new, dev)
         _reset_peak(dev)
@@ -293,6 +297,7 @@ def run_ours(model, variant, B, ctx, steps, dev, kc, dense_layers):
         dense_kv = eng.cache.dense_kv_bytes(B * ctx)
         Kc, P = eng.runner.Kc, eng.runner.P
     cfg = dict(mode=mode, bits=bits if mode == "certified" else None, group=page if mode == "certified" else None,
+               one_sided=one_sided if mode == "certified" else None,
                page_size=page, Kc=Kc, P=P if mode == "paged" else None, budget=budget,
                dense_layers=list(dense_layers), policy="DenseFallback(1e30)" if df else "ReportOnly")
     del eng
@@ -469,10 +474,10 @@ def profile_ours(model, variant, B, ctx, dev, kc, dense_layers, steps=3) -> str:
 
     _annotate()
     base = variant.split("+")[0]
-    mode, bits, page = OURS_SETTINGS[base]
+    mode, bits, page, one_sided = OURS_SETTINGS[base]
     eng = Engine(model, mode=mode, bits=bits, budget=min(1.0, kc / ctx), max_seqs=B,
                  max_tokens=page * math.ceil((ctx + 16) / page), page_size=page, graph=False,
-                 dense_layers=dense_layers, progress=False)
+                 dense_layers=dense_layers, progress=False, one_sided=one_sided)
     with eng, torch.no_grad():
         seqs = _fill_engine(eng, B, ctx, 16, dev)
         eng._segment(seqs)

@@ -168,6 +168,18 @@ def test_bad_options_name_the_argument(tiny, kw, name):
     assert e.value.argument == name
 
 
+def test_two_sided_bounds_are_refused_off_the_planned_path(tiny):
+    from vashista_gpu.engine import Engine
+
+    for bad in ("no", 0):
+        with pytest.raises(VashistaInputError) as e:
+            Engine(tiny, one_sided=bad)
+        assert e.value.argument == "one_sided"
+    with pytest.raises(VashistaInputError, match="planned CUDA path") as e:    # CPU: the host path
+        Engine(tiny, one_sided=False)
+    assert e.value.argument == "one_sided"
+
+
 def test_bad_inputs_name_the_argument(tiny):
     for bad in ([], [[]], "text", torch.zeros(2, 3)):
         with pytest.raises(VashistaInputError, match="tokenizer_or_ids|prompt"):

@@ -68,6 +68,24 @@ def test_dense_fallback_in_graph_matches_eager():
     assert eager[3][:, 2].sum() > 0          # random weights: near-uniform attention, heads fall back
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+def test_two_sided_bounds_select_the_same_and_certify_no_tighter(bits):
+    # the selection reads only ŝ, which both bounds share: same tokens; each token's two-sided bound is
+    # ≥ its one-sided one, so every certificate (sum and max over queries) is at least as large
+    model = _model(dtype=torch.float32)
+    prompts = _prompts([300, 203])
+    kw = dict(mode="certified", bits=bits, budget=1 / 8)
+    one = _run(model, prompts, graph=True, **kw)
+    two = _run(model, prompts, graph=True, one_sided=False, **kw)
+    assert one[0] == two[0]
+    from vashista_gpu.engine.step import STAT_FIELDS as STATS
+
+    s1, s2 = one[3][1:], two[3][1:]
+    assert torch.equal(s1[:, 0], s2[:, 0]) and s1[:, 0].sum() > 0
+    assert torch.all(s2[:, STATS.index("error_sum")] >= s1[:, STATS.index("error_sum")])
+    assert torch.all(s2[:, STATS.index("error_max")] >= s1[:, STATS.index("error_max")])
+
+
 def test_full_budget_matches_dense_tokens_on_gpu():
     model = _model(dtype=torch.float32)
     prompts = _prompts([150, 97])

@@ -115,13 +115,15 @@ class Engine:
     ``add(prompts, max_new_tokens)`` admits and prefills sequences (chunked; their pages for the new
     tokens reserved), ``run(steps)`` decodes every active sequence, ``finish(seq)`` returns a
     sequence's new tokens and frees its pages for the next admission. Options as :func:`generate`;
-    ``max_seqs``/``max_tokens``/``num_pages`` size the cache.
+    ``max_seqs``/``max_tokens``/``num_pages`` size the cache. ``one_sided=False`` (certified mode, CUDA
+    path only) bounds every token through its page's two-sided constant: a scan of about half the
+    instructions per code for a looser certificate (``kernels/sketch_scan.py``).
     """
 
     def __init__(self, model, *, mode: str = "certified", bits: int = 4, budget: float = 1 / 16, policy=None,
                  tol: float | None = None, max_seqs: int = 1, max_tokens: int = 4096, num_pages: int | None = None,
                  page_size: int = 16, graph: bool | None = None, dense_layers=(), prefill_chunk: int = 1024,
-                 progress: bool | None = None, auto_crossover: int | None = None):
+                 progress: bool | None = None, auto_crossover: int | None = None, one_sided: bool = True):
         from ..hf.enable import attention_modules, check_supported
         from ..validate import positive_int
 
@@ -140,6 +142,11 @@ class Engine:
         # the planned (device-only) path on CUDA; Capped without a graph keeps the host path's doubling
         planned = on_cuda and not (isinstance(self.policy, Capped) and graph is False)
         self.graph = planned if graph is None else bool(graph)
+        if not isinstance(one_sided, bool):
+            raise VashistaInputError("one_sided", f"expected a bool, got {one_sided!r}")
+        if not one_sided and not planned:
+            raise VashistaInputError("one_sided", "two-sided token bounds run on the planned CUDA path only; "
+                                                  "the host path (CPU, or Capped without a graph) is one-sided")
         self.requested_mode = mode
         self.mode = mode if mode != "auto" else None       # auto: decided per segment (_auto_mode)
         self.auto_crossover = None if auto_crossover is None else positive_int("auto_crossover", auto_crossover)
@@ -152,7 +159,8 @@ class Engine:
                                    value_norms=mode != "dense", dense_layers=dense_layers)
         self.runner = Runner(self.cache, StepConfig(mode=mode if mode != "auto" else "dense", bits=bits,
                                                     budget=float(budget), policy=self.policy, tol=self.tol,
-                                                    dense_layers=dense_layers, planned=planned))
+                                                    dense_layers=dense_layers, planned=planned,
+                                                    one_sided=one_sided))
         self.modules = attention_modules(model)
         self.scales = {i: float(getattr(m, "scaling", m.head_dim ** -0.5)) for i, m in self.modules.items()}
         self.progress = progress

@@ -135,6 +135,9 @@ class StepConfig:
     # routed pages instead of ⌈Kc/S⌉. None: from ``budget`` as the module doc says.
     kc: int | None = None
     pages: int | None = None
+    # certified mode's token bounds: one-sided (the reference's, tighter) or two-sided (SPEC 3b's per-page
+    # constant e_p: about half the scan's instructions per code, a looser certificate); planned path only
+    one_sided: bool = True
 
 
 class Runner:
@@ -178,7 +181,7 @@ class Runner:
             mode = self.mode_of(i)
             if mode == "certified":
                 self.plans[i] = plan_sketch_step(pool, rows, Hq, self.Kc, bits=self.cfg.bits, scale=scales[i],
-                                                 max_tokens=self.T_cap)
+                                                 max_tokens=self.T_cap, one_sided=self.cfg.one_sided)
             elif mode == "paged":
                 self.plans[i] = plan_decode(pool, rows, Hq, self.P, self.Kc, scale=scales[i],
                                             max_pages=math.ceil(self.T_cap / cache.page_size))
@@ -205,7 +208,7 @@ class Runner:
                                                "use mode='certified' or graph=False")
         kc_max = min(pol.Kc_max, min(lens))
         wide = plan_sketch_step(self.cache.pools[layer], rows, Hq, kc_max, bits=self.cfg.bits, scale=scale,
-                                max_tokens=self.T_cap)
+                                max_tokens=self.T_cap, one_sided=self.cfg.one_sided)
 
         def widen(q, _plan=wide):
             r = run_sketch_plan(_plan, q, sync=False)
