@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 from vashista_core.errors import VashistaInputError
 
+__all__ = ["BUILTIN", "PPL_PREFERENCE", "TextSource", "available", "default_ppl_texts", "describe", "load", "text_dir"]
+
 from .texts import load_text
 
 

@@ -34,6 +34,9 @@ from dataclasses import dataclass
 
 from vashista_core.errors import VashistaInputError
 
+__all__ = ["PRESETS", "QWEN_GGUF", "QWEN_PARTS", "QWEN_SHA256", "QWEN_SIZE", "ModelPreset", "find_parts", "join_parts",
+           "load_model_preset", "main", "model_dir", "qwen_path"]
+
 QWEN_GGUF = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 QWEN_SIZE = 491_400_064
