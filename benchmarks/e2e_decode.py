@@ -580,6 +580,32 @@ def markdown(result) -> str:
     return "\n".join(out)
 
 
+def variant_table(result) -> str:
+    """One row per (configuration, variant): ms/token, speed over the best dense graph of the same run
+    (the fastest of SDPA flash, SDPA cuDNN and our paged dense kernel, named), decode peak memory, our
+    cache over the dense KV bytes, and the certified error's mean (random weights: a shape check, not a
+    quality number). Any variant the run had, the g32/g64 and two-sided ones included."""
+    out = ["| shape | context | batch | variant | ms/token | × best dense | best dense | decode peak GiB "
+           "| cache / dense KV | certified error mean |", "|" + "---|" * 10]
+    keys = sorted({(r["shape"], r["context"], r["batch"]) for r in result["rows"]})
+    for key in keys:
+        sel = [r for r in result["rows"] if (r["shape"], r["context"], r["batch"]) == key]
+        dense = {r["variant"]: r["ms_per_token"] for r in sel if r.get("ms_per_token")
+                 and (r["variant"].startswith("graph_sdpa") or r["variant"] == "ours_dense")}
+        best = min(dense, key=dense.get) if dense else None
+        for r in sel:
+            ms = r.get("ms_per_token")
+            why = r.get("skipped") or r.get("error")
+            cb = r.get("cache_bytes")
+            mem = f"{cb['total'] / r['dense_kv_bytes']:.2f}" if cb and r.get("dense_kv_bytes") else "–"
+            err = (r.get("stats") or {}).get("certified_error_mean")
+            speed = f"{ms:.2f} | {dense[best] / ms:.2f} | {best}" if ms and best else f"{why or '–'} | – | –"
+            peak = f"{r['decode_peak_GiB']:.2f}" if r.get("decode_peak_GiB") else "–"
+            e = f"{err:.3g}" if isinstance(err, float) else "–"
+            out.append(f"| {key[0]} | {key[1] // 1024}k | {key[2]} | {r['variant']} | {speed} | {peak} | {mem} | {e} |")
+    return "\n".join(out)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out")
@@ -602,7 +628,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.table:
         with open(args.table) as f:
-            print(markdown(json.load(f)))
+            res = json.load(f)
+        print(markdown(res) + "\n\n" + variant_table(res))
         return
     if args.quick:
         args.configs = "llama-1b:8192:1,llama-1b:8192:4,llama-1b:32768:1,llama-1b:32768:4"
