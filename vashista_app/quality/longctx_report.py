@@ -246,10 +246,12 @@ def make_figures(out: str, acc: list[dict], modes: list[dict]) -> list[str]:
                 pts.append((m["rel_bytes"], _mean(a), m["mode"]))
         front = set(pareto(pts))
         fig, ax = plt.subplots(figsize=(7, 5))
-        for b, a, n in pts:
+        # labels in order of bytes, alternately above and below their point: modes with near-equal
+        # bytes and accuracy (int4 at two budgets) would otherwise print on top of each other
+        for i, (b, a, n) in enumerate(sorted(pts)):
             ax.scatter([b], [a], s=30, marker="*" if n in front else "o",
                        c="k" if n == "dense" else None)
-            ax.annotate(n, (b, a), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(n, (b, a), fontsize=6, xytext=(3, 4 if i % 2 == 0 else -9), textcoords="offset points")
         fp = sorted((b, a) for b, a, n in pts if n in front)
         if fp:
             ax.plot(*zip(*fp), "k:", lw=1, label="Pareto front")
