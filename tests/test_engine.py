@@ -211,6 +211,7 @@ def test_smollm2_smoke():
     (["--prompt-file", "/nonexistent/p.txt"], "--prompt-file"), (["--prompt", "x", "--bits", "3"], "--bits"),
     (["--prompt", "x", "--device", "tpu"], "--device"), (["--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens"),
     (["--prompt", "x", "--dense-layers", "a,b"], "--dense-layers"),
+    (["--prompt", "x", "--device", "cpu", "--bounds", "two-sided"], "--bounds"),
 ])
 def test_cli_bad_options_exit_2_naming_the_option(argv, option, capsys):
     from vashista_app.cmd_generate import main

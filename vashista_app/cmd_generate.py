@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--tol", type=float, default=None, help="certified-error tolerance (fallback, capped; "
                                                               "with report: the threshold counted)")
     dec.add_argument("--Kc-max", type=int, default=None, help="capped: the widest Kc (default 4096)")
+    dec.add_argument("--bounds", choices=("one-sided", "two-sided"), default="one-sided",
+                     help="certified mode's token bounds: one-sided (tighter certificate) or two-sided (a scan "
+                          "of about half the work, a looser certificate; CUDA graph path only)")
     dec.add_argument("--dense-layers", default="", help="comma-separated layers decoded densely")
     dec.add_argument("--page-size", type=int, default=16)
     dec.add_argument("--prefill-chunk", type=int, default=1024)
@@ -179,16 +182,20 @@ def run(args) -> dict:
         dense_layers = tuple(int(x) for x in args.dense_layers.split(",") if x.strip())
     except ValueError:
         raise VashistaInputError("--dense-layers", f"expected comma-separated integers, got {args.dense_layers!r}") from None
+    if args.bounds == "two-sided" and device.type != "cuda":
+        raise VashistaInputError("--bounds", "two-sided bounds run on the CUDA graph path only (this run is on the CPU)")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, tok = _load(args.model, dtype, device)
     try:
         r = generate(model, tok, text, mode=args.mode, bits=args.bits, budget=budget, policy=policy, tol=args.tol,
                      max_new_tokens=args.max_new_tokens, graph=False if args.no_graph else None,
                      page_size=args.page_size, prefill_chunk=args.prefill_chunk, dense_layers=dense_layers,
-                     eos_token_id=tok.eos_token_id, progress=None if not args.json else False)
+                     eos_token_id=tok.eos_token_id, progress=None if not args.json else False,
+                     one_sided=args.bounds == "one-sided")
     except VashistaInputError as e:
         # the library names its own arguments; the user typed options
-        raise VashistaInputError("--" + e.argument.replace("_", "-"), e.problem) from None
+        option = {"one_sided": "bounds"}.get(e.argument, e.argument)
+        raise VashistaInputError("--" + option.replace("_", "-"), e.problem) from None
     s = r.stats
     return _jsonable(dict(
         text=r.text[0], token_ids=r.tokens[0], prompt_tokens=r.config["prompt_tokens"][0],

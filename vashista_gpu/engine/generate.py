@@ -381,7 +381,7 @@ def generate(model, tokenizer_or_ids, prompt=None, *, mode: str = "certified", b
              budget: float = 1 / 16, policy=None, tol: float | None = None, max_new_tokens: int = 32,
              device=None, graph: bool | None = None, page_size: int = 16, prefill_chunk: int = 1024,
              dense_layers=(), eos_token_id=None, progress: bool | None = None,
-             auto_crossover: int | None = None) -> GenerateResult:
+             auto_crossover: int | None = None, one_sided: bool = True) -> GenerateResult:
     """Greedy generation of ``max_new_tokens`` tokens with Vashista owning the KV cache.
 
     ``tokenizer_or_ids``: a tokenizer (then ``prompt`` is a string or a list of strings), or token
@@ -392,7 +392,8 @@ def generate(model, tokenizer_or_ids, prompt=None, *, mode: str = "certified", b
     16·⌈budget·context/16⌉ (``engine/step.py``). ``policy``: ReportOnly (default), DenseFallback(tol),
     Capped (CPU / ``graph=False`` only); ``tol`` the error counted as certified in the statistics
     (default the policy's). ``device``: moves the model there. ``graph``: CUDA-graph replay (default
-    on CUDA). ``dense_layers``: layers decoded densely in every mode.
+    on CUDA). ``dense_layers``: layers decoded densely in every mode. ``one_sided=False``: certified
+    mode's two-sided token bounds (CUDA path only; a faster scan, a looser certificate; :class:`Engine`).
     """
     from ..validate import positive_int
 
@@ -420,7 +421,7 @@ def generate(model, tokenizer_or_ids, prompt=None, *, mode: str = "certified", b
     engine = Engine(model, mode=mode, bits=bits, budget=budget, policy=policy, tol=tol, max_seqs=len(prompts),
                     max_tokens=max_tokens, num_pages=sum(math.ceil((len(p) + max_new) / S) for p in prompts),
                     page_size=page_size, graph=graph, dense_layers=dense_layers, prefill_chunk=prefill_chunk,
-                    progress=progress, auto_crossover=auto_crossover)
+                    progress=progress, auto_crossover=auto_crossover, one_sided=one_sided)
     with engine:
         seqs = engine.add(prompts, max_new)
         engine.run()
@@ -442,6 +443,7 @@ def generate(model, tokenizer_or_ids, prompt=None, *, mode: str = "certified", b
         tokens_per_s=n * len(prompts) / engine.decode_s if engine.decode_s > 0 else math.nan,
         cache_bytes=nbytes, dense_cache_bytes=dense_bytes, stats=stats, mode=ran_mode,
         config=dict(requested_mode=mode, bits=bits if ran_mode == "certified" else None, budget=budget,
+                    one_sided=one_sided if ran_mode == "certified" else None,
                     Kc=engine.runner.Kc or None, P=engine.runner.P if ran_mode == "paged" else None,
                     crossover=engine.crossover_source, page_size=page_size, graph=engine.graph, planned=engine.runner.cfg.planned,
                     policy=type(engine.policy).__name__, tol=engine.tol, dense_layers=list(engine.runner.cfg.dense_layers),
