@@ -221,6 +221,24 @@ def test_cli_bad_options_exit_2_naming_the_option(argv, option, capsys):
     assert err.startswith(f"vashista generate: {option}:") and "Traceback" not in err
 
 
+def test_auto_mode_keeps_unmeasured_shapes_dense(tiny):
+    # no end-to-end measurement has found the default certified step faster than dense at batch 1, so a
+    # shape crossover.json does not hold decodes densely at any context
+    (p,) = _prompts([40])
+    r = generate(tiny, p, mode="auto", max_new_tokens=2)
+    assert (r.mode, r.config["crossover"]) == ("dense", "placeholder")
+
+
+def test_shipped_crossover_table_keeps_the_32k_model_dense():
+    from transformers import Qwen2Config
+
+    from vashista_gpu.engine.dense_paged import crossover_context
+
+    cfg = Qwen2Config(num_hidden_layers=24, hidden_size=896, num_attention_heads=14, num_key_value_heads=2)
+    for variant in ("ours_cert_int4_g16", "ours_cert_int8_g64"):
+        assert crossover_context(cfg, 1, variant=variant) == math.inf
+
+
 def test_auto_mode_switches_at_the_crossover(tiny):
     (p,) = _prompts([40])
     below = generate(tiny, p, mode="auto", auto_crossover=64, max_new_tokens=2)

@@ -13,7 +13,8 @@ was ≥ 1).
 :func:`crossover_context` looks up a model config and a batch: the entry of the same shape with the
 largest measured batch ≤ B (larger batches cross earlier: the dense step grows with B, the certified
 step's fixed costs do not), or None when the shape was not measured (the engine then keeps its
-placeholder and says so).
+placeholder, ``AUTO_CROSSOVER``: dense, and says so). Entries may come from another benchmark than
+e2e_decode.py (the real 32k model's from ``benchmarks/realmodel_decode.py``); each then names it.
 
     >>> from transformers import LlamaConfig
     >>> cfg = LlamaConfig(num_hidden_layers=16, hidden_size=2048, num_attention_heads=32,

@@ -47,10 +47,13 @@ __all__ = ['ALL_MODES', 'AUTO_CROSSOVER', 'Engine', 'GenerateResult', 'generate'
 
 ALL_MODES = MODES + ("auto",)
 # auto mode decodes densely below the crossover context (tokens of the longest row) and certified
-# from it on. This is the placeholder for shapes benchmarks/e2e_decode.py has not measured
-# (engine/crossover.json): on an H200 the certified step alone passed dense flash between 8k and
-# 32k (RESULTS.md), so 16k is the middle of that bracket, not a measurement.
-AUTO_CROSSOVER = 16384
+# from it on. This is the placeholder for shapes not measured (engine/crossover.json): never, i.e.
+# dense. Every end-to-end measurement so far found the default (one-sided) certified step slower than
+# the best dense graph — Llama shapes at 8k-128k, batch 1 and 4, and the real Qwen2.5-Coder-0.5B at
+# 32k (3.2x slower) on an H100 — so an unmeasured shape must not be sent to it. (Until the sixth
+# session this was 16k, the middle of the bracket where the certified step alone passed dense flash
+# on an H200: a kernel measurement, not an end-to-end one.)
+AUTO_CROSSOVER = math.inf
 
 
 @dataclass
