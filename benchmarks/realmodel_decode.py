@@ -10,9 +10,9 @@ one real attention produces, so a DenseFallback mode's time includes the dense r
 tolerance asks for. Every mode runs twice: the first run compiles the kernels (its time is not
 reported); the second is timed.
 
-Modes: ``dense``, ``cert-int8`` / ``cert-int4`` (report only), ``cert-int8@T`` / ``cert-int4@T``
-(DenseFallback at tolerance T), ``paged``; budget ``--budget`` (1/16); layers 0 and 1 dense as in the
-quality suite.
+Modes: ``dense``, ``cert-int8`` / ``cert-int4`` (report only, one-sided bounds), ``cert-int8@T`` /
+``cert-int4@T`` (DenseFallback at tolerance T), ``...-2s`` (two-sided bounds), ``paged``; budget
+``--budget`` (1/16); layers 0 and 1 dense as in the quality suite.
 
 Example (on the device, after ``benchmarks/longctx_quality.sh`` staged the model)::
 
@@ -37,7 +37,8 @@ from vashista_app.quality.longctx_model import load_model_preset  # noqa: E402
 from vashista_core.policies import DenseFallback  # noqa: E402
 from vashista_gpu.engine import generate  # noqa: E402
 
-MODES = ("dense", "cert-int8", "cert-int8@1", "cert-int8@3", "cert-int4", "cert-int4@1", "paged")
+MODES = ("dense", "cert-int8", "cert-int8@1", "cert-int8@3", "cert-int4", "cert-int4@1", "paged",
+         "cert-int8-2s", "cert-int4-2s")
 
 
 def settings(name: str) -> dict:
@@ -45,8 +46,8 @@ def settings(name: str) -> dict:
     base, _, tol = name.partition("@")
     if base == "dense" or base == "paged":
         kw = dict(mode=base)
-    elif base in ("cert-int8", "cert-int4"):
-        kw = dict(mode="certified", bits=int(base[-1]))
+    elif base in ("cert-int8", "cert-int4", "cert-int8-2s", "cert-int4-2s"):
+        kw = dict(mode="certified", bits=int(base[8]), one_sided=not base.endswith("-2s"))
     else:
         raise SystemExit(f"unknown mode {name!r}; modes: {', '.join(MODES)}")
     if tol:

@@ -180,6 +180,12 @@ def test_two_sided_bounds_are_refused_off_the_planned_path(tiny):
     assert e.value.argument == "one_sided"
 
 
+def test_bounds_default_by_bits_is_one_sided_off_the_cuda_path(tiny):
+    for bits in (4, 8):
+        r = generate(tiny, [1, 2, 3] * 8, mode="certified", bits=bits, max_new_tokens=2)
+        assert r.config["one_sided"] is True
+
+
 def test_bad_inputs_name_the_argument(tiny):
     for bad in ([], [[]], "text", torch.zeros(2, 3)):
         with pytest.raises(VashistaInputError, match="tokenizer_or_ids|prompt"):

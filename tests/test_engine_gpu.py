@@ -86,6 +86,15 @@ def test_two_sided_bounds_select_the_same_and_certify_no_tighter(bits):
     assert torch.all(s2[:, STATS.index("error_max")] >= s1[:, STATS.index("error_max")])
 
 
+def test_bounds_default_is_two_sided_for_int8_only_on_gpu():
+    from vashista_gpu.engine import generate
+
+    model = _model()
+    for bits, one_sided in ((8, False), (4, True)):
+        r = generate(model, _prompts([200])[0], mode="certified", bits=bits, max_new_tokens=2)
+        assert r.config["one_sided"] is one_sided
+
+
 def test_full_budget_matches_dense_tokens_on_gpu():
     model = _model(dtype=torch.float32)
     prompts = _prompts([150, 97])

@@ -45,9 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--tol", type=float, default=None, help="certified-error tolerance (fallback, capped; "
                                                               "with report: the threshold counted)")
     dec.add_argument("--Kc-max", type=int, default=None, help="capped: the widest Kc (default 4096)")
-    dec.add_argument("--bounds", choices=("one-sided", "two-sided"), default="one-sided",
-                     help="certified mode's token bounds: one-sided (tighter certificate) or two-sided (a scan "
-                          "of about half the work, a looser certificate; CUDA graph path only)")
+    dec.add_argument("--bounds", choices=("auto", "one-sided", "two-sided"), default="auto",
+                     help="certified mode's token bounds: one-sided (tighter certificate), two-sided (a scan "
+                          "of about half the work, a looser certificate; CUDA graph path only), auto (default: "
+                          "two-sided for --bits 8 on CUDA, where it loosens nothing measurable; else one-sided)")
     dec.add_argument("--dense-layers", default="", help="comma-separated layers decoded densely")
     dec.add_argument("--page-size", type=int, default=16)
     dec.add_argument("--prefill-chunk", type=int, default=1024)
@@ -191,7 +192,7 @@ def run(args) -> dict:
                      max_new_tokens=args.max_new_tokens, graph=False if args.no_graph else None,
                      page_size=args.page_size, prefill_chunk=args.prefill_chunk, dense_layers=dense_layers,
                      eos_token_id=tok.eos_token_id, progress=None if not args.json else False,
-                     one_sided=args.bounds == "one-sided")
+                     one_sided={"auto": None, "one-sided": True, "two-sided": False}[args.bounds])
     except VashistaInputError as e:
         # the library names its own arguments; the user typed options
         option = {"one_sided": "bounds"}.get(e.argument, e.argument)

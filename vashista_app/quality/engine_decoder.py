@@ -260,7 +260,8 @@ class EngineDecoder:
         kind = "dense" if mode.kind == "window" else mode.kind       # the window replaces dense attention
         eng = Engine(self.model, mode=kind, bits=s.get("bits") or 4, budget=1.0, policy=policy,
                      tol=self.tol if tol is None else tol, max_seqs=1, max_tokens=S * math.ceil(total / S),
-                     page_size=S, graph=self.graph, dense_layers=self.dense_layers, progress=False)
+                     page_size=S, graph=self.graph, dense_layers=self.dense_layers, progress=False,
+                     one_sided=True)    # the suite's modes: the one-sided bound, as every recorded run
         eng.runner.cfg.kc = s.get("Kc")
         eng.runner.cfg.pages = s.get("P")           # certified: only the CPU path reads it
         if mode.kind == "window":
