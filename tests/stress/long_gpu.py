@@ -41,7 +41,7 @@ def _work(tier: str, w: int, workers: int, deadline: float, q, seed0: int = 0) -
     from tiers import Unsupported
     from vashista_core.errors import VashistaInputError
     np.seterr(all="ignore")
-    if tier.startswith("gpu-triton"):
+    if tier.startswith(("gpu-triton", "gpu-plan")):
         tiers_gpu_steps.register_triton()
     if tier.startswith("cp-fused"):
         tiers_cp.register_fused()

@@ -40,6 +40,18 @@ def test_triton_tiers_no_violation(name):
     assert total["violations"] == [], total["violations"][:5]
 
 
+def test_planned_two_sided_tier_no_violation():
+    """The engine's planned certified step with two-sided bounds (the CUDA path's int8 default), which
+    sparse_decode never takes, on the first seeds of every kind."""
+    pytest.importorskip("triton")
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    tiers_gpu_steps.register_triton()
+    with np.errstate(all="ignore"):
+        total = run("gpu-plan2s-fp32", 100_000 if LONG else 40, seed0=2000, log=lambda s: None)
+    assert total["cases"] > 0 and total["violations"] == [], total["violations"][:5]
+
+
 # (tier, kind, seed, what the code before issue 15's GPU fix returned for it)
 REGRESSIONS = [
     ("gpu-torch-fp32", "tiny_scores", 0, "certified error 8.7e-14 < exact 7.9e-9 (no float32 allowance)"),

@@ -7,6 +7,8 @@ backend with a supported cache, the fused paged step), per backend and dtype:
                                         interpreter is too slow for the CI profile: tests/stress/
                                         test_stress_gpu.py runs fp32/bf16 on a few cases with
                                         :func:`register_triton`)
+    gpu-plan2s-fp32                     the engine's planned certified step with two-sided bounds
+                                        (registered with the Triton tiers)
 
 The cache stores keys and values in the tier's dtype and the query is passed in it too (bf16 tiers:
 bf16 queries, the output returned in bf16). The case's arrays are rounded to that dtype *in place*
@@ -65,8 +67,37 @@ for _name in DTYPES:
     register(f"gpu-torch-{_name}")(_make("torch", _name))
 
 
+def planned_two_sided(case, dtype) -> TierResult:
+    """The engine's planned certified step with two-sided token bounds (``plan_sketch_step(...,
+    one_sided=False)`` + ``run_sketch_plan``: the CUDA path's int8 default since the sixth session),
+    which ``sparse_decode`` never takes. Sketch-router cases of shapes the fused step supports only."""
+    from vashista_gpu.paged_cache import TorchPagedKVCache
+    from vashista_gpu.sketch_plan import fused_shapes_ok, plan_sketch_step, run_sketch_plan
+    if case.router != "sketch" or case.fanout is not None or case.share:
+        raise Unsupported("the planned step: sketch router, flat page table, per-head selection")
+    from vashista_core.errors import VashistaInputError
+    big = float(torch.finfo(dtype).max)
+    for a in (*case.keys, *case.values, case.q):
+        if np.abs(a).max() > big:
+            raise VashistaInputError("keys", f"numbers beyond the range of {dtype}")
+        _stored(a, dtype)
+    cache, ids = TorchPagedKVCache.from_dense([torch.from_numpy(k).to(dtype) for k in case.keys],
+                                              [torch.from_numpy(v).to(dtype) for v in case.values],
+                                              case.page_size, shuffle_seed=case.seed, dtype=dtype, device=DEVICE,
+                                              backend="triton")
+    if fused_shapes_ok(cache, case.bits) is not None:
+        raise Unsupported(fused_shapes_ok(cache, case.bits))
+    q = torch.from_numpy(case.q).to(dtype=dtype, device=DEVICE)
+    plan = plan_sketch_step(cache, ids, q.shape[1], case.Kc, bits=case.bits, scale=case.scale, one_sided=False)
+    r = run_sketch_plan(plan, q, sync=True)
+    cand = r.candidates.cpu().numpy()
+    return TierResult(r.out.double().cpu().numpy(), r.certified_error.double().cpu().numpy(),
+                      r.certified_leakage.double().cpu().numpy(), [[c[c >= 0] for c in row] for row in cand])
+
+
 def register_triton() -> list:
-    """Register the Triton tiers (done at import with CUDA); returns their names."""
+    """Register the Triton tiers (done at import with CUDA); returns their names: gpu-triton-<dtype>
+    (``sparse_decode``) and gpu-plan2s-fp32 (the planned step, two-sided bounds)."""
     try:
         import triton  # noqa: F401
     except ImportError:                                        # pragma: no cover
@@ -75,6 +106,8 @@ def register_triton() -> list:
     for name in DTYPES:
         TIERS[f"gpu-triton-{name}"] = _make("triton", name)
         names.append(f"gpu-triton-{name}")
+    TIERS["gpu-plan2s-fp32"] = lambda case: planned_two_sided(case, torch.float32)
+    names.append("gpu-plan2s-fp32")
     return names
 
 
