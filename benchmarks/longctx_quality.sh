@@ -38,7 +38,9 @@
 # job ~130 s (each certified mode's kernels compile, ~55 s apiece); then per (item, mode), medians: dense
 # 0.86 s, certified 2.1-2.5 s (graph capture 0.17 s of it), paged 2.35 s, window ~7.5 s (on the HF decoder
 # then; it now runs in the engine's step, not yet run on a card);
-# 31 jobs of 5 modes took two calls (~320 s + ~465 s).
+# 31 jobs of 5 modes took two calls (~320 s + ~465 s). Sixth session (results/gpu_session6_h100/quality32k):
+# the window on the engine 1.1 s per record; certified 1.6-1.7 s; ~10 s per job of 6 modes; 140 records
+# in 481 + 195 s (two calls, model load ~50 s each), seeded with LONGCTX_SEED from the fifth session's.
 #
 # Cost (an estimate, to be replaced by the numbers the first call prints): an item decodes ~40-90 tokens
 # (question + answer) and a PPL text 512, each under 19 modes; on the HF hook path every sparse token
