@@ -15,6 +15,8 @@ attention, MLP, LM head, argmax):
   ours_cert_int4_g16  engine certified mode, int4 sketch, group = page = 16, Kc fixed (--kc)
   ours_cert_int8_g64  engine certified mode, int8 sketch, group = page = 64
   ours_cert_int4_g32, ours_cert_int4_g64   int4 with groups = pages of 32 / 64 (not in the default set)
+  ours_cert_int4_g16_2s, ours_cert_int4_g32_2s, ours_cert_int8_g64_2s   two-sided token bounds
+                      (Engine(one_sided=False), CUDA only; not in the default set)
   ours_paged          engine paged mode (page-box router), page 16, the same Kc
   ours_cert_int4_g16+df  the int4 step with the device DenseFallback at a tolerance nothing exceeds:
                       the policy's fixed cost inside the graph
@@ -79,11 +81,9 @@ PRIORITY = ",".join(["llama-1b:131072:1", "llama-1b:131072:4", "llama-1b:131072:
                      "llama-8b:8192:1", "llama-8b:8192:4", "llama-1b:32768:1", "llama-1b:32768:4",
                      "llama-1b:32768:16", "llama-8b:32768:1", "llama-8b:32768:4"])
 OURS = ("ours_dense", "ours_cert_int4_g16", "ours_cert_int8_g64", "ours_paged", "ours_cert_int4_g16+df")
-# (engine mode, sketch bits, page size = quantization group) per variant; int4 with pages of 32 / 64
-# tokens (not in the default set): fewer per-page setups in the scan, which is bound by instructions
-# at 16 (RESULTS.md, fifth session), for a coarser sketch
-# variant -> (mode, bits, page = quantization group, one-sided token bounds); "_2s": two-sided bounds
-# (about half the scan's instructions per code, a looser certificate; Engine(one_sided=False))
+# variant -> (engine mode, sketch bits, page size = quantization group, one-sided token bounds). int4
+# with pages of 32 / 64 tokens (not in the default set): fewer per-page setups in the scan, for a coarser
+# sketch; "_2s": two-sided bounds (about half the scan's instructions per code, a looser certificate)
 OURS_SETTINGS = dict(ours_dense=("dense", 4, 16, True), ours_cert_int4_g16=("certified", 4, 16, True),
                      ours_cert_int4_g32=("certified", 4, 32, True), ours_cert_int4_g64=("certified", 4, 64, True),
                      ours_cert_int8_g64=("certified", 8, 64, True), ours_paged=("paged", 4, 16, True),

@@ -34,26 +34,35 @@ def _stored(a: np.ndarray, dtype) -> None:
         a[...] = torch.from_numpy(np.ascontiguousarray(a)).to(dtype).double().numpy()
 
 
-def step(case, backend: str, dtype) -> TierResult:
+def _paged_case(case, dtype, backend: str):
+    """(cache, seq ids, query) of a case in ``dtype``: its arrays rounded in place to the stored numbers
+    (module doc), or a VashistaInputError when the dtype cannot hold them (the append would refuse)."""
     from vashista_core.errors import VashistaInputError
-    from vashista_gpu.decode import sparse_decode
     from vashista_gpu.paged_cache import TorchPagedKVCache
     big = float(torch.finfo(dtype).max)
     for a in (*case.keys, *case.values, case.q):
         if np.abs(a).max() > big:     # the cache (or the query's dtype) cannot hold it: the append refuses
             raise VashistaInputError("keys", f"numbers beyond the range of {dtype}")
         _stored(a, dtype)
-    kw = dict(dtype=dtype, device=DEVICE, backend=backend)
     cache, ids = TorchPagedKVCache.from_dense([torch.from_numpy(k).to(dtype) for k in case.keys],
                                               [torch.from_numpy(v).to(dtype) for v in case.values],
-                                              case.page_size, fanout=case.fanout, shuffle_seed=case.seed, **kw)
-    q = torch.from_numpy(case.q).to(dtype=dtype, device=DEVICE)
+                                              case.page_size, fanout=case.fanout, shuffle_seed=case.seed,
+                                              dtype=dtype, device=DEVICE, backend=backend)
+    return cache, ids, torch.from_numpy(case.q).to(dtype=dtype, device=DEVICE)
+
+
+def _result(r) -> TierResult:
+    cand = r.candidates.cpu().numpy()
+    return TierResult(r.out.double().cpu().numpy(), r.certified_error.double().cpu().numpy(),
+                      r.certified_leakage.double().cpu().numpy(), [[c[c >= 0] for c in row] for row in cand])
+
+
+def step(case, backend: str, dtype) -> TierResult:
+    from vashista_gpu.decode import sparse_decode
+    cache, ids, q = _paged_case(case, dtype, backend)
     r = sparse_decode(q, cache, ids, case.P, case.Kc, scale=case.scale, router=case.router, bits=case.bits,
                       share_selection_in_group=case.share, hierarchical=case.fanout is not None, backend=backend)
-    cand = r.candidates.cpu().numpy()
-    cands = [[c[c >= 0] for c in row] for row in cand]
-    return TierResult(r.out.double().cpu().numpy(), r.certified_error.double().cpu().numpy(),
-                      r.certified_leakage.double().cpu().numpy(), cands)
+    return _result(r)
 
 
 def _make(backend, name):
@@ -71,28 +80,15 @@ def planned_two_sided(case, dtype) -> TierResult:
     """The engine's planned certified step with two-sided token bounds (``plan_sketch_step(...,
     one_sided=False)`` + ``run_sketch_plan``: the CUDA path's int8 default since the sixth session),
     which ``sparse_decode`` never takes. Sketch-router cases of shapes the fused step supports only."""
-    from vashista_gpu.paged_cache import TorchPagedKVCache
     from vashista_gpu.sketch_plan import fused_shapes_ok, plan_sketch_step, run_sketch_plan
     if case.router != "sketch" or case.fanout is not None or case.share:
         raise Unsupported("the planned step: sketch router, flat page table, per-head selection")
-    from vashista_core.errors import VashistaInputError
-    big = float(torch.finfo(dtype).max)
-    for a in (*case.keys, *case.values, case.q):
-        if np.abs(a).max() > big:
-            raise VashistaInputError("keys", f"numbers beyond the range of {dtype}")
-        _stored(a, dtype)
-    cache, ids = TorchPagedKVCache.from_dense([torch.from_numpy(k).to(dtype) for k in case.keys],
-                                              [torch.from_numpy(v).to(dtype) for v in case.values],
-                                              case.page_size, shuffle_seed=case.seed, dtype=dtype, device=DEVICE,
-                                              backend="triton")
-    if fused_shapes_ok(cache, case.bits) is not None:
-        raise Unsupported(fused_shapes_ok(cache, case.bits))
-    q = torch.from_numpy(case.q).to(dtype=dtype, device=DEVICE)
+    cache, ids, q = _paged_case(case, dtype, "triton")
+    why = fused_shapes_ok(cache, case.bits)
+    if why is not None:
+        raise Unsupported(why)
     plan = plan_sketch_step(cache, ids, q.shape[1], case.Kc, bits=case.bits, scale=case.scale, one_sided=False)
-    r = run_sketch_plan(plan, q, sync=True)
-    cand = r.candidates.cpu().numpy()
-    return TierResult(r.out.double().cpu().numpy(), r.certified_error.double().cpu().numpy(),
-                      r.certified_leakage.double().cpu().numpy(), [[c[c >= 0] for c in row] for row in cand])
+    return _result(run_sketch_plan(plan, q, sync=True))
 
 
 def register_triton() -> list:

@@ -272,13 +272,15 @@ class EngineDecoder:
         """Route the sparse layers' decode attention to :func:`window_attention` (batch of one row)."""
         runner, cache = eng.runner, eng.cache
         dense, tol = runner.decode, self.tol
+        # no certificate: a vacuous one (error +inf, leakage 1) per (row, head), made once, not per step
+        inf = torch.full((1, cache.n_q_heads), float("inf"), dtype=torch.float64, device=eng.device)
+        one = torch.ones_like(inf)
 
         def windowed(layer, q, scale):
             if layer in self.dense_layers:
                 return dense(layer, q, scale)
             out = window_attention(cache.pools[layer], cache.rows[0], q, scale, sink, window, cache.page_size)
-            inf = torch.full(q.shape[:2], float("inf"), dtype=torch.float64, device=q.device)
-            runner.stats.add(layer, inf, torch.ones_like(inf), tol)      # no certificate: a vacuous one
+            runner.stats.add(layer, inf, one, tol)
             return out
         runner.decode = windowed
 
