@@ -12,6 +12,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from vashista_core.errors import VashistaInputError
@@ -97,6 +99,28 @@ def test_short_rows_of_a_padded_batch():
     for sync in (False, True):
         cand, overflow = select_candidates(s, bm, Kc, 4 * Kc, sync, short_window=W)
         assert torch.equal(cand, want) and not bool(overflow.any())
+
+
+FEW = max(5, settings.default.max_examples // 3)
+
+
+@settings(max_examples=FEW)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 1500), st.integers(1, 64), st.sampled_from([1, 2, 3, 7, 50]),
+       st.sampled_from([32, 64, 256]), st.sampled_from([0.0, 0.5, 4.0]), st.booleans())
+def test_split_select_is_the_tie_rule_property(seed, T, Kc, programs, chunk, grid, threshold):
+    """Any row length, Kc, number of programs (slices of whole chunks, a partial last one, more
+    programs than chunks) and tie density (scores on a grid of 1/grid; 0: continuous), with or
+    without the maxima of the scan's 16-token blocks: the tie rule's top-Kc, nothing flagged."""
+    Kc = min(Kc, T)
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(3, T, generator=g) * 3
+    if grid:
+        s = torch.round(s * grid) / grid
+    s[2, torch.randint(0, T + 1, (1,), generator=g).item():] = -math.inf     # a padded row's tail
+    s = s.to(DEV)
+    bm = block_max(s) if threshold and -(-T // 16) >= Kc else None
+    cand, overflow = select_split(s, Kc, bmax=bm, chunk=chunk, num_warps=1, programs=programs)
+    assert torch.equal(cand, tie_rule_top(s, Kc)) and not bool(overflow.any())
 
 
 def test_select_candidates_launches(monkeypatch):
