@@ -265,7 +265,7 @@ def select_split(s: torch.Tensor, Kc: int, *, bmax: torch.Tensor | None = None, 
     args = (s, s.stride(0), bmax, bmax.stride(0), hist, state, cnt, out, T, NB, Kc, min(int(short_window), T),
             SL, SLB, G, *trips)
     for stage in range(0 if threshold else 3, 8):
-        _select_split_kernel[(G, R)](*args, BS=int(block), C=chunk, GP=triton.next_power_of_2(G), STAGE=stage,
+        _select_split_kernel[(G, R)](*args, BS=int(block), C=chunk, GP=max(2, triton.next_power_of_2(G)), STAGE=stage,
                                      THRESHOLD=threshold, GATHER=gather, INTERP=INTERPRET,
                                      **dict(zip(("IT", "IT_B", "IT_K"), trips if INTERPRET else (0, 0, 0))),
                                      num_warps=num_warps)
