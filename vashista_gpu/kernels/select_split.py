@@ -232,14 +232,16 @@ def _select_split_kernel(s_ptr, s_stride, b_ptr, b_stride, H_ptr, ST_ptr, cnt_pt
 
 
 def select_split(s: torch.Tensor, Kc: int, *, bmax: torch.Tensor | None = None, block: int = SUB,
-                 short_window: int = 0, chunk: int = 1024, num_warps: int = 4, programs: int | None = None):
+                 short_window: int = 0, chunk: int = 1024, num_warps: int = 8, programs: int | None = None):
     """(cand (R, Kc) int64, overflow (R,) bool all False) for ``s`` (R, T) float32 (unit column
     stride): each row's exact top-Kc under the tie rule, ascending (module doc), no host
     synchronisation. ``bmax`` (R, NB) float32 (unit column stride): maxima of any partition into NB ≥
     Kc parts, used as a threshold; where they are those of consecutive blocks of ``block`` tokens
     (NB = ⌈T/block⌉), only the blocks whose maximum reaches it are read. ``short_window``: rows with
     τ = −∞ are selected among their first ``short_window`` columns. ``programs`` per row (default:
-    about four per SM over all rows, at most one per ``chunk`` tokens). The caller checks 1 ≤ Kc ≤ T."""
+    about four per SM over all rows, at most one per ``chunk`` tokens). 8 warps: the histogram
+    passes hold 2,048 bins and a chunk in 128 registers a thread (with 4 warps: 255 and a stack, sm_90
+    ptxas). The caller checks 1 ≤ Kc ≤ T."""
     R, T = s.shape
     dev = s.device
     assert chunk & (chunk - 1) == 0 and chunk >= 32 * num_warps and 1 <= Kc <= T
