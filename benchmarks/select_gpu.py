@@ -1,20 +1,19 @@
-"""The certified step's top-Kc selection on a GPU (issue 14): the radix select split over several
-programs per row (``select_candidates(method="radix")``, ``kernels/select_split.py``) against the
-one-program-per-row radix select it replaces (``kernels/select_topk.py``, the fifth session's
-default) and the torch path (``method="topk"``: ``torch.topk`` over int64 tie keys + ``torch.sort``;
-at long contexts topk of the block maxima, threshold compaction, topk, sort).
+"""The certified step's top-Kc selection on a GPU (issue 14): the one-launch radix select
+(``select_candidates(method="radix")``, ``kernels/select_topk.py``) against the torch path it
+replaced (``method="topk"``: ``torch.topk`` over int64 tie keys + ``torch.sort``; at long contexts
+topk of the block maxima, threshold compaction, topk, sort).
 
 Inputs per shape (R rows = batch · query heads, T tokens, Kc candidates): ŝ float32 (R, T) as the
 scan writes it and its maxima of every 16 tokens. Path (``select_candidates``): "threshold" when
 T/16 ≥ 8·Kc, else "full" — "full-pruned" when T/16 ≥ 2·Kc (the same kernel pruning by τ, exact).
 
 1. Equality first, on three inputs (random; scores quantized to 1/8: heavy ties; the last quarter of
-   the rows −inf past a random length, as in a padded batch): the split select must return the tie
-   rule's top-Kc on every row (the topk path with ``sync=True``, which reselects its overflowed rows
-   exactly) and flag nothing. A mismatch is printed and the exit status is 1 — before any timing.
+   the rows −inf past a random length, as in a padded batch): both methods must return the same
+   candidates (exactly: the tie rule decides them) on every row the topk path did not overflow, and
+   the same overflow mask. A mismatch is printed and the exit status is 1 — before any timing.
 2. Time: each method captured in a CUDA graph (``sync=False``, as the engine runs it), median of
    ``triton.testing.do_bench`` replays (``vashista_app.timing``: CUDA events, L2 flushed between
-   calls). Split variants (chunk, warps, programs per SM over all rows) are timed beside the default.
+   calls). Radix variants (chunk, warps, bits per radix pass) are timed beside the default.
 
     PYTHONPATH=. python benchmarks/select_gpu.py --out select.json                      # ~1 min on an H100
     PYTHONPATH=. TRITON_INTERPRET=1 python benchmarks/select_gpu.py --smoke --out /tmp/select.json
@@ -28,15 +27,14 @@ import sys
 import torch
 
 from vashista_app.timing import bench, graph_of
-from vashista_gpu.kernels.select_split import select_split
 from vashista_gpu.kernels.select_topk import select_topk
 from vashista_gpu.selection import select_candidates
 
 SHAPES = ((32, 8192, 256), (32, 32768, 2048), (32, 131072, 256), (128, 131072, 256), (512, 131072, 256),
-          (14, 32768, 2048), (14, 32768, 1024), (256, 8192, 512))
+          (14, 32768, 2048))
 SMOKE = ((4, 1000, 20), (6, 4000, 8), (3, 700, 700))
-# (chunk, num_warps, programs per SM over all rows); the first is select_split's default
-VARIANTS = ((1024, 8, 4), (1024, 4, 4), (1024, 8, 8), (512, 8, 8), (1024, 8, 2), (2048, 8, 4))
+# (chunk, num_warps, radix bits); the first is select_topk's default
+VARIANTS = ((4096, 16, 6), (4096, 8, 8), (4096, 16, 8), (4096, 16, 5), (2048, 8, 6))
 SUB = 16                                                        # tokens per block maximum (the scan's)
 
 
@@ -61,33 +59,28 @@ def check(R, T, Kc, dev) -> dict:
     res = {}
     for kind in ("random", "ties", "padded"):
         s, bmax = scores(R, T, kind, dev, seed=R + T + Kc)
-        _, ref_over = select_candidates(s, bmax, Kc, 4 * Kc, False, method="topk")
-        ref, _ = select_candidates(s, bmax, Kc, 4 * Kc, True, method="topk")
+        ref, ref_over = select_candidates(s, bmax, Kc, 4 * Kc, False, method="topk")
         cand, over = select_candidates(s, bmax, Kc, 4 * Kc, False, method="radix")
-        bad = (cand != ref).any(-1) | over
-        res[kind] = dict(mismatched_rows=int(bad.sum()), topk_overflowed_rows=int(ref_over.sum()))
+        bad = ((cand != ref).any(-1) & ~ref_over) | (over != ref_over)
+        res[kind] = dict(mismatched_rows=int(bad.sum()), overflowed_rows=int(ref_over.sum()))
     return res
 
 
 def timing(R, T, Kc, dev, cuda, variants) -> dict:
     s, bmax = scores(R, T, "random", dev)
     NB = bmax.shape[1]
-    # select_candidates' choice (selection.py): threshold, full pruned by τ, full
+    # select_candidates' choice (selection.py): threshold (flags), full pruned by τ (exact), full
     path = "threshold" if NB >= 8 * Kc else "full-pruned" if NB >= 2 * Kc else "full"
-    kw = {} if path == "full" else dict(bmax=bmax)
-    one = {} if path == "full" else dict(bmax=bmax, cap=4 * Kc, flag=path == "threshold")
-    sms = torch.cuda.get_device_properties(dev).multi_processor_count if cuda else 4
+    kw = {} if path == "full" else dict(bmax=bmax, cap=4 * Kc, flag=path == "threshold")
     fns = {"topk_us": lambda: select_candidates(s, bmax, Kc, 4 * Kc, False, method="topk"),
-           "one_program_us": lambda: select_topk(s, Kc, **one),
            "radix_us": lambda: select_candidates(s, bmax, Kc, 4 * Kc, False, method="radix")}
-    for chunk, warps, per_sm in variants:
-        fns[f"split_c{chunk}_w{warps}_p{per_sm}_us"] = (lambda c=chunk, w=warps, p=per_sm: select_split(
-            s, Kc, chunk=c, num_warps=w, programs=-(-p * sms // R), **kw))
+    for chunk, warps, bits in variants:
+        fns[f"radix_c{chunk}_w{warps}_b{bits}_us"] = (lambda c=chunk, w=warps, b=bits: select_topk(
+            s, Kc, chunk=c, num_warps=w, radix_bits=b, **kw))
     out = {"path": path}
     for name, fn in fns.items():
         out[name] = 1e3 * bench(graph_of(fn, cuda), cuda=cuda)
     out["speedup"] = out["topk_us"] / out["radix_us"]
-    out["speedup_vs_one_program"] = out["one_program_us"] / out["radix_us"]
     return out
 
 
@@ -116,14 +109,12 @@ def main(argv=None) -> int:
         json.dump(res, f, indent=1)
     print(f"device: {res['device']}   equal: {ok}")
     if ok:
-        names = [k for k in next(iter(res["shapes"].values())) if k.startswith("split_c")]
-        print("| R | T | Kc | path | topk µs | one program µs | split µs | × one program | "
-              + " | ".join(n[6:-3] for n in names) + " |")
-        print("|---" * (8 + len(names)) + "|")
+        names = [k for k in next(iter(res["shapes"].values())) if k.startswith("radix_c")]
+        print("| R | T | Kc | path | topk µs | radix µs | speedup | " + " | ".join(n[6:-3] for n in names) + " |")
+        print("|---" * (7 + len(names)) + "|")
         for r in res["shapes"].values():
-            print(f"| {r['R']} | {r['T']} | {r['Kc']} | {r['path']} | {r['topk_us']:.1f} | {r['one_program_us']:.1f} | "
-                  f"{r['radix_us']:.1f} | {r['speedup_vs_one_program']:.2f}x | "
-                  + " | ".join(f"{r[n]:.1f}" for n in names) + " |")
+            print(f"| {r['R']} | {r['T']} | {r['Kc']} | {r['path']} | {r['topk_us']:.1f} | {r['radix_us']:.1f} | "
+                  f"{r['speedup']:.1f}x | " + " | ".join(f"{r[n]:.1f}" for n in names) + " |")
     return 0 if ok else 1
 
 

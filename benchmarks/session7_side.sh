@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Side work of the seventh device session's staging calls (benchmarks/gpu_staged_session.sh stage N
 # with STAGE_CMD="bash benchmarks/session7_side.sh N"; STAGE_SECONDS as noted), most valuable first:
-# the split selection (kernels/select_split.py) against the one-program radix select it replaces,
-# compiled (equality, then time), its tests on the card, the engine end to end with it, the GPU tests
-# the sixth session left owed, and the compiled soundness stress (≥ 10⁵ query-heads, the two-sided
-# planned step included). Output under $OUT (<= 8 files per call come back). Call 11 (not a staging
+# the radix selection compiled (equality, then time; call A of the seventh session timed a selection
+# split over programs per row here, commit bb36d68, and it lost everywhere: RESULTS.md), its tests on
+# the card, the engine end to end, the GPU tests the sixth session left owed, and the compiled
+# soundness stress (≥ 10⁵ query-heads, the two-sided planned step included). Output under $OUT (<= 8 files per call come back). Call 11 (not a staging
 # call: `bash benchmarks/session7_side.sh real`) runs the 32k quality pass and the real-model decode.
 #
 # Without the model (devices scarce: no ten consecutive staging calls), the same steps run in three

@@ -1,6 +1,6 @@
 """The certified step's selection and certificate kernels: the threshold path (``select_candidates``:
-``kernels/select_split.py`` by default, ``kernels/select_above.py`` compaction for method="topk") must
-give exactly the tie rule's top-Kc, the topk path's overflowed rows must be reselected (or flagged), and
+``kernels/select_topk.py`` by default, ``kernels/select_above.py`` compaction for method="topk") must
+give exactly the tie rule's top-Kc, overflowed rows must be reselected (or flagged), and
 ``kernels/row_lse.py`` must bound Σ e^x from above, tightly."""
 from __future__ import annotations
 
@@ -58,20 +58,15 @@ def test_select_above_counts_and_keys():
 
 
 def test_overflow_is_reselected_or_flagged():
-    """A flat row (every token ties with τ) overflows the topk path's cap slots: reselected with
-    sync, else flagged. The radix path keeps no slots: exact either way, nothing flagged."""
-    s = torch.zeros(2, 320, device=DEV)
+    s = torch.zeros(2, 320, device=DEV)       # a flat row: every token ties with τ
     s[1, ::3] = 1.0
     bm = _block_max(s, 16)
-    for method in ("topk", "radix"):
-        cand, overflow = select_candidates(s, bm, 2, cap=4, sync=True, method=method)
-        assert not bool(overflow.any())
-        assert torch.equal(cand, _full_topk(s, 2))
-        assert cand[0].tolist() == [0, 1]                    # ties: the lowest indices
-    _, flagged = select_candidates(s, bm, 2, cap=4, sync=False, method="topk")
+    cand, overflow = select_candidates(s, bm, 2, cap=4, sync=True)
+    assert not bool(overflow.any())
+    assert torch.equal(cand, _full_topk(s, 2))
+    assert cand[0].tolist() == [0, 1]                    # ties: the lowest indices
+    _, flagged = select_candidates(s, bm, 2, cap=4, sync=False)
     assert flagged.tolist() == [True, True]
-    cand, flagged = select_candidates(s, bm, 2, cap=4, sync=False)
-    assert torch.equal(cand, _full_topk(s, 2)) and not bool(flagged.any())
 
 
 def test_row_lse_upper_bounds_and_is_tight():
@@ -106,10 +101,10 @@ def test_fused_step_threshold_path_matches_torch_path(bits, monkeypatch):
     sk = quantize_keys(K.reshape(B * Hkv, T, D).double(), bits=bits, group=16)
     vmax = torch.linalg.vector_norm(V.double(), dim=-1).amax(-1) * (1 + 1e-6)
     d = lambda x: x.to(DEV)  # noqa: E731
-    import vashista_gpu.kernels.select_split as st
+    import vashista_gpu.kernels.select_topk as st
     calls = []
-    real = st.select_split
-    monkeypatch.setattr(st, "select_split", lambda *a, **k: calls.append(k.get("bmax") is not None) or real(*a, **k))
+    real = st.select_topk
+    monkeypatch.setattr(st, "select_topk", lambda *a, **k: calls.append(k.get("bmax") is not None) or real(*a, **k))
     r = fused_sketch_step(d(q), d(K), d(V), d(sk.codes), d(sk.offset), d(sk.step), d(vmax), bits=bits,
                           group=16, Kc=Kc, scale=1 / 16, cap=2 * Kc)
     t = certified_decode(q[0], K[0], V[0], sk, Kc, scale=1 / 16)

@@ -1,10 +1,10 @@
-"""``kernels/select_split.py`` (``select_candidates(method="radix")``) against the tie rule itself and
-the torch.topk path (``method="topk"``): the same indices, bit for bit, on every row — the split
-select keeps no buffer of the tokens ≥ τ, so it never overflows, where the topk path flags rows
-(with sync=False) — on random rows, heavy ties (quantized scores), all-equal rows, −0.0/+0.0, ±inf,
-−inf tails (a paged batch), Kc = 1 and Kc = T, odd T, rows shorter than Kc blocks; one program per
-row, several (slices of whole chunks, a partial last one) and more programs than chunks; the
-block-skipping (maxima of the scan's 16-token blocks) and whole-row threshold modes.
+"""``kernels/select_topk.py`` (``select_candidates(method="radix")``) against the torch.topk path
+(``method="topk"``) and the tie rule itself: the same indices, bit for bit, and the same overflow
+mask (a flagged row: the top-Kc of its first cap tokens ≥ τ; unflagged with sync / flag=False: the
+exact top-Kc) — on random rows, heavy ties (quantized scores), all-equal rows, −0.0/+0.0, ±inf, −inf tails
+(a paged batch), Kc = 1 and Kc = T, odd T, rows shorter than Kc blocks; several chunks per row
+(a small ``chunk``) and the default one; 5- to 8-bit radix digits; the block-list (GATHER) and
+whole-row threshold modes.
 TRITON_INTERPRET=1 on CPU (tests/conftest.py); compiled on a GPU."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from vashista_core.errors import VashistaInputError
-from vashista_gpu.kernels.select_split import select_split
+from vashista_gpu.kernels.select_topk import select_topk
 from vashista_gpu.selection import select_candidates, tie_keys, top_indices
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -51,39 +51,71 @@ def rows(T, seed):
     return s.to(DEV)
 
 
-@pytest.mark.parametrize("T,Kc,chunk,programs", [(1, 1, 32, None), (37, 1, 32, 3), (300, 7, 64, 5),
-                                                 (257, 64, 1024, None), (129, 129, 32, 4), (515, 100, 128, 3),
-                                                 (3000, 9, 128, 7)])
-def test_full_path_is_the_tie_rule(T, Kc, chunk, programs):
+@pytest.mark.parametrize("T,Kc,chunk,bits", [(1, 1, 64, 8), (37, 1, 64, 5), (300, 7, 64, 8), (257, 64, 4096, 8),
+                                             (129, 129, 64, 6), (515, 100, 128, 7)])
+def test_full_path_is_the_tie_rule(T, Kc, chunk, bits):
     s = rows(T, T + Kc)
-    cand, overflow = select_split(s, Kc, chunk=chunk, num_warps=1, programs=programs)
+    cand, overflow = select_topk(s, Kc, chunk=chunk, num_warps=1, radix_bits=bits)
     assert cand.dtype == torch.int64 and cand.shape == (6, Kc)
     assert torch.equal(cand, tie_rule_top(s, Kc))
     assert not bool(overflow.any())
 
 
-@pytest.mark.parametrize("T,Kc,chunk,programs,width", [(1000, 5, 64, 6, 16), (1160, 9, 128, 2, 16),
-                                                        (700, 5, 32, 40, 16), (2600, 20, 256, 3, 16),
-                                                        (1000, 3, 1024, None, 16), (1000, 5, 64, 4, 8)])
-def test_threshold_path_is_the_tie_rule(T, Kc, chunk, programs, width):
-    """Every row exact, nothing flagged — the flat row and the −inf tail (τ = −inf admits every
-    token) included, where the topk path overflows its ``cap`` slots; the topk path's unflagged rows
-    agree. ``width`` 8: maxima of another partition than ``block``'s, a threshold only (no blocks
-    skipped)."""
+def first_cap_top(s, bm, Kc, cap):
+    """An overflowed row's candidates: the tie rule's top-Kc of its first ``cap`` tokens ≥ τ."""
+    tau = torch.topk(bm, Kc, dim=-1).values.amin(-1)
+    got = []
+    for r in range(s.shape[0]):
+        idx = (s[r] >= tau[r]).nonzero()[:, 0][:cap]
+        got.append(top_indices(tie_keys(s[r, idx][None], idx[None]), Kc)[0])
+    return torch.stack(got)
+
+
+@pytest.mark.parametrize("T,Kc,chunk,cap,bits", [(1000, 5, 256, 20, 8), (1160, 9, 512, 36, 6), (700, 5, 128, 20, 8),
+                                                 (2600, 20, 1024, 80, 5), (1000, 3, 4096, 12, 8)])
+def test_threshold_path_equals_topk_path(T, Kc, chunk, cap, bits):
+    """The topk path's overflow mask; the tie rule on the other rows; the top-Kc of the first cap
+    tokens ≥ τ on the flagged ones — or, with flag=False, the tie rule on every row, nothing
+    flagged. Chunk 128 lists no blocks (the whole row is the source)."""
     s = rows(T, T)
-    bm = block_max(s, width)
-    want = tie_rule_top(s, Kc)
-    cand, overflow = select_split(s, Kc, bmax=bm, chunk=chunk, num_warps=1, programs=programs)
-    assert torch.equal(cand, want) and not bool(overflow.any())
-    if width == 16:
-        ref, ref_over = select_candidates(s, bm, Kc, 4 * Kc, False, method="topk")
-        assert ref_over[2] and not ref_over[0]            # the flat row overflows the topk path's slots
-        assert torch.equal(cand[~ref_over], ref[~ref_over])
+    bm = block_max(s)
+    ref, ref_over = select_candidates(s, bm, Kc, cap, False, method="topk")
+    cand, overflow = select_topk(s, Kc, bmax=bm, cap=cap, chunk=chunk, num_warps=1, radix_bits=bits)
+    assert torch.equal(overflow, ref_over)
+    assert overflow[2] and not overflow[0]            # the flat row; a random row
+    assert bool(overflow[4]) == (Kc > 3)              # < Kc finite maxima: τ = −inf admits all
+    assert torch.equal(cand[~overflow], tie_rule_top(s, Kc)[~overflow])
+    assert torch.equal(cand[~overflow], ref[~overflow])
+    assert torch.equal(cand[overflow], first_cap_top(s, bm, Kc, cap)[overflow])
+    cand, overflow = select_topk(s, Kc, bmax=bm, cap=cap, flag=False, chunk=chunk, num_warps=1, radix_bits=bits)
+    assert torch.equal(cand, tie_rule_top(s, Kc)) and not bool(overflow.any())
+
+
+FEW = max(5, settings.default.max_examples // 3)
+
+
+@settings(max_examples=FEW)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 1500), st.integers(1, 64), st.sampled_from([64, 256, 4096]),
+       st.integers(5, 8), st.sampled_from([0.0, 0.5, 4.0]), st.booleans())
+def test_radix_select_is_the_tie_rule_property(seed, T, Kc, chunk, bits, grid, threshold):
+    """Any row length, Kc, chunk (several per row or one), digit width and tie density (scores on a
+    grid of 1/grid; 0: continuous), a padded row's −inf tail, with the maxima of the scan's 16-token
+    blocks (unflagged: exact on every row) or without: the tie rule's top-Kc, nothing flagged."""
+    Kc = min(Kc, T)
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(3, T, generator=g) * 3
+    if grid:
+        s = torch.round(s * grid) / grid
+    s[2, int(torch.randint(0, T + 1, (1,), generator=g)):] = -math.inf
+    s = s.to(DEV)
+    kw = dict(bmax=block_max(s), cap=4 * Kc, flag=False) if threshold and -(-T // 16) >= Kc else {}
+    cand, overflow = select_topk(s, Kc, chunk=chunk, num_warps=1, radix_bits=bits, **kw)
+    assert torch.equal(cand, tie_rule_top(s, Kc)) and not bool(overflow.any())
 
 
 def test_short_rows_of_a_padded_batch():
     """Rows with fewer than Kc finite block maxima (τ = −inf) are selected in the first short_window
-    columns, as the topk path selects them; long rows exactly; sync changes nothing."""
+    columns and never flagged; long rows as usual. sync=True: nothing flagged, same candidates."""
     g = torch.Generator().manual_seed(5)
     T, Kc, W = 1600, 8, 16 * 8
     s = torch.randn(4, T, generator=g)
@@ -92,41 +124,18 @@ def test_short_rows_of_a_padded_batch():
     s[3] = torch.round(s[3])
     s = s.to(DEV)
     bm = block_max(s)
-    want = torch.stack([tie_rule_top(s[r:r + 1], Kc, W if r in (1, 2) else None)[0] for r in range(4)])
     ref, ref_over = select_candidates(s, bm, Kc, 4 * Kc, False, short_window=W, method="topk")
-    assert ref_over.tolist()[1:3] == [False, False]
-    assert torch.equal(ref[~ref_over], want[~ref_over])
-    for sync in (False, True):
-        cand, overflow = select_candidates(s, bm, Kc, 4 * Kc, sync, short_window=W)
-        assert torch.equal(cand, want) and not bool(overflow.any())
-
-
-FEW = max(5, settings.default.max_examples // 3)
-
-
-@settings(max_examples=FEW)
-@given(st.integers(0, 2**32 - 1), st.integers(1, 1500), st.integers(1, 64), st.sampled_from([1, 2, 3, 7, 50]),
-       st.sampled_from([32, 64, 256]), st.sampled_from([0.0, 0.5, 4.0]), st.booleans())
-def test_split_select_is_the_tie_rule_property(seed, T, Kc, programs, chunk, grid, threshold):
-    """Any row length, Kc, number of programs (slices of whole chunks, a partial last one, more
-    programs than chunks) and tie density (scores on a grid of 1/grid; 0: continuous), with or
-    without the maxima of the scan's 16-token blocks: the tie rule's top-Kc, nothing flagged."""
-    Kc = min(Kc, T)
-    g = torch.Generator().manual_seed(seed)
-    s = torch.randn(3, T, generator=g) * 3
-    if grid:
-        s = torch.round(s * grid) / grid
-    s[2, torch.randint(0, T + 1, (1,), generator=g).item():] = -math.inf     # a padded row's tail
-    s = s.to(DEV)
-    bm = block_max(s) if threshold and -(-T // 16) >= Kc else None
-    cand, overflow = select_split(s, Kc, bmax=bm, chunk=chunk, num_warps=1, programs=programs)
+    cand, overflow = select_candidates(s, bm, Kc, 4 * Kc, False, short_window=W)
+    assert torch.equal(overflow, ref_over) and ref_over.tolist()[1:3] == [False, False]
+    assert torch.equal(cand[~overflow], tie_rule_top(s, Kc)[~overflow])
+    assert torch.equal(cand[~overflow], ref[~overflow])
+    cand, overflow = select_candidates(s, bm, Kc, 4 * Kc, True, short_window=W)
     assert torch.equal(cand, tie_rule_top(s, Kc)) and not bool(overflow.any())
 
 
-def test_select_candidates_launches(monkeypatch):
-    """The radix path: one zero-fill of the histograms and 8 Triton launches with a threshold (3
-    passes over the maxima, 3 over the tokens, count, write), 5 without; no other torch kernel."""
-    import vashista_gpu.kernels.select_split as st
+def test_select_candidates_is_one_launch(monkeypatch):
+    """The radix path is one Triton launch and no torch kernel (allocations only), on both paths."""
+    import vashista_gpu.kernels.select_topk as st
 
     class Count(TorchDispatchMode):
         ops, launches, inside = [], 0, 0
@@ -136,7 +145,7 @@ def test_select_candidates_launches(monkeypatch):
                 Count.ops.append(func.overloadpacket.__name__)
             return func(*args, **(kwargs or {}))
 
-    real = st._select_split_kernel
+    real = st._select_topk_kernel
 
     class Spy:                              # counts launches; the interpreter's own torch ops are not ours
         def __getitem__(self, grid):
@@ -149,19 +158,18 @@ def test_select_candidates_launches(monkeypatch):
                     Count.inside -= 1
             return launch
 
-    monkeypatch.setattr(st, "_select_split_kernel", Spy())
+    monkeypatch.setattr(st, "_select_topk_kernel", Spy())
     s = rows(700, 1)
     bm = block_max(s)
-    for Kc, launches in ((2, 8), (40, 5)):       # threshold (44 blocks ≥ 4) and full path
-        Count.ops, Count.launches = [], 0
+    for Kc in (2, 20):                     # threshold (44 blocks ≥ 16) and full path
         with Count():
             cand, _ = select_candidates(s, bm, Kc, 4 * Kc, sync=True)
         assert torch.equal(cand, tie_rule_top(s, Kc))
-        assert Count.ops == ["zeros", "zeros"] and Count.launches == launches   # zeros: histograms, overflow
+    assert Count.ops == [] and Count.launches == 2
 
 
 def test_block_width_is_given_not_inferred():
-    """120 tokens make 8 blocks of 16, and ⌈120/8⌉ = 15: the blocks skipped are the scan's 16 tokens
+    """120 tokens make 8 blocks of 16, and ⌈120/8⌉ = 15: the blocks listed are the scan's 16 tokens
     (or ``block``'s), whatever NB would suggest; a count that does not match is refused."""
     T, Kc = 120, 2
     s = rows(T, 3)
@@ -169,25 +177,26 @@ def test_block_width_is_given_not_inferred():
         bm = block_max(s, width or 16)
         for sync in (False, True):
             cand, overflow = select_candidates(s, bm, Kc, 4 * Kc, sync, block=width)
-            assert torch.equal(cand, tie_rule_top(s, Kc)) and not bool(overflow.any())
+            ok = ~overflow
+            assert torch.equal(cand[ok], tie_rule_top(s, Kc)[ok])
+        assert not bool(overflow.any())                   # sync: exact on every row
     with pytest.raises(VashistaInputError, match="bmax"):
         select_candidates(s, block_max(s, 8), Kc, 4 * Kc, False, block=16)
 
 
 def test_nan_scores_do_not_crash():
     """NaN never reaches ŝ (finite_rows zeroes bad queries), but must not hang or write out of range:
-    NaN is ordered by its bits as the int64 keys order it (equal to the topk path), with or without
-    a threshold (NaN maxima: inconsistent, padded with the last index)."""
+    the full path orders NaN by its bits as the int64 keys do (equal to the topk path)."""
     g = torch.Generator().manual_seed(9)
     s = torch.randn(3, 900, generator=g)
     s[0, ::5] = math.nan
     s[1] = math.nan
     s[2, 100:200] = -math.nan
     s = s.to(DEV)
-    cand, _ = select_split(s, 10, chunk=256, num_warps=1, programs=3)
+    cand, _ = select_topk(s, 10, chunk=256, num_warps=1)
     assert torch.equal(cand, tie_rule_top(s, 10))
-    cand, overflow = select_split(s, 3, bmax=block_max(s), chunk=256, num_warps=1, programs=2)
-    assert cand.shape == (3, 3) and bool(((cand >= 0) & (cand < 900)).all()) and not bool(overflow.any())
+    cand, overflow = select_topk(s, 3, bmax=block_max(s), cap=12, chunk=256, num_warps=1)
+    assert cand.shape == (3, 3) and bool(((cand >= 0) & (cand < 900)).all())
 
 
 def test_bad_arguments_are_named():

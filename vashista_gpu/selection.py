@@ -11,8 +11,8 @@ tie rule's order, and ``topk`` runs on the keys:
 magnitude bits flipped); -0.0 is first turned into +0.0 so that the two zeros tie, as in NumPy.
 All keys are distinct, so the selected *set* is fully determined. The Triton kernels compute the same
 keys in-kernel (kernels/keys.py); this module is the torch version used by the plain path and tests.
-The certified step's ``select_candidates`` runs, wherever Triton does, a radix select on ``orderable``
-with the same tie rule instead (``kernels/select_split.py``: no topk, no sort).
+The certified step's ``select_candidates`` runs, wherever Triton does, one kernel instead
+(``kernels/select_topk.py``: a radix select on ``orderable`` with the same tie rule, no topk, no sort).
 
 Example::
 
@@ -88,10 +88,11 @@ def select_candidates(s: torch.Tensor, bmax: torch.Tensor, Kc: int, cap: int, sy
     the *full path* selects from every token (no overflow).
 
     ``method="radix"`` (the default, ``"auto"``, wherever Triton runs and ŝ is float32 with unit
-    column stride): a radix select split over several programs per row (``kernels/select_split.py``),
-    no host synchronisation and no buffer of the tokens ≥ τ, so it is exact on every row and flags
-    nothing, with or without ``sync`` (with at least 2·Kc blocks it reads only the blocks whose
-    maximum reaches τ).
+    column stride): one launch (``kernels/select_topk.py``, a radix select per row), no host
+    synchronisation. The tokens ≥ τ are kept in token order in ``cap`` slots per row; an overflowed
+    row gets the top-Kc of its first ``cap`` such tokens and is flagged, or, when ``sync``, its exact
+    top-Kc (nothing flagged). The full path is exact on every row (with at least 2·Kc blocks it
+    prunes by τ too).
     ``method="topk"`` (the default elsewhere): ``torch.topk`` over int64 tie keys; in the threshold
     path the tokens ≥ τ are compacted into ``cap`` slots (``kernels/select_above.py``) and topk'd,
     so an overflowed row holds an arbitrary subset — reselected from all keys when ``sync`` (one
@@ -124,15 +125,15 @@ def select_candidates(s: torch.Tensor, bmax: torch.Tensor, Kc: int, cap: int, sy
     if not radix_ok:
         raise VashistaInputError("s", f"method='radix' needs float32 scores with unit column stride on a Triton "
                                       f"device (CUDA, or TRITON_INTERPRET=1), got {s.dtype} on {s.device}")
-    from .kernels.select_split import select_split    # Triton is optional for the torch path's users
+    from .kernels.select_topk import select_topk      # Triton is optional for the torch path's users
 
     # (.float().contiguous(): no copy for the scan's maxima, float32 rows of unit stride)
     blocks = dict(bmax=bmax.float().contiguous(), **({} if block is None else dict(block=block)))
-    if threshold:
-        return select_split(s, Kc, short_window=short_window, **blocks)
-    if NB >= 2 * Kc:       # the threshold's pruning still pays
-        return select_split(s, Kc, **blocks)
-    return select_split(s, Kc)
+    if threshold:          # overflowed rows: flagged (sync: selected exactly instead, nothing flagged)
+        return select_topk(s, Kc, cap=cap, flag=not sync, short_window=short_window, **blocks)
+    if NB >= 2 * Kc:       # the threshold's pruning still pays; every row exact, nothing flagged
+        return select_topk(s, Kc, cap=max(cap, 4 * Kc), flag=False, **blocks)
+    return select_topk(s, Kc)
 
 
 def _select_by_topk(s, bmax, Kc, cap, sync, short_window, threshold, keys_kernel):

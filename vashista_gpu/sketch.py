@@ -727,10 +727,9 @@ def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: 
 
     1. one Triton pass over the sketch (``kernels/sketch_scan.py``): ŝ, the per-token upper bounds
        ub and the largest ŝ of every 16 tokens;
-    2. the top-Kc of ŝ under the tie rule (``selection.select_candidates``: a radix select split
-       over several programs per row, ``kernels/select_split.py``, reading only the blocks whose
-       maximum reaches τ; ``torch.topk`` where Triton does not run, with ``cap`` slots per row for
-       the tokens ≥ τ, default 4·Kc);
+    2. the top-Kc of ŝ under the tie rule (``selection.select_candidates``: one radix-select launch
+       per layer, ``kernels/select_topk.py``, reading only the blocks whose maximum reaches τ, with
+       ``cap`` slots per row, default 4·Kc; ``torch.topk`` where Triton does not run);
     3. exact float32 rescoring of the Kc candidates against ``K``, softmax, gather of ``V``, in one
        program per query head (``kernels/rescore.py``);
     4. the certificate L̂ = Z̄_out / (Z_C + Z̄_out) ≥ dense mass outside C, with Z̄_out ≥ Σ_{j∉C} e^{ub_j}

@@ -12,8 +12,7 @@ module's name, so they are not re-exported here: ``from vashista_gpu.kernels.res
     page_summary.page_summary     page summaries on append
     sketch_scan.sketch_scan_bound / paged_sketch_scan_bound   certified-mode scan with bounds
     sketch_scan.sketch_scores     scores-only scan of the torch path (no shape rule)
-    select_split.select_split     the certified step's top-Kc selection (radix select split over programs per row)
-    select_topk.select_topk       the same in one launch, one program per row (the fifth session's; for comparison)
+    select_topk.select_topk       the certified step's top-Kc selection in one launch (radix select)
     select_above.select_above     threshold compaction of candidates (selection's topk method)
     rescore.rescore / rescore_paged   exact rescoring of the candidates
     row_lse.row_lse_upper         upper bound on a row's logsumexp (row_lse_chunks: its first stage)
@@ -29,4 +28,4 @@ module's name, so they are not re-exported here: ``from vashista_gpu.kernels.res
 """
 __all__ = ["append_step", "block_scores", "cert_tail", "finish", "flag_pairs", "fold_dropped", "keys", "libm",
            "page_summary", "paged_dense", "rescore", "row_keys", "row_lse", "row_vmax", "select_above", "select_blocks",
-           "select_split", "select_topk", "sketch_scan", "step_stats", "token_scores"]
+           "select_topk", "sketch_scan", "step_stats", "token_scores"]
