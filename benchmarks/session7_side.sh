@@ -29,7 +29,8 @@ case "$n" in
     A) steps 1:150 2:130 3:160; tar xzf "$OUT/calls_A.tar.gz" -O ./side_1.log ./side_2.log ./side_3.log | tail -40
        exit 0 ;;
     B) steps 4:170 5:110 6:100; tar xzf "$OUT/calls_B.tar.gz" -O ./side_4.log ./side_5.log | tail -16; exit 0 ;;
-    C) steps 7:160 8:90 9:90; tar xzf "$OUT/calls_C.tar.gz" -O ./side_7.log | tail -8; exit 0 ;;
+    C) steps 11:90 8:100 9:100 7:160; tar xzf "$OUT/calls_C.tar.gz" -O ./side_11.log ./side_8.log ./side_7.log | tail -24
+       exit 0 ;;
 esac
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton_cache}
 PYT="python3 -m pytest -q -p no:cacheprovider -p no:benchmark -rfEs"
@@ -56,6 +57,8 @@ case "$n" in
            $E2E --out "$OUT/e2e_$n" --configs llama-1b:32768:4,llama-1b:8192:1 \
                --variants ours_dense,ours_cert_int8_g64_2s,ours_cert_int4_g32_2s
        fi ;;
+    11) $PYT tests/test_select_kernel.py > "$OUT/tests_$n.log" 2>&1
+       echo "tests rc=$?"; tail -3 "$OUT/tests_$n.log" ;;
     8|9|10) $STRESS --tiers gpu-triton-fp32,gpu-triton-bf16,gpu-plan2s-fp32,cp-fused-fp32 \
            --seed0 $(( 130000000 + n * 1000000 )) --json "$OUT/stress_$n.json" ;;
     real) # after the ten parts: the 32k quality pass (LONGCTX_* knobs) with a compiled stress slice
