@@ -57,7 +57,7 @@ case "$n" in
            $E2E --out "$OUT/e2e_$n" --configs llama-1b:32768:4,llama-1b:8192:1 \
                --variants ours_dense,ours_cert_int8_g64_2s,ours_cert_int4_g32_2s
        fi ;;
-    11) $PYT tests/test_select_kernel.py > "$OUT/tests_$n.log" 2>&1
+    11) $PYT tests/test_select_kernel.py tests/test_gpu_sketch_select.py > "$OUT/tests_$n.log" 2>&1
        echo "tests rc=$?"; tail -3 "$OUT/tests_$n.log" ;;
     8|9|10) $STRESS --tiers gpu-triton-fp32,gpu-triton-bf16,gpu-plan2s-fp32,cp-fused-fp32 \
            --seed0 $(( 130000000 + n * 1000000 )) --json "$OUT/stress_$n.json" ;;
