@@ -29,7 +29,7 @@ case "$n" in
     A) steps 1:150 2:130 3:160; tar xzf "$OUT/calls_A.tar.gz" -O ./side_1.log ./side_2.log ./side_3.log | tail -40
        exit 0 ;;
     B) steps 4:170 5:110 6:100; tar xzf "$OUT/calls_B.tar.gz" -O ./side_4.log ./side_5.log | tail -16; exit 0 ;;
-    C) steps 11:90 8:100 9:100 7:160; tar xzf "$OUT/calls_C.tar.gz" -O ./side_11.log ./side_8.log ./side_7.log | tail -24
+    C) steps ${C_STEPS:-11:90 8:100 9:100 7:160}; tar xzf "$OUT/calls_C.tar.gz" -O ./side_11.log ./side_8.log ./side_7.log | tail -24
        exit 0 ;;
 esac
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton_cache}
