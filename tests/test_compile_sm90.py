@@ -1,14 +1,26 @@
-"""The certified step's heaviest kernels compile for an H100/H200 (sm_90) on a machine without a GPU.
+"""The certified step's kernels compile for an H100/H200 (sm_90) on a machine without a GPU.
 
 CI has no GPU, and the interpreter (TRITON_INTERPRET=1) runs kernels as NumPy: it never lowers them
 (nor their inline PTX), so a kernel that only fails to compile — a construct the compiler rejects, a
 layout it cannot lower, an ``asm`` operand — would first fail on a card. Triton compiles ahead of
-time for a named target with the ptxas it ships: every mode of the radix selection
-(``kernels/select_topk.py``) and the paged sketch scan (``kernels/sketch_scan.py``: 4 and 8 bits,
-one- and two-sided, integer dots with their PTX, float16 and float32 metadata) is compiled to a
-cubin here, in a child process without TRITON_INTERPRET (there ``@triton.jit`` makes compilable
-functions; the interpreter's are not). ~30 s from a cold cache. The register report of each cubin
-(``cuobjdump --dump-resource-usage``) is printed with ``-s``."""
+time for a named target with the ptxas it ships, so every kernel the engine's certified decode step
+launches on a GPU is compiled to a cubin here, in the configurations its launcher uses:
+
+* the radix selection (``kernels/select_topk.py``), all four modes;
+* the paged sketch scan (``kernels/sketch_scan.py``: 4 and 8 bits, one- and two-sided, integer dots
+  with their PTX, float16 and float32 metadata);
+* the exact rescoring (``kernels/rescore.py``: paged at head dims 64 and 128, contiguous);
+* the certificate tail (``kernels/cert_tail.py``'s finish and ``finite_rows``; ``kernels/row_lse.py``'s
+  chunks; ``kernels/row_vmax.py``);
+* the decode append (``kernels/append_step.py``: the append with a 4-/8-bit sketch or none, and the
+  length advance);
+* DenseFallback and the statistics (``kernels/flag_pairs.py``; ``kernels/paged_dense.py``'s split,
+  persistent pairs and combine kernels; ``kernels/step_stats.py``).
+
+Each module's kernels are compiled in a child process without TRITON_INTERPRET (there ``@triton.jit``
+makes compilable functions; the interpreter's are not); ~55 s from a cold cache on 2 CPU cores. No
+cubin may use local memory or a stack frame (where ptxas puts its spills); the register report of
+each (``cuobjdump --dump-resource-usage``) is printed with ``-s``."""
 from __future__ import annotations
 
 import json
@@ -54,7 +66,7 @@ W4 = dict(num_warps=4)          # Triton's default, for launchers that pass none
 
 def _rescore_cases():
     # rescore_paged (the certified step) at head dims 64 and 128; rescore (the equal-length step) reads
-    # contiguous K/V and gets q32 for its unused page-table pointers
+    # contiguous K/V in the caller's dtype (float16 here) and gets q32 for its unused page-table pointers
     for paged, d, kv in ((True, 64, "*bf16"), (True, 128, "*bf16"), (False, 128, "*fp16")):
         types = dict(q_ptr="*fp32", k_ptr=kv, v_ptr=kv, cand_ptr="*i64", out_ptr="*fp32", mc_ptr="*fp32",
                      zc_ptr="*fp32", eps_ptr="*fp32", T=I32, Hq=I32, Hkv=I32, scale="fp32", err_fac="fp32",
@@ -131,6 +143,7 @@ def _dense_cases():
         yield "_split_kernel", common, c, opts
         yield "_pairs_split_kernel", dict(common, pairs_ptr="*i32", count_ptr="*i32", CAP=I32, NPROG=I32), \
             dict(c, ROUNDS=0, COUNTED=True), opts
+    # NSP: default_splits gives 66 splits at 128k tokens (batch 1, 8 KV heads) -> 128
     for pairs, out in ((False, "*bf16"), (True, "*fp32")):
         yield "_combine_kernel", dict(m_ptr="*fp32", l_ptr="*fp32", acc_ptr="*fp32", out_ptr=out, out_sb=I32,
                                       out_sh=I32, pairs_ptr="*i32", Hq=I32, NSPLIT=I32), \
@@ -174,7 +187,8 @@ def compile_all(name: str) -> list:
         assert set(types) | set(consts) <= set(names) and set(types).isdisjoint(consts)
         # every pointer 16-byte aligned, as a launch with torch tensors specializes it: without it the
         # loads are not vectorized and e.g. the rescoring kernel spills (2-7 KB a thread) where the real
-        # launch does not
+        # launch does not. (A launch also marks ints that are multiples of 16; left out here: tried on the
+        # append, certificate, rescoring and dense kernels, it moved registers by at most 14, no spills.)
         src = ASTSource(fn=fn, signature={a: types.get(a, "constexpr") for a in names},
                         constexprs={(names.index(k),): v for k, v in consts.items()},
                         attrs={(names.index(a),): [["tt.divisibility", 16]] for a, t in types.items() if t[0] == "*"})
@@ -200,7 +214,9 @@ def compile_all(name: str) -> list:
     return report
 
 
-@pytest.mark.parametrize("name,count", [("select_topk", 4), ("sketch_scan", 8)])
+@pytest.mark.parametrize("name,count", [("select_topk", 4), ("sketch_scan", 8), ("rescore", 3), ("cert_tail", 4),
+                                        ("row_lse", 1), ("row_vmax", 1), ("append_step", 5), ("flag_pairs", 2),
+                                        ("paged_dense", 6), ("step_stats", 2)])
 def test_kernels_compile_for_sm90(name, count):
     env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, os.path.abspath(__file__), name], env=env, capture_output=True, text=True,
@@ -212,7 +228,8 @@ def test_kernels_compile_for_sm90(name, count):
     assert len(report) == count
     for case in report:
         print(name, case)
-        assert "LOCAL:0" in case["resources"] or case["resources"] == "?", case     # no spills to local memory
+        res = case["resources"]          # spills show as a stack frame (STACK), not as LOCAL
+        assert res == "?" or ("LOCAL:0" in res and "STACK:0" in res), case
 
 
 if __name__ == "__main__":
