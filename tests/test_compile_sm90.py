@@ -17,8 +17,8 @@ launches on a GPU is compiled to a cubin here, in the configurations its launche
 * DenseFallback and the statistics (``kernels/flag_pairs.py``; ``kernels/paged_dense.py``'s split,
   persistent pairs and combine kernels; ``kernels/step_stats.py``).
 
-Each module's kernels are compiled in a child process without TRITON_INTERPRET (there ``@triton.jit``
-makes compilable functions; the interpreter's are not); ~55 s from a cold cache on 2 CPU cores. No
+The kernels are compiled in one child process without TRITON_INTERPRET (there ``@triton.jit`` makes
+compilable functions; the interpreter's are not); ~55 s from a cold cache on 2 CPU cores. No
 cubin may use local memory or a stack frame (where ptxas puts its spills); the register report of
 each (``cuobjdump --dump-resource-usage``) is printed with ``-s``."""
 from __future__ import annotations
@@ -214,17 +214,23 @@ def compile_all(name: str) -> list:
     return report
 
 
-@pytest.mark.parametrize("name,count", [("select_topk", 4), ("sketch_scan", 8), ("rescore", 3), ("cert_tail", 4),
-                                        ("row_lse", 1), ("row_vmax", 1), ("append_step", 5), ("flag_pairs", 2),
-                                        ("paged_dense", 6), ("step_stats", 2)])
-def test_kernels_compile_for_sm90(name, count):
+@pytest.fixture(scope="module")
+def reports():
+    """Every module's compile report, from one child process (torch and Triton imported once)."""
     env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, os.path.abspath(__file__), name], env=env, capture_output=True, text=True,
-                       timeout=900)
+    r = subprocess.run([sys.executable, os.path.abspath(__file__), *CASES], env=env, capture_output=True, text=True,
+                       timeout=1800)
     if r.returncode == 3:
         pytest.skip(r.stdout.strip())
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    report = json.loads(r.stdout.strip().splitlines()[-1])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name,count", [("select_topk", 4), ("sketch_scan", 8), ("rescore", 3), ("cert_tail", 4),
+                                        ("row_lse", 1), ("row_vmax", 1), ("append_step", 5), ("flag_pairs", 2),
+                                        ("paged_dense", 6), ("step_stats", 2)])
+def test_kernels_compile_for_sm90(reports, name, count):
+    report = reports[name]
     assert len(report) == count
     for case in report:
         print(name, case)
@@ -233,4 +239,4 @@ def test_kernels_compile_for_sm90(name, count):
 
 
 if __name__ == "__main__":
-    print(json.dumps(compile_all(sys.argv[1])))
+    print(json.dumps({name: compile_all(name) for name in sys.argv[1:]}))
