@@ -48,9 +48,10 @@ __all__ = ['ALL_MODES', 'AUTO_CROSSOVER', 'Engine', 'GenerateResult', 'generate'
 ALL_MODES = MODES + ("auto",)
 # auto mode decodes densely below the crossover context (tokens of the longest row) and certified
 # from it on. This is the placeholder for shapes not measured (engine/crossover.json): never, i.e.
-# dense. Every end-to-end measurement so far found the default (one-sided) certified step slower than
-# the best dense graph — Llama shapes at 8k-128k, batch 1 and 4, and the real Qwen2.5-Coder-0.5B at
-# 32k (3.2x slower) on an H100 — so an unmeasured shape must not be sent to it. (Until the sixth
+# dense. End to end on an H100 the certified step was slower than the best dense graph everywhere but
+# at batch 4 with two-sided bounds (1.05-1.10x, 1B shape, 128k) — Llama shapes at 8k-128k, batch 1
+# and 4, and the real Qwen2.5-Coder-0.5B at 32k (3.2x slower) — so an unmeasured shape must not be
+# sent to it. (Until the sixth
 # session this was 16k, the middle of the bracket where the certified step alone passed dense flash
 # on an H200: a kernel measurement, not an end-to-end one.)
 AUTO_CROSSOVER = math.inf
