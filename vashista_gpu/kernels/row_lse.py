@@ -27,7 +27,7 @@ from vashista_core.rounding import U32, gamma
 
 from .libm import exp_acc, f32_up
 
-__all__ = ["BLOCK", "combine_chunks", "lse_factor", "lse_floor", "row_lse_chunks", "row_lse_upper"]
+__all__ = ["BLOCK", "combine", "combine_chunks", "lse_factor", "lse_floor", "row_lse_chunks", "row_lse_upper"]
 
 BLOCK = 4096            # tokens per chunk program
 
@@ -94,14 +94,19 @@ def row_lse_chunks(x, *, block: int = BLOCK):
     return m, z
 
 
+def combine(m, z, F: float, floor: float):
+    """Stage 2 as its own launch: (M (R,), Z (R,)) float32 from chunk results (R, NC) with the
+    factor ``F`` and ``floor`` of the stages that made them."""
+    import torch
+    R, NC = m.shape
+    M = torch.empty(R, dtype=torch.float32, device=m.device)
+    Z = torch.empty(R, dtype=torch.float32, device=m.device)
+    _combine_kernel[(R,)](m, z, M, Z, NC, F, floor, BNC=triton.next_power_of_2(NC))
+    return M, Z
+
+
 def row_lse_upper(x, *, block: int = BLOCK):
     """(M (R,), Z (R,)) float32 with Z·e^M ≥ Σ_j e^{x_j} for every row of ``x`` (R, T) float32
     (entries may be −inf; M = −inf and Z = 0 for a row without finite entries). Two launches."""
-    import torch
-    R, T = x.shape
     m, z = row_lse_chunks(x, block=block)
-    NC = m.shape[1]
-    M = torch.empty(R, dtype=torch.float32, device=x.device)
-    Z = torch.empty(R, dtype=torch.float32, device=x.device)
-    _combine_kernel[(R,)](m, z, M, Z, NC, lse_factor(block, NC), lse_floor(T), BNC=triton.next_power_of_2(NC))
-    return M, Z
+    return combine(m, z, lse_factor(block, m.shape[1]), lse_floor(x.shape[1]))

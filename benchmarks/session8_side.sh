@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Device calls of the eighth session: the scan's block bounds (kernels/block_lse.py; ŝ is still written,
+# ub no longer) on the card — its tests compiled, then end to end against the previous tree in the same
+# call (`.old_tree/`, the last commit before the change, staged by `git archive`; an ignored folder that
+# the call carries), so the dense baseline is measured on the same card both times.
+#   bash benchmarks/session8_side.sh 1   tests compiled, e2e 1B 128k batch 4 new then old
+#   bash benchmarks/session8_side.sh 2   e2e 1B 128k batch 1 new then old, the profile of the new step
+# Each step under its own time limit; results in one tarball under $OUT (at most 8 files come back).
+set -u
+n=${1:?call}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton_cache}
+OUT=${OUT:-/tmp/side_out}
+mkdir -p "$OUT"
+PYT="python3 -m pytest -q -p no:cacheprovider -p no:benchmark -rfEs"
+E2E="python3 benchmarks/e2e_decode.py"
+V4=ours_dense,ours_cert_int8_g64_2s,ours_cert_int4_g32_2s,ours_cert_int4_g16
+steps() {
+    local s W="$OUT/w"
+    mkdir -p "$W"
+    for s in "$@"; do
+        T0=$(date +%s)
+        OUT="$W" timeout "${s#*:}" bash "$0" "${s%%:*}" > "$W/side_${s%%:*}.log" 2>&1
+        echo "step ${s%%:*} rc=$? in $(( $(date +%s) - T0 )) s" | tee -a "$OUT/steps.txt"
+    done
+    tar czf "$OUT/calls_$n.tar.gz" -C "$W" . && rm -rf "$W"
+}
+case "$n" in
+    1) steps t:170 n4:190 o4:190; tar xzf "$OUT/calls_1.tar.gz" -O ./side_t.log | tail -6
+       for f in n4 o4; do tar xzf "$OUT/calls_1.tar.gz" -O ./side_$f.log | grep -E 'ms/token|ms_per|×|x ' | tail -8; done
+       exit 0 ;;
+    2) steps n1:170 o1:150 p:150; for f in n1 o1 p; do tar xzf "$OUT/calls_2.tar.gz" -O ./side_$f.log | tail -10; done
+       exit 0 ;;
+    t) $PYT tests/test_block_bounds.py tests/test_gpu_sketch_fused.py tests/test_paged_scan.py \
+           tests/test_gpu_sketch_plan.py tests/test_gpu_sketch_select.py tests/test_select_kernel.py \
+           tests/test_engine_gpu.py > "$OUT/tests.log" 2>&1
+       echo "tests rc=$?"; tail -4 "$OUT/tests.log" ;;
+    n4) $E2E --out "$OUT/e2e_new_b4" --configs llama-1b:131072:4 --variants "$V4" --time-budget 160 ;;
+    o4) PYTHONPATH="$PWD/.old_tree:$PYTHONPATH" $E2E --out "$OUT/e2e_old_b4" --configs llama-1b:131072:4 \
+           --variants "$V4" --time-budget 160 ;;
+    n1) $E2E --out "$OUT/e2e_new_b1" --configs llama-1b:131072:1 --variants "$V4" --time-budget 140 ;;
+    o1) PYTHONPATH="$PWD/.old_tree:$PYTHONPATH" $E2E --out "$OUT/e2e_old_b1" --configs llama-1b:131072:1 \
+           --variants ours_dense,ours_cert_int8_g64_2s,ours_cert_int4_g16 --time-budget 120 ;;
+    p) $E2E --profile --out "$OUT/prof" --configs llama-1b:131072:1,llama-1b:131072:4 \
+           --variants ours_cert_int8_g64_2s,ours_cert_int4_g16 ;;
+esac
+rm -f "$OUT"/e2e_*/*.png "$OUT"/e2e_*/crossover.json "$OUT"/prof*/*.png
