@@ -5,6 +5,9 @@
 # the call carries), so the dense baseline is measured on the same card both times.
 #   bash benchmarks/session8_side.sh 1   tests compiled, e2e 1B 128k batch 4 new then old
 #   bash benchmarks/session8_side.sh 2   e2e 1B 128k batch 1 new then old, the profile of the new step
+#   bash benchmarks/session8_side.sh 3   (an H200: ~82 GiB of cache) e2e 1B 128k batch 16 new then old
+#   bash benchmarks/session8_side.sh 4   the certified step alone at the paper's shape (batch 16, MHA, D 128,
+#                                        128k; int4 g16 and int8 g64), dense flash and cuDNN in the same process
 # Each step under its own time limit; results in one tarball under $OUT (at most 8 files come back).
 set -u
 n=${1:?call}
@@ -31,6 +34,16 @@ case "$n" in
        exit 0 ;;
     2) steps n1:170 o1:150 p:150; for f in n1 o1 p; do tar xzf "$OUT/calls_2.tar.gz" -O ./side_$f.log | tail -10; done
        exit 0 ;;
+    3) steps n16:330 o16:200; for f in n16 o16; do tar xzf "$OUT/calls_3.tar.gz" -O ./side_$f.log | tail -10; done
+       exit 0 ;;
+    n16) $E2E --out "$OUT/e2e_new_b16" --configs llama-1b:131072:16 --time-budget 300 \
+            --variants graph_sdpa_flash,ours_dense,ours_cert_int8_g64_2s,ours_cert_int4_g32_2s ;;
+    o16) PYTHONPATH="$PWD/.old_tree:$PYTHONPATH" $E2E --out "$OUT/e2e_old_b16" --configs llama-1b:131072:16 \
+            --variants ours_dense,ours_cert_int8_g64_2s --time-budget 180 ;;
+    4) steps k4:200 k8:200; for f in k4 k8; do tar xzf "$OUT/calls_4.tar.gz" -O ./side_$f.log | tail -4; done
+       exit 0 ;;
+    k4) python3 benchmarks/sketch_decode_scaling.py --T 131072 --bits 4 --group 16 --out "$OUT/step_int4_g16.json" ;;
+    k8) python3 benchmarks/sketch_decode_scaling.py --T 131072 --bits 8 --group 64 --out "$OUT/step_int8_g64.json" ;;
     t) $PYT tests/test_block_bounds.py tests/test_gpu_sketch_fused.py tests/test_paged_scan.py \
            tests/test_gpu_sketch_plan.py tests/test_gpu_sketch_select.py tests/test_select_kernel.py \
            tests/test_engine_gpu.py > "$OUT/tests.log" 2>&1

@@ -23,7 +23,9 @@ dense flash rerun in the same process, copy bandwidth measured in the same proce
 
 * sketch = codes + metadata (steps and offsets), read once per KV head;
 * scan moved = sketch + q + the scan's outputs (float32 score + float32 bound per token and query
-  head, and the maxima of every 16 scores, written once) — what the scan kernel actually moves;
+  head, and the maxima of every 16 scores, written once) — what the scan kernel actually moves with
+  token bounds; the step's scan (``bounds="blocks"``, timed as the ``*_blocks`` variants) writes the
+  score and 4 floats per 16 tokens instead;
 * floor = sketch + q + the candidates' keys and values (Kc·(D+Dv)·2 bytes per query head) + output.
 
 Usage::
@@ -79,6 +81,15 @@ def run_T(B, H, T, D, Kc, group, dev, cuda, bits_list, rows, bw):
         def dense_fn():
             return sdpa_decode(q, K, V, scale)
     dense_ms = bench(dense_fn, cuda=cuda)
+    cudnn_ms = None
+    if cuda:          # the strongest dense backend at this shape in earlier runs (issue 14): same process
+        def cudnn_fn():
+            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+                return sdpa_decode(q, K, V, scale)
+        try:
+            cudnn_ms = bench(cudnn_fn, cuda=cuda)
+        except Exception as e:  # noqa: BLE001 — no cuDNN attention on this build or card: say so
+            cudnn_ms = f"{type(e).__name__}: {e}"[:200]
     dense_bytes = 2 * B * H * T * D * 2
     vmax = torch.linalg.vector_norm(V.float(), dim=-1).amax(-1) if T <= 32768 else torch.stack(
         [torch.linalg.vector_norm(V[b].float(), dim=-1).amax(-1) for b in range(B)])
@@ -96,6 +107,12 @@ def run_T(B, H, T, D, Kc, group, dev, cuda, bits_list, rows, bw):
                 del fn
             except Exception as e:  # noqa: BLE001 — record and go on
                 variants[f"w{nw}_{'one' if os_ else 'two'}_sided"] = f"{type(e).__name__}: {e}"[:200]
+        for os_ in (True, False):                   # the block bounds the step uses (ŝ written, ub not)
+            key = f"w1_{'one' if os_ else 'two'}_sided_blocks"
+            fn = graph_of(lambda: sketch_scan_bound(q32, codes, offset, step, bits=bits, group=group, scale=scale,
+                                                    one_sided=os_, bounds="blocks"), cuda)
+            variants[key] = bench(fn, cuda=cuda)
+            del fn
         scan_ms = variants["w1_one_sided"]          # the defaults of sketch_scan_bound
         scan_two_ms = variants["w1_two_sided"]
         s_, ub_, bmax_ = sketch_scan_bound(q32, codes, offset, step, bits=bits, group=group, scale=scale)
@@ -123,7 +140,9 @@ def run_T(B, H, T, D, Kc, group, dev, cuda, bits_list, rows, bw):
         scan_moved = sketch_bytes + q32.numel() * 4 + B * H * T * 8 + B * H * T // 4
         floor = sketch_bytes + B * H * D * 2 + B * H * Kc * 2 * D * 2 + B * H * D * 4
         row = dict(T=T, bits=bits, B=B, H=H, D=D, Kc=Kc, group=group, meta_dtype="float16",
-                   dense_flash_ms=dense_ms, dense_TBps=dense_bytes / dense_ms / 1e9,
+                   dense_flash_ms=dense_ms, dense_TBps=dense_bytes / dense_ms / 1e9, dense_cudnn_ms=cudnn_ms,
+                   speedup_vs_cudnn=(cudnn_ms / ours_ms if isinstance(cudnn_ms, float) else None),
+                   speedup_two_sided_vs_cudnn=(cudnn_ms / ours_two_ms if isinstance(cudnn_ms, float) else None),
                    ours_ms=ours_ms, speedup=dense_ms / ours_ms,
                    ours_two_sided_ms=ours_two_ms, speedup_two_sided=dense_ms / ours_two_ms,
                    scan_two_sided_ms=scan_two_ms,
