@@ -61,6 +61,9 @@ def test_block_bounds_are_the_token_bounds_blocks(lens, Hkv, G, D, bits, one_sid
     NS = blocks.shape[2]
     ubp = torch.nn.functional.pad(ub, (0, NS * 16 - T), value=-math.inf).view(-1, NS, 16)
     bm, bz, be = blocks
+    # every entry written by the scan (blocks past a row's end included): no NaN, no garbage
+    assert bool(((bm == -math.inf) | bm.isfinite()).all() & (bz >= 0).all() & bz.isfinite().all()
+                & (be >= 0).all() & be.isfinite().all())
     assert torch.equal(bm, ubp.amax(-1))
     m0 = torch.where(bm == -math.inf, 0.0, bm).double()
     z_ref = torch.exp(ubp.double() - m0[..., None]).sum(-1)
@@ -130,3 +133,22 @@ def test_nan_and_inf_bounds_are_not_hidden():
     assert M[2] == math.inf
     assert M[3] == -math.inf and Z[3] == 0
     assert math.isfinite(M[4]) and math.isfinite(Z[4]) and Z[4] > 0
+
+
+def test_block_bounds_are_written_over_poison(monkeypatch):
+    """The block bounds start as NaN (poisoned before the kernel writes them): every entry, blocks
+    past a row's end included, is overwritten with the same values as from an empty buffer."""
+    from vashista_gpu.kernels import sketch_scan
+
+    cache, ids, _ = _cache([70, 9], 2, 16, 4, seed=11, spare=40)
+    T, _, (s, clean, smax) = _scan(cache, ids, [70, 9], 4, 16, 4, True, 40, seed=3)
+    real = sketch_scan._bounds_out
+
+    def poisoned(*a, **k):
+        out, blocks = real(*a, **k)
+        return out.fill_(float("nan")), blocks
+
+    monkeypatch.setattr(sketch_scan, "_bounds_out", poisoned)
+    _, _, (s2, dirty, smax2) = _scan(cache, ids, [70, 9], 4, 16, 4, True, 40, seed=3)
+    assert not bool(dirty.isnan().any())
+    assert torch.equal(dirty.cpu(), clean.cpu()) and torch.equal(s2.cpu(), s.cpu())
