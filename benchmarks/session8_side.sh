@@ -29,7 +29,7 @@ steps() {
     tar czf "$OUT/calls_$n.tar.gz" -C "$W" . && rm -rf "$W"
 }
 case "$n" in
-    1) steps t:170 n4:190 o4:190; tar xzf "$OUT/calls_1.tar.gz" -O ./side_t.log | tail -6
+    1) steps t:130 n4:170 o4:140; tar xzf "$OUT/calls_1.tar.gz" -O ./side_t.log | tail -6
        for f in n4 o4; do tar xzf "$OUT/calls_1.tar.gz" -O ./side_$f.log | grep -E 'ms/token|ms_per|×|x ' | tail -8; done
        exit 0 ;;
     2) steps n1:170 o1:150 p:150; for f in n1 o1 p; do tar xzf "$OUT/calls_2.tar.gz" -O ./side_$f.log | tail -10; done
@@ -44,13 +44,13 @@ case "$n" in
        exit 0 ;;
     k4) python3 benchmarks/sketch_decode_scaling.py --T 131072 --bits 4 --group 16 --out "$OUT/step_int4_g16.json" ;;
     k8) python3 benchmarks/sketch_decode_scaling.py --T 131072 --bits 8 --group 64 --out "$OUT/step_int8_g64.json" ;;
-    t) $PYT tests/test_block_bounds.py tests/test_gpu_sketch_fused.py tests/test_paged_scan.py \
-           tests/test_gpu_sketch_plan.py tests/test_gpu_sketch_select.py tests/test_select_kernel.py \
-           tests/test_engine_gpu.py > "$OUT/tests.log" 2>&1
+    t) $PYT tests/test_block_bounds.py tests/test_gpu_sketch_fused.py tests/test_gpu_sketch_paged.py \
+           tests/test_gpu_sketch_plan.py tests/test_engine_gpu.py tests/test_gpu_sketch_select.py \
+           tests/test_select_kernel.py > "$OUT/tests.log" 2>&1
        echo "tests rc=$?"; tail -4 "$OUT/tests.log" ;;
-    n4) $E2E --out "$OUT/e2e_new_b4" --configs llama-1b:131072:4 --variants "$V4" --time-budget 160 ;;
+    n4) $E2E --out "$OUT/e2e_new_b4" --configs llama-1b:131072:4 --variants "$V4" --time-budget 140 ;;
     o4) PYTHONPATH="$PWD/.old_tree:$PYTHONPATH" $E2E --out "$OUT/e2e_old_b4" --configs llama-1b:131072:4 \
-           --variants "$V4" --time-budget 160 ;;
+           --variants ours_dense,ours_cert_int8_g64_2s,ours_cert_int4_g16 --time-budget 110 ;;
     n1) $E2E --out "$OUT/e2e_new_b1" --configs llama-1b:131072:1 --variants "$V4" --time-budget 140 ;;
     o1) PYTHONPATH="$PWD/.old_tree:$PYTHONPATH" $E2E --out "$OUT/e2e_old_b1" --configs llama-1b:131072:1 \
            --variants ours_dense,ours_cert_int8_g64_2s,ours_cert_int4_g16 --time-budget 120 ;;
