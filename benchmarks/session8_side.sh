@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Device calls of the eighth session: the scan's block bounds (kernels/block_lse.py; ŝ is still written,
 # ub no longer) on the card — its tests compiled, then end to end against the previous tree in the same
-# call (`.old_tree/`, the last commit before the change, staged by `git archive`; an ignored folder that
-# the call carries), so the dense baseline is measured on the same card both times.
+# call (`.old_tree/`, the whole tree of the last commit before the change, b02069b, staged by `git archive`;
+# an ignored folder that the call carries; its own e2e_decode.py runs, which puts that tree first on the
+# path), so the dense baseline is measured on the same card both times.
 #   bash benchmarks/session8_side.sh 1   tests compiled, e2e 1B 128k batch 4 new then old
 #   bash benchmarks/session8_side.sh 2   e2e 1B 128k batch 1 new then old, the profile of the new step
 #   bash benchmarks/session8_side.sh 3   (an H200: ~82 GiB of cache) e2e 1B 128k batch 16 new then old
@@ -34,11 +35,21 @@ case "$n" in
        exit 0 ;;
     2) steps n1:170 o1:150 p:150; for f in n1 o1 p; do tar xzf "$OUT/calls_2.tar.gz" -O ./side_$f.log | tail -10; done
        exit 0 ;;
+    6) steps t2:120 o4:70 n4:70 pn:60; for f in t2 o4 n4 pn; do tar xzf "$OUT/calls_6.tar.gz" -O ./side_$f.log | tail -9; done
+       exit 0 ;;
+    t2) $PYT tests/test_slack_bounds.py tests/test_gpu_sketch_fused.py tests/test_engine_gpu.py \
+            tests/test_gpu_sketch_plan.py > "$OUT/tests2.log" 2>&1
+        echo "tests rc=$?"; tail -4 "$OUT/tests2.log" ;;
+    5) steps o4:120 n4:120 pn:100 po:100; for f in o4 n4 pn po; do tar xzf "$OUT/calls_5.tar.gz" -O ./side_$f.log | tail -14; done
+       exit 0 ;;
+    pn) $E2E --profile --out "$OUT/prof_new" --configs llama-1b:131072:4 --variants ours_cert_int8_g64_2s ;;
+    po) PYTHONPATH="$PWD/.old_tree" python3 .old_tree/benchmarks/e2e_decode.py --profile --out "$OUT/prof_old" \
+           --configs llama-1b:131072:4 --variants ours_cert_int8_g64_2s ;;
     3) steps n16:330 o16:200; for f in n16 o16; do tar xzf "$OUT/calls_3.tar.gz" -O ./side_$f.log | tail -10; done
        exit 0 ;;
     n16) $E2E --out "$OUT/e2e_new_b16" --configs llama-1b:131072:16 --time-budget 300 \
             --variants graph_sdpa_flash,ours_dense,ours_cert_int8_g64_2s,ours_cert_int4_g32_2s ;;
-    o16) PYTHONPATH="$PWD/.old_tree:$PYTHONPATH" $E2E --out "$OUT/e2e_old_b16" --configs llama-1b:131072:16 \
+    o16) PYTHONPATH="$PWD/.old_tree" python3 .old_tree/benchmarks/e2e_decode.py --out "$OUT/e2e_old_b16" --configs llama-1b:131072:16 \
             --variants ours_dense,ours_cert_int8_g64_2s --time-budget 180 ;;
     4) steps k4:200 k8:200; for f in k4 k8; do tar xzf "$OUT/calls_4.tar.gz" -O ./side_$f.log | tail -4; done
        exit 0 ;;
@@ -48,11 +59,12 @@ case "$n" in
            tests/test_gpu_sketch_plan.py tests/test_engine_gpu.py tests/test_gpu_sketch_select.py \
            tests/test_select_kernel.py > "$OUT/tests.log" 2>&1
        echo "tests rc=$?"; tail -4 "$OUT/tests.log" ;;
-    n4) $E2E --out "$OUT/e2e_new_b4" --configs llama-1b:131072:4 --variants "$V4" --time-budget 140 ;;
-    o4) PYTHONPATH="$PWD/.old_tree:$PYTHONPATH" $E2E --out "$OUT/e2e_old_b4" --configs llama-1b:131072:4 \
-           --variants ours_dense,ours_cert_int8_g64_2s,ours_cert_int4_g16 --time-budget 110 ;;
+    n4) $E2E --out "$OUT/e2e_new_b4" --configs llama-1b:131072:4 --time-budget 50 \
+            --variants ours_dense,ours_cert_int8_g64_2s,ours_cert_int4_g32_2s ;;
+    o4) PYTHONPATH="$PWD/.old_tree" python3 .old_tree/benchmarks/e2e_decode.py --out "$OUT/e2e_old_b4" --configs llama-1b:131072:4 \
+           --variants ours_dense,ours_cert_int8_g64_2s,ours_cert_int4_g32_2s --time-budget 50 ;;
     n1) $E2E --out "$OUT/e2e_new_b1" --configs llama-1b:131072:1 --variants "$V4" --time-budget 140 ;;
-    o1) PYTHONPATH="$PWD/.old_tree:$PYTHONPATH" $E2E --out "$OUT/e2e_old_b1" --configs llama-1b:131072:1 \
+    o1) PYTHONPATH="$PWD/.old_tree" python3 .old_tree/benchmarks/e2e_decode.py --out "$OUT/e2e_old_b1" --configs llama-1b:131072:1 \
            --variants ours_dense,ours_cert_int8_g64_2s,ours_cert_int4_g16 --time-budget 120 ;;
     p) $E2E --profile --out "$OUT/prof" --configs llama-1b:131072:1,llama-1b:131072:4 \
            --variants ours_cert_int8_g64_2s,ours_cert_int4_g16 ;;

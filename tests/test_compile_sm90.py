@@ -8,10 +8,10 @@ launches on a GPU is compiled to a cubin here, in the configurations its launche
 
 * the radix selection (``kernels/select_topk.py``), all four modes;
 * the paged sketch scan (``kernels/sketch_scan.py``: 4 and 8 bits, one- and two-sided, integer dots
-  with their PTX, float16 and float32 metadata, block bounds; token bounds once per side);
+  with their PTX, float16 and float32 metadata; the two-sided steps' slack output);
 * the exact rescoring (``kernels/rescore.py``: paged at head dims 64 and 128, contiguous);
-* the certificate tail (``kernels/cert_tail.py``'s finish and ``finite_rows``; ``kernels/block_lse.py``'s
-  marks and excluded chunks, ``kernels/row_lse.py``'s chunks; ``kernels/row_vmax.py``);
+* the certificate tail (``kernels/cert_tail.py``'s finish and ``finite_rows``; ``kernels/row_lse.py``'s
+  chunks; ``kernels/row_vmax.py``);
 * the decode append (``kernels/append_step.py``: the append with a 4-/8-bit sketch or none, and the
   length advance);
 * DenseFallback and the statistics (``kernels/flag_pairs.py``; ``kernels/paged_dense.py``'s split,
@@ -46,26 +46,17 @@ def _select_cases():
 
 
 def _scan_cases():
-    # the engine's block bounds in every configuration; the token bounds (tests, benchmarks) once per side
-    for bits, one_sided, meta, blocks in [(b, o, m, True) for b in (4, 8) for o in (True, False)
-                                          for m in ("*fp16", "*fp32")] + [(4, True, "*fp16", False),
-                                                                         (8, False, "*fp16", False)]:
+    # token bounds in every configuration; the two-sided steps' slack output (SLACK) at both widths
+    for bits, one_sided, meta, slack in [(b, o, m, False) for b in (4, 8) for o in (True, False)
+                                         for m in ("*fp16", "*fp32")] + [(4, False, "*fp16", True),
+                                                                        (8, False, "*fp16", True)]:
         types = dict(q_ptr="*fp32", words_ptr="*i32", off_ptr=meta, step_ptr=meta, s_ptr="*fp32",
                      ub_ptr="*fp32", smax_ptr="*fp32", T=I32, NS=I32, Gr=I32, group=I32, scale="fp32",
                      a_fac="fp32", rnd_fac="fp32", grow="fp32", x_fac="fp32", ri_fac="fp32",
-                     seq_ptr="*i32", len_ptr="*i32", table_ptr="*i32", table_stride=I32, Hkv=I32, BSTRIDE=I32)
+                     seq_ptr="*i32", len_ptr="*i32", table_ptr="*i32", table_stride=I32, Hkv=I32, NGR=I32)
         yield "_sketch_scan_bound_kernel", types, dict(
             G=4, BITS=bits, D=64, BM=64, ONE_SIDED=one_sided, ASM=True, PAGED=True, INTDOT=True,
-            BLK_FIRST=True, NG=4, BLOCKS=blocks), dict(num_warps=1)
-
-
-def _block_lse_cases():
-    # the candidates' marks at Kc 256 and 2,048; the excluded chunks of 256 blocks
-    for c, it in ((256, 1), (1024, 2)):
-        yield "_mark_kernel", dict(cand_ptr="*i64", s_ptr="*fp32", bz_ptr="*fp32", T=I32, NS=I32, KC=I32), \
-            dict(C=c, ITER=it), W4
-    yield "_excluded_chunk_kernel", dict(s_ptr="*fp32", blk_ptr="*fp32", m_ptr="*fp32", z_ptr="*fp32", T=I32,
-                                         NS=I32, NC=I32, BSTRIDE=I32, scale="fp32"), dict(BB=256), W4
+            BLK_FIRST=True, NG=4, SLACK=slack), dict(num_warps=1)
 
 
 # The engine's shapes: G = 4 query heads per KV head, Kc = 256, pages of 16 tokens, bfloat16 caches,
@@ -100,8 +91,10 @@ def _cert_tail_cases():
 
 
 def _row_lse_cases():
-    yield "_row_chunk_lse_kernel", dict(x_ptr="*fp32", m_ptr="*fp32", z_ptr="*fp32", T=I32, NC=I32), \
-        dict(BT=4096), W4
+    for slack in (False, True):        # token bounds; bounds derived from ŝ and the pages' slack
+        yield "_row_chunk_lse_kernel", dict(x_ptr="*fp32", m_ptr="*fp32", z_ptr="*fp32", T=I32, NC=I32,
+                                            e_ptr="*fp32", NGR=I32, group=I32, scale="fp32"), \
+            dict(BT=4096, SLACK=slack), W4
 
 
 def _row_vmax_cases():
@@ -172,7 +165,7 @@ def _stats_cases():
 K = "vashista_gpu.kernels."
 CASES = {"select_topk": (K + "select_topk", _select_cases), "sketch_scan": (K + "sketch_scan", _scan_cases),
          "rescore": (K + "rescore", _rescore_cases), "cert_tail": (K + "cert_tail", _cert_tail_cases),
-         "row_lse": (K + "row_lse", _row_lse_cases), "block_lse": (K + "block_lse", _block_lse_cases), "row_vmax": (K + "row_vmax", _row_vmax_cases),
+         "row_lse": (K + "row_lse", _row_lse_cases), "row_vmax": (K + "row_vmax", _row_vmax_cases),
          "append_step": (K + "append_step", _append_cases), "flag_pairs": (K + "flag_pairs", _flag_cases),
          "paged_dense": (K + "paged_dense", _dense_cases), "step_stats": (K + "step_stats", _stats_cases)}
 
@@ -237,7 +230,7 @@ def reports():
 
 
 @pytest.mark.parametrize("name,count", [("select_topk", 4), ("sketch_scan", 10), ("rescore", 3), ("cert_tail", 4),
-                                        ("row_lse", 1), ("block_lse", 3), ("row_vmax", 1), ("append_step", 5), ("flag_pairs", 2),
+                                        ("row_lse", 2), ("row_vmax", 1), ("append_step", 5), ("flag_pairs", 2),
                                         ("paged_dense", 6), ("step_stats", 2)])
 def test_kernels_compile_for_sm90(reports, name, count):
     report = reports[name]

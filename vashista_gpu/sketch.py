@@ -764,8 +764,9 @@ def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: 
     # a non-finite query row is scanned as 0 (no NaN reaches the selection); its certificate is ∞
     q32, q_ok = finite_rows(q)
     q_ok = q_ok & ~foreign
-    s, blocks, smax = sketch_scan_bound(q32, codes, offset, step, bits=bits, group=group, scale=scale,
-                                        one_sided=one_sided, block_tokens=block_tokens, bounds="blocks")
+    s, ub, smax = sketch_scan_bound(q32, codes, offset, step, bits=bits, group=group, scale=scale,
+                                    one_sided=one_sided, block_tokens=block_tokens,
+                                    bounds="tokens" if one_sided else "slack")
     cand, overflow = select_candidates(s, smax, Kc, cap or 4 * Kc, sync)
     # exact part (``kernels/rescore.py``): rescoring, softmax, values, and m_C, z_C of the lower bounds
     out, m_c, zsum, eps = rescore(q32, K.contiguous(), V.contiguous(), cand, scale=scale)
@@ -773,7 +774,10 @@ def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: 
     vm = vmax.float().reshape(B * Hkv)[(rows // Hq) * Hkv + (rows % Hq) // G]
     # a negative or NaN max‖v‖ (a caller's bug, not checked without a synchronisation) voids the bound
     # and the output (set to NaN, with the non-finite queries' and a foreign sketch's, by the tail)
-    leak, error, gap = fused_certificate(s, blocks, cand, out, m_c, zsum, vm, eps, scale=scale, q_ok=q_ok & (vm >= 0))
+    # two-sided: ``ub`` is each group's slack, the bounds are derived from ŝ (``kernels/sketch_scan.py``)
+    bounds = dict(slack=ub, group=group, scale=scale) if not one_sided else {}
+    leak, error, gap = fused_certificate(ub if one_sided else s, cand, out, m_c, zsum, vm, eps, q_ok=q_ok & (vm >= 0),
+                                         **bounds)
     return StepResult(out=out.view(B, Hq, Dv), candidates=cand.view(B, Hq, Kc),
                       certified_leakage=leak.view(B, Hq), certified_error=error.view(B, Hq),
                       overflow=overflow.view(B, Hq), gap=gap.view(B, Hq), path="fused")

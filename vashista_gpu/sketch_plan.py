@@ -207,13 +207,16 @@ def run_sketch_plan(plan: SketchStepPlan, q: torch.Tensor, *, sync: bool = False
     # a non-finite query row is scanned as 0 (no NaN reaches the selection), certified ∞ and its
     # output set to NaN by the certificate's finish kernel (no sync)
     q32, q_ok = finite_rows(q)
-    s, blocks, smax = paged_sketch_scan_bound(q32, plan.store, plan.cache, plan.seq_idx, plan.T, scale=plan.scale,
-                                              one_sided=plan.one_sided, bounds="blocks")
+    # two-sided: the scan writes each page's slack, not a bound per token and query head (the tail
+    # derives them from ŝ: ``kernels/sketch_scan.py``, "Slack")
+    two = not plan.one_sided
+    s, ub, smax = paged_sketch_scan_bound(q32, plan.store, plan.cache, plan.seq_idx, plan.T, scale=plan.scale,
+                                          one_sided=plan.one_sided, bounds="slack" if two else "tokens")
     cand, overflow = select_candidates(s, smax, Kc, plan.cap, sync, short_window=plan.short_window)
     # exact part (``kernels/rescore.py``): rescoring, softmax, values, and m_C, z_C of the lower bounds
     out, m_c, zsum, eps = rescore_paged(q32, plan.cache, plan.seq_idx, cand, scale=plan.scale)
-    leak, error, gap = fused_certificate(s, blocks, cand, out, m_c, zsum, row_vmax(plan), eps, scale=plan.scale,
-                                         q_ok=q_ok)
+    leak, error, gap = fused_certificate(s if two else ub, cand, out, m_c, zsum, row_vmax(plan), eps, q_ok=q_ok,
+                                         slack=ub if two else None, group=plan.S, scale=plan.scale)
     return StepResult(out=out.view(B, Hq, plan.Dv), candidates=cand.view(B, Hq, Kc),
                       certified_leakage=leak.view(B, Hq), certified_error=error.view(B, Hq),
                       overflow=overflow.view(B, Hq), gap=gap.view(B, Hq), path="fused")

@@ -1,6 +1,6 @@
 """One rank's share of the certified step on the fused kernels (CUDA; TRITON_INTERPRET=1 on CPU):
 the planned paged step's pieces (``sketch_plan``: scan through the page table, threshold top-Kc,
-rescoring of the candidates' rows, ``block_lse.excluded_upper`` over the excluded bounds) stopped before the
+rescoring of the candidates' rows, ``row_lse_upper`` over the excluded bounds) stopped before the
 certificate, returning the rank's packed ``merge.ShardState`` instead — device-only, static shapes,
 no host synchronisation (CUDA-graph capturable, as ``run_sketch_plan``).
 
@@ -30,17 +30,20 @@ def fused_shard_state(plan, q: torch.Tensor) -> torch.Tensor:
     Triton is optional for the torch path's users.)"""
     from ..kernels.cert_tail import zc_lowering
     from ..kernels.rescore import rescore_paged
-    from ..kernels.block_lse import excluded_upper
+    from ..kernels.row_lse import row_lse_upper
     from ..kernels.sketch_scan import paged_sketch_scan_bound
 
     B, Hq, D, Kc = plan.B, plan.Hq, plan.D, plan.Kc
     q32 = q.float().reshape(B * Hq, D).contiguous()
-    s, blocks, smax = paged_sketch_scan_bound(q32, plan.store, plan.cache, plan.seq_idx, plan.T, scale=plan.scale,
-                                              one_sided=plan.one_sided, bounds="blocks")
+    two = not plan.one_sided          # the scan writes each page's slack; the bounds derive from ŝ
+    s, ub, smax = paged_sketch_scan_bound(q32, plan.store, plan.cache, plan.seq_idx, plan.T, scale=plan.scale,
+                                          one_sided=plan.one_sided, bounds="slack" if two else "tokens")
     # sync=False: an overflowed row keeps a non-top-Kc set, still certified (the terms are its own)
     cand, _ = select_candidates(s, smax, Kc, plan.cap, False, short_window=plan.short_window)
     out, m_c, zsum, eps = rescore_paged(q32, plan.cache, plan.seq_idx, cand, scale=plan.scale)
-    m_o, z_o = excluded_upper(s, blocks, cand, scale=plan.scale)
+    x = s if two else ub
+    x.scatter_(1, cand, -math.inf)
+    m_o, z_o = row_lse_upper(x, slack=ub if two else None, group=plan.S, scale=plan.scale)
     vm = row_vmax(plan).double()
     # Z_C from below by the same relative errors as the single-process tail (kernels/cert_tail.zc_lowering)
     e_exp, e_sum, e_wid = zc_lowering(Kc)

@@ -152,9 +152,7 @@ class Engine:
         if one_sided is None:
             # two-sided where it runs and costs nothing measurable: int8 on the planned path (the
             # certificate 1.002x one-sided's on Qwen2.5-Coder-0.5B, the scan 1.8x faster; int4 loosens
-            # 1.10x against pure one-sided bounds, 1.05x against the planned path's one-sided ones,
-            # which bound the candidates' blocks two-sided since the block bounds; so int4 stays
-            # one-sided unless asked; results/cert_sides_cpu)
+            # 1.10x, so it stays one-sided unless asked; results/cert_sides_cpu)
             one_sided = not (planned and bits == 8)
         if not one_sided and not planned:
             raise VashistaInputError("one_sided", "two-sided token bounds run on the planned CUDA path only; "

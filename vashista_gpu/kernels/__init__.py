@@ -16,7 +16,6 @@ module's name, so they are not re-exported here: ``from vashista_gpu.kernels.res
     select_above.select_above     threshold compaction of candidates (selection's topk method)
     rescore.rescore / rescore_paged   exact rescoring of the candidates
     row_lse.row_lse_upper         upper bound on a row's logsumexp (row_lse_chunks: its first stage)
-    block_lse.excluded_chunks     the certificate's excluded mass from the scan's block bounds
     cert_tail.cert_finish         the certified step's certificate from the bounds' chunks (one launch)
     cert_tail.finite_rows         the certified step's query finiteness check and float32 upcast
     libm.exp_acc / log_acc        accurately rounded exp/log inside kernels (libdevice on CUDA)
@@ -27,6 +26,6 @@ module's name, so they are not re-exported here: ``from vashista_gpu.kernels.res
     paged_dense.paged_dense_decode   exact decode over the paged pool (dense mode; DenseFallback's pairs)
     flag_pairs.flag_pairs         DenseFallback's flag, compaction and counters in one launch
 """
-__all__ = ["append_step", "block_lse", "block_scores", "cert_tail", "finish", "flag_pairs", "fold_dropped", "keys", "libm",
+__all__ = ["append_step", "block_scores", "cert_tail", "finish", "flag_pairs", "fold_dropped", "keys", "libm",
            "page_summary", "paged_dense", "rescore", "row_keys", "row_lse", "row_vmax", "select_above", "select_blocks",
            "select_topk", "sketch_scan", "step_stats", "token_scores"]

@@ -155,10 +155,9 @@ def finish_constants(Kc: int, Dv: int, nc: int, block: int = BLOCK) -> dict:
 
 
 def cert_finish(m_ch, z_ch, T: int, Kc: int, out, m_c, zsum, vm, eps, q_ok, *, poison: bool = True,
-                block: int = BLOCK, lse: tuple[float, float] | None = None):
+                block: int = BLOCK):
     """(leakage, error, gap) (R,) float32 from the bounds' chunks ``m_ch``/``z_ch`` (R, NC)
-    (``row_lse.row_lse_chunks`` of rows of T bounds, block ``block``; or other chunk results with
-    their combination's (factor, floor) in ``lse``, e.g. ``block_lse``'s), the output ``out`` (R, Dv)
+    (``row_lse.row_lse_chunks`` of rows of T bounds, block ``block``), the output ``out`` (R, Dv)
     float32 contiguous (its rows with ``q_ok`` False become NaN when ``poison``), the rescoring's
     ``m_c``/``zsum``/``eps`` (R,), ``vm`` (R,) ≥ every value norm of the row, ``q_ok`` (R,) bool. One
     launch."""
@@ -170,9 +169,8 @@ def cert_finish(m_ch, z_ch, T: int, Kc: int, out, m_c, zsum, vm, eps, q_ok, *, p
     err = torch.empty_like(leak)
     gap = torch.empty_like(leak)
     c = finish_constants(Kc, Dv, NC, block)
-    F, floor = lse or (c["F"], lse_floor(T))
     _cert_finish_kernel[(R,)](m_ch, z_ch, out, m_c, zsum, vm, eps, q_ok, leak, err, gap,
-                              NC, Dv, F, floor, c["ZC"], c["D_REL"], c["D_ABS"], c["L_FAC"],
+                              NC, Dv, c["F"], lse_floor(T), c["ZC"], c["D_REL"], c["D_ABS"], c["L_FAC"],
                               c["L_DFAC"], c["WE"], c["ON"], c["E_FAC"], c["E_ABS"],
                               BNC=triton.next_power_of_2(NC), BDV=triton.next_power_of_2(Dv), POISON=poison)
     return leak, err, gap

@@ -5,6 +5,9 @@ Two stages, because the reduction runs over T (up to ~10⁶) for few rows:
 
 1. ``_row_chunk_lse_kernel``, one program per (row, chunk of ``block`` tokens):
    m_rc = max_j x_j,  z_rc = Σ_j e^{(x_j − m_rc)(1 − 8u)}.
+   With ``slack`` (the certified step's two-sided bounds) x_j is derived from the scan's ŝ_j and its
+   group's e as the scan itself computes a two-sided bound (``sketch_scan`` module doc, "Slack"), so
+   the scan need not write ub per token and query head.
    The exponent a = x_j − m_rc ≤ 0 is shrunk towards 0 by 8u|a|, which covers the four roundings of
    the argument — the subtraction, the product by (1 − 8u), and on CUDA the float32 product by log2 e
    and that constant's own rounding (``tl.exp`` may be ex2.approx of x·log2 e): (1 + u)⁴(1 − 8u) < 1,
@@ -27,17 +30,23 @@ from vashista_core.rounding import U32, gamma
 
 from .libm import exp_acc, f32_up
 
-__all__ = ["BLOCK", "combine", "combine_chunks", "lse_factor", "lse_floor", "row_lse_chunks", "row_lse_upper"]
+__all__ = ["BLOCK", "combine_chunks", "lse_factor", "lse_floor", "row_lse_chunks", "row_lse_upper"]
 
 BLOCK = 4096            # tokens per chunk program
 
 
 @triton.jit
-def _row_chunk_lse_kernel(x_ptr, m_ptr, z_ptr, T, NC, BT: tl.constexpr):
+def _row_chunk_lse_kernel(x_ptr, m_ptr, z_ptr, T, NC, e_ptr, NGR, group, scale, BT: tl.constexpr,
+                          SLACK: tl.constexpr = False):
     r = tl.program_id(0)
     c = tl.program_id(1)
     toks = c * BT + tl.arange(0, BT)
     x = tl.load(x_ptr + r.to(tl.int64) * T + toks, mask=toks < T, other=float("-inf"))
+    if SLACK:      # x is ŝ: the two-sided bound of the scan, t + 8u|t|, t = (ŝ + e_group)·scale
+        live = x != float("-inf")                  # (−inf + |−inf|·8u would be NaN; NaN stays NaN)
+        e = tl.load(e_ptr + r.to(tl.int64) * NGR + toks // group, mask=live & (toks < T), other=0.0)
+        t = (tl.where(live, x, 0.0) + e) * scale
+        x = tl.where(live, t + tl.abs(t) * (8 * 5.960464477539063e-08), float("-inf"))
     m = tl.max(x, axis=0)
     m_safe = tl.where(m == float("-inf"), 0.0, m)
     z = tl.sum(tl.exp((x - m_safe) * (1 - 8 * 5.960464477539063e-08)), axis=0)
@@ -83,30 +92,33 @@ def lse_floor(T: int) -> float:
     return 2.0 * float(T) * 2.0 ** -126
 
 
-def row_lse_chunks(x, *, block: int = BLOCK):
-    """Stage 1 on ``x`` (R, T) float32 contiguous: (m, z) (R, NC) float32, NC = ⌈T/block⌉."""
+def row_lse_chunks(x, *, block: int = BLOCK, slack=None, group: int = 1, scale: float = 1.0):
+    """Stage 1 on ``x`` (R, T) float32 contiguous: (m, z) (R, NC) float32, NC = ⌈T/block⌉. With
+    ``slack`` (R, ⌈T/group⌉) float32 (``sketch_scan``'s ``bounds="slack"``): x is the scan's ŝ and
+    the terms are the two-sided bounds derived from it, t + 8u|t|, t = (ŝ_j + slack[j // group])·scale
+    (−inf where ŝ is −inf)."""
     import torch
     R, T = x.shape
     NC = triton.cdiv(T, block)
     m = torch.empty((R, NC), dtype=torch.float32, device=x.device)
     z = torch.empty((R, NC), dtype=torch.float32, device=x.device)
-    _row_chunk_lse_kernel[(R, NC)](x, m, z, T, NC, BT=block)
+    has = slack is not None
+    if has:
+        assert slack.shape == (R, triton.cdiv(T, group)) and slack.is_contiguous(), (slack.shape, group)
+    _row_chunk_lse_kernel[(R, NC)](x, m, z, T, NC, slack if has else x, slack.shape[1] if has else 1, int(group),
+                                   float(scale), BT=block, SLACK=has)
     return m, z
 
 
-def combine(m, z, F: float, floor: float):
-    """Stage 2 as its own launch: (M (R,), Z (R,)) float32 from chunk results (R, NC) with the
-    factor ``F`` and ``floor`` of the stages that made them."""
-    import torch
-    R, NC = m.shape
-    M = torch.empty(R, dtype=torch.float32, device=m.device)
-    Z = torch.empty(R, dtype=torch.float32, device=m.device)
-    _combine_kernel[(R,)](m, z, M, Z, NC, F, floor, BNC=triton.next_power_of_2(NC))
-    return M, Z
-
-
-def row_lse_upper(x, *, block: int = BLOCK):
+def row_lse_upper(x, *, block: int = BLOCK, slack=None, group: int = 1, scale: float = 1.0):
     """(M (R,), Z (R,)) float32 with Z·e^M ≥ Σ_j e^{x_j} for every row of ``x`` (R, T) float32
-    (entries may be −inf; M = −inf and Z = 0 for a row without finite entries). Two launches."""
-    m, z = row_lse_chunks(x, block=block)
-    return combine(m, z, lse_factor(block, m.shape[1]), lse_floor(x.shape[1]))
+    (entries may be −inf; M = −inf and Z = 0 for a row without finite entries); with ``slack``, of
+    the derived two-sided bounds (:func:`row_lse_chunks`). Two launches."""
+    import torch
+    R, T = x.shape
+    m, z = row_lse_chunks(x, block=block, slack=slack, group=group, scale=scale)
+    NC = m.shape[1]
+    M = torch.empty(R, dtype=torch.float32, device=x.device)
+    Z = torch.empty(R, dtype=torch.float32, device=x.device)
+    _combine_kernel[(R,)](m, z, M, Z, NC, lse_factor(block, NC), lse_floor(T), BNC=triton.next_power_of_2(NC))
+    return M, Z

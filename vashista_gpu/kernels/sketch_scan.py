@@ -48,13 +48,12 @@ Outputs per (row r = b·Hq + h, token j): ``s`` = ŝ float32 (the selection scor
 (the certificate's token bound), and ``smax`` (row, ⌈T/16⌉) = the largest ŝ of every 16 tokens,
 from which ``select_above.py``'s threshold is taken.
 
-Block bounds (``bounds="blocks"``, what the certified steps use): instead of ub, per 16 tokens b of a
-row (those of ``smax``) m_b = max ub, z_b = Σ_{j∈b} e^{(ub_j − m_b)(1 − 8u)} and e_b = the two-sided
-slack rounded as e⁺ (≥ every token's e⁺: the one-sided savings are ≥ 0 and the rounding is monotone),
-3 floats per 16 tokens instead of one per token; ``block_lse.py`` takes the certificate's excluded
-mass from them, recomputing a token's bound from ŝ_j and e_b only in the blocks that hold a candidate.
-Writing ub and reading it back were, with ŝ, as many bytes as the sketch at G = 4 (1B shape, int4
-group 16: 32 bytes of ŝ and ub against 48 of sketch per token and KV head).
+Slack (``bounds="slack"``, two-sided bounds, what the certified steps use then): a two-sided token's
+bound is its group's constant e added to ŝ_j, ub_j = t + 8u|t| with t = (ŝ_j + e)·scale, so the scan
+writes e once per group (rows, groups) instead of ub per token and query head, and the certificate's
+log-sum-exp (``row_lse.row_lse_chunks``) derives ub_j from the ŝ it reads anyway — the same float32
+operations on the same values. (Writing per-16-token block bounds in the scan instead — max, sum of
+exponentials — was tried in the eighth session and made the scan 1.5× slower: RESULTS.md.)
 
 One program per (BM tokens, batch row × KV head), consecutive programs on consecutive blocks of a row
 (2-6 % faster than row-major on an H200): each code byte and each metadata element is loaded once and
@@ -145,13 +144,13 @@ def _slot_dot(a0, a1, a2, a3, ev, od, BITS: tl.constexpr, ASM: tl.constexpr):
 @triton.jit
 def _sketch_scan_bound_kernel(q_ptr, words_ptr, off_ptr, step_ptr, s_ptr, ub_ptr, smax_ptr,
                               T, NS, Gr, group, scale, a_fac, rnd_fac, grow, x_fac, ri_fac,
-                              seq_ptr, len_ptr, table_ptr, table_stride, Hkv, BSTRIDE,
+                              seq_ptr, len_ptr, table_ptr, table_stride, Hkv, NGR,
                               G: tl.constexpr, BITS: tl.constexpr, D: tl.constexpr, BM: tl.constexpr,
                               ONE_SIDED: tl.constexpr, ASM: tl.constexpr = False, PAGED: tl.constexpr = False,
                               INTDOT: tl.constexpr = False, BLK_FIRST: tl.constexpr = False, NG: tl.constexpr = 1,
-                              BLOCKS: tl.constexpr = False):
-    # BLOCKS: ``ub_ptr`` is the (3, rows, NS) block bounds (m, z, e) at plane stride BSTRIDE instead of
-    # the (rows, T) token bounds (module doc, "Block bounds")
+                              SLACK: tl.constexpr = False):
+    # SLACK (two-sided only): ``ub_ptr`` receives each group's slack e (rows, NGR) instead of the token
+    # bounds (rows, T): ub_j = outward((ŝ_j + e)·scale) is derived where it is read (module doc)
     if BLK_FIRST:     # consecutive programs read consecutive blocks of one row (2-6 % faster on an H200)
         blk = tl.program_id(0)
         row_kv = tl.program_id(1)
@@ -176,6 +175,7 @@ def _sketch_scan_bound_kernel(q_ptr, words_ptr, off_ptr, step_ptr, s_ptr, ub_ptr
         tmask3 = tok3 < n
         lp = blk * NG + gi                         # (NG,) logical pages
         gmask = lp * GS < n
+        gidx = lp
         phys = tl.load(table_ptr + seq.to(tl.int64) * table_stride + lp, mask=gmask, other=0).to(tl.int64)
         slot = phys * Hkv + row_kv % Hkv
         meta = slot * D                            # (NG,)
@@ -185,6 +185,7 @@ def _sketch_scan_bound_kernel(q_ptr, words_ptr, off_ptr, step_ptr, s_ptr, ub_ptr
         tmask3 = tok3 < T
         g = (blk * BM + gi * GS) // group          # (NG,) the block's quantization groups
         gmask = g < Gr
+        gidx = g
         meta = (row_kv.to(tl.int64) * Gr + g) * D
         # int64 row offset on the scalar pointer, int32 offsets inside the row: keeps the tile's
         # contiguity visible to the compiler (16-byte vector loads, a few tokens' words per thread)
@@ -237,8 +238,8 @@ def _sketch_scan_bound_kernel(q_ptr, words_ptr, off_ptr, step_ptr, s_ptr, ub_ptr
             else:
                 iacc = _slot_dot(p0, p1, p2, p3, w3, w3, BITS, ASM)
             s3 = tl.sum(iacc, axis=2).to(tl.float32) * sv[:, None] + qo[:, None]         # (NG, GS)
-            e3 = ((aq + rnd * rnd_fac + x_fac * sv_abs + res * ri_fac) * grow + 1e-30)[:, None] + tl.zeros((NG, GS), tl.float32)
-            e_two = tl.reshape(e3, (BM,))              # the two-sided e (before any savings)
+            eg = (aq + rnd * rnd_fac + x_fac * sv_abs + res * ri_fac) * grow + 1e-30     # (NG,) two-sided e
+            e3 = eg[:, None] + tl.zeros((NG, GS), tl.float32)
             if ONE_SIDED:
                 sb = _pow2_at_least(tl.max((st2 * a_fac) * tl.abs(q1), axis=1) * (1.0 / 32767.0))   # (NG,)
                 cb = (a_fac * (1.0 - 8 * 5.960464477539063e-08)) * (1.0 / sb)   # β̃ = ⌊δ·cb·|q|⌋ ≤ a|q|/sβ
@@ -285,7 +286,7 @@ def _sketch_scan_bound_kernel(q_ptr, words_ptr, off_ptr, step_ptr, s_ptr, ub_ptr
                 dot = (dot - tl.sum(tl.sum(v2, axis=1))) * 16.0
             s = dot + tl.sum(qo)
             e = (tl.sum(aq) + tl.sum(rnd) * rnd_fac + x_fac * tl.sum(sv_abs)) * grow + tl.zeros((BM,), tl.float32)
-            e_two = e
+            eg = (tl.sum(aq) + tl.sum(rnd) * rnd_fac + x_fac * tl.sum(sv_abs)) * grow + tl.zeros((NG,), tl.float32)
             if ONE_SIDED:
                 # the savings' float32 sum (exact products of β by 0/1) is within γ_D of itself
                 e = e - tl.sum(sacc, axis=1) * (2.0 - grow)
@@ -293,31 +294,20 @@ def _sketch_scan_bound_kernel(q_ptr, words_ptr, off_ptr, step_ptr, s_ptr, ub_ptr
         t = (s + e) * scale
         ub = t + tl.abs(t) * (8 * 5.960464477539063e-08)   # the addition, scale's float32 value, the product
         out = r.to(tl.int64) * T + toks
-        sub = blk * NSUB + tl.arange(0, NSUB)
         if PAGED:      # −inf past the row's end, written here (no separate fills of the outputs)
             s = tl.where(tmask, s, float("-inf"))
             tl.store(s_ptr + out, s, mask=toks < T)
         else:
             tl.store(s_ptr + out, s, mask=tmask)
-        if BLOCKS:
-            # per 16 tokens: m = max ub, z = Σ e^{(ub − m)(1 − 8u)} (row_lse.py's chunk stage) and the
-            # two-sided e rounded as e above (≥ every token's own e: the one-sided savings are ≥ 0 and
-            # the rounding is monotone), from which a token's bound is recomputed where needed
-            ub2 = tl.reshape(tl.where(tmask, ub, float("-inf")), (NSUB, 16))
-            bm = tl.max(ub2, axis=1)
-            bm0 = tl.where(bm == float("-inf"), 0.0, bm)
-            bz = tl.sum(tl.exp((ub2 - bm0[:, None]) * (1 - 8 * 5.960464477539063e-08)), axis=1)
-            be = tl.maximum(e_two + tl.abs(e_two) * 5.960464477539063e-08 * 2, 0.0)
-            be = tl.max(tl.reshape(be, (NSUB, 16)), axis=1)
-            bo = r.to(tl.int64) * NS + sub
-            tl.store(ub_ptr + bo, bm, mask=sub < NS)
-            tl.store(ub_ptr + BSTRIDE + bo, bz, mask=sub < NS)
-            tl.store(ub_ptr + 2 * BSTRIDE + bo, be, mask=sub < NS)
+        if SLACK:      # the group's e, rounded as e above (the same operations on the same value)
+            tl.store(ub_ptr + r.to(tl.int64) * NGR + gidx, tl.maximum(eg + tl.abs(eg) * 5.960464477539063e-08 * 2, 0.0),
+                     mask=gmask)
         elif PAGED:
             tl.store(ub_ptr + out, tl.where(tmask, ub, float("-inf")), mask=toks < T)
         else:
             tl.store(ub_ptr + out, ub, mask=tmask)
         sm = tl.max(tl.reshape(tl.where(tmask, s, float("-inf")), (NSUB, 16)), axis=1)
+        sub = blk * NSUB + tl.arange(0, NSUB)
         tl.store(smax_ptr + r.to(tl.int64) * NS + sub, sm, mask=sub < NS)
 
 
@@ -346,9 +336,9 @@ def sketch_scan_bound(q, codes, offset, step, *, bits: int, group: int, scale: f
                       int_dot: bool | None = None, bounds: str = "tokens"):
     """Launch the scan. ``q`` (B·Hq, D) float32; ``codes`` (B·Hkv, T, W) uint8 with W = D·bits/8 a
     multiple of 4 (read as 32-bit words); ``offset``/``step`` (B·Hkv, Gr, D) float16/float32. Returns
-    (s float32 (B·Hq, T), bounds, smax float32 (B·Hq, ⌈T/16⌉)): ``bounds="tokens"`` the token bounds
-    ub float32 (B·Hq, T); ``"blocks"`` the block bounds (3, B·Hq, ⌈T/16⌉) float32 (module doc) that
-    the certificate reads (``kernels/block_lse.py``).
+    (s float32 (B·Hq, T), ub float32 (B·Hq, T), smax float32 (B·Hq, ⌈T/16⌉)); with ``bounds="slack"``
+    (two-sided only) the second output is each group's slack e float32 (B·Hq, Gr) instead, from which
+    ``row_lse.row_lse_chunks`` derives the token bounds (module doc, "Slack").
 
     ``num_warps`` defaults to 1: a thread then holds 16 contiguous bytes of a few tokens, so the sums
     over channels are in-thread chains and the per-channel setup is shared by those tokens.
@@ -369,24 +359,27 @@ def sketch_scan_bound(q, codes, offset, step, *, bits: int, group: int, scale: f
     words = codes.view(torch.int32)
     NS = triton.cdiv(T, SUB)
     s = torch.empty((R, T), dtype=torch.float32, device=q.device)
-    ub, blocks = _bounds_out(bounds, R, T, NS, q.device)
+    Gr = offset.shape[1]
+    ub, slack = _bounds_out(bounds, one_sided, R, T, Gr, q.device)
     smax = torch.empty((R, NS), dtype=torch.float32, device=q.device)
     grid, blk_first = _grid(triton.cdiv(T, BM), RK)
     # one PTX lop3 / dp2a per instruction slot (NVIDIA devices, compiled only; the same integers otherwise)
     _sketch_scan_bound_kernel[grid](
-        q, words, offset, step, s, ub, smax, T, NS, offset.shape[1], group,
-        float(scale), *scan_constants(bits, D, int_dot), q, q, q, 0, 1, R * NS, G=R // RK, BITS=bits, D=D, BM=BM,
-        ONE_SIDED=one_sided, ASM=_use_asm(q), INTDOT=int_dot, BLK_FIRST=blk_first, NG=NG, BLOCKS=blocks,
+        q, words, offset, step, s, ub, smax, T, NS, Gr, group,
+        float(scale), *scan_constants(bits, D, int_dot), q, q, q, 0, 1, Gr, G=R // RK, BITS=bits, D=D, BM=BM,
+        ONE_SIDED=one_sided, ASM=_use_asm(q), INTDOT=int_dot, BLK_FIRST=blk_first, NG=NG, SLACK=slack,
         num_warps=num_warps or 1)
     return s, ub, smax
 
 
-def _bounds_out(bounds: str, R: int, T: int, NS: int, device):
-    """The scan's bounds output for ``bounds`` ("tokens": (R, T); "blocks": (3, R, NS)) and BLOCKS."""
+def _bounds_out(bounds: str, one_sided: bool, R: int, T: int, groups: int, device):
+    """The scan's second output for ``bounds`` ("tokens": ub (R, T); "slack": e (R, groups), two-sided
+    only: a one-sided token's bound is not a function of ŝ and its group) and the SLACK flag."""
     if bounds == "tokens":
         return torch.empty((R, T), dtype=torch.float32, device=device), False
-    assert bounds == "blocks" and 3 * R * NS < 2 ** 31, bounds
-    return torch.empty((3, R, NS), dtype=torch.float32, device=device), True
+    if bounds != "slack" or one_sided:
+        raise ValueError(f"bounds={bounds!r} with one_sided={one_sided}: 'slack' needs two-sided bounds")
+    return torch.empty((R, groups), dtype=torch.float32, device=device), True
 
 
 def use_int_dot(bits: int, D: int, one_sided: bool) -> bool:
@@ -412,8 +405,9 @@ def paged_sketch_scan_bound(q, store, cache, seq_idx, T: int, *, scale: float, o
                             bounds: str = "tokens"):
     """The same scan over a paged cache's sketch store (``vashista_gpu.sketch.TorchPageSketchStore``,
     quantization group = page): ``q`` (B·Hq, D) float32, ``seq_idx`` (B,) int32 sequence ids, ``T`` ≥
-    every sequence's length. Returns (s, bounds, smax) as :func:`sketch_scan_bound` for rows of length
-    T, −inf past each sequence's end (written by the kernel: one launch, no fills).
+    every sequence's length. Returns (s, ub, smax) as :func:`sketch_scan_bound` for rows of length T,
+    −inf past each sequence's end (written by the kernel: one launch, no fills); ``bounds="slack"``:
+    each page's slack (B·Hq, ⌈T/S⌉) instead of ub (pages past a row's end not written).
 
     ``pages_per_program`` (default: 64 tokens' worth, ``64 // S``, with the integer dots; 1 with the
     float dots) pages of one (row, KV head) per program. One 16-token page per program (the engine's
@@ -432,15 +426,16 @@ def paged_sketch_scan_bound(q, store, cache, seq_idx, T: int, *, scale: float, o
     assert NG & (NG - 1) == 0 and (NG == 1 or int_dot), "pages per program: a power of two (> 1: integer dots)"
     NS = triton.cdiv(T, SUB)
     s = torch.empty((R, T), dtype=torch.float32, device=q.device)
-    ub, blocks = _bounds_out(bounds, R, T, NS, q.device)
+    NP = triton.cdiv(T, S)
+    ub, slack = _bounds_out(bounds, one_sided, R, T, NP, q.device)
     smax = torch.empty((R, NS), dtype=torch.float32, device=q.device)
     grid, blk_first = _grid(triton.cdiv(T, S * NG), B * Hkv)
     table = cache.block_table
     _sketch_scan_bound_kernel[grid](
         q, store.codes.view(torch.int32), store.offset, store.step, s, ub, smax, T, NS, 1, S,
-        float(scale), *scan_constants(bits, D, int_dot), seq_idx, cache.seq_lens, table, table.stride(0), Hkv,
-        R * NS, G=R // (B * Hkv), BITS=bits, D=D, BM=S * NG, ONE_SIDED=one_sided, ASM=_use_asm(q), PAGED=True,
-        INTDOT=int_dot, BLK_FIRST=blk_first, NG=NG, BLOCKS=blocks, num_warps=num_warps or 1)
+        float(scale), *scan_constants(bits, D, int_dot), seq_idx, cache.seq_lens, table, table.stride(0), Hkv, NP,
+        G=R // (B * Hkv), BITS=bits, D=D, BM=S * NG, ONE_SIDED=one_sided, ASM=_use_asm(q), PAGED=True,
+        INTDOT=int_dot, BLK_FIRST=blk_first, NG=NG, SLACK=slack, num_warps=num_warps or 1)
     return s, ub, smax
 
 
