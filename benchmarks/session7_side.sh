@@ -15,16 +15,7 @@ n=${1:?call number}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/side_out}
 mkdir -p "$OUT"
-steps() {   # run steps "$@" as "N:seconds" with their files under $OUT/w, then pack them in one tarball
-    local s W="$OUT/w"
-    mkdir -p "$W"
-    for s in "$@"; do
-        T0=$(date +%s)
-        OUT="$W" timeout "${s#*:}" bash "$0" "${s%%:*}" > "$W/side_${s%%:*}.log" 2>&1
-        echo "step ${s%%:*} rc=$? in $(( $(date +%s) - T0 )) s" | tee -a "$OUT/steps.txt"
-    done
-    tar czf "$OUT/calls_$n.tar.gz" -C "$W" . && rm -rf "$W"
-}
+. "$(dirname "$0")/device_steps.sh"
 case "$n" in
     A) steps 1:150 2:130 3:160; tar xzf "$OUT/calls_A.tar.gz" -O ./side_1.log ./side_2.log ./side_3.log | tail -40
        exit 0 ;;

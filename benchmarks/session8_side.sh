@@ -19,16 +19,7 @@ mkdir -p "$OUT"
 PYT="python3 -m pytest -q -p no:cacheprovider -p no:benchmark -rfEs"
 E2E="python3 benchmarks/e2e_decode.py"
 V4=ours_dense,ours_cert_int8_g64_2s,ours_cert_int4_g32_2s,ours_cert_int4_g16
-steps() {
-    local s W="$OUT/w"
-    mkdir -p "$W"
-    for s in "$@"; do
-        T0=$(date +%s)
-        OUT="$W" timeout "${s#*:}" bash "$0" "${s%%:*}" > "$W/side_${s%%:*}.log" 2>&1
-        echo "step ${s%%:*} rc=$? in $(( $(date +%s) - T0 )) s" | tee -a "$OUT/steps.txt"
-    done
-    tar czf "$OUT/calls_$n.tar.gz" -C "$W" . && rm -rf "$W"
-}
+. "$(dirname "$0")/device_steps.sh"
 case "$n" in
     1) steps t:130 n4:170 o4:140; tar xzf "$OUT/calls_1.tar.gz" -O ./side_t.log | tail -6
        for f in n4 o4; do tar xzf "$OUT/calls_1.tar.gz" -O ./side_$f.log | grep -E 'ms/token|ms_per|×|x ' | tail -8; done
