@@ -42,22 +42,3 @@ def _to_numpy(x):
     if hasattr(x, "detach"):
         return x.detach().float().cpu().numpy() if str(x.dtype) in ("torch.bfloat16",) else x.detach().cpu().numpy()
     return x
-
-
-def two_sided_leakage(q, cache, ids, Kc, bits, scale):
-    """(B, Hq) float64: the torch path's certified leakage with two-sided bounds (``certified_decode``
-    on each sequence's gathered keys and page sketch). The fused step's one-sided certificate lies
-    between the one-sided and this one: its tokens in the candidates' blocks are bounded two-sided
-    (``kernels/block_lse.py``)."""
-    import torch
-
-    from vashista_gpu.sketch import certified_decode
-
-    store = cache.sketches[bits]
-    rows = []
-    for b, sid in enumerate(ids):
-        K, V = cache.gather(sid)
-        w = certified_decode(q[b], K.permute(1, 0, 2), V.permute(1, 0, 2), store.sequence_sketch(cache, sid), Kc,
-                             scale=scale, one_sided=False)
-        rows.append(w.certified_leakage.cpu().double())
-    return torch.stack(rows)

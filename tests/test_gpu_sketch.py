@@ -16,7 +16,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from helpers import assert_rel_close, two_sided_leakage  # noqa: E402
+from helpers import assert_rel_close  # noqa: E402
 from vashista_gpu.decode import sparse_decode as gpu_decode  # noqa: E402
 from vashista_gpu.dense import dense_decode  # noqa: E402
 from vashista_gpu.paged_cache import TorchPagedKVCache  # noqa: E402
@@ -91,15 +91,9 @@ def test_router_sketch_matches_reference(backend, bits, G, policy):
         # float32 certificate: within 0.1 % of the float64 one (the tolerance of
         # test_gpu_sketch_fused.py), and its error bound is SPEC 3's middle form, never below the
         # reference's smallest form
-        # (one-sided: the tokens of the candidates' blocks are bounded two-sided, kernels/block_lse.py —
-        # above the reference's one-sided certificate by at most the two-sided one's excess)
         factor = 1 + 1e-3
         assert np.all(a.certified_error.numpy() >= b.certified_error * (1 - 1e-9))
-        hi = two_sided_leakage(qt, tc, tids, Kc, bits, scale).numpy()
-        first = a.Kc_used.numpy() == Kc                      # (rows a Capped policy widened: another Kc)
-        assert np.all((a.certified_leakage.numpy() <= hi * factor + 1e-6)[first]), (a.certified_leakage.numpy() / hi)
-        checks = ()
-        assert np.all(a.certified_leakage.numpy() >= b.certified_leakage * (1 - 1e-9))
+        checks = ((a.certified_leakage.numpy(), b.certified_leakage),)
     else:
         checks = ((a.certified_leakage.numpy(), b.certified_leakage), (a.certified_error.numpy(), b.certified_error))
     # the error bound also carries the candidates' score rounding R (docs/ROUNDING.md §2.3): float32
