@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Device calls of the eighth session: the scan's block bounds (kernels/block_lse.py; ŝ is still written,
-# ub no longer) on the card — its tests compiled, then end to end against the previous tree in the same
-# call (`.old_tree/`, the whole tree of the last commit before the change, b02069b, staged by `git archive`;
-# an ignored folder that the call carries; its own e2e_decode.py runs, which puts that tree first on the
-# path), so the dense baseline is measured on the same card both times.
-#   bash benchmarks/session8_side.sh 1   tests compiled, e2e 1B 128k batch 4 new then old
+# Device calls of the eighth session, each against the previous tree in the same call (`.old_tree/`, the
+# whole tree of b02069b, the last commit before the session's changes, staged by `git archive`; an ignored
+# folder that the call carries; its own e2e_decode.py runs, which puts that tree first on the path), so
+# the dense baseline is measured on the same card both times.
+#   calls 1 and 5 ran (H100, RESULTS.md "Eighth session") on the block bounds, since reverted; call 1's
+#   "old" run measured the new tree (it used the new script, whose path comes first)
+#   bash benchmarks/session8_side.sh 6   the two-sided slack: its tests compiled, e2e 1B 128k batch 4 old then new
 #   bash benchmarks/session8_side.sh 2   e2e 1B 128k batch 1 new then old, the profile of the new step
 #   bash benchmarks/session8_side.sh 3   (an H200: ~82 GiB of cache) e2e 1B 128k batch 16 new then old
 #   bash benchmarks/session8_side.sh 4   the certified step alone at the paper's shape (batch 16, MHA, D 128,
@@ -46,7 +47,7 @@ case "$n" in
        exit 0 ;;
     k4) python3 benchmarks/sketch_decode_scaling.py --T 131072 --bits 4 --group 16 --out "$OUT/step_int4_g16.json" ;;
     k8) python3 benchmarks/sketch_decode_scaling.py --T 131072 --bits 8 --group 64 --out "$OUT/step_int8_g64.json" ;;
-    t) $PYT tests/test_block_bounds.py tests/test_gpu_sketch_fused.py tests/test_gpu_sketch_paged.py \
+    t) $PYT tests/test_slack_bounds.py tests/test_gpu_sketch_fused.py tests/test_gpu_sketch_paged.py \
            tests/test_gpu_sketch_plan.py tests/test_engine_gpu.py tests/test_gpu_sketch_select.py \
            tests/test_select_kernel.py > "$OUT/tests.log" 2>&1
        echo "tests rc=$?"; tail -4 "$OUT/tests.log" ;;

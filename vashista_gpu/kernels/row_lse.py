@@ -29,6 +29,7 @@ import triton.language as tl
 from vashista_core.rounding import U32, gamma
 
 from .libm import exp_acc, f32_up
+from .sketch_scan import token_bound
 
 __all__ = ["BLOCK", "combine_chunks", "lse_factor", "lse_floor", "row_lse_chunks", "row_lse_upper"]
 
@@ -42,11 +43,10 @@ def _row_chunk_lse_kernel(x_ptr, m_ptr, z_ptr, T, NC, e_ptr, NGR, group, scale, 
     c = tl.program_id(1)
     toks = c * BT + tl.arange(0, BT)
     x = tl.load(x_ptr + r.to(tl.int64) * T + toks, mask=toks < T, other=float("-inf"))
-    if SLACK:      # x is ŝ: the two-sided bound of the scan, t + 8u|t|, t = (ŝ + e_group)·scale
+    if SLACK:      # x is ŝ: the scan's two-sided bound (``sketch_scan.token_bound``) with the group's e
         live = x != float("-inf")                  # (−inf + |−inf|·8u would be NaN; NaN stays NaN)
         e = tl.load(e_ptr + r.to(tl.int64) * NGR + toks // group, mask=live & (toks < T), other=0.0)
-        t = (tl.where(live, x, 0.0) + e) * scale
-        x = tl.where(live, t + tl.abs(t) * (8 * 5.960464477539063e-08), float("-inf"))
+        x = tl.where(live, token_bound(tl.where(live, x, 0.0), e, scale), float("-inf"))
     m = tl.max(x, axis=0)
     m_safe = tl.where(m == float("-inf"), 0.0, m)
     z = tl.sum(tl.exp((x - m_safe) * (1 - 8 * 5.960464477539063e-08)), axis=0)

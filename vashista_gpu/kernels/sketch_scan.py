@@ -72,7 +72,8 @@ import triton.language as tl
 
 from vashista_core.rounding import U32, gamma
 
-__all__ = ["SUB", "paged_sketch_scan_bound", "scan_constants", "sketch_scan_bound", "sketch_scores", "use_int_dot"]
+__all__ = ["SUB", "outward_slack", "paged_sketch_scan_bound", "scan_constants", "sketch_scan_bound", "sketch_scores",
+           "token_bound", "use_int_dot"]
 SUB = 16                                          # tokens per entry of ``smax``
 
 
@@ -139,6 +140,21 @@ def _slot_dot(a0, a1, a2, a3, ev, od, BITS: tl.constexpr, ASM: tl.constexpr):
         acc = _dp2a(tl.broadcast_to(a2, ev.shape), od, acc, False, ASM)
         acc = _dp2a(tl.broadcast_to(a3, ev.shape), od, acc, True, ASM)
     return acc
+
+
+@triton.jit
+def outward_slack(e):
+    """A slack e rounded up over its own evaluation, max(e + 2u|e|, 0): every token's e⁺ in the scan
+    and, with ``SLACK``, each group's written slack — one expression, so both are the same number."""
+    return tl.maximum(e + tl.abs(e) * 5.960464477539063e-08 * 2, 0.0)
+
+
+@triton.jit
+def token_bound(s, e, scale):
+    """ub = t + 8u|t|, t = (ŝ + e)·scale (the addition, scale's float32 value, the product): ≥ scale·⟨q, k⟩
+    for e ≥ the token's slack. The scan's bound, and the one ``row_lse`` derives from ŝ and a slack."""
+    t = (s + e) * scale
+    return t + tl.abs(t) * (8 * 5.960464477539063e-08)
 
 
 @triton.jit
@@ -285,23 +301,22 @@ def _sketch_scan_bound_kernel(q_ptr, words_ptr, off_ptr, step_ptr, s_ptr, ub_ptr
             if BITS == 4:                              # Σ v·x = Σ v + Σ v·c/16
                 dot = (dot - tl.sum(tl.sum(v2, axis=1))) * 16.0
             s = dot + tl.sum(qo)
-            e = (tl.sum(aq) + tl.sum(rnd) * rnd_fac + x_fac * tl.sum(sv_abs)) * grow + tl.zeros((BM,), tl.float32)
-            eg = (tl.sum(aq) + tl.sum(rnd) * rnd_fac + x_fac * tl.sum(sv_abs)) * grow + tl.zeros((NG,), tl.float32)
+            e0 = (tl.sum(aq) + tl.sum(rnd) * rnd_fac + x_fac * tl.sum(sv_abs)) * grow      # the two-sided e
+            e = e0 + tl.zeros((BM,), tl.float32)
+            eg = e0 + tl.zeros((NG,), tl.float32)
             if ONE_SIDED:
                 # the savings' float32 sum (exact products of β by 0/1) is within γ_D of itself
                 e = e - tl.sum(sacc, axis=1) * (2.0 - grow)
-        e = tl.maximum(e + tl.abs(e) * 5.960464477539063e-08 * 2, 0.0)
-        t = (s + e) * scale
-        ub = t + tl.abs(t) * (8 * 5.960464477539063e-08)   # the addition, scale's float32 value, the product
+        e = outward_slack(e)
+        ub = token_bound(s, e, scale)
         out = r.to(tl.int64) * T + toks
         if PAGED:      # −inf past the row's end, written here (no separate fills of the outputs)
             s = tl.where(tmask, s, float("-inf"))
             tl.store(s_ptr + out, s, mask=toks < T)
         else:
             tl.store(s_ptr + out, s, mask=tmask)
-        if SLACK:      # the group's e, rounded as e above (the same operations on the same value)
-            tl.store(ub_ptr + r.to(tl.int64) * NGR + gidx, tl.maximum(eg + tl.abs(eg) * 5.960464477539063e-08 * 2, 0.0),
-                     mask=gmask)
+        if SLACK:      # the group's e, rounded as every token's e above
+            tl.store(ub_ptr + r.to(tl.int64) * NGR + gidx, outward_slack(eg), mask=gmask)
         elif PAGED:
             tl.store(ub_ptr + out, tl.where(tmask, ub, float("-inf")), mask=toks < T)
         else:
