@@ -27,7 +27,7 @@ case "$n" in
        exit 0 ;;
     2) steps n1:170 o1:150 p:150; for f in n1 o1 p; do tar xzf "$OUT/calls_2.tar.gz" -O ./side_$f.log | tail -10; done
        exit 0 ;;
-    6) steps t2:70 o4:55 n4:55; for f in t2 o4 n4; do tar xzf "$OUT/calls_6.tar.gz" -O ./side_$f.log | tail -9; done
+    6) steps t2:80 o4:55 n4:70; for f in t2 o4 n4; do tar xzf "$OUT/calls_6.tar.gz" -O ./side_$f.log | tail -9; done
        exit 0 ;;
     t2) $PYT tests/test_slack_bounds.py tests/test_gpu_sketch_fused.py tests/test_gpu_sketch_plan.py \
             tests/test_engine_gpu.py > "$OUT/tests2.log" 2>&1
@@ -51,8 +51,8 @@ case "$n" in
            tests/test_gpu_sketch_plan.py tests/test_engine_gpu.py tests/test_gpu_sketch_select.py \
            tests/test_select_kernel.py > "$OUT/tests.log" 2>&1
        echo "tests rc=$?"; tail -4 "$OUT/tests.log" ;;
-    n4) $E2E --out "$OUT/e2e_new_b4" --configs llama-1b:131072:4 --time-budget 50 \
-            --variants ours_dense,ours_cert_int8_g64_2s,ours_cert_int4_g32_2s ;;
+    n4) $E2E --out "$OUT/e2e_new_b4" --configs llama-1b:131072:4 --time-budget 65 \
+            --variants graph_sdpa_flash,ours_dense,ours_cert_int8_g64_2s,ours_cert_int4_g32_2s ;;
     o4) PYTHONPATH="$PWD/.old_tree" python3 .old_tree/benchmarks/e2e_decode.py --out "$OUT/e2e_old_b4" --configs llama-1b:131072:4 \
            --variants ours_dense,ours_cert_int8_g64_2s,ours_cert_int4_g32_2s --time-budget 50 ;;
     n1) $E2E --out "$OUT/e2e_new_b1" --configs llama-1b:131072:1 --variants "$V4" --time-budget 140 ;;
