@@ -9,17 +9,29 @@
 #   3 n4  e2e 1B 128k batch 4, new tree + SDPA flash (70 s) 8 n1  e2e 1B 128k batch 1, new (140 s)
 #   4 k4  certified step alone, paper shape, int4 g16 (120 s) 9-10 only stage their part
 #   5 k8  the same, int8 g64 (120 s)
+# Or, without staging (two calls of their own): A = t2 o4 n4 s, B = k4 k8 pn, each step under its own limit,
+# results in one tarball ($OUT/calls_A.tar.gz) as session8_side.sh's calls do:
+#   bash benchmarks/session9_side.sh A      (carry .old_tree)
 set -u
 n=${1:?call number}
 S8="bash $(dirname "$0")/session8_side.sh"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton_cache}
+OUT=${OUT:-/tmp/side_out}
+mkdir -p "$OUT"
+. "$(dirname "$0")/device_steps.sh"
 case "$n" in
+    A) steps t2:80 o4:55 n4:70 s:60; for f in t2 o4 n4 s; do tar xzf "$OUT/calls_A.tar.gz" -O ./side_$f.log | tail -9; done ;;
+    B) steps k4:120 k8:120 pn:90; for f in k4 k8 pn; do tar xzf "$OUT/calls_B.tar.gz" -O ./side_$f.log | tail -12; done ;;
+    t2|o4|n4|k4|k8|pn|n1) $S8 "$n" ;;
+    s) python3 tests/stress/long_gpu.py --tiers gpu-plan2s-fp32 --workers 3 --seconds "${STRESS_SECONDS:-50}" \
+           --seed0 90000000 --json "$OUT/stress_plan2s.json" ;;
     1) $S8 t2 ;;
     2) $S8 o4 ;;
     3) $S8 n4 ;;
     4) $S8 k4 ;;
     5) $S8 k8 ;;
-    6) python3 tests/stress/long_gpu.py --tiers gpu-plan2s-fp32 --workers 3 --seconds "${STRESS_SECONDS:-50}" \
-           --seed0 90000000 --json "$OUT/stress_plan2s.json" ;;
+    6) bash "$0" s ;;
     7) $S8 pn ;;
     8) $S8 n1 ;;
     *) true ;;
