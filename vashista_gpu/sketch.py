@@ -749,7 +749,8 @@ def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: 
     from .certificate import fused_certificate      # the fused path needs Triton; the torch path does not
     from .kernels.cert_tail import finite_rows
     from .kernels.rescore import rescore
-    from .kernels.sketch_scan import sketch_scan_bound
+    from .kernels.row_lse import excluded_terms
+    from .kernels.sketch_scan import sketch_scan_bound, step_bounds
 
     B, Hq, D, Hkv, T, Dv, scale, cap = _check_fused_args(q, K, V, codes, offset, step, vmax, bits, group, Kc, scale,
                                                          cap, sync, one_sided, block_tokens)
@@ -766,7 +767,7 @@ def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: 
     q_ok = q_ok & ~foreign
     s, ub, smax = sketch_scan_bound(q32, codes, offset, step, bits=bits, group=group, scale=scale,
                                     one_sided=one_sided, block_tokens=block_tokens,
-                                    bounds="tokens" if one_sided else "slack")
+                                    bounds=step_bounds(one_sided))
     cand, overflow = select_candidates(s, smax, Kc, cap or 4 * Kc, sync)
     # exact part (``kernels/rescore.py``): rescoring, softmax, values, and m_C, z_C of the lower bounds
     out, m_c, zsum, eps = rescore(q32, K.contiguous(), V.contiguous(), cand, scale=scale)
@@ -775,9 +776,8 @@ def fused_sketch_step(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: 
     # a negative or NaN max‖v‖ (a caller's bug, not checked without a synchronisation) voids the bound
     # and the output (set to NaN, with the non-finite queries' and a foreign sketch's, by the tail)
     # two-sided: ``ub`` is each group's slack, the bounds are derived from ŝ (``kernels/sketch_scan.py``)
-    bounds = dict(slack=ub, group=group, scale=scale) if not one_sided else {}
-    leak, error, gap = fused_certificate(ub if one_sided else s, cand, out, m_c, zsum, vm, eps, q_ok=q_ok & (vm >= 0),
-                                         **bounds)
+    x, lse_kw = excluded_terms(s, ub, one_sided=one_sided, group=group, scale=scale)
+    leak, error, gap = fused_certificate(x, cand, out, m_c, zsum, vm, eps, q_ok=q_ok & (vm >= 0), **lse_kw)
     return StepResult(out=out.view(B, Hq, Dv), candidates=cand.view(B, Hq, Kc),
                       certified_leakage=leak.view(B, Hq), certified_error=error.view(B, Hq),
                       overflow=overflow.view(B, Hq), gap=gap.view(B, Hq), path="fused")

@@ -196,7 +196,8 @@ def run_sketch_plan(plan: SketchStepPlan, q: torch.Tensor, *, sync: bool = False
     from .certificate import fused_certificate          # the fused step's Triton modules, imported on use
     from .kernels.cert_tail import finite_rows
     from .kernels.rescore import rescore_paged
-    from .kernels.sketch_scan import paged_sketch_scan_bound
+    from .kernels.row_lse import excluded_terms
+    from .kernels.sketch_scan import paged_sketch_scan_bound, step_bounds
 
     q = V.tensor("q", q, ndim=3, check_finite=bool(sync))
     V.same_device("q", q, plan.cache.device)
@@ -209,14 +210,13 @@ def run_sketch_plan(plan: SketchStepPlan, q: torch.Tensor, *, sync: bool = False
     q32, q_ok = finite_rows(q)
     # two-sided: the scan writes each page's slack, not a bound per token and query head (the tail
     # derives them from ŝ: ``kernels/sketch_scan.py``, "Slack")
-    two = not plan.one_sided
     s, ub, smax = paged_sketch_scan_bound(q32, plan.store, plan.cache, plan.seq_idx, plan.T, scale=plan.scale,
-                                          one_sided=plan.one_sided, bounds="slack" if two else "tokens")
+                                          one_sided=plan.one_sided, bounds=step_bounds(plan.one_sided))
     cand, overflow = select_candidates(s, smax, Kc, plan.cap, sync, short_window=plan.short_window)
     # exact part (``kernels/rescore.py``): rescoring, softmax, values, and m_C, z_C of the lower bounds
     out, m_c, zsum, eps = rescore_paged(q32, plan.cache, plan.seq_idx, cand, scale=plan.scale)
-    leak, error, gap = fused_certificate(s if two else ub, cand, out, m_c, zsum, row_vmax(plan), eps, q_ok=q_ok,
-                                         slack=ub if two else None, group=plan.S, scale=plan.scale)
+    x, lse_kw = excluded_terms(s, ub, one_sided=plan.one_sided, group=plan.S, scale=plan.scale)
+    leak, error, gap = fused_certificate(x, cand, out, m_c, zsum, row_vmax(plan), eps, q_ok=q_ok, **lse_kw)
     return StepResult(out=out.view(B, Hq, plan.Dv), candidates=cand.view(B, Hq, Kc),
                       certified_leakage=leak.view(B, Hq), certified_error=error.view(B, Hq),
                       overflow=overflow.view(B, Hq), gap=gap.view(B, Hq), path="fused")

@@ -30,20 +30,19 @@ def fused_shard_state(plan, q: torch.Tensor) -> torch.Tensor:
     Triton is optional for the torch path's users.)"""
     from ..kernels.cert_tail import zc_lowering
     from ..kernels.rescore import rescore_paged
-    from ..kernels.row_lse import row_lse_upper
-    from ..kernels.sketch_scan import paged_sketch_scan_bound
+    from ..kernels.row_lse import excluded_terms, row_lse_upper
+    from ..kernels.sketch_scan import paged_sketch_scan_bound, step_bounds
 
     B, Hq, D, Kc = plan.B, plan.Hq, plan.D, plan.Kc
     q32 = q.float().reshape(B * Hq, D).contiguous()
-    two = not plan.one_sided          # the scan writes each page's slack; the bounds derive from ŝ
     s, ub, smax = paged_sketch_scan_bound(q32, plan.store, plan.cache, plan.seq_idx, plan.T, scale=plan.scale,
-                                          one_sided=plan.one_sided, bounds="slack" if two else "tokens")
+                                          one_sided=plan.one_sided, bounds=step_bounds(plan.one_sided))
     # sync=False: an overflowed row keeps a non-top-Kc set, still certified (the terms are its own)
     cand, _ = select_candidates(s, smax, Kc, plan.cap, False, short_window=plan.short_window)
     out, m_c, zsum, eps = rescore_paged(q32, plan.cache, plan.seq_idx, cand, scale=plan.scale)
-    x = s if two else ub
+    x, lse_kw = excluded_terms(s, ub, one_sided=plan.one_sided, group=plan.S, scale=plan.scale)
     x.scatter_(1, cand, -math.inf)
-    m_o, z_o = row_lse_upper(x, slack=ub if two else None, group=plan.S, scale=plan.scale)
+    m_o, z_o = row_lse_upper(x, **lse_kw)
     vm = row_vmax(plan).double()
     # Z_C from below by the same relative errors as the single-process tail (kernels/cert_tail.zc_lowering)
     e_exp, e_sum, e_wid = zc_lowering(Kc)

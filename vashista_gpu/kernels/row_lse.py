@@ -31,7 +31,7 @@ from vashista_core.rounding import U32, gamma
 from .libm import exp_acc, f32_up
 from .sketch_scan import token_bound
 
-__all__ = ["BLOCK", "combine_chunks", "lse_factor", "lse_floor", "row_lse_chunks", "row_lse_upper"]
+__all__ = ["BLOCK", "combine_chunks", "excluded_terms", "lse_factor", "lse_floor", "row_lse_chunks", "row_lse_upper"]
 
 BLOCK = 4096            # tokens per chunk program
 
@@ -90,6 +90,17 @@ def lse_floor(T: int) -> float:
     kernel, and again from the chunks' weights in the combination (Triton links libdevice with
     flush-to-zero); exact in float32 for T < 2²³."""
     return 2.0 * float(T) * 2.0 ** -126
+
+
+def excluded_terms(s, second, *, one_sided: bool, group: int, scale: float):
+    """What the certificate's log-sum-exp over the excluded tokens reads from a certified step's scan
+    (``sketch_scan.step_bounds``: its outputs ``s`` = ŝ and ``second``): (x, kwargs of
+    :func:`row_lse_chunks` / :func:`row_lse_upper`). One-sided, x is the token bounds ``second`` (R, T);
+    two-sided, x is ŝ and ``second`` the groups' slack, from which the same bounds are derived. The
+    caller sets the candidates' entries of x to −inf (x is the scan's buffer, overwritten)."""
+    if one_sided:
+        return second, {}
+    return s, dict(slack=second, group=group, scale=scale)
 
 
 def row_lse_chunks(x, *, block: int = BLOCK, slack=None, group: int = 1, scale: float = 1.0):

@@ -73,7 +73,7 @@ import triton.language as tl
 from vashista_core.rounding import U32, gamma
 
 __all__ = ["SUB", "outward_slack", "paged_sketch_scan_bound", "scan_constants", "sketch_scan_bound", "sketch_scores",
-           "token_bound", "use_int_dot"]
+           "step_bounds", "token_bound", "use_int_dot"]
 SUB = 16                                          # tokens per entry of ``smax``
 
 
@@ -385,6 +385,14 @@ def sketch_scan_bound(q, codes, offset, step, *, bits: int, group: int, scale: f
         ONE_SIDED=one_sided, ASM=_use_asm(q), INTDOT=int_dot, BLK_FIRST=blk_first, NG=NG, SLACK=slack,
         num_warps=num_warps or 1)
     return s, ub, smax
+
+
+def step_bounds(one_sided: bool) -> str:
+    """The bounds a certified step asks the scan for: one-sided, the token bounds ub ("tokens": a
+    one-sided bound is not a function of ŝ and its group); two-sided, each group's slack ("slack"), from
+    which the certificate's log-sum-exp derives them (module doc, "Slack";
+    ``row_lse.excluded_terms`` pairs the outputs with that log-sum-exp)."""
+    return "tokens" if one_sided else "slack"
 
 
 def _bounds_out(bounds: str, one_sided: bool, R: int, T: int, groups: int, device):
