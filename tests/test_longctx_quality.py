@@ -883,6 +883,164 @@ def test_engine_shadow_is_exact_attention_per_query_head():
     assert torch.equal(p[..., 33:], torch.zeros(1, 6, 7, dtype=torch.float64))
 
 
+# ------------------------------------------------------------------------------------- batched engine runs
+
+# three items of one context: ragged prefills, feeds of 8, 5 and 11 tokens, up to 4, 6 and 3 new
+# tokens; item 1 stops early through its stop predicate (after 2 of its 6)
+_BATCH = dict(prefix=(144, 135, 136), feed=(8, 5, 11), new=(4, 6, 3))
+
+
+def _batch_items(dec, device="cpu"):
+    g = torch.Generator().manual_seed(7)
+    items = []
+    for n, f in zip(_BATCH["prefix"], _BATCH["feed"]):
+        ids = torch.randint(2, 97, (n + f,), generator=g).tolist()
+        items.append((dec.prefill(ids[:n]), ids[n:]))
+    stops = [None, lambda gen: len(gen) == 2, None]
+    return items, stops
+
+
+def _batch_and_alone(dec, name, items, stops):
+    """(each item alone, the three in one batch) under mode ``name``."""
+    mode = parse_mode(name)
+    alone = [dec.run(st, mode, 160, fd, n, stop=s) for (st, fd), n, s in zip(items, _BATCH["new"], stops)]
+    batch = dec.run_batch([st for st, _ in items], mode, 160, [fd for _, fd in items], list(_BATCH["new"]), stops)
+    return alone, batch
+
+
+def _assert_batch_equals_alone(name, alone, batch, nll_tol=1e-6, err_rel=1e-6):
+    assert len(batch) == 3
+    for b, (a, r) in enumerate(zip(alone, batch)):
+        assert r.generated == a.generated and len(r.nll) == len(a.nll) == _BATCH["feed"][b] - 1, (name, b)
+        assert max(abs(x - y) for x, y in zip(a.nll, r.nll)) <= nll_tol, (name, b)
+        assert r.tol == a.tol and r.decoder == a.decoder, (name, b)
+        if name == "dense":
+            assert a.stats is None and r.stats is None
+            continue
+        sa, sr = a.stats.summary(), r.stats.summary()
+        # a row's own steps only: fed tokens and generated ones but the last (4 heads, one sparse layer)
+        assert sr["steps"] == sa["steps"] == 4 * (_BATCH["feed"][b] + len(a.generated) - 1), (name, b)
+        for k in ("certificate_violations", "overflow", "nonfinite", "fallback_rate"):
+            assert sr[k] == sa[k], (name, b, k)
+        # (a true error at float32 rounding, as after a fallback to dense, compares in absolute terms)
+        assert sr["max_true_error"] == pytest.approx(sa["max_true_error"], rel=err_rel, abs=1e-7), (name, b)
+        la, lr = a.stats.per_layer(), r.stats.per_layer()
+        assert [x["steps"] for x in lr] == [x["steps"] for x in la] and [x["layer"] for x in lr] == [1], (name, b)
+        assert [x["violations"] for x in lr] == [x["violations"] for x in la], (name, b)
+        assert r.stats.exceedance(TOL_GRID) == a.stats.exceedance(TOL_GRID), (name, b)
+    assert [len(a.generated) for a in alone] == [4, 2, 3]          # the stop predicate stopped item 1
+
+
+@pytest.fixture(scope="module")
+def batch_runs(tiny):
+    from vashista_app.quality.engine_decoder import EngineDecoder
+
+    class Tok:
+        eos_token_id = None
+    dec = EngineDecoder(tiny, Tok(), dense_layers=(0,))
+    items, stops = _batch_items(dec)
+    return dec, items, stops
+
+
+@pytest.mark.parametrize("name", ["dense", "cert-int8-1/8-report", "cert-int8-1/8-fallback@0.7", "paged-3/4",
+                                  "window-1/4"])
+def test_a_batch_decodes_each_item_as_alone(batch_runs, name):
+    # the host path (CPU); items of different feed lengths and max_new, one stopping early: each row's
+    # tokens, log-probabilities and statistics (its own steps only) are those of the item alone
+    dec, items, stops = batch_runs
+    alone, batch = _batch_and_alone(dec, name, items, stops)
+    _assert_batch_equals_alone(name, alone, batch)
+    if name == "cert-int8-1/8-fallback@0.7":                  # some heads fall back, not all
+        assert 0 < batch[0].stats.summary()["fallback_rate"] < 1
+    if name != "dense":                                        # the sparse steps really lose mass
+        assert min(r.stats.summary()["max_true_error"] for r in batch) > 1e-3
+
+
+def test_a_batch_stops_each_row_at_eos(tiny, batch_runs):
+    # EOS ends a row as it ends a lone run (the token is not kept; the row's other statistics stop there)
+    from vashista_app.quality.engine_decoder import EngineDecoder
+
+    dec, items, stops = batch_runs
+    alone, _ = _batch_and_alone(dec, "dense", items, stops)
+
+    class Tok:
+        eos_token_id = alone[0].generated[1]
+    eos = EngineDecoder(tiny, Tok(), dense_layers=(0,))
+    alone, batch = _batch_and_alone(eos, "paged-3/4", items, stops)
+    assert len(alone[0].generated) == 1 and Tok.eos_token_id not in sum((a.generated for a in alone), [])
+    for a, r in zip(alone, batch):
+        assert r.generated == a.generated and r.stats.summary()["steps"] == a.stats.summary()["steps"]
+        assert r.stats.exceedance(TOL_GRID) == a.stats.exceedance(TOL_GRID)
+
+
+def test_run_batch_arguments_are_checked(batch_runs):
+    dec, items, stops = batch_runs
+    st = [s for s, _ in items]
+    fd = [f for _, f in items]
+    mode = parse_mode("dense")
+    for args, arg in (((st, mode, 160, fd[:2], [1, 1, 1]), "feeds"), ((st, mode, 160, fd, [1, 1]), "max_news"),
+                      ((st, mode, 160, fd, [1, -1, 1]), "max_news"), ((st, mode, 160, [fd[0], [], fd[2]], [1] * 3), "feeds"),
+                      (([], mode, 160, [], []), "states"), ((st, parse_mode("window-1/4"), 160, fd, [1] * 3, [None]), "stops")):
+        with pytest.raises(VashistaInputError, match=arg):
+            dec.run_batch(*args)
+
+
+def _planned(monkeypatch):
+    """The engine decoder on the planned (device-only) path, its Triton kernels under TRITON_INTERPRET=1
+    on the CPU (as tests/test_fused_engine_step.py): the path a CUDA graph captures."""
+    from vashista_app.quality.engine_decoder import EngineDecoder
+
+    made = EngineDecoder._engine
+
+    def planned(self, *a, **kw):
+        eng = made(self, *a, **kw)
+        for p in eng.cache.pools:
+            p.backend = "triton"
+        eng.runner.cfg.planned = True
+        return eng
+    monkeypatch.setattr(EngineDecoder, "_engine", planned)
+
+
+@pytest.mark.parametrize("name", ["paged-3/4", "window-1/4"])
+def test_a_planned_batch_decodes_each_item_as_alone(batch_runs, monkeypatch, name):
+    # the planned path runs every row in one launch per kernel, with one padded length for the
+    # segment (the shadow's too): each row still equals its lone run
+    dec, items, stops = batch_runs
+    _planned(monkeypatch)
+    alone, batch = _batch_and_alone(dec, name, items, stops)
+    _assert_batch_equals_alone(name, alone, batch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["cert-int8-1/8-report", "cert-int8-1/8-fallback@0.7"])
+def test_a_planned_certified_batch_decodes_each_item_as_alone(batch_runs, monkeypatch, name):
+    # the fused certified step and DenseFallback on the device, every row in one launch (~2 min each,
+    # interpreted; the fused certificates of this model all exceed 0.7: every head falls back)
+    dec, items, stops = batch_runs
+    _planned(monkeypatch)
+    alone, batch = _batch_and_alone(dec, name, items, stops)
+    _assert_batch_equals_alone(name, alone, batch)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["dense", "cert-int8-1/8-report", "cert-int8-1/8-fallback@0.7", "paged-3/4",
+                                  "window-1/4"])
+def test_a_captured_batch_decodes_each_item_as_alone_on_cuda(tiny, name):
+    # the CUDA graph of the batched step; a 3-row GEMM may round differently from a 1-row one, hence
+    # the looser tolerances on the log-probabilities and the true errors (everything counted is exact)
+    import copy
+
+    from vashista_app.quality.engine_decoder import EngineDecoder
+
+    class Tok:
+        eos_token_id = None
+    dec = EngineDecoder(copy.deepcopy(tiny).cuda(), Tok(), dense_layers=(0,))
+    items, stops = _batch_items(dec)
+    alone, batch = _batch_and_alone(dec, name, items, stops)
+    assert batch[0].decoder == "engine-graph"
+    _assert_batch_equals_alone(name, alone, batch, nll_tol=1e-5, err_rel=1e-4)
+
+
 @pytest.fixture(scope="module")
 def tiny_bytes():
     """A tiny random Llama over the byte vocabulary, so the suite's own items (ByteCodec) run through it."""
