@@ -56,8 +56,9 @@ harmlessly — every row's pages are reserved for the longest row's steps), and 
 are per row — its own ``StepStats``, shadow and exceedance accumulators (``_instrument``) — copied on
 the device when the row is done, so they count its own steps only. The float64 shadow checks every
 row in one batched gather (each row masked to its length); the window baseline runs row by row. On the
-CPU host path a sparse layer's attention runs one row at a time (its statistics are reported per group
-of equal Kc); the planned (CUDA) path runs every row in one launch per kernel. There a segment has one
+CPU host path a sparse layer's attention runs one row at a time (that path reports its statistics per
+group of rows of equal Kc, which would not say whose they are); the planned (CUDA) path runs every row
+in one launch per kernel. There a segment has one
 Kc (the mode's, capped at the shortest row: the suite's budgets are far below any item's length) and
 one padded length (the longest row's reservation), so a row's step matches its lone run up to the
 rounding of a differently shaped launch. ``seconds`` and ``phases`` of a batched result are the
@@ -233,11 +234,11 @@ def _instrument(runner, n_layers: int, device, shadow: bool, sparse: list[int], 
 
     def record(layer, err, leak, tol, fell=None, overflow=None):
         r0, n = inst.span
-        cert[layer, r0:r0 + n].copy_(err)            # the certificate the step reports for its output
-        inst.exceed[r0:r0 + n, layer, :, _EX_CERT].add_(above(err))
         err, leak = err.reshape(n, -1), leak.reshape(n, -1)               # (n, Hq): one line per row
         fell = None if fell is None else fell.reshape(n, -1)
         overflow = None if overflow is None else overflow.reshape(n, -1)
+        cert[layer, r0:r0 + n].copy_(err)            # the certificate the step reports for its output
+        inst.exceed[r0:r0 + n, layer, :, _EX_CERT].add_(above(err))
         for j in range(n):
             inst.steps[r0 + j].add(layer, err[j:j + 1], leak[j:j + 1], tol,
                                    fell=None if fell is None else fell[j:j + 1],
