@@ -10,7 +10,9 @@ For each context: one dense HF prefill, shared; then for each mode the HF decode
 the context where it runs: it is the slow path) and the engine decoder twice (the first run compiles
 the Triton kernels; the second is timed). Per mode: greedy tokens equal, max |ΔNLL|, steps, fallback
 rate, violations, max true error, seconds and ms per decoded token, for both decoders; the engine's
-seconds per phase (``DecodeResult.phases``: where a DenseFallback run spends its time).
+seconds per phase (``DecodeResult.phases``: where a DenseFallback run spends its time). ``--batch N``:
+the same item as a batch of N rows (``run_batch``, the suite's ``--batch``): seconds per row, the
+speed-up over the single run, and whether each row gives the single run's tokens and counts.
 
 The model: qwen2, 24 layers, hidden 896, 14 query / 2 KV heads, head dim 64, rope θ 1e6 (the 32k
 preset's shape), random float32 weights with sharpened queries (random init attends almost
@@ -20,6 +22,7 @@ Example::
 
     PYTHONPATH=. python benchmarks/engine_decoder_gpu.py --out /tmp/engine_decoder.json
     PYTHONPATH=. python benchmarks/engine_decoder_gpu.py --device cpu --contexts 512 --layers 2 --feed 8 --new 4
+    PYTHONPATH=. python benchmarks/engine_decoder_gpu.py --contexts 32768 --batch 4 8 --hf-max 0
 """
 from __future__ import annotations
 
@@ -93,6 +96,10 @@ def main(argv=None) -> int:
     ap.add_argument("--feed", type=int, default=32, help="teacher-forced tokens per run")
     ap.add_argument("--new", type=int, default=8, help="greedy tokens per run")
     ap.add_argument("--modes", nargs="+", default=list(MODES))
+    ap.add_argument("--batch", type=int, nargs="*", default=[], metavar="N",
+                    help="also decode each mode's item as a batch of N identical rows (EngineDecoder.run_batch, "
+                         "the suite's --batch), cold then timed: seconds per row against the single run, and "
+                         "whether every row gives its tokens, log-probabilities and statistics")
     ap.add_argument("--out", default=None)
     ap.add_argument("--profile", default=None, metavar="DIR",
                     help="torch.profiler over each mode's timed engine run: DIR/profile_<mode>.txt, the ops "
@@ -134,6 +141,17 @@ def main(argv=None) -> int:
                                        ms_per_token=round(1e3 * r.seconds / steps, 2), tokens=r.generated,
                                        phases=r.phases, cold_phases=cold.phases, **stats_of(r)))
                 ok &= (stats_of(r).get("violations") or 0) == 0 and r.generated == cold.generated
+                for n in a.batch:
+                    en.run_batch([state] * n, mode, ctx, [feed] * n, [a.new] * n)       # cold: B-row shapes
+                    rb = en.run_batch([state] * n, mode, ctx, [feed] * n, [a.new] * n)
+                    same = all(x.generated == r.generated and stats_of(x).get("steps") == stats_of(r).get("steps")
+                               and stats_of(x).get("violations") == stats_of(r).get("violations") for x in rb)
+                    row.setdefault("batches", []).append(dict(
+                        rows=n, s_per_row=round(rb[0].seconds, 3), speedup=round(r.seconds / rb[0].seconds, 2),
+                        same_tokens_and_counts=same, phases_per_row=rb[0].phases,
+                        max_abs_dnll=max(abs(x - y) for b in rb for x, y in zip(b.nll, r.nll)),
+                        max_true_error=[stats_of(b).get("max_true_error") for b in rb]))
+                    ok &= same
                 if ctx <= a.hf_max:
                     h = hf.run(state, mode, ctx, feed, a.new)
                     row.update(hf=dict(s=round(h.seconds, 3), ms_per_token=round(1e3 * h.seconds / steps, 2),

@@ -25,6 +25,10 @@
 # LONGCTX_PPL_TEXTS (default: one prose, code and verse text among those present), LONGCTX_DECODER (auto:
 # the engine's CUDA-graph decoder on the GPU; hf: transformers' forward per token), LONGCTX_MARGIN_S (150:
 # the run starts no job later than this many seconds before the budget's end).
+# LONGCTX_BATCH (1: one engine run per item and mode; N > 1 decodes up to N items of one context together,
+# one row each, sharing the run's fixed cost and per-step latency: --batch, engine decoder only; each
+# record's seconds is then the batch's divided by its rows; N prefill states of ~0.8 GB each at 32k for
+# the 0.5B model in float32 are held at once).
 # LONGCTX_SEED=FOLDER (results.jsonl + config.json of an earlier session) starts a fresh machine's run
 # from that session's records of the asked modes and tasks (engine decoder only; see seed()).
 # LONGCTX_TINY=1 runs a CPU-sized check of this script (SmolLM2, 1024 tokens, 1 item, 2 modes).
@@ -122,7 +126,7 @@ run_all() {
     cat "$OUT/env.txt"
     local args=(--tasks ${LONGCTX_TASKS:-all} --contexts ${LONGCTX_CONTEXTS:-4096 8192 16384 32768}
                 --items "${LONGCTX_ITEMS:-50}" --span "${LONGCTX_SPAN:-513}" --model qwen2.5-coder-0.5b
-                --device cuda --decoder "${LONGCTX_DECODER:-auto}" --out "$VL/out")
+                --device cuda --decoder "${LONGCTX_DECODER:-auto}" --batch "${LONGCTX_BATCH:-1}" --out "$VL/out")
     [ -n "${LONGCTX_MODES:-}" ] && args+=(--modes $LONGCTX_MODES)
     [ -n "${LONGCTX_PPL_TEXTS:-}" ] && args+=(--ppl-texts $LONGCTX_PPL_TEXTS)
     local left=$(( budget - ($(date +%s) - t0) ))

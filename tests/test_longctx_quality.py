@@ -481,6 +481,81 @@ def test_time_limit_stops_between_jobs(tmp_path):
     assert counts["records_new"] == 0 and counts["jobs_left"] == 4 and not counts["complete"]
 
 
+class BatchingFakeDecoder(FakeDecoder):
+    """A FakeDecoder with ``run_batch`` (each row as ``run``), recording (mode, rows) of every batch;
+    ``bad`` mode's batches raise."""
+
+    def __init__(self, bad=None):
+        super().__init__()
+        self.batches, self.bad = [], bad
+
+    def run_batch(self, states, mode, ctx, feeds, max_news, stops):
+        self.batches.append((mode.name, len(states)))
+        if mode.name == self.bad:
+            raise RuntimeError("this batch does not fit")
+        return [self.run(s, mode, ctx, f, n, stop=st) for s, f, n, st in zip(states, feeds, max_news, stops)]
+
+
+def _records(out, drop=("seconds", "phases")):
+    return {record_key(r): {k: v for k, v in r.items() if k not in drop}
+            for r in read_results(os.path.join(out, "results.jsonl"))}
+
+
+def test_batches_group_items_of_one_context_and_resume(tmp_path):
+    # jobs ns#0, ppl, ns#1, ns#2 at 512 tokens, then the same at 768: groups of up to 3 consecutive
+    # items of one context; a ppl job (after ns#0) and another context (after ns#2) close a group; ppl
+    # decodes alone
+    cfg = _cfg(tmp_path, contexts=[512, 768], batch=3)
+    one = FakeDecoder()
+    longctx.run(_cfg(tmp_path, contexts=[512, 768]), one, CODEC, str(tmp_path / "one"), model_shape=SHAPE,
+                pinned={}, progress=False)
+    dec = BatchingFakeDecoder()
+    counts = longctx.run(cfg, dec, CODEC, str(tmp_path / "two"), model_shape=SHAPE, pinned={}, progress=False)
+    assert counts["records_new"] == 16 and counts["complete"]
+    assert dec.batches == [("dense", 1), ("window-1/8", 1), ("dense", 2), ("window-1/8", 2)] * 2
+    assert dec.calls.count("dense") == 8 and dec.calls.count("window-1/8") == 8     # 6 items + 2 texts each
+    assert _records(str(tmp_path / "two")) == _records(str(tmp_path / "one"))
+    # a resumed run batches only the records still missing: a new mode, and one item's lost record
+    out = str(tmp_path / "resume")
+    cfg1 = _cfg(tmp_path, contexts=[512], modes=["dense"], mode_objs=select_modes(["dense"])[:1], batch=1)
+    longctx.run(cfg1, FakeDecoder(), CODEC, out, model_shape=SHAPE, pinned={}, progress=False)
+    recs = read_results(os.path.join(out, "results.jsonl"))
+    with open(os.path.join(out, "results.jsonl"), "w") as f:            # item 2's record lost
+        f.writelines(json.dumps(r) + "\n" for r in recs if r.get("item") != 2)
+    dec = BatchingFakeDecoder()
+    counts = longctx.run(_cfg(tmp_path, contexts=[512], batch=3), dec, CODEC, out, model_shape=SHAPE, pinned={},
+                         progress=False)
+    assert dec.batches == [("window-1/8", 1), ("dense", 1), ("window-1/8", 2)]
+    assert counts["records_new"] == 5 and counts["records_skipped"] == 3
+    assert counts["complete"]
+    assert _records(out) == {k: r for k, r in _records(str(tmp_path / "one")).items() if r["ctx"] == 512}
+
+
+def test_a_failing_batch_logs_each_item_and_counts_as_one_failure(tmp_path):
+    out = str(tmp_path / "run")
+    cfg = _cfg(tmp_path, tasks=["niah_single"], items=5, batch=2)
+    dec = BatchingFakeDecoder(bad="window-1/8")
+    counts = longctx.run(cfg, dec, CODEC, out, model_shape=SHAPE, pinned={}, progress=False)
+    # groups of 2, 2, 1: the mode failed twice (4 items) and was left out for the last group
+    assert dec.batches.count(("window-1/8", 2)) == 2 and ("window-1/8", 1) not in dec.batches
+    assert counts["records_failed"] == 4 and counts["records_new"] == 5 and not counts["complete"]
+    with open(os.path.join(out, "errors.jsonl")) as f:
+        errs = [json.loads(line) for line in f]
+    assert [e["item"] for e in errs] == [0, 1, 2, 3] and {e["mode"] for e in errs} == {"window-1/8"}
+    assert all("does not fit" in e["error"] for e in errs)
+    # the time limit is checked before each group
+    counts = longctx.run(_cfg(tmp_path, batch=2), BatchingFakeDecoder(), CODEC, str(tmp_path / "t"),
+                         model_shape=SHAPE, pinned={}, time_limit=1e-9, progress=False)
+    assert counts["records_new"] == 0 and counts["jobs_left"] == 4
+
+
+def test_batch_needs_a_decoder_that_batches(tmp_path):
+    with pytest.raises(VashistaInputError, match="--batch"):
+        longctx.run(_cfg(tmp_path, batch=2), FakeDecoder(), CODEC, str(tmp_path / "run"), model_shape=SHAPE,
+                    pinned={}, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 # ------------------------------------------------------------------------------------- report
 
 def _rec(task, ctx, which, mode, kind, budget, **kw):
@@ -663,6 +738,9 @@ def test_optional_texts_are_checked_against_their_record(tmp_path):
     (["--tasks", "ppl", "--contexts", "1024", "--budgets", "1/8", "--span", "900"], "--span"),
     (["--tasks", "ruler", "--haystack", "nope"], "--haystack"),
     (["--tasks", "ruler", "--model", "llama-70b"], "--model"),
+    (["--tasks", "ruler", "--batch", "0"], "--batch"),
+    (["--tasks", "ruler", "--batch", "-3"], "--batch"),
+    (["--tasks", "ruler", "--batch", "4", "--decoder", "hf"], "--batch"),
 ])
 def test_long_context_arguments_exit_2_naming_the_argument(argv, arg, capsys, tmp_path):
     from vashista_app.quality.cli import main
@@ -883,6 +961,165 @@ def test_engine_shadow_is_exact_attention_per_query_head():
     assert torch.equal(p[..., 33:], torch.zeros(1, 6, 7, dtype=torch.float64))
 
 
+# ------------------------------------------------------------------------------------- batched engine runs
+
+# three items of one context: ragged prefills, feeds of 8, 5 and 11 tokens, up to 4, 6 and 3 new
+# tokens; item 1 stops early through its stop predicate (after 2 of its 6)
+_BATCH = dict(prefix=(144, 135, 136), feed=(8, 5, 11), new=(4, 6, 3))
+
+
+def _batch_items(dec, device="cpu"):
+    g = torch.Generator().manual_seed(7)
+    items = []
+    for n, f in zip(_BATCH["prefix"], _BATCH["feed"]):
+        ids = torch.randint(2, 97, (n + f,), generator=g).tolist()
+        items.append((dec.prefill(ids[:n]), ids[n:]))
+    stops = [None, lambda gen: len(gen) == 2, None]
+    return items, stops
+
+
+def _batch_and_alone(dec, name, items, stops):
+    """(each item alone, the three in one batch) under mode ``name``."""
+    mode = parse_mode(name)
+    alone = [dec.run(st, mode, 160, fd, n, stop=s) for (st, fd), n, s in zip(items, _BATCH["new"], stops)]
+    batch = dec.run_batch([st for st, _ in items], mode, 160, [fd for _, fd in items], list(_BATCH["new"]), stops)
+    return alone, batch
+
+
+def _assert_batch_equals_alone(name, alone, batch, nll_tol=1e-6, err_rel=1e-6):
+    assert len(batch) == 3
+    for b, (a, r) in enumerate(zip(alone, batch)):
+        assert r.generated == a.generated and len(r.nll) == len(a.nll) == _BATCH["feed"][b] - 1, (name, b)
+        assert max(abs(x - y) for x, y in zip(a.nll, r.nll)) <= nll_tol, (name, b)
+        assert r.tol == a.tol and r.decoder == a.decoder, (name, b)
+        if name == "dense":
+            assert a.stats is None and r.stats is None
+            continue
+        sa, sr = a.stats.summary(), r.stats.summary()
+        # a row's own steps only: fed tokens and generated ones but the last (4 heads, one sparse layer)
+        assert sr["steps"] == sa["steps"] == 4 * (_BATCH["feed"][b] + len(a.generated) - 1), (name, b)
+        for k in ("certificate_violations", "overflow", "nonfinite", "fallback_rate"):
+            assert sr[k] == sa[k], (name, b, k)
+        # (a true error at float32 rounding, as after a fallback to dense, compares in absolute terms)
+        assert sr["max_true_error"] == pytest.approx(sa["max_true_error"], rel=err_rel, abs=1e-7), (name, b)
+        la, lr = a.stats.per_layer(), r.stats.per_layer()
+        assert [x["steps"] for x in lr] == [x["steps"] for x in la] and [x["layer"] for x in lr] == [1], (name, b)
+        assert [x["violations"] for x in lr] == [x["violations"] for x in la], (name, b)
+        assert r.stats.exceedance(TOL_GRID) == a.stats.exceedance(TOL_GRID), (name, b)
+    assert [len(a.generated) for a in alone] == [4, 2, 3]          # the stop predicate stopped item 1
+
+
+@pytest.fixture(scope="module")
+def batch_runs(tiny):
+    from vashista_app.quality.engine_decoder import EngineDecoder
+
+    class Tok:
+        eos_token_id = None
+    dec = EngineDecoder(tiny, Tok(), dense_layers=(0,))
+    items, stops = _batch_items(dec)
+    return dec, items, stops
+
+
+@pytest.mark.parametrize("name", ["dense", "cert-int8-1/8-report", "cert-int8-1/8-fallback@0.7", "paged-3/4",
+                                  "window-1/4"])
+def test_a_batch_decodes_each_item_as_alone(batch_runs, name):
+    # the host path (CPU); items of different feed lengths and max_new, one stopping early: each row's
+    # tokens, log-probabilities and statistics (its own steps only) are those of the item alone
+    dec, items, stops = batch_runs
+    alone, batch = _batch_and_alone(dec, name, items, stops)
+    _assert_batch_equals_alone(name, alone, batch)
+    if name == "cert-int8-1/8-fallback@0.7":                  # some heads fall back, not all
+        assert 0 < batch[0].stats.summary()["fallback_rate"] < 1
+    if name != "dense":                                        # the sparse steps really lose mass
+        assert min(r.stats.summary()["max_true_error"] for r in batch) > 1e-3
+
+
+def test_a_batch_stops_each_row_at_eos(tiny, batch_runs):
+    # EOS ends a row as it ends a lone run (the token is not kept; the row's other statistics stop there)
+    from vashista_app.quality.engine_decoder import EngineDecoder
+
+    dec, items, stops = batch_runs
+    alone, _ = _batch_and_alone(dec, "dense", items, stops)
+
+    class Tok:
+        eos_token_id = alone[0].generated[1]
+    eos = EngineDecoder(tiny, Tok(), dense_layers=(0,))
+    alone, batch = _batch_and_alone(eos, "paged-3/4", items, stops)
+    assert len(alone[0].generated) == 1 and Tok.eos_token_id not in sum((a.generated for a in alone), [])
+    for a, r in zip(alone, batch):
+        assert r.generated == a.generated and r.stats.summary()["steps"] == a.stats.summary()["steps"]
+        assert r.stats.exceedance(TOL_GRID) == a.stats.exceedance(TOL_GRID)
+
+
+def test_run_batch_arguments_are_checked(batch_runs):
+    dec, items, stops = batch_runs
+    st = [s for s, _ in items]
+    fd = [f for _, f in items]
+    mode = parse_mode("dense")
+    for args, arg in (((st, mode, 160, fd[:2], [1, 1, 1]), "feeds"), ((st, mode, 160, fd, [1, 1]), "max_news"),
+                      ((st, mode, 160, fd, [1, -1, 1]), "max_news"), ((st, mode, 160, [fd[0], [], fd[2]], [1] * 3), "feeds"),
+                      (([], mode, 160, [], []), "states"), ((st, parse_mode("window-1/4"), 160, fd, [1] * 3, [None]), "stops")):
+        with pytest.raises(VashistaInputError, match=arg):
+            dec.run_batch(*args)
+
+
+def _planned(monkeypatch):
+    """The engine decoder on the planned (device-only) path, its Triton kernels under TRITON_INTERPRET=1
+    on the CPU (as tests/test_fused_engine_step.py): the path a CUDA graph captures."""
+    from vashista_app.quality.engine_decoder import EngineDecoder
+
+    made = EngineDecoder._engine
+
+    def planned(self, *a, **kw):
+        eng = made(self, *a, **kw)
+        for p in eng.cache.pools:
+            p.backend = "triton"
+        eng.runner.cfg.planned = True
+        return eng
+    monkeypatch.setattr(EngineDecoder, "_engine", planned)
+
+
+def test_a_planned_batch_decodes_each_item_as_alone(batch_runs, monkeypatch):
+    # the planned path runs every row in one launch per kernel, with one padded length for the
+    # segment (the shadow's too): each row still equals its lone run (paged: the cheapest sparse mode
+    # interpreted, ~17 s; the certified step below is marked slow)
+    dec, items, stops = batch_runs
+    name = "paged-3/4"
+    _planned(monkeypatch)
+    alone, batch = _batch_and_alone(dec, name, items, stops)
+    _assert_batch_equals_alone(name, alone, batch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["cert-int8-1/8-report", "cert-int8-1/8-fallback@0.7"])
+def test_a_planned_certified_batch_decodes_each_item_as_alone(batch_runs, monkeypatch, name):
+    # the fused certified step and DenseFallback on the device, every row in one launch (~2 min each,
+    # interpreted; the fused certificates of this model all exceed 0.7: every head falls back)
+    dec, items, stops = batch_runs
+    _planned(monkeypatch)
+    alone, batch = _batch_and_alone(dec, name, items, stops)
+    _assert_batch_equals_alone(name, alone, batch)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["dense", "cert-int8-1/8-report", "cert-int8-1/8-fallback@0.7", "paged-3/4",
+                                  "window-1/4"])
+def test_a_captured_batch_decodes_each_item_as_alone_on_cuda(tiny, name):
+    # the CUDA graph of the batched step; a 3-row GEMM may round differently from a 1-row one, hence
+    # the looser tolerances on the log-probabilities and the true errors (everything counted is exact)
+    import copy
+
+    from vashista_app.quality.engine_decoder import EngineDecoder
+
+    class Tok:
+        eos_token_id = None
+    dec = EngineDecoder(copy.deepcopy(tiny).cuda(), Tok(), dense_layers=(0,))
+    items, stops = _batch_items(dec)
+    alone, batch = _batch_and_alone(dec, name, items, stops)
+    assert batch[0].decoder == "engine-graph"
+    _assert_batch_equals_alone(name, alone, batch, nll_tol=1e-5, err_rel=1e-4)
+
+
 @pytest.fixture(scope="module")
 def tiny_bytes():
     """A tiny random Llama over the byte vocabulary, so the suite's own items (ByteCodec) run through it."""
@@ -927,6 +1164,50 @@ def test_engine_and_hf_decoders_score_the_same_and_resume(tiny_bytes, tmp_path):
     counts = longctx.run(cfg, dec, CODEC, str(tmp_path / "engine"), model_shape=SHAPE, pinned=dict(seed=0),
                          progress=False)
     assert counts["records_new"] == 0 and counts["records_skipped"] == 2
+
+
+def _same_record(a: dict, b: dict, rel=1e-6):
+    """Two records equal: counts, tokens and text exactly; floats (errors, log-probabilities: a batch's
+    forward rounds differently from one row's) to ``rel``."""
+    assert a.keys() == b.keys()
+    for k in a:
+        x, y = a[k], b[k]
+        if isinstance(x, float) and isinstance(y, float):
+            assert y == pytest.approx(x, rel=rel, abs=1e-12), k
+        elif isinstance(x, list) and x and isinstance(x[0], dict):
+            for p, q in zip(x, y, strict=True):
+                _same_record(p, q, rel)
+        elif isinstance(x, list) and x and isinstance(x[0], float):
+            assert y == pytest.approx(x, rel=rel, abs=1e-12), k
+        else:
+            assert y == x, k
+
+
+def test_engine_batches_record_what_single_items_record(tiny_bytes, tmp_path):
+    # the suite on the engine decoder with --batch 2 (items of two tasks in one batch; ppl alone)
+    # against --batch 1: the same records but for the time
+    from vashista_app.quality.engine_decoder import EngineDecoder
+
+    class Tok:
+        eos_token_id = None
+    modes = select_modes(["cert-int8-1/8-report"])
+    recs = {}
+    for batch in (1, 2):
+        cfg = _cfg(tmp_path, tasks=["niah_single", "vt", "ppl"], contexts=[512], items=2,
+                   modes=[m.name for m in modes], mode_objs=modes, batch=batch)
+        dec = EngineDecoder(tiny_bytes, Tok(), dense_layers=[0])
+        rows, batched = [], dec.run_batch
+        dec.run_batch = lambda states, *a, **kw: rows.append(len(states)) or batched(states, *a, **kw)
+        counts = longctx.run(cfg, dec, CODEC, str(tmp_path / str(batch)), model_shape=SHAPE, pinned=dict(seed=0),
+                             progress=False)
+        assert counts["records_new"] == 10 and counts["complete"]
+        # jobs niah#0, vt#0, ppl, niah#1, vt#1; each of the two modes: [niah#0, vt#0], ppl, [niah#1, vt#1]
+        assert rows == ([1] * 10 if batch == 1 else [2, 2, 1, 1, 2, 2])
+        recs[batch] = _records(str(tmp_path / str(batch)))
+    assert recs[1].keys() == recs[2].keys() and len(recs[1]) == 10
+    for key, a in recs[1].items():
+        _same_record(a, recs[2][key])
+    assert {r["generated"] for r in recs[2].values() if r["task"] != "ppl"} != {0}
 
 
 def test_generate_model_preset_not_installed_is_one_line(tmp_path, monkeypatch, capsys):

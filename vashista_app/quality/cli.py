@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the long-context suite: niah_single niah_multikey niah_multivalue niah_multiquery "
                         "vt cwe ppl, or ruler (the six tasks) / all; --contexts then sizes every task")
     p.add_argument("--items", type=int, default=None, help="items per task and context (long-context suite; 50)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="items of one context decoded together, one engine run per mode (long-context suite, "
+                        "engine decoder; 1)")
     p.add_argument("--modes", nargs="+", default=None,
                    help="mode names or glob patterns (long-context suite; default: all 19 at 3 budgets); "
                         "NAME@t runs a fallback mode at tolerance t, e.g. 'cert-int8-*-fallback@0.3'")

@@ -41,10 +41,35 @@ accumulates them with no host synchronisation.
 A fallback mode runs DenseFallback at its own tolerance (``cert-...-fallback@t``) or the decoder's
 ``tol`` (the suite's ``--tol``), as the HF decoder does.
 
+Batches (``run_batch``; ``run`` is a batch of one; the suite's ``--batch``). Several items of one
+context decode together, one batch row each, in one engine: what they share is the fixed cost of a run
+— the engine's construction, the plan, the graph capture (its two eager steps) — and each step's
+fixed latency (one graph replay of the same launches, one host read per generated token), which does
+not grow with B; the attention's reads and the shadow's work do.
+What they do not share: each row's own prefill (copied into its own pages; ragged lengths, each row's
+next position is its length), its fed tokens (rows of different lengths: row b is fed while the step
+counter is below its feed's length, then takes its previous argmax), its ``max_new`` and ``stop``, its
+log-probabilities and its statistics. The step is one (B, 1) forward; nll and the argmax are written
+to (steps, B) device buffers, indexed by the 1-element step counter (no host synchronisation). Rows
+finish at different steps: the batch steps until its last row is done (a finished row keeps stepping,
+harmlessly — every row's pages are reserved for the longest row's steps), and each row's statistics
+are per row — its own ``StepStats``, shadow and exceedance accumulators (``_instrument``) — copied on
+the device when the row is done, so they count its own steps only. The float64 shadow checks every
+row in one batched gather (each row masked to its length); the window baseline runs row by row. On the
+CPU host path a sparse layer's attention runs one row at a time (that path reports its statistics per
+group of rows of equal Kc, which would not say whose they are); the planned (CUDA) path runs every row
+in one launch per kernel. There a segment has one
+Kc (the mode's, capped at the shortest row: the suite's budgets are far below any item's length) and
+one padded length (the longest row's reservation), so a row's step matches its lone run up to the
+rounding of a differently shaped launch. ``seconds`` and ``phases`` of a batched result are the
+batch's divided by its rows.
+
 Example::
 
     >>> dec = EngineDecoder(model, tok)                                   # doctest: +SKIP
     >>> r = dec.run(dec.prefill(item.context), parse_mode("cert-int8-1/16-fallback"), 32768, item.query, 12)
+    >>> rs = dec.run_batch([dec.prefill(it.context) for it in items], parse_mode("paged-1/16"), 32768,
+    ...                    [it.query for it in items], [it.max_new for it in items])   # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -77,7 +102,7 @@ def pick_decoder(name: str, device: str) -> str:
 
 
 class EngineStats:
-    """The statistics of one engine run, with the methods ``longctx.stats_fields`` reads
+    """The statistics of one row of an engine run (one item), with the methods ``longctx.stats_fields`` reads
     (``summary``, ``per_layer``, ``exceedance``, as ``hf.stats.DecodeStats``). ``step`` the engine's
     ``StepStats`` tensor (layers × STAT_FIELDS), ``shadow`` the (layers × 4) float64 shadow accumulators
     or None, ``exceed`` the (layers × len(TOL_GRID) × 2) exceedance counters, ``sparse`` the sparse
@@ -158,60 +183,113 @@ def window_attention(pool, sid, q, scale: float, sink: int, window: int, page_si
     return o.reshape(1, -1, o.shape[-1])
 
 
-def _instrument(runner, n_layers: int, device, shadow: bool, sparse: list[int]):
-    """Wrap ``runner.stats.add`` so every sparse layer's certificate is counted on ``TOL_GRID`` and, with
-    ``shadow``, ``runner.decode`` so every sparse layer's step is checked against the float64 dense
-    shadow and its true error counted on ``TOL_GRID`` (module doc). Device work only, in place
-    (capturable); batch of one row. Returns (shadow accumulators or None, exceedance counters)."""
+class _Instruments:
+    """The per-row statistics of one engine run of ``rows`` batch rows (:func:`_instrument`): for each
+    row its own ``StepStats`` (``steps[b]``), float64 shadow accumulators ``shadow[b]`` (layers × 4, or
+    None without the shadow) and exceedance counters ``exceed[b]`` (layers × len(TOL_GRID) × 2).
+    ``span`` = (first row, rows) that the statistics of the layer being decoded belong to: every row,
+    except while the host path decodes one row at a time."""
+
+    def __init__(self, rows: int, n_layers: int, device, shadow: bool, sparse: list[int]):
+        from vashista_gpu.engine.step import StepStats
+
+        self.rows, self.sparse = rows, sparse
+        self.steps = [StepStats(n_layers, device) for _ in range(rows)]
+        self.shadow = torch.zeros((rows, n_layers, 4), dtype=torch.float64, device=device) if shadow else None
+        self.exceed = torch.zeros((rows, n_layers, len(TOL_GRID), 2), dtype=torch.float64, device=device)
+        self.span = (0, rows)
+
+    def snapshot(self, b: int) -> tuple:
+        """Device copies of row ``b``'s accumulators now (no host synchronisation): taken when the row
+        is done, so the steps the batch runs after it (for its other rows) are not counted."""
+        return (self.steps[b].t.clone(), None if self.shadow is None else self.shadow[b].clone(),
+                self.exceed[b].clone())
+
+    def stats(self, snap: tuple) -> "EngineStats":
+        step, shadow, exceed = snap
+        return EngineStats(step, shadow, self.sparse, exceed)
+
+
+def _instrument(runner, n_layers: int, device, shadow: bool, sparse: list[int], rows: int = 1) -> _Instruments:
+    """Per-row statistics of a batch of ``rows`` rows (:class:`_Instruments`): wrap ``runner.stats.add``
+    so every sparse layer's certificate is counted, per row, into the row's ``StepStats`` and on
+    ``TOL_GRID`` and, with ``shadow``, ``runner.decode`` so every sparse layer's step is checked, for
+    every row, against the float64 dense shadow and its true error counted on ``TOL_GRID`` (module
+    doc). Device work only, in place (capturable). On the host path (CPU) a sparse layer's attention
+    runs one row at a time (``runner.decode`` called with one row declared in the cache), because the
+    host path splits the rows into groups of equal Kc, each reported by its own ``stats.add``; the
+    planned path reports every row in one call."""
     from vashista_gpu.hf.stats import ROUNDING, exact_attention
 
-    grid = torch.tensor(TOL_GRID, dtype=torch.float64, device=device)[:, None]   # once per run, before capture
-    exceed = torch.zeros((n_layers, len(TOL_GRID), 2), dtype=torch.float64, device=device)
-    acc = torch.zeros((n_layers, 4), dtype=torch.float64, device=device) if shadow else None
-    last = {}
-    add, decode = runner.stats.add, runner.decode
+    inst = _Instruments(rows, n_layers, device, shadow, sparse)
+    grid = torch.tensor(TOL_GRID, dtype=torch.float64, device=device)[None, :, None]   # once, before capture
+    # each layer's certificates of every row, the one each row's output reports (the shadow's reference)
+    cert = torch.zeros((n_layers, rows, runner.cache.n_q_heads), dtype=torch.float64, device=device)
+    decode, cache = runner.decode, runner.cache
 
     def above(x):
-        # not x <= t, as DenseFallback flags: a non-finite certificate exceeds every tolerance
-        return (~(x.double().flatten()[None] <= grid)).sum(-1)
+        # (n, len(TOL_GRID)) per row of x (n, Hq): not x <= t, as DenseFallback flags (a non-finite
+        # certificate exceeds every tolerance)
+        return (~(x.double().flatten(1)[:, None, :] <= grid)).sum(-1)
 
     def record(layer, err, leak, tol, fell=None, overflow=None):
-        last[layer] = err                       # the certificate the step reports for its output
-        exceed[layer, :, _EX_CERT].add_(above(err))
-        add(layer, err, leak, tol, fell=fell, overflow=overflow)
+        r0, n = inst.span
+        err, leak = err.reshape(n, -1), leak.reshape(n, -1)               # (n, Hq): one line per row
+        fell = None if fell is None else fell.reshape(n, -1)
+        overflow = None if overflow is None else overflow.reshape(n, -1)
+        cert[layer, r0:r0 + n].copy_(err)            # the certificate the step reports for its output
+        inst.exceed[r0:r0 + n, layer, :, _EX_CERT].add_(above(err))
+        for j in range(n):
+            inst.steps[r0 + j].add(layer, err[j:j + 1], leak[j:j + 1], tol,
+                                   fell=None if fell is None else fell[j:j + 1],
+                                   overflow=None if overflow is None else overflow[j:j + 1])
+
+    def by_row(layer, q, scale):
+        if runner.cfg.planned or rows == 1 or layer not in sparse:
+            return decode(layer, q, scale)
+        held, outs = cache.rows, []
+        try:
+            for b, sid in enumerate(held):
+                cache.begin([sid])
+                inst.span = (b, 1)
+                outs.append(decode(layer, q[b:b + 1], scale))
+        finally:
+            cache.begin(held)
+            inst.span = (0, rows)
+        return torch.cat(outs)
 
     def checked(layer, q, scale):
-        out = decode(layer, q, scale)
+        out = by_row(layer, q, scale)
         if layer not in sparse:
             return out
-        cache = runner.cache
         pool, S = cache.pools[layer], cache.page_size
-        sid = cache.rows[0]
-        # planned (graph) path: the segment's padded length, static; host path: the length now
-        # (this step's key already appended)
-        NP = math.ceil((runner.T_cap if runner.cfg.planned else pool.length(sid)) / S)
-        pages = pool.block_table[sid, :NP].long()
-        k = pool.k_pages[pages].permute(1, 0, 2, 3).reshape(1, pool.n_kv_heads, NP * S, -1)
-        v = pool.v_pages[pages].permute(1, 0, 2, 3).reshape(1, pool.n_kv_heads, NP * S, -1)
-        valid = torch.arange(NP * S, device=q.device)[None] < pool.seq_lens[sid].long()
+        idx = cache.row_idx.long()
+        # planned (graph) path: the segment's padded length, static; host path: the longest row now
+        # (this step's key already appended); each row masked to its own length
+        longest = runner.T_cap if runner.cfg.planned else max(pool.length(s) for s in cache.rows)
+        NP = math.ceil(longest / S)
+        pages = pool.block_table.index_select(0, idx)[:, :NP].long()                  # (rows, NP)
+        B, H = pages.shape[0], pool.n_kv_heads
+        k = pool.k_pages[pages].permute(0, 2, 1, 3, 4).reshape(B, H, NP * S, -1)
+        v = pool.v_pages[pages].permute(0, 2, 1, 3, 4).reshape(B, H, NP * S, -1)
+        valid = torch.arange(NP * S, device=q.device)[None] < pool.seq_lens.index_select(0, idx).long()[:, None]
         # unwritten slots are NaN in the pool: zero them so the masked positions stay exact zeros
         k, v = torch.nan_to_num(k), torch.nan_to_num(v)
         _, _, o, vmax = exact_attention(q, k, v, valid, scale)
-        te = (out.to(q.dtype).double() - o).norm(dim=-1)                   # (1, Hq): what the model reads
+        te = (out.to(q.dtype).double() - o).norm(dim=-1)                   # (rows, Hq): what the model reads
         allow = ROUNDING[torch.float64] * (vmax + o.norm(dim=-1))
-        viol = te > last[layer].double() + allow
-        a = acc[layer]
-        a[_SH_N] += te.numel()
-        a[_SH_SUM] += te.sum()
-        a[_SH_MAX:_SH_MAX + 1].copy_(torch.maximum(a[_SH_MAX:_SH_MAX + 1], te.max().view(1)))
-        a[_SH_VIOL] += viol.sum()
-        exceed[layer, :, _EX_TRUE].add_(above(te))
+        viol = te > cert[layer] + allow
+        a = inst.shadow[:, layer]                                          # (rows, 4): a view
+        a[:, _SH_N].add_(te.shape[1])
+        a[:, _SH_SUM].add_(te.sum(1))
+        a[:, _SH_MAX].copy_(torch.maximum(a[:, _SH_MAX], te.amax(1)))
+        a[:, _SH_VIOL].add_(viol.sum(1))
+        inst.exceed[:, layer, :, _EX_TRUE].add_(above(te))
         return out
 
     runner.stats.add = record
-    if shadow:
-        runner.decode = checked
-    return acc, exceed
+    runner.decode = checked if shadow else by_row
+    return inst
 
 
 class _PhaseClock:
@@ -251,7 +329,7 @@ class EngineDecoder:
     def prefill(self, ids: list[int]):
         return self.hf.prefill(ids)
 
-    def _engine(self, mode: Mode, ctx: int, total: int, tol: float | None):
+    def _engine(self, mode: Mode, ctx: int, total: int, tol: float | None, rows: int = 1):
         from vashista_gpu.engine import Engine
 
         s = mode_setting(mode, ctx)
@@ -259,7 +337,7 @@ class EngineDecoder:
         policy = ReportOnly() if tol is None else DenseFallback(tol)
         kind = "dense" if mode.kind == "window" else mode.kind       # the window replaces dense attention
         eng = Engine(self.model, mode=kind, bits=s.get("bits") or 4, budget=1.0, policy=policy,
-                     tol=self.tol if tol is None else tol, max_seqs=1, max_tokens=S * math.ceil(total / S),
+                     tol=self.tol if tol is None else tol, max_seqs=rows, max_tokens=S * math.ceil(total / S),
                      page_size=S, graph=self.graph, dense_layers=self.dense_layers, progress=False,
                      one_sided=True)    # the suite's modes: the one-sided bound, as every recorded run
         eng.runner.cfg.kc = s.get("Kc")
@@ -269,96 +347,148 @@ class EngineDecoder:
         return eng
 
     def _window(self, eng, sink: int, window: int):
-        """Route the sparse layers' decode attention to :func:`window_attention` (batch of one row)."""
+        """Route the sparse layers' decode attention to :func:`window_attention`, one row at a time."""
         runner, cache = eng.runner, eng.cache
         dense, tol = runner.decode, self.tol
         # no certificate: a vacuous one (error +inf, leakage 1) per (row, head), made once, not per step
-        inf = torch.full((1, cache.n_q_heads), float("inf"), dtype=torch.float64, device=eng.device)
+        inf = torch.full((cache.max_seqs, cache.n_q_heads), float("inf"), dtype=torch.float64, device=eng.device)
         one = torch.ones_like(inf)
 
         def windowed(layer, q, scale):
             if layer in self.dense_layers:
                 return dense(layer, q, scale)
-            out = window_attention(cache.pools[layer], cache.rows[0], q, scale, sink, window, cache.page_size)
-            runner.stats.add(layer, inf, one, tol)
+            rows = cache.rows
+            out = torch.cat([window_attention(cache.pools[layer], sid, q[b:b + 1], scale, sink, window, cache.page_size)
+                             for b, sid in enumerate(rows)])
+            runner.stats.add(layer, inf[:len(rows)], one[:len(rows)], tol)
             return out
         runner.decode = windowed
 
     def run(self, state, mode: Mode, ctx: int, feed: list[int], max_new: int, stop=None) -> DecodeResult:
+        """One item: :meth:`run_batch` of one row."""
+        return self.run_batch([state], mode, ctx, [feed], [max_new], [stop])[0]
+
+    def run_batch(self, states, mode: Mode, ctx: int, feeds, max_news, stops=None) -> list[DecodeResult]:
+        """Decode several items of one context together, one batch row each (module doc, "Batches"):
+        row b starts from its prefill ``states[b]``, is fed ``feeds[b]`` and generates up to
+        ``max_news[b]`` tokens, stopping at EOS or when ``stops[b](generated)`` says so (None: never).
+        Returns one :class:`DecodeResult` per row, as :meth:`run` on that item alone gives (its tokens,
+        log-probabilities and statistics of its own steps); ``seconds`` and ``phases`` are the batch's
+        divided by its rows (the rows' shares of the time are not separable)."""
         if mode.kind not in ENGINE_KINDS:
             raise VashistaInputError("mode", f"the engine decoder runs {ENGINE_KINDS}, got {mode.kind!r}")
+        states = list(states)
+        B = len(states)
+        if B == 0:
+            raise VashistaInputError("states", "expected at least one prefill state")
+        stops = [None] * B if stops is None else list(stops)
+        feeds = [[int(t) for t in f] for f in feeds]
+        max_news = list(max_news)
+        for name, xs in (("feeds", feeds), ("max_news", max_news), ("stops", stops)):
+            if len(xs) != B:
+                raise VashistaInputError(name, f"expected one per state ({B}), got {len(xs)}")
+        if any(len(f) == 0 for f in feeds):
+            raise VashistaInputError("feeds", "every row needs at least one fed token")
+        if any(isinstance(m, bool) or not isinstance(m, int) or m < 0 for m in max_news):
+            raise VashistaInputError("max_news", f"expected integers >= 0, got {max_news}")
         t0 = time.perf_counter()
-        n0 = state.get_seq_length()
-        feed = [int(t) for t in feed]
-        total = n0 + len(feed) + max_new
+        n0 = [st.get_seq_length() for st in states]
+        # every row's reservation covers the longest row's steps: a row that is done keeps stepping
+        # with the others (one row: the tokens of the run, as before batching)
+        reach = max(len(f) + m for f, m in zip(feeds, max_news))
+        totals = [n + reach for n in n0]
         clock = _PhaseClock(self.device)
         tol = mode_tol(mode, self.tol)
-        eng = self._engine(mode, ctx, total, tol)
+        eng = self._engine(mode, ctx, max(totals), tol, B)
         clock.lap("engine")
         with eng, torch.no_grad():
-            nll, gen, stats = self._decode(eng, mode, state, n0, feed, max_new, stop, clock)
-        return DecodeResult(nll=nll, generated=gen, stats=stats, seconds=time.perf_counter() - t0,
-                            decoder="engine-graph" if eng.graph else "engine", phases=clock.laps, tol=tol)
+            rows = self._decode(eng, mode, states, n0, totals, feeds, max_news, stops, clock)
+        seconds = (time.perf_counter() - t0) / B
+        phases = {k: round(v / B, 4) for k, v in clock.laps.items()}
+        return [DecodeResult(nll=nll, generated=gen, stats=stats, seconds=seconds,
+                             decoder="engine-graph" if eng.graph else "engine", phases=phases, tol=tol)
+                for nll, gen, stats in rows]
 
-    def _decode(self, eng, mode: Mode, state, n0, feed, max_new, stop, clock):
+    def _decode(self, eng, mode: Mode, states, n0, totals, feeds, max_news, stops, clock):
         cache, dev = eng.cache, eng.device
-        sid = cache.add_sequence(n0 + len(feed) + max_new)
-        cache.begin([sid], None, position=n0)
-        for i, pool in enumerate(cache.pools):               # the shared dense prefill, copied in
-            layer = state.layers[i]
-            pool.append(sid, layer.keys[0].transpose(0, 1), layer.values[0].transpose(0, 1))
-        eng.reserved[sid] = n0 + len(feed) + max_new
-        eng.plan_segment([sid])
+        B = len(states)
+        sids = [cache.add_sequence(t) for t in totals]
+        cache.begin(sids, None, position=max(n0))
+        for sid, state in zip(sids, states):
+            for i, pool in enumerate(cache.pools):           # each row's dense prefill, copied in
+                layer = state.layers[i]
+                pool.append(sid, layer.keys[0].transpose(0, 1), layer.values[0].transpose(0, 1))
+        for sid, t in zip(sids, totals):
+            eng.reserved[sid] = t
+        eng.plan_segment(sids)
         # the layers whose attention is not exact: every layer but the dense ones, none in dense mode
         sparse = [] if mode.kind == "dense" else [L for L in range(cache.n_layers) if L not in self.dense_layers]
-        shadow, exceed = _instrument(eng.runner, cache.n_layers, dev, self.shadow, sparse)
+        inst = _instrument(eng.runner, cache.n_layers, dev, self.shadow, sparse, rows=B)
         clock.lap("copy_and_plan")
-        nf = len(feed)
-        steps = nf + max(max_new - 1, 0)                      # the last greedy token needs no step
-        feed_t = torch.tensor(feed + [feed[-1]], dtype=torch.long, device=dev)
-        # the step counter and every index are 1-element device tensors: indexing with a 0-d tensor
-        # would read it on the host, which a captured graph cannot do
+        nf = [len(f) for f in feeds]
+        # steps of the batch: until its last row is done (the last greedy token of a row needs no step)
+        steps = max(n + max(m - 1, 0) for n, m in zip(nf, max_news))
+        width = max(nf) + 1
+        # row b's fed tokens, then its last one repeated (read only as the target of a step past its feed)
+        feed_t = torch.tensor([f + [f[-1]] * (width - len(f)) for f in feeds], dtype=torch.long, device=dev)
+        nf_t = torch.tensor(nf, dtype=torch.long, device=dev)
+        # the step counter and every index are device tensors: indexing with a 0-d tensor would read
+        # it on the host, which a captured graph cannot do
         i = torch.zeros(1, dtype=torch.long, device=dev)
-        nll = torch.zeros(max(steps, 1), dtype=torch.float64, device=dev)
-        top = torch.zeros(max(steps, 1), dtype=torch.long, device=dev)
+        nll = torch.zeros((max(steps, 1), B), dtype=torch.float64, device=dev)
+        top = torch.zeros((max(steps, 1), B), dtype=torch.long, device=dev)
         pool0 = cache.pools[0]
 
         def step():
-            # input: the fed token while feeding, then the previous step's argmax (greedy)
-            tok = torch.where(i < nf, feed_t.index_select(0, i.clamp(max=nf)), top.index_select(0, (i - 1).clamp(min=0)))
+            # input of row b: its fed token while it is fed, then its previous step's argmax (greedy)
+            fed = feed_t.gather(1, torch.minimum(i, nf_t)[:, None])[:, 0]
+            tok = torch.where(i < nf_t, fed, top.index_select(0, (i - 1).clamp(min=0))[0])
             pos = pool0.seq_lens[cache.row_idx.long()].long()[:, None]
-            logits = eng._forward(tok.view(1, 1), pos)[0].double()
+            logits = eng._forward(tok.view(B, 1), pos).double()             # (B, vocab)
             lp = torch.log_softmax(logits, -1)
-            nll.index_copy_(0, i, -lp.index_select(0, feed_t.index_select(0, (i + 1).clamp(max=nf))))
-            top.index_copy_(0, i, torch.argmax(logits).view(1))
+            target = feed_t.gather(1, torch.minimum(i + 1, nf_t)[:, None])
+            nll.index_copy_(0, i, -lp.gather(1, target).view(1, B))
+            top.index_copy_(0, i, torch.argmax(logits, -1).view(1, B))
             i.add_(1)
 
-        if eng.graph and nf >= 2 and steps >= 3:
+        if eng.graph and min(nf) >= 2 and steps >= 3:
             from vashista_gpu.cuda_graph import capture
             replay = capture(step)                 # runs two real steps (feed tokens 0 and 1), then captures
             done = 2
         else:
             replay, done = step, 0
         clock.lap("capture")
-        while done < nf:                            # teacher forcing: no host synchronisation
+        while done < min(nf):                       # teacher forcing of every row: no host synchronisation
             replay()
             done += 1
         clock.lap("feed")
-        gen: list[int] = []
-        if max_new > 0:
-            while True:                                   # greedy: one host read per token for stop/eos
-                nxt = int(top[done - 1])
-                if nxt == self.eos:
-                    break
-                gen.append(nxt)
-                if len(gen) == max_new or (stop is not None and stop(gen)):
-                    break
-                replay()
-                done += 1
+        gen: list[list[int]] = [[] for _ in range(B)]
+        snaps: list = [None] * B
+        live = set(range(B))
+        while True:
+            # a row is done once its last greedy token is known (EOS, max_new, stop); its statistics are
+            # taken then, on the device, so the batch's later steps (for the other rows) are not counted
+            ready = sorted(b for b in live if done >= nf[b])
+            newest = top[done - 1].tolist() if any(max_news[b] > 0 for b in ready) else None  # one host read
+            for b in ready:
+                if max_news[b] > 0:
+                    nxt = newest[b]
+                    if nxt != self.eos:
+                        gen[b].append(nxt)
+                    if not (nxt == self.eos or len(gen[b]) == max_news[b]
+                            or (stops[b] is not None and stops[b](gen[b]))):
+                        continue
+                snaps[b] = inst.snapshot(b)
+                live.discard(b)
+            if not live:
+                break
+            replay()
+            done += 1
         clock.lap("generate")
         eng._sync()
         if eng.runner.cfg.mode == "certified":
             eng.check_sketch()
-        stats = None if mode.kind == "dense" else EngineStats(eng.runner.stats.t, shadow, sparse, exceed)
+        out = [(nll[:nf[b] - 1, b].tolist(), gen[b], None if mode.kind == "dense" else inst.stats(snaps[b]))
+               for b in range(B)]
         clock.lap("stats")
-        return nll[:nf - 1].tolist(), gen, stats
+        return out

@@ -9,6 +9,14 @@ the mode it was in: run the same command again and every (job, mode) already in 
 (``--fresh`` starts over). ``OUT/config.json`` pins what the items depend on (seed, haystack, model,
 dense layers, span, tolerance); resuming with another one is refused.
 
+Batches (``--batch N``, default 1): up to N consecutive item jobs of one context are prefilled once
+each and decoded together under each mode, one engine run per (group, mode) with one row per item
+(``EngineDecoder.run_batch``), so the engine's fixed cost per run and its per-step latency are shared
+by N items; every item still gets its own record, the same as with ``--batch 1`` but for ``seconds``
+and ``phases`` (the batch's, divided by its rows) — on CUDA up to the rounding of differently shaped
+launches (``engine_decoder.py``, "Batches"). Perplexity jobs stay single. The HF decoder has no
+batches: ``--batch`` > 1 is refused with it.
+
 Perplexity: a window of ``ctx`` tokens of each text; the first ``ctx - span`` tokens are prefilled, the
 last ``span`` fed one decode step at a time, scoring the ``span - 1`` tokens that decode steps predict
 (``--span 513`` scores 512), so every scored token goes through the mode's sparse steps.
@@ -31,6 +39,7 @@ Example::
 
     vashista quality --tasks all --contexts 4096 --items 5 --modes dense 'cert-int8-1/16-*' paged-1/16 \\
         window-1/16 --out results/longctx_cpu
+    vashista quality --tasks all --contexts 32768 --items 50 --batch 8 --out results/longctx_gpu   # on CUDA
     vashista quality --tasks all --contexts 4096 --items 5 --modes dense 'cert-int8-1/16-*' \\
         'cert-int8-1/16-fallback@0.3' --out results/longctx_cpu          # resumes: only the new mode runs
 """
@@ -113,9 +122,15 @@ def check_args(args, max_context: int | None = None) -> dict:
             raise VashistaInputError("--ppl-texts", f"{t!r} is not available (have: {', '.join(have)})")
     if not (math.isfinite(args.tol) and args.tol >= 0):
         raise VashistaInputError("--tol", "must be finite and >= 0")
+    batch = 1 if getattr(args, "batch", None) is None else args.batch
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise VashistaInputError("--batch", f"must be an integer >= 1, got {batch!r}")
+    if batch > 1 and getattr(args, "decoder", "auto") == "hf":
+        raise VashistaInputError("--batch", "the HF decoder decodes one item at a time; batching items needs the "
+                                            "engine decoder (--decoder engine or auto on CUDA): use --batch 1 with hf")
     return dict(tasks=tasks, contexts=sorted(contexts), items=items, modes=[m.name for m in modes],
                 mode_objs=modes, span=span, haystack=hay, ppl_texts=ppl_texts, seed=args.seed, tol=args.tol,
-                dense_layers=list(args.dense_layers), text_dir=args.text_dir)
+                dense_layers=list(args.dense_layers), text_dir=args.text_dir, batch=batch)
 
 
 # ----------------------------------------------------------------------------------------- one record
@@ -201,43 +216,88 @@ def _fatal(e: BaseException) -> bool:
 
 
 class _Failures:
-    """One (job, mode) whose decode raised is logged to ``OUT/errors.jsonl`` and not recorded, so a
-    later run retries it; the run goes on with the other modes and jobs."""
+    """A decode that raised is logged to ``OUT/errors.jsonl``, one line per (job, mode) it was for (a
+    batch: each of its items), and not recorded, so a later run retries them; the run goes on with the
+    other modes and jobs. A mode is left out after ``MAX_MODE_FAILURES`` failed decodes (a batch's
+    failure is one)."""
 
     def __init__(self, out: str):
         self.path = os.path.join(out, "errors.jsonl")
         self.per_mode: dict[str, int] = {}
+        self.records = 0
 
     def skip(self, mode) -> bool:
         return self.per_mode.get(mode.name, 0) >= MAX_MODE_FAILURES
 
-    def log(self, e: Exception, mode, **where) -> None:
+    def log(self, e: Exception, mode, wheres: list[dict]) -> None:
         import traceback
 
         self.per_mode[mode.name] = self.per_mode.get(mode.name, 0) + 1
-        rec = dict(where, mode=mode.name, error=f"{type(e).__name__}: {e}"[:2000],
+        self.records += len(wheres)
+        err = dict(mode=mode.name, error=f"{type(e).__name__}: {e}"[:2000],
                    traceback="".join(traceback.format_exception(e)[-6:])[-4000:],
                    time=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
         with open(self.path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+            for where in wheres:
+                f.write(json.dumps(dict(where, **err)) + "\n")
         gone = " (left out for the rest of this run)" if self.skip(mode) else ""
-        print(f"[quality] {mode.name} failed on {where}: {rec['error'][:300]}{gone}; see {self.path}",
+        on = wheres[0] if len(wheres) == 1 else f"a batch of {len(wheres)} items from {wheres[0]}"
+        print(f"[quality] {mode.name} failed on {on}: {err['error'][:300]}{gone}; see {self.path}",
               file=sys.stderr, flush=True)
         if "OutOfMemory" in type(e).__name__:
             import torch
             torch.cuda.empty_cache()
 
     def total(self) -> int:
-        return sum(self.per_mode.values())
+        """The (job, mode) records that failed."""
+        return self.records
+
+
+def _units(jobs: list[tuple], todo_of, batch: int):
+    """The run's units of work in job order: (index of its first job, [(job, modes to do)]). A ppl job
+    is a unit of its own; up to ``batch`` consecutive item jobs of one context form one (a ppl job or
+    another context closes a group). A job with nothing to do (``todo_of`` empty) is in none."""
+    group: list = []
+    first = 0
+    for n, job in enumerate(jobs):
+        todo = todo_of(job)
+        if not todo:
+            continue
+        if group and (job[0] == PPL or job[1] != group[0][0][1]):
+            yield first, group
+            group = []
+        if job[0] == PPL:
+            yield n, [(job, todo)]
+            continue
+        if not group:
+            first = n
+        group.append((job, todo))
+        if len(group) == batch:
+            yield first, group
+            group = []
+    if group:
+        yield first, group
 
 
 def run(cfg: dict, decoder, codec, out: str, *, model_shape: dict, pinned: dict, fresh: bool = False,
         time_limit: float | None = None, progress: bool = True) -> dict:
     """Run every (job, mode) not yet in ``OUT/results.jsonl``; returns counts (done, skipped, left,
     failed: a decode that raised is logged to ``OUT/errors.jsonl``, not recorded, and retried by the
-    next run; a mode failing ``MAX_MODE_FAILURES`` times is left out for the rest of the run)."""
+    next run; a mode failing ``MAX_MODE_FAILURES`` times is left out for the rest of the run).
+
+    ``cfg["batch"]`` (``--batch``, default 1): with N > 1, up to N consecutive item jobs of one context
+    (any tasks; ppl jobs stay single) are decoded together (``_units``): each item is prefilled once,
+    then for every mode the items of the group whose record of that mode is not yet in the file run as
+    one batch (``decoder.run_batch``: the engine decoder only, ``engine_decoder.py``), and each gets its
+    own record, as with N = 1. A failing batch logs its error for each of its items. The time limit is
+    checked before each group, so one group (all its modes) may overrun it."""
     from tqdm import tqdm
 
+    batch = cfg.get("batch", 1)
+    if batch > 1 and not hasattr(decoder, "run_batch"):
+        raise VashistaInputError("--batch", f"the {getattr(decoder, 'name', type(decoder).__name__)} decoder "
+                                            f"decodes one item at a time; batching items needs the engine decoder "
+                                            f"(--decoder engine): use --batch 1 here")
     t0 = time.time()
     pin_config(out, pinned, fresh)
     res = ResultsFile(os.path.join(out, "results.jsonl"))
@@ -247,28 +307,31 @@ def run(cfg: dict, decoder, codec, out: str, *, model_shape: dict, pinned: dict,
     hay = None
     counts = dict(records_new=0, records_skipped=0, jobs_left=0, records_failed=0)
     failures = _Failures(out)
+    bar = tqdm(total=len(jobs), desc="quality", file=sys.stderr, disable=not progress, mininterval=5, unit="job")
 
-    def attempt(state, m, where, *args, **kw):
+    def todo_of(job):
+        bar.update(1)
+        todo = [m for m in modes if (*job, m.name) not in res.done]
+        counts["records_skipped"] += len(modes) - len(todo)
+        return todo
+
+    def attempt(m, wheres, decode):
         if failures.skip(m):
             return None
         try:
-            return decoder.run(state, m, *args, **kw)
+            return decode()
         except Exception as e:          # noqa: BLE001 — one (job, mode) must not end a long run
             if _fatal(e):
                 raise
-            failures.log(e, m, **where)
+            failures.log(e, m, wheres)
             return None
-    bar = tqdm(jobs, desc="quality", file=sys.stderr, disable=not progress, mininterval=5, unit="job")
-    for n, (task, ctx, which) in enumerate(bar):
-        todo = [m for m in modes if (task, ctx, which, m.name) not in res.done]
-        counts["records_skipped"] += len(modes) - len(todo)
-        if not todo:
-            continue
+    for first, unit in _units(jobs, todo_of, batch):
         if time_limit is not None and time.time() - t0 > time_limit:
-            counts["jobs_left"] = len(jobs) - n
+            counts["jobs_left"] = len(jobs) - first
             print(f"[quality] time limit {time_limit:g} s: {counts['jobs_left']} jobs left; run again to resume",
                   file=sys.stderr, flush=True)
             break
+        (task, ctx, which), todo = unit[0]
         if task == PPL:
             if which not in texts:
                 texts[which] = codec.encode(haystacks.load(which, cfg["text_dir"]))
@@ -279,7 +342,8 @@ def run(cfg: dict, decoder, codec, out: str, *, model_shape: dict, pinned: dict,
             state = decoder.prefill(ids[:ctx - span])
             for m in todo:
                 bar.set_postfix_str(f"{task} {ctx} {which} {m.name}")
-                r = attempt(state, m, dict(task=PPL, ctx=ctx, text=which), ctx, ids[ctx - span:ctx], 0)
+                r = attempt(m, [dict(task=PPL, ctx=ctx, text=which)],
+                            lambda: decoder.run(state, m, ctx, ids[ctx - span:ctx], 0))
                 if r is None:
                     continue
                 nll = sum(r.nll)
@@ -290,20 +354,35 @@ def run(cfg: dict, decoder, codec, out: str, *, model_shape: dict, pinned: dict,
             continue
         if hay is None:
             hay = Haystack(codec, haystacks.load(cfg["haystack"], cfg["text_dir"]), cfg["haystack"])
-        item = make_item(task, ctx, which, codec, hay, seed=cfg["seed"])
-        state = decoder.prefill(item.context)
-        stop = (lambda g, it=item: string_match_all(codec.decode(g), it.answers) == 1.0)
-        for m in todo:
-            bar.set_postfix_str(f"{task} {ctx} #{which} {m.name}")
-            r = attempt(state, m, dict(task=task, ctx=ctx, item=which), ctx, item.query, item.max_new, stop=stop)
-            if r is None:
+        items = [make_item(t, c, w, codec, hay, seed=cfg["seed"]) for (t, c, w), _ in unit]
+        states = [decoder.prefill(it.context) for it in items]
+        stops = [(lambda g, it=it: string_match_all(codec.decode(g), it.answers) == 1.0) for it in items]
+        for m in modes:
+            rows = [k for k, (_, todo) in enumerate(unit) if m in todo]
+            if not rows:
                 continue
-            pred = codec.decode(r.generated)
-            res.append(dict(task=task, ctx=ctx, item=which, **_mode_fields(m, r), score=score(item, pred),
-                            prediction=pred, answers=item.answers,
-                            depth=item.depths[0] if item.depths else None, generated=len(r.generated),
-                            seconds=round(r.seconds, 2), **stats_fields(r.stats, m, ctx, model_shape)))
-            counts["records_new"] += 1
+            wheres = [dict(task=unit[k][0][0], ctx=ctx, item=unit[k][0][2]) for k in rows]
+            bar.set_postfix_str(f"{wheres[0]['task']} {ctx} #{wheres[0]['item']}"
+                                + (f" +{len(rows) - 1}" if len(rows) > 1 else "") + f" {m.name}")
+            if batch == 1:
+                (k,) = rows
+                rs = attempt(m, wheres, lambda: [decoder.run(states[k], m, ctx, items[k].query, items[k].max_new,
+                                                             stop=stops[k])])
+            else:
+                rs = attempt(m, wheres, lambda: decoder.run_batch([states[k] for k in rows], m, ctx,
+                                                                  [items[k].query for k in rows],
+                                                                  [items[k].max_new for k in rows],
+                                                                  [stops[k] for k in rows]))
+            if rs is None:
+                continue
+            for k, r in zip(rows, rs):
+                item, pred = items[k], codec.decode(r.generated)
+                # a batched record's seconds (and phases) are the batch's divided by its rows (run_batch)
+                res.append(dict(task=unit[k][0][0], ctx=ctx, item=unit[k][0][2], **_mode_fields(m, r),
+                                score=score(item, pred), prediction=pred, answers=item.answers,
+                                depth=item.depths[0] if item.depths else None, generated=len(r.generated),
+                                seconds=round(r.seconds, 2), **stats_fields(r.stats, m, ctx, model_shape)))
+                counts["records_new"] += 1
     bar.close()
     counts["records_failed"] = failures.total()
     counts["seconds"] = round(time.time() - t0, 1)
