@@ -14,6 +14,7 @@ launches on a GPU is compiled to a cubin here, in the configurations its launche
   chunks; ``kernels/row_vmax.py``);
 * the decode append (``kernels/append_step.py``: the append with a 4-/8-bit sketch or none, and the
   length advance);
+* the fused step's sketch check (``kernels/sketch_check.py``);
 * DenseFallback and the statistics (``kernels/flag_pairs.py``; ``kernels/paged_dense.py``'s split,
   persistent pairs and combine kernels; ``kernels/step_stats.py``).
 
@@ -162,8 +163,16 @@ def _stats_cases():
         yield "_step_stats_kernel", types, dict(HAS_FELL=fell, HAS_OVF=True, BLOCK=bl, NB=-(-r // bl)), W4
 
 
+def _check_cases():
+    # the fused step's sketch check: bf16 keys with a 4-bit float16-metadata sketch, float32 keys with 8-bit
+    for kdt, meta, bits in (("*bf16", "*fp16", 4), ("*fp32", "*fp32", 8)):
+        types = dict(k_ptr=kdt, codes_ptr="*u8", off_ptr=meta, step_ptr=meta, flag_ptr="*i32", T=I32, n=I32,
+                     Gr=I32, group=I32, skh="i64", skt="i64", skd="i64")
+        yield "_sketch_check_kernel", types, dict(D=128, W=128 * bits // 8, BITS=bits, BN=32, BD=128), W4
+
+
 K = "vashista_gpu.kernels."
-CASES = {"select_topk": (K + "select_topk", _select_cases), "sketch_scan": (K + "sketch_scan", _scan_cases),
+CASES = {"sketch_check": (K + "sketch_check", _check_cases),"select_topk": (K + "select_topk", _select_cases), "sketch_scan": (K + "sketch_scan", _scan_cases),
          "rescore": (K + "rescore", _rescore_cases), "cert_tail": (K + "cert_tail", _cert_tail_cases),
          "row_lse": (K + "row_lse", _row_lse_cases), "row_vmax": (K + "row_vmax", _row_vmax_cases),
          "append_step": (K + "append_step", _append_cases), "flag_pairs": (K + "flag_pairs", _flag_cases),
@@ -229,7 +238,7 @@ def reports():
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("name,count", [("select_topk", 4), ("sketch_scan", 10), ("rescore", 3), ("cert_tail", 4),
+@pytest.mark.parametrize("name,count", [("sketch_check", 2), ("select_topk", 4), ("sketch_scan", 10), ("rescore", 3), ("cert_tail", 4),
                                         ("row_lse", 2), ("row_vmax", 1), ("append_step", 5), ("flag_pairs", 2),
                                         ("paged_dense", 6), ("step_stats", 2)])
 def test_kernels_compile_for_sm90(reports, name, count):

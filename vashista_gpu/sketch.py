@@ -643,7 +643,11 @@ def sketch_mismatch(K: torch.Tensor, codes: torch.Tensor, offset: torch.Tensor, 
     """0-dim bool tensor on K's device, True when a strided sample of ``sample`` tokens of keys K
     (H, T, D) is not within half a quantization step of the sketch's dequantization
     offset + step·code (what the sketch bounds assume): a stale or foreign sketch. Float64, no host
-    synchronisation (the caller decides whether to read it)."""
+    synchronisation (the caller decides whether to read it). On CUDA one Triton launch
+    (``kernels/sketch_check.py``, the same test); this torch form elsewhere."""
+    if K.is_cuda:
+        from .kernels.sketch_check import sketch_mismatch_flag
+        return sketch_mismatch_flag(K, codes, offset, step, bits=bits, group=group, sample=sample)
     H, T, D = K.shape
     n = min(T, sample)
     tok = torch.div(torch.arange(n, device=K.device) * T, n, rounding_mode="floor")
