@@ -590,7 +590,7 @@ def test_report_on_a_synthetic_results_file(tmp_path):
     assert s["modes"]["window-1/16"]["accuracy"] == pytest.approx(25.0)
     assert s["modes"]["cert-int8-1/16-fallback"]["fallback_rate"] == pytest.approx(0.25)
     acc = open(tmp_path / "r" / "accuracy.csv").read().splitlines()
-    assert "window-1/16,niah_single,4096,4,25.0,-75.0" in acc
+    assert "window-1/16,niah_single,4096,4,25.0,-75.0,4,25.0" in acc
     ppl = open(tmp_path / "r" / "perplexity.csv").read()
     assert "window-1/16,prose,4096,512,11.0,10.0" in ppl
     layers = open(tmp_path / "r" / "per_layer.csv").read().splitlines()
@@ -598,6 +598,21 @@ def test_report_on_a_synthetic_results_file(tmp_path):
     for f in ("accuracy_vs_context.png", "accuracy_vs_bytes.png", "summary.md", "summary.json", "modes.csv"):
         assert os.path.getsize(tmp_path / "r" / f) > 0
     assert "| window-1/16 |" in open(tmp_path / "r" / "summary.md").read()
+
+
+def test_modes_are_compared_on_the_items_every_mode_has():
+    # a run cut short leaves one mode with fewer items: its own accuracy is over those, the modes table
+    # and the figures compare every mode on the shared items only
+    recs = [dict(task="niah_single", ctx=4096, item=i, mode="dense", score=1.0) for i in range(4)]
+    recs += [dict(task="niah_single", ctx=4096, item=i, mode="paged-1/16", score=1.0 if i < 2 else 0.0)
+             for i in range(4)]
+    recs += [dict(task="niah_single", ctx=4096, item=i, mode="cert-int8-1/16-report", score=1.0) for i in (0, 1)]
+    rows = {r["mode"]: r for r in longctx_report.accuracy_rows(recs)}
+    assert rows["paged-1/16"]["accuracy"] == pytest.approx(50.0)
+    assert rows["paged-1/16"]["shared_items"] == 2 and rows["paged-1/16"]["accuracy_shared"] == pytest.approx(100.0)
+    assert rows["cert-int8-1/16-report"]["items"] == 2
+    assert rows["cert-int8-1/16-report"]["accuracy_shared"] == pytest.approx(100.0)
+    assert rows["dense"]["accuracy_shared"] == pytest.approx(100.0)
 
 
 def test_report_shows_the_tolerance_trade_off(tmp_path):

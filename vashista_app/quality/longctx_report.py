@@ -2,10 +2,11 @@
 
 Writes to the run's folder:
 
-* ``accuracy.csv`` — per mode, task and context: items, accuracy (RULER: mean score x 100), and the
-  difference to dense on the same items;
+* ``accuracy.csv`` — per mode, task and context: items, accuracy (RULER: mean score x 100), the
+  difference to dense on the same items, and the accuracy on the items every mode has
+  (``shared_items``, ``accuracy_shared``: what ``modes.csv`` and the figures average);
 * ``perplexity.csv`` — per mode, text and context: scored tokens, PPL, PPL change vs dense (%);
-* ``modes.csv`` — per mode: mean accuracy over tasks and contexts, decode steps checked, certificate
+* ``modes.csv`` — per mode: mean accuracy over tasks and contexts (on the items every mode has), decode steps checked, certificate
   violations (0 expected), fallback rate, bytes read per token relative to dense, max true error;
 * ``per_layer.csv`` — per mode and layer: steps, fallback rate, mean certified and true error;
 * ``tolerance.csv`` — per sparse mode, context and tolerance t of the records' grid (``modes.TOL_GRID``):
@@ -50,17 +51,26 @@ def _mean(xs):
 
 
 def accuracy_rows(recs: list[dict]) -> list[dict]:
+    """Per (mode, task, ctx): items, accuracy over the mode's own items, the difference to dense on the
+    items both have, and ``accuracy_shared`` over the ``shared_items`` every mode of the run has for
+    that task and context — what the modes table and the figures compare, so that a mode a run cut
+    short (fewer, or other, items) is not compared on other items than the rest."""
     by = defaultdict(dict)                         # (mode, task, ctx) -> {item: score}
     for r in recs:
         if r["task"] != "ppl":
             by[(r["mode"], r["task"], r["ctx"])][r["item"]] = r["score"]
+    shared = {}                                    # (task, ctx) -> items every mode has
+    for (mode, task, ctx), scores in by.items():
+        shared[(task, ctx)] = shared.get((task, ctx), set(scores)) & set(scores)
     rows = []
     for (mode, task, ctx), scores in sorted(by.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
         dense = by.get(("dense", task, ctx), {})
         common = [i for i in scores if i in dense]
+        both = sorted(shared[(task, ctx)])
         rows.append(dict(mode=mode, task=task, ctx=ctx, items=len(scores), accuracy=100 * _mean(scores.values()),
                          delta_vs_dense=(100 * (_mean([scores[i] for i in common]) - _mean([dense[i] for i in common]))
-                                         if common else float("nan"))))
+                                         if common else float("nan")),
+                         shared_items=len(both), accuracy_shared=100 * _mean([scores[i] for i in both])))
     return rows
 
 
@@ -87,7 +97,7 @@ def mode_rows(recs: list[dict], acc: list[dict]) -> list[dict]:
     rows = []
     for mode, rs in by.items():
         steps = sum(r.get("decode_steps") or 0 for r in rs)
-        a = [x["accuracy"] for x in acc if x["mode"] == mode]
+        a = [x["accuracy_shared"] for x in acc if x["mode"] == mode]
         errs = [r["max_true_error"] for r in rs if r.get("max_true_error") is not None]
         decoders = sorted({r.get("decoder") or "hf" for r in rs})
         notes = sorted({r["decoder_note"] for r in rs if r.get("decoder_note")})
@@ -221,7 +231,7 @@ def make_figures(out: str, acc: list[dict], modes: list[dict]) -> list[str]:
     made = []
     by = defaultdict(lambda: defaultdict(list))
     for r in acc:
-        by[r["mode"]][r["ctx"]].append(r["accuracy"])
+        by[r["mode"]][r["ctx"]].append(r["accuracy_shared"])       # on the items every mode has
     if by:
         fig, ax = plt.subplots(figsize=(8, 5))
         for mode in [m["mode"] for m in modes if m["mode"] in by]:
@@ -231,7 +241,7 @@ def make_figures(out: str, acc: list[dict], modes: list[dict]) -> list[str]:
             ax.plot(xs, [_mean(by[mode][x]) for x in xs], style, label=mode, ms=4)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("context (tokens)")
-        ax.set_ylabel("RULER-style accuracy, mean over tasks (%)")
+        ax.set_ylabel("RULER-style accuracy, mean over tasks (%)\n(the items every mode decoded)")
         ax.legend(fontsize=6, ncol=2)
         fig.tight_layout()
         p = os.path.join(out, "accuracy_vs_context.png")
@@ -241,7 +251,7 @@ def make_figures(out: str, acc: list[dict], modes: list[dict]) -> list[str]:
         top = max(r["ctx"] for r in acc)
         pts = []
         for m in modes:
-            a = [r["accuracy"] for r in acc if r["mode"] == m["mode"] and r["ctx"] == top]
+            a = [r["accuracy_shared"] for r in acc if r["mode"] == m["mode"] and r["ctx"] == top]
             if a:
                 pts.append((m["rel_bytes"], _mean(a), m["mode"]))
         front = set(pareto(pts))
@@ -258,7 +268,7 @@ def make_figures(out: str, acc: list[dict], modes: list[dict]) -> list[str]:
             ax.legend(fontsize=7)
         ax.set_xscale("log")
         ax.set_xlabel("bytes read per decode token, relative to dense (model)")
-        ax.set_ylabel(f"accuracy at {top} tokens (%)")
+        ax.set_ylabel(f"accuracy at {top} tokens (%, the items every mode decoded)")
         fig.tight_layout()
         p = os.path.join(out, "accuracy_vs_bytes.png")
         fig.savefig(p, dpi=120)
@@ -331,7 +341,8 @@ def write_report(out: str, *, figures: bool = True, meta: dict | None = None) ->
     if errors:
         s += ("\n## Errors (decodes that raised: not recorded, retried by the next run; `errors.jsonl`)\n\n"
               + _table(errors, ["mode", "failures", "last_job", "last_error"]))
-    s += "\n## Modes\n\n" + _table(modes, ["mode", "decoder", "records", "accuracy", "decode_steps_checked",
+    s += ("\n## Modes\n\n(accuracy: mean over tasks and contexts of each mode's accuracy on the items every mode "
+          "decoded — `accuracy.csv`'s `accuracy_shared` — so that modes are compared on the same items)\n\n") + _table(modes, ["mode", "decoder", "records", "accuracy", "decode_steps_checked",
                                           "violations", "fallback_rate", "rel_bytes", "max_true_error",
                                           "seconds_per_record"])
     notes = [f"- {m['mode']}: {m['decoder_note']}" for m in modes if m.get("decoder_note")]
