@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Device calls of the tenth session: the calls that carry the 32k model's parts
+# (`benchmarks/longctx_quality.sh stage N`) also run the steps that the ninth session left owed.
+#   bash benchmarks/longctx_quality.sh stage 1 && bash benchmarks/session10_side.sh 1
+#     c   the CUDA tests of the new code: the quality suite's captured batch (run_batch; `run` is now a batch
+#         of one), the sketch-check kernel, the fused step and the engine (90 s)
+#     eb  the engine decoder's batch probe, 0.5B shape, 32k, batch 4 and 8 (200 s)
+#   ... stage 2 && session10_side.sh 2
+#     k8, k4  the certified step alone at the paper's shape (batch 16, MHA, D 128, 128k), a real sketch and
+#             the sketch-check kernel, dense flash and cuDNN in the same process (120 s each)
+#     pn      the per-part profile of the 1B step, 128k, batch 4, int8 g64 two-sided (90 s)
+#   ... stage 3 && session10_side.sh 3
+#     n4c     e2e 1B 128k batch 4 with cuDNN and SDPA flash in the same graph treatment (100 s)
+# Each step under its own limit; results in one tarball, $OUT/calls_N.tar.gz (device_steps.sh).
+set -u
+n=${1:?call}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton_cache}
+OUT=${OUT:-/tmp/side_out}
+mkdir -p "$OUT"
+S8="bash $(dirname "$0")/session8_side.sh"
+PYT="python3 -m pytest -q -p no:cacheprovider -p no:benchmark -rfEs"
+. "$(dirname "$0")/device_steps.sh"
+case "$n" in
+    1) steps c:90 eb:200; for f in c eb; do tar xzf "$OUT/calls_1.tar.gz" -O ./side_$f.log | tail -14; done ;;
+    2) steps k8:120 k4:120 pn:90; for f in k8 k4 pn; do tar xzf "$OUT/calls_2.tar.gz" -O ./side_$f.log | tail -12; done ;;
+    3) steps n4c:100; tar xzf "$OUT/calls_3.tar.gz" -O ./side_n4c.log | tail -14 ;;
+    c) $PYT tests/test_longctx_quality.py::test_a_captured_batch_decodes_each_item_as_alone_on_cuda tests/test_sketch_check_kernel.py \
+           tests/test_fused_engine_step.py tests/test_engine_gpu.py > "$OUT/tests.log" 2>&1
+       echo "tests rc=$?"; tail -6 "$OUT/tests.log" ;;
+    eb) python3 benchmarks/engine_decoder_gpu.py --contexts 32768 --batch 4 8 --hf-max 0 --out "$OUT/engine_decoder_batch.json" ;;
+    k4|k8|pn) $S8 "$n" ;;
+    n4c) python3 benchmarks/e2e_decode.py --out "$OUT/e2e_b4_cudnn" --configs llama-1b:131072:4 --time-budget 90 \
+            --variants graph_sdpa_flash,graph_sdpa_cudnn,ours_dense,ours_cert_int8_g64_2s,ours_cert_int4_g32_2s ;;
+    *) true ;;
+esac
