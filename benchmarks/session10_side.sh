@@ -11,6 +11,11 @@
 #     pn      the per-part profile of the 1B step, 128k, batch 4, int8 g64 two-sided (90 s)
 #   ... stage 3 && session10_side.sh 3
 #     n4c     e2e 1B 128k batch 4 with cuDNN and SDPA flash in the same graph treatment (100 s)
+#   on an H200 (the shapes an H100 cannot hold at 128k): bash benchmarks/session10_side.sh 4
+#     n16c    e2e 1B 128k batch 16, cuDNN and flash beside ours (300 s)
+#     e8      e2e 8B 128k batch 4 and 1, the same variants (280 s)
+#   after the ten parts: bash benchmarks/session10_side.sh q   (repeat; it resumes)
+#     the 32k quality pass at 50 items per task, batch 8, seeded from the ninth session's records
 # Each step under its own limit; results in one tarball, $OUT/calls_N.tar.gz (device_steps.sh).
 set -u
 n=${1:?call}
@@ -19,18 +24,30 @@ export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton_cache}
 OUT=${OUT:-/tmp/side_out}
 mkdir -p "$OUT"
 S8="bash $(dirname "$0")/session8_side.sh"
+V=graph_sdpa_flash,graph_sdpa_cudnn,ours_dense,ours_cert_int8_g64_2s,ours_cert_int4_g32_2s
 PYT="python3 -m pytest -q -p no:cacheprovider -p no:benchmark -rfEs"
 . "$(dirname "$0")/device_steps.sh"
 case "$n" in
     1) steps c:90 eb:200; for f in c eb; do tar xzf "$OUT/calls_1.tar.gz" -O ./side_$f.log | tail -14; done ;;
     2) steps k8:120 k4:120 pn:90; for f in k8 k4 pn; do tar xzf "$OUT/calls_2.tar.gz" -O ./side_$f.log | tail -12; done ;;
     3) steps n4c:100; tar xzf "$OUT/calls_3.tar.gz" -O ./side_n4c.log | tail -14 ;;
+    4) steps n16c:300 e8:280; for f in n16c e8; do tar xzf "$OUT/calls_4.tar.gz" -O ./side_$f.log | tail -14; done ;;
     c) $PYT tests/test_longctx_quality.py::test_a_captured_batch_decodes_each_item_as_alone_on_cuda tests/test_sketch_check_kernel.py \
            tests/test_fused_engine_step.py tests/test_engine_gpu.py > "$OUT/tests.log" 2>&1
        echo "tests rc=$?"; tail -6 "$OUT/tests.log" ;;
     eb) python3 benchmarks/engine_decoder_gpu.py --contexts 32768 --batch 4 8 --hf-max 0 --out "$OUT/engine_decoder_batch.json" ;;
     k4|k8|pn) $S8 "$n" ;;
     n4c) python3 benchmarks/e2e_decode.py --out "$OUT/e2e_b4_cudnn" --configs llama-1b:131072:4 --time-budget 90 \
-            --variants graph_sdpa_flash,graph_sdpa_cudnn,ours_dense,ours_cert_int8_g64_2s,ours_cert_int4_g32_2s ;;
+            --variants "$V" ;;
+    n16c) python3 benchmarks/e2e_decode.py --out "$OUT/e2e_b16_cudnn" --configs llama-1b:131072:16 --time-budget 290 \
+            --variants "$V" ;;
+    e8) python3 benchmarks/e2e_decode.py --out "$OUT/e2e_8b" --configs llama-8b:131072:4,llama-8b:131072:1 --time-budget 270 \
+            --variants "$V" ;;
+    q) export LONGCTX_SEED=benchmarks/results/gpu_session9_h100/quality32k/out LONGCTX_BATCH=${LONGCTX_BATCH:-8} \
+              LONGCTX_TASKS="niah_single niah_multikey niah_multivalue niah_multiquery ppl" LONGCTX_CONTEXTS=32768 \
+              LONGCTX_ITEMS=50 LONGCTX_PPL_TEXTS="stdlib-code devil paradise-lost" \
+              LONGCTX_MODES="dense cert-int8-1/16-fallback@1 cert-int4-1/16-report cert-int4-1/32-report paged-1/16 window-1/16" \
+              LONGCTX_BUDGET_S=${LONGCTX_BUDGET_S:-560} LONGCTX_MARGIN_S=${LONGCTX_MARGIN_S:-70}
+       bash benchmarks/longctx_quality.sh run ;;
     *) true ;;
 esac
