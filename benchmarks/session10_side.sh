@@ -3,17 +3,18 @@
 # (`benchmarks/longctx_quality.sh stage N`) also run the steps that the ninth session left owed.
 #   bash benchmarks/longctx_quality.sh stage 1 && bash benchmarks/session10_side.sh 1
 #     c   the CUDA tests of the new code: the quality suite's captured batch (run_batch; `run` is now a batch
-#         of one), the sketch-check kernel, the fused step and the engine (90 s)
-#     eb  the engine decoder's batch probe, 0.5B shape, 32k, batch 4 and 8 (200 s)
+#         of one), the sketch-check kernel, the fused step and the engine (100 s)
 #   ... stage 2 && session10_side.sh 2
 #     k8, k4  the certified step alone at the paper's shape (batch 16, MHA, D 128, 128k), a real sketch and
 #             the sketch-check kernel, dense flash and cuDNN in the same process (120 s each)
-#     pn      the per-part profile of the 1B step, 128k, batch 4, int8 g64 two-sided (90 s)
 #   ... stage 3 && session10_side.sh 3
 #     n4c     e2e 1B 128k batch 4 with cuDNN and SDPA flash in the same graph treatment (100 s)
 #   on an H200 (the shapes an H100 cannot hold at 128k): bash benchmarks/session10_side.sh 4
 #     n16c    e2e 1B 128k batch 16, cuDNN and flash beside ours (300 s)
 #     e8      e2e 8B 128k batch 4 and 1, the same variants (280 s)
+#   if device time is left: bash benchmarks/session10_side.sh 5
+#     eb  the engine decoder's batch probe, 0.5B shape, 32k, batch 4 and 8 (200 s)
+#     pn  the per-part profile of the 1B step, 128k, batch 4, int8 g64 two-sided (90 s)
 #   after the ten parts: bash benchmarks/session10_side.sh q   (repeat; it resumes)
 #     the 32k quality pass at 50 items per task, batch 8, seeded from the ninth session's records
 # Each step under its own limit; results in one tarball, $OUT/calls_N.tar.gz (device_steps.sh).
@@ -28,9 +29,10 @@ V=graph_sdpa_flash,graph_sdpa_cudnn,ours_dense,ours_cert_int8_g64_2s,ours_cert_i
 PYT="python3 -m pytest -q -p no:cacheprovider -p no:benchmark -rfEs"
 . "$(dirname "$0")/device_steps.sh"
 case "$n" in
-    1) steps c:90 eb:200; for f in c eb; do tar xzf "$OUT/calls_1.tar.gz" -O ./side_$f.log | tail -14; done ;;
-    2) steps k8:120 k4:120 pn:90; for f in k8 k4 pn; do tar xzf "$OUT/calls_2.tar.gz" -O ./side_$f.log | tail -12; done ;;
+    1) steps c:100; tar xzf "$OUT/calls_1.tar.gz" -O ./side_c.log | tail -14 ;;
+    2) steps k8:120 k4:120; for f in k8 k4; do tar xzf "$OUT/calls_2.tar.gz" -O ./side_$f.log | tail -12; done ;;
     3) steps n4c:100; tar xzf "$OUT/calls_3.tar.gz" -O ./side_n4c.log | tail -14 ;;
+    5) steps eb:200 pn:90; for f in eb pn; do tar xzf "$OUT/calls_5.tar.gz" -O ./side_$f.log | tail -14; done ;;
     4) steps n16c:300 e8:280; for f in n16c e8; do tar xzf "$OUT/calls_4.tar.gz" -O ./side_$f.log | tail -14; done ;;
     c) $PYT tests/test_longctx_quality.py::test_a_captured_batch_decodes_each_item_as_alone_on_cuda tests/test_sketch_check_kernel.py \
            tests/test_fused_engine_step.py tests/test_engine_gpu.py > "$OUT/tests.log" 2>&1
