@@ -15,6 +15,10 @@ Writes to the run's folder:
   is the fallback rate DenseFallback(t) would have: exact at the first decode step, later steps decode
   other outputs) and, per fallback mode, the measured fallback rate and quality next to its tolerance
   and the rate its report-only twin predicted there (how to pick a tolerance: ``modes.py``);
+* ``targets.csv`` — per sparse mode and context: issue 16's bar (``targets.py``: every task within 1
+  point of dense, every text's PPL within 0.5 %, 0 violations), the signed worst task and text, and
+  whether the verdict is full size (≥ 50 items per task, ≥ 3 texts of ≥ 512 scored tokens); ``summary.md``
+  adds the smallest budget per mode family that meets it;
 * ``accuracy_vs_context.png`` (mean RULER accuracy per mode vs context) and ``accuracy_vs_bytes.png``
   (accuracy vs relative bytes read at the largest context, with the Pareto front of the modes);
 * ``summary.md`` and ``summary.json``.
@@ -35,6 +39,7 @@ from collections import defaultdict
 from .modes import parse_mode, report_twin
 from .results_file import RESULTS, json_safe, read_results
 from .report import write_csv
+from .targets import ACC_POINTS, FULL_ITEMS, PPL_PCT, smallest_budgets, target_rows
 
 
 # what a run on the engine's decoder (engine_decoder.py) does not produce, said where its numbers are read
@@ -327,10 +332,13 @@ def write_report(out: str, *, figures: bool = True, meta: dict | None = None) ->
     tol = tolerance_rows(recs)
     fallback = fallback_rows(recs, acc, ppl, tol)
     write_csv(os.path.join(out, "tolerance.csv"), tol)
+    targets = target_rows(acc, ppl, recs)
+    write_csv(os.path.join(out, "targets.csv"), targets)
     made = make_figures(out, acc, modes) if figures else []
     summary = dict(records=len(recs), violations=sum(m["violations"] for m in modes),
                    modes={m["mode"]: {k: v for k, v in m.items() if k != "mode"} for m in modes},
                    tolerance=dict(curves=tol, fallback=fallback),
+                   targets=dict(rows=targets, smallest_budgets=smallest_budgets(targets)),
                    figures=[os.path.basename(p) for p in made], **(meta or {}))
     s = "# Long-context quality (RULER-style tasks and decoded perplexity)\n\n"
     for k in ("model", "env", "texts", "complete", "seconds"):
@@ -345,6 +353,17 @@ def write_report(out: str, *, figures: bool = True, meta: dict | None = None) ->
           "decoded — `accuracy.csv`'s `accuracy_shared` — so that modes are compared on the same items)\n\n") + _table(modes, ["mode", "decoder", "records", "accuracy", "decode_steps_checked",
                                           "violations", "fallback_rate", "rel_bytes", "max_true_error",
                                           "seconds_per_record"])
+    if targets:
+        s += (f"\n## Issue 16's bar\n\nPer sparse mode and context against dense on the same items: every task within "
+              f"{ACC_POINTS:g} point, every text's PPL within {PPL_PCT:g} %, 0 violations (two-sided: worst_task_delta "
+              f"and worst_ppl_pct are signed, > 0 is more accuracy or more perplexity than dense). full_size: every "
+              f"task on >= {FULL_ITEMS} items and >= 3 texts of >= 512 scored tokens; below that a verdict rests on "
+              f"fewer items (one item = 100/items points).\n\n")
+        s += _table(targets, ["ctx", "mode", "verdict", "worst_task", "worst_task_delta", "min_items", "worst_text",
+                              "worst_ppl_pct", "texts", "violations", "full_size"])
+        s += "\nSmallest exact-read budget per mode family that meets the bar:\n\n"
+        s += _table(summary["targets"]["smallest_budgets"], ["ctx", "family", "budgets_run", "smallest_meeting",
+                                                             "full_size"])
     notes = [f"- {m['mode']}: {m['decoder_note']}" for m in modes if m.get("decoder_note")]
     if any(m["decoder"] != "hf" for m in modes):
         notes.append(ENGINE_NOTE)
