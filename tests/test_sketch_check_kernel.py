@@ -5,13 +5,18 @@ the test samples), non-contiguous keys, odd head dimensions and lengths, every c
 import pytest
 import torch
 
+from vashista_core.errors import VashistaInputError
 from vashista_gpu.kernels.sketch_check import sketch_mismatch_flag
 from vashista_gpu.sketch import quantize_keys, sketch_mismatch
+
+# the kernel compiled on a GPU, interpreted on the CPU (conftest sets TRITON_INTERPRET there): its tensors
+# must live where it runs
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _case(H, T, D, bits, group, seed, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
-    K = (torch.randn(H, T, D, generator=g) * 3).to(dtype)
+    K = (torch.randn(H, T, D, generator=g) * 3).to(device=DEV, dtype=dtype)
     sk = quantize_keys(K, bits=bits, group=group)
     return K, sk
 
@@ -66,7 +71,7 @@ def test_borderline_offsets_agree():
     # keys moved to the edge of their code's interval: both forms decide each element the same way
     H, T, D = 2, 64, 32
     K, sk = _case(H, T, D, 4, 16, seed=3)
-    g = torch.arange(T) // 16
+    g = torch.arange(T, device=DEV) // 16
     st = sk.step.double()[:, g]
     base = (sk.offset.double()[:, g] + st * sk.unpacked_codes().double())
     seen = set()
@@ -75,3 +80,10 @@ def test_borderline_offsets_agree():
         assert ref == got, f
         seen.add(ref)
     assert seen == {False, True}           # both sides of the boundary were exercised
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device")
+def test_a_sketch_on_another_device_names_the_argument():
+    K, sk = _case(2, 64, 32, 4, 16, seed=1)
+    with pytest.raises(VashistaInputError, match="codes"):
+        sketch_mismatch_flag(K, sk.codes.cpu(), sk.offset, sk.step, bits=4, group=16)

@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from vashista_core.errors import VashistaInputError
+
 __all__ = ["sketch_mismatch_flag"]
 
 
@@ -56,6 +58,10 @@ def sketch_mismatch_flag(K: torch.Tensor, codes: torch.Tensor, offset: torch.Ten
     ``offset``/``step`` (H, ⌈T/group⌉, D) float16/float32. No host synchronisation; K is read through
     its strides (no copy of the keys)."""
     H, T, D = K.shape
+    for name, t in (("codes", codes), ("offset", offset), ("step", step)):
+        if t.device != K.device:       # a kernel given a tensor of another device fails inside Triton
+            raise VashistaInputError(name, f"is on {t.device}, the keys on {K.device}: the sketch must live "
+                                           f"with the keys")
     n = min(T, sample)
     flag = torch.zeros(1, dtype=torch.int32, device=K.device)
     BN = 32
