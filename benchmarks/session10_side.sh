@@ -18,7 +18,7 @@
 #     eb  the engine decoder's batch probe, 0.5B shape, 32k, batch 4 and 8 (200 s)
 #     pn  the per-part profile of the 1B step, 128k, batch 4, int8 g64 two-sided (90 s)
 #   after the ten parts: bash benchmarks/session10_side.sh q   (repeat; it resumes)
-#     the 32k quality pass at 50 items per task, batch 8, seeded from the ninth session's records
+#     the 32k quality pass at 50 items per task, batch 8, seeded from the newest session's records
 #     (LONGCTX_CONTEXTS="16384 8192" bash benchmarks/session10_side.sh q: the same modes at shorter contexts,
 #     into the same results)
 # Each step under its own limit; results in one tarball, $OUT/calls_N.tar.gz (device_steps.sh).
@@ -51,7 +51,8 @@ case "$n" in
             --variants "$V" ;;
     e8) python3 benchmarks/e2e_decode.py --out "$OUT/e2e_8b" --configs llama-8b:131072:4,llama-8b:131072:1 --time-budget 270 \
             --variants "$V" ;;
-    q) export LONGCTX_SEED=benchmarks/results/gpu_session9_h100/quality32k/out LONGCTX_BATCH=${LONGCTX_BATCH:-8} \
+    q) # seeded (on a fresh machine) with the newest pass's records; the tenth session's own pass used the ninth's
+       export LONGCTX_SEED=${LONGCTX_SEED:-benchmarks/results/gpu_session10_h100/quality32k/out} LONGCTX_BATCH=${LONGCTX_BATCH:-8} \
               LONGCTX_TASKS="niah_single niah_multikey niah_multivalue niah_multiquery ppl" LONGCTX_CONTEXTS="${LONGCTX_CONTEXTS:-32768}" \
               LONGCTX_ITEMS=50 LONGCTX_PPL_TEXTS="stdlib-code devil paradise-lost" \
               LONGCTX_MODES="dense cert-int8-1/16-fallback@1 cert-int4-1/16-report cert-int4-1/32-report paged-1/16 window-1/16" \
