@@ -24,14 +24,10 @@
 # Each step under its own limit; results in one tarball, $OUT/calls_N.tar.gz (device_steps.sh).
 set -u
 n=${1:?call}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton_cache}
-OUT=${OUT:-/tmp/side_out}
-mkdir -p "$OUT"
+. "$(dirname "$0")/device_steps.sh"
 S8="bash $(dirname "$0")/session8_side.sh"
 V=graph_sdpa_flash,graph_sdpa_cudnn,ours_dense,ours_cert_int8_g64_2s,ours_cert_int4_g32_2s
 PYT="python3 -m pytest -q -p no:cacheprovider -p no:benchmark -rfEs"
-. "$(dirname "$0")/device_steps.sh"
 case "$n" in
     1) steps c:100; tar xzf "$OUT/calls_1.tar.gz" -O ./side_c.log | tail -14 ;;
     2) steps k8:120 k4:120; for f in k8 k4; do tar xzf "$OUT/calls_2.tar.gz" -O ./side_$f.log | tail -12; done ;;

@@ -12,9 +12,6 @@
 # tarball, calls.tar.gz, as the device returns at most 8 files).
 set -u
 n=${1:?call number}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/side_out}
-mkdir -p "$OUT"
 . "$(dirname "$0")/device_steps.sh"
 case "$n" in
     A) steps 1:150 2:130 3:160; tar xzf "$OUT/calls_A.tar.gz" -O ./side_1.log ./side_2.log ./side_3.log | tail -40
@@ -23,7 +20,6 @@ case "$n" in
     C) steps ${C_STEPS:-11:90 8:100 9:100 7:160}; tar xzf "$OUT/calls_C.tar.gz" -O ./side_11.log ./side_8.log ./side_7.log | tail -24
        exit 0 ;;
 esac
-export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton_cache}
 PYT="python3 -m pytest -q -p no:cacheprovider -p no:benchmark -rfEs"
 E2E="python3 benchmarks/e2e_decode.py"
 STRESS="python3 tests/stress/long_gpu.py --workers 3 --seconds ${STRESS_SECONDS:-80}"

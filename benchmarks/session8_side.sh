@@ -13,14 +13,10 @@
 # Each step under its own time limit; results in one tarball under $OUT (at most 8 files come back).
 set -u
 n=${1:?call}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton_cache}
-OUT=${OUT:-/tmp/side_out}
-mkdir -p "$OUT"
+. "$(dirname "$0")/device_steps.sh"
 PYT="python3 -m pytest -q -p no:cacheprovider -p no:benchmark -rfEs"
 E2E="python3 benchmarks/e2e_decode.py"
 V4=ours_dense,ours_cert_int8_g64_2s,ours_cert_int4_g32_2s,ours_cert_int4_g16
-. "$(dirname "$0")/device_steps.sh"
 case "$n" in
     1) steps t:130 n4:170 o4:140; tar xzf "$OUT/calls_1.tar.gz" -O ./side_t.log | tail -6
        for f in n4 o4; do tar xzf "$OUT/calls_1.tar.gz" -O ./side_$f.log | grep -E 'ms/token|ms_per|×|x ' | tail -8; done

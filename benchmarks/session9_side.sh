@@ -14,12 +14,8 @@
 #   bash benchmarks/session9_side.sh A      (carry .old_tree)
 set -u
 n=${1:?call number}
-S8="bash $(dirname "$0")/session8_side.sh"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton_cache}
-OUT=${OUT:-/tmp/side_out}
-mkdir -p "$OUT"
 . "$(dirname "$0")/device_steps.sh"
+S8="bash $(dirname "$0")/session8_side.sh"
 case "$n" in
     A) steps t2:80 o4:55 n4:70 s:60; for f in t2 o4 n4 s; do tar xzf "$OUT/calls_A.tar.gz" -O ./side_$f.log | tail -9; done ;;
     B) steps k4:120 k8:120 pn:90; for f in k4 k8 pn; do tar xzf "$OUT/calls_B.tar.gz" -O ./side_$f.log | tail -12; done ;;
