@@ -82,8 +82,12 @@ def test_borderline_offsets_agree():
     assert seen == {False, True}           # both sides of the boundary were exercised
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device")
 def test_a_sketch_on_another_device_names_the_argument():
+    # refused by sketch_mismatch before either form runs (the kernel would fail inside Triton's launcher);
+    # on a CPU-only machine the other device is "meta"
     K, sk = _case(2, 64, 32, 4, 16, seed=1)
+    other = "cpu" if K.is_cuda else "meta"
     with pytest.raises(VashistaInputError, match="codes"):
-        sketch_mismatch_flag(K, sk.codes.cpu(), sk.offset, sk.step, bits=4, group=16)
+        sketch_mismatch(K, sk.codes.to(other), sk.offset, sk.step, bits=4, group=16)
+    with pytest.raises(VashistaInputError, match="step"):
+        sketch_mismatch(K, sk.codes, sk.offset, sk.step.to(other), bits=4, group=16)

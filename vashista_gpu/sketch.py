@@ -644,7 +644,12 @@ def sketch_mismatch(K: torch.Tensor, codes: torch.Tensor, offset: torch.Tensor, 
     (H, T, D) is not within half a quantization step of the sketch's dequantization
     offset + step·code (what the sketch bounds assume): a stale or foreign sketch. Float64, no host
     synchronisation (the caller decides whether to read it). On CUDA one Triton launch
-    (``kernels/sketch_check.py``, the same test); this torch form elsewhere."""
+    (``kernels/sketch_check.py``, the same test); this torch form elsewhere. A sketch on another device
+    than the keys is refused, naming the argument, before either form runs."""
+    for name, t in (("codes", codes), ("offset", offset), ("step", step)):
+        if t.device != K.device:
+            raise VashistaInputError(name, f"is on {t.device}, the keys on {K.device}: the sketch must live "
+                                           f"with the keys")
     if K.is_cuda:
         from .kernels.sketch_check import sketch_mismatch_flag
         return sketch_mismatch_flag(K, codes, offset, step, bits=bits, group=group, sample=sample)
