@@ -172,7 +172,8 @@ def _check_cases():
 
 
 K = "vashista_gpu.kernels."
-CASES = {"sketch_check": (K + "sketch_check", _check_cases),"select_topk": (K + "select_topk", _select_cases), "sketch_scan": (K + "sketch_scan", _scan_cases),
+CASES = {"sketch_check": (K + "sketch_check", _check_cases), "select_topk": (K + "select_topk", _select_cases),
+         "sketch_scan": (K + "sketch_scan", _scan_cases),
          "rescore": (K + "rescore", _rescore_cases), "cert_tail": (K + "cert_tail", _cert_tail_cases),
          "row_lse": (K + "row_lse", _row_lse_cases), "row_vmax": (K + "row_vmax", _row_vmax_cases),
          "append_step": (K + "append_step", _append_cases), "flag_pairs": (K + "flag_pairs", _flag_cases),
@@ -238,7 +239,8 @@ def reports():
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("name,count", [("sketch_check", 2), ("select_topk", 4), ("sketch_scan", 10), ("rescore", 3), ("cert_tail", 4),
+@pytest.mark.parametrize("name,count", [("sketch_check", 2), ("select_topk", 4), ("sketch_scan", 10), ("rescore", 3),
+                                        ("cert_tail", 4),
                                         ("row_lse", 2), ("row_vmax", 1), ("append_step", 5), ("flag_pairs", 2),
                                         ("paged_dense", 6), ("step_stats", 2)])
 def test_kernels_compile_for_sm90(reports, name, count):

@@ -39,7 +39,7 @@ from collections import defaultdict
 from .modes import parse_mode, report_twin
 from .results_file import RESULTS, json_safe, read_results
 from .report import write_csv
-from .targets import ACC_POINTS, FULL_ITEMS, PPL_PCT, smallest_budgets, target_rows
+from .targets import ACC_POINTS, FULL_ITEMS, FULL_SCORED, FULL_TEXTS, PPL_PCT, smallest_budgets, target_rows
 
 
 # what a run on the engine's decoder (engine_decoder.py) does not produce, said where its numbers are read
@@ -357,7 +357,7 @@ def write_report(out: str, *, figures: bool = True, meta: dict | None = None) ->
         s += (f"\n## Issue 16's bar\n\nPer sparse mode and context against dense on the same items: every task within "
               f"{ACC_POINTS:g} point, every text's PPL within {PPL_PCT:g} %, 0 violations (two-sided: worst_task_delta "
               f"and worst_ppl_pct are signed, > 0 is more accuracy or more perplexity than dense). full_size: every "
-              f"task on >= {FULL_ITEMS} items and >= 3 texts of >= 512 scored tokens; below that a verdict rests on "
+              f"task on >= {FULL_ITEMS} items and >= {FULL_TEXTS} texts of >= {FULL_SCORED} scored tokens; below that a verdict rests on "
               f"fewer items (one item = 100/items points).\n\n")
         s += _table(targets, ["ctx", "mode", "verdict", "worst_task", "worst_task_delta", "min_items", "worst_text",
                               "worst_ppl_pct", "texts", "violations", "full_size"])
