@@ -34,6 +34,8 @@ Example::
 """
 from __future__ import annotations
 
+import weakref
+
 import math
 
 import torch
@@ -64,8 +66,19 @@ class PagedLayer(CacheLayerMixin):
 
     def __init__(self, owner: "VashistaCache", layer_idx: int):
         super().__init__()
-        self.owner, self.layer_idx = owner, layer_idx
+        # a weak reference: the cache holds its layers, and a strong one back would be a cycle that only
+        # Python's cyclic collector frees (it runs on Python allocations, not device memory), so a
+        # dropped cache's pools stayed allocated on the GPU until it ran
+        self._owner, self.layer_idx = weakref.ref(owner), layer_idx
         self.is_initialized = True
+
+    @property
+    def owner(self) -> "VashistaCache":
+        owner = self._owner()
+        if owner is None:
+            raise VashistaInputError("cache", "this layer's VashistaCache no longer exists; keep the cache, "
+                                              "not its layers")
+        return owner
 
     def lazy_initialization(self, key_states, value_states) -> None:  # storage is preallocated
         return None
