@@ -401,13 +401,15 @@ def test_a_failing_mode_is_logged_left_out_and_retried(tmp_path):
     assert [e["mode"] for e in errs] == ["window-1/8"] * 2 and "refused this shape" in errs[0]["error"]
     assert errs[0]["task"] == "niah_single" and errs[0]["item"] == 0 and "RuntimeError" in errs[0]["traceback"]
     summary = longctx_report.write_report(out, figures=False)
-    assert summary["errors"] == [dict(mode="window-1/8", failures=2, last_job="ppl 512 pydoc-topics",
+    assert summary["errors"] == [dict(mode="window-1/8", failures=2, recorded_since=0,
+                                      last_job="ppl 512 pydoc-topics",
                                       last_error="RuntimeError: a kernel refused this shape")]
     assert "## Errors" in open(os.path.join(out, "summary.md")).read()
-    # the rerun retries exactly what failed
+    # the rerun retries exactly what failed, and the report then says both failures have a record
     dec = FakeDecoder()
     counts = longctx.run(cfg, dec, CODEC, out, model_shape=SHAPE, pinned=dict(seed=0), progress=False)
     assert dec.calls == ["window-1/8"] * 4 and counts["records_new"] == 4 and counts["complete"]
+    assert [e["recorded_since"] for e in longctx_report.write_report(out, figures=False)["errors"]] == [2]
     # errors after which nothing can run stop the run: bad input, a broken CUDA context
     for fatal in (VashistaInputError("--modes", "bad"), RuntimeError("CUDA error: an illegal memory access")):
         with pytest.raises(type(fatal)):
@@ -590,7 +592,7 @@ def test_report_on_a_synthetic_results_file(tmp_path):
     assert s["modes"]["window-1/16"]["accuracy"] == pytest.approx(25.0)
     assert s["modes"]["cert-int8-1/16-fallback"]["fallback_rate"] == pytest.approx(0.25)
     acc = open(tmp_path / "r" / "accuracy.csv").read().splitlines()
-    assert "window-1/16,niah_single,4096,4,25.0,-75.0,4,25.0" in acc
+    assert "window-1/16,niah_single,4096,4,25.0,-75.0,4,25.0,4" in acc
     ppl = open(tmp_path / "r" / "perplexity.csv").read()
     assert "window-1/16,prose,4096,512,11.0,10.0" in ppl
     layers = open(tmp_path / "r" / "per_layer.csv").read().splitlines()

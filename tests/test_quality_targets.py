@@ -54,6 +54,18 @@ def test_worst_values_keep_their_sign_and_name():
     assert (r["worst_text"], r["worst_ppl_pct"]) == ("verse", 12.6)
 
 
+def test_full_size_counts_the_items_shared_with_dense():
+    # 50 items of the mode, but dense (cut short) has only 12 of them: the delta rests on 12
+    acc = [_acc("dense", "a", 32768, 0.0, items=12), dict(_acc("cert-int8-1/16-report", "a", 32768, 0.0), items_vs_dense=12)]
+    ppl = [_ppl("dense", t, 32768, 0.0) for t in TEXTS] + [_ppl("cert-int8-1/16-report", t, 32768, 0.0) for t in TEXTS]
+    r = _row(target_rows(acc, ppl, _recs("cert-int8-1/16-report")), "cert-int8-1/16-report")
+    assert r["min_items"] == 12 and r["full_size"] is False and r["verdict"] == "meets"
+    recs = [dict(task="a", ctx=32768, item=i, mode="dense", score=1.0) for i in range(12)]
+    recs += [dict(task="a", ctx=32768, item=i, mode="cert-int8-1/16-report", score=1.0) for i in range(50)]
+    rows = {r["mode"]: r for r in longctx_report.accuracy_rows(recs)}
+    assert rows["cert-int8-1/16-report"]["items"] == 50 and rows["cert-int8-1/16-report"]["items_vs_dense"] == 12
+
+
 def test_a_violation_misses_the_bar_whatever_the_quality():
     rows = _run("cert-int4-1/16-report", {"a": 0.0}, {"code": 0.0}, viol={"cert-int4-1/16-report": 1})
     r = _row(rows, "cert-int4-1/16-report")

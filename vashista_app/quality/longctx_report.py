@@ -37,7 +37,7 @@ import statistics
 from collections import defaultdict
 
 from .modes import parse_mode, report_twin
-from .results_file import RESULTS, json_safe, read_results
+from .results_file import RESULTS, json_safe, read_results, record_key
 from .report import write_csv
 from .targets import ACC_POINTS, FULL_ITEMS, FULL_SCORED, FULL_TEXTS, PPL_PCT, smallest_budgets, target_rows
 
@@ -57,9 +57,9 @@ def _mean(xs):
 
 def accuracy_rows(recs: list[dict]) -> list[dict]:
     """Per (mode, task, ctx): items, accuracy over the mode's own items, the difference to dense on the
-    items both have, and ``accuracy_shared`` over the ``shared_items`` every mode of the run has for
-    that task and context — what the modes table and the figures compare, so that a mode a run cut
-    short (fewer, or other, items) is not compared on other items than the rest."""
+    ``items_vs_dense`` items both have, and ``accuracy_shared`` over the ``shared_items`` every mode of
+    the run has for that task and context — what the modes table and the figures compare, so that a
+    mode a run cut short (fewer, or other, items) is not compared on other items than the rest."""
     by = defaultdict(dict)                         # (mode, task, ctx) -> {item: score}
     for r in recs:
         if r["task"] != "ppl":
@@ -75,7 +75,8 @@ def accuracy_rows(recs: list[dict]) -> list[dict]:
         rows.append(dict(mode=mode, task=task, ctx=ctx, items=len(scores), accuracy=100 * _mean(scores.values()),
                          delta_vs_dense=(100 * (_mean([scores[i] for i in common]) - _mean([dense[i] for i in common]))
                                          if common else float("nan")),
-                         shared_items=len(both), accuracy_shared=100 * _mean([scores[i] for i in both])))
+                         shared_items=len(both), accuracy_shared=100 * _mean([scores[i] for i in both]),
+                         items_vs_dense=len(common)))
     return rows
 
 
@@ -299,9 +300,10 @@ def _table(rows: list[dict], keys: list[str]) -> str:
     return s
 
 
-def error_rows(out: str) -> list[dict]:
-    """Per mode, the decodes that raised (``errors.jsonl``, written by ``longctx.run``): how many, and
-    the last one's job and message."""
+def error_rows(out: str, recs: list[dict] | None = None) -> list[dict]:
+    """Per mode, the decodes that raised (``errors.jsonl``, written by ``longctx.run``): how many, how
+    many of them a later run has recorded since (``recs``, the run's records: a retry that succeeded),
+    and the last one's job and message."""
     path = os.path.join(out, "errors.jsonl")
     if not os.path.exists(path):
         return []
@@ -313,11 +315,14 @@ def error_rows(out: str) -> list[dict]:
             except json.JSONDecodeError:        # a line cut by a crash
                 continue
             by[e.get("mode", "?")].append(e)
+    done = {record_key(r) for r in recs or []}
     rows = []
     for mode, es in sorted(by.items()):
         last = es[-1]
         job = " ".join(str(last[k]) for k in ("task", "ctx", "item", "text") if last.get(k) is not None)
-        rows.append(dict(mode=mode, failures=len(es), last_job=job, last_error=last.get("error", "")[:200]))
+        since = sum(record_key(dict(e, ctx=int(e["ctx"]))) in done for e in es if "task" in e and "ctx" in e)
+        rows.append(dict(mode=mode, failures=len(es), recorded_since=since, last_job=job,
+                         last_error=last.get("error", "")[:200]))
     return rows
 
 
@@ -344,11 +349,12 @@ def write_report(out: str, *, figures: bool = True, meta: dict | None = None) ->
     for k in ("model", "env", "texts", "complete", "seconds"):
         if meta and k in meta:
             s += f"- {k}: {json.dumps(meta[k]) if isinstance(meta[k], dict) else meta[k]}\n"
-    errors = error_rows(out)
+    errors = error_rows(out, recs)
     summary["errors"] = errors
     if errors:
-        s += ("\n## Errors (decodes that raised: not recorded, retried by the next run; `errors.jsonl`)\n\n"
-              + _table(errors, ["mode", "failures", "last_job", "last_error"]))
+        s += ("\n## Errors (decodes that raised: not recorded, retried by the next run; `errors.jsonl`; "
+              "recorded_since: how many of them a later run has recorded)\n\n"
+              + _table(errors, ["mode", "failures", "recorded_since", "last_job", "last_error"]))
     s += ("\n## Modes\n\n(accuracy: mean over tasks and contexts of each mode's accuracy on the items every mode "
           "decoded — `accuracy.csv`'s `accuracy_shared` — so that modes are compared on the same items)\n\n") + _table(modes, ["mode", "decoder", "records", "accuracy", "decode_steps_checked",
                                           "violations", "fallback_rate", "rel_bytes", "max_true_error",

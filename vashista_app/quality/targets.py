@@ -60,7 +60,9 @@ def target_rows(acc: list[dict], ppl: list[dict], recs: list[dict]) -> list[dict
         ta, tx = tasks.get(key, []), texts.get(key, [])
         wt, wd = _worst((a["task"], a["delta_vs_dense"]) for a in ta)
         wp, wpp = _worst((p["text"], p["ppl_change_pct"]) for p in tx)
-        items = [a["items"] for a in ta]
+        # the items each task's delta rests on: those the mode shares with dense (a run cut short in
+        # one of them compares fewer than either has); rows without the count, their own items
+        items = [a.get("items_vs_dense", a["items"]) for a in ta]
         scored = [p["n_scored"] for p in tx if math.isfinite(p["ppl_change_pct"])]
         compared = [a for a in ta if math.isfinite(a["delta_vs_dense"])] + [p for p in tx if math.isfinite(p["ppl_change_pct"])]
         if ctx not in dense_seen or not compared:
