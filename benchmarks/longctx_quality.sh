@@ -86,14 +86,14 @@ seed() {   # start a fresh machine's run from an earlier session's records (LONG
     mkdir -p "$VL/out" && cp "$1/config.json" "$VL/out/" || return 3
     python3 - "$1/results.jsonl" "$VL/out/results.jsonl" <<'PY'
 import json, os, sys
+from vashista_app.quality.results_file import read_results   # the archive's results.jsonl.gz too
 modes = set(os.environ.get("LONGCTX_MODES", "").split())
 tasks = set(os.environ.get("LONGCTX_TASKS", "").split())
 kept = 0
-with open(sys.argv[1]) as f, open(sys.argv[2], "w") as g:
-    for line in f:
-        r = json.loads(line)
+with open(sys.argv[2], "w") as g:
+    for r in read_results(sys.argv[1]):
         if r["decoder"] == "engine-graph" and (not modes or r["mode"] in modes) and (not tasks or r["task"] in tasks):
-            g.write(line)
+            g.write(json.dumps(r) + "\n")
             kept += 1
 print(f"seed: kept {kept} records of {sys.argv[1]}")
 PY

@@ -19,6 +19,8 @@
 #     pn  the per-part profile of the 1B step, 128k, batch 4, int8 g64 two-sided (90 s)
 #   after the ten parts: bash benchmarks/session10_side.sh q   (repeat; it resumes)
 #     the 32k quality pass at 50 items per task, batch 8, seeded from the newest session's records
+#     (LONGCTX_MODES="..." picks the modes; keep LONGCTX_MARGIN_S >= one batch of all its modes + 20 s, or the
+#     hard stop cuts the last batch: ~45 s for three modes at 32k)
 #     (LONGCTX_CONTEXTS="16384 8192" bash benchmarks/session10_side.sh q: the same modes at shorter contexts,
 #     into the same results)
 # Each step under its own limit; results in one tarball, $OUT/calls_N.tar.gz (device_steps.sh).
@@ -47,12 +49,15 @@ case "$n" in
             --variants "$V" ;;
     e8) python3 benchmarks/e2e_decode.py --out "$OUT/e2e_8b" --configs llama-8b:131072:4,llama-8b:131072:1 --time-budget 270 \
             --variants "$V" ;;
-    q) # seeded (on a fresh machine) with the newest pass's records; the tenth session's own pass used the ninth's
-       export LONGCTX_SEED=${LONGCTX_SEED:-benchmarks/results/gpu_session10_h100/quality32k/out} LONGCTX_BATCH=${LONGCTX_BATCH:-8} \
+    q) # seeded (on a fresh machine) with the newest pass's records: the eleventh session's merged folder (its
+       # own three modes at 49 items and the tenth's other four at 15); the eleventh's own pass ran
+       # LONGCTX_SEED=benchmarks/results/gpu_session10_h100/quality32k/out LONGCTX_BUDGET_S=570 LONGCTX_MARGIN_S=60
+       # LONGCTX_MODES="dense cert-int8-1/16-fallback@1 cert-int4-1/16-fallback@1" (three calls, the last at 445/30)
+       export LONGCTX_SEED=${LONGCTX_SEED:-benchmarks/results/gpu_session11_h100/quality32k/merged} LONGCTX_BATCH=${LONGCTX_BATCH:-8} \
               LONGCTX_TASKS="niah_single niah_multikey niah_multivalue niah_multiquery ppl" LONGCTX_CONTEXTS="${LONGCTX_CONTEXTS:-32768}" \
               LONGCTX_ITEMS=50 LONGCTX_PPL_TEXTS="stdlib-code devil paradise-lost" \
-              LONGCTX_MODES="dense cert-int8-1/16-fallback@1 cert-int4-1/16-report cert-int4-1/32-report paged-1/16 window-1/16" \
-              LONGCTX_BUDGET_S=${LONGCTX_BUDGET_S:-560} LONGCTX_MARGIN_S=${LONGCTX_MARGIN_S:-70}
+              LONGCTX_MODES="${LONGCTX_MODES:-dense cert-int8-1/16-fallback@1 cert-int4-1/16-fallback@1 cert-int4-1/16-report cert-int4-1/32-report paged-1/16 window-1/16}" \
+              LONGCTX_BUDGET_S=${LONGCTX_BUDGET_S:-560} LONGCTX_MARGIN_S=${LONGCTX_MARGIN_S:-120}
        bash benchmarks/longctx_quality.sh run ;;
     *) true ;;
 esac

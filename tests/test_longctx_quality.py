@@ -445,6 +445,29 @@ def test_results_are_appended_and_a_rerun_skips_what_is_done(tmp_path):
         "records_new"] == 0 and dec.calls == []
 
 
+def test_an_archived_run_gzipped_reads_resumes_and_reports_as_before(tmp_path):
+    # benchmarks/results keeps a run's records as results.jsonl.gz (the checkout must fit the device
+    # machine's carry): the report reads it, a resumed run skips its keys and appends to the plain file
+    import gzip
+    import shutil
+
+    out = str(tmp_path / "run")
+    cfg = _cfg(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        longctx.run(cfg, FakeDecoder(crash_after=3), CODEC, out, model_shape=SHAPE, pinned=dict(seed=0),
+                    progress=False)
+    plain = os.path.join(out, "results.jsonl")
+    before = _records(out)
+    with open(plain, "rb") as f, gzip.open(plain + ".gz", "wb") as g:
+        shutil.copyfileobj(f, g)
+    os.remove(plain)
+    assert _records(out) == before and len(before) == 3
+    dec = FakeDecoder()
+    counts = longctx.run(cfg, dec, CODEC, out, model_shape=SHAPE, pinned=dict(seed=0), progress=False)
+    assert counts["records_skipped"] == 3 and counts["records_new"] == 5 and len(read_results(plain)) == 8
+    assert longctx_report.write_report(out, figures=False)["records"] == 8
+
+
 def test_resume_with_another_configuration_is_refused(tmp_path):
     out = str(tmp_path / "run")
     cfg = _cfg(tmp_path, tasks=["niah_single"], items=1)

@@ -1,6 +1,8 @@
 """The long-context run's files: ``results.jsonl`` (one JSON line per (job, mode), appended and flushed
 as soon as it is known; a rerun skips every key already there) and ``config.json`` (what the items
-depend on; a resumed run must match it).
+depend on; a resumed run must match it). An archived run keeps its records gzipped beside it,
+``results.jsonl.gz`` (what ``benchmarks/results`` holds, to keep the checkout small enough to carry
+to the device machine): reading takes both files, a resumed run appends to the plain one.
 
 Example::
 
@@ -12,6 +14,7 @@ Example::
 """
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -23,16 +26,18 @@ CONFIG = "config.json"
 
 
 def read_results(path: str) -> list[dict]:
-    """Every complete record of a results file (a line cut by a crash is ignored)."""
+    """Every complete record of a results file and of its gzipped archive ``path + ".gz"`` (module
+    doc), the archive's first; a line cut by a crash is ignored."""
     out = []
-    if not os.path.exists(path):
-        return out
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
+    for name, opener in ((path + ".gz", gzip.open), (path, open)):
+        if not os.path.exists(name):
+            continue
+        with opener(name, "rt", encoding="utf-8") as f:
+            for line in f:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue
     return out
 
 
@@ -47,7 +52,7 @@ class ResultsFile:
         self.path = path
         recs = read_results(path)
         self.done = {record_key(r) for r in recs}
-        if recs:
+        if recs and os.path.exists(path) and os.path.getsize(path):
             # a crash can leave a partial last line: end it so the next record starts on its own line
             with open(path, "rb") as f:
                 f.seek(-1, os.SEEK_END)
