@@ -416,12 +416,18 @@ def test_a_failing_mode_is_logged_left_out_and_retried(tmp_path):
             longctx.run(cfg, FailingDecoder("dense", fatal), CODEC, str(tmp_path / type(fatal).__name__),
                         model_shape=SHAPE, pinned=dict(seed=0), progress=False)
 
-def test_results_are_appended_and_a_rerun_skips_what_is_done(tmp_path):
+def _interrupted_run(tmp_path):
+    """(out, cfg) of a run interrupted after its third record (a KeyboardInterrupt)."""
     out = str(tmp_path / "run")
     cfg = _cfg(tmp_path)
     with pytest.raises(KeyboardInterrupt):
         longctx.run(cfg, FakeDecoder(crash_after=3), CODEC, out, model_shape=SHAPE, pinned=dict(seed=0),
                     progress=False)
+    return out, cfg
+
+
+def test_results_are_appended_and_a_rerun_skips_what_is_done(tmp_path):
+    out, cfg = _interrupted_run(tmp_path)
     recs = read_results(os.path.join(out, "results.jsonl"))
     assert len(recs) == 3
     # a crash in the middle of a write leaves a partial line: it is ignored and redone
@@ -451,11 +457,7 @@ def test_an_archived_run_gzipped_reads_resumes_and_reports_as_before(tmp_path):
     import gzip
     import shutil
 
-    out = str(tmp_path / "run")
-    cfg = _cfg(tmp_path)
-    with pytest.raises(KeyboardInterrupt):
-        longctx.run(cfg, FakeDecoder(crash_after=3), CODEC, out, model_shape=SHAPE, pinned=dict(seed=0),
-                    progress=False)
+    out, cfg = _interrupted_run(tmp_path)
     plain = os.path.join(out, "results.jsonl")
     before = _records(out)
     with open(plain, "rb") as f, gzip.open(plain + ".gz", "wb") as g:
