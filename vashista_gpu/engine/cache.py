@@ -34,9 +34,8 @@ Example::
 """
 from __future__ import annotations
 
-import weakref
-
 import math
+import weakref
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
