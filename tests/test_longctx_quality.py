@@ -464,6 +464,10 @@ def test_an_archived_run_gzipped_reads_resumes_and_reports_as_before(tmp_path):
         shutil.copyfileobj(f, g)
     os.remove(plain)
     assert _records(out) == before and len(before) == 3
+    with gzip.open(plain + ".gz", "rb") as f, open(plain, "wb") as g:   # the plain file copied back: read once
+        shutil.copyfileobj(f, g)
+    assert len(read_results(plain)) == 3
+    os.remove(plain)
     dec = FakeDecoder()
     counts = longctx.run(cfg, dec, CODEC, out, model_shape=SHAPE, pinned=dict(seed=0), progress=False)
     assert counts["records_skipped"] == 3 and counts["records_new"] == 5 and len(read_results(plain)) == 8

@@ -27,17 +27,23 @@ CONFIG = "config.json"
 
 def read_results(path: str) -> list[dict]:
     """Every complete record of a results file and of its gzipped archive ``path + ".gz"`` (module
-    doc), the archive's first; a line cut by a crash is ignored."""
-    out = []
+    doc), the archive's first; a line cut by a crash is ignored, and so is a record of the plain file
+    whose key the archive already has (a plain file copied back beside its archive is read once)."""
+    out, archived = [], set()
     for name, opener in ((path + ".gz", gzip.open), (path, open)):
         if not os.path.exists(name):
             continue
         with opener(name, "rt", encoding="utf-8") as f:
             for line in f:
                 try:
-                    out.append(json.loads(line))
+                    r = json.loads(line)
                 except ValueError:
                     continue
+                if opener is gzip.open:
+                    archived.add(record_key(r))
+                elif archived and record_key(r) in archived:
+                    continue
+                out.append(r)
     return out
 
 
