@@ -527,9 +527,31 @@ class BatchingFakeDecoder(FakeDecoder):
         return [self.run(s, mode, ctx, f, n, stop=st) for s, f, n, st in zip(states, feeds, max_news, stops)]
 
 
-def _records(out, drop=("seconds", "phases")):
+def _records(out, drop=("seconds", "phases", "prefill_seconds")):
     return {record_key(r): {k: v for k, v in r.items() if k not in drop}
             for r in read_results(os.path.join(out, "results.jsonl"))}
+
+
+def test_records_carry_each_items_share_of_the_prefill(tmp_path):
+    # the dense prefill a job's modes share is in no mode's seconds: each record carries its item's share
+    # of its group's prefill, and the report its median per context
+    import time as _time
+
+    class SlowPrefill(BatchingFakeDecoder):
+        def prefill(self, ids):
+            _time.sleep(0.1)
+            return super().prefill(ids)
+    out = str(tmp_path / "run")
+    longctx.run(_cfg(tmp_path, batch=2), SlowPrefill(), CODEC, out,
+                model_shape=SHAPE, pinned={}, progress=False)
+    recs = read_results(os.path.join(out, "results.jsonl"))
+    items = [r["prefill_seconds"] for r in recs if r["task"] != "ppl"]
+    # jobs ns#0, ppl, ns#1 + ns#2 (a group of 2: 0.2 s, 0.1 s each), under dense and the window
+    assert len(items) == 6 and all(0.1 <= p < 0.19 for p in items)
+    assert all(r["prefill_seconds"] >= 0.1 for r in recs if r["task"] == "ppl")
+    (row,) = longctx_report.write_report(out, figures=False)["prefill"]
+    assert row["ctx"] == 512 and row["jobs"] == 4 and row["prefill_median"] >= 0.1
+    assert "## Prefill" in open(os.path.join(out, "summary.md")).read()
 
 
 def test_batches_group_items_of_one_context_and_resume(tmp_path):

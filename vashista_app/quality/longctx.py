@@ -13,7 +13,8 @@ Batches (``--batch N``, default 1): up to N consecutive item jobs of one context
 each and decoded together under each mode, one engine run per (group, mode) with one row per item
 (``EngineDecoder.run_batch``), so the engine's fixed cost per run and its per-step latency are shared
 by N items; every item still gets its own record, the same as with ``--batch 1`` but for ``seconds``
-and ``phases`` (the batch's, divided by its rows) — on CUDA up to the rounding of differently shaped
+and ``phases`` (the batch's, divided by its rows; ``prefill_seconds``, the job's dense prefill, shared
+by its modes, is the item's own share of its group's) — on CUDA up to the rounding of differently shaped
 launches (``engine_decoder.py``, "Batches"). Perplexity jobs stay single. The HF decoder has no
 batches: ``--batch`` > 1 is refused with it.
 
@@ -279,6 +280,15 @@ def _units(jobs: list[tuple], todo_of, batch: int):
         yield first, group
 
 
+def _since(t0: float) -> float:
+    """Seconds since ``t0``, the device's queued work included (a prefill returns before its kernels end)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return round(time.perf_counter() - t0, 3)
+
+
 def run(cfg: dict, decoder, codec, out: str, *, model_shape: dict, pinned: dict, fresh: bool = False,
         time_limit: float | None = None, progress: bool = True) -> dict:
     """Run every (job, mode) not yet in ``OUT/results.jsonl``; returns counts (done, skipped, left,
@@ -339,7 +349,9 @@ def run(cfg: dict, decoder, codec, out: str, *, model_shape: dict, pinned: dict,
             if len(ids) < ctx:
                 raise VashistaInputError("--ppl-texts", f"{which} has {len(ids)} tokens, fewer than {ctx}")
             span = cfg["span"]
+            t_pre = time.perf_counter()
             state = decoder.prefill(ids[:ctx - span])
+            pre = _since(t_pre)
             for m in todo:
                 bar.set_postfix_str(f"{task} {ctx} {which} {m.name}")
                 r = attempt(m, [dict(task=PPL, ctx=ctx, text=which)],
@@ -348,14 +360,16 @@ def run(cfg: dict, decoder, codec, out: str, *, model_shape: dict, pinned: dict,
                     continue
                 nll = sum(r.nll)
                 res.append(dict(task=PPL, ctx=ctx, text=which, **_mode_fields(m, r), n_scored=len(r.nll), nll_sum=nll,
-                                ppl=math.exp(nll / len(r.nll)), seconds=round(r.seconds, 2),
+                                ppl=math.exp(nll / len(r.nll)), seconds=round(r.seconds, 2), prefill_seconds=pre,
                                 **stats_fields(r.stats, m, ctx, model_shape)))
                 counts["records_new"] += 1
             continue
         if hay is None:
             hay = Haystack(codec, haystacks.load(cfg["haystack"], cfg["text_dir"]), cfg["haystack"])
         items = [make_item(t, c, w, codec, hay, seed=cfg["seed"]) for (t, c, w), _ in unit]
+        t_pre = time.perf_counter()
         states = [decoder.prefill(it.context) for it in items]
+        pre = _since(t_pre) / len(items)              # each item's share: one prefill per item, every mode's
         stops = [(lambda g, it=it: string_match_all(codec.decode(g), it.answers) == 1.0) for it in items]
         for m in modes:
             rows = [k for k, (_, todo) in enumerate(unit) if m in todo]
@@ -381,7 +395,8 @@ def run(cfg: dict, decoder, codec, out: str, *, model_shape: dict, pinned: dict,
                 res.append(dict(task=unit[k][0][0], ctx=ctx, item=unit[k][0][2], **_mode_fields(m, r),
                                 score=score(item, pred), prediction=pred, answers=item.answers,
                                 depth=item.depths[0] if item.depths else None, generated=len(r.generated),
-                                seconds=round(r.seconds, 2), **stats_fields(r.stats, m, ctx, model_shape)))
+                                seconds=round(r.seconds, 2), prefill_seconds=round(pre, 3),
+                                **stats_fields(r.stats, m, ctx, model_shape)))
                 counts["records_new"] += 1
     bar.close()
     counts["records_failed"] = failures.total()

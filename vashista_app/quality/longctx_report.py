@@ -133,6 +133,18 @@ def phase_rows(recs: list[dict]) -> list[dict]:
             for mode, ps in sorted(by.items())]
 
 
+def prefill_rows(recs: list[dict]) -> list[dict]:
+    """Per context: the jobs whose records carry ``prefill_seconds`` (the dense prefill every mode of a
+    job shares; an item's share of its batch's) and its median over those jobs — the part of a job's
+    time that no mode's phases show."""
+    by = defaultdict(dict)                      # ctx -> {job: seconds}
+    for r in recs:
+        if r.get("prefill_seconds") is not None:
+            by[r["ctx"]][(r["task"], r.get("item", r.get("text")))] = r["prefill_seconds"]
+    return [dict(ctx=ctx, jobs=len(js), prefill_median=statistics.median(js.values()))
+            for ctx, js in sorted(by.items())]
+
+
 def tolerance_rows(recs: list[dict]) -> list[dict]:
     """Exceedance curves per sparse mode, context and tolerance (long form): queries, and the fractions
     of them whose certified / true error exceeds t, weighted by each record's decode steps (None where
@@ -380,6 +392,11 @@ def write_report(out: str, *, figures: bool = True, meta: dict | None = None) ->
         s += ("\n## Time per record and phase (engine decoder, median seconds; CUDA synchronised at each phase; "
               "slowest_record: the slowest record's total, a mode's first record includes compilation)\n\n"
               + _table(phases, list(phases[0])))
+    summary["prefill"] = prefill = prefill_rows(recs)
+    if prefill:
+        s += ("\n## Prefill (the dense prefill a job's modes share, in no mode's time above; median seconds per "
+              "job, an item's share of its batch; CUDA synchronised)\n\n"
+              + _table(prefill, ["ctx", "jobs", "prefill_median"]))
     curves = curve_table_rows(tol)
     if curves or fallback:
         s += ("\n## DenseFallback at tolerance t\n\nPer report-only sparse mode and context: the % of (step, head) "
