@@ -6,6 +6,7 @@ import os
 import pytest
 
 from vashista_app.quality import longctx_report
+from vashista_app.quality.ruler import TASKS
 from vashista_app.quality.targets import smallest_budgets, target_rows
 
 
@@ -78,14 +79,17 @@ def test_without_dense_there_is_no_verdict():
     assert _row(rows, "window-1/16", 4096)["verdict"] == "no dense"
 
 
-@pytest.mark.parametrize("items, texts, n, full", [(50, 3, 512, True), (49, 3, 512, False),
-                                                   (50, 2, 512, False), (50, 3, 511, False)])
-def test_full_size_needs_fifty_items_and_three_long_texts(items, texts, n, full):
+@pytest.mark.parametrize("items, texts, n, tasks, full", [
+    (50, 3, 512, TASKS, True), (49, 3, 512, TASKS, False), (50, 2, 512, TASKS, False), (50, 3, 511, TASKS, False),
+    (50, 3, 512, TASKS[:4], False),          # the four needle tasks alone (the eleventh session's 32k run)
+])
+def test_full_size_needs_every_task_fifty_items_and_three_long_texts(items, texts, n, tasks, full):
     mode = "cert-int8-1/16-fallback@1"
-    acc = [_acc("dense", "a", 32768, 0.0, items), _acc(mode, "a", 32768, 0.0, items)]
+    acc = [a for t in tasks for a in (_acc("dense", t, 32768, 0.0, items), _acc(mode, t, 32768, 0.0, items))]
     ppl = [p for t in TEXTS[:texts] for p in (_ppl("dense", t, 32768, 0.0, n), _ppl(mode, t, 32768, 0.0, n))]
     r = _row(target_rows(acc, ppl, _recs(mode)), mode)
     assert r["verdict"] == "meets" and r["full_size"] is full and r["min_items"] == items
+    assert r["tasks_missing"] == " ".join(t for t in TASKS if t not in tasks)
 
 
 def test_smallest_budget_per_family_and_context():

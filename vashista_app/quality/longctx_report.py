@@ -39,6 +39,7 @@ from collections import defaultdict
 from .modes import parse_mode, report_twin
 from .results_file import RESULTS, json_safe, read_results, record_key
 from .report import write_csv
+from .ruler import TASKS
 from .targets import ACC_POINTS, FULL_ITEMS, FULL_SCORED, FULL_TEXTS, PPL_PCT, smallest_budgets, target_rows
 
 
@@ -374,11 +375,12 @@ def write_report(out: str, *, figures: bool = True, meta: dict | None = None) ->
     if targets:
         s += (f"\n## Issue 16's bar\n\nPer sparse mode and context against dense on the same items: every task within "
               f"{ACC_POINTS:g} point, every text's PPL within {PPL_PCT:g} %, 0 violations (two-sided: worst_task_delta "
-              f"and worst_ppl_pct are signed, > 0 is more accuracy or more perplexity than dense). full_size: every "
-              f"task on >= {FULL_ITEMS} items and >= {FULL_TEXTS} texts of >= {FULL_SCORED} scored tokens; below that a verdict rests on "
-              f"fewer items (one item = 100/items points).\n\n")
+              f"and worst_ppl_pct are signed, > 0 is more accuracy or more perplexity than dense). full_size: each of "
+              f"the issue's {len(TASKS)} tasks on >= {FULL_ITEMS} items shared with dense and >= {FULL_TEXTS} texts "
+              f"of >= {FULL_SCORED} scored tokens; below that a verdict rests on fewer items (one item = 100/items "
+              f"points) or fewer tasks (tasks_missing).\n\n")
         s += _table(targets, ["ctx", "mode", "verdict", "worst_task", "worst_task_delta", "min_items", "worst_text",
-                              "worst_ppl_pct", "texts", "violations", "full_size"])
+                              "worst_ppl_pct", "texts", "violations", "full_size", "tasks_missing"])
         s += "\nSmallest exact-read budget per mode family that meets the bar:\n\n"
         s += _table(summary["targets"]["smallest_budgets"], ["ctx", "family", "budgets_run", "smallest_meeting",
                                                              "full_size"])

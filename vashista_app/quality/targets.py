@@ -8,9 +8,11 @@ A mode *meets the bar* at context n when, against dense on the same items and te
 
 Both comparisons are two-sided on purpose: a mode that answers *more* items than dense, or scores a text
 better, differs from dense, and the table says by how much and in which direction (signed worst values).
-A verdict stands on the items it was given: *full size* means every task compared on ≥ ``FULL_ITEMS``
-(50) items — one item is then at most 2 points — and ≥ ``FULL_TEXTS`` (3) texts of ≥ ``FULL_SCORED``
-(512) scored tokens, what the issue asks for; below that one item moves a task by 100/items points.
+A verdict stands on the items it was given: *full size* means every task of the issue (``ruler.TASKS``:
+the four needle tasks, variable tracking, common words) compared on ≥ ``FULL_ITEMS`` (50) items shared
+with dense — one item is then at most 2 points — and ≥ ``FULL_TEXTS`` (3) texts of ≥ ``FULL_SCORED``
+(512) scored tokens, what the issue asks for; below that one item moves a task by 100/items points,
+and ``tasks_missing`` names the tasks a verdict has not seen.
 
 :func:`smallest_budgets` answers the issue's second question per mode family (same kind, bits and
 policy at every budget): the smallest exact-read budget whose mode meets the bar at each context.
@@ -21,6 +23,7 @@ import math
 from collections import defaultdict
 
 from .modes import budget_label, parse_mode
+from .ruler import TASKS
 
 __all__ = ["ACC_POINTS", "FULL_ITEMS", "FULL_SCORED", "FULL_TEXTS", "PPL_PCT", "smallest_budgets", "target_rows"]
 
@@ -74,11 +77,12 @@ def target_rows(acc: list[dict], ppl: list[dict], recs: list[dict]) -> list[dict
                                                          if math.isfinite(p["ppl_change_pct"]))),
                                              ("violations", viol[key] > 0)) if bad]
             verdict = "misses: " + ", ".join(failed) if failed else "meets"
+        missing = " ".join(t for t in TASKS if t not in {a["task"] for a in ta})
         rows.append(dict(mode=mode, ctx=ctx, tasks=len(ta), min_items=min(items) if items else 0,
                          worst_task=wt, worst_task_delta=wd, texts=len(scored), worst_text=wp, worst_ppl_pct=wpp,
                          violations=viol[key], verdict=verdict,
-                         full_size=bool(ta) and min(items) >= FULL_ITEMS and len(scored) >= FULL_TEXTS
-                         and min(scored) >= FULL_SCORED))
+                         full_size=bool(ta) and not missing and min(items) >= FULL_ITEMS
+                         and len(scored) >= FULL_TEXTS and min(scored) >= FULL_SCORED, tasks_missing=missing))
     return rows
 
 
