@@ -280,13 +280,16 @@ def _units(jobs: list[tuple], todo_of, batch: int):
         yield first, group
 
 
-def _since(t0: float) -> float:
-    """Seconds since ``t0``, the device's queued work included (a prefill returns before its kernels end)."""
+def _prefill(decoder, contexts: list) -> tuple[list, float]:
+    """The dense prefill state of each context, and each one's share of the seconds they took together
+    (the device's queued work included: a prefill returns before its kernels end)."""
     import torch
 
+    t0 = time.perf_counter()
+    states = [decoder.prefill(c) for c in contexts]
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
-    return round(time.perf_counter() - t0, 3)
+    return states, round((time.perf_counter() - t0) / len(contexts), 3)
 
 
 def run(cfg: dict, decoder, codec, out: str, *, model_shape: dict, pinned: dict, fresh: bool = False,
@@ -349,9 +352,7 @@ def run(cfg: dict, decoder, codec, out: str, *, model_shape: dict, pinned: dict,
             if len(ids) < ctx:
                 raise VashistaInputError("--ppl-texts", f"{which} has {len(ids)} tokens, fewer than {ctx}")
             span = cfg["span"]
-            t_pre = time.perf_counter()
-            state = decoder.prefill(ids[:ctx - span])
-            pre = _since(t_pre)
+            (state,), pre = _prefill(decoder, [ids[:ctx - span]])
             for m in todo:
                 bar.set_postfix_str(f"{task} {ctx} {which} {m.name}")
                 r = attempt(m, [dict(task=PPL, ctx=ctx, text=which)],
@@ -367,9 +368,7 @@ def run(cfg: dict, decoder, codec, out: str, *, model_shape: dict, pinned: dict,
         if hay is None:
             hay = Haystack(codec, haystacks.load(cfg["haystack"], cfg["text_dir"]), cfg["haystack"])
         items = [make_item(t, c, w, codec, hay, seed=cfg["seed"]) for (t, c, w), _ in unit]
-        t_pre = time.perf_counter()
-        states = [decoder.prefill(it.context) for it in items]
-        pre = _since(t_pre) / len(items)              # each item's share: one prefill per item, every mode's
+        states, pre = _prefill(decoder, [it.context for it in items])   # pre: each item's share, every mode's
         stops = [(lambda g, it=it: string_match_all(codec.decode(g), it.answers) == 1.0) for it in items]
         for m in modes:
             rows = [k for k, (_, todo) in enumerate(unit) if m in todo]
@@ -395,7 +394,7 @@ def run(cfg: dict, decoder, codec, out: str, *, model_shape: dict, pinned: dict,
                 res.append(dict(task=unit[k][0][0], ctx=ctx, item=unit[k][0][2], **_mode_fields(m, r),
                                 score=score(item, pred), prediction=pred, answers=item.answers,
                                 depth=item.depths[0] if item.depths else None, generated=len(r.generated),
-                                seconds=round(r.seconds, 2), prefill_seconds=round(pre, 3),
+                                seconds=round(r.seconds, 2), prefill_seconds=pre,
                                 **stats_fields(r.stats, m, ctx, model_shape)))
                 counts["records_new"] += 1
     bar.close()

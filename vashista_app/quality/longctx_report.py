@@ -141,7 +141,7 @@ def prefill_rows(recs: list[dict]) -> list[dict]:
     by = defaultdict(dict)                      # ctx -> {job: seconds}
     for r in recs:
         if r.get("prefill_seconds") is not None:
-            by[r["ctx"]][(r["task"], r.get("item", r.get("text")))] = r["prefill_seconds"]
+            by[r["ctx"]][record_key(r)[:3]] = r["prefill_seconds"]      # one job: (task, ctx, item or text)
     return [dict(ctx=ctx, jobs=len(js), prefill_median=statistics.median(js.values()))
             for ctx, js in sorted(by.items())]
 
@@ -333,7 +333,7 @@ def error_rows(out: str, recs: list[dict] | None = None) -> list[dict]:
     for mode, es in sorted(by.items()):
         last = es[-1]
         job = " ".join(str(last[k]) for k in ("task", "ctx", "item", "text") if last.get(k) is not None)
-        since = sum(record_key(dict(e, ctx=int(e["ctx"]))) in done for e in es if "task" in e and "ctx" in e)
+        since = sum(record_key(e) in done for e in es if "task" in e)     # an error line is its job's where + mode
         rows.append(dict(mode=mode, failures=len(es), recorded_since=since, last_job=job,
                          last_error=last.get("error", "")[:200]))
     return rows
