@@ -35,3 +35,19 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
 settings.load_profile(os.environ.get("VASHISTA_HYPOTHESIS", "ci"))
+
+
+import gc  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def no_cyclic_gc():
+    """Python's cyclic collector off for the test (restored after): what a reference cycle keeps alive
+    stays alive, as it does on a GPU between the collector's runs (device memory never triggers one)."""
+    was = gc.isenabled()
+    gc.disable()
+    yield
+    if was:
+        gc.enable()

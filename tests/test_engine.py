@@ -156,32 +156,25 @@ def test_vashista_cache_is_a_transformers_cache(tiny):
     assert e.value.argument == "cache"
 
 
-def test_a_dropped_engine_frees_its_cache_without_the_cyclic_collector(tiny):
+def test_a_dropped_engine_frees_its_cache_without_the_cyclic_collector(tiny, no_cyclic_gc):
     # the cache's layers once held the cache strongly (a cycle): on a GPU a dropped engine's pools stayed
     # allocated until Python's cyclic collector ran, which device memory does not trigger, and a
     # quality sweep ran out of memory after ~10 batches (eleventh session)
-    import gc
     import weakref
 
     (p,) = _prompts([40], seed=5)
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        for mode in ("dense", "certified", "paged"):
-            eng = Engine(tiny, mode=mode, bits=8, budget=0.5, max_seqs=1, max_tokens=64)
-            with eng:
-                eng.add([p], 3)
-                eng.run()
-            cache = weakref.ref(eng.cache)
-            del eng
-            assert cache() is None, mode
-        layer = VashistaCache(tiny.config, max_seqs=1, max_tokens=64, dtype=torch.float32).layers[0]
-        with pytest.raises(VashistaInputError) as e:          # a layer kept past its cache says so
-            layer.get_seq_length()
-        assert e.value.argument == "cache"
-    finally:
-        if was:
-            gc.enable()
+    for mode in ("dense", "certified", "paged"):
+        eng = Engine(tiny, mode=mode, bits=8, budget=0.5, max_seqs=1, max_tokens=64)
+        with eng:
+            eng.add([p], 3)
+            eng.run()
+        cache = weakref.ref(eng.cache)
+        del eng
+        assert cache() is None, mode
+    layer = VashistaCache(tiny.config, max_seqs=1, max_tokens=64, dtype=torch.float32).layers[0]
+    with pytest.raises(VashistaInputError) as e:          # a layer kept past its cache says so
+        layer.get_seq_length()
+    assert e.value.argument == "cache"
 
 
 @pytest.mark.parametrize("kw, name", [

@@ -1103,11 +1103,10 @@ def test_a_batch_decodes_each_item_as_alone(batch_runs, name):
 
 
 @pytest.mark.parametrize("name", ["dense", "cert-int8-1/8-fallback@0.7", "window-1/4"])
-def test_a_run_leaves_no_engine_cache_behind(batch_runs, name):
+def test_a_run_leaves_no_engine_cache_behind(batch_runs, name, no_cyclic_gc, monkeypatch):
     # the statistics' and the window's wrappers close over the runner (a cycle): unwrapped when the run
     # returns, so its cache goes then, not when Python's cyclic collector next runs (on a GPU a 32k sweep
     # at batch 8 ran out of memory after ~10 batches; eleventh session)
-    import gc
     import importlib
     import weakref
 
@@ -1119,16 +1118,8 @@ def test_a_run_leaves_no_engine_cache_behind(batch_runs, name):
     def spy(self, *a, **k):
         built(self, *a, **k)
         caches.append(weakref.ref(self.cache))
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        engine_generate.Engine.__init__ = spy
-        dec.run_batch([st for st, _ in items], parse_mode(name), 160, [fd for _, fd in items], list(_BATCH["new"]),
-                      stops)
-    finally:
-        engine_generate.Engine.__init__ = built
-        if was:
-            gc.enable()
+    monkeypatch.setattr(engine_generate.Engine, "__init__", spy)
+    dec.run_batch([st for st, _ in items], parse_mode(name), 160, [fd for _, fd in items], list(_BATCH["new"]), stops)
     assert len(caches) == 1 and caches[0]() is None
 
 
