@@ -22,7 +22,7 @@
 #     (LONGCTX_MODES="..." picks the modes; keep LONGCTX_MARGIN_S >= one batch of all its modes + 20 s, or the
 #     hard stop cuts the last batch: ~45 s for three modes at 32k)
 #     (LONGCTX_CONTEXTS="16384 8192" bash benchmarks/session10_side.sh q: the same modes at shorter contexts,
-#     into the same results)
+#     into the same results; LONGCTX_TASKS and LONGCTX_ITEMS override the needle tasks + ppl and the 50 items)
 # Each step under its own limit; results in one tarball, $OUT/calls_N.tar.gz (device_steps.sh).
 set -u
 n=${1:?call}
@@ -54,8 +54,8 @@ case "$n" in
        # LONGCTX_SEED=benchmarks/results/gpu_session10_h100/quality32k/out LONGCTX_BUDGET_S=570 LONGCTX_MARGIN_S=60
        # LONGCTX_MODES="dense cert-int8-1/16-fallback@1 cert-int4-1/16-fallback@1" (three calls, the last at 445/30)
        export LONGCTX_SEED=${LONGCTX_SEED:-benchmarks/results/gpu_session11_h100/quality32k/merged} LONGCTX_BATCH=${LONGCTX_BATCH:-8} \
-              LONGCTX_TASKS="niah_single niah_multikey niah_multivalue niah_multiquery ppl" LONGCTX_CONTEXTS="${LONGCTX_CONTEXTS:-32768}" \
-              LONGCTX_ITEMS=50 LONGCTX_PPL_TEXTS="stdlib-code devil paradise-lost" \
+              LONGCTX_TASKS="${LONGCTX_TASKS:-niah_single niah_multikey niah_multivalue niah_multiquery ppl}" LONGCTX_CONTEXTS="${LONGCTX_CONTEXTS:-32768}" \
+              LONGCTX_ITEMS=${LONGCTX_ITEMS:-50} LONGCTX_PPL_TEXTS="stdlib-code devil paradise-lost" \
               LONGCTX_MODES="${LONGCTX_MODES:-dense cert-int8-1/16-fallback@1 cert-int4-1/16-fallback@1 cert-int4-1/16-report cert-int4-1/32-report paged-1/16 window-1/16}" \
               LONGCTX_BUDGET_S=${LONGCTX_BUDGET_S:-560} LONGCTX_MARGIN_S=${LONGCTX_MARGIN_S:-120}
        bash benchmarks/longctx_quality.sh run ;;
