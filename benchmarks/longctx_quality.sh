@@ -8,14 +8,16 @@
 # GGUF travels in ten 50 MB parts over consecutive calls while the machine stays warm (/tmp persists):
 #   here, once:   bash scripts/install_longctx_model.sh && bash scripts/fetch_longctx_texts.sh
 #                 bash scripts/stage_longctx_for_device.sh     (.devcarry_q01..q10, .devcarry_texts, .whl)
-#   call 1:       carry .devcarry_q01 .devcarry_texts .whl   bash benchmarks/longctx_quality.sh stage 1
-#   calls 2..10:  carry .devcarry_qNN                         bash benchmarks/longctx_quality.sh stage N
+#   calls 1..9:   carry .devcarry_qNN                         bash benchmarks/longctx_quality.sh stage N
+#   call 10:      carry .devcarry_q10 .devcarry_texts .whl   bash benchmarks/longctx_quality.sh stage 10
+#   (the texts and the wheel travel with the smallest part, 41 MB: with a 50 MB part and the checkout's
+#   ~13 MB they would pass the 64 MiB carry; any stage call copies them when they are carried)
 #   then, repeatedly (each call <= 9.5 min, the run resumes where the last one stopped):
 #                 bash benchmarks/longctx_quality.sh run
 #   or first the reduced 32k pass (< 300 s on an H100; its records are reused by a later full `run`):
 #                 bash benchmarks/longctx_quality.sh first
 # Phases:
-#   stage N  copies part N (and, with part 1, the texts and the gguf wheel) to /tmp/vlong/
+#   stage N  copies part N (and the texts and the gguf wheel, when carried) to /tmp/vlong/
 #   run      joins the parts, checks the pinned sha256, installs the gguf wheel into /tmp/site, then runs
 #            the sweep with a time limit (LONGCTX_BUDGET_S, default 540 s) into /tmp/vlong/out and
 #            copies $OUT/longctx_results.tar.gz (results.jsonl, tables, figures, summary.md/json),
@@ -70,12 +72,10 @@ stage() {
     [ -f "$d/part" ] || { echo "stage: $d/part missing (carry $d)"; return 3; }
     mkdir -p "$VL/parts"
     cp "$d/part" "$VL/parts/$(printf '%02d' "$n")"
-    if [ "$n" = 1 ]; then
-        cp "$d/count" "$d/sha256" "$VL/"
-        mkdir -p "$VL/texts" "$VL/whl"
-        [ -d .devcarry_texts ] && cp .devcarry_texts/* "$VL/texts/" 2>/dev/null
-        cp .whl/gguf-*.whl "$VL/whl/" || { echo "stage: carry .whl with part 1"; return 3; }
-    fi
+    [ "$n" = 1 ] && cp "$d/count" "$d/sha256" "$VL/"
+    mkdir -p "$VL/texts" "$VL/whl"
+    [ -d .devcarry_texts ] && cp .devcarry_texts/* "$VL/texts/" 2>/dev/null
+    ls .whl/gguf-*.whl >/dev/null 2>&1 && cp .whl/gguf-*.whl "$VL/whl/"
     ls -l "$VL/parts"
 }
 
@@ -114,6 +114,7 @@ run_all() {
         mv "$VL/model/$NAME.partial" "$VL/model/$NAME"
     fi
     if ! python3 -c "import gguf" 2>/dev/null; then
+        ls "$VL"/whl/gguf-*.whl >/dev/null 2>&1 || { echo "run: no gguf wheel staged (carry .whl with a stage call)"; return 3; }
         mkdir -p /tmp/site
         python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$VL"/whl/*.whl \
             || python3 -m zipfile -e "$VL"/whl/gguf-*.whl /tmp/site || return 3

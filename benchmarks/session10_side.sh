@@ -2,6 +2,7 @@
 # Device calls of the tenth session: the calls that carry the 32k model's parts
 # (`benchmarks/longctx_quality.sh stage N`) also run the steps that the ninth session left owed.
 #   bash benchmarks/longctx_quality.sh stage 1 && bash benchmarks/session10_side.sh 1
+#   (the texts and the wheel now travel with part 10: see longctx_quality.sh)
 #     c   the CUDA tests of the new code: the quality suite's captured batch (run_batch; `run` is now a batch
 #         of one), the sketch-check kernel, the fused step and the engine (100 s)
 #   ... stage 2 && session10_side.sh 2
@@ -49,11 +50,14 @@ case "$n" in
             --variants "$V" ;;
     e8) python3 benchmarks/e2e_decode.py --out "$OUT/e2e_8b" --configs llama-8b:131072:4,llama-8b:131072:1 --time-budget 270 \
             --variants "$V" ;;
-    q) # seeded (on a fresh machine) with the newest pass's records: the eleventh session's merged folder (its
-       # own three modes at 49 items and the tenth's other four at 15); the eleventh's own pass ran
+    q) # seeded (on a fresh machine) with the newest pass's records: the twelfth session's merged folder (its
+       # 4k and 8k pass of three modes, all six tasks; the eleventh's 32k records: its three modes at 49 items
+       # and the tenth's other four at 15); the twelfth's pass ran LONGCTX_CONTEXTS="4096 8192 16384"
+       # LONGCTX_TASKS="niah_single niah_multikey niah_multivalue niah_multiquery vt cwe ppl" with the three modes
+       # (two calls, 480 s / margin 60 and 505 s / margin 90); the eleventh's own pass ran
        # LONGCTX_SEED=benchmarks/results/gpu_session10_h100/quality32k/out LONGCTX_BUDGET_S=570 LONGCTX_MARGIN_S=60
        # LONGCTX_MODES="dense cert-int8-1/16-fallback@1 cert-int4-1/16-fallback@1" (three calls, the last at 445/30)
-       export LONGCTX_SEED=${LONGCTX_SEED:-benchmarks/results/gpu_session11_h100/quality32k/merged} LONGCTX_BATCH=${LONGCTX_BATCH:-8} \
+       export LONGCTX_SEED=${LONGCTX_SEED:-benchmarks/results/gpu_session12_h100/quality/merged} LONGCTX_BATCH=${LONGCTX_BATCH:-8} \
               LONGCTX_TASKS="${LONGCTX_TASKS:-niah_single niah_multikey niah_multivalue niah_multiquery ppl}" LONGCTX_CONTEXTS="${LONGCTX_CONTEXTS:-32768}" \
               LONGCTX_ITEMS=${LONGCTX_ITEMS:-50} LONGCTX_PPL_TEXTS="stdlib-code devil paradise-lost" \
               LONGCTX_MODES="${LONGCTX_MODES:-dense cert-int8-1/16-fallback@1 cert-int4-1/16-fallback@1 cert-int4-1/16-report cert-int4-1/32-report paged-1/16 window-1/16}" \

@@ -5,7 +5,7 @@
 #   .devcarry_q01 ... .devcarry_q10   the joined Qwen2.5-Coder-0.5B GGUF (491,400,064 B) in ten parts of
 #                                     <= 50,000,000 B, one folder per call (each < 55 MB)
 #   .devcarry_texts/                  the optional texts (scripts/fetch_longctx_texts.sh; ~6 MB), carried
-#                                     with the first part
+#                                     with the last (smallest) part, as is the wheel
 #   .whl/gguf-*.whl                   the gguf wheel of the version installed here (pure python)
 # The folders are git-ignored through .git/info/exclude (local). The model must be installed here first
 # (bash scripts/install_longctx_model.sh), the texts fetched (bash scripts/fetch_longctx_texts.sh).
