@@ -719,6 +719,19 @@ def test_report_shows_the_tolerance_trade_off(tmp_path):
     assert float(rows[("cert-int8-1/16-report", 0.3)]["cert_exceeds"]) == pytest.approx(0.35)
 
 
+def test_the_context_figure_averages_the_tasks_every_context_has():
+    # vt at 4k only: averaged in, it would draw the task mix changing as accuracy changing with context
+    acc = [dict(mode=m, ctx=c, task=t, accuracy_shared=a) for m, c, t, a in (
+        ("dense", 4096, "niah_single", 100.0), ("dense", 4096, "vt", 20.0), ("dense", 32768, "niah_single", 90.0),
+        ("cert", 4096, "niah_single", 96.0), ("cert", 4096, "vt", 20.0), ("cert", 32768, "niah_single", 88.0))]
+    tasks, curves = longctx_report.context_curves(acc)
+    assert tasks == ["niah_single"]
+    assert curves == {"dense": {4096: 100.0, 32768: 90.0}, "cert": {4096: 96.0, 32768: 88.0}}
+    # no task at every context: each context's own tasks
+    tasks, curves = longctx_report.context_curves(acc[:2] + [dict(acc[2], task="cwe")])
+    assert tasks == [] and curves == {"dense": {4096: 60.0, 32768: 90.0}}
+
+
 def test_pareto_front():
     pts = [(1.0, 90.0, "dense"), (0.4, 90.0, "cert"), (0.06, 25.0, "window"), (0.5, 80.0, "worse")]
     assert longctx_report.pareto(pts) == ["cert", "window"]
