@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
-def test_six_notebooks_stored_without_outputs_and_up_to_date():
-    assert [p.stem[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06"]
+def test_seven_notebooks_stored_without_outputs_and_up_to_date():
+    assert [p.stem[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07"]
     for p in NOTEBOOKS:
         nb = nbformat.read(p, as_version=4)
         assert all(not c.get("outputs") and c.get("execution_count") is None

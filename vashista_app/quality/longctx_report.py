@@ -43,6 +43,9 @@ from .report import write_csv
 from .ruler import TASKS
 from .targets import ACC_POINTS, FULL_ITEMS, FULL_SCORED, FULL_TEXTS, PPL_PCT, smallest_budgets, target_rows
 
+__all__ = ["accuracy_rows", "context_curves", "fallback_rows", "layer_rows", "mode_rows", "pareto", "phase_rows",
+           "ppl_rows", "prefill_rows", "tolerance_rows", "write_report"]
+
 
 # what a run on the engine's decoder (engine_decoder.py) does not produce, said where its numbers are read
 ENGINE_NOTE = ("- engine: rel_bytes is the model of modes.relative_bytes (not measured); per-layer certified error "

@@ -21,6 +21,8 @@ import os
 
 from vashista_core.errors import VashistaInputError
 
+__all__ = ["CONFIG", "RESULTS", "ResultsFile", "json_safe", "pin_config", "read_results", "record_key"]
+
 RESULTS = "results.jsonl"
 CONFIG = "config.json"
 
