@@ -14,7 +14,8 @@ Writes to the run's folder:
   ``summary.md``'s "DenseFallback at tolerance t" shows it per report-only mode (the certified fraction
   is the fallback rate DenseFallback(t) would have: exact at the first decode step, later steps decode
   other outputs) and, per fallback mode, the measured fallback rate and quality next to its tolerance,
-  the rate its report-only twin predicted there and the share of queries it left > 0.1 off exact (how to pick a tolerance: ``modes.py``);
+  the rate its report-only twin predicted there and the share of queries it left > 0.1 off exact
+  (``true_above``; how to pick a tolerance: ``modes.py``);
 * ``targets.csv`` — per sparse mode and context: issue 16's bar (``targets.py``: every task within 1
   point of dense, every text's PPL within 0.5 %, 0 violations), the signed worst task and text, and
   whether the verdict is full size (≥ 50 items per task, ≥ 3 texts of ≥ 512 scored tokens); ``summary.md``
