@@ -22,7 +22,11 @@ and the fraction whose true error (float64 dense shadow) exceeds t. The certific
 so the first curve lies above the second; read off the t where the first is low enough to pay (each
 fallback re-reads the whole context), check in the second how many queries really are that wrong,
 and run ``cert-...-fallback@t`` to measure the accuracy it keeps (``longctx_report.py``'s table
-"DenseFallback at tolerance t").
+"DenseFallback at tolerance t"). A fallback mode's own true-error curve is of the outputs it returned
+(exact after a fallback): its share above 0.1 (the report's ``true_above``) is what t let through. At one
+t, a tighter certificate (int8 against int4) falls back less and lets more through — on the 32k model at
+4k and 8k, int8 at t = 1 left ~6 % of queries more than 0.1 off and moved perplexity by up to 0.7 %,
+int4 under 1 % and 0.2 % (benchmarks/RESULTS.md, twelfth session).
 
 Bytes read per decode step and KV head, relative to dense attention over T tokens (keys and values
 of 16-bit, D per head, 4D bytes per token; the model, not a measurement):
