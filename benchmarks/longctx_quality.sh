@@ -34,6 +34,7 @@
 # LONGCTX_SEED=FOLDER (results.jsonl + config.json of an earlier session) starts a fresh machine's run
 # from that session's records of the asked modes and tasks (engine decoder only; see seed()).
 # LONGCTX_TINY=1 runs a CPU-sized check of this script (SmolLM2, 1024 tokens, 1 item, 2 modes).
+# LONGCTX_STAGE_DIR (default /tmp/vlong): where stage and run keep the parts, texts, wheel, model and results.
 #
 # `first`: the reduced 32k pass (issue 16's first GPU numbers): needle single + multi-key, 10 items each,
 # and decoded perplexity over 512 tokens of one text (stdlib-code), at 32,768 tokens, in the modes dense,
@@ -62,7 +63,7 @@ OUT=${OUT:-/tmp/longctx_out}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
-VL=/tmp/vlong
+VL=${LONGCTX_STAGE_DIR:-/tmp/vlong}   # where the parts, texts, wheel, model and results live on the machine
 NAME=qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 SHA=$(sed -n 's/^QWEN_SHA256 = "\(.*\)"$/\1/p' vashista_app/quality/longctx_model.py)
 

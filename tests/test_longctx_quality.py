@@ -789,6 +789,41 @@ def test_the_loader_refuses_a_wrong_file_and_says_how_to_install(tmp_path):
         longctx_model.load_model_preset("llama-70b")
 
 
+def test_device_staging_carries_the_texts_and_wheel_with_any_part(tmp_path):
+    # benchmarks/longctx_quality.sh stage N on the device: the texts and the gguf wheel travel with the
+    # smallest part (part 10; with part 1 and the checkout they would pass the 64 MiB carry), so any stage
+    # call copies them when they are carried, and part 1 brings the count and the checksum
+    import shutil
+    import subprocess
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                          "longctx_quality.sh")
+    call, vl = tmp_path / "call", tmp_path / "vlong"
+    env = dict(os.environ, LONGCTX_STAGE_DIR=str(vl), OUT=str(tmp_path / "out"))
+
+    def stage(n, carried):
+        if call.exists():
+            shutil.rmtree(call)
+        call.mkdir()
+        for rel, data in carried.items():
+            (call / rel).parent.mkdir(parents=True, exist_ok=True)
+            (call / rel).write_bytes(data)
+        return subprocess.run(["bash", script, "stage", str(n)], cwd=call, env=env, capture_output=True, text=True)
+
+    r = stage(1, {".devcarry_q01/part": b"a" * 10, ".devcarry_q01/count": b"2\n", ".devcarry_q01/sha256": b"x\n"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (vl / "parts" / "01").read_bytes() == b"a" * 10 and (vl / "count").read_text() == "2\n"
+    assert not list((vl / "whl").glob("*")) and not list((vl / "texts").glob("*"))
+    r = stage(10, {".devcarry_q10/part": b"b" * 7, ".devcarry_texts/devil.txt": b"text",
+                   ".whl/gguf-0.19.0-py3-none-any.whl": b"wheel"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (vl / "parts" / "10").read_bytes() == b"b" * 7
+    assert (vl / "texts" / "devil.txt").read_bytes() == b"text"
+    assert (vl / "whl" / "gguf-0.19.0-py3-none-any.whl").read_bytes() == b"wheel"
+    r = stage(3, {})                                         # a part that was not carried: a named refusal
+    assert r.returncode == 3 and "carry .devcarry_q03" in r.stdout
+
+
 def test_pinned_requirements_match_the_resources_note():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     lines = [x for x in open(os.path.join(root, "scripts", "longctx-model.txt")) if x.strip() and x[0] != "#"]
