@@ -706,6 +706,9 @@ def test_report_shows_the_tolerance_trade_off(tmp_path):
     assert "window-1/16" not in fb and "cert-int8-1/16-report" not in fb                 # fallback modes only
     assert longctx_report.RESIDUAL_T in TOL_GRID                                           # a point of the curves
     assert s["modes"]["cert-int8-1/16-fallback@0.3"]["tol"] == 0.3
+    # the window has no certificate: nothing of it is counted as checked, and no violations
+    assert s["modes"]["window-1/16"]["decode_steps_checked"] == 0 and s["modes"]["window-1/16"]["violations"] is None
+    assert s["modes"]["cert-int8-1/16-report"]["decode_steps_checked"] == 400
     md = open(tmp_path / "r" / "summary.md").read()
     assert "## DenseFallback at tolerance t" in md
     assert "| mode | ctx | queries | t=0.01 | t=0.03 | t=0.1 | t=0.3 | t=1 | t=3 |" in md
