@@ -709,6 +709,8 @@ def test_report_shows_the_tolerance_trade_off(tmp_path):
     # the window has no certificate: nothing of it is counted as checked, and no violations
     assert s["modes"]["window-1/16"]["decode_steps_checked"] == 0 and s["modes"]["window-1/16"]["violations"] is None
     assert s["modes"]["cert-int8-1/16-report"]["decode_steps_checked"] == 400
+    bar = {r["mode"]: r for r in s["targets"]["rows"]}
+    assert bar["window-1/16"]["violations"] is None and bar["cert-int8-1/16-report"]["violations"] == 0
     md = open(tmp_path / "r" / "summary.md").read()
     assert "## DenseFallback at tolerance t" in md
     assert "| mode | ctx | queries | t=0.01 | t=0.03 | t=0.1 | t=0.3 | t=1 | t=3 |" in md

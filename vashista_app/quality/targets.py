@@ -45,11 +45,13 @@ def target_rows(acc: list[dict], ppl: list[dict], recs: list[dict]) -> list[dict
     %), the items and texts those rest on, the violations, and ``verdict`` — ``meets``, ``misses: …``
     (the failed bars), or ``no dense`` where the run has no dense record to compare with.
     ``acc`` and ``ppl`` are ``longctx_report.accuracy_rows`` / ``ppl_rows``; ``recs`` the records."""
-    viol, dense_seen = defaultdict(int), set()
+    viol, dense_seen, unbounded = defaultdict(int), set(), set()
     for r in recs:
         viol[(r["mode"], r["ctx"])] += r.get("violations") or 0
         if r["mode"] == "dense":
             dense_seen.add(r["ctx"])
+        if r.get("kind") == "window":         # no certificate: no violation to count (None, not 0)
+            unbounded.add(r["mode"])
     tasks, texts = defaultdict(list), defaultdict(list)
     for a in acc:
         if a["mode"] != "dense":
@@ -80,7 +82,7 @@ def target_rows(acc: list[dict], ppl: list[dict], recs: list[dict]) -> list[dict
         missing = " ".join(t for t in TASKS if t not in {a["task"] for a in ta})
         rows.append(dict(mode=mode, ctx=ctx, tasks=len(ta), min_items=min(items) if items else 0,
                          worst_task=wt, worst_task_delta=wd, texts=len(scored), worst_text=wp, worst_ppl_pct=wpp,
-                         violations=viol[key], verdict=verdict,
+                         violations=None if mode in unbounded else viol[key], verdict=verdict,
                          full_size=bool(ta) and not missing and min(items) >= FULL_ITEMS
                          and len(scored) >= FULL_TEXTS and min(scored) >= FULL_SCORED, tasks_missing=missing))
     return rows
