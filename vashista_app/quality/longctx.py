@@ -56,7 +56,7 @@ from vashista_core.errors import VashistaInputError
 
 from . import haystacks, longctx_report
 from .longctx_model import PRESETS
-from .modes import (DEFAULT_BUDGETS, TOL_GRID, exact_tokens, mode_setting, parse_budget, relative_bytes,
+from .modes import (DEFAULT_BUDGETS, TOL_GRID, bounded, exact_tokens, mode_setting, parse_budget, relative_bytes,
                     select_modes)
 from .results_file import ResultsFile, pin_config
 from .ruler import TASKS, Haystack, HFCodec, make_item, score, string_match_all
@@ -144,7 +144,7 @@ def exceedance_fields(stats, mode) -> tuple[dict, dict]:
     """The exceedance curves of one decode on ``TOL_GRID`` (module doc): the record's totals over the
     sparse layers, and per layer {layer: curves}."""
     rows = stats.exceedance(TOL_GRID)
-    cert = mode.kind != "window"             # the window's certificate is +inf: its curve says nothing
+    cert = bounded(mode.kind)
     layers = {r["layer"]: dict(cert_exceeds=_fractions(r["certified"], r["queries"]) if cert else None,
                                true_exceeds=_fractions(r["true"], r["queries"])) for r in rows}
     q = sum(r["queries"] for r in rows)

@@ -38,7 +38,7 @@ import os
 import statistics
 from collections import defaultdict
 
-from .modes import parse_mode, report_twin
+from .modes import bounded, parse_mode, report_twin
 from .results_file import RESULTS, json_safe, read_results, record_key
 from .report import write_csv
 from .ruler import TASKS
@@ -108,9 +108,7 @@ def mode_rows(recs: list[dict], acc: list[dict]) -> list[dict]:
         by[r["mode"]].append(r)
     rows = []
     for mode, rs in by.items():
-        # the window has no certificate: none of its steps is checked against one (0, and no violations
-        # to count), though the shadow still measures its true error
-        bound = rs[0]["kind"] != "window"
+        bound = bounded(rs[0]["kind"])          # else: no step checked against a bound, no violation to count
         steps = sum(r.get("decode_steps") or 0 for r in rs) if bound else 0
         a = [x["accuracy_shared"] for x in acc if x["mode"] == mode]
         errs = [r["max_true_error"] for r in rs if r.get("max_true_error") is not None]

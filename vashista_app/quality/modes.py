@@ -61,7 +61,7 @@ from vashista_core.errors import VashistaInputError
 
 from .tasks import budget_setting, budget_tokens
 
-__all__ = ["CERT", "DEFAULT_BUDGETS", "Mode", "PAGED_PAGE", "TOL_GRID", "WINDOW_SINK", "budget_label",
+__all__ = ["CERT", "DEFAULT_BUDGETS", "Mode", "PAGED_PAGE", "TOL_GRID", "WINDOW_SINK", "bounded", "budget_label",
            "default_modes", "exact_tokens", "mode_setting", "mode_tol", "parse_budget", "parse_mode",
            "relative_bytes", "report_twin", "select_modes", "with_tol"]
 
@@ -82,6 +82,13 @@ class Mode:
     bits: int | None = None
     policy: str = "report"        # report | fallback (certified only)
     tol: float | None = None      # fallback only: this mode's tolerance (None: the suite's --tol)
+
+
+def bounded(kind: str) -> bool:
+    """Whether a mode of this kind (``Mode.kind``, a record's ``kind``) bounds its error: not the window,
+    whose certificate is +inf — its exceedance curve says nothing, and no query of it is checked against
+    a bound or can violate one (the float64 shadow still measures its true error)."""
+    return kind != "window"
 
 
 def budget_label(b: Fraction) -> str:

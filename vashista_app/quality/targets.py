@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from .modes import budget_label, parse_mode
+from .modes import bounded, budget_label, parse_mode
 from .ruler import TASKS
 
 __all__ = ["ACC_POINTS", "FULL_ITEMS", "FULL_SCORED", "FULL_TEXTS", "PPL_PCT", "smallest_budgets", "target_rows"]
@@ -50,7 +50,7 @@ def target_rows(acc: list[dict], ppl: list[dict], recs: list[dict]) -> list[dict
         viol[(r["mode"], r["ctx"])] += r.get("violations") or 0
         if r["mode"] == "dense":
             dense_seen.add(r["ctx"])
-        if r.get("kind") == "window":         # no certificate: no violation to count (None, not 0)
+        if not bounded(r.get("kind")):            # no violation to count (None, not 0)
             unbounded.add(r["mode"])
     tasks, texts = defaultdict(list), defaultdict(list)
     for a in acc:
