@@ -312,6 +312,68 @@ def test_torch_sketch_decode_bad_input():
     assert e.value.argument == "bits"
 
 
+@settings(max_examples=FEW)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 150), st.sampled_from([(1, 1), (2, 3), (3, 2)]),
+       st.sampled_from([2, 4, 8]), st.sampled_from([1, 5, 16]))
+def test_torch_sketch_bounds_equal_the_reference_per_token(seed, M, heads, bits, group):
+    """The torch path forms the one-sided bounds per group (products a_g·q once per group, one masked
+    matmul per code class) and the scan's rounding term once per group: each token's e⁺/e⁻ equals the
+    reference's per-token sums to float64 rounding (a partial last group included), and both sides
+    bound the exact score."""
+    from vashista_ref.sketch import sketch_bounds as ref_bounds
+    Hkv, G = heads
+    Q, K, _ = _torch_case(seed, M, Hkv, G)
+    sk = gpu_sketch.quantize_keys(torch.as_tensor(K), bits=bits, group=group)
+    shat, e_up, e_dn = gpu_sketch.sketch_bounds(torch.as_tensor(Q), sk, compute_dtype=torch.float64)
+    for h in range(Hkv * G):
+        rk = quantize_keys(K[h // G], bits=bits, group=group)
+        r_shat, r_up, r_dn = ref_bounds(Q[h], rk)
+        assert_rel_close(e_up[h].numpy(), r_up, "float64", "e_up")
+        assert_rel_close(e_dn[h].numpy(), r_dn, "float64", "e_dn")
+        s = K[h // G] @ Q[h]
+        assert np.all(shat[h].numpy() - e_dn[h].numpy() <= s) and np.all(s <= shat[h].numpy() + e_up[h].numpy())
+
+
+def test_torch_sketch_decode_refuses_a_stale_store_and_checks_a_sample():
+    """The cache's own sketch: sketch_decode refuses a store that missed an append (its version lags
+    the cache's), and compares a strided sample of the keys with the sketch every step (the fused
+    path's check): keys changed behind the store's back at a sampled token are refused, naming the sketch."""
+    g = torch.Generator().manual_seed(5)
+    K = torch.randn(300, 1, 8, generator=g)
+    tc, tids = TorchPagedKVCache.from_dense(K, torch.randn(300, 1, 4, generator=g), 16)
+    q = torch.randn(1, 2, 8, generator=g)
+    gpu_sketch.sketch_decode(q, tc, tids, 32)                           # attaches the 4-bit store
+    store = gpu_sketch.attach_sketch(tc, 4)
+    store.version -= 1                                                  # as if an append had bypassed it
+    with pytest.raises(VashistaInputError, match="stale") as e:
+        gpu_sketch.sketch_decode(q, tc, tids, 32)
+    assert e.value.argument == "cache"
+    store.version += 1
+    page = tc.page_table(int(tids[0]))[0]
+    tc.k_pages[page, 0, 0] += 5.0                                       # token 0: always in the sample
+    with pytest.raises(VashistaInputError, match="stale or foreign") as e:
+        gpu_sketch.sketch_decode(q, tc, tids, 32)
+    assert e.value.argument == "sketch"
+
+
+@pytest.mark.parametrize("check_keys", [0, -3, 21, 2.5])
+def test_certified_decode_check_keys_is_validated(check_keys):
+    Q, K, V = (torch.as_tensor(a) for a in _torch_case(0, 20, 2, 3))
+    with pytest.raises(VashistaInputError) as e:
+        gpu_sketch.certified_decode(Q, K, V, gpu_sketch.quantize_keys(K), 4, check_keys=check_keys)
+    assert e.value.argument == "check_keys"
+
+
+def test_certified_decode_sampled_check_still_refuses_a_foreign_sketch():
+    Q, K, V = (torch.as_tensor(a) for a in _torch_case(1, 90, 1, 2))
+    foreign = gpu_sketch.quantize_keys(K + 1.0)
+    with pytest.raises(VashistaInputError, match="stale or foreign"):
+        gpu_sketch.certified_decode(Q, K, V, foreign, 8, check_keys=16)
+    a = gpu_sketch.certified_decode(Q, K, V, gpu_sketch.quantize_keys(K), 8, check_keys=16)
+    b = gpu_sketch.certified_decode(Q, K, V, gpu_sketch.quantize_keys(K), 8)
+    assert torch.equal(a.error, b.error) and torch.equal(a.out, b.out)      # the check changes nothing else
+
+
 @pytest.mark.parametrize("precision", ["highest", "high", "medium"])
 def test_torch_scan_bound_follows_matmul_precision(precision):
     """A process that allows TF32/bf16 matmuls must not make the float32 scan's bound unsound."""

@@ -73,6 +73,7 @@ __all__ = ["HAS_TRITON", "TorchCertifiedStep", "TorchKeySketch", "TorchPageSketc
 HAS_TRITON = triton is not None
 
 _META = {"float16": torch.float16, "float32": torch.float32}
+CHECK_SAMPLE = 256       # keys compared by the per-step stale-sketch check (sketch_mismatch) of a cache's sketch
 assert set(_META) == set(META_DTYPE_NAMES)
 
 
@@ -98,14 +99,26 @@ class TorchKeySketch:
         return torch.stack(parts, dim=-1).reshape(H, M, -1)[..., : self.head_dim]
 
     def dequantize(self, dtype=torch.float64) -> torch.Tensor:
-        """k̃ = offset + step ⊙ code, (Hkv, M, D) in ``dtype``."""
-        M = self.codes.shape[1]
-        g = torch.arange(M, device=self.codes.device) // self.group
-        return self.offset.to(dtype)[:, g] + self.step.to(dtype)[:, g] * self.unpacked_codes().to(dtype)
+        """k̃ = offset + step ⊙ code, (Hkv, M, D) in ``dtype`` (broadcast per group: the per-token
+        copies of offset and step are never built)."""
+        H, M, _ = self.codes.shape
+        Gr = -(-M // self.group)
+        c = by_group(self.unpacked_codes().to(dtype), self.group)                     # (H, Gr, S, D)
+        k = self.offset[:, :Gr, None].to(dtype) + self.step[:, :Gr, None].to(dtype) * c
+        return k.view(H, Gr * self.group, -1)[:, :M]
 
     def box(self) -> tuple[torch.Tensor, torch.Tensor]:
         lo = self.offset.double()
         return lo, up(lo + up(self.levels * self.step.double()))
+
+
+def by_group(x: torch.Tensor, group: int) -> torch.Tensor:
+    """(H, M, ...) per-token values as (H, ⌈M/group⌉, group, ...) by group, the last group padded with
+    zeros: a per-group quantity then broadcasts over its tokens without a per-token copy."""
+    H, M = x.shape[:2]
+    Gr = -(-M // group)
+    pad = torch.zeros((H, Gr * group - M) + tuple(x.shape[2:]), dtype=x.dtype, device=x.device)
+    return torch.cat([x, pad], 1).view((H, Gr, group) + tuple(x.shape[2:]))
 
 
 def _to_meta(x: torch.Tensor, dt, direction: str, check: bool = True) -> torch.Tensor:
@@ -304,34 +317,47 @@ def sketch_bounds(Q: torch.Tensor, sketch: TorchKeySketch, *, compute_dtype=torc
     per_channel = sketch.step.double() * (0.5 + eta) + 4.0 * gamma(D + 2, u_scan) * R    # (Hkv, Gr, D)
     err_g = torch.bmm(per_channel, q64.abs().view(Hkv, G, D).transpose(1, 2)).permute(0, 2, 1).reshape(Hq, Gr)
     err_g = up(err_g * (1.0 + 2.0 * gamma(D + 3)))
-    # one-sided per-token bounds (vashista_ref.sketch.sketch_bounds): codes 0 and 2^b − 1 err on one side
-    codes = sketch.unpacked_codes()
-    a = sketch.step.double()[:, g_of] * (0.5 + eta)                                       # (Hkv, M, D)
-    bottom, top = codes == 0, codes == sketch.levels
-    zero = torch.zeros_like(a)
-    a0, aL, am = torch.where(bottom, a, zero), torch.where(top, a, zero), torch.where(bottom | top, zero, a)
-    qa = q64.abs().view(Hkv, G, D).transpose(1, 2)
-    qp = q64.clamp(min=0).view(Hkv, G, D).transpose(1, 2)
-    qm = (-q64).clamp(min=0).view(Hkv, G, D).transpose(1, 2)
-    per_tok = lambda A, v: torch.bmm(A, v).permute(0, 2, 1).reshape(Hq, M)  # noqa: E731
-    rnd = per_tok((4.0 * gamma(D + 2, u_scan) * R)[:, g_of], qa)
-    grow = 1.0 + 2.0 * gamma(D + 3)
     e_g = err_g[:, g_of]
-    if one_sided:
-        e_up = torch.minimum(up((per_tok(a0, qp) + per_tok(aL, qm) + per_tok(am, qa) + rnd) * grow), e_g)
-        e_dn = torch.minimum(up((per_tok(a0, qm) + per_tok(aL, qp) + per_tok(am, qa) + rnd) * grow), e_g)
-    else:
-        e_up, e_dn = e_g, e_g
+    if not one_sided:
+        return shat, e_g, e_g
+    # one-sided per-token bounds (vashista_ref.sketch.sketch_bounds): codes 0 and 2^b − 1 err on one side.
+    # Token j of group g: Σ_d [code_jd = 0]·a_gd·q⁺_d + … with a = step·(½ + η): the products a_gd·q_d are
+    # formed once per group, and each code class (0, 2^b − 1, between) is a 0/1 mask multiplied into
+    # them by one batched matmul per class over the tokens of each group. Every term is ≥ 0, so the
+    # float64 sums err by a relative γ whatever their order: ``grow`` covers them, as before.
+    S = sketch.group
+    Gm = -(-M // S)                                   # the groups holding the M tokens
+    a = sketch.step[:, :Gm].double() * (0.5 + eta)                                        # (Hkv, Gm, D)
+    qa = q64.abs().view(Hkv, G, D)
+    qp, qm = q64.clamp(min=0).view(Hkv, G, D), (-q64).clamp(min=0).view(Hkv, G, D)
+    aq = lambda v: (a[:, :, :, None] * v.transpose(1, 2)[:, None]).reshape(Hkv * Gm, D, G)  # noqa: E731
+    codes = by_group(sketch.unpacked_codes(), S).view(Hkv * Gm, S, D)    # padding rows: cut below
+    bottom, top = codes == 0, codes == sketch.levels
+    mid = ~(bottom | top)
+    per_tok = lambda x: x.reshape(Hkv, Gm * S, G)[:, :M].permute(0, 2, 1).reshape(Hq, M)  # noqa: E731
+    at_bottom = torch.bmm(bottom.double(), torch.cat([aq(qp), aq(qm)], -1))              # (Hkv·Gm, S, 2G)
+    at_top = torch.bmm(top.double(), torch.cat([aq(qm), aq(qp)], -1))
+    between = per_tok(torch.bmm(mid.double(), aq(qa)))
+    # the scan's rounding term is the same for every token of a group
+    rnd = torch.bmm(4.0 * gamma(D + 2, u_scan) * R[:, :Gm], qa.transpose(1, 2)).permute(0, 2, 1)   # (Hkv, G, Gm)
+    rnd = rnd.reshape(Hq, Gm)[:, g_of]
+    grow = 1.0 + 2.0 * gamma(D + 3)
+    e_up = torch.minimum(up((per_tok(at_bottom[..., :G]) + per_tok(at_top[..., :G]) + between + rnd) * grow), e_g)
+    e_dn = torch.minimum(up((per_tok(at_bottom[..., G:]) + per_tok(at_top[..., G:]) + between + rnd) * grow), e_g)
     return shat, e_up, e_dn
 
 
 def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: TorchKeySketch, Kc: int, *,
                      scale: float | None = None, compute_dtype=torch.float32,
-                     backend: str = "torch", one_sided: bool = True) -> TorchCertifiedStep:
+                     backend: str = "torch", one_sided: bool = True,
+                     check_keys: int | None = None) -> TorchCertifiedStep:
     """Certified step for queries ``Q`` (Hq, D) over keys ``K`` (Hkv, M, D), values ``V`` (Hkv, M, Dv)
     and their sketch (module doc). ``compute_dtype`` float32 or float64 for the scan and rescoring;
     ``backend="triton"`` runs the sketch scan in the Triton kernel (float32 only); ``one_sided=False``
-    bounds every token by its group's two-sided e_g (SPEC 3b; ``vashista_ref.sketch.sketch_bounds``)."""
+    bounds every token by its group's two-sided e_g (SPEC 3b; ``vashista_ref.sketch.sketch_bounds``).
+    ``check_keys``: how many keys (a strided sample) the stale-sketch check compares with the sketch;
+    None (default) compares every key. ``sketch_decode`` passes the fused path's sample: its sketch is
+    the cache's own, requantized on every append and checked against the cache's version first."""
     Q = tensor("Q", Q, ndim=2)
     K = tensor("K", K, ndim=3)
     V = tensor("V", V, ndim=3)
@@ -345,8 +371,9 @@ def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: 
         raise VashistaInputError("V", f"expected ({Hkv}, {M}, Dv), got {tuple(V.shape)}")
     if not isinstance(sketch, TorchKeySketch) or tuple(sketch.codes.shape[:2]) != (Hkv, M) or sketch.head_dim != D:
         raise VashistaInputError("sketch", "is not a TorchKeySketch of these keys")
+    n_check = M if check_keys is None else positive_int("check_keys", check_keys, upper=M, upper_name="keys")
     if bool(sketch_mismatch(K, sketch.codes, sketch.offset, sketch.step, bits=sketch.bits, group=sketch.group,
-                            sample=M)):        # every key: the torch path reads them all anyway
+                            sample=n_check)):
         # same shapes, other keys (or keys changed since): the bounds would be unsound (issue 15)
         raise VashistaInputError("sketch", "was not built from these keys K (stale or foreign sketch); re-quantize K")
     if compute_dtype not in (torch.float32, torch.float64):
@@ -372,16 +399,14 @@ def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: 
     # candidates: top-Kc by ŝ, ties to the lower index (stable sort); exact rescoring
     kc = min(Kc, M)
     cand = torch.sort(torch.sort(shat, dim=-1, descending=True, stable=True).indices[:, :kc], dim=-1).values
-    Kh = K[kv]                                                                            # (Hq, M, D)
-    Kcand = torch.gather(Kh, 1, cand[..., None].expand(Hq, kc, D))
+    Kcand = K[kv[:, None], cand]                                  # (Hq, kc, D): no (Hq, M, D) copy of K
     raw = (Kcand.to(compute_dtype) * Q.to(compute_dtype)[:, None, :]).sum(-1).double()
     exact_err = up(4 * gamma(D + 2, u_c) * (Kcand.double().abs() * q64.abs()[:, None, :]).sum(-1))
     lb_c = down(down(raw - exact_err) * scale)
     s_c = raw * scale
     w = torch.softmax(s_c, dim=-1)
-    Vh = V.double()[kv]
     Dv = V.shape[-1]
-    out = torch.bmm(w[:, None, :], torch.gather(Vh, 1, cand[..., None].expand(Hq, kc, Dv)))[:, 0]
+    out = torch.bmm(w[:, None, :], V[kv[:, None], cand].double())[:, 0]
 
     # certificate
     is_c = torch.zeros(Hq, M, dtype=torch.bool, device=dev)
@@ -580,6 +605,10 @@ def sketch_decode(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: int = 4, sc
         policy.check_start(1, Kc)
     tol = getattr(policy, "tol", math.inf)
     store = attach_sketch(cache, bits)
+    if store.version != cache.version:
+        # keys were written without requantizing their pages: the bounds would be unsound
+        raise VashistaInputError("cache", f"the {bits}-bit page sketch is stale (it missed an append); "
+                                          "re-attach it (sketch.attach_sketch)")
     B, Hq, _ = q.shape
     f64 = dict(dtype=torch.float64, device=q.device)
     leak, err, gap = (torch.empty(B, Hq, **f64) for _ in range(3))
@@ -595,7 +624,9 @@ def sketch_decode(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: int = 4, sc
                 K, Vv = cache.gather(ids[b])
                 rows_kv[b] = (store.sequence_sketch(cache, ids[b]), K.permute(1, 0, 2), Vv.permute(1, 0, 2))
             sk, K, Vv = rows_kv[b]
-            w = certified_decode(q[b], K, Vv, sk, kc, scale=scale, compute_dtype=compute_dtype, backend=backend)
+            # the store is current (version above): a sample of the keys checks it, as on the fused path
+            w = certified_decode(q[b], K, Vv, sk, kc, scale=scale, compute_dtype=compute_dtype, backend=backend,
+                                 check_keys=min(CHECK_SAMPLE, cache.length(ids[b])))
             # the row is returned in q's dtype: the certificate covers that cast
             w_out, w_err = cast_output(w.out, w.error, q.dtype)
             if cands[b] is None:                 # the first attempt covers every row
@@ -639,7 +670,7 @@ def sketch_decode(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: int = 4, sc
 
 # ---------------------------------------------------------------------------------------------- fused path
 def sketch_mismatch(K: torch.Tensor, codes: torch.Tensor, offset: torch.Tensor, step: torch.Tensor, *, bits: int,
-                    group: int, sample: int = 256) -> torch.Tensor:
+                    group: int, sample: int = CHECK_SAMPLE) -> torch.Tensor:
     """0-dim bool tensor on K's device, True when a strided sample of ``sample`` tokens of keys K
     (H, T, D) is not within half a quantization step of the sketch's dequantization
     offset + step·code (what the sketch bounds assume): a stale or foreign sketch. Float64, no host
