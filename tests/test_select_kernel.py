@@ -210,3 +210,29 @@ def test_bad_arguments_are_named():
         select_candidates(s, bm, 0, 4, False)
     with pytest.raises(VashistaInputError, match="'s'|s:|float32"):
         select_candidates(s.double(), bm, 3, 12, False, method="radix")
+
+
+@settings(max_examples=FEW)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 400), st.integers(1, 400), st.sampled_from([0, 3, 40]),
+       st.sampled_from([torch.float64, torch.float32]), st.booleans())
+def test_top_ascending_is_the_stable_sort(seed, n, k, levels, dtype, specials):
+    """``selection.top_ascending`` (the torch path's candidate selection over float64 ŝ): the same
+    indices as the stable descending sort's first k, ascending — on continuous rows, heavy ties
+    (``levels`` distinct values), −0.0/+0.0, ±inf, and a row with NaN (which takes the sort)."""
+    from vashista_gpu.selection import top_ascending
+    g = torch.Generator().manual_seed(seed)
+    k = min(k, n)
+    s = torch.randn(3, n, generator=g, dtype=torch.float64)
+    if levels:
+        s = torch.round(s * levels / 3)
+    if specials:
+        idx = torch.randint(0, n, (3, max(1, n // 5)), generator=g)
+        vals = torch.tensor([0.0, -0.0, math.inf, -math.inf], dtype=torch.float64)
+        s.scatter_(1, idx, vals[torch.randint(0, 4, idx.shape, generator=g)])
+    s = s.to(dtype)
+    want = torch.sort(torch.sort(s, dim=-1, descending=True, stable=True).indices[:, :k], dim=-1).values
+    assert torch.equal(top_ascending(s, k), want)
+    if specials:
+        s[1, n // 2] = math.nan
+        want = torch.sort(torch.sort(s, dim=-1, descending=True, stable=True).indices[:, :k], dim=-1).values
+        assert torch.equal(top_ascending(s, k), want)

@@ -32,7 +32,7 @@ import torch
 from vashista_core.errors import VashistaInputError
 
 __all__ = ["FORCED_ORDERABLE", "INVALID_KEY", "LOW_MASK", "key_index", "orderable", "select_candidates",
-           "tie_keys", "top_indices", "topk_keys"]
+           "tie_keys", "top_ascending", "top_indices", "topk_keys"]
 
 INVALID_KEY = -(2 ** 63)                 # below every real key: padding, empty slots
 FORCED_ORDERABLE = 2 ** 31 - 1           # above every finite or infinite float: sink/newest pages
@@ -68,6 +68,20 @@ def top_indices(keys: torch.Tensor, k: int) -> torch.Tensor:
     """Logical indices of the k largest keys along the last dim, in ascending index order."""
     vals, _ = torch.topk(keys, k, dim=-1, sorted=False)
     return torch.sort(key_index(vals), dim=-1).values
+
+
+def top_ascending(s: torch.Tensor, k: int) -> torch.Tensor:
+    """(rows, k) int64: per row of ``s`` (rows, n), any float dtype, the indices of its k largest
+    entries under the tie rule, in ascending order — the set of
+    ``torch.sort(s, dim=-1, descending=True, stable=True).indices[:, :k]`` without sorting n entries:
+    the k-th largest value τ by ``topk``, then every entry above τ and the lowest-index entries equal to
+    τ that complete k (float64 scores have no ``tie_keys``). A NaN anywhere takes that sort itself."""
+    if k >= s.shape[-1] or bool(torch.isnan(s).any()):
+        return torch.sort(torch.sort(s, dim=-1, descending=True, stable=True).indices[:, :k], dim=-1).values
+    tau = torch.topk(s, k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+    above, tie = s > tau, s == tau
+    take = above | (tie & (tie.cumsum(-1) <= k - above.sum(-1, keepdim=True)))
+    return torch.nonzero(take)[:, 1].view(s.shape[0], k)
 
 
 def topk_keys(keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

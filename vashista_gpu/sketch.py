@@ -59,7 +59,7 @@ from vashista_core.rounding import FLOAT32_MATMUL_ROUNDOFF, FN_REL, U64, gamma, 
 
 from .allowance import cast_output, down, never_nan, up
 from .result import StepResult
-from .selection import select_candidates
+from .selection import select_candidates, top_ascending
 from .validate import positive_int, positive_scalar, tensor
 
 try:  # Triton is optional: the torch path works without it (the fused path and the Triton scan need it)
@@ -321,29 +321,28 @@ def sketch_bounds(Q: torch.Tensor, sketch: TorchKeySketch, *, compute_dtype=torc
     if not one_sided:
         return shat, e_g, e_g
     # one-sided per-token bounds (vashista_ref.sketch.sketch_bounds): codes 0 and 2^b − 1 err on one side.
-    # Token j of group g: Σ_d [code_jd = 0]·a_gd·q⁺_d + … with a = step·(½ + η): the products a_gd·q_d are
-    # formed once per group, and each code class (0, 2^b − 1, between) is a 0/1 mask multiplied into
-    # them by one batched matmul per class over the tokens of each group. Every term is ≥ 0, so the
-    # float64 sums err by a relative γ whatever their order: ``grow`` covers them, as before.
+    # Per channel d of token j (a = step·(½ + η), q = q⁺ − q⁻, |q| = q⁺ + q⁻): code 0 adds a·q⁺ to e⁺,
+    # code 2^b − 1 adds a·q⁻, any other code a·|q|; so e⁺_j = Σ_d a_d(q⁺_d [c ≠ 2^b − 1] + q⁻_d [c ≠ 0]) and
+    # e⁻_j the same with q⁺ and q⁻ swapped. The products a·q± are formed once per group, and one batched
+    # matmul per group multiplies the two 0/1 masks into them. Every term is ≥ 0, so the float64 sums
+    # err by a relative γ whatever their order: ``grow`` covers them.
     S = sketch.group
     Gm = -(-M // S)                                   # the groups holding the M tokens
     a = sketch.step[:, :Gm].double() * (0.5 + eta)                                        # (Hkv, Gm, D)
     qa = q64.abs().view(Hkv, G, D)
     qp, qm = q64.clamp(min=0).view(Hkv, G, D), (-q64).clamp(min=0).view(Hkv, G, D)
-    aq = lambda v: (a[:, :, :, None] * v.transpose(1, 2)[:, None]).reshape(Hkv * Gm, D, G)  # noqa: E731
     codes = by_group(sketch.unpacked_codes(), S).view(Hkv * Gm, S, D)    # padding rows: cut below
-    bottom, top = codes == 0, codes == sketch.levels
-    mid = ~(bottom | top)
-    per_tok = lambda x: x.reshape(Hkv, Gm * S, G)[:, :M].permute(0, 2, 1).reshape(Hq, M)  # noqa: E731
-    at_bottom = torch.bmm(bottom.double(), torch.cat([aq(qp), aq(qm)], -1))              # (Hkv·Gm, S, 2G)
-    at_top = torch.bmm(top.double(), torch.cat([aq(qm), aq(qp)], -1))
-    between = per_tok(torch.bmm(mid.double(), aq(qa)))
+    masks = torch.cat([codes != sketch.levels, codes != 0], -1).double()                 # (Hkv·Gm, S, 2D)
+    qq = torch.cat([torch.cat([qp, qm], 1), torch.cat([qm, qp], 1)], 2).transpose(1, 2)   # (Hkv, 2D, 2G)
+    coef = (torch.cat([a, a], -1)[..., None] * qq[:, None]).view(Hkv * Gm, 2 * D, 2 * G)
+    sums = torch.bmm(masks, coef).view(Hkv, Gm * S, 2, G)[:, :M]                          # e⁺ and e⁻ terms
     # the scan's rounding term is the same for every token of a group
     rnd = torch.bmm(4.0 * gamma(D + 2, u_scan) * R[:, :Gm], qa.transpose(1, 2)).permute(0, 2, 1)   # (Hkv, G, Gm)
     rnd = rnd.reshape(Hq, Gm)[:, g_of]
+    per_tok = lambda x: x.permute(0, 2, 1).reshape(Hq, M)  # noqa: E731
     grow = 1.0 + 2.0 * gamma(D + 3)
-    e_up = torch.minimum(up((per_tok(at_bottom[..., :G]) + per_tok(at_top[..., :G]) + between + rnd) * grow), e_g)
-    e_dn = torch.minimum(up((per_tok(at_bottom[..., G:]) + per_tok(at_top[..., G:]) + between + rnd) * grow), e_g)
+    e_up = torch.minimum(up((per_tok(sums[:, :, 0]) + rnd) * grow), e_g)
+    e_dn = torch.minimum(up((per_tok(sums[:, :, 1]) + rnd) * grow), e_g)
     return shat, e_up, e_dn
 
 
@@ -398,7 +397,7 @@ def certified_decode(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, sketch: 
 
     # candidates: top-Kc by ŝ, ties to the lower index (stable sort); exact rescoring
     kc = min(Kc, M)
-    cand = torch.sort(torch.sort(shat, dim=-1, descending=True, stable=True).indices[:, :kc], dim=-1).values
+    cand = top_ascending(shat, kc)
     Kcand = K[kv[:, None], cand]                                  # (Hq, kc, D): no (Hq, M, D) copy of K
     raw = (Kcand.to(compute_dtype) * Q.to(compute_dtype)[:, None, :]).sum(-1).double()
     exact_err = up(4 * gamma(D + 2, u_c) * (Kcand.double().abs() * q64.abs()[:, None, :]).sum(-1))
