@@ -69,9 +69,9 @@ def main(argv=None) -> int:
         rows.append(row)
         print(f"{name:12s} {row['ms_per_token']:9.1f} ms/token  {row['tokens_per_s']:6.2f} tok/s  "
               f"prefill {row['prefill_s']:.1f} s  fallback {row['fallback_rate']}", flush=True)
-    res = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), machine=platform.processor() or platform.machine(),
-               cpus=os.cpu_count(), threads=a.threads, torch=torch.__version__, context=a.context, new_tokens=a.new,
-               budget=a.budget, rows=rows)
+    res = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               machine=platform.processor() or platform.machine(), cpus=os.cpu_count(), threads=a.threads,
+               torch=torch.__version__, context=a.context, new_tokens=a.new, budget=a.budget, rows=rows)
     if a.out:
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
         with open(a.out, "w") as f:

@@ -68,7 +68,7 @@ except ImportError:  # pragma: no cover
     triton = None
 
 __all__ = ["HAS_TRITON", "TorchCertifiedStep", "TorchKeySketch", "TorchPageSketchStore", "attach_sketch",
-           "certified_decode", "fused_sketch_step", "quantize_keys", "scanned_pages", "sketch_bounds",
+           "certified_decode", "check_current", "fused_sketch_step", "quantize_keys", "scanned_pages", "sketch_bounds",
            "sketch_decode", "sketch_mismatch"]
 HAS_TRITON = triton is not None
 
@@ -552,6 +552,14 @@ class TorchPageSketchStore:
                               step=self.step[pages].permute(1, 0, 2).contiguous(), head_dim=cache.head_dim)
 
 
+def check_current(store: TorchPageSketchStore, cache, bits: int,
+                  then: str = "re-attach it (sketch.attach_sketch)") -> None:
+    """Refuse a page sketch store that missed an append (its version lags the cache's): keys written
+    without requantizing their pages would make the bounds unsound. ``then`` says what to do."""
+    if getattr(store, "version", None) != cache.version:
+        raise VashistaInputError("cache", f"the {bits}-bit page sketch is stale (it missed an append); {then}")
+
+
 def attach_sketch(cache, bits: int, meta_dtype: str = "float16") -> TorchPageSketchStore:
     """Give ``cache`` a b-bit sketch of all its pages (kept current on append); idempotent per bits."""
     store = cache.sketches.get(bits)
@@ -604,10 +612,7 @@ def sketch_decode(q: torch.Tensor, cache, seq_ids, Kc: int, *, bits: int = 4, sc
         policy.check_start(1, Kc)
     tol = getattr(policy, "tol", math.inf)
     store = attach_sketch(cache, bits)
-    if store.version != cache.version:
-        # keys were written without requantizing their pages: the bounds would be unsound
-        raise VashistaInputError("cache", f"the {bits}-bit page sketch is stale (it missed an append); "
-                                          "re-attach it (sketch.attach_sketch)")
+    check_current(store, cache, bits)
     B, Hq, _ = q.shape
     f64 = dict(dtype=torch.float64, device=q.device)
     leak, err, gap = (torch.empty(B, Hq, **f64) for _ in range(3))

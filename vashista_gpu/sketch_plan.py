@@ -62,7 +62,7 @@ from .dense import dense_decode
 from .plan import decode_batch
 from .result import StepResult
 from .selection import select_candidates
-from .sketch import attach_sketch, scanned_pages
+from .sketch import attach_sketch, check_current, scanned_pages
 
 __all__ = ["SketchStepPlan", "candidate_weights", "fused_paged_sketch_step", "fused_shapes_ok",
            "paged_certified_decode", "plan_sketch_step", "row_vmax", "run_sketch_plan"]
@@ -96,10 +96,7 @@ class SketchStepPlan:
         if self.cache.sketches.get(self.bits) is not self.store:
             # a re-attached sketch (another metadata dtype) is the one kept current on append
             raise VashistaInputError("cache", f"the cache's {self.bits}-bit sketch was replaced; re-plan")
-        if getattr(self.store, "version", None) != self.cache.version:
-            # keys were written without requantizing their pages: the bounds would be unsound
-            raise VashistaInputError("cache", f"the {self.bits}-bit page sketch is stale (it missed an append); "
-                                              "re-attach it (sketch.attach_sketch) and re-plan")
+        check_current(self.store, self.cache, self.bits, then="re-attach it (sketch.attach_sketch) and re-plan")
         for s in self.seq_ids:
             if not self.cache.is_live(s):
                 raise VashistaInputError("seq_ids", f"sequence {s} is no longer in the cache; re-plan")
@@ -158,9 +155,7 @@ def plan_sketch_step(cache, seq_ids, num_q_heads: int, Kc: int, *, bits: int, sc
             raise VashistaInputError("max_tokens", f"{max_tokens} < the longest sequence's {T} tokens")
         T = max_tokens
     store = attach_sketch(cache, bits)
-    if store.version != cache.version:
-        raise VashistaInputError("cache", f"the {bits}-bit page sketch is stale (it missed an append); "
-                                          "re-attach it (sketch.attach_sketch)")
+    check_current(store, cache, bits)
     dev = cache.device
     B, G = len(host_ids), Hq // Hkv
     r = torch.arange(B * Hq, device=dev)
