@@ -198,8 +198,7 @@ def quantize_keys(K: torch.Tensor, bits: int = 4, group: int = 16, meta_dtype: s
     group = positive_int("group", group)
     H, M, D = K.shape
     Gr = -(-M // group)
-    pad = Gr * group - M
-    K64 = torch.nn.functional.pad(K.double(), (0, 0, 0, pad)).view(H, Gr, group, D)
+    K64 = by_group(K.double(), group)
     valid = (torch.arange(Gr * group, device=K.device) < M).view(1, Gr, group).expand(H, Gr, group)
     codes, offset, step = _quantize_groups(K64, valid, bits, dt)
     codes = codes.view(H, Gr * group, D)[:, :M]
