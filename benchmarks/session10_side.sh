@@ -15,6 +15,7 @@
 #   on an H200 (the shapes an H100 cannot hold at 128k): bash benchmarks/session10_side.sh 4
 #     n16c    e2e 1B 128k batch 16, cuDNN and flash beside ours (300 s)
 #     e8      e2e 8B 128k batch 4 and 1, the same variants (280 s)
+#     (4a and 4b: n16c and e8 alone, so that each fits beside a staging call's copy)
 #   if device time is left: bash benchmarks/session10_side.sh 5
 #     eb  the engine decoder's batch probe, 0.5B shape, 32k, batch 4 and 8 (200 s)
 #     pn  the per-part profile of the 1B step, 128k, batch 4, int8 g64 two-sided (90 s)
@@ -39,6 +40,8 @@ case "$n" in
             --configs llama-1b:8192:1,llama-1b:8192:4,llama-1b:8192:16,llama-8b:8192:1,llama-8b:8192:4 ;;
     5) steps eb:200 pn:90; for f in eb pn; do tar xzf "$OUT/calls_5.tar.gz" -O ./side_$f.log | tail -14; done ;;
     4) steps n16c:300 e8:280; for f in n16c e8; do tar xzf "$OUT/calls_4.tar.gz" -O ./side_$f.log | tail -14; done ;;
+    4a|4b) f=n16c; s=300; [ "$n" = 4b ] && f=e8 s=280   # call 4 in two halves, each beside a staging call
+        steps $f:$s; tar xzf "$OUT/calls_$n.tar.gz" -O ./side_$f.log | tail -14 ;;
     c) $PYT tests/test_longctx_quality.py::test_a_captured_batch_decodes_each_item_as_alone_on_cuda tests/test_sketch_check_kernel.py \
            tests/test_fused_engine_step.py tests/test_engine_gpu.py > "$OUT/tests.log" 2>&1
        echo "tests rc=$?"; tail -6 "$OUT/tests.log" ;;

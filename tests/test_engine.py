@@ -68,6 +68,41 @@ def test_ragged_batch_matches_single_runs(tiny):
     assert batch.dense_cache_bytes == 2 * (40 + 67 + 23 + 3 * 4) * 2 * 2 * 16 * 4
 
 
+@pytest.mark.parametrize("mode", ["dense", "certified"])
+def test_decoding_stops_at_the_eos_token(tiny, mode):
+    (p,) = _prompts([45], seed=7)
+    ref = _hf_greedy(tiny, p, 10)
+    i = 4
+    assert ref[i] not in ref[:i], ref          # the stop token first appears at step i (this seed's output)
+    r = generate(tiny, p, mode=mode, bits=8, budget=1.0, max_new_tokens=10, eos_token_id=ref[i])
+    assert r.tokens == [ref[:i + 1]]
+    assert r.decode_steps == i                # token 0 comes from the prefill, token k from step k
+    # a list of stop ids (as in a generation config), one of them never produced
+    r2 = generate(tiny, p, mode=mode, bits=8, budget=1.0, max_new_tokens=10, eos_token_id=[1000, ref[i]])
+    assert r2.tokens == r.tokens and r2.decode_steps == i
+
+
+def test_a_batch_decodes_until_every_sequence_has_stopped(tiny):
+    (a,), (b,) = _prompts([45], seed=7), _prompts([33], seed=3)
+    ra, rb = _hf_greedy(tiny, a, 8), _hf_greedy(tiny, b, 8)
+    stop = ra[3]
+    assert stop not in ra[:3] and stop not in rb, (ra, rb)
+    r = generate(tiny, [a, b], mode="dense", max_new_tokens=8, eos_token_id=stop)
+    assert r.tokens == [ra[:4], rb]           # b never stops: all 8 tokens; a is cut at its stop token
+    assert r.decode_steps == 7
+    # the Engine's own call: a stop token from the prefill runs no step at all
+    eng = Engine(tiny, mode="dense", max_seqs=1, max_tokens=64, num_pages=4)
+    with eng:
+        (s,) = eng.add([a], 8)
+        assert eng.run(stop_tokens=ra[0]) == 0
+        assert eng.run(stop_tokens=ra[2]) == 2
+        assert eng.finish(s) == ra[:3]
+    with pytest.raises(VashistaInputError) as e, eng:
+        eng.add([a], 4)
+        eng.run(stop_tokens="eos")
+    assert e.value.argument == "stop_tokens"
+
+
 def test_finished_sequence_frees_pages_for_the_next(tiny):
     a, b, c = _prompts([50, 30, 44], seed=4)
     eng = Engine(tiny, mode="paged", budget=0.5, max_seqs=2, max_tokens=128, num_pages=10)
@@ -182,6 +217,8 @@ def test_a_dropped_engine_frees_its_cache_without_the_cyclic_collector(tiny, no_
     (dict(budget=1.5), "budget"), (dict(policy="fallback"), "policy"), (dict(tol=-1.0), "tol"),
     (dict(max_new_tokens=0), "max_new_tokens"), (dict(dense_layers=[5]), "dense_layers"),
     (dict(device="nonsense"), "device"), (dict(graph=True), "graph"), (dict(prefill_chunk=0), "prefill_chunk"),
+    (dict(eos_token_id="</s>"), "eos_token_id"), (dict(eos_token_id=[2, -1]), "eos_token_id"),
+    (dict(eos_token_id=True), "eos_token_id"),
 ])
 def test_bad_options_name_the_argument(tiny, kw, name):
     with pytest.raises(VashistaInputError) as e:

@@ -95,6 +95,28 @@ def test_bounds_default_is_two_sided_for_int8_only_on_gpu():
         assert r.config["one_sided"] is one_sided
 
 
+@pytest.mark.parametrize("mode", ["certified", "dense"])
+def test_graph_replay_stops_at_the_stop_token_on_a_check(mode):
+    """The replay loop tests for the stop token every check_every replays: it stops at the first
+    check after every row produced it, and its tokens are the full run's prefix."""
+    from vashista_gpu.engine import Engine, generate
+
+    model = _model(dtype=torch.float32)
+    (p,) = _prompts([230], seed=5)
+    kw = dict(mode=mode, bits=8, budget=1 / 4)
+    ref = _run(model, [p], graph=True, max_new=40, **kw)[0][0]
+    i = next((j for j in range(7, 40) if ref[j] not in ref[:j]), None)
+    assert i is not None, f"no token first appears after step 6 in {ref}"
+    eng = Engine(model, max_seqs=1, max_tokens=1024, graph=True, **kw)
+    with eng:
+        (s,) = eng.add([p], 40)
+        ran = eng.run(stop_tokens=ref[i], check_every=4)
+        assert ran == min(40 - 1, 2 + 4 * -(-(i - 2) // 4))   # 2 capture steps, then checks every 4
+        assert eng.finish(s) == ref[:ran + 1]
+    r = generate(model, p, max_new_tokens=40, eos_token_id=ref[i], **kw)
+    assert r.tokens == [ref[:i + 1]]
+
+
 def test_full_budget_matches_dense_tokens_on_gpu():
     model = _model(dtype=torch.float32)
     prompts = _prompts([150, 97])

@@ -313,18 +313,32 @@ class Engine:
         if self.runner.cfg.planned:
             self.runner.plan({s: self.reserved[s] for s in rows}, self.scales)
 
-    def run(self, steps: int | None = None) -> None:
+    def run(self, steps: int | None = None, *, stop_tokens=None, check_every: int = 16) -> int:
         """Decode ``steps`` tokens (default: as many as every active sequence still may) for every
-        active sequence that has tokens left."""
+        active sequence that has tokens left; returns the steps run.
+
+        ``stop_tokens`` (token ids, e.g. the tokenizer's EOS): stop early once every active sequence
+        has produced one of them. The test reads the device's tokens, so on CUDA it runs every
+        ``check_every`` graph replays (one host synchronisation each; up to ``check_every - 1``
+        steps past the last stop token are decoded and cut by the caller) and on the CPU after every
+        step. A captured segment stays valid when it ends early: the rows' lengths advance on the
+        device, and the host mirrors catch up with the steps actually run."""
+        from ..validate import positive_int
+
         rows = [s for s in self.cache.seq_ids if s in self.max_new]
         left = {s: self.max_new[s] - self._host_count(s) for s in rows}
         rows = [s for s in rows if left[s] > 0]
         if not rows:
-            return
+            return 0
         n = min(left[s] for s in rows) if steps is None else int(steps)
         if n > min(left[s] for s in rows):
             raise VashistaInputError("steps", f"{n} steps exceed a sequence's remaining max_new_tokens")
+        stop = _stop_ids(stop_tokens, self.device)
+        every = positive_int("check_every", check_every) if self.device.type == "cuda" else 1
+        if stop is not None and self._all_stopped(rows, stop):
+            return 0
         self.plan_segment(rows)
+        ran = 0
         with torch.no_grad():
             if self.graph and n >= 3:
                 from ..cuda_graph import capture
@@ -332,23 +346,35 @@ class Engine:
                 replay = capture(self.step)              # two real steps (warm-up, JIT) + the capture
                 torch.cuda.synchronize()
                 self.capture_s += time.perf_counter() - t0
+                ran, timed = 2, 0
                 t0 = time.perf_counter()
-                for _ in range(n - 2):
-                    replay()
-                timed = n - 2
+                while ran < n and not (stop is not None and self._all_stopped(rows, stop)):
+                    for _ in range(min(every, n - ran)):
+                        replay()
+                    ran += min(every, n - ran)
+                    timed = ran - 2
             else:
                 t0 = time.perf_counter()
-                for _ in range(n):
+                while ran < n and not (stop is not None and ran % every == 0 and self._all_stopped(rows, stop)):
                     self.step()
-                timed = n
+                    ran += 1
+                timed = ran
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
         self.decode_s += time.perf_counter() - t0
         self.steps += timed
         for s in rows:
-            self._done[s] = self._host_count(s) + n
-        self.cache.position += n
+            self._done[s] = self._host_count(s) + ran
+        self.cache.position += ran
         self._sync()
+        return ran
+
+    def _all_stopped(self, rows, stop) -> bool:
+        """Whether every row's tokens so far hold a stop token (one host synchronisation)."""
+        idx = torch.tensor(rows, device=self.device)
+        toks = self.tokens[idx]
+        made = torch.arange(toks.shape[1], device=self.device)[None] < self.count[idx][:, None]
+        return bool((torch.isin(toks, stop) & made).any(1).all())
 
     # the e2e benchmark's names for the two (kept while it uses them)
     _step, _segment = step, plan_segment
@@ -404,7 +430,9 @@ def generate(model, tokenizer_or_ids, prompt=None, *, mode: str = "certified", b
     (default the policy's). ``device``: moves the model there. ``graph``: CUDA-graph replay (default
     on CUDA). ``dense_layers``: layers decoded densely in every mode. ``one_sided``: certified
     mode's token bounds — False two-sided (CUDA path only; a faster scan, a looser certificate), True
-    one-sided, None by bits (:class:`Engine`).
+    one-sided, None by bits (:class:`Engine`). ``eos_token_id``: a token id or a list of them; decoding
+    stops once every sequence has produced one (checked every 16 graph replays on CUDA, every step on
+    the CPU), and each sequence's tokens end at its first.
     """
     from ..validate import positive_int
 
@@ -427,6 +455,7 @@ def generate(model, tokenizer_or_ids, prompt=None, *, mode: str = "certified", b
     else:
         prompts = _as_prompts(tokenizer_or_ids)
     max_new = positive_int("max_new_tokens", max_new_tokens)
+    stop = _stop_list(eos_token_id)
     S = page_size
     max_tokens = S * math.ceil(max(len(p) for p in prompts) / S + max_new / S + 1)
     engine = Engine(model, mode=mode, bits=bits, budget=budget, policy=policy, tol=tol, max_seqs=len(prompts),
@@ -435,16 +464,15 @@ def generate(model, tokenizer_or_ids, prompt=None, *, mode: str = "certified", b
                     progress=progress, auto_crossover=auto_crossover, one_sided=one_sided)
     with engine:
         seqs = engine.add(prompts, max_new)
-        engine.run()
+        engine.run(stop_tokens=stop)
         if engine.runner.cfg.mode == "certified":
             engine.check_sketch()
         dense_bytes = engine.cache.dense_kv_bytes()
         nbytes = engine.cache.nbytes()
         stats = engine.runner.stats.summary()
         out = [engine.finish(s) for s in seqs]
-    eos = eos_token_id if eos_token_id is not None else None
-    if eos is not None:
-        out = [t[:t.index(eos) + 1] if eos in t else t for t in out]
+    if stop:
+        out = [_cut_at_stop(t, stop) for t in out]
     n = engine.steps
     ran_mode = engine.runner.cfg.mode
     return GenerateResult(
@@ -459,6 +487,29 @@ def generate(model, tokenizer_or_ids, prompt=None, *, mode: str = "certified", b
                     crossover=engine.crossover_source, page_size=page_size, graph=engine.graph, planned=engine.runner.cfg.planned,
                     policy=type(engine.policy).__name__, tol=engine.tol, dense_layers=list(engine.runner.cfg.dense_layers),
                     batch=len(prompts), prompt_tokens=[len(p) for p in prompts], device=str(engine.device)))
+
+
+def _stop_list(eos_token_id, name: str = "eos_token_id") -> list[int]:
+    """``eos_token_id`` as a list of ids: None, an int, or a sequence of ints (as in a model's
+    generation config); ``name`` is the argument named in the error."""
+    if eos_token_id is None:
+        return []
+    ids = [eos_token_id] if isinstance(eos_token_id, int) and not isinstance(eos_token_id, bool) else eos_token_id
+    if not isinstance(ids, (list, tuple)) or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids):
+        raise VashistaInputError(name, f"expected None, a token id or a list of token ids, got {eos_token_id!r}")
+    return list(ids)
+
+
+def _stop_ids(stop_tokens, device):
+    return torch.tensor(_stop_list(stop_tokens, "stop_tokens"), dtype=torch.long, device=device) if stop_tokens else None
+
+
+def _cut_at_stop(tokens: list[int], stop: list[int]) -> list[int]:
+    """The tokens up to and with the first stop token."""
+    for i, t in enumerate(tokens):
+        if t in stop:
+            return tokens[:i + 1]
+    return tokens
 
 
 def _as_prompts(ids) -> list[list[int]]:
