@@ -200,7 +200,7 @@ def run(args) -> dict:
     s = r.stats
     return _jsonable(dict(
         text=r.text[0], token_ids=r.tokens[0], prompt_tokens=r.config["prompt_tokens"][0],
-        prefill_s=r.prefill_s, decode_ms_per_token=r.ms_per_token, tokens_per_s=r.tokens_per_s,
+        prefill_s=r.prefill_s, decode_steps=r.decode_steps, decode_ms_per_token=r.ms_per_token, tokens_per_s=r.tokens_per_s,
         cache_bytes=r.cache_bytes, dense_cache_bytes=r.dense_cache_bytes,
         fallback_rate=s["fallback_rate"],
         certificate=dict(queries=s["queries"], uncertified=s["uncertified"], uncertified_rate=s["uncertified_rate"],
