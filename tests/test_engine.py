@@ -101,6 +101,9 @@ def test_a_batch_decodes_until_every_sequence_has_stopped(tiny):
         eng.add([a], 4)
         eng.run(stop_tokens="eos")
     assert e.value.argument == "stop_tokens"
+    with pytest.raises(VashistaInputError) as e, eng:
+        eng.run(stop_tokens=ra[0], check_every=0)
+    assert e.value.argument == "check_every"
 
 
 def test_finished_sequence_frees_pages_for_the_next(tiny):

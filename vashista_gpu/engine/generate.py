@@ -318,10 +318,9 @@ class Engine:
         active sequence that has tokens left; returns the steps run.
 
         ``stop_tokens`` (token ids, e.g. the tokenizer's EOS): stop early once every active sequence
-        has produced one of them. The test reads the device's tokens, so on CUDA it runs every
-        ``check_every`` graph replays (one host synchronisation each; up to ``check_every - 1``
-        steps past the last stop token are decoded and cut by the caller) and on the CPU after every
-        step. A captured segment stays valid when it ends early: the rows' lengths advance on the
+        has produced one of them. The test reads the device's tokens, so with a graph it runs every
+        ``check_every`` replays (one host synchronisation each; up to ``check_every - 1`` steps past
+        the last stop token are decoded and cut by the caller), and after every eager step. A captured segment stays valid when it ends early: the rows' lengths advance on the
         device, and the host mirrors catch up with the steps actually run."""
         from ..validate import positive_int
 
@@ -334,7 +333,8 @@ class Engine:
         if n > min(left[s] for s in rows):
             raise VashistaInputError("steps", f"{n} steps exceed a sequence's remaining max_new_tokens")
         stop = _stop_ids(stop_tokens, self.device)
-        every = positive_int("check_every", check_every) if self.device.type == "cuda" else 1
+        every = positive_int("check_every", check_every)
+        every = every if self.graph and n >= 3 else 1          # eager steps: testing each one costs no sync
         if stop is not None and self._all_stopped(rows, stop):
             return 0
         self.plan_segment(rows)
@@ -431,8 +431,8 @@ def generate(model, tokenizer_or_ids, prompt=None, *, mode: str = "certified", b
     on CUDA). ``dense_layers``: layers decoded densely in every mode. ``one_sided``: certified
     mode's token bounds — False two-sided (CUDA path only; a faster scan, a looser certificate), True
     one-sided, None by bits (:class:`Engine`). ``eos_token_id``: a token id or a list of them; decoding
-    stops once every sequence has produced one (checked every 16 graph replays on CUDA, every step on
-    the CPU), and each sequence's tokens end at its first.
+    stops once every sequence has produced one (checked every 16 graph replays, after every eager
+    step), and each sequence's tokens end at its first.
     """
     from ..validate import positive_int
 
