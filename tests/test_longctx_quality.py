@@ -474,6 +474,41 @@ def test_an_archived_run_gzipped_reads_resumes_and_reports_as_before(tmp_path):
     assert longctx_report.write_report(out, figures=False)["records"] == 8
 
 
+def test_merging_run_folders_keeps_one_record_per_key_the_later_folders(tmp_path):
+    # sessions' runs are merged into one report: union by (task, ctx, item, mode), a later folder's
+    # record replacing an earlier one's; the merged folder is a run folder itself (reads, resumes, merges)
+    from vashista_app.quality.cli import main
+    from vashista_app.quality.results_file import merge_results
+
+    def folder(name, recs, seed=0):
+        d = tmp_path / name
+        os.makedirs(d)
+        with open(d / "results.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in recs)
+        with open(d / "config.json", "w") as f:
+            json.dump(dict(seed=seed, span=513), f)
+        return str(d)
+
+    old = [_rec("niah_single", 4096, i, "dense", "dense", None, score=0.0, steps=None) for i in range(3)]
+    new = [_rec("niah_single", 4096, i, "dense", "dense", None, score=1.0, steps=None) for i in (2, 3)]
+    a, b = folder("a", old), folder("b", new)
+    out = str(tmp_path / "merged")
+    assert merge_results(out, [a, b]) == 4
+    got = {r["item"]: r["score"] for r in read_results(os.path.join(out, "results.jsonl"))}
+    assert got == {0: 0.0, 1: 0.0, 2: 1.0, 3: 1.0}
+    assert not os.path.exists(os.path.join(out, "results.jsonl"))       # archived: results.jsonl.gz
+    assert merge_results(out, [out, a]) == 4                              # into itself: a's item 2 wins again
+    assert read_results(os.path.join(out, "results.jsonl"))[2]["score"] == 0.0
+    with pytest.raises(VashistaInputError, match="--merge.*seed"):
+        merge_results(str(tmp_path / "x"), [a, folder("c", new, seed=1)])
+    with pytest.raises(VashistaInputError, match="--merge.*config.json"):
+        merge_results(str(tmp_path / "x"), [a, str(tmp_path)])
+    # the command: vashista quality --merge A B --out M writes the report
+    assert main(["--merge", a, b, "--out", out, "--no-figures"]) == 0
+    assert "| dense |" in open(os.path.join(out, "summary.md")).read()
+    assert main(["--merge", a, "--tasks", "vt", "--out", out]) == 2
+
+
 def test_resume_with_another_configuration_is_refused(tmp_path):
     out = str(tmp_path / "run")
     cfg = _cfg(tmp_path, tasks=["niah_single"], items=1)

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "on CUDA, hf on the CPU")
     p.add_argument("--fresh", action="store_true", help="start the long-context run over (default: resume)")
     p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--merge", nargs="+", default=None, metavar="FOLDER",
+                   help="merge these long-context run folders' records into --out (a later folder's record "
+                        "replaces an earlier one's of the same task, context, item and mode) and write its report")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                    help="start no new task after this many seconds (the summary then says complete: false)")
@@ -178,6 +181,10 @@ def environment(device: str, backend: str, model_path: str, model_sha256: str) -
 def parse(argv=None):
     """(args, cfg) of one invocation, checked; raises VashistaInputError naming the bad argument."""
     args = build_parser().parse_args(argv)
+    if args.merge is not None:
+        if args.tasks is not None or args.quick:
+            raise VashistaInputError("--merge", "merges finished runs: it takes --out, --json and --no-figures only")
+        return args, None
     if args.tasks is not None:
         from .longctx import check_args
         resolve_device(args.device)
@@ -201,6 +208,17 @@ def main(argv=None) -> int:
     except VashistaInputError as e:
         print(f"vashista quality: {e}", file=sys.stderr)
         return 2
+    if args.merge is not None:
+        from .longctx_report import write_report
+        from .results_file import merge_results
+        try:
+            n = merge_results(args.out, args.merge)
+        except VashistaInputError as e:
+            print(f"vashista quality: {e}", file=sys.stderr)
+            return 2
+        summary = write_report(args.out, figures=not args.no_figures)
+        print(json.dumps(summary) if args.json else f"merged {n} records; wrote {args.out}/summary.md")
+        return 0
     if args.tasks is not None:
         from .longctx import main_from_args
         try:

@@ -21,7 +21,8 @@ import os
 
 from vashista_core.errors import VashistaInputError
 
-__all__ = ["CONFIG", "RESULTS", "ResultsFile", "json_safe", "pin_config", "read_results", "record_key"]
+__all__ = ["CONFIG", "RESULTS", "ResultsFile", "json_safe", "merge_results", "pin_config", "read_results",
+           "record_key"]
 
 RESULTS = "results.jsonl"
 CONFIG = "config.json"
@@ -103,3 +104,34 @@ def pin_config(out: str, pinned: dict, fresh: bool) -> None:
                                               f"settings, or pass --fresh, or another --out")
     with open(path, "w") as f:
         json.dump(pinned, f, indent=1, sort_keys=True)
+
+
+def merge_results(out: str, sources: list[str]) -> int:
+    """Merge the records of run folders ``sources`` (each a ``config.json`` and ``results.jsonl`` and/or
+    its archive) into ``out``: one record per key (``record_key``), a later folder's replacing an
+    earlier one's, written as ``out/results.jsonl.gz`` beside their common ``config.json``. The configs
+    must be equal (the records of different models, spans or seeds do not compare). Returns the
+    number of records; write the report with ``longctx_report.write_report(out)``."""
+    if not sources:
+        raise VashistaInputError("--merge", "name at least one run folder")
+    configs, merged = [], {}
+    for src in sources:
+        cfg_path = os.path.join(src, CONFIG)
+        if not os.path.isfile(cfg_path):
+            raise VashistaInputError("--merge", f"{src} has no {CONFIG}: not a long-context run folder")
+        configs.append(json.load(open(cfg_path)))
+        diff = sorted(k for k in set(configs[0]) | set(configs[-1]) if configs[0].get(k) != configs[-1].get(k))
+        if diff:
+            raise VashistaInputError("--merge", f"{src} was run with other {', '.join(diff)} than {sources[0]}")
+        for r in read_results(os.path.join(src, RESULTS)):
+            merged[record_key(r)] = r
+    os.makedirs(out, exist_ok=True)
+    for name in (RESULTS, RESULTS + ".gz"):      # out may be one of the sources: read above, rewritten now
+        if os.path.exists(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
+    with gzip.open(os.path.join(out, RESULTS + ".gz"), "wt", encoding="utf-8") as f:
+        for r in merged.values():
+            f.write(json.dumps(json_safe(r)) + "\n")
+    with open(os.path.join(out, CONFIG), "w") as f:
+        json.dump(configs[0], f, indent=1, sort_keys=True)
+    return len(merged)
