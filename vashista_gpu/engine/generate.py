@@ -426,7 +426,7 @@ def generate(model, tokenizer_or_ids, prompt=None, *, mode: str = "certified", b
     every query), ``paged`` (routed sparse decode), ``auto`` (dense below the crossover context,
     certified above; ``engine.policy``). ``budget``: fraction of the context read exactly, Kc =
     16·⌈budget·context/16⌉ (``engine/step.py``). ``policy``: ReportOnly (default), DenseFallback(tol),
-    Capped(tol, Kc_max) (in the CUDA graph, certified mode: a second certified step at Kc_max for the
+    Capped(tol, P_max, Kc_max) (in the CUDA graph, certified mode: a second certified step at Kc_max for the
     uncertified heads, then exact attention for what is still uncertified; on the host path Kc doubles
     per row up to Kc_max); ``tol`` the error counted as certified in the statistics
     (default the policy's). ``device``: moves the model there. ``graph``: CUDA-graph replay (default
