@@ -21,7 +21,7 @@ attention, MLP, LM head, argmax):
   ours_cert_int4_g16+df  the int4 step with the device DenseFallback at a tolerance nothing exceeds:
                       the policy's fixed cost inside the graph
 All graph variants time replays only (CUDA events around --steps replays after capture); ours are the
-engine's own captured step (``Engine._step`` under ``cuda_graph.capture``), report-only: on random
+engine's own captured step (``Engine.step`` under ``cuda_graph.capture``), report-only: on random
 weights attention is near uniform and certificates say "uncertified", so certified runs are timed
 with ReportOnly and the fallback rate is measured on real weights elsewhere.
 
@@ -288,8 +288,8 @@ def run_ours(model, variant, B, ctx, steps, dev, kc, dense_layers):
     with eng, torch.no_grad():
         seqs = _fill_engine(eng, B, ctx, max_new, dev)
         _reset_peak(dev)
-        eng._segment(seqs)
-        replay = graphed(eng._step, dev)
+        eng.plan_segment(seqs)
+        replay = graphed(eng.step, dev)
         s = time_fn(replay, steps, dev)
         decode_peak = _peak_GiB(dev)
         stats = eng.runner.stats.summary()
@@ -480,13 +480,13 @@ def profile_ours(model, variant, B, ctx, dev, kc, dense_layers, steps=3) -> str:
                  dense_layers=dense_layers, progress=False, one_sided=one_sided)
     with eng, torch.no_grad():
         seqs = _fill_engine(eng, B, ctx, 16, dev)
-        eng._segment(seqs)
-        eng._step()
-        eng._step()
+        eng.plan_segment(seqs)
+        eng.step()
+        eng.step()
         sync(dev)
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(steps):
-                eng._step()
+                eng.step()
             sync(dev)
     ka = prof.key_averages()
 

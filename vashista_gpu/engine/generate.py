@@ -376,9 +376,6 @@ class Engine:
         made = torch.arange(toks.shape[1], device=self.device)[None] < self.count[idx][:, None]
         return bool((torch.isin(toks, stop) & made).any(1).all())
 
-    # the e2e benchmark's names for the two (kept while it uses them)
-    _step, _segment = step, plan_segment
-
     def _host_count(self, s: int) -> int:
         return self._done.get(s, 0)
 
