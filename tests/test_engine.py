@@ -106,6 +106,30 @@ def test_a_batch_decodes_until_every_sequence_has_stopped(tiny):
     assert e.value.argument == "check_every"
 
 
+def test_a_serving_loop_finishes_the_stopped_sequence_and_admits_the_next(tiny):
+    # run(until="any") returns when one sequence has stopped; its pages go to the next admission while
+    # the other sequence goes on: every sequence's tokens are those of its own run
+    (a,), (b,), (c,) = _prompts([45], seed=7), _prompts([33], seed=3), _prompts([50], seed=9)
+    ra, rb, rc = (_hf_greedy(tiny, p, 8) for p in (a, b, c))
+    stop = ra[3]
+    assert stop not in ra[:3] and stop not in rb and stop not in rc, (ra, rb, rc)
+    eng = Engine(tiny, mode="dense", max_seqs=2, max_tokens=128, num_pages=9)
+    with eng:
+        sa, sb = eng.add([a, b], 8)
+        assert eng.run(stop_tokens=stop, until="any") == 3 and eng.stopped(stop) == [sa]
+        assert eng.finish(sa) == ra[:4]
+        (sc,) = eng.add([c], 8)                  # a's slot; its 4 pages back make 6 free, c needs 4
+        assert sc == sa and eng.stopped([stop]) == []
+        eng.run(stop_tokens=stop, until="any")   # b's last 4 tokens (the shortest remainder)
+        assert eng.finish(sb) == rb
+        eng.run()
+        assert eng.finish(sc) == rc
+        with pytest.raises(VashistaInputError) as e:
+            eng.add([a], 2)
+            eng.run(stop_tokens=stop, until="first")
+        assert e.value.argument == "until"
+
+
 def test_finished_sequence_frees_pages_for_the_next(tiny):
     a, b, c = _prompts([50, 30, 44], seed=4)
     eng = Engine(tiny, mode="paged", budget=0.5, max_seqs=2, max_tokens=128, num_pages=10)

@@ -313,15 +313,18 @@ class Engine:
         if self.runner.cfg.planned:
             self.runner.plan({s: self.reserved[s] for s in rows}, self.scales)
 
-    def run(self, steps: int | None = None, *, stop_tokens=None, check_every: int = 16) -> int:
+    def run(self, steps: int | None = None, *, stop_tokens=None, check_every: int = 16, until: str = "all") -> int:
         """Decode ``steps`` tokens (default: as many as every active sequence still may) for every
         active sequence that has tokens left; returns the steps run.
 
         ``stop_tokens`` (token ids, e.g. the tokenizer's EOS): stop early once every active sequence
-        has produced one of them. The test reads the device's tokens, so with a graph it runs every
-        ``check_every`` replays (one host synchronisation each; up to ``check_every - 1`` steps past
-        the last stop token are decoded and cut by the caller), and after every eager step. A captured segment stays valid when it ends early: the rows' lengths advance on the
-        device, and the host mirrors catch up with the steps actually run."""
+        has produced one of them (``until="all"``), or once any has (``until="any"``: a serving loop
+        then finishes the sequences :meth:`stopped` names, admits new ones and runs again; a
+        sequence already stopped when the call starts makes it return 0). The test reads the
+        device's tokens (one host synchronisation): with a graph every ``check_every`` replays, so
+        up to ``check_every - 1`` steps past the stop are decoded (the caller cuts them), and after
+        every eager step. A captured segment stays valid when it ends early: the rows' lengths
+        advance on the device, and the host mirrors catch up with the steps actually run."""
         from ..validate import positive_int
 
         rows = [s for s in self.cache.seq_ids if s in self.max_new]
@@ -333,9 +336,10 @@ class Engine:
         if n > min(left[s] for s in rows):
             raise VashistaInputError("steps", f"{n} steps exceed a sequence's remaining max_new_tokens")
         stop = _stop_ids(stop_tokens, self.device)
-        every = positive_int("check_every", check_every)
-        every = every if self.graph and n >= 3 else 1          # eager steps: testing each one costs no sync
-        if stop is not None and self._all_stopped(rows, stop):
+        if until not in ("all", "any"):
+            raise VashistaInputError("until", f"expected 'all' or 'any', got {until!r}")
+        every = positive_int("check_every", check_every)        # graph replays between tests
+        if stop is not None and self._stop_now(rows, stop, until):
             return 0
         self.plan_segment(rows)
         ran = 0
@@ -348,14 +352,14 @@ class Engine:
                 self.capture_s += time.perf_counter() - t0
                 ran, timed = 2, 0
                 t0 = time.perf_counter()
-                while ran < n and not (stop is not None and self._all_stopped(rows, stop)):
+                while ran < n and not (stop is not None and self._stop_now(rows, stop, until)):
                     for _ in range(min(every, n - ran)):
                         replay()
                     ran += min(every, n - ran)
                     timed = ran - 2
             else:
                 t0 = time.perf_counter()
-                while ran < n and not (stop is not None and ran % every == 0 and self._all_stopped(rows, stop)):
+                while ran < n and not (stop is not None and self._stop_now(rows, stop, until)):
                     self.step()
                     ran += 1
                 timed = ran
@@ -369,12 +373,24 @@ class Engine:
         self._sync()
         return ran
 
-    def _all_stopped(self, rows, stop) -> bool:
-        """Whether every row's tokens so far hold a stop token (one host synchronisation)."""
+    def _has_stopped(self, rows, stop) -> torch.Tensor:
+        """(len(rows),) bool on the device: whether each row's tokens so far hold a stop token."""
         idx = torch.tensor(rows, device=self.device)
         toks = self.tokens[idx]
         made = torch.arange(toks.shape[1], device=self.device)[None] < self.count[idx][:, None]
-        return bool((torch.isin(toks, stop) & made).any(1).all())
+        return (torch.isin(toks, stop) & made).any(1)
+
+    def _stop_now(self, rows, stop, until: str) -> bool:
+        hit = self._has_stopped(rows, stop)          # one host synchronisation
+        return bool(hit.all() if until == "all" else hit.any())
+
+    def stopped(self, stop_tokens) -> list[int]:
+        """The active sequences whose tokens so far hold one of ``stop_tokens`` (to :meth:`finish`)."""
+        rows = [s for s in self.cache.seq_ids if s in self.max_new]
+        stop = _stop_ids(stop_tokens, self.device)
+        if not rows or stop is None:
+            return []
+        return [s for s, hit in zip(rows, self._has_stopped(rows, stop).tolist()) if hit]
 
     def _host_count(self, s: int) -> int:
         return self._done.get(s, 0)
