@@ -376,3 +376,15 @@ def test_device_append_equals_host_append(meta):
         assert torch.equal(getattr(sa, name), getattr(sb, name)), name
     if meta == "float32":
         assert sa.step[1, 0, 0].item() == torch.nextafter(torch.tensor(2.0 ** 36), torch.tensor(math.inf)).item()
+
+
+def test_cli_stops_where_transformers_would():
+    # the generation config's EOS ids (an instruct model lists end of turn and end of text), else the tokenizer's
+    from types import SimpleNamespace as NS
+
+    from vashista_app.cmd_generate import _stop_ids
+
+    tok = NS(eos_token_id=2)
+    assert _stop_ids(NS(generation_config=NS(eos_token_id=[151645, 151643])), tok) == [151645, 151643]
+    assert _stop_ids(NS(generation_config=NS(eos_token_id=None)), tok) == 2
+    assert _stop_ids(NS(), tok) == 2
