@@ -102,11 +102,14 @@ def test_graph_replay_stops_at_the_stop_token_on_a_check(mode):
     from vashista_gpu.engine import Engine, generate
 
     model = _model(dtype=torch.float32)
-    (p,) = _prompts([230], seed=5)
     kw = dict(mode=mode, bits=8, budget=1 / 4)
-    ref = _run(model, [p], graph=True, max_new=40, **kw)[0][0]
-    i = next((j for j in range(7, 40) if ref[j] not in ref[:j]), None)
-    assert i is not None, f"no token first appears after step 6 in {ref}"
+    for seed in range(5, 25):     # a random model often repeats a cycle: take a prompt whose run does not
+        (p,) = _prompts([230], seed=seed)
+        ref = _run(model, [p], graph=True, max_new=40, **kw)[0][0]
+        i = next((j for j in range(7, 40) if ref[j] not in ref[:j]), None)
+        if i is not None:
+            break
+    assert i is not None, "no prompt gives a token that first appears after step 6"
     eng = Engine(model, max_seqs=1, max_tokens=1024, graph=True, **kw)
     with eng:
         (s,) = eng.add([p], 40)
