@@ -104,6 +104,10 @@ def test_a_batch_decodes_until_every_sequence_has_stopped(tiny):
     with pytest.raises(VashistaInputError) as e, eng:
         eng.run(stop_tokens=ra[0], check_every=0)
     assert e.value.argument == "check_every"
+    for bad in (False, [0.5]):                  # a falsy non-id is refused, not read as "no stop tokens"
+        with pytest.raises(VashistaInputError) as e, eng:
+            eng.run(stop_tokens=bad)
+        assert e.value.argument == "stop_tokens"
 
 
 def test_a_serving_loop_finishes_the_stopped_sequence_and_admits_the_next(tiny):
@@ -382,9 +386,17 @@ def test_cli_stops_where_transformers_would():
     # the generation config's EOS ids (an instruct model lists end of turn and end of text), else the tokenizer's
     from types import SimpleNamespace as NS
 
-    from vashista_app.cmd_generate import _stop_ids
+    from vashista_app.cmd_generate import _eos_ids
 
     tok = NS(eos_token_id=2)
-    assert _stop_ids(NS(generation_config=NS(eos_token_id=[151645, 151643])), tok) == [151645, 151643]
-    assert _stop_ids(NS(generation_config=NS(eos_token_id=None)), tok) == 2
-    assert _stop_ids(NS(), tok) == 2
+    assert _eos_ids(NS(generation_config=NS(eos_token_id=[151645, 151643])), tok) == [151645, 151643]
+    assert _eos_ids(NS(generation_config=NS(eos_token_id=None)), tok) == 2
+    assert _eos_ids(NS(), tok) == 2
+
+
+def test_token_id_zero_is_a_stop_token():
+    # 0 is falsy: it must still count as a stop id (the check once read "if stop_tokens")
+    from vashista_gpu.engine.generate import _stop_ids
+
+    assert _stop_ids(0, torch.device("cpu")).tolist() == [0]
+    assert _stop_ids([], torch.device("cpu")) is None and _stop_ids(None, torch.device("cpu")) is None

@@ -191,7 +191,7 @@ def run(args) -> dict:
         r = generate(model, tok, text, mode=args.mode, bits=args.bits, budget=budget, policy=policy, tol=args.tol,
                      max_new_tokens=args.max_new_tokens, graph=False if args.no_graph else None,
                      page_size=args.page_size, prefill_chunk=args.prefill_chunk, dense_layers=dense_layers,
-                     eos_token_id=_stop_ids(model, tok), progress=None if not args.json else False,
+                     eos_token_id=_eos_ids(model, tok), progress=None if not args.json else False,
                      one_sided={"auto": None, "one-sided": True, "two-sided": False}[args.bounds])
     except VashistaInputError as e:
         # the library names its own arguments; the user typed options
@@ -209,7 +209,7 @@ def run(args) -> dict:
         mode=r.mode, config=r.config))
 
 
-def _stop_ids(model, tok):
+def _eos_ids(model, tok):
     """Where generation stops, as transformers' generate decides it: the model's generation config's
     EOS ids (an instruct model often lists two, end of turn and end of text), else the tokenizer's."""
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)

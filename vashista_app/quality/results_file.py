@@ -21,8 +21,8 @@ import os
 
 from vashista_core.errors import VashistaInputError
 
-__all__ = ["CONFIG", "RESULTS", "ResultsFile", "json_safe", "merge_results", "pin_config", "read_results",
-           "record_key"]
+__all__ = ["CONFIG", "RESULTS", "ResultsFile", "config_diff", "json_safe", "merge_results", "pin_config",
+           "read_results", "record_key"]
 
 RESULTS = "results.jsonl"
 CONFIG = "config.json"
@@ -88,6 +88,11 @@ def json_safe(x):
     return x
 
 
+def config_diff(a: dict, b: dict) -> list[str]:
+    """The keys whose values differ between two run configs (a key missing from one differs)."""
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
 def pin_config(out: str, pinned: dict, fresh: bool) -> None:
     """Write ``config.json``, or check that a resumed run has the same one."""
     os.makedirs(out, exist_ok=True)
@@ -97,8 +102,7 @@ def pin_config(out: str, pinned: dict, fresh: bool) -> None:
             if os.path.exists(f):
                 os.remove(f)
     if os.path.exists(path):
-        old = json.load(open(path))
-        diff = sorted(k for k in set(old) | set(pinned) if old.get(k) != pinned.get(k))
+        diff = config_diff(json.load(open(path)), pinned)
         if diff:
             raise VashistaInputError("--out", f"{out} holds a run with other {', '.join(diff)}; resume with the same "
                                               f"settings, or pass --fresh, or another --out")
@@ -120,7 +124,7 @@ def merge_results(out: str, sources: list[str]) -> int:
         if not os.path.isfile(cfg_path):
             raise VashistaInputError("--merge", f"{src} has no {CONFIG}: not a long-context run folder")
         configs.append(json.load(open(cfg_path)))
-        diff = sorted(k for k in set(configs[0]) | set(configs[-1]) if configs[0].get(k) != configs[-1].get(k))
+        diff = config_diff(configs[0], configs[-1])
         if diff:
             raise VashistaInputError("--merge", f"{src} was run with other {', '.join(diff)} than {sources[0]}")
         for r in read_results(os.path.join(src, RESULTS)):

@@ -327,7 +327,7 @@ class Engine:
         advance on the device, and the host mirrors catch up with the steps actually run."""
         from ..validate import positive_int
 
-        rows = [s for s in self.cache.seq_ids if s in self.max_new]
+        rows = self._active()
         left = {s: self.max_new[s] - self._host_count(s) for s in rows}
         rows = [s for s in rows if left[s] > 0]
         if not rows:
@@ -350,13 +350,14 @@ class Engine:
                 replay = capture(self.step)              # two real steps (warm-up, JIT) + the capture
                 torch.cuda.synchronize()
                 self.capture_s += time.perf_counter() - t0
-                ran, timed = 2, 0
+                ran = 2
                 t0 = time.perf_counter()
                 while ran < n and not (stop is not None and self._stop_now(rows, stop, until)):
-                    for _ in range(min(every, n - ran)):
+                    chunk = min(every, n - ran)
+                    for _ in range(chunk):
                         replay()
-                    ran += min(every, n - ran)
-                    timed = ran - 2
+                    ran += chunk
+                timed = ran - 2                          # the replays (the capture ran the first two)
             else:
                 t0 = time.perf_counter()
                 while ran < n and not (stop is not None and self._stop_now(rows, stop, until)):
@@ -373,6 +374,10 @@ class Engine:
         self._sync()
         return ran
 
+    def _active(self) -> list[int]:
+        """The admitted sequences not yet finished, in the cache's order."""
+        return [s for s in self.cache.seq_ids if s in self.max_new]
+
     def _has_stopped(self, rows, stop) -> torch.Tensor:
         """(len(rows),) bool on the device: whether each row's tokens so far hold a stop token."""
         idx = torch.tensor(rows, device=self.device)
@@ -386,7 +391,7 @@ class Engine:
 
     def stopped(self, stop_tokens) -> list[int]:
         """The active sequences whose tokens so far hold one of ``stop_tokens`` (to :meth:`finish`)."""
-        rows = [s for s in self.cache.seq_ids if s in self.max_new]
+        rows = self._active()
         stop = _stop_ids(stop_tokens, self.device)
         if not rows or stop is None:
             return []
@@ -516,7 +521,9 @@ def _stop_list(eos_token_id, name: str = "eos_token_id") -> list[int]:
 
 
 def _stop_ids(stop_tokens, device):
-    return torch.tensor(_stop_list(stop_tokens, "stop_tokens"), dtype=torch.long, device=device) if stop_tokens else None
+    """``stop_tokens`` as a device tensor, or None when there are none (token id 0 is one)."""
+    ids = _stop_list(stop_tokens, "stop_tokens")
+    return torch.tensor(ids, dtype=torch.long, device=device) if ids else None
 
 
 def _cut_at_stop(tokens: list[int], stop: list[int]) -> list[int]:
