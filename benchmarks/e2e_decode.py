@@ -36,6 +36,9 @@ bytes: dense K+V of every token; certified the sketch of every token (codes + pe
 the cache's own ``nbytes``) + Kc key and value rows per query head; paged the page summaries + P
 pages + Kc rows. The floor ratio dense/ours is the speed-up ceiling at equal bandwidth.
 
+``--compile`` gives the graph variants (graph_sdpa_* and ours) the same torch.compile treatment of the
+layers' work outside attention (``vashista_gpu/engine/compiled.py``); the first steps compile.
+
 ``--profile`` replaces the timing by device time per part of one eager engine step (torch.profiler,
 the parts wrapped in ranges) and the top kernels; ``--tune-dense`` first sweeps the paged dense
 kernel's launch options against SDPA flash; ``--table e2e.json`` prints the RESULTS.md table.
@@ -176,12 +179,24 @@ def run_hf_eager(model, B, ctx, steps, dev):
     return dict(s_per_token=s)
 
 
+def _norm_in(layer, x):
+    return layer.input_layernorm(x)
+
+
+def _mlp_block(layer, x, attn_out):
+    x = x + attn_out
+    return x + layer.mlp(layer.post_attention_layernorm(x))
+
+
 class StaticDense:
     """gpt-fast's step on the HF model's own modules: a static (L, B, Hkv, T_max, D) cache, the new
     token written at a device position, attention over the first ctx + 1 slots (a static slice: the
-    timed window's lengths differ by < --steps tokens, so every replay attends to ctx + 1 tokens)."""
+    timed window's lengths differ by < --steps tokens, so every replay attends to ctx + 1 tokens).
+    ``compile=True`` gives it the treatment of ``Engine(compile=True)`` (``engine/compiled.py``): the
+    same layer parts through torch.compile — the input norm, and residual + norm + MLP + residual —
+    with the attention (projections, rotary, append, SDPA, output projection) eager in both."""
 
-    def __init__(self, model, B, ctx, dev):
+    def __init__(self, model, B, ctx, dev, compile=False):
         L, Hq, Hkv, D = dims(model)
         self.m, self.B, self.ctx = model, B, ctx
         dt = next(model.parameters()).dtype
@@ -190,6 +205,10 @@ class StaticDense:
         self.pos = torch.full((B, 1), ctx, dtype=torch.long, device=dev)
         self.tok = torch.zeros((B, 1), dtype=torch.long, device=dev)
         self.scale = D ** -0.5
+        self.norm_in, self.mlp_block, self.final_norm = _norm_in, _mlp_block, model.model.norm
+        if compile:
+            self.norm_in, self.mlp_block = torch.compile(_norm_in), torch.compile(_mlp_block)
+            self.final_norm = torch.compile(model.model.norm)
 
     def step(self):
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
@@ -203,7 +222,7 @@ class StaticDense:
         slot = self.pos[0]
         for i, layer in enumerate(m.layers):
             a = layer.self_attn
-            h = layer.input_layernorm(x)
+            h = self.norm_in(layer, x)
             q = a.q_proj(h).view(B, 1, Hq, D).transpose(1, 2)
             k = a.k_proj(h).view(B, 1, Hkv, D).transpose(1, 2)
             v = a.v_proj(h).view(B, 1, Hkv, D).transpose(1, 2)
@@ -212,18 +231,17 @@ class StaticDense:
             self.V[i].index_copy_(2, slot, v)
             n = self.ctx + 1
             o = sdpa_decode(q[:, :, 0], self.K[i][:, :, :n], self.V[i][:, :, :n], self.scale)
-            x = x + a.o_proj(o.reshape(B, 1, Hq * D))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        logits = self.m.lm_head(m.norm(x)[:, -1])
+            x = self.mlp_block(layer, x, a.o_proj(o.reshape(B, 1, Hq * D)))
+        logits = self.m.lm_head(self.final_norm(x)[:, -1])
         self.tok.copy_(logits.argmax(-1, keepdim=True))
 
 
-def run_graph_dense(model, B, ctx, steps, dev, backend):
+def run_graph_dense(model, B, ctx, steps, dev, backend, compile=False):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     be = dict(flash=SDPBackend.FLASH_ATTENTION, cudnn=SDPBackend.CUDNN_ATTENTION,
               efficient=SDPBackend.EFFICIENT_ATTENTION)[backend]
-    st = StaticDense(model, B, ctx, dev)
+    st = StaticDense(model, B, ctx, dev, compile=compile)
     _reset_peak(dev)
     with torch.no_grad(), sdpa_kernel([be]):
         replay = graphed(st.step, dev)
@@ -271,7 +289,7 @@ def _fill_engine(engine, B, ctx, max_new, dev):
     return seqs
 
 
-def run_ours(model, variant, B, ctx, steps, dev, kc, dense_layers):
+def run_ours(model, variant, B, ctx, steps, dev, kc, dense_layers, compile=False):
     from vashista_gpu.engine import Engine
     from vashista_core.policies import DenseFallback
 
@@ -284,7 +302,7 @@ def run_ours(model, variant, B, ctx, steps, dev, kc, dense_layers):
     budget = min(1.0, kc / ctx)
     eng = Engine(model, mode=mode, bits=bits, budget=budget, max_seqs=B, max_tokens=max_tokens, page_size=page,
                  graph=dev.type == "cuda", dense_layers=dense_layers, progress=False,
-                 policy=DenseFallback(1e30) if df else None, one_sided=one_sided)
+                 policy=DenseFallback(1e30) if df else None, one_sided=one_sided, compile=compile)
     with eng, torch.no_grad():
         seqs = _fill_engine(eng, B, ctx, max_new, dev)
         _reset_peak(dev)
@@ -299,7 +317,7 @@ def run_ours(model, variant, B, ctx, steps, dev, kc, dense_layers):
     cfg = dict(mode=mode, bits=bits if mode == "certified" else None, group=page if mode == "certified" else None,
                one_sided=one_sided if mode == "certified" else None,
                page_size=page, Kc=Kc, P=P if mode == "paged" else None, budget=budget,
-               dense_layers=list(dense_layers), policy="DenseFallback(1e30)" if df else "ReportOnly")
+               dense_layers=list(dense_layers), policy="DenseFallback(1e30)" if df else "ReportOnly", compile=compile)
     del eng
     return dict(s_per_token=s, cache_bytes=nbytes, dense_kv_bytes=dense_kv, stats=stats, config=cfg,
                 decode_peak_GiB=decode_peak)
@@ -625,6 +643,9 @@ def main(argv=None):
     ap.add_argument("--profile", action="store_true",
                     help="instead of timing: device time by part of one eager engine step (--configs, our --variants)")
     ap.add_argument("--tune-dense", action="store_true", help="first time the paged dense kernel's launch options")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the layers' norms, MLP and residual adds in graph_sdpa_* and ours alike "
+                         "(Engine(compile=True); hf_eager_sdpa stays as users have it)")
     args = ap.parse_args(argv)
     if args.table:
         with open(args.table) as f:
@@ -647,7 +668,7 @@ def main(argv=None):
                date=time.strftime("%Y-%m-%d", time.gmtime()),
                flashinfer=("installed" if importlib.util.find_spec("flashinfer") else
                            "not available: no FlashInfer wheel on the device and no network to fetch or JIT-build one"),
-               kc=args.kc, steps=args.steps, dense_layers=list(dense_layers))
+               kc=args.kc, steps=args.steps, dense_layers=list(dense_layers), compile=args.compile)
     print(json.dumps(env), flush=True)
     result = dict(env=env, rows=[])
     if args.check:
@@ -705,9 +726,9 @@ def main(argv=None):
                 if v == "hf_eager_sdpa":
                     r = run_hf_eager(model, B, ctx, args.eager_steps, dev)
                 elif v.startswith("graph_sdpa_"):
-                    r = run_graph_dense(model, B, ctx, args.steps, dev, v[len("graph_sdpa_"):])
+                    r = run_graph_dense(model, B, ctx, args.steps, dev, v[len("graph_sdpa_"):], compile=args.compile)
                 else:
-                    r = run_ours(model, v, B, ctx, args.steps, dev, args.kc, dense_layers)
+                    r = run_ours(model, v, B, ctx, args.steps, dev, args.kc, dense_layers, compile=args.compile)
                 row.update(r)
                 row["ms_per_token"] = r["s_per_token"] * 1e3
                 row["tokens_per_s"] = B / r["s_per_token"]
@@ -730,7 +751,7 @@ def main(argv=None):
     result["crossover"] = crossover(result["rows"])
     save()
     from vashista_gpu.engine.dense_paged import shape_key
-    table = dict(card=env["card"], date=env["date"], kc=args.kc, dense_layers=list(dense_layers),
+    table = dict(card=env["card"], date=env["date"], kc=args.kc, dense_layers=list(dense_layers), compile=args.compile,
                  source="benchmarks/e2e_decode.py: best dense = fastest SDPA backend under the same CUDA graph",
                  entries=[dict(name=c["shape"], shape=shape_key(models[c["shape"]].config), batch=c["batch"],
                                variant=c["variant"], ratios=c["ratios"],

@@ -19,6 +19,9 @@
 #   if device time is left: bash benchmarks/session10_side.sh 5
 #     eb  the engine decoder's batch probe, 0.5B shape, 32k, batch 4 and 8 (200 s)
 #     pn  the per-part profile of the 1B step, 128k, batch 4, int8 g64 two-sided (90 s)
+#   the compiled layers (fifteenth session, untimed so far): bash benchmarks/session10_side.sh cmp
+#     cmp     e2e 1B at 128k, batch 1 and 4, SDPA flash / ours dense / certified int8 g64 2s / int4 g16, without
+#             and then with --compile (both on the same warm card), then the engine's CUDA tests of compile (300 s)
 #   after the ten parts: bash benchmarks/session10_side.sh q   (repeat; it resumes)
 #     the 32k quality pass at 50 items per task, batch 8, seeded from the newest session's records
 #     (LONGCTX_MODES="..." picks the modes; keep LONGCTX_MARGIN_S >= one batch of all its modes + 20 s, or the
@@ -49,6 +52,11 @@ case "$n" in
     k4|k8|pn) $S8 "$n" ;;
     n4c) python3 benchmarks/e2e_decode.py --out "$OUT/e2e_b4_cudnn" --configs llama-1b:131072:4 --time-budget 90 \
             --variants "$V" ;;
+    cmp) for c in "" --compile; do
+             python3 benchmarks/e2e_decode.py --out "$OUT/e2e_compile${c:+_on}" --configs llama-1b:131072:1,llama-1b:131072:4 \
+                 --time-budget 120 --variants graph_sdpa_flash,ours_dense,ours_cert_int8_g64_2s,ours_cert_int4_g16 $c
+         done
+         $PYT tests/test_engine_gpu.py -k compiled > "$OUT/tests_compile.log" 2>&1; echo "tests rc=$?"; tail -4 "$OUT/tests_compile.log" ;;
     n16c) python3 benchmarks/e2e_decode.py --out "$OUT/e2e_b16_cudnn" --configs llama-1b:131072:16 --time-budget 290 \
             --variants "$V" ;;
     e8) python3 benchmarks/e2e_decode.py --out "$OUT/e2e_8b" --configs llama-8b:131072:4,llama-8b:131072:1 --time-budget 270 \

@@ -249,7 +249,7 @@ def test_a_dropped_engine_frees_its_cache_without_the_cyclic_collector(tiny, no_
     (dict(max_new_tokens=0), "max_new_tokens"), (dict(dense_layers=[5]), "dense_layers"),
     (dict(device="nonsense"), "device"), (dict(graph=True), "graph"), (dict(prefill_chunk=0), "prefill_chunk"),
     (dict(eos_token_id="</s>"), "eos_token_id"), (dict(eos_token_id=[2, -1]), "eos_token_id"),
-    (dict(eos_token_id=True), "eos_token_id"),
+    (dict(eos_token_id=True), "eos_token_id"), (dict(compile="yes"), "compile"),
 ])
 def test_bad_options_name_the_argument(tiny, kw, name):
     with pytest.raises(VashistaInputError) as e:
@@ -400,3 +400,50 @@ def test_token_id_zero_is_a_stop_token():
 
     assert _stop_ids(0, torch.device("cpu")).tolist() == [0]
     assert _stop_ids([], torch.device("cpu")) is None and _stop_ids(None, torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize("mode", ["dense", "certified"])
+def test_compiled_layers_decode_the_same_tokens_and_are_restored(tiny, mode):
+    # compile=True (engine/compiled.py): the layers' norms, MLP and residual adds through torch.compile
+    # in one-token steps; a ragged batch of two, so the compiled step also sees rows of other lengths
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    prompts = _prompts([70, 45], seed=4)
+    ref = generate(tiny, prompts, mode=mode, bits=8, budget=1 / 4, max_new_tokens=6, prefill_chunk=32)
+    torch._dynamo.reset()
+    counters.clear()
+    r = generate(tiny, prompts, mode=mode, bits=8, budget=1 / 4, max_new_tokens=6, prefill_chunk=32, compile=True)
+    assert r.tokens == ref.tokens and r.config["compile"] is True
+    if mode == "certified":
+        assert r.stats["queries"] == ref.stats["queries"]
+    # the same two graphs (before and after attention) serve every layer: one compilation per batch
+    # shape, not per layer, and the prefill chunks (32, 32, 6 tokens) compiled nothing; the final norm
+    # is the third
+    assert counters["stats"]["unique_graphs"] == 3
+    layer = tiny.model.layers[0]
+    assert "forward" not in vars(layer) and "forward" not in vars(layer.self_attn)   # eager again
+    assert "forward" not in vars(tiny.model.norm)
+
+
+def test_compiled_layers_are_restored_when_decoding_fails(tiny):
+    eng = Engine(tiny, mode="dense", max_tokens=64, compile=True)
+    with pytest.raises(RuntimeError, match="boom"):
+        with eng:
+            assert "forward" in vars(tiny.model.layers[1])
+            raise RuntimeError("boom")
+    assert "forward" not in vars(tiny.model.layers[1])
+
+
+def test_cli_compile_prints_the_same_tokens(capsys):
+    # `vashista generate --compile` on the embedded SmolLM2 (30 layers: still the same three graphs)
+    import json
+
+    from vashista_app.cmd_generate import main
+
+    argv = ["--prompt", "The printing press", "--max-new-tokens", "3", "--mode", "dense", "--device", "cpu", "--json"]
+    assert main(argv) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main(argv + ["--compile"]) == 0
+    compiled = json.loads(capsys.readouterr().out)
+    assert compiled["token_ids"] == plain["token_ids"] and compiled["config"]["compile"] is True

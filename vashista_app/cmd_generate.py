@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("run")
     run.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     run.add_argument("--no-graph", action="store_true", help="on CUDA, run the decode step eagerly")
+    run.add_argument("--compile", action="store_true",
+                     help="torch.compile the layers' norms, MLP and residual adds in the decode steps "
+                          "(the first steps compile; needs a C++ compiler on the CPU)")
     run.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
@@ -192,7 +195,8 @@ def run(args) -> dict:
                      max_new_tokens=args.max_new_tokens, graph=False if args.no_graph else None,
                      page_size=args.page_size, prefill_chunk=args.prefill_chunk, dense_layers=dense_layers,
                      eos_token_id=_eos_ids(model, tok), progress=None if not args.json else False,
-                     one_sided={"auto": None, "one-sided": True, "two-sided": False}[args.bounds])
+                     one_sided={"auto": None, "one-sided": True, "two-sided": False}[args.bounds],
+                     compile=args.compile)
     except VashistaInputError as e:
         # the library names its own arguments; the user typed options
         option = {"one_sided": "bounds"}.get(e.argument, e.argument)

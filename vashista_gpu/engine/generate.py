@@ -123,12 +123,16 @@ class Engine:
     path only) bounds every token through its page's two-sided constant: a scan of about half the
     instructions per code for a looser certificate (``kernels/sketch_scan.py``); ``None`` (default):
     two-sided for int8 on the CUDA path (no measurable loosening there), one-sided otherwise.
+    ``compile=True`` runs the decoder layers' work outside attention (norms, MLP, residual adds) through
+    ``torch.compile`` in one-token steps (``engine/compiled.py``; the first steps of each batch size
+    compile, inside the engine's warm-up on CUDA).
     """
 
     def __init__(self, model, *, mode: str = "certified", bits: int = 4, budget: float = 1 / 16, policy=None,
                  tol: float | None = None, max_seqs: int = 1, max_tokens: int = 4096, num_pages: int | None = None,
                  page_size: int = 16, graph: bool | None = None, dense_layers=(), prefill_chunk: int = 1024,
-                 progress: bool | None = None, auto_crossover: int | None = None, one_sided: bool | None = None):
+                 progress: bool | None = None, auto_crossover: int | None = None, one_sided: bool | None = None,
+                 compile: bool = False):
         from ..hf.enable import attention_modules, check_supported
         from ..validate import positive_int
 
@@ -147,6 +151,10 @@ class Engine:
         # the planned (device-only) path on CUDA; Capped without a graph keeps the host path's doubling
         planned = on_cuda and not (isinstance(self.policy, Capped) and graph is False)
         self.graph = planned if graph is None else bool(graph)
+        if not isinstance(compile, bool):
+            raise VashistaInputError("compile", f"expected True or False, got {compile!r}")
+        self.compile = compile
+        self._uncompile = None
         if one_sided is not None and not isinstance(one_sided, bool):
             raise VashistaInputError("one_sided", f"expected True, False or None (by bits), got {one_sided!r}")
         if one_sided is None:
@@ -195,9 +203,15 @@ class Engine:
         for m in self.modules.values():
             m._vashista_engine = self.runner
         self.model.set_attn_implementation(ATTN_NAME)
+        if self.compile:
+            from .compiled import compile_decode_layers
+            self._uncompile = compile_decode_layers(self.model)
         return self
 
     def __exit__(self, *exc):
+        if self._uncompile is not None:
+            self._uncompile()
+            self._uncompile = None
         for m in self.modules.values():
             if hasattr(m, "_vashista_engine"):
                 del m._vashista_engine
@@ -435,7 +449,8 @@ def generate(model, tokenizer_or_ids, prompt=None, *, mode: str = "certified", b
              budget: float = 1 / 16, policy=None, tol: float | None = None, max_new_tokens: int = 32,
              device=None, graph: bool | None = None, page_size: int = 16, prefill_chunk: int = 1024,
              dense_layers=(), eos_token_id=None, progress: bool | None = None,
-             auto_crossover: int | None = None, one_sided: bool | None = None) -> GenerateResult:
+             auto_crossover: int | None = None, one_sided: bool | None = None,
+             compile: bool = False) -> GenerateResult:
     """Greedy generation of ``max_new_tokens`` tokens with Vashista owning the KV cache.
 
     ``tokenizer_or_ids``: a tokenizer (then ``prompt`` is a string or a list of strings), or token
@@ -452,7 +467,8 @@ def generate(model, tokenizer_or_ids, prompt=None, *, mode: str = "certified", b
     mode's token bounds — False two-sided (CUDA path only; a faster scan, a looser certificate), True
     one-sided, None by bits (:class:`Engine`). ``eos_token_id``: a token id or a list of them; decoding
     stops once every sequence has produced one (checked every 16 graph replays, after every eager
-    step), and each sequence's tokens end at its first.
+    step), and each sequence's tokens end at its first. ``compile``: the decoder layers' work outside
+    attention runs through ``torch.compile`` in the decode steps (``engine/compiled.py``).
     """
     from ..validate import positive_int
 
@@ -481,7 +497,7 @@ def generate(model, tokenizer_or_ids, prompt=None, *, mode: str = "certified", b
     engine = Engine(model, mode=mode, bits=bits, budget=budget, policy=policy, tol=tol, max_seqs=len(prompts),
                     max_tokens=max_tokens, num_pages=sum(math.ceil((len(p) + max_new) / S) for p in prompts),
                     page_size=page_size, graph=graph, dense_layers=dense_layers, prefill_chunk=prefill_chunk,
-                    progress=progress, auto_crossover=auto_crossover, one_sided=one_sided)
+                    progress=progress, auto_crossover=auto_crossover, one_sided=one_sided, compile=compile)
     with engine:
         seqs = engine.add(prompts, max_new)
         engine.run(stop_tokens=stop)
@@ -505,6 +521,7 @@ def generate(model, tokenizer_or_ids, prompt=None, *, mode: str = "certified", b
                     one_sided=engine.runner.cfg.one_sided if ran_mode == "certified" else None,
                     Kc=engine.runner.Kc or None, P=engine.runner.P if ran_mode == "paged" else None,
                     crossover=engine.crossover_source, page_size=page_size, graph=engine.graph, planned=engine.runner.cfg.planned,
+                    compile=engine.compile,
                     policy=type(engine.policy).__name__, tol=engine.tol, dense_layers=list(engine.runner.cfg.dense_layers),
                     batch=len(prompts), prompt_tokens=[len(p) for p in prompts], device=str(engine.device)))
 
