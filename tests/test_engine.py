@@ -426,6 +426,16 @@ def test_compiled_layers_decode_the_same_tokens_and_are_restored(tiny, mode):
     assert "forward" not in vars(tiny.model.norm)
 
 
+def test_compile_without_a_cpp_compiler_is_refused_by_name(tiny, monkeypatch):
+    import shutil
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(VashistaInputError, match="C\\+\\+ compiler") as e:
+        Engine(tiny, mode="dense", max_tokens=64, compile=True)
+    assert e.value.argument == "compile"
+
+
 def test_compiled_layers_are_restored_when_decoding_fails(tiny):
     eng = Engine(tiny, mode="dense", max_tokens=64, compile=True)
     with pytest.raises(RuntimeError, match="boom"):

@@ -25,11 +25,25 @@ bit for bit (tests/test_engine.py compares greedy tokens).
 """
 from __future__ import annotations
 
+import os
+import shutil
 from typing import Callable
 
 import torch
 
-__all__ = ["compile_decode_layers"]
+__all__ = ["compile_decode_layers", "compile_unavailable"]
+
+
+def compile_unavailable(device) -> str | None:
+    """Why ``torch.compile`` cannot run on ``device`` here, or None. Inductor builds CPU kernels with a
+    C++ compiler (``$CXX`` or one on PATH); without one the first compiled step would fail deep inside
+    inductor, so the engine refuses ``compile=True`` up front instead."""
+    if torch.device(device).type != "cpu":
+        return None
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["c++", "g++", "clang++"]
+    if not any(shutil.which(n) for n in names):
+        return f"torch.compile on the CPU needs a C++ compiler; none of {', '.join(names)} was found on PATH"
+    return None
 
 
 class _OneTokenCompiled:

@@ -153,6 +153,10 @@ class Engine:
         self.graph = planned if graph is None else bool(graph)
         if not isinstance(compile, bool):
             raise VashistaInputError("compile", f"expected True or False, got {compile!r}")
+        if compile:
+            from .compiled import compile_unavailable
+            if (why := compile_unavailable(self.device)) is not None:
+                raise VashistaInputError("compile", why)
         self.compile = compile
         self._uncompile = None
         if one_sided is not None and not isinstance(one_sided, bool):
