@@ -436,6 +436,14 @@ def test_compile_without_a_cpp_compiler_is_refused_by_name(tiny, monkeypatch):
     assert e.value.argument == "compile"
 
 
+def test_compile_refuses_a_model_without_decoder_layers():
+    from vashista_gpu.engine.compiled import compile_decode_layers
+
+    with pytest.raises(VashistaInputError, match="decoder layer") as e:
+        compile_decode_layers(torch.nn.Linear(4, 4))
+    assert e.value.argument == "compile"
+
+
 def test_compiled_layers_are_restored_when_decoding_fails(tiny):
     eng = Engine(tiny, mode="dense", max_tokens=64, compile=True)
     with pytest.raises(RuntimeError, match="boom"):

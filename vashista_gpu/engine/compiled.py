@@ -31,6 +31,8 @@ from typing import Callable
 
 import torch
 
+from vashista_core.errors import VashistaInputError
+
 __all__ = ["compile_decode_layers", "compile_unavailable"]
 
 
@@ -64,11 +66,12 @@ def _decoder_layers(model) -> list:
 
 def compile_decode_layers(model) -> Callable[[], None]:
     """Compile ``model``'s decoder layers and final norm for one-token calls (module doc); returns the
-    function that restores the eager modules. Raises ``ValueError`` if the model has no decoder layer
-    of the Llama form (a module with ``self_attn`` and ``mlp``)."""
+    function that restores the eager modules. A model without decoder layers of the Llama form (a module
+    with ``self_attn`` and ``mlp``) is refused, naming ``compile``."""
     layers = _decoder_layers(model)
     if not layers:
-        raise ValueError("compile: no decoder layer (a module with self_attn and mlp) in the model")
+        raise VashistaInputError("compile", "the model has no decoder layer of the Llama form (a module with "
+                                            "self_attn and mlp) to compile")
     norm = getattr(getattr(model, "model", None), "norm", None)
     patched = []                                  # (module, its own "forward" entry or None)
 
