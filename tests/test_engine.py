@@ -417,10 +417,14 @@ def test_compiled_layers_decode_the_same_tokens_and_are_restored(tiny, mode):
     assert r.tokens == ref.tokens and r.config["compile"] is True
     if mode == "certified":
         assert r.stats["queries"] == ref.stats["queries"]
-    # the same two graphs (before and after attention) serve every layer: one compilation per batch
-    # shape, not per layer, and the prefill chunks (32, 32, 6 tokens) compiled nothing; the final norm
-    # is the third
+    # the same two graphs (before and after attention) serve every layer: compiled for the batch shape,
+    # not per layer, and the prefill chunks (32, 32, 6 tokens) compiled nothing; the final norm is the third
     assert counters["stats"]["unique_graphs"] == 3
+    # a second batch size compiles the three once more with a dynamic batch; later sizes compile nothing
+    for b in (3, 4):
+        generate(tiny, _prompts([20 + i for i in range(b)], seed=b), mode=mode, bits=8, budget=1 / 4,
+                 max_new_tokens=3, compile=True)
+        assert counters["stats"]["unique_graphs"] == 6
     layer = tiny.model.layers[0]
     assert "forward" not in vars(layer) and "forward" not in vars(layer.self_attn)   # eager again
     assert "forward" not in vars(tiny.model.norm)

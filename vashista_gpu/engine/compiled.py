@@ -17,8 +17,8 @@ What is compiled, and what is not:
   module its ``layer_idx`` as a Python int; compiling through it would specialise one graph per layer
   and pass dynamo's recompile limit from the ninth layer on.
 
-Compilation happens at the first one-token call of each batch size (automatic dynamic shapes: from
-the second batch size on, one graph with a dynamic batch). The engine's warm-up steps make those
+Compilation happens at the first one-token call of the first batch size, and once more at the second
+(automatic dynamic shapes: one graph with a dynamic batch serves every later size). The engine's warm-up steps make those
 calls before a CUDA graph is captured, so the capture records the compiled kernels like any other.
 The numbers are those of the same operations reordered by inductor: equal up to float rounding, not
 bit for bit (tests/test_engine.py compares greedy tokens).

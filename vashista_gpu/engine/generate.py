@@ -124,8 +124,8 @@ class Engine:
     instructions per code for a looser certificate (``kernels/sketch_scan.py``); ``None`` (default):
     two-sided for int8 on the CUDA path (no measurable loosening there), one-sided otherwise.
     ``compile=True`` runs the decoder layers' work outside attention (norms, MLP, residual adds) through
-    ``torch.compile`` in one-token steps (``engine/compiled.py``; the first steps of each batch size
-    compile, inside the engine's warm-up on CUDA).
+    ``torch.compile`` in one-token steps (``engine/compiled.py``; the first steps of the first and second
+    batch sizes compile, inside the engine's warm-up on CUDA).
     """
 
     def __init__(self, model, *, mode: str = "certified", bits: int = 4, budget: float = 1 / 16, policy=None,
