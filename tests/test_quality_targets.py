@@ -48,6 +48,24 @@ def test_the_bar_is_two_sided(deltas, pcts, verdict):
     assert _row(_run("cert-int8-1/16-report", deltas, pcts), "cert-int8-1/16-report")["verdict"] == verdict
 
 
+def test_a_delta_at_the_bar_after_rounding_meets_and_one_item_more_misses():
+    # the sixteenth session's 32k int4 multi-value row: 50 items, 54 % against dense's 53 %; computed as
+    # 100 * (0.54 - 0.53) = 1.0000000000000009, which, read as > 1, called an exact 1-point difference a
+    # miss. Deltas come from the records' scores, as in the report.
+    def row(raised):
+        dense = [1.0] * 26 + [0.5] + [0.0] * 23                            # 26.5 / 50 = 53 %
+        mode = list(dense)
+        for i in range(27, 27 + raised):                                   # each raise: half an item, 1 point
+            mode[i] = 0.5
+        recs = [dict(task="niah_multivalue", ctx=32768, item=i, mode=m, score=sc[i], violations=0)
+                for m, sc in (("dense", dense), ("cert-int4-1/16-fallback@1", mode)) for i in range(50)]
+        return _row(target_rows(longctx_report.accuracy_rows(recs), [], recs), "cert-int4-1/16-fallback@1")
+    at_bar = row(1)                                                        # 54 % against 53 %
+    assert 1.0 < at_bar["worst_task_delta"] < 1.0 + 1e-12                  # the rounding
+    assert at_bar["verdict"] == "meets"
+    assert row(2)["verdict"] == "misses: accuracy"                         # 55 %: +2 points
+
+
 def test_worst_values_keep_their_sign_and_name():
     r = _row(_run("paged-1/16", {"a": 0.5, "b": -3.0, "c": 2.0}, {"code": 0.2, "verse": 12.6, "prose": -1.0}),
              "paged-1/16")

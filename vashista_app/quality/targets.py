@@ -14,6 +14,11 @@ with dense — one item is then at most 2 points — and ≥ ``FULL_TEXTS`` (3) 
 (512) scored tokens, what the issue asks for; below that one item moves a task by 100/items points,
 and ``tasks_missing`` names the tasks a verdict has not seen.
 
+The bars are read at ``RESOLUTION`` (1e-9 points or %): a delta is a difference of two float means, so
+one exactly at the bar can come out an ulp above it (50 items, 54 % against 53 %: ``100 * (0.54 - 0.53)``
+is 1.0000000000000009), and "within 1 point" includes 1 point. Real differences are at least
+100 / (items x the task's answers) points apart, far above that resolution.
+
 :func:`smallest_budgets` answers the issue's second question per mode family (same kind, bits and
 policy at every budget): the smallest exact-read budget whose mode meets the bar at each context.
 """
@@ -25,13 +30,19 @@ from collections import defaultdict
 from .modes import bounded, budget_label, parse_mode
 from .ruler import TASKS
 
-__all__ = ["ACC_POINTS", "FULL_ITEMS", "FULL_SCORED", "FULL_TEXTS", "PPL_PCT", "smallest_budgets", "target_rows"]
+__all__ = ["ACC_POINTS", "FULL_ITEMS", "FULL_SCORED", "FULL_TEXTS", "PPL_PCT", "RESOLUTION", "smallest_budgets", "target_rows"]
 
 ACC_POINTS = 1.0
 PPL_PCT = 0.5
 FULL_ITEMS = 50
 FULL_TEXTS = 3
 FULL_SCORED = 512
+RESOLUTION = 1e-9
+
+
+def _beyond(value: float, bar: float) -> bool:
+    """|value| > bar, read at ``RESOLUTION`` so that float rounding of a delta at the bar does not count."""
+    return abs(value) - bar > RESOLUTION
 
 
 def _worst(pairs):
@@ -73,9 +84,9 @@ def target_rows(acc: list[dict], ppl: list[dict], recs: list[dict]) -> list[dict
         if ctx not in dense_seen or not compared:
             verdict = "no dense"
         else:
-            failed = [name for name, bad in (("accuracy", any(abs(a["delta_vs_dense"]) > ACC_POINTS for a in ta
+            failed = [name for name, bad in (("accuracy", any(_beyond(a["delta_vs_dense"], ACC_POINTS) for a in ta
                                                               if math.isfinite(a["delta_vs_dense"]))),
-                                             ("ppl", any(abs(p["ppl_change_pct"]) > PPL_PCT for p in tx
+                                             ("ppl", any(_beyond(p["ppl_change_pct"], PPL_PCT) for p in tx
                                                          if math.isfinite(p["ppl_change_pct"]))),
                                              ("violations", viol[key] > 0)) if bad]
             verdict = "misses: " + ", ".join(failed) if failed else "meets"
