@@ -68,7 +68,7 @@ case "$n" in
        # (two calls, 480 s / margin 60 and 505 s / margin 90); the eleventh's own pass ran
        # LONGCTX_SEED=benchmarks/results/gpu_session10_h100/quality32k/out LONGCTX_BUDGET_S=570 LONGCTX_MARGIN_S=60
        # LONGCTX_MODES="dense cert-int8-1/16-fallback@1 cert-int4-1/16-fallback@1" (three calls, the last at 445/30)
-       export LONGCTX_SEED=${LONGCTX_SEED:-benchmarks/results/gpu_session12_h100/quality/merged} LONGCTX_BATCH=${LONGCTX_BATCH:-8} \
+       export LONGCTX_SEED=${LONGCTX_SEED:-benchmarks/results/gpu_session16_h100/quality/merged} LONGCTX_BATCH=${LONGCTX_BATCH:-8} \
               LONGCTX_TASKS="${LONGCTX_TASKS:-niah_single niah_multikey niah_multivalue niah_multiquery ppl}" LONGCTX_CONTEXTS="${LONGCTX_CONTEXTS:-32768}" \
               LONGCTX_ITEMS=${LONGCTX_ITEMS:-50} LONGCTX_PPL_TEXTS="stdlib-code devil paradise-lost" \
               LONGCTX_MODES="${LONGCTX_MODES:-dense cert-int8-1/16-fallback@1 cert-int4-1/16-fallback@1 cert-int4-1/16-report cert-int4-1/32-report paged-1/16 window-1/16}" \
