@@ -19,14 +19,15 @@
 #   if device time is left: bash benchmarks/session10_side.sh 5
 #     eb  the engine decoder's batch probe, 0.5B shape, 32k, batch 4 and 8 (200 s)
 #     pn  the per-part profile of the 1B step, 128k, batch 4, int8 g64 two-sided (90 s)
-#   the compiled layers (fifteenth session, untimed so far): bash benchmarks/session10_side.sh cmp
+#   the compiled layers (fifteenth session; the sixteenth timed only batch 1, flash and int8, and ran the tests): cmp
 #     cmp     e2e 1B at 128k, batch 1 and 4, SDPA flash / ours dense / certified int8 g64 2s / int4 g16, without
 #             and then with --compile (both on the same warm card), then the engine's CUDA tests of compile (300 s)
 #   after the ten parts: bash benchmarks/session10_side.sh q   (repeat; it resumes)
 #     the 32k quality pass at 50 items per task, batch 8, seeded from the newest session's records
 #     (LONGCTX_MODES="..." picks the modes; keep LONGCTX_MARGIN_S >= one batch of all its modes + 20 s, or the
 #     hard stop cuts the last batch: ~45 s for three modes at 32k)
-#     (LONGCTX_CONTEXTS="16384 8192" bash benchmarks/session10_side.sh q: the same modes at shorter contexts,
+#     (the sixteenth session completed 32k for its three modes: all six tasks at 50 items, 508 + 546 s;
+#     LONGCTX_CONTEXTS="16384 8192" bash benchmarks/session10_side.sh q: the same modes at shorter contexts,
 #     into the same results; LONGCTX_TASKS and LONGCTX_ITEMS override the needle tasks + ppl and the 50 items)
 # Each step under its own limit; results in one tarball, $OUT/calls_N.tar.gz (device_steps.sh).
 set -u
