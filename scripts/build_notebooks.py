@@ -323,13 +323,14 @@ print(f"{'ctx':>6} {'mode':<28} {'verdict':<24} {'worst task':<16} {'Δ pts':>6}
 for r in rows:
     print(f"{r['ctx']:>6} {r['mode']:<28} {r['verdict'][:24]:<24} {str(r['worst_task']):<16} "
           f"{r['worst_task_delta']:>6.2f} {r['min_items']:>5} {r['worst_ppl_pct']:>11.3f} {str(r['full_size']):>5}")"""),
-    ("md", """Reading it: certified int4 at budget 1/16 with DenseFallback(1) meets the bar at full size at 4k and
-32k (at 32k with multi-value exactly 1 point above dense, the bar's edge); certified int8 1/16 with
-DenseFallback(1) meets it at 32k at full size (all six tasks on 50 items, three texts), though the 0.5B model fails variable tracking and common words densely at 32k (0.8 % and
-8.2 %), so those two tasks say little there. The paper's paged mode and the sink + window baseline miss by large margins at 32k: the paged
-mode answers differently from dense and costs perplexity while certifying nothing, the window cannot
-find needles outside its window. The figure averages each mode's accuracy over the tasks every
-context has, on the items every mode decoded."""),
+    ("md", """Reading it: certified int4 at budget 1/16 with DenseFallback(1) meets the bar at full size at 4k
+and 32k (at 32k with multi-value exactly 1 point above dense, the bar's edge); certified int8 1/16
+with DenseFallback(1) meets it at 32k at full size (all six tasks on 50 items, three texts), though
+the 0.5B model fails variable tracking and common words densely at 32k (0.8 % and 8.2 %), so those
+two tasks say little there. The paper's paged mode and the sink + window baseline miss by large
+margins at 32k: the paged mode answers differently from dense and costs perplexity while certifying
+nothing, the window cannot find needles outside its window. The figure averages each mode's accuracy
+over the tasks every context has, on the items every mode decoded."""),
     ("code", """tasks, curves = rep.context_curves(acc)
 fig, ax = plt.subplots(figsize=(7, 4))
 for mode, by_ctx in curves.items():
