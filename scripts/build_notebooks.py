@@ -330,7 +330,9 @@ the 0.5B model fails variable tracking and common words densely at 32k (0.8 % an
 two tasks say little there. The paper's paged mode and the sink + window baseline miss by large
 margins at 32k: the paged mode answers differently from dense and costs perplexity while certifying
 nothing, the window cannot find needles outside its window. The figure averages each mode's accuracy
-over the tasks every context has, on the items every mode decoded."""),
+over the tasks every mode has at every context (here the four needle tasks: variable tracking and
+common words ran in three modes only), on the items every mode decoded; averaged over each mode's own
+tasks, a mode run on the needles alone would sit above dense, whose mean has the hard tasks in it."""),
     ("code", """tasks, curves = rep.context_curves(acc)
 fig, ax = plt.subplots(figsize=(7, 4))
 for mode, by_ctx in curves.items():

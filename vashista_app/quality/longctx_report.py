@@ -6,7 +6,8 @@ Writes to the run's folder:
   difference to dense on the same items, and the accuracy on the items every mode has
   (``shared_items``, ``accuracy_shared``: what ``modes.csv`` and the figures average);
 * ``perplexity.csv`` — per mode, text and context: scored tokens, PPL, PPL change vs dense (%);
-* ``modes.csv`` — per mode: mean accuracy over tasks and contexts (on the items every mode has), decode steps checked, certificate
+* ``modes.csv`` — per mode: mean accuracy over the task and context cells every mode has (on the items every
+  mode has: ``common_cells``), decode steps checked, certificate
   violations (0 expected), fallback rate, bytes read per token relative to dense, max true error;
 * ``per_layer.csv`` — per mode and layer: steps, fallback rate, mean certified and true error;
 * ``tolerance.csv`` — per sparse mode, context and tolerance t of the records' grid (``modes.TOL_GRID``):
@@ -20,9 +21,10 @@ Writes to the run's folder:
   point of dense, every text's PPL within 0.5 %, 0 violations), the signed worst task and text, and
   whether the verdict is full size (≥ 50 items per task, ≥ 3 texts of ≥ 512 scored tokens); ``summary.md``
   adds the smallest budget per mode family that meets it;
-* ``accuracy_vs_context.png`` (mean RULER accuracy per mode vs context, over the tasks every context
-  has: ``context_curves``) and ``accuracy_vs_bytes.png``
-  (accuracy vs relative bytes read at the largest context, with the Pareto front of the modes);
+* ``accuracy_vs_context.png`` (mean RULER accuracy per mode vs context, over the tasks every mode has
+  at every context: ``context_curves``) and ``accuracy_vs_bytes.png``
+  (accuracy vs relative bytes read at the largest context, both at that context, over the tasks every
+  mode has there: ``bytes_points``; with the Pareto front of the modes);
 * ``summary.md`` and ``summary.json``.
 
 Example::
@@ -44,7 +46,7 @@ from .report import write_csv
 from .ruler import TASKS
 from .targets import ACC_POINTS, FULL_ITEMS, FULL_SCORED, FULL_TEXTS, PPL_PCT, smallest_budgets, target_rows
 
-__all__ = ["accuracy_rows", "context_curves", "fallback_rows", "layer_rows", "mode_rows", "pareto", "phase_rows",
+__all__ = ["accuracy_rows", "bytes_points", "common_cells", "context_curves", "fallback_rows", "layer_rows", "mode_rows", "pareto", "phase_rows",
            "ppl_rows", "prefill_rows", "tolerance_rows", "write_report"]
 
 
@@ -102,7 +104,22 @@ def _fallback_rate(recs: list[dict]) -> float:
     return sum((r.get("decode_steps") or 0) * r["fallback_rate"] for r in recs) / steps if steps else 0.0
 
 
+def common_cells(acc: list[dict]) -> list[tuple[str, int]]:
+    """The (task, ctx) cells every mode of the run has, sorted by context then task: what the modes
+    table averages, so that a mode run on fewer tasks or contexts (the paged mode at 32k on the needle
+    tasks only, say) is not set against dense's mean over cells it never ran — at 32k variable tracking
+    and common words pull dense's mean far down."""
+    cells = defaultdict(set)
+    for r in acc:
+        cells[r["mode"]].add((r["task"], r["ctx"]))
+    common = set.intersection(*cells.values()) if cells else set()
+    return sorted(common, key=lambda tc: (tc[1], tc[0]))
+
+
 def mode_rows(recs: list[dict], acc: list[dict]) -> list[dict]:
+    """Per mode: ``accuracy`` = mean ``accuracy_shared`` over ``common_cells`` (nan where the modes
+    share no cell), the decode steps checked, violations, fallback rate, bytes, errors and time."""
+    cells = set(common_cells(acc))
     by = defaultdict(list)
     for r in recs:
         by[r["mode"]].append(r)
@@ -110,7 +127,7 @@ def mode_rows(recs: list[dict], acc: list[dict]) -> list[dict]:
     for mode, rs in by.items():
         bound = bounded(rs[0]["kind"])          # else: no step checked against a bound, no violation to count
         steps = sum(r.get("decode_steps") or 0 for r in rs) if bound else 0
-        a = [x["accuracy_shared"] for x in acc if x["mode"] == mode]
+        a = [x["accuracy_shared"] for x in acc if x["mode"] == mode and (x["task"], x["ctx"]) in cells]
         errs = [r["max_true_error"] for r in rs if r.get("max_true_error") is not None]
         decoders = sorted({r.get("decoder") or "hf" for r in rs})
         notes = sorted({r["decoder_note"] for r in rs if r.get("decoder_note")})
@@ -259,21 +276,48 @@ def pareto(points: list[tuple[float, float, str]]) -> list[str]:
 
 def context_curves(acc: list[dict]) -> tuple[list[str], dict]:
     """The accuracy-vs-context figure's data: per mode and context, the mean ``accuracy_shared`` over the
-    tasks that every context of the run has (a run with variable tracking at 4k but not at 32k would
-    otherwise draw the task mix changing as a change with context), and those tasks; all tasks of a
-    context where no task is common to all."""
-    tasks_at = defaultdict(set)
+    tasks that every mode has at every context it ran, and those tasks. Otherwise a run with variable
+    tracking at 4k but not at 32k would draw the task mix changing as a change with context, and a mode
+    run on the needle tasks alone would sit above dense, whose mean has the hard tasks in it. Where no
+    task is common to all, each context's points average the tasks every mode has there."""
+    tasks_of = defaultdict(set)                    # (mode, ctx) -> tasks
     for r in acc:
-        tasks_at[r["ctx"]].add(r["task"])
-    common = set.intersection(*tasks_at.values()) if tasks_at else set()
+        tasks_of[(r["mode"], r["ctx"])].add(r["task"])
+    common = set.intersection(*tasks_of.values()) if tasks_of else set()
+    at_ctx = defaultdict(list)
+    for (mode, ctx), ts in tasks_of.items():
+        at_ctx[ctx].append(ts)
+    keep = {ctx: common or set.intersection(*sets) for ctx, sets in at_ctx.items()}
     by = defaultdict(lambda: defaultdict(list))
     for r in acc:
-        if not common or r["task"] in common:
+        if r["task"] in keep[r["ctx"]]:
             by[r["mode"]][r["ctx"]].append(r["accuracy_shared"])       # on the items every mode has
     return sorted(common), {mode: {c: _mean(v) for c, v in cs.items()} for mode, cs in by.items()}
 
 
-def make_figures(out: str, acc: list[dict], modes: list[dict]) -> list[str]:
+def bytes_points(acc: list[dict], recs: list[dict]) -> tuple[int, list[str], list[tuple[float, float, str]]]:
+    """The accuracy-vs-bytes figure's data at the run's largest context: the tasks every mode has there,
+    and per mode (its records' mean relative bytes at that context, its mean ``accuracy_shared`` over
+    those tasks, name) — both at that context, so that a mode's bytes at 4k do not sit beside its
+    accuracy at 32k."""
+    top = max(r["ctx"] for r in acc)
+    tasks = [{r["task"] for r in acc if r["mode"] == m and r["ctx"] == top}
+             for m in {r["mode"] for r in acc if r["ctx"] == top}]
+    common = set.intersection(*tasks)
+    pts = []
+    for mode in sorted({r["mode"] for r in acc if r["ctx"] == top}):
+        a = [r["accuracy_shared"] for r in acc if r["mode"] == mode and r["ctx"] == top and r["task"] in common]
+        b = [r["rel_bytes"] for r in recs if r["mode"] == mode and r["ctx"] == top and r.get("rel_bytes") is not None]
+        if a and b:
+            pts.append((_mean(b), _mean(a), mode))
+    return top, sorted(common), pts
+
+
+def make_figures(out: str, acc: list[dict], modes: list[dict], recs: list[dict],
+                 targets: list[dict] | None = None) -> list[str]:
+    """The two figures; ``targets`` (``target_rows``) labels each sparse point of the bytes figure with
+    its verdict at that context, so that a mode high on RULER accuracy alone (the paged mode, whose
+    perplexity misses) does not read as the best trade."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -289,7 +333,8 @@ def make_figures(out: str, acc: list[dict], modes: list[dict]) -> list[str]:
             ax.plot(xs, [by[mode][x] for x in xs], style, label=mode, ms=4)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("context (tokens)")
-        over = ("the tasks every context has: " + ", ".join(common)) if common else "each context's tasks"
+        over = (("the tasks every mode has at every context: " + ", ".join(common)) if common
+                else "each context's tasks that every mode has there")
         ax.set_ylabel("RULER-style accuracy (%), mean over tasks\n(the items every mode decoded)", fontsize=9)
         ax.set_title(over, fontsize=8)
         ax.legend(fontsize=6, ncol=2)
@@ -298,12 +343,8 @@ def make_figures(out: str, acc: list[dict], modes: list[dict]) -> list[str]:
         fig.savefig(p, dpi=120)
         plt.close(fig)
         made.append(p)
-        top = max(r["ctx"] for r in acc)
-        pts = []
-        for m in modes:
-            a = [r["accuracy_shared"] for r in acc if r["mode"] == m["mode"] and r["ctx"] == top]
-            if a:
-                pts.append((m["rel_bytes"], _mean(a), m["mode"]))
+        top, tasks, pts = bytes_points(acc, recs)
+        verdict = {t["mode"]: t["verdict"] for t in targets or [] if t["ctx"] == top}
         front = set(pareto(pts))
         fig, ax = plt.subplots(figsize=(7, 5))
         # labels in order of bytes, alternately above and below their point: modes with near-equal
@@ -311,7 +352,8 @@ def make_figures(out: str, acc: list[dict], modes: list[dict]) -> list[str]:
         for i, (b, a, n) in enumerate(sorted(pts)):
             ax.scatter([b], [a], s=30, marker="*" if n in front else "o",
                        c="k" if n == "dense" else None)
-            ax.annotate(n, (b, a), fontsize=6, xytext=(3, 4 if i % 2 == 0 else -9), textcoords="offset points")
+            label = f"{n} ({verdict[n]})" if n in verdict else n
+            ax.annotate(label, (b, a), fontsize=6, xytext=(3, 4 if i % 2 == 0 else -9), textcoords="offset points")
         fp = sorted((b, a) for b, a, n in pts if n in front)
         if fp:
             ax.plot(*zip(*fp), "k:", lw=1, label="Pareto front")
@@ -319,6 +361,7 @@ def make_figures(out: str, acc: list[dict], modes: list[dict]) -> list[str]:
         ax.set_xscale("log")
         ax.set_xlabel("bytes read per decode token, relative to dense (model)")
         ax.set_ylabel(f"accuracy at {top} tokens (%, the items every mode decoded)")
+        ax.set_title("mean over the tasks every mode has there: " + ", ".join(tasks), fontsize=8)
         fig.tight_layout()
         p = os.path.join(out, "accuracy_vs_bytes.png")
         fig.savefig(p, dpi=120)
@@ -383,7 +426,7 @@ def write_report(out: str, *, figures: bool = True, meta: dict | None = None) ->
     write_csv(os.path.join(out, "tolerance.csv"), tol)
     targets = target_rows(acc, ppl, recs)
     write_csv(os.path.join(out, "targets.csv"), targets)
-    made = make_figures(out, acc, modes) if figures else []
+    made = make_figures(out, acc, modes, recs, targets) if figures else []
     summary = dict(records=len(recs), violations=sum(m["violations"] or 0 for m in modes),
                    modes={m["mode"]: {k: v for k, v in m.items() if k != "mode"} for m in modes},
                    tolerance=dict(curves=tol, fallback=fallback),
@@ -399,8 +442,12 @@ def write_report(out: str, *, figures: bool = True, meta: dict | None = None) ->
         s += ("\n## Errors (decodes that raised: not recorded, retried by the next run; `errors.jsonl`; "
               "recorded_since: how many of them a later run has recorded)\n\n"
               + _table(errors, ["mode", "failures", "recorded_since", "last_job", "last_error"]))
-    s += ("\n## Modes\n\n(accuracy: mean over tasks and contexts of each mode's accuracy on the items every mode "
-          "decoded — `accuracy.csv`'s `accuracy_shared` — so that modes are compared on the same items)\n\n") + _table(modes, ["mode", "decoder", "records", "accuracy", "decode_steps_checked",
+    cells = common_cells(acc)
+    s += ("\n## Modes\n\n(accuracy: mean of each mode's accuracy on the items every mode decoded — `accuracy.csv`'s "
+          "`accuracy_shared` — over the task and context cells every mode has, so that modes are compared on the "
+          "same items, tasks and contexts: " + (", ".join(f"{t} at {c}" for t, c in cells) or "none, so no mean")
+          + "; per cell: the accuracy table below; the other columns are over each mode's own records, at "
+          "whatever contexts it ran)\n\n") + _table(modes, ["mode", "decoder", "records", "accuracy", "decode_steps_checked",
                                           "violations", "fallback_rate", "rel_bytes", "max_true_error",
                                           "seconds_per_record"])
     if targets:
