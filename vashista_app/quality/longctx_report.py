@@ -46,8 +46,8 @@ from .report import write_csv
 from .ruler import TASKS
 from .targets import ACC_POINTS, FULL_ITEMS, FULL_SCORED, FULL_TEXTS, PPL_PCT, smallest_budgets, target_rows
 
-__all__ = ["accuracy_rows", "bytes_points", "common_cells", "context_curves", "fallback_rows", "layer_rows", "mode_rows", "pareto", "phase_rows",
-           "ppl_rows", "prefill_rows", "tolerance_rows", "write_report"]
+__all__ = ["accuracy_rows", "bytes_points", "common_cells", "context_curves", "fallback_rows", "layer_rows",
+           "mode_rows", "pareto", "phase_rows", "ppl_rows", "prefill_rows", "tolerance_rows", "write_report"]
 
 
 # what a run on the engine's decoder (engine_decoder.py) does not produce, said where its numbers are read
