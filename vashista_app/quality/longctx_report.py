@@ -301,12 +301,12 @@ def bytes_points(acc: list[dict], recs: list[dict]) -> tuple[int, list[str], lis
     those tasks, name) — both at that context, so that a mode's bytes at 4k do not sit beside its
     accuracy at 32k."""
     top = max(r["ctx"] for r in acc)
-    tasks = [{r["task"] for r in acc if r["mode"] == m and r["ctx"] == top}
-             for m in {r["mode"] for r in acc if r["ctx"] == top}]
-    common = set.intersection(*tasks)
+    at_top = [r for r in acc if r["ctx"] == top]
+    modes = sorted({r["mode"] for r in at_top})
+    common = set.intersection(*({r["task"] for r in at_top if r["mode"] == m} for m in modes))
     pts = []
-    for mode in sorted({r["mode"] for r in acc if r["ctx"] == top}):
-        a = [r["accuracy_shared"] for r in acc if r["mode"] == mode and r["ctx"] == top and r["task"] in common]
+    for mode in modes:
+        a = [r["accuracy_shared"] for r in at_top if r["mode"] == mode and r["task"] in common]
         b = [r["rel_bytes"] for r in recs if r["mode"] == mode and r["ctx"] == top and r.get("rel_bytes") is not None]
         if a and b:
             pts.append((_mean(b), _mean(a), mode))
