@@ -11,6 +11,11 @@ attention, MLP, LM head, argmax):
                       captured in one CUDA graph, SDPA pinned to backend <b> (flash, cudnn, efficient;
                       GQA as G query positions of one KV head, so every backend applies); the best of
                       them is "best dense" for that shape (issue 14: name it)
+  graph_flashinfer    the same step with FlashInfer's batch decode (fa2, planned once, CUDA-graph
+                      buffers) over HND pages of 16 tokens; FlashInfer is staged here
+                      (scripts/stage_flashinfer_for_device.sh) and JIT-built on the device
+                      (``source benchmarks/flashinfer_env.sh``), its output checked against SDPA
+                      before it is timed; not in the default set (its first plan compiles, ~minutes)
   ours_dense          the engine's dense mode: paged flash-decode straight from our paged cache
   ours_cert_int4_g16  engine certified mode, int4 sketch, group = page = 16, Kc fixed (--kc)
   ours_cert_int8_g64  engine certified mode, int8 sketch, group = page = 64
@@ -45,8 +50,7 @@ kernel's launch options against SDPA flash; ``--table e2e.json`` prints the RESU
 
 Output under --out: e2e.json (every measurement and the configuration), e2e.csv, crossover.json (the
 smallest context where a Vashista mode beats the best dense graph, per shape and batch), and
-tokens_per_s.png. FlashInfer is not installed on the device and cannot be fetched (no network): the
-JSON says so.
+tokens_per_s.png. The JSON's env says whether FlashInfer was importable.
 
     python benchmarks/e2e_decode.py --out benchmarks/results/e2e_h200 --quick
 """
@@ -179,6 +183,12 @@ def run_hf_eager(model, B, ctx, steps, dev):
     return dict(s_per_token=s)
 
 
+def is_graph_dense(variant: str) -> bool:
+    """The dense baselines under our graph treatment (graph_sdpa_<backend>, graph_flashinfer): the
+    fastest of them in a run is its "best dense"."""
+    return variant.startswith("graph_")
+
+
 def _norm_in(layer, x):
     return layer.input_layernorm(x)
 
@@ -200,8 +210,7 @@ class StaticDense:
         L, Hq, Hkv, D = dims(model)
         self.m, self.B, self.ctx = model, B, ctx
         dt = next(model.parameters()).dtype
-        self.K = torch.empty((L, B, Hkv, ctx + 16, D), dtype=dt, device=dev).normal_()
-        self.V = torch.empty_like(self.K).normal_()
+        self.K, self.V = self.alloc_cache(L, B, Hkv, D, dt, dev)
         self.pos = torch.full((B, 1), ctx, dtype=torch.long, device=dev)
         self.tok = torch.zeros((B, 1), dtype=torch.long, device=dev)
         self.scale = D ** -0.5
@@ -212,8 +221,6 @@ class StaticDense:
 
     def step(self):
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-        from vashista_gpu.dense import sdpa_decode
 
         m, B = self.m.model, self.B
         L, Hq, Hkv, D = dims(self.m)
@@ -227,13 +234,104 @@ class StaticDense:
             k = a.k_proj(h).view(B, 1, Hkv, D).transpose(1, 2)
             v = a.v_proj(h).view(B, 1, Hkv, D).transpose(1, 2)
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            self.K[i].index_copy_(2, slot, k)
-            self.V[i].index_copy_(2, slot, v)
-            n = self.ctx + 1
-            o = sdpa_decode(q[:, :, 0], self.K[i][:, :, :n], self.V[i][:, :, :n], self.scale)
+            o = self.append_attend(i, slot, q[:, :, 0], k, v)
             x = self.mlp_block(layer, x, a.o_proj(o.reshape(B, 1, Hq * D)))
         logits = self.m.lm_head(self.final_norm(x)[:, -1])
         self.tok.copy_(logits.argmax(-1, keepdim=True))
+
+    def alloc_cache(self, L, B, Hkv, D, dt, dev):
+        K = torch.empty((L, B, Hkv, self.ctx + 16, D), dtype=dt, device=dev).normal_()
+        return K, torch.empty_like(K).normal_()
+
+    def append_attend(self, i, slot, q, k, v):
+        """Layer i: write the token's k, v (B, Hkv, 1, D) at ``slot`` and attend q (B, Hq, D) over the
+        first ctx + 1 slots with SDPA; (B, Hq, D)."""
+        from vashista_gpu.dense import sdpa_decode
+
+        self.K[i].index_copy_(2, slot, k)
+        self.V[i].index_copy_(2, slot, v)
+        n = self.ctx + 1
+        return sdpa_decode(q, self.K[i][:, :, :n], self.V[i][:, :, :n], self.scale)
+
+
+class StaticFlashInfer(StaticDense):
+    """StaticDense with FlashInfer's batch decode (its fa2 CUDA-core kernel, the one vLLM and SGLang
+    call for decode; split-KV as its planner decides) instead of SDPA: the same step, the cache as
+    FlashInfer's HND pages of ``PAGE`` tokens (sequence b owns pages b·P … b·P + P − 1), planned once on
+    the host for rows of ctx + 1 tokens, its buffers fixed for CUDA graphs (``use_cuda_graph``)."""
+
+    PAGE = 16
+
+    def __init__(self, model, B, ctx, dev, compile=False):
+        import flashinfer
+
+        super().__init__(model, B, ctx, dev, compile=compile)
+        L, Hq, Hkv, D = dims(model)
+        n = ctx + 1
+        used = -(-n // self.PAGE)
+        indptr = torch.arange(B + 1, dtype=torch.int32) * used
+        indices = (torch.arange(B, dtype=torch.int32)[:, None] * self.P
+                   + torch.arange(used, dtype=torch.int32)[None]).flatten()
+        last = torch.full((B,), n - (used - 1) * self.PAGE, dtype=torch.int32)
+        self.workspace = torch.zeros(256 << 20, dtype=torch.uint8, device=dev)
+        self.wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+            self.workspace, "HND", use_cuda_graph=True, backend="fa2",
+            paged_kv_indptr_buffer=indptr.to(dev), paged_kv_indices_buffer=indices.to(dev),
+            paged_kv_last_page_len_buffer=last.to(dev))
+        dt = self.K.dtype
+        self.wrapper.plan(indptr, indices, last, Hq, Hkv, D, self.PAGE, pos_encoding_mode="NONE",
+                          q_data_type=dt, kv_data_type=dt, sm_scale=self.scale)
+        self.page, self.off = ctx // self.PAGE, ctx % self.PAGE
+        self.o = torch.empty((B, Hq, D), dtype=dt, device=dev)
+
+    def alloc_cache(self, L, B, Hkv, D, dt, dev):
+        self.P = -(-(self.ctx + 16) // self.PAGE)
+        K = torch.empty((L, B * self.P, Hkv, self.PAGE, D), dtype=dt, device=dev).normal_()
+        return K, torch.empty_like(K).normal_()
+
+    def _pages(self, X, i):
+        return X[i].view(self.B, self.P, *X.shape[2:])
+
+    def append_attend(self, i, slot, q, k, v):
+        # the write position is static (every replay decodes at ctx), as StaticDense's slice is
+        self._pages(self.K, i)[:, self.page, :, self.off].copy_(k[:, :, 0])
+        self._pages(self.V, i)[:, self.page, :, self.off].copy_(v[:, :, 0])
+        return self.wrapper.run(q.contiguous(), (self.K[i], self.V[i]), out=self.o)
+
+    def contiguous_kv(self, i):
+        """Layer i's first ctx + 1 keys and values as (B, Hkv, ctx + 1, D): SDPA's view of them."""
+        def flat(X):
+            p = self._pages(X, i)                                   # (B, P, Hkv, PAGE, D)
+            return p.permute(0, 2, 1, 3, 4).reshape(self.B, p.shape[2], -1, p.shape[-1])[:, :, :self.ctx + 1]
+        return flat(self.K), flat(self.V)
+
+
+def flashinfer_check(st, dev) -> float:
+    """max |FlashInfer − SDPA in float32| / max |SDPA| on layer 0's cache, before timing: over random
+    keys and values a wrong plan (other pages, other lengths) returns an output of the same size, so
+    only a relative difference tells it apart (bf16 rounding: ~1e-2 at most)."""
+    from vashista_gpu.dense import sdpa_decode
+
+    L, Hq, Hkv, D = dims(st.m)
+    q = 4 * torch.randn((st.B, Hq, D), dtype=st.K.dtype, device=dev)     # peaked enough to tell tokens apart
+    o = st.wrapper.run(q, (st.K[0], st.V[0])).float()
+    k, v = st.contiguous_kv(0)
+    ref = sdpa_decode(q.float(), k.float(), v.float(), st.scale)
+    return float((o - ref).abs().max() / ref.abs().max())
+
+
+def run_graph_flashinfer(model, B, ctx, steps, dev, compile=False):
+    st = StaticFlashInfer(model, B, ctx, dev, compile=compile)
+    err = flashinfer_check(st, dev)
+    if not err < 5e-2:
+        raise RuntimeError(f"FlashInfer's decode differs from SDPA by {err:.3g} (relative): not timed")
+    _reset_peak(dev)
+    with torch.no_grad():
+        replay = graphed(st.step, dev)
+        s = time_fn(replay, steps, dev)
+    import flashinfer
+    return dict(s_per_token=s, decode_peak_GiB=_peak_GiB(dev), flashinfer_version=flashinfer.__version__,
+                flashinfer_rel_diff_vs_sdpa=err)
 
 
 def run_graph_dense(model, B, ctx, steps, dev, backend, compile=False):
@@ -402,7 +500,7 @@ def crossover(rows) -> list:
         for v in ("ours_cert_int4_g16", "ours_cert_int8_g64", "ours_paged"):
             ratios = []
             for c in ctxs:
-                dense = [r["s_per_token"] for r in sel if r["context"] == c and r["variant"].startswith("graph_sdpa")]
+                dense = [r["s_per_token"] for r in sel if r["context"] == c and is_graph_dense(r["variant"])]
                 ours = [r["s_per_token"] for r in sel if r["context"] == c and r["variant"] == v]
                 if dense and ours:
                     ratios.append((c, min(dense) / ours[0]))
@@ -573,8 +671,9 @@ def markdown(result) -> str:
     dense graph (named), peak memory and our cache bytes over the dense KV bytes."""
     rows = [r for r in result["rows"] if r.get("ms_per_token")]
     keys = sorted({(r["shape"], r["context"], r["batch"]) for r in result["rows"]})
-    names = ["hf_eager_sdpa", "graph_sdpa_flash", "graph_sdpa_cudnn", "ours_dense", "ours_cert_int4_g16",
+    names = ["hf_eager_sdpa", "graph_sdpa_flash", "graph_sdpa_cudnn", "graph_flashinfer", "ours_dense", "ours_cert_int4_g16",
              "ours_cert_int8_g64", "ours_paged", "ours_cert_int4_g16+df"]
+    names = [n for n in names if n != "graph_flashinfer" or any(r["variant"] == n for r in result["rows"])]
     out = ["| shape | context | batch | " + " | ".join(names) + " | best dense | int4 × | int8 × | paged × "
            "| peak GiB dense graph / int4 | int4 cache / dense KV |",
            "|" + "---|" * (len(names) + 9)]
@@ -585,7 +684,7 @@ def markdown(result) -> str:
         if not sel:
             continue
         cells = [f"{sel[n]['ms_per_token']:.2f}" if n in sel else ("skip" if n in skipped else "–") for n in names]
-        dense = {n: sel[n]["ms_per_token"] for n in sel if n.startswith("graph_sdpa")}
+        dense = {n: sel[n]["ms_per_token"] for n in sel if is_graph_dense(n)}
         best = min(dense, key=dense.get) if dense else None
         sp = [f"{dense[best] / sel[n]['ms_per_token']:.2f}" if best and n in sel else "–"
               for n in ("ours_cert_int4_g16", "ours_cert_int8_g64", "ours_paged")]
@@ -609,7 +708,7 @@ def variant_table(result) -> str:
     for key in keys:
         sel = [r for r in result["rows"] if (r["shape"], r["context"], r["batch"]) == key]
         dense = {r["variant"]: r["ms_per_token"] for r in sel if r.get("ms_per_token")
-                 and (r["variant"].startswith("graph_sdpa") or r["variant"] == "ours_dense")}
+                 and (is_graph_dense(r["variant"]) or r["variant"] == "ours_dense")}
         best = min(dense, key=dense.get) if dense else None
         for r in sel:
             ms = r.get("ms_per_token")
@@ -666,8 +765,9 @@ def main(argv=None):
                transformers=importlib.import_module("transformers").__version__,
                card=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
                date=time.strftime("%Y-%m-%d", time.gmtime()),
-               flashinfer=("installed" if importlib.util.find_spec("flashinfer") else
-                           "not available: no FlashInfer wheel on the device and no network to fetch or JIT-build one"),
+               flashinfer=("importable" if importlib.util.find_spec("flashinfer") else
+                           "not importable: stage it with scripts/stage_flashinfer_for_device.sh and source "
+                           "benchmarks/flashinfer_env.sh on the machine"),
                kc=args.kc, steps=args.steps, dense_layers=list(dense_layers), compile=args.compile)
     print(json.dumps(env), flush=True)
     result = dict(env=env, rows=[])
@@ -725,6 +825,8 @@ def main(argv=None):
             try:
                 if v == "hf_eager_sdpa":
                     r = run_hf_eager(model, B, ctx, args.eager_steps, dev)
+                elif v == "graph_flashinfer":
+                    r = run_graph_flashinfer(model, B, ctx, args.steps, dev, compile=args.compile)
                 elif v.startswith("graph_sdpa_"):
                     r = run_graph_dense(model, B, ctx, args.steps, dev, v[len("graph_sdpa_"):], compile=args.compile)
                 else:

@@ -22,6 +22,11 @@
 #   the compiled layers (fifteenth session; the sixteenth timed only batch 1, flash and int8, and ran the tests): cmp
 #     cmp     e2e 1B at 128k, batch 1 and 4, SDPA flash / ours dense / certified int8 g64 2s / int4 g16, without
 #             and then with --compile (both on the same warm card), then the engine's CUDA tests of compile (300 s)
+#   FlashInfer's decode as a dense baseline (seventeenth session; staged, never run on a card yet): carry
+#   .devcarry_fi (bash scripts/stage_flashinfer_for_device.sh, ~34 MB) and run: bash benchmarks/session10_side.sh F
+#     fi      e2e 1B at 128k, batch 1 and 4: graph_flashinfer (its first plan JIT-builds the decode module with
+#             the image's nvcc, into /tmp/fiws) beside SDPA flash, SDPA cuDNN, ours dense and certified int8 g64 /
+#             int4 g16 two-sided, the same graph treatment (540 s)
 #   after the ten parts: bash benchmarks/session10_side.sh q   (repeat; it resumes)
 #     the 32k quality pass at 50 items per task, batch 8, seeded from the newest session's records
 #     (LONGCTX_MODES="..." picks the modes; keep LONGCTX_MARGIN_S >= one batch of all its modes + 20 s, or the
@@ -42,6 +47,12 @@ case "$n" in
     3) steps n4c:100 a8:90; for f in n4c a8; do tar xzf "$OUT/calls_3.tar.gz" -O ./side_$f.log | tail -14; done ;;
     a8) python3 benchmarks/e2e_decode.py --out "$OUT/e2e_8k_auto" --time-budget 85 --variants graph_sdpa_flash,graph_sdpa_cudnn,ours_dense \
             --configs llama-1b:8192:1,llama-1b:8192:4,llama-1b:8192:16,llama-8b:8192:1,llama-8b:8192:4 ;;
+    F) steps fi:540; tar xzf "$OUT/calls_F.tar.gz" -O ./side_fi.log | grep -v "^\s*$" | tail -24 ;;
+    fi) . benchmarks/flashinfer_env.sh
+        { echo "CUDA_HOME=${CUDA_HOME:-unset}"; nvcc --version | tail -1; python3 -V; } 2>&1
+        python3 -c "import flashinfer; print('flashinfer', flashinfer.__version__)" 2>&1 | tail -1
+        python3 benchmarks/e2e_decode.py --out "$OUT/e2e_fi" --configs llama-1b:131072:1,llama-1b:131072:4 --time-budget 420 \
+            --variants graph_flashinfer,graph_sdpa_flash,graph_sdpa_cudnn,ours_dense,ours_cert_int8_g64_2s,ours_cert_int4_g16_2s ;;
     5) steps eb:200 pn:90; for f in eb pn; do tar xzf "$OUT/calls_5.tar.gz" -O ./side_$f.log | tail -14; done ;;
     4) steps n16c:300 e8:280; for f in n16c e8; do tar xzf "$OUT/calls_4.tar.gz" -O ./side_$f.log | tail -14; done ;;
     4a|4b) f=n16c; s=300; [ "$n" = 4b ] && f=e8 s=280   # call 4 in two halves, each beside a staging call
