@@ -31,6 +31,19 @@ def _logaddexp(a, b):
 
 
 @triton.jit
+def _candidates(s_ptr, cpos_ptr, cvals_ptr, pid, Kc, WS, i, BK: tl.constexpr):
+    """Chunk i of the program's candidate slots: (slot, live, window position, score); a slot past Kc
+    or holding the INVALID key is not live, its score −inf. Each pass below reads the chunks again
+    (from L1/L2) rather than keeping Kc scores in registers."""
+    idx = i * BK + tl.arange(0, BK)
+    cv = tl.load(cvals_ptr + pid * Kc + idx, mask=idx < Kc, other=INVALID)
+    ok = (idx < Kc) & (cv != INVALID)
+    pos = tl.load(cpos_ptr + pid * Kc + idx, mask=ok, other=0)
+    sv = tl.load(s_ptr + pid * WS + pos, mask=ok, other=float("-inf"))
+    return idx, ok, pos, sv
+
+
+@triton.jit
 def _finish_kernel(s_ptr, keys_ptr, cpos_ptr, cvals_ptr, pages_ptr, seq_ptr, table_ptr, v_ptr, vnorm_ptr,
                    lse_out_ptr, ub_out_ptr, vmax_out_ptr,
                    out_ptr, w_ptr, leak_ptr, err_ptr, gap_ptr, m_ptr,
@@ -45,25 +58,16 @@ def _finish_kernel(s_ptr, keys_ptr, cpos_ptr, cvals_ptr, pages_ptr, seq_ptr, tab
     seq = tl.load(seq_ptr + b).to(tl.int64)
     cols = tl.arange(0, BDV)
     cmask = cols < Dv
-    lane = tl.arange(0, BK)
     # pass 1: the candidates' max score
     m = tl.max(tl.full((BK,), float("-inf"), tl.float32), axis=0)
     for i in range(NK):
-        idx = i * BK + lane
-        cv = tl.load(cvals_ptr + pid * Kc + idx, mask=idx < Kc, other=INVALID)
-        ok = (idx < Kc) & (cv != INVALID)
-        pos = tl.load(cpos_ptr + pid * Kc + idx, mask=ok, other=0)
-        sv = tl.load(s_ptr + pid * WS + pos, mask=ok, other=float("-inf"))
+        idx, ok, pos, sv = _candidates(s_ptr, cpos_ptr, cvals_ptr, pid, Kc, WS, i, BK)
         m = tl.maximum(m, tl.max(sv, axis=0))
     # pass 2: Z_C and the unnormalised output, one gather of each candidate's value row
     zc = tl.sum(tl.zeros((BK,), tl.float32), axis=0)
     acc = tl.zeros((BDV,), tl.float32)
     for i in range(NK):
-        idx = i * BK + lane
-        cv = tl.load(cvals_ptr + pid * Kc + idx, mask=idx < Kc, other=INVALID)
-        ok = (idx < Kc) & (cv != INVALID)
-        pos = tl.load(cpos_ptr + pid * Kc + idx, mask=ok, other=0)
-        sv = tl.load(s_ptr + pid * WS + pos, mask=ok, other=float("-inf"))
+        idx, ok, pos, sv = _candidates(s_ptr, cpos_ptr, cvals_ptr, pid, Kc, WS, i, BK)
         e = tl.where(ok, tl.exp(sv - m), 0.0)
         wi = pos // S
         slot = pos % S
@@ -76,11 +80,7 @@ def _finish_kernel(s_ptr, keys_ptr, cpos_ptr, cvals_ptr, pages_ptr, seq_ptr, tab
     o = acc / zc
     tl.store(out_ptr + pid * Dv + cols, o, mask=cmask)
     for i in range(NK):
-        idx = i * BK + lane
-        cv = tl.load(cvals_ptr + pid * Kc + idx, mask=idx < Kc, other=INVALID)
-        ok = (idx < Kc) & (cv != INVALID)
-        pos = tl.load(cpos_ptr + pid * Kc + idx, mask=ok, other=0)
-        sv = tl.load(s_ptr + pid * WS + pos, mask=ok, other=float("-inf"))
+        idx, ok, pos, sv = _candidates(s_ptr, cpos_ptr, cvals_ptr, pid, Kc, WS, i, BK)
         tl.store(w_ptr + pid * Kc + idx, tl.where(ok, tl.exp(sv - m) / zc, 0.0), mask=idx < Kc)
     tl.store(m_ptr + pid, m)
     if CERT:
