@@ -38,6 +38,18 @@ def build(lengths, Hkv, G, D, S, *, Dv=None, fanout=None, dtype=torch.float32, b
     return ref, rids, gpu, gids, q.numpy(), q.to(dtype=dtype, device=device)
 
 
+def append_interleaved(cache, ids, data, chunk=37) -> None:
+    """Append each sequence's (K, V) (T, Hkv, D) rows in turns of ``chunk`` tokens, so that sequences
+    own non-contiguous physical pages and most appends fill partial pages."""
+    pos = [0] * len(ids)
+    while any(p < K.shape[0] for p, (K, _) in zip(pos, data)):
+        for i, (K, V) in enumerate(data):
+            n = min(chunk, K.shape[0] - pos[i])
+            if n > 0:
+                cache.append(ids[i], K[pos[i]:pos[i] + n].to(cache.device), V[pos[i]:pos[i] + n].to(cache.device))
+                pos[i] += n
+
+
 def as_sets(rows) -> list:
     """Per (b, h) sets from a (B, Hq, n) tensor padded with −1."""
     a = rows.cpu().numpy()

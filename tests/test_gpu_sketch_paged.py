@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
+from gpu_cases import append_interleaved  # noqa: E402
 from vashista_gpu.paged_cache import TorchPagedKVCache  # noqa: E402
 from vashista_gpu.sketch import sketch_decode  # noqa: E402
 from vashista_gpu.sketch_plan import fused_paged_sketch_step  # noqa: E402
@@ -34,14 +35,7 @@ def _cache(lens, Hkv, D, bits, grid, seed, dtype=torch.float32, page=16):
         else:
             K = torch.randn(T, Hkv, D, generator=g) * 2
         data.append((K, torch.randn(T, Hkv, D, generator=g)))
-    pos = [0] * len(lens)
-    while any(p < T for p, T in zip(pos, lens)):
-        for i, T in enumerate(lens):
-            n = min(37, T - pos[i])
-            if n > 0:
-                K, V = data[i]
-                cache.append(ids[i], K[pos[i]:pos[i] + n].to(DEV), V[pos[i]:pos[i] + n].to(DEV))
-                pos[i] += n
+    append_interleaved(cache, ids, data)
     return cache, ids, data
 
 

@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
 from vashista_gpu.kernels.sketch_scan import paged_sketch_scan_bound  # noqa: E402
+from gpu_cases import append_interleaved  # noqa: E402
 from vashista_gpu.paged_cache import TorchPagedKVCache  # noqa: E402
 from vashista_gpu.sketch import attach_sketch  # noqa: E402
 
@@ -31,14 +32,7 @@ def _cache(lens, Hkv, D, bits, seed, page=16, dtype=torch.bfloat16, spare=0):
     ids = [cache.add_sequence() for _ in lens]
     data = [(torch.randn(T, Hkv, D, generator=g) * 2 + torch.randn(1, Hkv, D, generator=g),
              torch.randn(T, Hkv, D, generator=g)) for T in lens]
-    pos = [0] * len(lens)
-    while any(p < T for p, T in zip(pos, lens)):
-        for i, T in enumerate(lens):
-            n = min(37, T - pos[i])
-            if n > 0:
-                K, V = data[i]
-                cache.append(ids[i], K[pos[i]:pos[i] + n].to(DEV), V[pos[i]:pos[i] + n].to(DEV))
-                pos[i] += n
+    append_interleaved(cache, ids, data)
     if spare:
         for s, T in zip(ids, lens):
             cache.reserve(s, T + spare)
