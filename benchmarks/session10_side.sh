@@ -27,6 +27,10 @@
 #     fi      e2e 1B at 128k, batch 1 and 4: graph_flashinfer (its first plan JIT-builds the decode module with
 #             the image's nvcc, into /tmp/fiws) beside SDPA flash, SDPA cuDNN, ours dense and certified int8 g64 /
 #             int4 g16 two-sided, the same graph treatment (540 s)
+#   the tensor-core int8 scan prototype (seventeenth session; compiles for sm_90 with wgmma, exact under the
+#   interpreter, never timed): bash benchmarks/session10_side.sh M
+#     mm      benchmarks/scan_mma_prototype.py at the 1B shape (batch 1 and 4) and the paper's MHA shape, beside the
+#             engine's two-sided int8 scan on the same store: does an integer-MMA scan reach copy bandwidth? (90 s)
 #   after the ten parts: bash benchmarks/session10_side.sh q   (repeat; it resumes)
 #     the 32k quality pass at 50 items per task, batch 8, seeded from the newest session's records
 #     (LONGCTX_MODES="..." picks the modes; keep LONGCTX_MARGIN_S >= one batch of all its modes + 20 s, or the
@@ -47,6 +51,8 @@ case "$n" in
     3) steps n4c:100 a8:90; for f in n4c a8; do tar xzf "$OUT/calls_3.tar.gz" -O ./side_$f.log | tail -14; done ;;
     a8) python3 benchmarks/e2e_decode.py --out "$OUT/e2e_8k_auto" --time-budget 85 --variants graph_sdpa_flash,graph_sdpa_cudnn,ours_dense \
             --configs llama-1b:8192:1,llama-1b:8192:4,llama-1b:8192:16,llama-8b:8192:1,llama-8b:8192:4 ;;
+    M) steps mm:120; tar xzf "$OUT/calls_M.tar.gz" -O ./side_mm.log | tail -8 ;;
+    mm) python3 benchmarks/scan_mma_prototype.py --out "$OUT/scan_mma.json" ;;
     F) steps fi:540; tar xzf "$OUT/calls_F.tar.gz" -O ./side_fi.log | grep -v "^\s*$" | tail -24 ;;
     fi) . benchmarks/flashinfer_env.sh
         { echo "CUDA_HOME=${CUDA_HOME:-unset}"; nvcc --version | tail -1; python3 -V; } 2>&1
