@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from vashista_gpu.kernels.sketch_scan import _pow2_at_least  # noqa: E402
+from vashista_gpu.kernels.sketch_scan import pow2_at_least  # noqa: E402
 
 VMAX = 16256.0                 # |ṽ| bound: two int8 digits, lo ∈ [−64, 63], hi ∈ [−127, 127]
 GP = 8                         # query heads per KV head, padded (2·GP = 16 = tl.dot's smallest N)
@@ -62,7 +62,7 @@ def _scan_mma_kernel(q_ptr, codes_ptr, off_ptr, step_ptr, s_ptr, smax_ptr, slack
     phys0 = tl.load(trow + (blk * PPP // SPAN) * SPAN).to(tl.int64)
     step = tl.load(step_ptr + (phys0 * Hkv + kvh) * D + d).to(tl.float32)
     v = q * step[None, :]
-    sv = _pow2_at_least(tl.max(tl.abs(v), axis=1) / 16256.0)                                 # (GP,)
+    sv = pow2_at_least(tl.max(tl.abs(v), axis=1) / 16256.0)                                 # (GP,)
     vt = tl.floor(v / sv[:, None] + 0.5).to(tl.int32)
     lo = ((vt + 64) & 127) - 64
     hi = (vt - lo) >> 7

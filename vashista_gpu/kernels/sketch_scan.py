@@ -72,8 +72,8 @@ import triton.language as tl
 
 from vashista_core.rounding import U32, gamma
 
-__all__ = ["SUB", "outward_slack", "paged_sketch_scan_bound", "scan_constants", "sketch_scan_bound", "sketch_scores",
-           "step_bounds", "token_bound", "use_int_dot"]
+__all__ = ["SUB", "outward_slack", "paged_sketch_scan_bound", "pow2_at_least", "scan_constants", "sketch_scan_bound",
+           "sketch_scores", "step_bounds", "token_bound", "use_int_dot"]
 SUB = 16                                          # tokens per entry of ``smax``
 
 
@@ -112,7 +112,7 @@ def _dp2a(a, b, c, HI: tl.constexpr, ASM: tl.constexpr):
 
 
 @triton.jit
-def _pow2_at_least(x):
+def pow2_at_least(x):
     """The smallest power of two ≥ x ≥ 0 (at least 2⁻¹²⁶): round the float's bits up to a bare exponent."""
     b = x.to(tl.int32, bitcast=True)
     return tl.maximum(((b + 0x7FFFFF) & 0x7F800000).to(tl.float32, bitcast=True), 1.1754943508222875e-38)
@@ -233,7 +233,7 @@ def _sketch_scan_bound_kernel(q_ptr, words_ptr, off_ptr, step_ptr, s_ptr, ub_ptr
             # hold two int16 per dp2a as sums of disjoint bit fields (= their OR): int4 slot 0/1 =
             # even nibbles (0, 2) / (4, 6), slot 2/3 = odd nibbles (1, 3) / (5, 7); int8 slot 0/1 =
             # bytes (0, 1) / (2, 3). Several 16- or 32-token groups share one program (NG).
-            sv = _pow2_at_least(tl.max(tl.abs(v2), axis=1) * (1.0 / 32767.0))          # (NG,)
+            sv = pow2_at_least(tl.max(tl.abs(v2), axis=1) * (1.0 / 32767.0))          # (NG,)
             pp = tl.arange(0, NPOS)[None, None, :]
             ch = k[None, :, None] * NPOS + pp                                            # (1, NW, NPOS)
             q3 = tl.load(q_ptr + r * D + ch)
@@ -257,7 +257,7 @@ def _sketch_scan_bound_kernel(q_ptr, words_ptr, off_ptr, step_ptr, s_ptr, ub_ptr
             eg = (aq + rnd * rnd_fac + x_fac * sv_abs + res * ri_fac) * grow + 1e-30     # (NG,) two-sided e
             e3 = eg[:, None] + tl.zeros((NG, GS), tl.float32)
             if ONE_SIDED:
-                sb = _pow2_at_least(tl.max((st2 * a_fac) * tl.abs(q1), axis=1) * (1.0 / 32767.0))   # (NG,)
+                sb = pow2_at_least(tl.max((st2 * a_fac) * tl.abs(q1), axis=1) * (1.0 / 32767.0))   # (NG,)
                 cb = (a_fac * (1.0 - 8 * 5.960464477539063e-08)) * (1.0 / sb)   # β̃ = ⌊δ·cb·|q|⌋ ≤ a|q|/sβ
                 bt = tl.floor((st3 * cb[:, None, None]) * tl.abs(q3))
                 wb = ((bt + 12582912.0).to(tl.int32, bitcast=True) & 0xFFFF) << half
