@@ -4,15 +4,12 @@ are pages indices[indptr[b]:indptr[b+1]], all full but the last, which holds las
 played by a small stand-in module. The card runs the real one (and checks it against SDPA first)."""
 from __future__ import annotations
 
-import importlib.util
-import os
 import sys
 import types
 
 import pytest
 import torch
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from script_module import load_script
 
 
 class _Wrapper:
@@ -54,10 +51,7 @@ def e2e(monkeypatch):
     fake.BatchDecodeWithPagedKVCacheWrapper = _Wrapper
     fake.__version__ = "stand-in"
     monkeypatch.setitem(sys.modules, "flashinfer", fake)
-    spec = importlib.util.spec_from_file_location("e2e_decode", os.path.join(ROOT, "benchmarks", "e2e_decode.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/e2e_decode.py")
 
 
 @pytest.mark.parametrize("B,ctx", [(1, 16), (2, 37), (3, 47)])   # a full last page, partial pages

@@ -4,24 +4,16 @@ two int8 digits and the −128 code shift undone), ŝ is those integers in float
 ŝ's, the slack covers the rounding of q ⊙ δ, and the split of a span over programs changes nothing."""
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import pytest
+from script_module import load_script
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 @pytest.fixture(scope="module")
 def proto():
-    spec = importlib.util.spec_from_file_location("scan_mma_prototype",
-                                                  os.path.join(ROOT, "benchmarks", "scan_mma_prototype.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/scan_mma_prototype.py")
 
 
 def _case(B, Hkv, G, D, P, S, span, seed, scale=3.0):

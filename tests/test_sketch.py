@@ -7,7 +7,6 @@ between codes, constant channels, huge and tiny scales, partial pages and GQA la
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from fractions import Fraction
 
@@ -17,12 +16,12 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from helpers import assert_rel_close
+from script_module import load_script
 from vashista_core.errors import VashistaInputError
 from vashista_ref.sketch import (certified_decode, certified_step, pack_codes, quantize_keys, sketch_bounds,
                                  sketch_scores, unpack_codes)
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "smollm2_heads.npz")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # expensive properties run at half the profile's example count (ci: 12, thorough: 500)
 FEW = max(5, settings.default.max_examples // 2)
@@ -246,11 +245,7 @@ def test_bad_input_names_the_argument(call, argument):
 
 # ------------------------------------------------------------------------------------------ real heads
 def _fixture_module():
-    spec = importlib.util.spec_from_file_location("make_real_fixture", os.path.join(ROOT, "scripts",
-                                                                                   "make_real_fixture.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/make_real_fixture.py")
 
 
 def _fixture_steps(bits: int, Kc: int):
