@@ -47,7 +47,7 @@ GP = 8                         # query heads per KV head, padded (2·GP = 16 = t
 def _scan_mma_kernel(q_ptr, codes_ptr, off_ptr, step_ptr, s_ptr, smax_ptr, slack_ptr, ints_ptr,
                      table_ptr, table_stride, T, NS, NP, Hkv,
                      G: tl.constexpr, D: tl.constexpr, S: tl.constexpr, SPAN: tl.constexpr, PPP: tl.constexpr,
-                     GP: tl.constexpr, DEBUG: tl.constexpr, STAGES: tl.constexpr = 1):
+                     GP: tl.constexpr, VMAX: tl.constexpr, DEBUG: tl.constexpr, STAGES: tl.constexpr = 1):
     blk = tl.program_id(0)                 # PPP consecutive pages of one row; PPP divides SPAN
     row_kv = tl.program_id(1)
     b = row_kv // Hkv
@@ -62,7 +62,7 @@ def _scan_mma_kernel(q_ptr, codes_ptr, off_ptr, step_ptr, s_ptr, smax_ptr, slack
     phys0 = tl.load(trow + (blk * PPP // SPAN) * SPAN).to(tl.int64)
     step = tl.load(step_ptr + (phys0 * Hkv + kvh) * D + d).to(tl.float32)
     v = q * step[None, :]
-    sv = pow2_at_least(tl.max(tl.abs(v), axis=1) / 16256.0)                                 # (GP,)
+    sv = pow2_at_least(tl.max(tl.abs(v), axis=1) / VMAX)                                    # (GP,)
     vt = tl.floor(v / sv[:, None] + 0.5).to(tl.int32)
     lo = ((vt + 64) & 127) - 64
     hi = (vt - lo) >> 7
@@ -110,7 +110,7 @@ def scan_mma(q, codes, offset, step, table, T, span, *, pages_per_program=None, 
     ints = torch.empty((R, T), dtype=torch.int32, device=q.device) if debug else s
     _scan_mma_kernel[(T // (S * ppp), B * Hkv)](q, codes, offset, step, s, smax, slack, ints, table,
                                                 table.stride(0), T, T // 16, T // S, Hkv, G=G, D=D, S=S,
-                                                SPAN=span, PPP=ppp, GP=GP, DEBUG=debug, STAGES=stages,
+                                                SPAN=span, PPP=ppp, GP=GP, VMAX=VMAX, DEBUG=debug, STAGES=stages,
                                                 num_warps=num_warps)
     return (s, smax, slack, ints) if debug else (s, smax, slack)
 
